@@ -1,0 +1,43 @@
+"""token_stats throughput on an H100-class GPU: GB/s of logits read, vs eager and compiled PyTorch.
+
+    pytest bench/test_bench_token_stats.py --benchmark-json bench/results/token_stats_pytest.json
+
+Writes bench/results/token_stats.json (+ .png). Targets (DESIGN.md 6): >= 2.4 TB/s at >= 1024
+rows, >= 1.5 TB/s at 32 rows, >= 10x the eager reference and >= 2.5x its torch.compile.
+"""
+
+import pytest
+import torch
+from common import do_bench_ms, plot_bars, synchronised, write_results
+from token_stats_cases import CANDIDATES, compiled_candidates
+
+torch._dynamo.config.cache_size_limit = 1000  # one compile per shape; never the eager fallback
+
+VOCAB = 126464
+ROWS = [32, 256, 1024, 2048]
+_rows: list[dict] = []
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _write():
+    yield
+    if _rows:
+        for r in _rows:  # speedup of the kernel over each candidate at the same shape
+            tri = next((q for q in _rows if q["impl"] == "triton" and q["rows"] == r["rows"]), None)
+            r["triton_speedup"] = r["ms"] / tri["ms"] if tri else None
+        write_results("token_stats", _rows, notes=f"V={VOCAB} bf16 logits; GB/s = logits bytes read / median time")
+        plot_bars("token_stats", _rows, x="rows", y="GBps", group="impl", ylabel="GB/s of logits read")
+
+
+@pytest.mark.parametrize("rows", ROWS)
+@pytest.mark.parametrize("impl", ["triton", "reference_eager", "reference_compiled", "peer_fp32_eager", "peer_fp32_compiled"])
+def test_token_stats(benchmark, impl, rows):
+    x = torch.randn(rows, VOCAB, device="cuda", dtype=torch.bfloat16) * 3
+    fn = {**CANDIDATES, **compiled_candidates()}[impl] if "compiled" in impl else CANDIDATES[impl]
+    fn(x)  # compile / warm up
+    t = do_bench_ms(lambda: fn(x))
+    gbps = x.numel() * x.element_size() / (t["ms"] * 1e-3) / 1e9
+    row = {"impl": impl, "rows": rows, "V": VOCAB, **t, "GBps": gbps}
+    _rows.append(row)
+    benchmark.extra_info.update(row)
+    benchmark.pedantic(synchronised(lambda: fn(x)), rounds=20, warmup_rounds=3)

@@ -1,0 +1,42 @@
+"""The token-statistics benchmark's candidates, importable without a GPU (tests check that every
+candidate computes the same statistics, so the comparison is between equal work)."""
+
+from __future__ import annotations
+
+import torch
+
+import dllm_kernels as dk
+from dllm_kernels import reference
+
+
+def peer_fp32_eager(logits: torch.Tensor):
+    """What the public decoders do per step, in fp32: softmax, max, top-2, entropy (5+ ops)."""
+    p = torch.softmax(logits.float(), dim=-1)
+    top = p.topk(2, dim=-1)
+    token = top.indices[..., 0]
+    prob = top.values[..., 0]
+    margin = top.values[..., 0] - top.values[..., 1]
+    entropy = -(p * torch.log(p + 1e-12)).sum(-1)
+    return token, prob, margin, entropy
+
+
+def reference_fp64(logits: torch.Tensor):
+    return tuple(reference.token_stats(logits))
+
+
+def kernel(logits: torch.Tensor):
+    return tuple(dk.token_stats(logits, backend="triton"))
+
+
+CANDIDATES = {
+    "triton": kernel,
+    "reference_eager": reference_fp64,
+    "peer_fp32_eager": peer_fp32_eager,
+}
+
+
+def compiled_candidates() -> dict:
+    return {
+        "reference_compiled": torch.compile(reference_fp64, dynamic=False),
+        "peer_fp32_compiled": torch.compile(peer_fp32_eager, dynamic=False),
+    }

@@ -1,0 +1,14 @@
+"""dllm-kernels: fused Triton kernels for the decoding hot path of masked diffusion LMs.
+
+Every op takes ``backend="auto" | "triton" | "reference"``; ``dllm_kernels.reference`` holds the
+pure-PyTorch references with the same signatures.
+"""
+
+from . import reference
+from ._types import TokenStats
+from .backend import BACKENDS, interpreter_enabled
+from .confidence import token_stats, window_confidence
+
+__version__ = "0.1.0"
+
+__all__ = ["BACKENDS", "TokenStats", "interpreter_enabled", "reference", "token_stats", "window_confidence"]

@@ -1,0 +1,65 @@
+"""Input validation helpers: every error names the argument, what was expected and what came."""
+
+from __future__ import annotations
+
+from typing import Iterable, Sequence
+
+import torch
+
+FLOAT_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
+
+
+def _names(dtypes: Iterable[torch.dtype]) -> str:
+    return "/".join(str(d).replace("torch.", "") for d in dtypes)
+
+
+def check_tensor(
+    op: str,
+    name: str,
+    t,
+    *,
+    ndim: int | Sequence[int] | None = None,
+    dtypes: Sequence[torch.dtype] | None = None,
+    device: torch.device | None = None,
+    shape: Sequence[int | None] | None = None,
+) -> torch.Tensor:
+    """Check type, rank, dtype, device and (partial) shape of ``t``; ``None`` in shape = any."""
+    if not isinstance(t, torch.Tensor):
+        raise TypeError(f"{op}: {name} must be a torch.Tensor, got {type(t).__name__}")
+    if ndim is not None:
+        allowed = (ndim,) if isinstance(ndim, int) else tuple(ndim)
+        if t.dim() not in allowed:
+            want = " or ".join(f"{d}-D" for d in allowed)
+            raise ValueError(f"{op}: {name} must be {want}, got shape {tuple(t.shape)}")
+    if dtypes is not None and t.dtype not in dtypes:
+        raise TypeError(f"{op}: {name} must have dtype {_names(dtypes)}, got {t.dtype}")
+    if device is not None and t.device != device:
+        raise ValueError(f"{op}: {name} must be on {device} (like the other inputs), got {t.device}")
+    if shape is not None:
+        ok = t.dim() == len(shape) and all(s is None or s == d for s, d in zip(shape, t.shape))
+        if not ok:
+            want = "[" + ", ".join("*" if s is None else str(s) for s in shape) + "]"
+            raise ValueError(f"{op}: {name} must have shape {want}, got {list(t.shape)}")
+    return t
+
+
+def check_int_list(op: str, name: str, values, *, low: int, high: int) -> tuple[int, ...]:
+    """Normalise a sequence of ints (or a CPU integer tensor) and check ``low <= v < high``."""
+    if isinstance(values, torch.Tensor):
+        if values.device.type != "cpu" or values.dtype.is_floating_point or values.dim() > 1:
+            raise TypeError(
+                f"{op}: {name} must be a sequence of ints or a 1-D integer CPU tensor, "
+                f"got a {values.dim()}-D {values.dtype} tensor on {values.device}"
+            )
+        values = values.tolist()
+    if isinstance(values, (str, bytes)) or not hasattr(values, "__iter__"):
+        raise TypeError(f"{op}: {name} must be a sequence of ints, got {type(values).__name__}")
+    values = list(values)
+    bad_types = [v for v in values if isinstance(v, bool) or not isinstance(v, (int,)) and not hasattr(v, "__index__")]
+    if bad_types:
+        raise TypeError(f"{op}: {name} must hold ints, got {bad_types[:3]}")
+    out = tuple(int(v) for v in values)
+    bad = [v for v in out if not low <= v < high]
+    if bad:
+        raise ValueError(f"{op}: {name} must lie in [{low}, {high}), got {bad}")
+    return out

@@ -1,0 +1,12 @@
+"""Triton kernels and their launchers, one module per op family.
+
+Importing this package decorates the kernels: set ``TRITON_INTERPRET=1`` before the import to
+run them on CPU tensors through Triton's interpreter.
+"""
+
+from . import confidence
+
+# modules whose ``aot_specs()`` list every configuration their launchers can pick
+AOT_MODULES = ("confidence",)
+
+__all__ = ["confidence", "AOT_MODULES"]

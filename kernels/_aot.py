@@ -1,0 +1,84 @@
+"""Compile every shipped kernel configuration for Hopper (sm_90a) without a GPU.
+
+    python -m dllm_kernels.kernels._aot [--json]
+
+Triton's own compiler lowers each configuration that the launchers can pick (see each module's
+``aot_specs()``) to PTX and a cubin for ``GPUTarget("cuda", 90, 32)``; the ``ptxas`` bundled with
+Triton then reports registers and spills. This catches what the interpreter cannot: code that
+does not compile for the GPU, and register pressure. Must run with TRITON_INTERPRET unset.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import os
+import re
+import subprocess
+import sys
+import tempfile
+from concurrent.futures import ProcessPoolExecutor
+
+import triton
+from triton.backends.compiler import GPUTarget
+from triton.compiler import ASTSource
+
+TARGET = GPUTarget("cuda", 90, 32)
+
+
+def ptxas_path() -> str:
+    return os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", "ptxas")
+
+
+def all_specs():
+    from . import AOT_MODULES
+
+    specs = []
+    for name in AOT_MODULES:
+        specs.extend(importlib.import_module(f"{__package__}.{name}").aot_specs())
+    return specs
+
+
+def compile_spec(index: int) -> dict:
+    spec = all_specs()[index]
+    src = ASTSource(fn=spec.kernel, signature={**spec.signature, **{k: "constexpr" for k in spec.constexprs}},
+                    constexprs=spec.constexprs)  # fmt: skip
+    compiled = triton.compile(src, target=TARGET, options={"num_warps": spec.num_warps, "num_stages": spec.num_stages})
+    with tempfile.NamedTemporaryFile("w", suffix=".ptx", delete=False) as f:
+        f.write(compiled.asm["ptx"])
+    try:
+        out = subprocess.run([ptxas_path(), "-v", "--gpu-name", "sm_90a", f.name, "-o", os.devnull],
+                             capture_output=True, text=True, check=True)  # fmt: skip
+    finally:
+        os.unlink(f.name)
+    log = out.stdout + out.stderr
+    regs = int(re.search(r"Used (\d+) registers", log).group(1))
+    spill_st = int(re.search(r"(\d+) bytes spill stores", log).group(1))
+    spill_ld = int(re.search(r"(\d+) bytes spill loads", log).group(1))
+    return {"name": spec.name, "main": spec.main, "registers": regs, "spill_stores": spill_st,
+            "spill_loads": spill_ld, "shared": compiled.metadata.shared, "num_warps": spec.num_warps}  # fmt: skip
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--json", action="store_true", help="one JSON object per line")
+    parser.add_argument("--jobs", type=int, default=os.cpu_count() or 1)
+    args = parser.parse_args(argv)
+    if os.environ.get("TRITON_INTERPRET", "0") not in ("", "0"):
+        print("unset TRITON_INTERPRET: AOT compilation needs the real compiler", file=sys.stderr)
+        return 2
+    n = len(all_specs())
+    with ProcessPoolExecutor(max_workers=max(1, args.jobs)) as pool:
+        results = list(pool.map(compile_spec, range(n)))
+    for r in results:
+        if args.json:
+            print(json.dumps(r))
+        else:
+            print(f"{r['name']:<64} regs {r['registers']:>3}  spills {r['spill_stores']:>4}/{r['spill_loads']:<4}"
+                  f"  smem {r['shared']:>6}  {'main' if r['main'] else ''}")  # fmt: skip
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,37 @@
+"""Triton's ``tl.rand`` (Philox 4x32-10) re-implemented with int64 torch ops.
+
+The reference samplers draw exactly the uniforms the Triton kernels draw for the same
+``(seed, offset)``, so a reference run and a kernel run with the same seed propose the same
+tokens (up to ties within the last ulp of ``log``).
+"""
+
+import torch
+
+_M32 = 0xFFFFFFFF
+_KEY_A, _KEY_B = 0x9E3779B9, 0xBB67AE85
+_ROUND_A, _ROUND_B = 0xD2511F53, 0xCD9E8D57
+
+
+def _mul32(a: int, b: torch.Tensor):
+    """(hi, lo) 32-bit halves of the 64-bit product of a constant and uint32 values in int64."""
+    p_lo = (a & 0xFFFF) * b  # < 2**48
+    p_hi = (a >> 16) * b  # < 2**48
+    t = p_lo + ((p_hi & 0xFFFF) << 16)  # < 2**49
+    return (p_hi >> 16) + (t >> 32), t & _M32
+
+
+def philox_uniform(seed: int, offset: torch.Tensor) -> torch.Tensor:
+    """``tl.rand(seed, offset)`` for an int64 ``offset`` tensor: fp32 uniforms in [0, 1)."""
+    offset = offset.to(torch.int64)
+    c0, c1 = offset & _M32, (offset >> 32) & _M32
+    c2 = torch.zeros_like(c0)
+    c3 = torch.zeros_like(c0)
+    k0, k1 = seed & _M32, (seed >> 32) & _M32
+    for _ in range(10):
+        hi_b, lo_b = _mul32(_ROUND_B, c2)
+        hi_a, lo_a = _mul32(_ROUND_A, c0)
+        c0, c2, c1, c3 = hi_b ^ c1 ^ k0, hi_a ^ c3 ^ k1, lo_b, lo_a
+        k0, k1 = (k0 + _KEY_A) & _M32, (k1 + _KEY_B) & _M32
+    x = torch.where(c0 >= 2**31, c0 - 2**32, c0)  # bitcast to int32
+    x = torch.where(x < 0, -x - 1, x)
+    return x.to(torch.float32) * torch.tensor(4.6566127342e-10, dtype=torch.float32)

@@ -1,0 +1,28 @@
+#!/usr/bin/env bash
+# Sets up ./.venv with dllm-kernels (editable) and its test/bench extras. Idempotent.
+#
+# - A machine whose python3 already has a CUDA build of torch (a GPU image) gets a venv that
+#   sees the system site-packages, so that torch and triton are reused, never replaced.
+# - Any other machine gets the CPU build of torch (torch==2.13.0, which this project's machines
+#   serve from a local wheel) before anything else, so pip never pulls the multi-GB CUDA wheels,
+#   plus triton 3.6 (the GPU image's version) with numpy < 2.4, which its interpreter needs.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PY=${PYTHON:-python3}
+if [ ! -x .venv/bin/python ]; then
+    if "$PY" -c "import sys, torch; sys.exit(0 if torch.version.cuda else 1)" >/dev/null 2>&1; then
+        "$PY" -m venv --system-site-packages .venv
+    else
+        "$PY" -m venv .venv
+    fi
+fi
+VPY=.venv/bin/python
+pip_install() { "$VPY" -m pip install --quiet --disable-pip-version-check "$@"; }
+if ! "$VPY" -c "import torch" >/dev/null 2>&1; then
+    pip_install "torch==2.13.0"
+fi
+if ! "$VPY" -c "import sys, torch; sys.exit(0 if torch.version.cuda else 1)" >/dev/null 2>&1; then
+    # CPU machine: kernels run on Triton's interpreter, which breaks with numpy >= 2.4 on 3.6.
+    pip_install "triton==3.6.0" "numpy>=1.26,<2.4"
+fi
+pip_install -e ".[test,bench]"
