@@ -1,0 +1,73 @@
+"""Model configuration of the LLaDA/Dream-architecture transformer."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """Shapes and special tokens of a masked-diffusion transformer.
+
+    LLaDA-8B: 32 layers, d_model 4096, 32/32 heads of 128, FFN 12288, vocab 126464, RoPE theta
+    500000, no biases, logits not shifted. Dream-7B: 28 layers, d_model 3584, 28/4 heads of 128,
+    FFN 18944, vocab 152064, RoPE theta 1e6, QKV biases, logits shifted by one position.
+    """
+
+    vocab_size: int
+    d_model: int
+    n_layers: int
+    n_heads: int
+    n_kv_heads: int
+    head_dim: int
+    ffn_dim: int
+    mask_id: int
+    eos_id: int
+    eot_id: int | None = None  # LLaDA's <|eot_id|>; suppressed together with EOS where asked
+    pad_id: int | None = None
+    rope_theta: float = 10000.0
+    rms_eps: float = 1e-5
+    qkv_bias: bool = False
+    logit_shift: bool = False  # Dream: position i is predicted by the hidden state at i - 1
+    tie_embeddings: bool = False
+    max_seq_len: int = 4096
+
+    def __post_init__(self):
+        if self.n_heads % self.n_kv_heads:
+            raise ValueError(f"n_heads ({self.n_heads}) must be a multiple of n_kv_heads ({self.n_kv_heads})")
+        for name in ("mask_id", "eos_id"):
+            if not 0 <= getattr(self, name) < self.vocab_size:
+                raise ValueError(f"{name} {getattr(self, name)} outside the vocabulary [0, {self.vocab_size})")
+
+    def to_json(self) -> str:
+        return json.dumps(dataclasses.asdict(self), indent=2)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "ModelConfig":
+        return cls(**{f.name: d[f.name] for f in dataclasses.fields(cls) if f.name in d})
+
+
+def llada_8b() -> ModelConfig:
+    return ModelConfig(vocab_size=126464, d_model=4096, n_layers=32, n_heads=32, n_kv_heads=32, head_dim=128,
+                       ffn_dim=12288, mask_id=126336, eos_id=126081, eot_id=126348, rope_theta=500000.0)  # fmt: skip
+
+
+def dream_7b() -> ModelConfig:
+    return ModelConfig(vocab_size=152064, d_model=3584, n_layers=28, n_heads=28, n_kv_heads=4, head_dim=128,
+                       ffn_dim=18944, mask_id=151666, eos_id=151643, pad_id=151643, rope_theta=1e6, rms_eps=1e-6,
+                       qkv_bias=True, logit_shift=True, max_seq_len=2048)  # fmt: skip
+
+
+def llada_8b_layer(n_layers: int = 2) -> ModelConfig:
+    """LLaDA-8B's layer shape (32 heads x 128, d_model 4096, vocab 126464) with few layers,
+    for the GPU step benchmark."""
+    return dataclasses.replace(llada_8b(), n_layers=n_layers)
+
+
+def tiny(vocab_size: int = 64, *, logit_shift: bool = False, n_kv_heads: int = 2, qkv_bias: bool = False) -> ModelConfig:
+    """A test-sized model (2 layers, d_model 32, 4 query heads of 8)."""
+    return ModelConfig(vocab_size=vocab_size, d_model=32, n_layers=2, n_heads=4, n_kv_heads=n_kv_heads, head_dim=8,
+                       ffn_dim=64, mask_id=vocab_size - 1, eos_id=vocab_size - 2, eot_id=vocab_size - 3,
+                       qkv_bias=qkv_bias, logit_shift=logit_shift, max_seq_len=512)  # fmt: skip

@@ -1,0 +1,250 @@
+"""A LLaDA/Dream-architecture masked-diffusion transformer built on the library's ops.
+
+Pre-norm blocks of RMSNorm -> attention (RoPE, GQA, bidirectional) -> RMSNorm -> SwiGLU MLP,
+untied (or tied) LM head, optional QKV biases (Dream) and optional logit shift (Dream).
+
+Decoding against a KV cache. The cache holds, per layer, K (after RoPE) and V of canvas positions
+``[0, Lmax)``. One forward takes any set of canvas positions (``tokens`` with their RoPE
+``positions``) and
+
+1. optionally writes the new K/V rows of some blocks into the cache (``write``:
+   :func:`dllm_kernels.refresh_kv_cache`, block-sparse, in place) -- a block-start full forward
+   fills it, Fast-dLLM's dual cache overwrites the block, d3LLM appends decoded blocks;
+2. attends from every forwarded position to cache rows ``[0, cache_len)`` plus (unless
+   ``attend_new=False``) the forwarded positions themselves (:func:`dllm_kernels.attention`, no
+   concatenation in memory). The dual-cache pattern writes the block first and then attends the
+   cache alone.
+
+``attn_impl="sdpa"`` instead runs what the public dLLM repos run: concatenate cache and new K/V
+and call ``torch.nn.functional.scaled_dot_product_attention`` (also the differentiable path used
+for training). It is the baseline of the end-to-end benchmark, never a silent fallback.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .config import ModelConfig
+
+ATTN_IMPLS = ("ops", "sdpa")
+
+
+@dataclass
+class KVCache:
+    """Per-layer K (rotated) and V of canvas positions: ``k[i], v[i]`` are ``[B, Lmax, Hkv, D]``."""
+
+    k: list[torch.Tensor]
+    v: list[torch.Tensor]
+
+    @classmethod
+    def empty(cls, config: ModelConfig, batch: int, max_len: int, *, device=None, dtype=torch.float32) -> "KVCache":
+        shape = (batch, max_len, config.n_kv_heads, config.head_dim)
+        return cls(
+            k=[torch.zeros(shape, device=device, dtype=dtype) for _ in range(config.n_layers)],
+            v=[torch.zeros(shape, device=device, dtype=dtype) for _ in range(config.n_layers)],
+        )
+
+    @property
+    def max_len(self) -> int:
+        return self.k[0].shape[1]
+
+
+@dataclass
+class CacheWrite:
+    """Which rows of a forward enter the cache: the blocks ``block_ids [B, nb]`` (-1 = none) of
+    ``block_size`` canvas positions; forwarded row j of row b is canvas position
+    ``new_start[b] + j`` (``new_start`` [B], None = 0)."""
+
+    block_ids: torch.Tensor
+    block_size: int
+    new_start: torch.Tensor | None = None
+
+
+class RMSNorm(nn.Module):
+    def __init__(self, dim: int, eps: float):
+        super().__init__()
+        self.weight = nn.Parameter(torch.ones(dim))
+        self.eps = eps
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        xf = x.float()
+        xf = xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + self.eps)
+        return (xf * self.weight.float()).to(x.dtype)
+
+
+def rotate_half(x: torch.Tensor) -> torch.Tensor:
+    h = x.shape[-1] // 2
+    return torch.cat([-x[..., h:], x[..., :h]], dim=-1)
+
+
+def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """``x [B, L, H, D]`` rotated by per-position ``cos/sin [B, L, D]`` (HF rotate_half), in fp32."""
+    xf = x.float()
+    return (xf * cos[:, :, None] + rotate_half(xf) * sin[:, :, None]).to(x.dtype)
+
+
+class Block(nn.Module):
+    def __init__(self, c: ModelConfig):
+        super().__init__()
+        self.c = c
+        self.attn_norm = RMSNorm(c.d_model, c.rms_eps)
+        self.q_proj = nn.Linear(c.d_model, c.n_heads * c.head_dim, bias=c.qkv_bias)
+        self.k_proj = nn.Linear(c.d_model, c.n_kv_heads * c.head_dim, bias=c.qkv_bias)
+        self.v_proj = nn.Linear(c.d_model, c.n_kv_heads * c.head_dim, bias=c.qkv_bias)
+        self.o_proj = nn.Linear(c.n_heads * c.head_dim, c.d_model, bias=False)
+        self.mlp_norm = RMSNorm(c.d_model, c.rms_eps)
+        self.gate_proj = nn.Linear(c.d_model, c.ffn_dim, bias=False)
+        self.up_proj = nn.Linear(c.d_model, c.ffn_dim, bias=False)
+        self.down_proj = nn.Linear(c.ffn_dim, c.d_model, bias=False)
+
+    def forward(self, h, cos, sin, *, layer_cache, cache_len, attend_new, write, key_start, backend, attn_impl):
+        c = self.c
+        B, L, _ = h.shape
+        x = self.attn_norm(h)
+        q = apply_rope(self.q_proj(x).view(B, L, c.n_heads, c.head_dim), cos, sin)
+        k = apply_rope(self.k_proj(x).view(B, L, c.n_kv_heads, c.head_dim), cos, sin)
+        v = self.v_proj(x).view(B, L, c.n_kv_heads, c.head_dim)
+        k_cache, v_cache = layer_cache if layer_cache is not None else (None, None)
+        if write is not None:
+            _write_cache(k_cache, v_cache, k, v, write, backend, attn_impl)
+        kn, vn = (k, v) if attend_new else (None, None)
+        if attn_impl == "ops":
+            from ..attention import attention
+
+            o = attention(q, kn, vn, k_cache=k_cache, v_cache=v_cache, cache_len=cache_len,
+                          key_start=key_start, backend=backend)  # fmt: skip
+        else:
+            o = _sdpa_attention(q, kn, vn, k_cache, v_cache, cache_len, key_start)
+        h = h + self.o_proj(o.reshape(B, L, c.n_heads * c.head_dim))
+        x = self.mlp_norm(h)
+        return h + self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))
+
+
+def _write_cache(k_cache, v_cache, k, v, write: CacheWrite, backend, attn_impl):
+    if k_cache is None:
+        raise ValueError("a cache write needs a cache")
+    if attn_impl == "ops":
+        from ..attention import refresh_kv_cache
+
+        refresh_kv_cache(k_cache, v_cache, k, v, write.block_ids, write.block_size, new_start=write.new_start,
+                         backend=backend)  # fmt: skip
+        return
+    # the peers' way: gather the listed rows and scatter them with torch indexing
+    B, Lmax = k_cache.shape[:2]
+    bs = write.block_size
+    rows = write.block_ids[:, :, None].long() * bs + torch.arange(bs, device=k.device)  # [B, nb, bs]
+    rows = rows.reshape(B, -1)
+    start = torch.zeros(B, dtype=torch.long, device=k.device) if write.new_start is None else write.new_start.long()
+    src = rows - start[:, None]
+    ok = (write.block_ids.long().repeat_interleave(bs, dim=1) >= 0) & (rows < Lmax) & (src >= 0) & (src < k.shape[1])
+    b = torch.arange(B, device=k.device)[:, None].expand_as(rows)
+    k_cache[b[ok], rows[ok]] = k[b[ok], src[ok]]
+    v_cache[b[ok], rows[ok]] = v[b[ok], src[ok]]
+
+
+def _sdpa_attention(q, k, v, k_cache, v_cache, cache_len, key_start):
+    """Concatenate cache rows and new rows, mask invalid keys, run torch SDPA (the peers' path)."""
+    B, Lq, Hq, D = q.shape
+    ar = lambda n: torch.arange(n, device=q.device)[None, :].expand(B, n)  # noqa: E731
+    keys, vals, logical, valid = [], [], [], []
+    clen = torch.zeros(B, dtype=torch.long, device=q.device)
+    if k_cache is not None:
+        Lmax = k_cache.shape[1]
+        clen = torch.full((B,), Lmax, device=q.device, dtype=torch.long) if cache_len is None else cache_len.long()
+        keys.append(k_cache), vals.append(v_cache), logical.append(ar(Lmax))
+        valid.append(ar(Lmax) < clen[:, None])
+    if k is not None:
+        keys.append(k), vals.append(v), logical.append(clen[:, None] + ar(k.shape[1]))
+        valid.append(torch.ones(B, k.shape[1], dtype=torch.bool, device=q.device))
+    kk, vv, ok = torch.cat(keys, 1), torch.cat(vals, 1), torch.cat(valid, 1)
+    if key_start is not None:  # logical key index: cache row j -> j, new row j -> cache_len + j
+        ok = ok & (torch.cat(logical, 1) >= key_start.long()[:, None])
+    rep = Hq // kk.shape[2]
+    kk = kk.repeat_interleave(rep, dim=2).transpose(1, 2)
+    vv = vv.repeat_interleave(rep, dim=2).transpose(1, 2)
+    o = F.scaled_dot_product_attention(q.transpose(1, 2), kk, vv, attn_mask=ok[:, None, None, :])
+    o = torch.where(ok.any(-1)[:, None, None, None], o, 0.0)  # rows without a key: 0, not NaN
+    return o.transpose(1, 2)
+
+
+class DiffusionLM(nn.Module):
+    """The transformer. ``backend`` is passed to every library op; ``attn_impl`` picks the
+    attention path ("ops": the library's kernels/references; "sdpa": concat + torch SDPA)."""
+
+    def __init__(self, config: ModelConfig, *, backend: str = "auto", attn_impl: str = "ops"):
+        super().__init__()
+        if attn_impl not in ATTN_IMPLS:
+            raise ValueError(f"attn_impl must be one of {ATTN_IMPLS}, got {attn_impl!r}")
+        self.config = config
+        self.backend = backend
+        self.attn_impl = attn_impl
+        self.embed = nn.Embedding(config.vocab_size, config.d_model)
+        self.layers = nn.ModuleList(Block(config) for _ in range(config.n_layers))
+        self.norm = RMSNorm(config.d_model, config.rms_eps)
+        self.lm_head = nn.Linear(config.d_model, config.vocab_size, bias=False)
+        if config.tie_embeddings:
+            self.lm_head.weight = self.embed.weight
+        inv_freq = 1.0 / (config.rope_theta ** (torch.arange(0, config.head_dim, 2, dtype=torch.float32) / config.head_dim))
+        freqs = torch.outer(torch.arange(config.max_seq_len, dtype=torch.float32), inv_freq)
+        emb = torch.cat([freqs, freqs], dim=-1)
+        self.register_buffer("rope_cos", emb.cos(), persistent=False)
+        self.register_buffer("rope_sin", emb.sin(), persistent=False)
+
+    def new_cache(self, batch: int, max_len: int) -> KVCache:
+        p = self.lm_head.weight
+        return KVCache.empty(self.config, batch, max_len, device=p.device, dtype=p.dtype)
+
+    def forward(
+        self,
+        tokens: torch.Tensor,
+        positions: torch.Tensor | None = None,
+        *,
+        cache: KVCache | None = None,
+        cache_len: torch.Tensor | None = None,
+        attend_new: bool = True,
+        write: CacheWrite | None = None,
+        key_start: torch.Tensor | None = None,
+        logits_range: tuple[int, int] | None = None,
+    ) -> torch.Tensor:
+        """Logits of the forwarded positions.
+
+        Args:
+            tokens: ``[B, Lq]`` int64 canvas tokens being forwarded (any subset of the canvas).
+            positions: ``[B, Lq]`` int RoPE positions (default ``0..Lq-1``); the canvas position
+                minus the row's left padding. Streaming-dLLM's pruned suffix keeps its original
+                positions here.
+            cache: the loop's :class:`KVCache` (None: attend the forwarded positions only).
+            cache_len: ``[B]`` cache rows ``[0, cache_len)`` are attended (default: all).
+            attend_new: also attend the forwarded positions' own K/V (False: cache only).
+            write: cache rows to (over)write with this forward's K/V, before attending.
+            key_start: ``[B]`` left padding: keys before this logical index are ignored.
+            logits_range: ``(a, b)``: return logits of forwarded rows ``[a, b)`` only (the LM head
+                is the most expensive matmul at a large vocabulary). With ``logit_shift`` the
+                logits of row i come from the hidden state of row ``i - 1`` (row 0: itself),
+                shifted within the forwarded window as the Dream code does.
+
+        Returns:
+            ``[B, b - a, V]`` logits in the model's dtype.
+        """
+        B, Lq = tokens.shape
+        if positions is None:
+            positions = torch.arange(Lq, device=tokens.device).expand(B, Lq)
+        if positions.shape != tokens.shape:
+            raise ValueError(f"positions must have shape {list(tokens.shape)}, got {list(positions.shape)}")
+        h = self.embed(tokens)
+        cos, sin = self.rope_cos[positions], self.rope_sin[positions]  # [B, Lq, D]
+        for i, layer in enumerate(self.layers):
+            layer_cache = (cache.k[i], cache.v[i]) if cache is not None else None
+            h = layer(h, cos, sin, layer_cache=layer_cache, cache_len=cache_len, attend_new=attend_new, write=write,
+                      key_start=key_start, backend=self.backend, attn_impl=self.attn_impl)  # fmt: skip
+        a, b = logits_range if logits_range is not None else (0, Lq)
+        if self.config.logit_shift:
+            rows = (torch.arange(a, b, device=h.device) - 1).clamp_min(0)
+            h = h.index_select(1, rows)
+        else:
+            h = h[:, a:b]
+        return self.lm_head(self.norm(h))
