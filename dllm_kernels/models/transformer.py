@@ -101,7 +101,7 @@ class Block(nn.Module):
         self.up_proj = nn.Linear(c.d_model, c.ffn_dim, bias=False)
         self.down_proj = nn.Linear(c.ffn_dim, c.d_model, bias=False)
 
-    def forward(self, h, cos, sin, *, layer_cache, cache_len, attend_new, write, key_start, backend, attn_impl):
+    def forward(self, h, cos, sin, *, layer_cache, cache_len, kv_len, attend_new, write, key_start, backend, attn_impl):
         c = self.c
         B, L, _ = h.shape
         x = self.attn_norm(h)
@@ -116,9 +116,9 @@ class Block(nn.Module):
             from ..attention import attention
 
             o = attention(q, kn, vn, k_cache=k_cache, v_cache=v_cache, cache_len=cache_len,
-                          key_start=key_start, backend=backend)  # fmt: skip
+                          kv_len=kv_len if attend_new else None, key_start=key_start, backend=backend)  # fmt: skip
         else:
-            o = _sdpa_attention(q, kn, vn, k_cache, v_cache, cache_len, key_start)
+            o = _sdpa_attention(q, kn, vn, k_cache, v_cache, cache_len, kv_len, key_start)
         h = h + self.o_proj(o.reshape(B, L, c.n_heads * c.head_dim))
         x = self.mlp_norm(h)
         return h + self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))
@@ -146,7 +146,7 @@ def _write_cache(k_cache, v_cache, k, v, write: CacheWrite, backend, attn_impl):
     v_cache[b[ok], rows[ok]] = v[b[ok], src[ok]]
 
 
-def _sdpa_attention(q, k, v, k_cache, v_cache, cache_len, key_start):
+def _sdpa_attention(q, k, v, k_cache, v_cache, cache_len, kv_len, key_start):
     """Concatenate cache rows and new rows, mask invalid keys, run torch SDPA (the peers' path)."""
     B, Lq, Hq, D = q.shape
     ar = lambda n: torch.arange(n, device=q.device)[None, :].expand(B, n)  # noqa: E731
@@ -159,7 +159,8 @@ def _sdpa_attention(q, k, v, k_cache, v_cache, cache_len, key_start):
         valid.append(ar(Lmax) < clen[:, None])
     if k is not None:
         keys.append(k), vals.append(v), logical.append(clen[:, None] + ar(k.shape[1]))
-        valid.append(torch.ones(B, k.shape[1], dtype=torch.bool, device=q.device))
+        n_new = torch.full((B,), k.shape[1], device=q.device) if kv_len is None else kv_len.long()
+        valid.append(ar(k.shape[1]) < n_new[:, None])
     kk, vv, ok = torch.cat(keys, 1), torch.cat(vals, 1), torch.cat(valid, 1)
     if key_start is not None:  # logical key index: cache row j -> j, new row j -> cache_len + j
         ok = ok & (torch.cat(logical, 1) >= key_start.long()[:, None])
@@ -205,10 +206,11 @@ class DiffusionLM(nn.Module):
         *,
         cache: KVCache | None = None,
         cache_len: torch.Tensor | None = None,
+        kv_len: torch.Tensor | None = None,
         attend_new: bool = True,
         write: CacheWrite | None = None,
         key_start: torch.Tensor | None = None,
-        logits_range: tuple[int, int] | None = None,
+        logits_index: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """Logits of the forwarded positions.
 
@@ -219,16 +221,18 @@ class DiffusionLM(nn.Module):
                 positions here.
             cache: the loop's :class:`KVCache` (None: attend the forwarded positions only).
             cache_len: ``[B]`` cache rows ``[0, cache_len)`` are attended (default: all).
+            kv_len: ``[B]`` forwarded rows ``[0, kv_len)`` are real (ragged windows); the rest are
+                padding, never attended as keys (their own outputs are garbage).
             attend_new: also attend the forwarded positions' own K/V (False: cache only).
             write: cache rows to (over)write with this forward's K/V, before attending.
             key_start: ``[B]`` left padding: keys before this logical index are ignored.
-            logits_range: ``(a, b)``: return logits of forwarded rows ``[a, b)`` only (the LM head
-                is the most expensive matmul at a large vocabulary). With ``logit_shift`` the
-                logits of row i come from the hidden state of row ``i - 1`` (row 0: itself),
+            logits_index: ``[B, Lo]`` forwarded rows whose logits are wanted (default: all); the
+                LM head is the most expensive matmul at a large vocabulary. With ``logit_shift``
+                the logits of row i come from the hidden state of row ``i - 1`` (row 0: itself),
                 shifted within the forwarded window as the Dream code does.
 
         Returns:
-            ``[B, b - a, V]`` logits in the model's dtype.
+            ``[B, Lo, V]`` logits in the model's dtype.
         """
         B, Lq = tokens.shape
         if positions is None:
@@ -239,12 +243,10 @@ class DiffusionLM(nn.Module):
         cos, sin = self.rope_cos[positions], self.rope_sin[positions]  # [B, Lq, D]
         for i, layer in enumerate(self.layers):
             layer_cache = (cache.k[i], cache.v[i]) if cache is not None else None
-            h = layer(h, cos, sin, layer_cache=layer_cache, cache_len=cache_len, attend_new=attend_new, write=write,
-                      key_start=key_start, backend=self.backend, attn_impl=self.attn_impl)  # fmt: skip
-        a, b = logits_range if logits_range is not None else (0, Lq)
-        if self.config.logit_shift:
-            rows = (torch.arange(a, b, device=h.device) - 1).clamp_min(0)
-            h = h.index_select(1, rows)
-        else:
-            h = h[:, a:b]
+            h = layer(h, cos, sin, layer_cache=layer_cache, cache_len=cache_len, kv_len=kv_len, attend_new=attend_new,
+                      write=write, key_start=key_start, backend=self.backend, attn_impl=self.attn_impl)  # fmt: skip
+        if logits_index is None:
+            logits_index = torch.arange(Lq, device=h.device).expand(B, Lq)
+        rows = (logits_index - 1).clamp_min(0) if self.config.logit_shift else logits_index
+        h = h.gather(1, rows[:, :, None].expand(-1, -1, h.shape[-1]))
         return self.lm_head(self.norm(h))
