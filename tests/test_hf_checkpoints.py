@@ -169,3 +169,13 @@ def test_malformed_directory(tiny, tmp_path, case):
     mutate(path)
     with pytest.raises(error, match=message):
         load_pretrained(path, attn_impl="sdpa")
+
+
+def test_tiny_writer_is_deterministic(tmp_path):
+    """The peer-fidelity data is keyed to a checkpoint that must be re-creatable bit for bit."""
+    kwargs = dict(seed=3, head_scale=8.0, attn_scale=3.0)
+    a, b = write_tiny_llada(tmp_path / "a", **kwargs), write_tiny_llada(tmp_path / "b", **kwargs)
+    for file in a.path.iterdir():
+        assert file.read_bytes() == (b.path / file.name).read_bytes(), file.name
+    c = write_tiny_llada(tmp_path / "c", **{**kwargs, "seed": 4})
+    assert not torch.equal(a.state["embed.weight"], c.state["embed.weight"])

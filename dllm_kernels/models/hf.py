@@ -395,11 +395,15 @@ def _base_vocab() -> dict[str, int]:
     return vocab
 
 
-def _random_state(config: ModelConfig, seed: int, head_scale: float) -> dict[str, torch.Tensor]:
+def _random_state(config: ModelConfig, seed: int, head_scale: float, attn_scale: float) -> dict[str, torch.Tensor]:
     """Seeded fp32 tensors (deterministic across machines: one CPU generator, fixed order):
-    norms near 1, projections ~ N(0, 1/fan_in), embeddings ~ N(0, 1), biases ~ N(0, 0.1^2), and
-    an LM head ~ N(0, head_scale^2 / d_model), so the logits of a normalised state have std
-    ``head_scale``: larger values make the model confident (max probabilities near 1)."""
+    norms near 1, projections ~ N(0, 1/fan_in), embeddings ~ N(0, 1), biases ~ N(0, 0.1^2).
+
+    Two knobs make a random model behave less like noise. ``head_scale``: the LM head is
+    ~ N(0, head_scale^2 / d_model), so the logits of a normalised state have std ``head_scale``
+    (larger: confident, max probabilities near 1). ``attn_scale`` multiplies q/k/o_proj: sharper,
+    RoPE-position-dependent attention whose output outweighs the token's own embedding, so that
+    masked positions propose different tokens that depend on their decoded neighbours."""
     g = torch.Generator().manual_seed(seed)
     with torch.device("meta"):
         shapes = {k: v.shape for k, v in DiffusionLM(config).state_dict().items()}
@@ -414,6 +418,8 @@ def _random_state(config: ModelConfig, seed: int, head_scale: float) -> dict[str
             x = x * head_scale / math.sqrt(config.d_model)
         elif name != "embed.weight":
             x = x / math.sqrt(shape[1])
+            if name.endswith(("q_proj.weight", "k_proj.weight", "o_proj.weight")):
+                x = x * attn_scale
         state[name] = x
     return state
 
@@ -450,7 +456,7 @@ def _write_json(file: pathlib.Path, obj: dict) -> None:
 
 def write_tiny_llada(path, *, vocab_size: int = 320, d_model: int = 32, n_layers: int = 2, n_heads: int = 4,
                      ffn_dim: int = 64, max_seq_len: int = 256, n_shards: int = 2, seed: int = 0,
-                     head_scale: float = 1.0) -> TinyCheckpoint:  # fmt: skip
+                     head_scale: float = 1.0, attn_scale: float = 1.0) -> TinyCheckpoint:  # fmt: skip
     """A random LLaDA checkpoint in the format of GSAI-ML/LLaDA-8B-Instruct, tiny.
 
     Writes ``config.json`` (all of LLaDA-8B's keys, tiny sizes), the weights under LLaDA's names
@@ -458,7 +464,8 @@ def write_tiny_llada(path, *, vocab_size: int = 320, d_model: int = 32, n_layers
     byte-level BPE ``tokenizer.json`` with LLaDA's six special tokens. At ``vocab_size`` 126464
     the special ids are LLaDA's own (mask 126336, EOS 126081, EoT 126348: the ids the public
     decoders hard-code); otherwise they follow the 260-token base vocabulary.
-    ``head_scale`` scales the LM head (see :func:`_random_state`). Deterministic in ``seed``.
+    ``head_scale`` and ``attn_scale`` shape the random weights (:func:`_random_state`); the
+    output is a deterministic function of the arguments.
     """
     path = pathlib.Path(path)
     base = _base_vocab()
@@ -467,12 +474,12 @@ def write_tiny_llada(path, *, vocab_size: int = 320, d_model: int = 32, n_layers
           "mlp_hidden_size": ffn_dim, "vocab_size": vocab_size, "embedding_size": vocab_size,
           "max_sequence_length": max_seq_len, "mask_token_id": special["<|mdm_mask|>"],
           "eos_token_id": special["<|endoftext|>"], "pad_token_id": special["<|endoftext|>"]}  # fmt: skip
-    return _write_tiny(path, hf, special, n_shards, seed, head_scale, base)
+    return _write_tiny(path, hf, special, n_shards, base, seed, head_scale, attn_scale)
 
 
 def write_tiny_dream(path, *, vocab_size: int = 320, d_model: int = 32, n_layers: int = 2, n_heads: int = 4,
                      n_kv_heads: int = 2, ffn_dim: int = 64, max_seq_len: int = 256, n_shards: int = 2,
-                     seed: int = 0, head_scale: float = 1.0) -> TinyCheckpoint:  # fmt: skip
+                     seed: int = 0, head_scale: float = 1.0, attn_scale: float = 1.0) -> TinyCheckpoint:  # fmt: skip
     """A random Dream checkpoint in the format of Dream-org/Dream-v0-Instruct-7B, tiny.
 
     Writes ``config.json`` (Dream-7B's keys, tiny sizes), the weights under Dream's names (shards +
@@ -488,14 +495,14 @@ def write_tiny_dream(path, *, vocab_size: int = 320, d_model: int = 32, n_layers
           "num_attention_heads": n_heads, "num_key_value_heads": n_kv_heads, "intermediate_size": ffn_dim,
           "vocab_size": vocab_size, "max_position_embeddings": max_seq_len, "mask_token_id": special["<|mask|>"],
           "bos_token_id": eos, "eos_token_id": eos, "pad_token_id": eos}  # fmt: skip
-    return _write_tiny(path, hf, special, n_shards, seed, head_scale, base)
+    return _write_tiny(path, hf, special, n_shards, base, seed, head_scale, attn_scale)
 
 
-def _write_tiny(path, hf, special, n_shards, seed, head_scale, base) -> TinyCheckpoint:
+def _write_tiny(path, hf, special, n_shards, base, *init) -> TinyCheckpoint:
     path.mkdir(parents=True, exist_ok=True)
     fmt = hf["model_type"]
     config = config_from_hf(hf, special)
-    ckpt = TinyCheckpoint(path, config, _random_state(config, seed, head_scale))
+    ckpt = TinyCheckpoint(path, config, _random_state(config, *init))
     _write_json(path / "config.json", hf)
     _write_weights(path, fmt, ckpt, n_shards)
     if fmt == LLADA:
