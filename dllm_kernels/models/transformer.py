@@ -172,6 +172,16 @@ def _sdpa_attention(q, k, v, k_cache, v_cache, cache_len, kv_len, key_start):
     return o.transpose(1, 2)
 
 
+def rope_tables(config: ModelConfig, device=None) -> tuple[torch.Tensor, torch.Tensor]:
+    """fp32 RoPE ``cos, sin [max_seq_len, head_dim]``: angle ``p * theta**(-2i/D)`` repeated for
+    both halves (the rotate_half convention of LLaDA, Dream and HF Llama)."""
+    D = config.head_dim
+    inv_freq = 1.0 / (config.rope_theta ** (torch.arange(0, D, 2, device=device, dtype=torch.float32) / D))
+    freqs = torch.outer(torch.arange(config.max_seq_len, device=device, dtype=torch.float32), inv_freq)
+    emb = torch.cat([freqs, freqs], dim=-1)
+    return emb.cos(), emb.sin()
+
+
 class DiffusionLM(nn.Module):
     """The transformer. ``backend`` is passed to every library op; ``attn_impl`` picks the
     attention path ("ops": the library's kernels/references; "sdpa": concat + torch SDPA)."""
@@ -189,11 +199,9 @@ class DiffusionLM(nn.Module):
         self.lm_head = nn.Linear(config.d_model, config.vocab_size, bias=False)
         if config.tie_embeddings:
             self.lm_head.weight = self.embed.weight
-        inv_freq = 1.0 / (config.rope_theta ** (torch.arange(0, config.head_dim, 2, dtype=torch.float32) / config.head_dim))
-        freqs = torch.outer(torch.arange(config.max_seq_len, dtype=torch.float32), inv_freq)
-        emb = torch.cat([freqs, freqs], dim=-1)
-        self.register_buffer("rope_cos", emb.cos(), persistent=False)
-        self.register_buffer("rope_sin", emb.sin(), persistent=False)
+        cos, sin = rope_tables(config)
+        self.register_buffer("rope_cos", cos, persistent=False)
+        self.register_buffer("rope_sin", sin, persistent=False)
 
     def new_cache(self, batch: int, max_len: int) -> KVCache:
         p = self.lm_head.weight
