@@ -6,9 +6,10 @@ pure-PyTorch references with the same signatures.
 
 from . import reference
 from ._types import TokenStats
+from .attention import attention
 from .backend import BACKENDS, interpreter_enabled
 from .confidence import token_stats, window_confidence
 
 __version__ = "0.1.0"
 
-__all__ = ["BACKENDS", "TokenStats", "interpreter_enabled", "reference", "token_stats", "window_confidence"]
+__all__ = ["BACKENDS", "TokenStats", "attention", "interpreter_enabled", "reference", "token_stats", "window_confidence"]
