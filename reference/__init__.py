@@ -5,5 +5,6 @@ Written for clarity (fp32/fp64 math, plain loops allowed); the oracle of every k
 
 from .attention import attention
 from .confidence import token_stats, window_confidence
+from .kv_cache import refresh_kv_cache
 
-__all__ = ["attention", "token_stats", "window_confidence"]
+__all__ = ["attention", "refresh_kv_cache", "token_stats", "window_confidence"]
