@@ -120,7 +120,9 @@ def attention(
     if k is None and k_cache is None:
         raise ValueError(f"{op}: give the new keys (k, v), a cache (k_cache, v_cache), or both; got neither")
     if k is not None and k_cache is not None and k.shape[2] != k_cache.shape[2]:
-        raise ValueError(f"{op}: k and k_cache must have the same number of KV heads, got {k.shape[2]} and {k_cache.shape[2]}")
+        raise ValueError(
+            f"{op}: k and k_cache must have the same number of KV heads, got {k.shape[2]} and {k_cache.shape[2]}"
+        )
     Hkv = (k if k is not None else k_cache).shape[2]
     if Hkv == 0 or Hq % Hkv:
         raise ValueError(f"{op}: q's heads ({Hq}) must be a multiple of the KV heads ({Hkv})")

@@ -108,11 +108,12 @@ def refresh_kv_cache(
             check_tensor(op, name, t, shape=(Ln, D) if t.dim() == 2 else (B, Ln, D))
             check_last_dim_contiguous(op, name, t)
         if rope_cos.dtype != rope_sin.dtype:
-            raise TypeError(f"{op}: rope_cos and rope_sin must have the same dtype, got {rope_cos.dtype} and {rope_sin.dtype}")
+            raise TypeError(
+                f"{op}: rope_cos and rope_sin must have the same dtype, got {rope_cos.dtype} and {rope_sin.dtype}"
+            )
         rope_cos, rope_sin = rope_cos.expand(B, Ln, D), rope_sin.expand(B, Ln, D)  # views, no copy
     if resolve_backend(backend, k_cache.device, op) == "reference":
-        reference.refresh_kv_cache(
-            k_cache, v_cache, k_new, v_new, block_ids, block_size, new_start=new_start, rope_cos=rope_cos, rope_sin=rope_sin
-        )
+        reference.refresh_kv_cache(k_cache, v_cache, k_new, v_new, block_ids, block_size, new_start=new_start,
+                                   rope_cos=rope_cos, rope_sin=rope_sin)  # fmt: skip
         return
     _refresh_kv_cache_op(k_cache, v_cache, k_new, v_new, block_ids, block_size, new_start, rope_cos, rope_sin)

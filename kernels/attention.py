@@ -413,7 +413,8 @@ def _aot_specs_fwd():
                         name=f"attention_fwd[{ty},D={D},BM={t.block_m},split={split}]",
                         kernel=_attention_fwd_kernel,
                         signature={
-                            **{p: f"*{ty}" for p in pointers}, "o_ptr": "*fp32" if split else f"*{ty}", "lse_ptr": "*fp32",
+                            **{p: f"*{ty}" for p in pointers},
+                            "o_ptr": "*fp32" if split else f"*{ty}", "lse_ptr": "*fp32",
                             "cache_len_ptr": "*i32", "kv_len_ptr": "*i32", "key_start_ptr": "*i32",
                             **{s: "i32" for s in strides},
                             "Hkv": "i32", "G": "i32", "Lq": "i32", "Lk": "i32", "Lmax": "i32", "chunk": "i32",

@@ -154,6 +154,7 @@ def aot_specs():
     specs = []
     strides = [f"stride_{t}{d}" for t in ("kc", "vc", "kn", "vn") for d in ("b", "l", "h")]
     strides += ["stride_ib", "stride_in", "stride_cb", "stride_cl", "stride_sb", "stride_sl"]
+    pointers = ["kc_ptr", "vc_ptr", "kn_ptr", "vn_ptr", "cos_ptr", "sin_ptr"]
     for dtype, ty in TORCH_TO_TRITON.items():
         for D in (64, 128):
             for rope in (False, True):
@@ -170,8 +171,7 @@ def aot_specs():
                         constexprs={"NEW_START": True, "ROPE": rope, "HEAD_DIM": D, "BLOCK_RH": _GPU_ELEMS // D},
                         num_warps=_GPU_WARPS,
                         enable_fp_fusion=not rope,
-                        aligned=tuple(n for n in strides + ["kc_ptr", "vc_ptr", "kn_ptr", "vn_ptr", "cos_ptr", "sin_ptr"]
-                                      if n not in ("stride_ib", "stride_in")),
+                        aligned=tuple(pointers + [s for s in strides if s not in ("stride_ib", "stride_in")]),
                     )
                 )
     return specs
