@@ -18,7 +18,9 @@ def _row_lengths(lengths: torch.Tensor | None, default: int, B: int) -> list[int
     return [default] * B if lengths is None else [int(n) for n in lengths.tolist()]
 
 
-def _attention(q, k, v, k_cache, v_cache, cache_len, kv_len, key_start, scale, dtype: torch.dtype) -> torch.Tensor:
+def _attention(
+    q, k, v, *, k_cache=None, v_cache=None, cache_len=None, kv_len=None, key_start=None, scale=None, dtype
+) -> torch.Tensor:
     B, Lq, Hq, D = q.shape
     scale = 1.0 / math.sqrt(D) if scale is None else scale
     Lmax = k_cache.shape[1] if k_cache is not None else 0
@@ -66,22 +68,11 @@ def attention(
     ``[0, cache_len[b])`` then new rows ``[0, kv_len[b])``, minus the first ``key_start[b]`` of
     that sequence; a query row without any valid key gets 0.
     """
-    out = _attention(q, k, v, k_cache, v_cache, cache_len, kv_len, key_start, scale, torch.float32)
-    return out.to(q.dtype)
+    kw = dict(k_cache=k_cache, v_cache=v_cache, cache_len=cache_len, kv_len=kv_len, key_start=key_start, scale=scale)
+    return _attention(q, k, v, dtype=torch.float32, **kw).to(q.dtype)
 
 
-def attention_lowp(
-    q: torch.Tensor,
-    k: torch.Tensor | None = None,
-    v: torch.Tensor | None = None,
-    *,
-    k_cache: torch.Tensor | None = None,
-    v_cache: torch.Tensor | None = None,
-    cache_len: torch.Tensor | None = None,
-    kv_len: torch.Tensor | None = None,
-    key_start: torch.Tensor | None = None,
-    scale: float | None = None,
-) -> torch.Tensor:
-    """The same math as :func:`attention` in q's dtype (matmuls, softmax and all): the error of
-    this path against the fp32 one is what FlashAttention's test criterion allows a kernel twice."""
-    return _attention(q, k, v, k_cache, v_cache, cache_len, kv_len, key_start, scale, q.dtype)
+def attention_lowp(q: torch.Tensor, k: torch.Tensor | None = None, v: torch.Tensor | None = None, **kwargs):
+    """:func:`attention`'s math (same arguments) run in q's dtype, matmuls and softmax included:
+    its error against the fp32 result is what FlashAttention's test criterion allows a kernel twice."""
+    return _attention(q, k, v, dtype=q.dtype, **kwargs)
