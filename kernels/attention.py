@@ -45,6 +45,7 @@ from ._utils import IS_INTERPRET, TORCH_TO_TRITON, AotSpec, cdiv, check_launchab
 LOG2E = 1.4426950408889634
 HEAD_DIMS = (64, 128)
 _MAX_SPLITS = 64
+_MAX_GRID_Z = 65535  # (batch, KV head) pairs sit on grid axis 2, after the query tiles and splits
 
 
 @triton.jit
@@ -275,20 +276,18 @@ class _Tiles:
 
 # Not tuned on a GPU yet (none was available): FA2-tutorial-like tiles, 3-stage cp.async
 # pipelines. Up to 64 query rows (LLaDA's 32-token block) the kernel streams K/V with one query
-# tile; larger M (GQA folding, pruned suffixes, prefill) uses 128-row tiles. fp32 (a test dtype)
-# halves BLOCK_N to fit shared memory. 110-130 KiB of shared memory per program leaves one
-# program per SM, so registers (up to 255 with 8 warps) do not limit occupancy.
+# tile; larger M (GQA folding, pruned suffixes, prefill) uses 128-row tiles. 110-130 KiB of
+# shared memory per program leaves one program per SM, so registers (up to 255 with 8 warps) do
+# not limit occupancy.
 _GPU_TILES = {
-    # (head_dim, M <= 64, fp32): tiles
-    (64, True, False): _Tiles(64, 64, 4, 3),
-    (64, False, False): _Tiles(128, 64, 8, 3),
-    (128, True, False): _Tiles(64, 64, 8, 3),
-    (128, False, False): _Tiles(128, 64, 8, 3),
-    (64, True, True): _Tiles(64, 32, 4, 2),
-    (64, False, True): _Tiles(128, 32, 8, 2),
-    (128, True, True): _Tiles(64, 32, 8, 2),
-    (128, False, True): _Tiles(128, 32, 8, 2),
+    # (head_dim, M <= 64): tiles
+    (64, True): _Tiles(64, 64, 4, 3),
+    (64, False): _Tiles(128, 64, 8, 3),
+    (128, True): _Tiles(64, 64, 8, 3),
+    (128, False): _Tiles(128, 64, 8, 3),
 }
+# fp32 inputs (a testing dtype; 3xTF32 dots, which spill) use one small tile whatever M is
+_GPU_TILES_FP32 = {64: _Tiles(64, 32, 4, 2), 128: _Tiles(64, 32, 8, 2)}
 _SMALL_M = 64
 _COMBINE_BLOCK_R = 16
 
@@ -297,7 +296,7 @@ def _tiles(M: int, D: int, dtype: torch.dtype, max_keys: int, block_n: int | Non
     if IS_INTERPRET:  # ~0.4 ms per tl op per program whatever the tile: few programs, big tiles
         bn = block_n or min(64, max(16, next_pow2(max_keys)))
         return _Tiles(min(128, max(16, next_pow2(M))), bn, 4, 1)
-    t = _GPU_TILES[(D, M <= _SMALL_M, dtype == torch.float32)]
+    t = _GPU_TILES_FP32[D] if dtype == torch.float32 else _GPU_TILES[(D, M <= _SMALL_M)]
     return t if block_n is None else _Tiles(t.block_m, block_n, t.num_warps, t.num_stages)
 
 
@@ -354,6 +353,8 @@ def attention(
     chunk = max(cdiv(cdiv(max(max_keys, 1), splits), tiles.block_n) * tiles.block_n, tiles.block_n)
     splits = max(1, cdiv(max_keys, chunk))
 
+    if B * Hkv > _MAX_GRID_Z:
+        raise ValueError(f"attention: batch x KV heads = {B * Hkv} exceeds the {_MAX_GRID_Z} programs of a grid axis")
     out = _utils.empty(B, Lq, Hq, D, dtype=q.dtype, device=q.device)
     if out.numel() == 0:
         return out
@@ -404,9 +405,8 @@ def _aot_specs_fwd():
     strides = [f"stride_{t}{d}" for t in ("q", "k", "v", "kc", "vc") for d in ("b", "l", "h")]
     pointers = ["q_ptr", "k_ptr", "v_ptr", "kc_ptr", "vc_ptr", "o_ptr", "lse_ptr"]
     for dtype, ty in TORCH_TO_TRITON.items():
-        for (D, small, f32), t in _GPU_TILES.items():
-            if f32 != (dtype == torch.float32):
-                continue
+        tiles = _GPU_TILES_FP32.items() if dtype == torch.float32 else ((D, t) for (D, _), t in _GPU_TILES.items())
+        for D, t in tiles:
             for split in (False, True):
                 specs.append(
                     AotSpec(

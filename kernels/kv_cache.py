@@ -53,7 +53,7 @@ def _refresh_kv_cache_kernel(
     HEAD_DIM: tl.constexpr,
     BLOCK_RH: tl.constexpr,  # (row, head) pairs per program
 ):  # fmt: skip
-    i_t, i_bj = tl.program_id(0), tl.program_id(1)
+    i_bj, i_t = tl.program_id(0), tl.program_id(1)
     i_b = i_bj // nb
     i_b64 = i_b.to(tl.int64)
     blk = tl.load(ids_ptr + i_b64 * stride_ib + (i_bj % nb) * stride_in).to(tl.int64)
@@ -136,7 +136,7 @@ def refresh_kv_cache(
     if B * nb == 0 or Lmax == 0 or Ln == 0 or Hkv == 0:
         return
     block_rh = _block_rh(D, block_size * Hkv)
-    grid = (cdiv(block_size * Hkv, block_rh), B * nb)
+    grid = (B * nb, cdiv(block_size * Hkv, block_rh))
     rope = rope_cos is not None
     cos, sin = (rope_cos, rope_sin) if rope else (k_new, k_new)  # never read without ROPE
     _refresh_kv_cache_kernel[grid](

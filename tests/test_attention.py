@@ -48,9 +48,7 @@ def make_inputs(
 def check(q, k, v, **kw):
     """Kernel (public op) vs the fp32 reference, under the FlashAttention criterion."""
     got = dk.attention(q, k, v, backend="triton", **kw)
-    cpu = {n: (t.cpu() if isinstance(t, torch.Tensor) else t) for n, t in kw.items()}
-    qc, kc, vc = (t.cpu() if t is not None else None for t in (q, k, v))
-    assert_attention_close(got, reference.attention(qc, kc, vc, **cpu), attention_lowp(qc, kc, vc, **cpu))
+    assert_attention_close(got, reference.attention(q, k, v, **kw), attention_lowp(q, k, v, **kw))
     return got
 
 
@@ -158,6 +156,12 @@ def test_int32_lengths(device):
     q, k, v, kw = make_inputs(2, 4, 2, 2, 64, Lk=7, Lmax=10, cache_len=[3, 10], kv_len=[7, 1], device=device)
     kw = {n: (t.int() if t.dtype == torch.int64 else t) for n, t in kw.items()}
     check(q, k, v, **kw)
+
+
+def test_public_head_dims_are_the_compiled_ones():
+    from dllm_kernels.attention import HEAD_DIMS
+
+    assert {s.constexprs["HEAD_DIM"] for s in kernels.aot_specs()} == set(HEAD_DIMS)
 
 
 def test_empty_query_block(device):
