@@ -6,9 +6,11 @@ pure-PyTorch references with the same signatures.
 
 from . import reference
 from ._types import TokenStats
+from .attention import attention
 from .backend import BACKENDS, interpreter_enabled
 from .confidence import token_stats, window_confidence
+from .kv_cache import refresh_kv_cache
 
 __version__ = "0.1.0"
 
-__all__ = ["BACKENDS", "TokenStats", "interpreter_enabled", "reference", "token_stats", "window_confidence"]
+__all__ = ["BACKENDS", "TokenStats", "attention", "interpreter_enabled", "reference", "refresh_kv_cache", "token_stats", "window_confidence"]

@@ -63,3 +63,40 @@ def check_int_list(op: str, name: str, values, *, low: int, high: int) -> tuple[
     if bad:
         raise ValueError(f"{op}: {name} must lie in [{low}, {high}), got {bad}")
     return out
+
+
+INT_DTYPES = (torch.int32, torch.int64)
+
+
+def check_int_tensor(
+    op: str,
+    name: str,
+    t,
+    *,
+    shape: Sequence[int | None],
+    device: torch.device,
+    low: int,
+    high: int | None = None,
+) -> torch.Tensor:
+    """An int32/int64 tensor of ``shape`` on ``device`` whose values lie in ``[low, high]``.
+
+    Values are only read when they are already on the host (CPU tensors, outside of tracing):
+    reading a CUDA tensor would cost a device sync on the hot path and break graph capture, so
+    kernels that take such tensors clamp the values they read instead.
+    """
+    check_tensor(op, name, t, dtypes=INT_DTYPES, device=device, shape=shape)
+    if t.device.type == "cpu" and t.numel() and not torch.compiler.is_compiling():
+        lo, hi = int(t.min()), int(t.max())
+        if lo < low or (high is not None and hi > high):
+            want = f"[{low}, {high}]" if high is not None else f">= {low}"
+            raise ValueError(f"{op}: {name} values must lie in {want}, got min {lo} and max {hi}")
+    return t
+
+
+def check_last_dim_contiguous(op: str, name: str, t: torch.Tensor) -> None:
+    """Kernels index the last dimension with unit stride (any other strides are fine)."""
+    if t.shape[-1] > 1 and t.stride(-1) != 1:
+        raise ValueError(
+            f"{op}: {name} must have a contiguous last dimension (stride 1; any other strides are "
+            f"fine), got strides {tuple(t.stride())}"
+        )

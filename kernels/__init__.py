@@ -4,9 +4,9 @@ Importing this package decorates the kernels: set ``TRITON_INTERPRET=1`` before 
 run them on CPU tensors through Triton's interpreter.
 """
 
-from . import confidence
+from . import attention, confidence, kv_cache
 
 # modules whose ``aot_specs()`` list every configuration their launchers can pick
-AOT_MODULES = ("confidence",)
+AOT_MODULES = ("attention", "confidence", "kv_cache")
 
-__all__ = ["confidence", "AOT_MODULES"]
+__all__ = ["attention", "confidence", "kv_cache", "AOT_MODULES"]

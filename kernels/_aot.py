@@ -42,9 +42,11 @@ def all_specs():
 
 def compile_spec(index: int) -> dict:
     spec = all_specs()[index]
+    attrs = {(spec.kernel.arg_names.index(a),): [["tt.divisibility", 16]] for a in spec.aligned}
     src = ASTSource(fn=spec.kernel, signature={**spec.signature, **{k: "constexpr" for k in spec.constexprs}},
-                    constexprs=spec.constexprs)  # fmt: skip
-    compiled = triton.compile(src, target=TARGET, options={"num_warps": spec.num_warps, "num_stages": spec.num_stages})
+                    constexprs=spec.constexprs, attrs=attrs)  # fmt: skip
+    options = {"num_warps": spec.num_warps, "num_stages": spec.num_stages, "enable_fp_fusion": spec.enable_fp_fusion}
+    compiled = triton.compile(src, target=TARGET, options=options)
     with tempfile.NamedTemporaryFile("w", suffix=".ptx", delete=False) as f:
         f.write(compiled.asm["ptx"])
     try:
@@ -57,7 +59,8 @@ def compile_spec(index: int) -> dict:
     spill_st = int(re.search(r"(\d+) bytes spill stores", log).group(1))
     spill_ld = int(re.search(r"(\d+) bytes spill loads", log).group(1))
     return {"name": spec.name, "main": spec.main, "registers": regs, "spill_stores": spill_st,
-            "spill_loads": spill_ld, "shared": compiled.metadata.shared, "num_warps": spec.num_warps}  # fmt: skip
+            "spill_loads": spill_ld, "shared": compiled.metadata.shared, "num_warps": spec.num_warps,
+            "max_registers": spec.max_registers}  # fmt: skip
 
 
 def main(argv=None) -> int:

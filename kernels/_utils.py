@@ -68,6 +68,15 @@ class AotSpec:
     num_warps: int = 4
     num_stages: int = 3
     main: bool = True
+    enable_fp_fusion: bool = True  # False where a kernel must round like unfused PyTorch ops
+    # arguments assumed divisible by 16 (pointers: 16-byte aligned), as the JIT specializes them
+    # for the tensors and strides the launcher is meant for; without this every tile element
+    # gets its own 64-bit address and the register counts mean nothing
+    aligned: tuple[str, ...] = ()
+    # registers per thread a main configuration may use: the default leaves room for 3 programs
+    # of 4 warps per SM (bandwidth-bound kernels); kernels whose shared memory allows one program
+    # per SM anyway (attention) declare more
+    max_registers: int = 168
 
 
 TORCH_TO_TRITON = {torch.float32: "fp32", torch.float16: "fp16", torch.bfloat16: "bf16"}

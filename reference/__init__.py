@@ -3,6 +3,8 @@
 Written for clarity (fp32/fp64 math, plain loops allowed); the oracle of every kernel test.
 """
 
+from .attention import attention
 from .confidence import token_stats, window_confidence
+from .kv_cache import refresh_kv_cache
 
-__all__ = ["token_stats", "window_confidence"]
+__all__ = ["attention", "refresh_kv_cache", "token_stats", "window_confidence"]

@@ -1,0 +1,147 @@
+"""Public attention op of a dLLM decoding step: ``attention``.
+
+The query block attends bidirectionally to ``[cache rows | new K/V rows]`` without concatenating
+them in memory (see :mod:`dllm_kernels.kernels.attention` for the algorithm). Validation, backend
+dispatch, and a ``torch.library`` custom op with a fake implementation, so the op traces under
+``torch.compile`` and is captured by CUDA graphs (ragged lengths are read on the device only).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from . import reference
+from ._checks import FLOAT_DTYPES, check_int_tensor, check_last_dim_contiguous, check_tensor
+from .backend import resolve_backend
+
+HEAD_DIMS = (64, 128)
+
+
+@torch.library.custom_op("dllm_kernels::attention", mutates_args=())
+def _attention_op(
+    q: torch.Tensor,
+    k: torch.Tensor | None,
+    v: torch.Tensor | None,
+    k_cache: torch.Tensor | None,
+    v_cache: torch.Tensor | None,
+    cache_len: torch.Tensor | None,
+    kv_len: torch.Tensor | None,
+    key_start: torch.Tensor | None,
+    scale: float,
+) -> torch.Tensor:
+    from .kernels import attention as kernels
+
+    return kernels.attention(q, k, v, k_cache, v_cache, cache_len, kv_len, key_start, scale)
+
+
+@_attention_op.register_fake
+def _(q, k, v, k_cache, v_cache, cache_len, kv_len, key_start, scale):
+    return q.new_empty(q.shape)
+
+
+def check_kv_pair(op: str, names: tuple[str, str], k, v, *, B: int, D: int, dtype, device, like: str) -> None:
+    """``k`` and ``v`` are both None, or both ``[B, L, H, D]`` with ``like``'s dtype and device and
+    the same shape, each with a unit-stride last dimension."""
+    if (k is None) != (v is None):
+        raise ValueError(f"{op}: {names[0]} and {names[1]} must be given together, got only {names[k is None]}")
+    if k is None:
+        return
+    for name, t in zip(names, (k, v)):
+        check_tensor(op, name, t, ndim=4, device=device)
+        if t.dtype != dtype:
+            raise TypeError(f"{op}: {name} must have {like}'s dtype {dtype}, got {t.dtype}")
+        check_tensor(op, name, t, shape=(B, None, None, D))
+        check_last_dim_contiguous(op, name, t)
+    check_tensor(op, names[1], v, shape=tuple(k.shape))
+
+
+def attention(
+    q: torch.Tensor,
+    k: torch.Tensor | None = None,
+    v: torch.Tensor | None = None,
+    *,
+    k_cache: torch.Tensor | None = None,
+    v_cache: torch.Tensor | None = None,
+    cache_len: torch.Tensor | None = None,
+    kv_len: torch.Tensor | None = None,
+    key_start: torch.Tensor | None = None,
+    scale: float | None = None,
+    backend: str = "auto",
+) -> torch.Tensor:
+    """Bidirectional attention of a query block over a KV cache and the new K/V, unconcatenated.
+
+    Row ``b`` attends to one logical key sequence: cache rows ``0 .. cache_len[b]-1`` (logical
+    indices ``0 .. cache_len[b]-1``) followed by new rows ``0 .. kv_len[b]-1`` (logical indices
+    ``cache_len[b] ..``); keys with logical index ``< key_start[b]`` are ignored. The softmax runs
+    over all of them together, with no causal mask. Positions matter only through RoPE, which the
+    model applies before this op, so a Streaming-dLLM pruned suffix is just a shorter set of new
+    keys (block + first W suffix positions + the last position, rotated at their own positions).
+
+    Modes: prefix cache (``k, v`` and ``k_cache, v_cache``); dual cache (only the cache: the
+    block's rows were just written into it, e.g. by :func:`refresh_kv_cache`); prefill / no cache
+    (only ``k, v``; ``Lq == Lk`` up to 4096 and beyond).
+
+    Args:
+        q: ``[B, Lq, Hq, D]`` queries, fp16/bf16/fp32, D in {64, 128}.
+        k, v: ``[B, Lk, Hkv, D]`` new keys/values (q's dtype and device), or both None.
+            ``Hq % Hkv == 0`` (GQA: query head ``h`` reads KV head ``h // (Hq // Hkv)``).
+        k_cache, v_cache: ``[B, Lmax, Hkv, D]`` cache, or both None. At least one K/V pair is given.
+        cache_len: int32/int64 ``[B]`` on q's device, values in ``[0, Lmax]``: cache rows
+            ``[0, cache_len[b])`` are keys (default: all ``Lmax``). Needs a cache.
+        kv_len: int32/int64 ``[B]``, values in ``[0, Lk]``: new rows ``[0, kv_len[b])`` are keys
+            (default ``Lk``). Needs ``k``.
+        key_start: int32/int64 ``[B]``, values ``>= 0``: left padding; keys with logical index
+            below it are ignored (pass the pad length in prefill and in prefix-cache mode alike).
+        scale: softmax scale, default ``1 / sqrt(D)``.
+        backend: ``"auto"`` | ``"triton"`` | ``"reference"`` (see :mod:`dllm_kernels.backend`).
+
+    Every tensor may be a strided view (e.g. heads sliced out of a fused QKV projection, or a
+    ``[B, H, L, D]`` tensor transposed to ``[B, L, H, D]``) as long as its last dimension has
+    stride 1; no copy is made. Length values are checked when the length tensors live on the CPU;
+    on the GPU they are never read by the host (no sync) and the kernel clamps them into range.
+
+    Returns:
+        ``[B, Lq, Hq, D]`` in q's dtype (contiguous). A query row without any valid key gets 0.
+
+    Precision: fp32 accumulation and online softmax (FlashAttention-2); P is rounded to the value
+    dtype before ``P V`` as in FlashAttention. fp32 inputs use IEEE fp32 dots (no TF32).
+    """
+    op = "attention"
+    check_tensor(op, "q", q, ndim=4, dtypes=FLOAT_DTYPES)
+    B, Lq, Hq, D = q.shape
+    if D not in HEAD_DIMS:
+        raise ValueError(f"{op}: head dim (q.shape[-1]) must be one of {HEAD_DIMS}, got {D}")
+    check_last_dim_contiguous(op, "q", q)
+    kw = dict(B=B, D=D, dtype=q.dtype, device=q.device, like="q")
+    check_kv_pair(op, ("k", "v"), k, v, **kw)
+    check_kv_pair(op, ("k_cache", "v_cache"), k_cache, v_cache, **kw)
+    if k is None and k_cache is None:
+        raise ValueError(f"{op}: give the new keys (k, v), a cache (k_cache, v_cache), or both; got neither")
+    if k is not None and k_cache is not None and k.shape[2] != k_cache.shape[2]:
+        raise ValueError(
+            f"{op}: k and k_cache must have the same number of KV heads, got {k.shape[2]} and {k_cache.shape[2]}"
+        )
+    Hkv = (k if k is not None else k_cache).shape[2]
+    if Hkv == 0 or Hq % Hkv:
+        raise ValueError(f"{op}: q's heads ({Hq}) must be a multiple of the KV heads ({Hkv})")
+    for name, t, given, high in (
+        ("cache_len", cache_len, k_cache is not None, k_cache.shape[1] if k_cache is not None else 0),
+        ("kv_len", kv_len, k is not None, k.shape[1] if k is not None else 0),
+        ("key_start", key_start, True, None),
+    ):
+        if t is None:
+            continue
+        if not given:
+            needs = "k_cache" if name == "cache_len" else "k"
+            raise ValueError(f"{op}: {name} needs {needs}, which is None")
+        check_int_tensor(op, name, t, shape=(B,), device=q.device, low=0, high=high)
+    if scale is None:
+        scale = 1.0 / math.sqrt(D)
+    elif isinstance(scale, bool) or not isinstance(scale, (int, float)) or not math.isfinite(scale):
+        raise ValueError(f"{op}: scale must be a finite number, got {scale!r}")
+    kwargs = dict(k_cache=k_cache, v_cache=v_cache, cache_len=cache_len, kv_len=kv_len, key_start=key_start)
+    if resolve_backend(backend, q.device, op) == "reference":
+        return reference.attention(q, k, v, scale=float(scale), **kwargs)
+    return _attention_op(q, k, v, k_cache, v_cache, cache_len, kv_len, key_start, float(scale))

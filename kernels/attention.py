@@ -1,0 +1,455 @@
+"""Bidirectional attention of a dLLM decoding step over ``[cache rows | new K/V]``, fused.
+
+A decoding step forwards a block of queries (32 tokens, or the block plus a pruned suffix) that
+attends, without a causal mask, to the KV cache of the decoded prefix (in dual-cache mode also of
+the stale suffix) and to the K/V the step just computed. The public decoders concatenate cache
+and new K/V every step (a copy of the whole cache per layer and step) and call SDPA; here each
+program walks the two tensors as one logical key sequence instead::
+
+    logical key j  ->  k_cache[b, j]                  for j <  cache_len[b]
+                       k[b, j - cache_len[b]]         for j >= cache_len[b], j < cache_len[b] + kv_len[b]
+
+and keys with ``j < key_start[b]`` (left padding) are skipped by starting the walk there. All
+per-row lengths are read on the device: ragged batches cost no host sync and no recompile.
+
+Online softmax (FlashAttention-2) in the log2 domain, with ``s = q . k * scale * log2(e)``::
+
+    m' = max(m, max_j s_j),  a = 2^(m - m'),  l' = a l + sum_j 2^(s_j - m'),  acc' = a acc + P V
+
+Every key tile a program visits holds at least one valid key (tiles start inside the valid
+range), so ``m`` is finite after the first tile and ``2^(-inf - -inf)`` never occurs; a query row
+whose range is empty ends with ``l = 0`` and writes 0.
+
+GQA: the ``G = Hq / Hkv`` query heads of a KV head are folded into the M dimension (tile row
+``r = l * G + g`` is query position ``l``, head ``h * G + g``), so each K/V tile is read once per
+KV head for all of its query heads. This is what makes Dream's 28/4 heads bandwidth-efficient.
+
+Memory traffic: K/V rows in the key range are read once per (query tile, split); q read once,
+o written once. Decode shapes (few queries, long keys) have too few (batch, head) pairs to fill
+the GPU, so the logical key range is split across ``n_splits`` programs (flash-decoding); each
+writes its normalised partial output (fp32) and log-sum-exp, merged by a small combine kernel.
+The split count is capped so the partials never outweigh the K/V bytes they summarise.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import triton
+import triton.language as tl
+
+from . import _utils
+from ._utils import IS_INTERPRET, TORCH_TO_TRITON, AotSpec, cdiv, check_launchable, next_pow2, programs_target
+
+LOG2E = 1.4426950408889634
+HEAD_DIMS = (64, 128)
+_MAX_SPLITS = 64
+_MAX_GRID_Z = 65535  # (batch, KV head) pairs sit on grid axis 2, after the query tiles and splits
+
+
+@triton.jit
+def _attn_tile(
+    acc,  # [BLOCK_M, HEAD_DIM] fp32, un-normalised output
+    m_i,  # [BLOCK_M] fp32, running max of the scores (log2 domain)
+    l_i,  # [BLOCK_M] fp32, running sum of 2^(s - m_i)
+    b_q,  # [BLOCK_M, HEAD_DIM], queries (input dtype)
+    p_k,  # pointer to the tile's first key row (its head, dim 0)
+    p_v,  # pointer to the tile's first value row
+    stride_kn,
+    stride_vn,
+    n_valid,  # keys of the tile inside the range (MASKED only)
+    qk_scale,  # scale * log2(e)
+    BLOCK_N: tl.constexpr,
+    HEAD_DIM: tl.constexpr,
+    MASKED: tl.constexpr,  # the tile may run past the end of the range
+    DOT_F32: tl.constexpr,  # interpreter: dot operands in fp32 (its bf16 dot is wrong)
+    DOT_PREC: tl.constexpr,  # "ieee" for fp32 inputs (no TF32), else the default
+):
+    """One online-softmax step over ``BLOCK_N`` consecutive key rows."""
+    o_n = tl.arange(0, BLOCK_N)
+    o_d = tl.arange(0, HEAD_DIM)
+    p_kt = p_k + o_n[:, None] * stride_kn + o_d[None, :]  # [BLOCK_N, HEAD_DIM]
+    p_vt = p_v + o_n[:, None] * stride_vn + o_d[None, :]  # [BLOCK_N, HEAD_DIM]
+    if MASKED:
+        # rows past the range are never read: cache rows beyond cache_len may hold anything
+        m_n = o_n < n_valid
+        b_k = tl.load(p_kt, mask=m_n[:, None], other=0.0)
+        b_v = tl.load(p_vt, mask=m_n[:, None], other=0.0)
+    else:
+        b_k = tl.load(p_kt)
+        b_v = tl.load(p_vt)
+
+    if DOT_F32:
+        b_s = tl.dot(b_q.to(tl.float32), tl.trans(b_k.to(tl.float32)))
+    else:
+        b_s = tl.dot(b_q, tl.trans(b_k), input_precision=DOT_PREC)
+    b_s = b_s * qk_scale  # [BLOCK_M, BLOCK_N]
+    if MASKED:
+        b_s = tl.where(m_n[None, :], b_s, float("-inf"))
+
+    m_new = tl.maximum(m_i, tl.max(b_s, 1))  # finite: column 0 of every tile is a valid key
+    alpha = tl.exp2(m_i - m_new)
+    b_p = tl.exp2(b_s - m_new[:, None])  # [BLOCK_M, BLOCK_N]
+    l_i = l_i * alpha + tl.sum(b_p, 1)
+    # P is rounded to the value dtype before the P.V product, as in FlashAttention
+    b_p = b_p.to(b_v.dtype)
+    if DOT_F32:
+        acc = acc * alpha[:, None] + tl.dot(b_p.to(tl.float32), b_v.to(tl.float32))
+    else:
+        acc = tl.dot(b_p, b_v, acc * alpha[:, None], input_precision=DOT_PREC)
+    return acc, m_new, l_i
+
+
+@triton.jit
+def _attn_range(
+    acc, m_i, l_i, b_q,
+    p_k,  # pointer to key row 0 of this (batch entry, KV head)
+    p_v,  # pointer to value row 0
+    stride_kn,
+    stride_vn,
+    lo,  # first key row
+    hi,  # one past the last key row (hi <= lo: nothing)
+    qk_scale,
+    BLOCK_N: tl.constexpr,
+    HEAD_DIM: tl.constexpr,
+    DOT_F32: tl.constexpr,
+    DOT_PREC: tl.constexpr,
+):  # fmt: skip
+    """Attend to key rows ``[lo, hi)`` of one K/V tensor: full tiles without masks, then a tail."""
+    n_full = lo + tl.maximum(hi - lo, 0) // BLOCK_N * BLOCK_N
+    p_kn = p_k + lo.to(tl.int64) * stride_kn
+    p_vn = p_v + lo.to(tl.int64) * stride_vn
+    for _ in tl.range(lo, n_full, BLOCK_N):
+        acc, m_i, l_i = _attn_tile(
+            acc, m_i, l_i, b_q, p_kn, p_vn, stride_kn, stride_vn, BLOCK_N, qk_scale,
+            BLOCK_N, HEAD_DIM, False, DOT_F32, DOT_PREC,
+        )  # fmt: skip
+        p_kn += BLOCK_N * stride_kn
+        p_vn += BLOCK_N * stride_vn
+    if n_full < hi:
+        acc, m_i, l_i = _attn_tile(
+            acc, m_i, l_i, b_q, p_kn, p_vn, stride_kn, stride_vn, hi - n_full, qk_scale,
+            BLOCK_N, HEAD_DIM, True, DOT_F32, DOT_PREC,
+        )  # fmt: skip
+    return acc, m_i, l_i
+
+
+@triton.jit(do_not_specialize=["Lq", "Lk", "Lmax", "chunk"])
+def _attention_fwd_kernel(
+    q_ptr,  # [B, Lq, Hq, D]
+    k_ptr,  # [B, Lk, Hkv, D] new keys (the cache when there are none, with Lk = 0)
+    v_ptr,  # [B, Lk, Hkv, D] new values
+    kc_ptr,  # [B, Lmax, Hkv, D] key cache (the new keys when there is none, with Lmax = 0)
+    vc_ptr,  # [B, Lmax, Hkv, D] value cache
+    o_ptr,  # [B, Lq, Hq, D] output, contiguous; SPLIT: [n_splits, B, Lq, Hq, D] fp32 partials
+    lse_ptr,  # SPLIT: [n_splits, B, Lq, Hq] fp32 log2-sum-exp of each partial
+    cache_len_ptr,  # [B] int (CACHE_LEN)
+    kv_len_ptr,  # [B] int (KV_LEN)
+    key_start_ptr,  # [B] int (KEY_START)
+    stride_qb, stride_ql, stride_qh,
+    stride_kb, stride_kl, stride_kh,
+    stride_vb, stride_vl, stride_vh,
+    stride_kcb, stride_kcl, stride_kch,
+    stride_vcb, stride_vcl, stride_vch,
+    Hkv,  # KV heads
+    G,  # query heads per KV head
+    Lq,  # queries per batch entry
+    Lk,  # new K/V rows (0: none)
+    Lmax,  # cache rows (0: no cache)
+    chunk,  # logical keys per split, a multiple of BLOCK_N
+    qk_scale,  # scale * log2(e)
+    CACHE_LEN: tl.constexpr,  # per-row cache lengths given (else Lmax)
+    KV_LEN: tl.constexpr,  # per-row new lengths given (else Lk)
+    KEY_START: tl.constexpr,  # per-row first valid key given (else 0)
+    SPLIT: tl.constexpr,  # write partials for the combine kernel
+    HEAD_DIM: tl.constexpr,
+    BLOCK_M: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    DOT_F32: tl.constexpr,
+    DOT_PREC: tl.constexpr,
+):  # fmt: skip
+    i_m, i_s, i_bh = tl.program_id(0), tl.program_id(1), tl.program_id(2)
+    i_b, i_h = i_bh // Hkv, i_bh % Hkv
+    i_b64 = i_b.to(tl.int64)
+
+    # ragged lengths, read on the device and clamped so that no value can address outside a tensor
+    cl = Lmax
+    if CACHE_LEN:
+        cl = tl.minimum(tl.maximum(tl.load(cache_len_ptr + i_b).to(tl.int32), 0), Lmax)
+    kl = Lk
+    if KV_LEN:
+        kl = tl.minimum(tl.maximum(tl.load(kv_len_ptr + i_b).to(tl.int32), 0), Lk)
+    ks = 0
+    if KEY_START:
+        ks = tl.maximum(tl.load(key_start_ptr + i_b).to(tl.int32), 0)
+    # this program's logical key range
+    lo = tl.maximum(i_s * chunk, ks)
+    hi = tl.minimum(i_s * chunk + chunk, cl + kl)
+
+    # query tile: row r is position r // G of query head i_h * G + r % G
+    M = Lq * G
+    o_r = i_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    m_r = o_r < M
+    o_l = o_r // G
+    o_hq = i_h * G + o_r % G
+    o_d = tl.arange(0, HEAD_DIM)
+    p_q = q_ptr + i_b64 * stride_qb + (o_l * stride_ql + o_hq * stride_qh)[:, None] + o_d[None, :]
+    b_q = tl.load(p_q, mask=m_r[:, None], other=0.0)  # [BLOCK_M, HEAD_DIM]
+
+    acc = tl.zeros([BLOCK_M, HEAD_DIM], dtype=tl.float32)
+    m_i = tl.full([BLOCK_M], float("-inf"), dtype=tl.float32)
+    l_i = tl.zeros([BLOCK_M], dtype=tl.float32)
+    # cache rows: logical index j is cache row j
+    acc, m_i, l_i = _attn_range(
+        acc, m_i, l_i, b_q,
+        kc_ptr + i_b64 * stride_kcb + i_h * stride_kch, vc_ptr + i_b64 * stride_vcb + i_h * stride_vch,
+        stride_kcl, stride_vcl, lo, tl.minimum(hi, cl), qk_scale, BLOCK_N, HEAD_DIM, DOT_F32, DOT_PREC,
+    )  # fmt: skip
+    # new rows: logical index j is new row j - cl
+    acc, m_i, l_i = _attn_range(
+        acc, m_i, l_i, b_q,
+        k_ptr + i_b64 * stride_kb + i_h * stride_kh, v_ptr + i_b64 * stride_vb + i_h * stride_vh,
+        stride_kl, stride_vl, tl.maximum(lo, cl) - cl, hi - cl, qk_scale, BLOCK_N, HEAD_DIM, DOT_F32, DOT_PREC,
+    )  # fmt: skip
+
+    # output row of (b, l, hq) in the contiguous [B, Lq, Hq] layout (and in each split's slice)
+    Hq = Hkv * G
+    o_row = (i_b64 * Lq + o_l) * Hq + o_hq  # [BLOCK_M]
+    has_keys = l_i > 0.0
+    b_o = acc / tl.where(has_keys, l_i, 1.0)[:, None]  # rows without keys: acc = 0 -> 0
+    if SPLIT:
+        o_row += i_s.to(tl.int64) * (tl.num_programs(2) // Hkv) * Lq * Hq
+        b_lse = tl.where(has_keys, m_i + tl.log2(tl.where(has_keys, l_i, 1.0)), float("-inf"))
+        tl.store(lse_ptr + o_row, b_lse, mask=m_r)
+        # an empty split writes its log-sum-exp only; the combine never reads its output rows
+        tl.store(o_ptr + o_row[:, None] * HEAD_DIM + o_d[None, :], b_o, mask=(m_r & has_keys)[:, None])
+    else:
+        tl.store(o_ptr + o_row[:, None] * HEAD_DIM + o_d[None, :], b_o.to(o_ptr.dtype.element_ty), mask=m_r[:, None])
+
+
+@triton.jit(do_not_specialize=["R", "n_splits"])
+def _attention_combine_kernel(
+    part_o_ptr,  # [n_splits, R, D] fp32, normalised partial outputs
+    lse_ptr,  # [n_splits, R] fp32, their log2-sum-exp (-inf: the split had no key)
+    o_ptr,  # [R, D] output (rows = B * Lq * Hq)
+    R,
+    n_splits,
+    HEAD_DIM: tl.constexpr,
+    BLOCK_R: tl.constexpr,
+):
+    """o = sum_s 2^(lse_s - m) o_s / sum_s 2^(lse_s - m), merged online over the splits."""
+    i_r = tl.program_id(0)
+    o_r = (i_r * BLOCK_R + tl.arange(0, BLOCK_R)).to(tl.int64)
+    m_r = o_r < R
+    o_d = tl.arange(0, HEAD_DIM)
+    m = tl.full([BLOCK_R], float("-inf"), dtype=tl.float32)
+    den = tl.zeros([BLOCK_R], dtype=tl.float32)
+    acc = tl.zeros([BLOCK_R, HEAD_DIM], dtype=tl.float32)
+    for i_s in tl.range(0, n_splits):
+        b_lse = tl.load(lse_ptr + i_s * R + o_r, mask=m_r, other=float("-inf"))  # [BLOCK_R]
+        m_new = tl.maximum(m, b_lse)
+        pivot = tl.where(m_new > float("-inf"), m_new, 0.0)  # finite, so -inf - pivot = -inf
+        alpha = tl.exp2(m - pivot)
+        b_w = tl.exp2(b_lse - pivot)
+        m_o = (m_r & (b_lse > float("-inf")))[:, None]
+        b_o = tl.load(part_o_ptr + (i_s * R + o_r)[:, None] * HEAD_DIM + o_d[None, :], mask=m_o, other=0.0)
+        acc = acc * alpha[:, None] + b_w[:, None] * b_o
+        den = den * alpha + b_w
+        m = m_new
+    b_o = acc / tl.where(den > 0.0, den, 1.0)[:, None]
+    tl.store(o_ptr + o_r[:, None] * HEAD_DIM + o_d[None, :], b_o.to(o_ptr.dtype.element_ty), mask=m_r[:, None])
+
+
+# ------------------------------------------------------------------------------------------------
+# launcher
+# ------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class _Tiles:
+    block_m: int
+    block_n: int
+    num_warps: int
+    num_stages: int
+
+
+# Not tuned on a GPU yet (none was available): FA2-tutorial-like tiles, 3-stage cp.async
+# pipelines. Up to 64 query rows (LLaDA's 32-token block) the kernel streams K/V with one query
+# tile; larger M (GQA folding, pruned suffixes, prefill) uses 128-row tiles. 110-130 KiB of
+# shared memory per program leaves one program per SM, so registers (up to 255 with 8 warps) do
+# not limit occupancy.
+_GPU_TILES = {
+    # (head_dim, M <= 64): tiles
+    (64, True): _Tiles(64, 64, 4, 3),
+    (64, False): _Tiles(128, 64, 8, 3),
+    (128, True): _Tiles(64, 64, 8, 3),
+    (128, False): _Tiles(128, 64, 8, 3),
+}
+# fp32 inputs (a testing dtype; 3xTF32 dots, which spill) use one small tile whatever M is
+_GPU_TILES_FP32 = {64: _Tiles(64, 32, 4, 2), 128: _Tiles(64, 32, 8, 2)}
+_SMALL_M = 64
+_COMBINE_BLOCK_R = 16
+
+
+def _tiles(M: int, D: int, dtype: torch.dtype, max_keys: int, block_n: int | None) -> _Tiles:
+    if IS_INTERPRET:  # ~0.4 ms per tl op per program whatever the tile: few programs, big tiles
+        bn = block_n or min(64, max(16, next_pow2(max_keys)))
+        return _Tiles(min(128, max(16, next_pow2(M))), bn, 4, 1)
+    t = _GPU_TILES_FP32[D] if dtype == torch.float32 else _GPU_TILES[(D, M <= _SMALL_M)]
+    return t if block_n is None else _Tiles(t.block_m, block_n, t.num_warps, t.num_stages)
+
+
+def _num_splits(B: int, Hkv: int, M: int, n_m: int, max_keys: int, tiles: _Tiles, elem: int, device) -> int:
+    """Splits of the key range: enough programs to fill the GPU, at least two key tiles each, and
+    no more partial-output traffic (M rows x D x 4 bytes, written and read back) per (b, h) than
+    the K/V bytes (keys x D x 2 x elem) the splits read."""
+    if IS_INTERPRET:
+        return 1
+    base = B * Hkv * n_m
+    fill = cdiv(programs_target(device), base)
+    traffic = max_keys * elem // (4 * M)
+    return max(1, min(_MAX_SPLITS, fill, cdiv(max_keys, tiles.block_n) // 2, traffic))
+
+
+def attention(
+    q: torch.Tensor,
+    k: torch.Tensor | None,
+    v: torch.Tensor | None,
+    k_cache: torch.Tensor | None,
+    v_cache: torch.Tensor | None,
+    cache_len: torch.Tensor | None,
+    kv_len: torch.Tensor | None,
+    key_start: torch.Tensor | None,
+    scale: float,
+    *,
+    num_splits: int | None = None,
+    block_n: int | None = None,
+) -> torch.Tensor:
+    """Launch the attention kernels. Inputs are assumed validated by the public op (last dims
+    contiguous, D in HEAD_DIMS, matching heads/dtypes/devices, at least one of k / k_cache).
+
+    ``num_splits`` and ``block_n`` override the heuristics (tests use them to cover the split
+    and tail paths on small shapes).
+    """
+    present = [t for t in (q, k, v, k_cache, v_cache, cache_len, kv_len, key_start) if t is not None]
+    check_launchable("attention", *present)
+    B, Lq, Hq, D = q.shape
+    # absent operands: point at the other K/V pair with a length of 0 (never dereferenced)
+    k_, v_ = (k, v) if k is not None else (k_cache, v_cache)
+    kc_, vc_ = (k_cache, v_cache) if k_cache is not None else (k, v)
+    Lk = k.shape[1] if k is not None else 0
+    Lmax = k_cache.shape[1] if k_cache is not None else 0
+    Hkv = k_.shape[2]
+    G = Hq // Hkv
+    M = Lq * G
+    max_keys = Lk + Lmax
+
+    tiles = _tiles(M, D, q.dtype, max_keys, block_n)
+    n_m = cdiv(M, tiles.block_m)
+    splits = _num_splits(B, Hkv, M, n_m, max_keys, tiles, q.element_size(), q.device)
+    if num_splits is not None:
+        splits = max(1, int(num_splits))
+    chunk = max(cdiv(cdiv(max(max_keys, 1), splits), tiles.block_n) * tiles.block_n, tiles.block_n)
+    splits = max(1, cdiv(max_keys, chunk))
+
+    if B * Hkv > _MAX_GRID_Z:
+        raise ValueError(f"attention: batch x KV heads = {B * Hkv} exceeds the {_MAX_GRID_Z} programs of a grid axis")
+    out = _utils.empty(B, Lq, Hq, D, dtype=q.dtype, device=q.device)
+    if out.numel() == 0:
+        return out
+    if splits > 1:
+        part_o = _utils.empty(splits, B, Lq, Hq, D, dtype=torch.float32, device=q.device)
+        lse = _utils.empty(splits, B, Lq, Hq, dtype=torch.float32, device=q.device)
+    else:  # unused when not SPLIT
+        part_o, lse = out, out
+    dummy = q  # length pointers that are absent are never read
+    _attention_fwd_kernel[(n_m, splits, B * Hkv)](
+        q, k_, v_, kc_, vc_, part_o, lse,
+        dummy if cache_len is None else cache_len,
+        dummy if kv_len is None else kv_len,
+        dummy if key_start is None else key_start,
+        q.stride(0), q.stride(1), q.stride(2),
+        *_bhl_strides(k), *_bhl_strides(v), *_bhl_strides(k_cache), *_bhl_strides(v_cache),
+        Hkv, G, Lq, Lk, Lmax, chunk, scale * LOG2E,
+        CACHE_LEN=cache_len is not None, KV_LEN=kv_len is not None, KEY_START=key_start is not None,
+        SPLIT=splits > 1, HEAD_DIM=D, BLOCK_M=tiles.block_m, BLOCK_N=tiles.block_n,
+        DOT_F32=IS_INTERPRET, DOT_PREC=_dot_prec(q.dtype),
+        num_warps=tiles.num_warps, num_stages=tiles.num_stages,
+    )  # fmt: skip
+    if splits > 1:
+        R = B * Lq * Hq
+        block_r = min(next_pow2(R), 4096 // D) if IS_INTERPRET else _COMBINE_BLOCK_R
+        _attention_combine_kernel[(cdiv(R, block_r),)](
+            part_o, lse, out, R, splits, HEAD_DIM=D, BLOCK_R=block_r, num_warps=4,
+        )  # fmt: skip
+    return out
+
+
+def _bhl_strides(t: torch.Tensor | None) -> tuple[int, int, int]:
+    """(batch, row, head) strides of a [B, L, H, D] operand; zeros for an absent one."""
+    return (t.stride(0), t.stride(1), t.stride(2)) if t is not None else (0, 0, 0)
+
+
+def _dot_prec(dtype: torch.dtype) -> str:
+    return "tf32x3" if dtype == torch.float32 else "tf32"  # only matters for fp32 inputs
+
+
+# ------------------------------------------------------------------------------------------------
+# ahead-of-time configurations
+# ------------------------------------------------------------------------------------------------
+
+
+def _aot_specs_fwd():
+    specs = []
+    strides = [f"stride_{t}{d}" for t in ("q", "k", "v", "kc", "vc") for d in ("b", "l", "h")]
+    pointers = ["q_ptr", "k_ptr", "v_ptr", "kc_ptr", "vc_ptr", "o_ptr", "lse_ptr"]
+    for dtype, ty in TORCH_TO_TRITON.items():
+        tiles = _GPU_TILES_FP32.items() if dtype == torch.float32 else ((D, t) for (D, _), t in _GPU_TILES.items())
+        for D, t in tiles:
+            for split in (False, True):
+                specs.append(
+                    AotSpec(
+                        name=f"attention_fwd[{ty},D={D},BM={t.block_m},split={split}]",
+                        kernel=_attention_fwd_kernel,
+                        signature={
+                            **{p: f"*{ty}" for p in pointers},
+                            "o_ptr": "*fp32" if split else f"*{ty}", "lse_ptr": "*fp32",
+                            "cache_len_ptr": "*i32", "kv_len_ptr": "*i32", "key_start_ptr": "*i32",
+                            **{s: "i32" for s in strides},
+                            "Hkv": "i32", "G": "i32", "Lq": "i32", "Lk": "i32", "Lmax": "i32", "chunk": "i32",
+                            "qk_scale": "fp32",
+                        },  # fmt: skip
+                        # the length flags only gate one scalar load each: compiled with all given
+                        constexprs={
+                            "CACHE_LEN": True, "KV_LEN": True, "KEY_START": True, "SPLIT": split,
+                            "HEAD_DIM": D, "BLOCK_M": t.block_m, "BLOCK_N": t.block_n,
+                            "DOT_F32": False, "DOT_PREC": _dot_prec(dtype),
+                        },  # fmt: skip
+                        num_warps=t.num_warps,
+                        num_stages=t.num_stages,
+                        main=dtype != torch.float32,  # fp32 is a testing dtype
+                        max_registers=255,  # one program per SM (see _GPU_TILES)
+                        aligned=tuple(pointers + strides),  # [.., H, D] tensors with D in HEAD_DIMS
+                    )
+                )
+    return specs
+
+
+def _aot_specs_combine():
+    return [
+        AotSpec(
+            name=f"attention_combine[{ty},D={D}]",
+            kernel=_attention_combine_kernel,
+            signature={"part_o_ptr": "*fp32", "lse_ptr": "*fp32", "o_ptr": f"*{ty}", "R": "i32", "n_splits": "i32"},
+            constexprs={"HEAD_DIM": D, "BLOCK_R": _COMBINE_BLOCK_R},
+            num_warps=4,
+            aligned=("part_o_ptr", "lse_ptr", "o_ptr"),
+        )
+        for ty in TORCH_TO_TRITON.values()
+        for D in HEAD_DIMS
+    ]
+
+
+def aot_specs():
+    return _aot_specs_fwd() + _aot_specs_combine()
