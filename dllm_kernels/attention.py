@@ -16,7 +16,7 @@ from . import reference
 from ._checks import FLOAT_DTYPES, check_int_tensor, check_last_dim_contiguous, check_tensor
 from .backend import resolve_backend
 
-HEAD_DIMS = (64, 128)
+HEAD_DIMS = (16, 32, 64, 128)
 
 
 @torch.library.custom_op("dllm_kernels::attention", mutates_args=())

@@ -43,7 +43,7 @@ from . import _utils
 from ._utils import IS_INTERPRET, TORCH_TO_TRITON, AotSpec, cdiv, check_launchable, next_pow2, programs_target
 
 LOG2E = 1.4426950408889634
-HEAD_DIMS = (64, 128)
+HEAD_DIMS = (16, 32, 64, 128)  # 16 and 32: small models (tests, tiny checkpoints) on the D=64 tiles
 _MAX_SPLITS = 64
 _MAX_GRID_Z = 65535  # (batch, KV head) pairs sit on grid axis 2, after the query tiles and splits
 
@@ -296,7 +296,8 @@ def _tiles(M: int, D: int, dtype: torch.dtype, max_keys: int, block_n: int | Non
     if IS_INTERPRET:  # ~0.4 ms per tl op per program whatever the tile: few programs, big tiles
         bn = block_n or min(64, max(16, next_pow2(max_keys)))
         return _Tiles(min(128, max(16, next_pow2(M))), bn, 4, 1)
-    t = _GPU_TILES_FP32[D] if dtype == torch.float32 else _GPU_TILES[(D, M <= _SMALL_M)]
+    Dt = max(D, 64)
+    t = _GPU_TILES_FP32[Dt] if dtype == torch.float32 else _GPU_TILES[(Dt, M <= _SMALL_M)]
     return t if block_n is None else _Tiles(t.block_m, block_n, t.num_warps, t.num_stages)
 
 
@@ -405,7 +406,9 @@ def _aot_specs_fwd():
     strides = [f"stride_{t}{d}" for t in ("q", "k", "v", "kc", "vc") for d in ("b", "l", "h")]
     pointers = ["q_ptr", "k_ptr", "v_ptr", "kc_ptr", "vc_ptr", "o_ptr", "lse_ptr"]
     for dtype, ty in TORCH_TO_TRITON.items():
-        tiles = _GPU_TILES_FP32.items() if dtype == torch.float32 else ((D, t) for (D, _), t in _GPU_TILES.items())
+        tiles = list(_GPU_TILES_FP32.items()) if dtype == torch.float32 else [(D, t) for (D, _), t in _GPU_TILES.items()]
+        if dtype != torch.float32:  # the small head dims run on the D=64 tiles (small models only)
+            tiles += [(D, _GPU_TILES[(64, True)]) for D in HEAD_DIMS if D < 64]
         for D, t in tiles:
             for split in (False, True):
                 specs.append(
@@ -428,7 +431,7 @@ def _aot_specs_fwd():
                         },  # fmt: skip
                         num_warps=t.num_warps,
                         num_stages=t.num_stages,
-                        main=dtype != torch.float32,  # fp32 is a testing dtype
+                        main=dtype != torch.float32 and D >= 64,  # fp32 and small D: testing
                         max_registers=255,  # one program per SM (see _GPU_TILES)
                         aligned=tuple(pointers + strides),  # [.., H, D] tensors with D in HEAD_DIMS
                     )

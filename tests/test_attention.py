@@ -65,7 +65,7 @@ PREFIX_CASES = [
 
 
 @pytest.mark.parametrize("dtype", CPU_DTYPES, ids=dtype_id)
-@pytest.mark.parametrize("D", [64, 128])
+@pytest.mark.parametrize("D", [16, 64, 128])
 @pytest.mark.parametrize("B, Lq, Hq, Hkv, Lk, Lmax, cache_len, kv_len, key_start", PREFIX_CASES)
 def test_prefix_cache(device, dtype, D, B, Lq, Hq, Hkv, Lk, Lmax, cache_len, kv_len, key_start):
     q, k, v, kw = make_inputs(
@@ -213,7 +213,7 @@ C = _t(2, 9, 2, 64)
     [
         ((_t(2, 4, 64), KV, KV), {}, ValueError, "q must be 4-D"),
         ((Q.long(), KV, KV), {}, TypeError, "q must have dtype float32/float16/bfloat16"),
-        ((_t(2, 4, 4, 96), _t(2, 6, 2, 96), _t(2, 6, 2, 96)), {}, ValueError, r"head dim \(q.shape\[-1\]\) must be one of \(64, 128\), got 96"),
+        ((_t(2, 4, 4, 96), _t(2, 6, 2, 96), _t(2, 6, 2, 96)), {}, ValueError, r"head dim \(q.shape\[-1\]\) must be one of \(16, 32, 64, 128\), got 96"),
         ((Q, _t(2, 6, 2, 128), _t(2, 6, 2, 128)), {}, ValueError, r"k must have shape \[2, \*, \*, 64\], got \[2, 6, 2, 128\]"),
         ((Q, _t(3, 6, 2, 64), _t(3, 6, 2, 64)), {}, ValueError, r"k must have shape \[2, \*, \*, 64\]"),
         ((Q, KV, _t(2, 5, 2, 64)), {}, ValueError, r"v must have shape \[2, 6, 2, 64\], got \[2, 5, 2, 64\]"),

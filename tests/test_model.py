@@ -5,7 +5,7 @@ import torch
 
 from dllm_kernels.models import CacheWrite, DiffusionLM, load_checkpoint, save_checkpoint, tiny
 
-IMPLS = ["sdpa"]
+IMPLS = ["sdpa", "ops"]
 TOL = dict(atol=2e-5, rtol=0)
 
 

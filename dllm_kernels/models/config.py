@@ -67,7 +67,7 @@ def llada_8b_layer(n_layers: int = 2) -> ModelConfig:
 
 
 def tiny(vocab_size: int = 64, *, logit_shift: bool = False, n_kv_heads: int = 2, qkv_bias: bool = False) -> ModelConfig:
-    """A test-sized model (2 layers, d_model 32, 4 query heads of 8)."""
-    return ModelConfig(vocab_size=vocab_size, d_model=32, n_layers=2, n_heads=4, n_kv_heads=n_kv_heads, head_dim=8,
+    """A test-sized model (2 layers, d_model 32, 4 query heads of 16)."""
+    return ModelConfig(vocab_size=vocab_size, d_model=32, n_layers=2, n_heads=4, n_kv_heads=n_kv_heads, head_dim=16,
                        ffn_dim=64, mask_id=vocab_size - 1, eos_id=vocab_size - 2, eot_id=vocab_size - 3,
                        qkv_bias=qkv_bias, logit_shift=logit_shift, max_seq_len=512)  # fmt: skip

@@ -128,7 +128,7 @@ def _write_cache(k_cache, v_cache, k, v, write: CacheWrite, backend, attn_impl):
     if k_cache is None:
         raise ValueError("a cache write needs a cache")
     if attn_impl == "ops":
-        from ..attention import refresh_kv_cache
+        from ..kv_cache import refresh_kv_cache
 
         refresh_kv_cache(k_cache, v_cache, k, v, write.block_ids, write.block_size, new_start=write.new_start,
                          backend=backend)  # fmt: skip
