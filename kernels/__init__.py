@@ -4,9 +4,9 @@ Importing this package decorates the kernels: set ``TRITON_INTERPRET=1`` before 
 run them on CPU tensors through Triton's interpreter.
 """
 
-from . import confidence
+from . import commit, confidence
 
 # modules whose ``aot_specs()`` list every configuration their launchers can pick
-AOT_MODULES = ("confidence",)
+AOT_MODULES = ("confidence", "commit")
 
-__all__ = ["confidence", "AOT_MODULES"]
+__all__ = ["commit", "confidence", "AOT_MODULES"]
