@@ -5,10 +5,11 @@ pure-PyTorch references with the same signatures.
 """
 
 from . import reference
-from ._types import TokenStats
+from ._types import CommitRule, CommitState, TokenStats
 from .backend import BACKENDS, interpreter_enabled
+from .commit import commit, num_transfer_schedule
 from .confidence import token_stats, window_confidence
 
 __version__ = "0.1.0"
 
-__all__ = ["BACKENDS", "TokenStats", "interpreter_enabled", "reference", "token_stats", "window_confidence"]
+__all__ = ["BACKENDS", "CommitRule", "CommitState", "commit", "num_transfer_schedule", "TokenStats", "interpreter_enabled", "reference", "token_stats", "window_confidence"]
