@@ -66,9 +66,21 @@ def _order_key(b_v, o_t, BLOCK: tl.constexpr):
 
 
 @triton.jit
+def _gather_row(b, o_src, BLOCK: tl.constexpr):
+    """``b[r, o_src[r, i]]`` for a ``[ROWS, BLOCK]`` tile. Gathers on the flattened tile: Triton
+    gives a 2-D gather a warp-local layout that holds the whole row in every warp (32 registers
+    per vector at BLOCK 1024, and spills), while a 1-D gather goes through shared memory, or
+    through shuffles when the row fits in one warp."""
+    ROWS: tl.constexpr = b.shape[0]
+    o_flat = tl.reshape(tl.arange(0, ROWS)[:, None] * BLOCK + o_src, [ROWS * BLOCK])
+    return tl.reshape(tl.gather(tl.reshape(b, [ROWS * BLOCK]), o_flat, 0), [ROWS, BLOCK])
+
+
+@triton.jit
 def _shift(b, o_t, d, BLOCK: tl.constexpr):
-    """``b[:, i + d]`` at every ``i``; the index is clamped to the tile, callers mask the edges."""
-    return tl.gather(b, tl.minimum(tl.maximum(o_t + d, 0), BLOCK - 1), 1)
+    """``b[:, i + d]`` at every ``i``, the index clamped to the tile (a read past an edge returns
+    the edge element; each caller states why that is harmless or masks it)."""
+    return _gather_row(b, tl.minimum(tl.maximum(o_t + d, 0), BLOCK - 1), BLOCK)
 
 
 @triton.jit
@@ -142,10 +154,11 @@ def _spatial_rule(m_und, b_conf, b_n, o_t, max_decided, tau_s, W: tl.constexpr, 
     ok = (o_t + W <= b_n[:, None]) & (W - n_und <= max_decided) & (n_und > 0) & (b_cnt < 32)
     b_mean = tl.math.div_rn(b_sum, tl.maximum(n_und, 1).to(tl.float32))
     b_pass = (ok & (b_mean >= tau_s)).to(tl.int32)
-    # position i is covered by the windows starting at i - W + 1 .. i
+    # position i is covered by the windows starting at i - W + 1 .. i (for i < j the clamped
+    # read is window 0, which covers i too)
     m_cov = b_pass != 0
     for j in tl.static_range(1, W):
-        m_cov |= (_shift(b_pass, o_t, -j, BLOCK) != 0) & (o_t >= j)
+        m_cov |= _shift(b_pass, o_t, -j, BLOCK) != 0
     return m_und & m_cov
 
 
@@ -153,16 +166,18 @@ def _spatial_rule(m_und, b_conf, b_n, o_t, max_decided, tau_s, W: tl.constexpr, 
 def _token_cluster_rule(m_live, b_tok, b_conf, o_t, min_len, tau_s, BLOCK: tl.constexpr):
     """R2 token clusters: the most confident position of every maximal run of >= min_len
     still-masked positions with one proposal, if its confidence is > tau_s."""
-    b_live = m_live.to(tl.int32)
-    m_prev = (_shift(b_live, o_t, -1, BLOCK) != 0) & (o_t > 0)
-    m_cont = m_live & m_prev & (_shift(b_tok, o_t, -1, BLOCK) == b_tok)  # extends the run of i - 1
-    m_next = (_shift(m_cont.to(tl.int32), o_t, 1, BLOCK) != 0) & (o_t < BLOCK - 1)
+    # i extends the run of i - 1 (m_cont), i + 1 extends the run of i (m_next). At the tile's
+    # edges the clamped shifts compare a position with itself: harmless, since the first index
+    # of a run starting at 0 is 0 and the last of a run ending at BLOCK - 1 is BLOCK - 1 anyway.
+    m_prev = _shift(m_live.to(tl.int32), o_t, -1, BLOCK) != 0
+    m_cont = m_live & m_prev & (_shift(b_tok, o_t, -1, BLOCK) == b_tok)
+    m_next = _shift(m_cont.to(tl.int32), o_t, 1, BLOCK) != 0
     b_first = _scan_max(tl.where(m_cont, 0, o_t), o_t, False, BLOCK)  # the run's first index
     b_last = BLOCK - 1 - _scan_max(tl.where(m_next, 0, BLOCK - 1 - o_t), o_t, True, BLOCK)  # its last
     b_key = _order_key(b_conf, o_t, BLOCK) + _KEY_BIAS  # [ROWS, BLOCK], in [0, 2**45)
     # a prefix max of (first index, key) stays inside the run: earlier runs have lower firsts
     b_run = _scan_max((b_first.to(tl.int64) << 45) | b_key, o_t, False, BLOCK)
-    b_run_key = tl.gather(b_run, b_last, 1) & ((1 << 45) - 1)  # the run's best key
+    b_run_key = _gather_row(b_run, b_last, BLOCK) & ((1 << 45) - 1)  # the run's best key
     return m_live & (b_key == b_run_key) & (b_last - b_first + 1 >= min_len) & (b_conf > tau_s)
 
 
@@ -376,42 +391,52 @@ def commit(
     return counts
 
 
-# The rule configurations of the decoding policies (DESIGN.md 3): compiled ahead of time for
-# every tile width up to a 4096-token canvas.
+# The rule configurations of the decoding policies (DESIGN.md 3), compiled ahead of time: every
+# policy at the tile of a 32-token block (also with int32 index tensors), of a 1024-token canvas
+# and of a 4096-token canvas; the heaviest one (R2: windows, runs, streaks) at every tile width.
+# Tiles up to 1024 positions must not spill; whole long canvases may (R2 keeps ~30 vectors of
+# the row live: at 4096 positions they exceed the register file).
 POLICY_RULES = {
     "vanilla": CommitRule(base="topk"),
     "fast_dllm": CommitRule(base="threshold"),
     "streaming": CommitRule(base="dynamic", alpha=0.3, suffix_window=96),
     "r2": CommitRule(spatial_window=3, token_cluster=True, temporal_steps=3),
+    "r2_mean": CommitRule(spatial_window=3, token_cluster=True, temporal_steps=3, temporal_agg="mean"),
     "d3llm_llada": CommitRule(base="entropy", entropy_threshold=0.5),
     "d3llm_dream": CommitRule(base="entropy", entropy_threshold=0.4, entropy_strict=True, commit_best=False),
-    "r2_mean": CommitRule(spatial_window=3, token_cluster=True, temporal_steps=3, temporal_agg="mean"),
 }
-AOT_BLOCKS = (32, 64, 128, 256, 512, 1024, 2048, 4096)
+MAIN_MAX_BLOCK = 1024
+
+
+def _aot_configs():
+    for policy in POLICY_RULES:
+        yield policy, 32, "i32"
+        blocks = (32, 64, 128, 256, 512, 1024, 2048, 4096) if policy == "r2" else (32, 1024, 4096)
+        for block in blocks:
+            yield policy, block, "i64"
 
 
 def aot_specs():
     specs = []
-    for policy, rule in POLICY_RULES.items():
-        for block in AOT_BLOCKS:
-            for index in ("i64",) if block != 32 else ("i64", "i32"):
-                specs.append(
-                    AotSpec(
-                        name=f"commit[{policy},BLOCK={block},index={index}]",
-                        kernel=_commit_kernel,
-                        signature={
-                            "x_ptr": "*i64", "stride_xb": "i32", "stride_xl": "i32",
-                            "tok_ptr": "*i64", "conf_ptr": "*fp32", "ent_ptr": "*fp32", "stride_sb": "i32", "stride_sl": "i32",
-                            "step_ptr": f"*{index}", "commit_step_ptr": "*i32", "last_ptr": "*i64", "count_ptr": "*i32",
-                            "sum_ptr": "*fp32", "max_ptr": "*fp32",
-                            "start_ptr": f"*{index}", "end_ptr": f"*{index}", "fstart_ptr": f"*{index}",
-                            "fend_ptr": f"*{index}", "off_ptr": f"*{index}", "k_ptr": f"*{index}", "out_ptr": "*i32",
-                            "B": "i32", "L": "i32", "Ls": "i32", "mask_id": "i64",
-                            "tau": "fp32", "alpha": "fp32", "suffix_window": "i32", "tau_h": "fp32", "max_decided": "i32",
-                            "tau_s": "fp32", "min_len": "i32", "temporal_n": "i32", "tau_t": "fp32",
-                        },  # fmt: skip
-                        constexprs={**_flags(rule, True), "ROWS": 1, "BLOCK": block},
-                        num_warps=_num_warps(block),
-                    )
-                )
+    for policy, block, index in _aot_configs():
+        specs.append(
+            AotSpec(
+                name=f"commit[{policy},BLOCK={block},index={index}]",
+                kernel=_commit_kernel,
+                signature={
+                    "x_ptr": "*i64", "stride_xb": "i32", "stride_xl": "i32",
+                    "tok_ptr": "*i64", "conf_ptr": "*fp32", "ent_ptr": "*fp32", "stride_sb": "i32", "stride_sl": "i32",
+                    "step_ptr": f"*{index}", "commit_step_ptr": "*i32", "last_ptr": "*i64", "count_ptr": "*i32",
+                    "sum_ptr": "*fp32", "max_ptr": "*fp32",
+                    "start_ptr": f"*{index}", "end_ptr": f"*{index}", "fstart_ptr": f"*{index}",
+                    "fend_ptr": f"*{index}", "off_ptr": f"*{index}", "k_ptr": f"*{index}", "out_ptr": "*i32",
+                    "B": "i32", "L": "i32", "Ls": "i32", "mask_id": "i64",
+                    "tau": "fp32", "alpha": "fp32", "suffix_window": "i32", "tau_h": "fp32", "max_decided": "i32",
+                    "tau_s": "fp32", "min_len": "i32", "temporal_n": "i32", "tau_t": "fp32",
+                },  # fmt: skip
+                constexprs={**_flags(POLICY_RULES[policy], True), "ROWS": 1, "BLOCK": block},
+                num_warps=_num_warps(block),
+                main=block <= MAIN_MAX_BLOCK,
+            )
+        )
     return specs
