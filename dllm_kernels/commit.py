@@ -103,8 +103,8 @@ def _(x, *args):
 
 def _check_values(op, x, Ls, active_start, active_end, num_transfer, force_start, force_end, stats_offset):
     """Range checks of the per-row integers. They need the values on the host, so they run only
-    for CPU tensors; CUDA tensors are never read back (that would be a host sync): there the
-    kernel clips the regions to the canvas and the stats window instead."""
+    for CPU tensors outside torch.compile; CUDA tensors are never read back (that would be a host
+    sync): there the kernel clips the regions to the canvas and the stats window instead."""
     L = x.shape[1]
     s, e = active_start.tolist(), active_end.tolist()
     off = [0] * len(s) if stats_offset is None else stats_offset.tolist()
@@ -176,7 +176,7 @@ def _validate(op, x, stats, state, rule, active_start, active_end, mask_id, step
         raise ValueError(f"{op}: rule.base 'topk' needs num_transfer (k per row, e.g. from num_transfer_schedule)")
     if (force_start is None) != (force_end is None):
         raise ValueError(f"{op}: force_start and force_end must be given together")
-    if device.type == "cpu":
+    if device.type == "cpu" and not torch.compiler.is_compiling():
         _check_values(op, x, Ls, active_start, active_end, num_transfer, force_start, force_end, stats_offset)
     return stats
 
@@ -272,8 +272,9 @@ def commit(
         int32 ``[B]``: the number of positions committed in each row (= newly unmasked).
 
     Range checks of the integer tensors (regions inside the canvas and the stats window,
-    ``num_transfer >= 0``) run when they are on the CPU; on a GPU they are not read back (no
-    sync) and the kernel clips the regions to the canvas and the stats window.
+    ``num_transfer >= 0``) run when they are on the CPU (outside ``torch.compile``); on a GPU
+    they are not read back (no sync): the kernel clips the regions to the canvas and the stats
+    window, and a negative k counts as 0.
     """
     op = "commit"
     stats = _validate(op, x, stats, state, rule, active_start, active_end, mask_id, step, num_transfer,
