@@ -35,11 +35,19 @@ def _fp32(value: float, like: torch.Tensor) -> torch.Tensor:
 def _rank(score: torch.Tensor, cand: torch.Tensor) -> torch.Tensor:
     """Rank of every candidate by ``score`` descending, ties -> lowest index (rank 0 = best);
     non-candidates rank after all candidates."""
-    B, L = score.shape
     order = torch.sort(score, dim=1, descending=True, stable=True).indices
     # a second stable sort moves the candidates, still in score order, to the front
     order = order.gather(1, torch.sort((~cand).gather(1, order).to(torch.uint8), dim=1, stable=True).indices)
-    return torch.empty_like(order).scatter_(1, order, torch.arange(L, device=score.device).expand(B, L))
+    return order.argsort(dim=1)  # the inverse permutation: where each position stands in order
+
+
+def _best(score: torch.Tensor, cand: torch.Tensor) -> torch.Tensor:
+    """The candidate with the highest score in each row, ties -> lowest index (none in rows
+    without candidates)."""
+    pos = torch.arange(score.shape[1], device=score.device)
+    top = torch.where(cand, score, float("-inf")).amax(dim=1, keepdim=True)
+    first = torch.where(cand & (score == top), pos, score.shape[1]).amin(dim=1, keepdim=True)
+    return cand & (pos == first)
 
 
 def _shift_left(t: torch.Tensor, k: int, fill) -> torch.Tensor:
@@ -68,10 +76,10 @@ def _dynamic_threshold(rule, x, mask_id, pos, start, end) -> torch.Tensor:
     return _fp32(rule.threshold, x) * (1.0 - q)
 
 
-def _base_rule(rule, cand, conf, entropy, rank, num_transfer, dynamic_tau) -> torch.Tensor:
+def _base_rule(rule, cand, conf, entropy, score, num_transfer, dynamic_tau) -> torch.Tensor:
     """Rules 1-4: top-k | threshold | dynamic threshold | entropy, plus the best candidate."""
     if rule.base == "topk":
-        take = rank < num_transfer.to(torch.int64).clamp(min=0)[:, None]
+        take = _rank(score, cand) < num_transfer.to(torch.int64).clamp(min=0)[:, None]
     elif rule.base == "threshold":
         take = conf >= _fp32(rule.threshold, conf)
     elif rule.base == "dynamic":
@@ -81,7 +89,7 @@ def _base_rule(rule, cand, conf, entropy, rank, num_transfer, dynamic_tau) -> to
     else:
         take = entropy <= _fp32(rule.entropy_threshold, entropy)
     if rule.commit_best:
-        take = take | (rank == 0)
+        take = take | _best(score, cand)
     return cand & take
 
 
@@ -180,7 +188,7 @@ def commit(
     score = -entropy if rule.base == "entropy" else conf  # what "best" means: higher is better
 
     dynamic_tau = _dynamic_threshold(rule, x, mask_id, pos, start, end) if rule.base == "dynamic" else None
-    taken = _base_rule(rule, cand, conf, entropy, _rank(score, cand), num_transfer, dynamic_tau)
+    taken = _base_rule(rule, cand, conf, entropy, score, num_transfer, dynamic_tau)
     if rule.spatial_window > 0:
         taken = taken | _spatial_rule(rule, cand & ~taken, conf, pos, start, end)
     if rule.token_cluster:
@@ -194,7 +202,7 @@ def commit(
     f_hi = end if force_end is None else torch.minimum(force_end[:, None].long(), end)
     forced = cand & (pos >= f_lo) & (pos < f_hi)
     starved = ~(forced & taken).any(dim=1, keepdim=True)
-    taken = taken | (forced & starved & (_rank(score, forced) == 0))
+    taken = taken | (_best(score, forced) & starved)
 
     x.copy_(torch.where(taken, token, x))
     if not isinstance(step, torch.Tensor):
