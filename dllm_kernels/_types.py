@@ -28,6 +28,7 @@ class TokenStats(NamedTuple):
 COMMIT_BASES = ("topk", "threshold", "dynamic", "entropy")
 TEMPORAL_AGGS = ("last", "mean", "max")
 MAX_SPATIAL_WINDOW = 16
+MAX_COMMIT_POSITIONS = 8192  # the Triton kernel holds a row's region in one tile of <= 8192 positions
 
 
 @dataclass(frozen=True)

@@ -15,7 +15,7 @@ import torch
 
 from . import reference
 from ._checks import check_tensor
-from ._types import CommitRule, CommitState, TokenStats
+from ._types import MAX_COMMIT_POSITIONS, CommitRule, CommitState, TokenStats
 from .backend import resolve_backend
 from .reference.commit import num_transfer_schedule
 
@@ -259,8 +259,9 @@ def commit(
             row (ragged; ``start == end`` leaves the row untouched). Must lie inside the canvas
             and the stats window.
         mask_id: the MASK token id.
-        step: int, or a 0-d int32/int64 tensor on ``x``'s device (a loop under graph capture
-            increments a device tensor), stored into ``commit_step``.
+        step: int, or a 0-d int32/int64 tensor on ``x``'s device, stored into ``commit_step``.
+            An int costs one extra (fill) launch; a loop under graph capture passes a device
+            tensor that it increments, and the step is then the op's only launch.
         num_transfer: int32/int64 ``[B]``, k of base ``"topk"`` (required there, ignored else);
             see :func:`num_transfer_schedule`.
         force_start, force_end: int32/int64 ``[B]``, the force region of rule 8 (both or none).
@@ -286,6 +287,12 @@ def commit(
             x, stats, state, rule, active_start=active_start, active_end=active_end, mask_id=mask_id, step=step,
             num_transfer=num_transfer, force_start=force_start, force_end=force_end, stats_offset=stats_offset,
         )  # fmt: skip
+    if min(x.shape[1], stats.token.shape[1]) > MAX_COMMIT_POSITIONS:
+        raise ValueError(
+            f"{op}: the Triton kernel holds a row's region in one tile of at most {MAX_COMMIT_POSITIONS} "
+            f"positions; got a canvas of {x.shape[1]} and stats of {stats.token.shape[1]} columns "
+            f"(use backend='reference', or stats of a shorter window)"
+        )
     return _commit_op(
         x, stats.token, stats.prob, stats.entropy, *_fields(state), active_start, active_end, step,
         mask_id, num_transfer, force_start, force_end, stats_offset, *_fields(rule),

@@ -42,15 +42,15 @@ import torch
 import triton
 import triton.language as tl
 
-from dllm_kernels._types import CommitRule, CommitState
+from dllm_kernels._types import MAX_COMMIT_POSITIONS, CommitRule, CommitState
 
 from . import _utils
 from ._utils import IS_INTERPRET, AotSpec, cdiv, check_launchable, next_pow2
 
 BASES = {"topk": 0, "threshold": 1, "dynamic": 2, "entropy": 3}
 AGGS = {"last": 0, "mean": 1, "max": 2}
-MAX_BLOCK = 8192  # positions per tile: the low 13 bits of a key hold the position
-_IDX_BITS = tl.constexpr(13)
+_MAX_TILE = tl.constexpr(MAX_COMMIT_POSITIONS)
+_IDX_BITS = tl.constexpr(MAX_COMMIT_POSITIONS.bit_length() - 1)  # a key's low bits: the position
 _KEY_BIAS = tl.constexpr(1 << 44)  # |key| < 2**44; key + bias >= 0 fits in 45 bits
 _NONE = tl.constexpr(-(1 << 62))  # the key of a non-candidate, below every real key
 _INTERPRET_MAX_ROWS = 64
@@ -230,7 +230,7 @@ def _commit_kernel(
     ROWS: tl.constexpr,
     BLOCK: tl.constexpr,
 ):
-    tl.static_assert(BLOCK <= 8192)
+    tl.static_assert(BLOCK <= _MAX_TILE)
     i_p = tl.program_id(0)
     o_r = i_p * ROWS + tl.arange(0, ROWS)  # [ROWS] rows
     m_r = o_r < B

@@ -68,8 +68,8 @@ class Run:
     block: int
 
     @classmethod
-    def new(cls, B: int, block: int, g: torch.Generator) -> "Run":
-        prompt = torch.randint(1, 2 * block, (B,), generator=g).tolist()
+    def new(cls, B: int, block: int, g: torch.Generator, max_prompt: int | None = None) -> "Run":
+        prompt = torch.randint(1, max_prompt or 2 * block, (B,), generator=g).tolist()
         gen = [(b % 3) for b in range(B)] if B > 1 else [2]  # 0, 1 or 2 blocks: rows finish early
         L = max(p + n * block for p, n in zip(prompt, gen)) + 3
         x = torch.full((B, L), PAD, dtype=torch.int64)
@@ -145,9 +145,21 @@ def assert_same(kernel, ref, what):
 
 @pytest.mark.parametrize("name, B, block, layout", list(_cases()))
 def test_multi_step_runs_match_reference(device, name, B, block, layout):
+    check_run(device, name, B, block, layout)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("layout", ["block", "canvas"])
+@pytest.mark.parametrize("name", list(RULES))
+def test_benchmark_sized_runs_match_reference(name, layout):
+    """B = 64 rows, block 32, prompts up to ~900 tokens: canvas tiles of 1024 positions."""
+    check_run("cuda", name, 64, 32, "canvas" if name in MULTI_BLOCK else layout, max_prompt=900)
+
+
+def check_run(device, name, B, block, layout, max_prompt=None):
     rule = RULES[name]
     g = torch.Generator().manual_seed(zlib.crc32(f"{name}-{B}-{block}-{layout}".encode()))
-    run = Run.new(B, block, g)
+    run = Run.new(B, block, g, max_prompt)
     L = run.x.shape[1]
     state = CommitState.new(run.x)
     x_dev = run.x.to(device, copy=True)  # the kernel's own canvas and state (copies also on CPU)

@@ -515,6 +515,15 @@ def test_bad_rule(change, match):
         CommitRule(**change)
 
 
+def test_rows_longer_than_a_tile_need_the_reference():
+    x = torch.full((1, 8193), M, dtype=torch.int64)
+    stats = TokenStats(torch.zeros_like(x), torch.zeros(1, 8193), torch.zeros(1, 8193), torch.zeros(1, 8193))
+    kw = dict(active_start=torch.tensor([0]), active_end=torch.tensor([8]), mask_id=M, step=0)
+    with pytest.raises(ValueError, match="one tile of at most 8192 positions"):
+        dk.commit(x, stats, CommitState.new(x), CommitRule(), backend="triton", **kw)
+    assert dk.commit(x, stats, CommitState.new(x), CommitRule(), backend="reference", **kw).tolist() == [1]
+
+
 def test_rule_is_hashable():
     assert len({CommitRule(), CommitRule(), CommitRule(base="entropy")}) == 2
 
