@@ -20,8 +20,9 @@ How the rules map onto a tile:
   keys compares the confidences and breaks ties towards the lower position. "The best
   candidate" is a max-reduction of keys; top-k with a runtime k bisects for the k-th largest
   key (45 count-reductions) and keeps the keys >= it.
-- Windows and runs need a row's neighbours: ``tl.gather`` along the row shifts the tile in
-  registers, so each rule sees the commits of the rules before it.
+- Windows and runs need a row's neighbours: shifts of the tile are ``tl.gather``s along the
+  row (warp shuffles when the row fits in one warp, shared memory beyond), so the commits of
+  each rule reach the next one without a round trip through global memory.
 - Token clusters: a run starts where a position does not continue its left neighbour's run.
   Each position finds its run's first and last index with a prefix / suffix max, and the run's
   best key with a prefix max over ``(run start << 45) | key``, read at the run's last index.
