@@ -5,12 +5,17 @@ pure-PyTorch references with the same signatures.
 """
 
 from . import reference
-from ._types import TokenStats
+from ._types import CommitRule, CommitState, TokenStats
 from .attention import attention
 from .backend import BACKENDS, interpreter_enabled
+from .commit import commit, num_transfer_schedule
 from .confidence import token_stats, window_confidence
 from .kv_cache import refresh_kv_cache
 
 __version__ = "0.1.0"
 
-__all__ = ["BACKENDS", "TokenStats", "attention", "interpreter_enabled", "reference", "refresh_kv_cache", "token_stats", "window_confidence"]
+__all__ = [
+    "BACKENDS", "CommitRule", "CommitState", "TokenStats", "attention",
+    "commit", "interpreter_enabled", "num_transfer_schedule", "reference", "refresh_kv_cache",
+    "token_stats", "window_confidence",
+]  # fmt: skip

@@ -1,5 +1,7 @@
-"""Result types shared by the public API, the Triton launchers and the references."""
+"""Types shared by the public API, the Triton launchers and the references."""
 
+import math
+from dataclasses import dataclass
 from typing import NamedTuple
 
 import torch
@@ -21,3 +23,94 @@ class TokenStats(NamedTuple):
     prob: torch.Tensor
     margin: torch.Tensor
     entropy: torch.Tensor
+
+
+COMMIT_BASES = ("topk", "threshold", "dynamic", "entropy")
+TEMPORAL_AGGS = ("last", "mean", "max")
+MAX_SPATIAL_WINDOW = 16
+MAX_COMMIT_POSITIONS = 8192  # the Triton kernel holds a row's region in one tile of <= 8192 positions
+
+
+@dataclass(frozen=True)
+class CommitRule:
+    """The commit rules of one decoding step and their numbers (DESIGN.md 1.2); hashable.
+
+    The switches (``base``, ``entropy_strict``, ``commit_best``, ``spatial_window > 0``,
+    ``token_cluster``, ``temporal_steps > 0``, ``temporal_agg``) become compile-time flags of the
+    kernel; the thresholds are runtime fp32 numbers (rounded to fp32 like the statistics they are
+    compared with). See :func:`dllm_kernels.commit` for what each rule does.
+    """
+
+    base: str = "threshold"  # "topk" (LLaDA) | "threshold" (Fast-dLLM) | "dynamic" (Streaming) | "entropy" (d3LLM)
+    threshold: float = 0.9  # tau (threshold) / tau0 (dynamic): commit prob >= tau
+    alpha: float = 0.0  # dynamic: tau_t = tau0 * (1 - alpha * (1 - r_mask))
+    suffix_window: int = 0  # dynamic: kept suffix = first W positions after active_end + the last position
+    entropy_threshold: float = 0.5  # entropy: commit H <= tau_H (H < tau_H when strict)
+    entropy_strict: bool = False  # True: H < tau_H (Dream); False: H <= tau_H (LLaDA)
+    commit_best: bool = True  # always commit the best masked position of the active region
+    spatial_window: int = 0  # R2 window W (0 = off)
+    spatial_max_decided: int = 1  # R2 U: windows with more decided positions are skipped
+    spatial_threshold: float = 0.8  # R2 tau_s: window mean >= tau_s; token-cluster max > tau_s
+    token_cluster: bool = False  # R2 token clusters
+    cluster_min_len: int = 2  # shortest run that forms a token cluster
+    temporal_steps: int = 0  # R2 N (0 = off)
+    temporal_threshold: float = 0.8  # R2 tau_t: aggregate >= tau_t
+    temporal_agg: str = "last"  # "last" | "mean" | "max"
+
+    def __post_init__(self):
+        def fail(name, want):
+            raise ValueError(f"CommitRule: {name} must be {want}, got {getattr(self, name)!r}")
+
+        def is_int(v):
+            return isinstance(v, int) and not isinstance(v, bool)
+
+        if self.base not in COMMIT_BASES:
+            fail("base", f"one of {COMMIT_BASES}")
+        if self.temporal_agg not in TEMPORAL_AGGS:
+            fail("temporal_agg", f"one of {TEMPORAL_AGGS}")
+        for name in ("threshold", "alpha", "entropy_threshold", "spatial_threshold", "temporal_threshold"):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
+                fail(name, "a finite number")
+        for name in ("entropy_strict", "commit_best", "token_cluster"):
+            if not isinstance(getattr(self, name), bool):
+                fail(name, "a bool")
+        for name, low in (("suffix_window", 0), ("spatial_max_decided", 0), ("cluster_min_len", 1), ("temporal_steps", 0)):
+            v = getattr(self, name)
+            if not is_int(v) or v < low or v >= 2**31:
+                fail(name, f"an int in [{low}, 2**31)")
+        if not is_int(self.spatial_window) or not 0 <= self.spatial_window <= MAX_SPATIAL_WINDOW:
+            fail("spatial_window", f"an int in [0, {MAX_SPATIAL_WINDOW}]")
+
+
+@dataclass
+class CommitState:
+    """Per-position decoding state that :func:`dllm_kernels.commit` updates in place.
+
+    All fields are contiguous ``[B, L]`` tensors on the canvas's device.
+
+    commit_step: int32, the step at which the loop committed the position; -1 before (and for
+                 the prompt).
+    last_id:     int64, R2 temporal rule: the proposal of the previous steps' streak; -1 = none.
+    count:       int32, length of that streak (consecutive steps with the same proposal).
+    conf_sum:    fp32, sum of the streak's confidences.
+    conf_max:    fp32, max of the streak's confidences.
+    """
+
+    commit_step: torch.Tensor
+    last_id: torch.Tensor
+    count: torch.Tensor
+    conf_sum: torch.Tensor
+    conf_max: torch.Tensor
+
+    @classmethod
+    def new(cls, x: torch.Tensor) -> "CommitState":
+        """The state of a fresh canvas ``x [B, L]``: nothing committed, no streaks."""
+        shape, device = tuple(x.shape), x.device
+        return cls(
+            commit_step=torch.full(shape, -1, dtype=torch.int32, device=device),
+            last_id=torch.full(shape, -1, dtype=torch.int64, device=device),
+            count=torch.zeros(shape, dtype=torch.int32, device=device),
+            conf_sum=torch.zeros(shape, dtype=torch.float32, device=device),
+            conf_max=torch.zeros(shape, dtype=torch.float32, device=device),
+        )

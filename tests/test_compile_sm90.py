@@ -27,7 +27,7 @@ def compiled():
 
 def test_every_family_has_configurations(compiled):
     families = {r["name"].split("[")[0] for r in compiled}
-    assert {"token_stats", "token_stats_combine", "window_confidence"} <= families
+    assert {"token_stats", "token_stats_combine", "window_confidence", "commit"} <= families
     assert {"attention_fwd", "attention_combine", "refresh_kv_cache"} <= families
 
 

@@ -1,0 +1,62 @@
+"""commit on an H100-class GPU: one launch per decoding step vs the eager and compiled reference.
+
+    pytest bench/test_bench_commit.py --benchmark-json bench/results/commit_pytest.json
+
+Writes bench/results/commit.json (+ .png). Target (the issue): one launch, under 10 us at B = 64
+(block 32). ``ms`` is the do_bench median (L2 flushed, host launch included as far as the flush
+does not hide it); ``graph_ms`` replays the call in a CUDA graph, i.e. GPU time without the
+host (None where a candidate cannot be captured).
+"""
+
+import pytest
+import torch
+from commit_cases import CANDIDATES, POLICIES, compiled_candidates, copy_case, make_case
+from common import do_bench_ms, plot_bars, synchronised, write_results
+
+torch._dynamo.config.cache_size_limit = 1000  # one compile per shape and rule; never the eager fallback
+
+BATCH = [1, 8, 64]
+LENGTHS = [256, 1024]
+BLOCK = 32
+_rows: list[dict] = []
+_compiled: dict = {}
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _write():
+    yield
+    if _rows:
+        for r in _rows:  # speedup of the kernel over each candidate at the same case
+            tri = next((q for q in _rows if q["impl"] == "triton" and all(q[k] == r[k] for k in ("policy", "B", "L"))), None)
+            r["triton_speedup"] = r["ms"] / tri["ms"] if tri else None
+        write_results("commit", _rows, notes=f"block {BLOCK}; proposals = mask id, so every call repeats the same work")
+        for policy in POLICIES:
+            rows = [dict(r, case=f"B{r['B']} L{r['L']}") for r in _rows if r["policy"] == policy]
+            plot_bars(f"commit_{policy}", rows, x="case", y="us", group="impl", ylabel="us per step (median)")
+
+
+def _graph_ms(fn):
+    from triton.testing import do_bench_cudagraph
+
+    try:
+        return do_bench_cudagraph(fn, rep=20, quantiles=[0.5, 0.2, 0.8])[0]
+    except RuntimeError:  # not capturable
+        return None
+
+
+@pytest.mark.parametrize("L", LENGTHS)
+@pytest.mark.parametrize("B", BATCH)
+@pytest.mark.parametrize("policy", list(POLICIES))
+@pytest.mark.parametrize("impl", ["triton", "reference_eager", "reference_compiled"])
+def test_commit(benchmark, impl, policy, B, L):
+    if impl == "reference_compiled" and not _compiled:
+        _compiled.update(compiled_candidates())
+    fn = {**CANDIDATES, **_compiled}[impl]
+    case = copy_case(make_case(B, L, BLOCK, policy, "cuda"))
+    fn(case)  # compile / warm up
+    t = do_bench_ms(lambda: fn(case))
+    row = {"impl": impl, "policy": policy, "B": B, "L": L, "block": BLOCK, **t, "us": t["ms"] * 1e3,
+           "graph_ms": _graph_ms(lambda: fn(case))}  # fmt: skip
+    _rows.append(row)
+    benchmark.extra_info.update(row)
+    benchmark.pedantic(synchronised(lambda: fn(case)), rounds=20, warmup_rounds=3)

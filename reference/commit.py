@@ -1,0 +1,216 @@
+"""Pure-PyTorch reference of the token-commit op (DESIGN.md 1.2), written for clarity.
+
+Every rule is a function of ``[B, L]`` boolean masks in canvas coordinates, applied in R2-dLLM's
+order. The code is vectorised over the batch (no loop over rows, no ``.item()``), so the same
+function serves as the eager and ``torch.compile`` baseline of the benchmark. Floats are
+aggregated in fp32 in the kernel's operation order (window sums left to right, streak sums step
+by step, correctly rounded divisions), so kernel and reference agree exactly.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from dllm_kernels._types import CommitRule, CommitState, TokenStats
+
+
+def num_transfer_schedule(mask_count: torch.Tensor, steps: int) -> torch.Tensor:
+    """LLaDA's ``get_num_transfer_tokens``: how many positions each step of a block commits.
+
+    ``m`` masks over ``steps`` steps: every step commits ``m // steps``, the first ``m % steps``
+    steps one more. ``mask_count`` is an integer tensor ``[B]``; returns int64 ``[B, steps]``
+    on its device (no host sync).
+    """
+    m = mask_count.to(torch.int64)[:, None]
+    extra = torch.arange(steps, device=mask_count.device) < m % steps
+    return m // steps + extra.to(torch.int64)
+
+
+def _fp32(value: float, like: torch.Tensor) -> torch.Tensor:
+    """A 0-d fp32 tensor on ``like``'s device (a fill, never a host-to-device copy)."""
+    return torch.full((), value, dtype=torch.float32, device=like.device)
+
+
+def _rank(score: torch.Tensor, cand: torch.Tensor) -> torch.Tensor:
+    """Rank of every candidate by ``score`` descending, ties -> lowest index (rank 0 = best);
+    non-candidates rank after all candidates."""
+    order = torch.sort(score, dim=1, descending=True, stable=True).indices
+    # a second stable sort moves the candidates, still in score order, to the front
+    order = order.gather(1, torch.sort((~cand).gather(1, order).to(torch.uint8), dim=1, stable=True).indices)
+    return order.argsort(dim=1)  # the inverse permutation: where each position stands in order
+
+
+def _best(score: torch.Tensor, cand: torch.Tensor) -> torch.Tensor:
+    """The candidate with the highest score in each row, ties -> lowest index (none in rows
+    without candidates)."""
+    pos = torch.arange(score.shape[1], device=score.device)
+    top = torch.where(cand, score, float("-inf")).amax(dim=1, keepdim=True)
+    first = torch.where(cand & (score == top), pos, score.shape[1]).amin(dim=1, keepdim=True)
+    return cand & (pos == first)
+
+
+def _shift_left(t: torch.Tensor, k: int, fill) -> torch.Tensor:
+    """``t[:, i + k]`` at every ``i`` (``fill`` past the end)."""
+    return F.pad(t, (0, k), value=fill)[:, k:] if k else t
+
+
+def _shift_right(t: torch.Tensor, k: int, fill) -> torch.Tensor:
+    """``t[:, i - k]`` at every ``i`` (``fill`` before the start)."""
+    return F.pad(t, (k, 0), value=fill)[:, : t.shape[1]] if k else t
+
+
+def _dynamic_threshold(rule, x, mask_id, pos, start, end) -> torch.Tensor:
+    """Streaming-dLLM: tau_t = tau0 * (1 - alpha * (1 - r_mask)) per row, ``[B]`` fp32.
+
+    r_mask = masks / positions over the active region and the kept suffix (the first W
+    positions after the region, plus the canvas's last position), counted at step start.
+    Evaluated as ``tau0 * (1 - (alpha * (n - n_mask)) / n)``, the kernel's fp32 order.
+    """
+    L = x.shape[1]
+    suffix = (pos >= end) & ((pos < end + rule.suffix_window) | (pos == L - 1))
+    counted = ((pos >= start) & (pos < end)) | suffix
+    n = counted.sum(1)
+    n_mask = (counted & (x == mask_id)).sum(1)
+    q = (_fp32(rule.alpha, x) * (n - n_mask).float()) / n.clamp(min=1).float()
+    return _fp32(rule.threshold, x) * (1.0 - q)
+
+
+def _base_rule(rule, cand, conf, entropy, score, num_transfer, dynamic_tau) -> torch.Tensor:
+    """Rules 1-4: top-k | threshold | dynamic threshold | entropy, plus the best candidate."""
+    if rule.base == "topk":
+        take = _rank(score, cand) < num_transfer.to(torch.int64).clamp(min=0)[:, None]
+    elif rule.base == "threshold":
+        take = conf >= _fp32(rule.threshold, conf)
+    elif rule.base == "dynamic":
+        take = conf >= dynamic_tau[:, None]
+    elif rule.entropy_strict:
+        take = entropy < _fp32(rule.entropy_threshold, entropy)
+    else:
+        take = entropy <= _fp32(rule.entropy_threshold, entropy)
+    if rule.commit_best:
+        take = take | _best(score, cand)
+    return cand & take
+
+
+def _spatial_rule(rule, undecided, conf, pos, start, end) -> torch.Tensor:
+    """Rule 5, R2 confidence clusters: windows of W positions inside the active region, judged
+    on the same state; a window with at most U decided positions, at least one undecided one
+    and finite confidences there passes if the mean confidence of its undecided positions is
+    >= tau_s. Every undecided position of a passing window commits."""
+    W = rule.spatial_window
+    total = torch.zeros_like(conf)  # per window start, summed left to right
+    n_undecided = torch.zeros_like(pos.expand_as(conf))
+    finite = torch.ones_like(undecided)
+    for k in range(W):
+        und_k, conf_k = _shift_left(undecided, k, False), _shift_left(conf, k, 0.0)
+        total = total + torch.where(und_k, conf_k, 0.0)
+        n_undecided = n_undecided + und_k
+        finite = finite & (~und_k | conf_k.isfinite())
+    inside = (pos >= start) & (pos + W <= end)
+    mean = total / n_undecided.clamp(min=1).float()
+    passes = inside & (W - n_undecided <= rule.spatial_max_decided) & (n_undecided > 0) & finite
+    passes = passes & (mean >= _fp32(rule.spatial_threshold, conf))
+    covered = torch.zeros_like(passes)
+    for j in range(W):  # the windows starting at i - W + 1 .. i cover position i
+        covered = covered | _shift_right(passes, j, False)
+    return undecided & covered
+
+
+def _token_cluster_rule(rule, live, token, conf, pos) -> torch.Tensor:
+    """Rule 6, R2 token clusters: a maximal run of >= min_len adjacent still-masked positions
+    with the same proposal whose max confidence is > tau_s commits its most confident position
+    (ties -> lowest index)."""
+    B, L = live.shape
+    continues = live & _shift_right(live, 1, False) & (token == _shift_right(token, 1, -1))
+    run = torch.cumsum(~continues, dim=1) + (torch.arange(B, device=pos.device) * (L + 1))[:, None]
+    run_flat = run.view(-1)
+
+    def per_run(values, reduce, init):
+        out = torch.full((B * (L + 1),), init, dtype=values.dtype, device=values.device)
+        return out.scatter_reduce_(0, run_flat, values.reshape(-1), reduce)[run]
+
+    length = per_run(live.to(torch.int64), "sum", 0)
+    best_conf = per_run(torch.where(live, conf, float("-inf")), "amax", float("-inf"))
+    first_best = per_run(torch.where(live & (conf == best_conf), pos.expand(B, L), L), "amin", L)
+    return live & (pos == first_best) & (length >= rule.cluster_min_len) & (best_conf > _fp32(rule.spatial_threshold, conf))
+
+
+def _temporal_rule(rule, state: CommitState, active, token, conf) -> torch.Tensor:
+    """Rule 7, R2 temporal stability: update the streak of every active position (same proposal
+    as the streak: extend it; else restart it with this step), then commit where the streak has
+    >= N steps and its aggregate (last | mean | max confidence) is >= tau_t."""
+    same = state.last_id == token
+    count = torch.where(same, state.count + 1, 1)
+    total = torch.where(same, state.conf_sum + conf, conf)
+    peak = torch.where(same, torch.maximum(state.conf_max, conf), conf)
+    agg = {"last": conf, "mean": total / count.float(), "max": peak}[rule.temporal_agg]
+    state.last_id.copy_(torch.where(active, token, state.last_id))
+    state.count.copy_(torch.where(active, count, state.count))
+    state.conf_sum.copy_(torch.where(active, total, state.conf_sum))
+    state.conf_max.copy_(torch.where(active, peak, state.conf_max))
+    return active & (count >= rule.temporal_steps) & (agg >= _fp32(rule.temporal_threshold, conf))
+
+
+def commit(
+    x: torch.Tensor,
+    stats: TokenStats,
+    state: CommitState,
+    rule: CommitRule,
+    *,
+    active_start: torch.Tensor,
+    active_end: torch.Tensor,
+    mask_id: int,
+    step,
+    num_transfer: torch.Tensor | None = None,
+    force_start: torch.Tensor | None = None,
+    force_end: torch.Tensor | None = None,
+    stats_offset: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """One decoding step's commit; see :func:`dllm_kernels.commit` for the contract.
+
+    Updates ``x`` and ``state`` in place; returns int32 ``[B]``, the positions committed per row.
+    """
+    B, L = x.shape
+    Ls = stats.token.shape[1]
+    device = x.device
+    pos = torch.arange(L, device=device)[None, :]  # [1, L]
+    offset = torch.zeros(B, 1, dtype=torch.int64, device=device) if stats_offset is None else stats_offset[:, None].long()
+    # the active region, clipped to the canvas and to the stats window (the public op rejects
+    # regions outside them; unchecked device tensors are clipped, exactly as the kernel does)
+    start = torch.maximum(active_start[:, None].long(), offset).clamp(min=0)
+    end = torch.minimum(active_end[:, None].long(), offset + Ls).clamp(max=L)
+    cand = (pos >= start) & (pos < end) & (x == mask_id)  # masked at step start
+
+    # the statistics in canvas coordinates
+    col = (pos - offset).clamp(0, Ls - 1)
+    token, conf, entropy = (f.gather(1, col) for f in (stats.token, stats.prob, stats.entropy))
+    score = -entropy if rule.base == "entropy" else conf  # what "best" means: higher is better
+
+    dynamic_tau = _dynamic_threshold(rule, x, mask_id, pos, start, end) if rule.base == "dynamic" else None
+    taken = _base_rule(rule, cand, conf, entropy, score, num_transfer, dynamic_tau)
+    if rule.spatial_window > 0:
+        taken = taken | _spatial_rule(rule, cand & ~taken, conf, pos, start, end)
+    if rule.token_cluster:
+        taken = taken | _token_cluster_rule(rule, cand & ~taken, token, conf, pos)
+    if rule.temporal_steps > 0:
+        taken = taken | _temporal_rule(rule, state, cand & ~taken, token, conf)
+
+    # forced progress: the force region (clipped to the active region) gets its best candidate
+    # if it has candidates and the rules committed none of them
+    f_lo = start if force_start is None else torch.maximum(force_start[:, None].long(), start)
+    f_hi = end if force_end is None else torch.minimum(force_end[:, None].long(), end)
+    forced = cand & (pos >= f_lo) & (pos < f_hi)
+    starved = ~(forced & taken).any(dim=1, keepdim=True)
+    taken = taken | (_best(score, forced) & starved)
+
+    x.copy_(torch.where(taken, token, x))
+    if not isinstance(step, torch.Tensor):
+        step = torch.full((), step, dtype=torch.int32, device=device)
+    state.commit_step.copy_(torch.where(taken, step.to(torch.int32), state.commit_step))
+    if rule.temporal_steps > 0:  # committed positions start with a fresh streak
+        state.last_id.masked_fill_(taken, -1)
+        state.count.masked_fill_(taken, 0)
+        state.conf_sum.masked_fill_(taken, 0.0)
+        state.conf_max.masked_fill_(taken, 0.0)
+    return taken.sum(dim=1, dtype=torch.int32)
