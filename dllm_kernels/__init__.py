@@ -11,11 +11,13 @@ from .backend import BACKENDS, interpreter_enabled
 from .commit import commit, num_transfer_schedule
 from .confidence import token_stats, window_confidence
 from .kv_cache import refresh_kv_cache
+from .loop import GenerateResult, generate
+from .policies import POLICIES, Policy
 
 __version__ = "0.1.0"
 
 __all__ = [
-    "BACKENDS", "CommitRule", "CommitState", "TokenStats", "attention",
-    "commit", "interpreter_enabled", "num_transfer_schedule", "reference", "refresh_kv_cache",
+    "BACKENDS", "CommitRule", "CommitState", "GenerateResult", "POLICIES", "Policy", "TokenStats", "attention",
+    "commit", "generate", "interpreter_enabled", "num_transfer_schedule", "reference", "refresh_kv_cache",
     "token_stats", "window_confidence",
 ]  # fmt: skip

@@ -1,0 +1,105 @@
+"""End-to-end decoding benchmark: every policy on one model, kernel path vs reference path.
+
+Reports per policy and path: NFE (forwards per sequence), tokens per forward (generated tokens up
+to the first EOS, per forward, as d3LLM counts them), wall time per step and tokens per second.
+On a GPU the times are synchronised wall-clock medians over repeats; on a CPU the kernel path
+runs on Triton's interpreter, so only NFE and tokens per forward are meaningful there.
+"""
+
+from __future__ import annotations
+
+import json
+import pathlib
+import statistics
+import time
+from dataclasses import asdict, dataclass
+
+import torch
+
+from .loop import generate
+
+DEFAULT_POLICIES = ("vanilla", "fast_dllm", "streaming", "r2", "d3llm")
+
+# the three ways of running the same loop (model attention path, loop ops backend)
+PATHS = {
+    "kernels": ("ops", "triton"),  # the library's Triton kernels everywhere
+    "reference": ("ops", "reference"),  # the library's PyTorch references everywhere
+    "sdpa": ("sdpa", "reference"),  # what the public repos run: concat + torch SDPA, eager post-processing
+}
+
+
+@dataclass
+class BenchRow:
+    policy: str
+    path: str
+    batch: int
+    nfe: float  # mean forwards per sequence
+    tokens_per_forward: float
+    ms_per_step: float
+    tokens_per_s: float
+
+
+def tokens_until_eos(generated: torch.Tensor, eos_id: int) -> torch.Tensor:
+    """Generated tokens up to and including the first EOS, per row."""
+    is_eos = generated == eos_id
+    n = torch.full((generated.shape[0],), generated.shape[1], dtype=torch.long, device=generated.device)
+    return torch.where(is_eos.any(1), is_eos.int().argmax(1) + 1, n)
+
+
+def _sync(device):
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def bench_policy(model, prompts, policy: str, path: str, *, gen_length: int, block_length: int, repeats: int = 3,
+                 overrides: dict | None = None) -> BenchRow:  # fmt: skip
+    """Time ``generate`` of one policy on one path (the model is switched to the path in place)."""
+    attn_impl, backend = PATHS[path]
+    model.attn_impl, model.backend = attn_impl, backend
+    device = next(model.parameters()).device
+    times, out = [], None
+    for _ in range(repeats):
+        _sync(device)
+        t0 = time.perf_counter()
+        out = generate(model, prompts, policy=policy, gen_length=gen_length, block_length=block_length,
+                       backend=backend, **(overrides or {}))  # fmt: skip
+        _sync(device)
+        times.append(time.perf_counter() - t0)
+    t = statistics.median(times)
+    nfe = out.nfe.double()
+    toks = tokens_until_eos(out.generated, model.config.eos_id).double()
+    steps = int(out.nfe.max())  # the batch runs until its slowest row is done
+    return BenchRow(policy, path, len(prompts), nfe.mean().item(), (toks / nfe).mean().item(), 1e3 * t / max(steps, 1),
+                    toks.sum().item() / t)  # fmt: skip
+
+
+def run(model, prompts, *, policies=DEFAULT_POLICIES, paths=("kernels", "reference"), gen_length=64,
+        block_length=16, repeats=3, out: str | None = None, printer=print) -> list[BenchRow]:  # fmt: skip
+    rows = []
+    printer(HEADER)
+    for policy in policies:
+        for path in paths:
+            rows.append(bench_policy(model, prompts, policy, path, gen_length=gen_length, block_length=block_length, repeats=repeats))
+            printer(format_row(rows[-1]))
+    printer(format_speedups(rows))
+    if out:
+        pathlib.Path(out).write_text(json.dumps([asdict(r) for r in rows], indent=2) + "\n")
+    return rows
+
+
+HEADER = f"{'policy':<12} {'path':<10} {'B':>3} {'NFE':>7} {'tok/fwd':>8} {'ms/step':>9} {'tok/s':>9}"
+
+
+def format_row(r: BenchRow) -> str:
+    return f"{r.policy:<12} {r.path:<10} {r.batch:>3} {r.nfe:>7.1f} {r.tokens_per_forward:>8.2f} {r.ms_per_step:>9.2f} {r.tokens_per_s:>9.1f}"
+
+
+def format_speedups(rows: list[BenchRow]) -> str:
+    lines = ["kernel path speedup over the other paths (ms/step ratio):"]
+    for r in rows:
+        if r.path == "kernels":
+            continue
+        k = next((q for q in rows if q.policy == r.policy and q.path == "kernels" and q.batch == r.batch), None)
+        if k:
+            lines.append(f"  {r.policy:<12} vs {r.path:<10} {r.ms_per_step / k.ms_per_step:6.2f}x")
+    return "\n".join(lines)

@@ -1,0 +1,503 @@
+"""The decoding loop: every published policy on one loop, on the kernels or on the references.
+
+Each row of a batch runs its own copy of the policy's control logic (a *scheduler*, on the host),
+which decides per step which canvas window the row forwards, what it reads from and writes to the
+KV cache, and where commits may happen. The batch then runs as one step on the device::
+
+    tokens = x.gather(windows)                      # ragged per-row windows, padded
+    logits = model(tokens, positions, cache=..., cache_len=..., kv_len=..., write=..., key_start=pad,
+                   logits_index=active rows)        # attention / refresh_kv_cache ops inside
+    stats  = token_stats(logits)                    # one fused pass over the vocabulary
+    commit(x, stats, state, rule, active_start=..., ...)   # one fused launch per distinct rule
+
+A step has no host sync; between steps the loop reads the canvas back once (a few KB) to drive
+the schedulers. Because a row's computation depends only on that row, a batch of ragged prompts
+(left-padded to a common, block-aligned length and masked with ``key_start``) gives every row
+exactly the tokens it gets alone (at temperature 0).
+
+Model protocol (what ``generate`` needs from a model; :class:`dllm_kernels.models.DiffusionLM`
+implements it, a test or a user can bring another):
+
+* ``model.config`` with ``vocab_size``, ``mask_id``, ``eos_id`` (and optional ``eot_id``);
+* ``model.new_cache(batch, max_len)``: an opaque cache object (only for cached policies);
+* ``model(tokens, positions, *, cache, cache_len, kv_len, attend_new, write, key_start,
+  logits_index) -> logits [B, Lo, V]``: forward the ``[B, Lq]`` tokens at RoPE ``positions``;
+  attend cache rows ``[0, cache_len)`` and (if ``attend_new``) the first ``kv_len`` forwarded rows;
+  first write the K/V of the blocks ``write.block_ids`` (canvas blocks of ``write.block_size``,
+  forwarded row j being canvas position ``write.new_start + j``) into the cache; ignore keys
+  before ``key_start`` (left padding); return the logits of the forwarded rows ``logits_index``.
+  A model without a cache may ignore everything but tokens, positions and logits_index.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from ._checks import check_tensor
+from .commit import CommitRule, CommitState, commit
+from .confidence import token_stats
+from .models.transformer import CacheWrite
+from .policies import Policy, resolve_policy
+
+
+@dataclass
+class GenerateResult:
+    """Output of :func:`generate`.
+
+    tokens: ``[B, P + gen_length]`` the final canvas; row b's prompt sits left-padded by
+        ``pad[b]`` positions (filled with the pad id) so that the generation region starts at
+        the block-aligned ``gen_start = P`` for every row.
+    nfe: ``[B]`` int64, model forwards per row, counted as the policy's paper counts them.
+    commit_step: ``[B, P + gen_length]`` int32, the row's step (0-based forward index) at which
+        each position received its final token; -1 for prompt and padding.
+    pad: ``[B]`` int64 left padding per row.
+    gen_start: first position of the generation region.
+    """
+
+    tokens: torch.Tensor
+    nfe: torch.Tensor
+    commit_step: torch.Tensor
+    pad: torch.Tensor
+    gen_start: int
+
+    @property
+    def generated(self) -> torch.Tensor:
+        """``[B, gen_length]`` the generation region."""
+        return self.tokens[:, self.gen_start :]
+
+
+@dataclass
+class _RowStep:
+    """One row's share of a batched step (canvas positions throughout)."""
+
+    step: int  # the row's 0-based forward index, written to commit_step
+    forward: bool = True  # False: no forward this step (a fill only)
+    window: tuple[int, int] = (0, 0)  # forwarded contiguous canvas window [a, c)
+    tail: bool = False  # also forward the canvas's last position (Streaming-dLLM)
+    cache_len: int = 0  # cache rows [0, cache_len) attended
+    write: tuple[int, int] | None = None  # canvas blocks [b0, b1) written into the cache
+    active: tuple[int, int] = (0, 0)  # commit candidates: masked positions in [s, e)
+    force: tuple[int, int] | None = None  # region that must get a commit
+    rule: CommitRule | None = None
+    num_transfer: int = 0  # k of the "topk" rule
+    fill_after: int | None = None  # early stop: positions after this one become EOS
+
+
+# ------------------------------------------------------------------------------------------------
+# schedulers: the per-row control logic of the published decoders (host side)
+# ------------------------------------------------------------------------------------------------
+
+
+class _BlockRow:
+    """One block at a time (LLaDA vanilla, Fast-dLLM, Streaming-dLLM, R2-dLLM): a block's first
+    forward (full with a cache), then forwards until it has no mask (or exactly
+    ``steps_per_block``), then the next block."""
+
+    def __init__(self, policy: Policy, geo: "_Geometry"):
+        self.p, self.g = policy, geo
+        self.spb = policy.steps_per_block or (geo.bs if policy.rule.base == "topk" else 0)
+        self.k = 0  # current block
+        self.i = 0  # forwards run in the current block
+        self.nfe = 0
+        self.schedule: list[int] = []
+        self.done = False
+
+    def plan(self, xrow: np.ndarray, _committed: np.ndarray) -> _RowStep | None:
+        p, g = self.p, self.g
+        if self.done:
+            return None
+        s, e = g.block(self.k)
+        if self.i > 0 and ((self.i >= self.spb) if self.spb else not (xrow[s:e] == g.mask).any()):
+            if p.early_exit and (xrow[s:e] == g.eos).any():  # Streaming-dLLM: EOS in a completed block
+                self.done = True
+                return _RowStep(step=self.nfe - 1, forward=False, fill_after=e - 1)
+            self.k, self.i = self.k + 1, 0
+            if self.k == g.nb:
+                self.done = True
+                return None
+            s, e = g.block(self.k)
+        first = self.i == 0
+        if first and self.spb:  # LLaDA: m masks over spb steps, the first m % spb get one more
+            m = int((xrow[s:e] == g.mask).sum())
+            self.schedule = [m // self.spb + (1 if j < m % self.spb else 0) for j in range(self.spb)]
+
+        cache = p.cache
+        if cache == "dual" and not first:
+            window, tail = (s, e), False
+        else:
+            a = s if (cache == "prefix" and not first) else 0
+            if p.suffix_window is None:
+                window, tail = (a, g.L), False
+            else:  # the block, the first W positions after it, and the canvas's last position
+                window, tail = (a, min(e + p.suffix_window, g.L)), g.L - e > p.suffix_window
+        cache_len = {"none": 0, "prefix": 0 if first else s, "dual": g.L}[cache]
+        write = None
+        if first and cache == "prefix":
+            write = (0, s // g.bs)  # the prefix the block's later forwards read
+        elif cache == "dual":
+            write = (0, g.L // g.bs) if first else (s // g.bs, e // g.bs)
+
+        rule = p.block_start_rule if (first and p.block_start_rule is not None) else p.rule
+        active, k = (s, e), (self.schedule[self.i] if self.spb else 0)
+        if first and p.ar_first_token:  # Dream: the block's first position, from the last clean token
+            active, rule, k = (s, s + 1), CommitRule(base="topk"), 1
+        self.nfe += 1
+        self.i += 1
+        # LLaDA's schedule decides the count of a "topk" step (it may be 0 when a block holds fewer
+        # masks than steps); every other rule guarantees progress in the block
+        force = None if rule.base == "topk" else active
+        return _RowStep(step=self.nfe - 1, window=window, tail=tail, cache_len=cache_len, write=write,
+                        active=active, force=force, rule=rule, num_transfer=k)  # fmt: skip
+
+
+@dataclass
+class _Block:
+    start: int
+    end: int
+    mask: int  # the scheduler's mask count (d3LLM's bookkeeping, see _MultiBlockRow)
+    total: int
+    active: bool  # "fully activated": receives forced progress
+    done_at: int | None = None  # NFE at which it was first seen complete (delayed cache)
+    cached: bool = False
+
+    def progress(self) -> float:
+        return 1 - self.mask / self.total
+
+
+class _MultiBlockRow:
+    """d3LLM's pipelined multi-block decoding (``generate_multi_block``) and its delayed KV cache
+    (``generate_multi_block_kv_cache``), step for step, including the bookkeeping the published
+    code keeps (block mask counts decremented by commits, clamped at 0 only in the cached
+    variant; an NFE counted for iterations that end the loop without a forward)."""
+
+    def __init__(self, policy: Policy, geo: "_Geometry"):
+        self.p, self.g = policy, geo
+        self.kv = policy.cache == "delayed"
+        self.blocks = [_Block(0, geo.P, 0, max(geo.P, 1), True, done_at=0 if self.kv else None)]
+        self.next = 1
+        self.nfe = 0
+        self.cache_length = 0
+        self.has_cache = False
+        self.done = False
+        self.last_step: int | None = None
+        self._add(np.full(geo.L, geo.mask), active=1.0 >= policy.decoded_token_threshold)
+
+    def _add(self, xrow, active: bool, **kw):
+        g = self.g
+        s = g.P + (self.next - 1) * g.bs
+        e = min(s + g.bs, g.L)
+        mask = kw.pop("mask", int((xrow[s:e] == g.mask).sum()))
+        self.blocks.append(_Block(s, e, mask, e - s, active, **kw))
+        self.next += 1
+
+    def plan(self, xrow: np.ndarray, committed: np.ndarray) -> _RowStep | None:
+        """``committed``: the positions the last step's commit rules took (fills excluded)."""
+        p, g = self.p, self.g
+        if self.done:
+            return None
+        if self.last_step is not None:  # the published bookkeeping: subtract this step's commits
+            for b in self.blocks[1:]:
+                n = int(committed[b.start : b.end].sum())
+                if self.kv and n:
+                    b.mask = max(0, b.mask - n)
+                elif not self.kv and n and b.mask > 0:
+                    b.mask -= n
+            self.last_step = None
+        if not (xrow[g.P :] == g.mask).any() and self.next > g.nb:
+            self.done = True
+            return None
+        self.nfe += 1
+        step = self.nfe - 1
+
+        fill, has_eos = None, False
+        if p.early_stop:
+            eos = np.flatnonzero(xrow[g.P :] == g.eos)
+            if eos.size:
+                fill, has_eos = g.P + int(eos[0]), True
+                xrow = xrow.copy()
+                xrow[fill + 1 :] = g.eos
+                for b in self.blocks[1:]:
+                    if b.start > fill:
+                        if b.mask != 0:
+                            b.mask, b.active = 0, True
+                    elif b.end > fill:
+                        m = int((xrow[b.start : fill + 1] == g.mask).sum())
+                        if m != b.mask:
+                            b.mask = m
+                            b.active = b.active or m == 0
+                while self.next <= g.nb and g.P + (self.next - 1) * g.bs > fill:
+                    extra = dict(done_at=self.nfe, cached=True) if self.kv else {}
+                    self._add(xrow, active=True, mask=0, **extra)
+                if not (xrow[g.P :] == g.mask).any():
+                    self.done = True
+                    return _RowStep(step=step, forward=False, fill_after=fill)
+
+        for prev, b in zip(self.blocks, self.blocks[1:]):  # activation by the predecessor's progress
+            if not b.active and prev.progress() >= p.decoded_token_threshold:
+                b.active = True
+        last = self.blocks[-1]
+        if self.next <= g.nb and not has_eos and len(self.blocks) > 1:
+            if last.progress() >= p.block_add_threshold or last.mask == 0:
+                self._add(xrow, active=last.progress() >= p.decoded_token_threshold)
+        right = max(i for i, b in enumerate(self.blocks) if i == 0 or b.active or b.mask > 0)
+        if right == 0:
+            self.done = True
+            return None
+        active_end = self.blocks[right].end
+        force = next(((b.start, b.end) for b in self.blocks[1:] if b.active and b.mask > 0), None)
+
+        window, cache_len, write = (0, g.L), 0, None
+        if self.kv:
+            window, cache_len, write = self._delayed_cache_forward(active_end)
+            if window is None:
+                self.done = True
+                return None
+        self.last_step = step
+        active = (max(g.P, window[0]), active_end)
+        return _RowStep(step=step, window=window, cache_len=cache_len, write=write, active=active, force=force,
+                        rule=p.rule, fill_after=fill)  # fmt: skip
+
+    def _delayed_cache_forward(self, active_end: int):
+        """d3LLM's choice among (a) append completed blocks, (b) read the cache, (c) refresh by a
+        full forward, (d) full forward without cache."""
+        p, g, nfe = self.p, self.g, self.nfe
+        cache_length = self.cache_length
+        to_cache = []
+        for b in self.blocks:
+            if b.end <= cache_length:
+                continue
+            if b.mask != 0:
+                break
+            if b.done_at is None:
+                b.done_at = nfe
+            delay = nfe - b.done_at
+            if delay >= p.cache_delay and not b.cached:
+                to_cache.append(b)
+                b.cached = True
+            elif delay < p.cache_delay:
+                break
+        update = to_cache[-1].end - cache_length if to_cache else 0
+        stabilizing = [b for b in self.blocks if b.mask == 0 and b.done_at is not None and not b.cached]
+        start = min([cache_length] + [b.start for b in stabilizing] + [b.start for b in self.blocks if b.mask > 0])
+        if start >= active_end:
+            return None, 0, None
+        bs = g.bs
+        if update > 0:  # (a)
+            self.cache_length += update
+            self.has_cache = True
+            return (cache_length, g.L), cache_length, (cache_length // bs, (cache_length + update) // bs)
+        if self.has_cache and not stabilizing and nfe % p.refresh_interval != 0:  # (b)
+            return (start, g.L), cache_length, None
+        if self.has_cache:  # (c) refresh: the full forward rebuilds the cache up to refresh_pos
+            refresh_pos = stabilizing[-1].start if stabilizing else cache_length
+            return (0, g.L), 0, (0, refresh_pos // bs)
+        return (0, g.L), 0, None  # (d)
+
+
+# ------------------------------------------------------------------------------------------------
+# the batched loop
+# ------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class _Geometry:
+    P: int  # block-aligned start of the generation region
+    L: int  # canvas length
+    bs: int  # block length
+    mask: int
+    eos: int
+
+    @property
+    def nb(self) -> int:
+        return (self.L - self.P) // self.bs
+
+    def block(self, k: int) -> tuple[int, int]:
+        return self.P + k * self.bs, self.P + (k + 1) * self.bs
+
+
+def _canvas(prompt, gen_length: int, block_length: int, config, device):
+    """Left-pad the prompts to a common block-aligned length and append the masks."""
+    if isinstance(prompt, torch.Tensor):
+        check_tensor("generate", "prompt", prompt, ndim=2)
+        if prompt.dtype not in (torch.int64, torch.int32):
+            raise TypeError(f"generate: prompt must be an integer tensor, got {prompt.dtype}")
+        rows = [r.tolist() for r in prompt.cpu()]
+    else:
+        rows = [list(map(int, torch.as_tensor(r).tolist())) for r in prompt]
+    if not rows or any(len(r) == 0 for r in rows):
+        raise ValueError("generate: every prompt needs at least one token")
+    bad = [t for r in rows for t in r if not 0 <= t < config.vocab_size]
+    if bad:
+        raise ValueError(f"generate: prompt token ids must lie in [0, {config.vocab_size}), got {bad[:5]}")
+    P = -(-max(map(len, rows)) // block_length) * block_length
+    pad_id = config.pad_id if getattr(config, "pad_id", None) is not None else config.eos_id
+    x = torch.full((len(rows), P + gen_length), config.mask_id, dtype=torch.int64)
+    pad = torch.tensor([P - len(r) for r in rows], dtype=torch.int64)
+    for b, r in enumerate(rows):
+        x[b, : pad[b]] = pad_id
+        x[b, pad[b] : P] = torch.tensor(r)
+    return x.to(device), pad.to(device), P
+
+
+def _to_device(rows: list[list[int]], device, width: int | None = None, fill: int = 0) -> torch.Tensor:
+    width = width if width is not None else max((len(r) for r in rows), default=0)
+    out = torch.full((len(rows), max(width, 1)), fill, dtype=torch.int64)
+    for b, r in enumerate(rows):
+        out[b, : len(r)] = torch.tensor(r, dtype=torch.int64)
+    if device.type == "cuda":
+        return out.pin_memory().to(device, non_blocking=True)
+    return out.to(device)
+
+
+@torch.no_grad()
+def generate(
+    model,
+    prompt,
+    *,
+    policy: str | Policy = "fast_dllm",
+    gen_length: int = 256,
+    block_length: int = 32,
+    temperature: float = 0.0,
+    seed: int | None = None,
+    backend: str = "auto",
+    max_nfe: int = 10000,
+    progress: bool = False,
+    **overrides,
+) -> GenerateResult:
+    """Decode ``gen_length`` tokens after each prompt with a published policy.
+
+    Args:
+        model: a :class:`dllm_kernels.models.DiffusionLM` or any model following the protocol in
+            this module's docstring. Its own ops run on its own ``backend``.
+        prompt: ``[B, Lp]`` integer tensor, or a list of B token sequences of different lengths
+            (left-padded to a common length rounded up to ``block_length``).
+        policy: a name of :data:`dllm_kernels.policies.POLICIES` (``"vanilla"``, ``"fast_dllm"``,
+            ``"streaming"``, ``"r2"``, ``"d3llm"``, ``"d3llm_dream"``) or a :class:`Policy`;
+            ``overrides`` go to the named policy's constructor (e.g. ``threshold=0.8``).
+        gen_length, block_length: the generation region and its block size
+            (``gen_length % block_length == 0``).
+        temperature, seed: proposal sampling (:func:`dllm_kernels.token_stats`); 0 = argmax.
+        backend: backend of the loop's ops (``token_stats``, ``commit``).
+        max_nfe: safety bound on forwards per row (d3LLM's loop uses 10000).
+        progress: show a progress bar (tqdm) over the generated tokens.
+
+    Returns:
+        :class:`GenerateResult` (tokens, nfe, commit_step, pad, gen_start).
+    """
+    pol = resolve_policy(policy, **overrides)
+    cfg = model.config
+    if gen_length <= 0 or block_length <= 0 or gen_length % block_length:
+        raise ValueError(f"generate: gen_length ({gen_length}) must be a positive multiple of block_length ({block_length})")
+    device = _model_device(model)
+    x, pad, P = _canvas(prompt, gen_length, block_length, cfg, device)
+    B, L = x.shape
+    geo = _Geometry(P=P, L=L, bs=block_length, mask=cfg.mask_id, eos=cfg.eos_id)
+    state = CommitState.new(x)
+    make = _MultiBlockRow if pol.scheduler == "multi_block" else _BlockRow
+    rows = [make(pol, geo) for _ in range(B)]
+    cache = model.new_cache(B, L) if pol.cache != "none" else None
+    # the mask token is never a proposal: committing it would leave the position masked forever
+    suppress = [cfg.mask_id] + ([cfg.eos_id] if pol.suppress_eos else [])
+    base_seed = int(torch.randint(0, 2**31, (1,)).item()) if (seed is None and temperature > 0) else (seed or 0)
+
+    bar = None
+    if progress:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=B * gen_length, desc=f"generate[{pol.name}]", unit="tok")
+    iteration = 0
+    committed = torch.zeros_like(x, dtype=torch.bool)
+    while True:
+        host = torch.stack([x, committed.to(x.dtype)]).cpu().numpy()  # the one sync per step
+        if bar is not None:
+            bar.n = int((host[0][:, P:] != cfg.mask_id).sum())
+            bar.refresh()
+        plans = [None if r.nfe >= max_nfe else r.plan(host[0][b], host[1][b]) for b, r in enumerate(rows)]
+        if all(pl is None for pl in plans):
+            break
+        committed = _run_step(model, x, state, pad, cache, plans, pol, geo, temperature, base_seed + iteration,
+                              suppress, backend)  # fmt: skip
+        iteration += 1
+    if bar is not None:
+        bar.close()
+    nfe = torch.tensor([r.nfe for r in rows], dtype=torch.int64, device=device)
+    return GenerateResult(tokens=x, nfe=nfe, commit_step=state.commit_step, pad=pad, gen_start=P)
+
+
+def _model_device(model) -> torch.device:
+    if getattr(model, "device", None) is not None:
+        return torch.device(model.device)
+    if hasattr(model, "parameters"):
+        return next((t.device for t in model.parameters()), torch.device("cpu"))
+    return torch.device("cpu")
+
+
+def _fill_eos(x, commit_step, b: int, after: int, step: int, eos: int, keep: torch.Tensor | None = None):
+    """Everything after canvas position ``after`` of row b becomes EOS (positions in ``keep``
+    excepted); positions whose token changes record ``step``."""
+    seg = x[b, after + 1 :]
+    new = torch.full_like(seg, eos) if keep is None else torch.where(keep, seg, eos)
+    commit_step[b, after + 1 :] = torch.where(new != seg, step, commit_step[b, after + 1 :])
+    x[b, after + 1 :] = new
+
+
+def _run_step(model, x, state, pad, cache, plans, pol: Policy, geo: _Geometry, temperature, seed, suppress, backend):
+    """Run one batched step; returns the ``[B, L]`` positions the commit rules took."""
+    device = x.device
+    B = x.shape[0]
+    stale = pol.d3_stale_candidates
+    fills = [(b, pl) for b, pl in enumerate(plans) if pl is not None and pl.fill_after is not None]
+    for b, pl in fills:
+        if not pl.forward or not stale:
+            _fill_eos(x, state.commit_step, b, pl.fill_after, pl.step, geo.eos)
+    fwd = [pl if (pl is not None and pl.forward) else None for pl in plans]
+    before = state.commit_step.clone()
+    if not any(fwd):
+        return state.commit_step != before
+
+    # ragged windows -> one padded batch
+    windows = [list(range(*pl.window)) + ([geo.L - 1] if pl.tail else []) if pl else [] for pl in fwd]
+    idx = _to_device(windows, device)
+    kv_len = torch.tensor([len(w) for w in windows], device=device)
+    tokens = x.gather(1, idx)
+    if stale:  # the forward sees this step's early-stop fill; the commit sees the masks before it
+        for b, pl in fills:
+            if pl.forward:
+                tokens[b] = torch.where(idx[b] > pl.fill_after, geo.eos, tokens[b])
+    positions = (idx - pad[:, None]).clamp_min(0)
+    act = [pl.active if pl else (0, 0) for pl in fwd]
+    Lo = max(e - s for s, e in act) or 1
+    logits_rows = [[min(max(s - pl.window[0] + j, 0), len(w) - 1) for j in range(Lo)] if pl else [0] * Lo
+                   for pl, (s, e), w in zip(fwd, act, windows)]  # fmt: skip
+    logits_index = _to_device(logits_rows, device, Lo)
+
+    write = None
+    if cache is not None and any(pl and pl.write for pl in fwd):
+        ids = [list(range(*pl.write)) if pl and pl.write else [] for pl in fwd]
+        write = CacheWrite(_to_device(ids, device, fill=-1), geo.bs, new_start=_to_device([[pl.window[0] if pl else 0] for pl in fwd], device)[:, 0])
+    cache_len = torch.tensor([pl.cache_len if pl else 0 for pl in fwd], device=device) if cache is not None else None
+    logits = model(tokens, positions, cache=cache, cache_len=cache_len, kv_len=kv_len, attend_new=pol.cache != "dual",
+                   write=write, key_start=pad, logits_index=logits_index)  # fmt: skip
+
+    stats = token_stats(logits, temperature=temperature, seed=seed, suppress_ids=suppress, backend=backend)
+    stats_offset = torch.tensor([s for s, _ in act], device=device)
+    # every row runs from the first iteration until it is done, so its forward index is the
+    # iteration's: one step number serves the whole batch
+    (step,) = {pl.step for pl in fwd if pl}
+    for rule in dict.fromkeys(pl.rule for pl in fwd if pl):  # one launch per distinct rule
+        mine = [pl is not None and pl.rule == rule for pl in fwd]
+        region = lambda f: torch.tensor([f(pl) if m else 0 for pl, m in zip(fwd, mine)], device=device)  # noqa: E731
+        commit(x, stats, state, rule, mask_id=geo.mask, step=step, stats_offset=stats_offset,
+               active_start=region(lambda pl: pl.active[0]), active_end=region(lambda pl: pl.active[1]),
+               force_start=region(lambda pl: (pl.force or (0, 0))[0]), force_end=region(lambda pl: (pl.force or (0, 0))[1]),
+               num_transfer=region(lambda pl: pl.num_transfer), backend=backend)  # fmt: skip
+    committed = state.commit_step != before
+    if stale:
+        for b, pl in fills:
+            if pl.forward:
+                _fill_eos(x, state.commit_step, b, pl.fill_after, pl.step, geo.eos,
+                          keep=state.commit_step[b, pl.fill_after + 1 :] == pl.step)  # fmt: skip
+    return committed

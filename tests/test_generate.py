@@ -1,0 +1,178 @@
+"""The decoding loop: published behaviours on a scripted model, backend equality and batch
+independence on a tiny transformer."""
+
+import pytest
+import torch
+from scripted import ScriptedConfig, ScriptedModel, confident_table
+
+from dllm_kernels import generate
+from dllm_kernels.models import DiffusionLM, tiny
+from dllm_kernels.policies import POLICIES, Policy, resolve_policy
+
+V, MASK, EOS = 16, 15, 14
+CFG = ScriptedConfig(vocab_size=V, mask_id=MASK, eos_id=EOS)
+
+
+def scripted(targets, confidences):
+    """Positions 0..len-1 (RoPE positions = canvas positions for an unpadded prompt)."""
+    return ScriptedModel(confident_table(targets, confidences, V), CFG)
+
+
+def plain(n):
+    """Targets that are neither EOS nor the mask."""
+    return [p % 12 for p in range(n)]
+
+
+def run(model, prompt_len, gen, block, policy, **kw):
+    prompt = torch.arange(prompt_len)[None] % 10
+    return generate(model, prompt, policy=policy, gen_length=gen, block_length=block, backend="reference", **kw)
+
+
+# ------------------------------------------------------------------------------------------------
+# published behaviours, worked out by hand on scripted logits
+# ------------------------------------------------------------------------------------------------
+
+
+def test_vanilla_commits_the_scheduled_count():
+    P, gen, bs = 8, 16, 8
+    conf = [0.5] * P + [0.30 + 0.01 * i for i in range(gen)]
+    m = scripted(plain(P + gen), conf)
+    out = run(m, P, gen, bs, "vanilla", steps_per_block=3)
+    cs = out.commit_step[0, P:].tolist()
+    # 8 masks over 3 steps: 3, 3, 2 per block; highest confidence first
+    assert out.nfe.tolist() == [6]
+    for blk in range(2):
+        steps = cs[blk * bs : (blk + 1) * bs]
+        assert sorted(steps) == [3 * blk] * 3 + [3 * blk + 1] * 3 + [3 * blk + 2] * 2
+        assert steps[::-1] == sorted(steps)  # later positions are more confident: committed first
+    assert out.generated.tolist() == [plain(P + gen)[P:]]
+
+
+def test_vanilla_default_is_one_token_per_step():
+    P, gen, bs = 8, 16, 8
+    m = scripted(plain(P + gen), [0.5] * (P + gen))
+    out = run(m, P, gen, bs, "vanilla")
+    assert out.nfe.tolist() == [gen]
+    assert sorted(out.commit_step[0, P:].tolist()) == list(range(gen))
+
+
+@pytest.mark.parametrize("cache", ["none", "prefix", "dual"])
+def test_threshold_commits_argmax_and_confident_only(cache):
+    P, gen, bs = 8, 16, 8
+    # block 0: positions 8..15 with three confident ones; block 1: all below tau
+    conf = [0.5] * P + [0.95, 0.2, 0.91, 0.3, 0.905, 0.4, 0.25, 0.35] + [0.1 + 0.05 * i for i in range(8)]
+    m = scripted(plain(P + gen), conf)
+    out = run(m, P, gen, bs, "fast_dllm", cache=cache)
+    cs = out.commit_step[0, P:].tolist()
+    # step 0: the argmax and the two others >= 0.9; then one per step, most confident first
+    assert cs[:8] == [0, 5, 0, 3, 0, 1, 4, 2]
+    assert cs[8:] == [13, 12, 11, 10, 9, 8, 7, 6]
+    assert out.nfe.tolist() == [14]
+    for step in range(14):
+        took = [p for p in range(gen) if cs[p] == step]
+        below = [p for p in took if conf[P + p] < 0.9]
+        assert len(below) <= 1  # only the step's argmax may be below tau
+
+
+def test_streaming_forwards_see_block_window_and_last_position():
+    P, gen, bs, W = 8, 32, 8, 4
+    m = scripted(plain(P + gen), [0.5] * (P + gen))
+    out = run(m, P, gen, bs, "streaming", window=W, alpha=0.0)
+    L = P + gen
+    for call in m.calls:
+        (pos,) = call
+        # block start: [0, e + W) + last; later: [s, e + W) + last (with the block's own start)
+        assert pos[-1] == L - 1 or pos[-1] < L
+        tail = pos[-1] == L - 1 and (len(pos) < 2 or pos[-2] != L - 2)
+        body = pos[:-1] if tail else pos
+        assert body == list(range(body[0], body[-1] + 1))
+        s = body[0] if body[0] >= P else None
+        if s is not None:
+            assert (s - P) % bs == 0 and body[-1] + 1 == min(s + bs + W, L)
+    assert out.nfe.item() == len(m.calls)
+
+
+def test_streaming_early_exit_fills_eos():
+    P, gen, bs = 8, 32, 8
+    targets = plain(P + gen)
+    targets[P + 3] = EOS  # block 0 holds an EOS
+    m = scripted(targets, [0.99] * (P + gen))
+    out = run(m, P, gen, bs, "streaming")
+    g = out.generated[0].tolist()
+    assert g[3] == EOS and g[bs:] == [EOS] * (gen - bs)
+    assert out.nfe.tolist() == [1]  # block 0 completed in one forward, then the sequence stopped
+    assert (out.commit_step[0, P + bs :] == 0).all()
+
+
+def test_d3llm_adds_a_block_at_ten_percent():
+    P, gen, bs = 8, 24, 8
+    # entropy high everywhere (nothing passes H <= 0.5); block 1 is more confident than block 0
+    conf = [0.5] * P + [0.30] * 8 + [0.40 - 0.01 * i for i in range(8)] + [0.2] * 8
+    m = scripted(plain(P + gen), conf)
+    out = run(m, P, gen, bs, "d3llm", cache="none", early_stop=False)
+    cs = out.commit_step[0, P:].tolist()
+    # step 0: only block 0 exists -> its lowest-entropy (first) position; block 1 is then added
+    # (1/8 >= 10%) and its positions win the global lowest-H commit; the first fully active block
+    # (block 0) gets a forced commit whenever the global pick falls elsewhere
+    assert cs[0] == 0
+    assert cs[8] == 1 and cs[1] == 1
+
+
+def test_policies_are_data():
+    assert set(POLICIES) >= {"vanilla", "fast_dllm", "streaming", "r2", "d3llm"}
+    p = resolve_policy("fast_dllm", threshold=0.7)
+    assert isinstance(p, Policy) and p.rule.threshold == 0.7
+    with pytest.raises(ValueError, match="unknown policy"):
+        resolve_policy("greedy")
+    with pytest.raises(TypeError, match="policy 'r2'"):
+        resolve_policy("r2", not_a_knob=1)
+
+
+# ------------------------------------------------------------------------------------------------
+# a tiny transformer: backends agree token for token; rows of a batch are independent
+# ------------------------------------------------------------------------------------------------
+
+
+def sharp_tiny_model(backend, attn_impl="ops"):
+    torch.manual_seed(0)
+    m = DiffusionLM(tiny(vocab_size=32), backend=backend, attn_impl=attn_impl)
+    with torch.no_grad():
+        m.lm_head.weight.mul_(7.0)  # sharper predictions: thresholds are crossed, blocks take several steps
+    return m.eval()
+
+
+POLICY_CASES = [
+    ("vanilla", {}),
+    ("fast_dllm", {"cache": "none"}),
+    ("fast_dllm", {"cache": "prefix"}),
+    ("fast_dllm", {"cache": "dual"}),
+    ("streaming", {"window": 8}),
+    ("r2", {}),
+    ("d3llm", {"cache": "none"}),
+    ("d3llm", {}),
+]
+
+
+@pytest.mark.parametrize("policy, kw", POLICY_CASES, ids=[f"{p}-{'-'.join(map(str, k.values()))}" for p, k in POLICY_CASES])
+def test_batch_rows_match_single_rows(policy, kw):
+    m = sharp_tiny_model("reference", attn_impl="sdpa")
+    prompts = [[3, 4, 5], [7, 1, 2, 9, 4, 4, 2], [5] * 12]
+    batch = generate(m, prompts, policy=policy, gen_length=24, block_length=8, backend="reference", **kw)
+    for b, p in enumerate(prompts):
+        alone = generate(m, [p], policy=policy, gen_length=24, block_length=8, backend="reference", **kw)
+        assert torch.equal(batch.generated[b], alone.generated[0]), (b, batch.generated[b], alone.generated[0])
+        assert batch.nfe[b] == alone.nfe[0]
+        assert torch.equal(batch.commit_step[b, batch.gen_start :], alone.commit_step[0, alone.gen_start :])
+
+
+@pytest.mark.parametrize("policy, kw", POLICY_CASES, ids=[f"{p}-{'-'.join(map(str, k.values()))}" for p, k in POLICY_CASES])
+def test_triton_and_reference_backends_agree(device, policy, kw):
+    prompts = [[3, 4, 5, 6], [7, 1, 2, 9, 4, 4]]
+    outs = []
+    for backend in ("triton", "reference"):
+        m = sharp_tiny_model(backend).to(device if backend == "triton" else "cpu")
+        outs.append(generate(m, prompts, policy=policy, gen_length=16, block_length=8, backend=backend, **kw))
+    tri, ref = outs
+    assert torch.equal(tri.tokens.cpu(), ref.tokens)
+    assert torch.equal(tri.nfe.cpu(), ref.nfe)
+    assert torch.equal(tri.commit_step.cpu(), ref.commit_step)
