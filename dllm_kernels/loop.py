@@ -309,6 +309,7 @@ class _Geometry:
     bs: int  # block length
     mask: int
     eos: int
+    eot: int | None = None
 
     @property
     def nb(self) -> int:
@@ -394,7 +395,7 @@ def generate(
     device = _model_device(model)
     x, pad, P = _canvas(prompt, gen_length, block_length, cfg, device)
     B, L = x.shape
-    geo = _Geometry(P=P, L=L, bs=block_length, mask=cfg.mask_id, eos=cfg.eos_id)
+    geo = _Geometry(P=P, L=L, bs=block_length, mask=cfg.mask_id, eos=cfg.eos_id, eot=getattr(cfg, "eot_id", None))
     state = CommitState.new(x)
     make = _MultiBlockRow if pol.scheduler == "multi_block" else _BlockRow
     rows = [make(pol, geo) for _ in range(B)]
@@ -483,6 +484,9 @@ def _run_step(model, x, state, pad, cache, plans, pol: Policy, geo: _Geometry, t
                    write=write, key_start=pad, logits_index=logits_index)  # fmt: skip
 
     stats = token_stats(logits, temperature=temperature, seed=seed, suppress_ids=suppress, backend=backend)
+    if pol.confidence_eos_eot_inf:
+        eos_or_eot = (stats.token == geo.eos) | (stats.token == (geo.eot if geo.eot is not None else geo.eos))
+        stats = stats._replace(prob=torch.where(eos_or_eot, 0.0, stats.prob))
     stats_offset = torch.tensor([s for s, _ in act], device=device)
     # every row runs from the first iteration until it is done, so its forward index is the
     # iteration's: one step number serves the whole batch

@@ -50,6 +50,8 @@ class Policy:
             once its predecessor is this far decoded.
         cache_delay / refresh_interval: d3LLM delayed cache (see ``cache``).
         suppress_eos: LLaDA's ``logits_eos_inf``: EOS is never proposed.
+        confidence_eos_eot_inf: LLaDA's option of that name: an EOS or EoT proposal gets
+            confidence 0 (it is committed only when nothing else is left to pick).
         d3_stale_candidates: d3LLM quirk, on by default for fidelity: the candidates of a step are
             the masks before that step's early-stop fill, so a position filled with EOS can still
             take a proposal in the same step (the next step's fill overwrites it again).
@@ -70,6 +72,7 @@ class Policy:
     cache_delay: int = 2
     refresh_interval: int = 3
     suppress_eos: bool = False
+    confidence_eos_eot_inf: bool = False
     d3_stale_candidates: bool = True
 
     def __post_init__(self):
@@ -87,10 +90,11 @@ class Policy:
             raise ValueError(f"policy {self.name}: suffix_window must be >= 0 and needs cache 'none' or 'prefix'")
 
 
-def vanilla(steps_per_block: int = 0, suppress_eos: bool = False) -> Policy:
+def vanilla(steps_per_block: int = 0, suppress_eos: bool = False, confidence_eos_eot_inf: bool = False) -> Policy:
     """LLaDA: no cache, a fixed number of forwards per block, top-k lowest-confidence remasking
     (``steps_per_block=0``: one token per forward)."""
-    return Policy("vanilla", CommitRule(base="topk", commit_best=False), steps_per_block=steps_per_block, suppress_eos=suppress_eos)
+    return Policy("vanilla", CommitRule(base="topk", commit_best=False), steps_per_block=steps_per_block,
+                  suppress_eos=suppress_eos, confidence_eos_eot_inf=confidence_eos_eot_inf)  # fmt: skip
 
 
 def fast_dllm(threshold: float = 0.9, cache: str = "prefix") -> Policy:
