@@ -93,6 +93,6 @@ def aup(points: Sequence[tuple[float, float]], y_max: float, *, alpha: float = 3
         return y * min(math.exp(-alpha * (1 - y / y_max)), 1.0)
 
     score = pts[0][0] * pts[0][1]
-    for (r0, y0), (r1, y1_) in zip(pts, pts[1:]):
-        score += 0.5 * (r1 - r0) * (weighted(y1_) + weighted(y0))
+    for (r_prev, y_prev), (r, y) in zip(pts, pts[1:]):
+        score += 0.5 * (r - r_prev) * (weighted(y) + weighted(y_prev))
     return score

@@ -103,10 +103,11 @@ def train(task: AdditionTask, cfg: TrainConfig, *, model_config: ModelConfig | N
     gen = torch.Generator().manual_seed(cfg.seed)
     tokenizer = build_tokenizer()
     model = DiffusionLM(model_config or tiny_addition_config(tokenizer), attn_impl="sdpa").to(device)
-    matrices = [p for p in model.parameters() if p.dim() >= 2]
-    others = [p for p in model.parameters() if p.dim() < 2]
-    opt = torch.optim.AdamW([{"params": matrices, "weight_decay": cfg.weight_decay}, {"params": others, "weight_decay": 0.0}],
-                            lr=cfg.lr, betas=cfg.betas)  # fmt: skip
+    groups = [
+        {"params": [p for p in model.parameters() if p.dim() >= 2], "weight_decay": cfg.weight_decay},
+        {"params": [p for p in model.parameters() if p.dim() < 2], "weight_decay": 0.0},  # norms
+    ]
+    opt = torch.optim.AdamW(groups, lr=cfg.lr, betas=cfg.betas)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: _lr_factor(s, cfg))
     history, running = [], 0.0
     wall, cpu = time.perf_counter(), time.process_time()

@@ -45,7 +45,8 @@ def test_aup_rejects_bad_input():
 
 class Scripted(torch.nn.Module):
     """Canvas position i proposes token ``i % 10`` with a probability that grows with
-    ``(7 * i) % 11`` (distinct within any 4 consecutive positions), so the commit order inside a block is known; records every canvas."""
+    ``(7 * i) % 11`` (distinct within any 4 consecutive positions), so the commit order inside a
+    block is known; records every canvas it is run on."""
 
     def __init__(self):
         super().__init__()
