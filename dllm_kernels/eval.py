@@ -36,8 +36,9 @@ def vanilla_decode(model: DiffusionLM, prompt: torch.Tensor, *, gen_length: int,
     rows = torch.arange(B, device=x.device)
     for start in range(P, P + gen_length, block_length):
         end = start + block_length
+        block = torch.arange(start, end, device=x.device).expand(B, block_length)
         for _ in range(block_length):
-            prob, token = model(x, logits_range=(start, end)).float().softmax(-1).max(-1)  # [B, block]
+            prob, token = model(x, logits_index=block).float().softmax(-1).max(-1)  # [B, block]
             conf = torch.where(x[:, start:end] == mask_id, prob, -math.inf)
             j = conf.argmax(-1)
             x[rows, start + j] = token[rows, j]

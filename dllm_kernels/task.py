@@ -5,12 +5,12 @@ Canvas (one fixed layout for every example, so a batch needs no padding)::
 
     prompt  a0 a1 ... a15 + b0 b1 ... b15 =          34 tokens: both operands zero-padded to 16
                                                      digits, least significant digit first
-    answer  s0 s1 ... sk <|eos|> <|eos|> ... <|eos|> gen_length 32 = 4 blocks of 8: the sum, least
+    answer  s0 s1 ... sk EOS EOS ... EOS             gen_length 32 = 4 blocks of 8: the sum, least
                                                      significant digit first, without leading
                                                      zeros, then EOS up to the end (as LLaDA's
                                                      SFT data: EOS is an ordinary, predicted token)
 
-e.g. ``4 3 0 ... 0 + 9 8 0 ... 0 =`` -> ``3 2 1 <|eos|> ...`` (34 + 89 = 123).
+e.g. ``4 3 0 ... 0 + 9 8 0 ... 0 =`` -> ``3 2 1 <|endoftext|> ...`` (34 + 89 = 123).
 
 Why this task shows the parallelism / accuracy trade-off. Digit ``s_i = (a_i + b_i + c_i) mod 10``
 with the carry ``c_i`` into position i:
@@ -43,22 +43,27 @@ import random
 import zlib
 from dataclasses import dataclass
 
+import tokenizers
 import torch
-from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers
+from tokenizers import Regex, decoders, pre_tokenizers
 
-PAD, EOS, MASK = "<|pad|>", "<|eos|>", "<|mask|>"
+from .models.hf import Tokenizer
+
+# LLaDA's names for EOS and MASK, so that the library's tokenizer loader finds their ids
+PAD, EOS, MASK = "<|pad|>", "<|endoftext|>", "<|mdm_mask|>"
 # token id == digit value for 0..9
 SYMBOLS = [*"0123456789", "+", "=", PAD, EOS, MASK]
 
 
 def build_tokenizer() -> Tokenizer:
-    """Character-level ``tokenizers`` tokenizer over :data:`SYMBOLS` (15 ids; digit d has id d).
+    """Character-level tokenizer over :data:`SYMBOLS` (15 ids; digit d has id d): a
+    ``tokenizers`` WordLevel model behind the library's :class:`~dllm_kernels.models.Tokenizer`.
     Special tokens are matched whole; any other character is an error (no unknown token)."""
-    tok = Tokenizer(models.WordLevel({s: i for i, s in enumerate(SYMBOLS)}))
-    tok.add_special_tokens([PAD, EOS, MASK])
-    tok.pre_tokenizer = pre_tokenizers.Split(Regex("."), "isolated")
-    tok.decoder = decoders.Fuse()
-    return tok
+    backend = tokenizers.Tokenizer(tokenizers.models.WordLevel({s: i for i, s in enumerate(SYMBOLS)}))
+    backend.add_special_tokens([PAD, EOS, MASK])
+    backend.pre_tokenizer = pre_tokenizers.Split(Regex("."), "isolated")
+    backend.decoder = decoders.Fuse()
+    return Tokenizer(backend, {s: SYMBOLS.index(s) for s in (PAD, EOS, MASK)})
 
 
 @dataclass(frozen=True)
@@ -138,8 +143,8 @@ class AdditionTask:
     # -- tensors ------------------------------------------------------------------------------
     def encode(self, problems: list[Problem], tokenizer: Tokenizer) -> tuple[torch.Tensor, torch.Tensor]:
         """``(prompt_ids [N, prompt_length], target_ids [N, gen_length])`` int64."""
-        prompts = [e.ids for e in tokenizer.encode_batch([self.prompt(p) for p in problems])]
-        targets = [e.ids for e in tokenizer.encode_batch([self.target(p) for p in problems])]
+        prompts = [tokenizer.encode(self.prompt(p)) for p in problems]
+        targets = [tokenizer.encode(self.target(p)) for p in problems]
         return torch.tensor(prompts, dtype=torch.long), torch.tensor(targets, dtype=torch.long)
 
     def exact_match(self, generated: torch.Tensor, target: torch.Tensor, eos_id: int) -> torch.Tensor:

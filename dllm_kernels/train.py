@@ -41,16 +41,15 @@ import torch.nn.functional as F
 from .eval import evaluate_vanilla
 from .models import DiffusionLM, ModelConfig, save_checkpoint
 from .models.default import DEFAULT_MODEL_DIR, default_model
-from .task import EOS, MASK, PAD, AdditionTask, build_tokenizer
+from .task import PAD, AdditionTask, build_tokenizer
 
 
 def tiny_addition_config(tokenizer) -> ModelConfig:
     """The shipped model: 4 layers, d_model 128, 2 heads of 64 (the attention kernel's smallest
     head_dim), SwiGLU 384, LLaDA-style (no logit shift, no GQA, untied head): 0.86 M parameters."""
-    ids = tokenizer.token_to_id
-    return ModelConfig(vocab_size=tokenizer.get_vocab_size(), d_model=128, n_layers=4, n_heads=2, n_kv_heads=2,
-                       head_dim=64, ffn_dim=384, mask_id=ids(MASK), eos_id=ids(EOS), pad_id=ids(PAD),
-                       max_seq_len=128)  # fmt: skip
+    return ModelConfig(vocab_size=tokenizer.backend.get_vocab_size(), d_model=128, n_layers=4, n_heads=2,
+                       n_kv_heads=2, head_dim=64, ffn_dim=384, mask_id=tokenizer.mask_id, eos_id=tokenizer.eos_id,
+                       pad_id=tokenizer.special_ids[PAD], max_seq_len=128)  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -79,7 +78,8 @@ def masked_diffusion_loss(model: DiffusionLM, prompt: torch.Tensor, target: torc
     p_mask = ((1 - eps) * t + eps)[:, None].expand(B, G)  # [B, G]
     masked = torch.rand(B, G, generator=generator).to(target.device) < p_mask  # [B, G]
     noisy = torch.where(masked, model.config.mask_id, target)
-    logits = model(torch.cat([prompt, noisy], 1), logits_range=(P, P + G))  # [B, G, V]
+    answer_rows = torch.arange(P, P + G, device=target.device).expand(B, G)
+    logits = model(torch.cat([prompt, noisy], 1), logits_index=answer_rows)  # [B, G, V]
     ce = F.cross_entropy(logits[masked].float(), target[masked], reduction="none")
     return (ce / p_mask[masked]).sum() / (B * G)
 
@@ -158,7 +158,7 @@ def main(argv=None) -> int:
     # what is shipped is what is evaluated: the fp16 weights, written and loaded back
     args.out.mkdir(parents=True, exist_ok=True)
     save_checkpoint(model.half(), args.out)
-    build_tokenizer().save(str(args.out / "tokenizer.json"))
+    build_tokenizer().backend.save(str(args.out / "tokenizer.json"))
     task.save(args.out / "task.json")
     model, tokenizer, task = default_model(device=args.device, attn_impl="sdpa", path=args.out)
     t0 = time.perf_counter()

@@ -27,10 +27,9 @@ class Uniform(torch.nn.Module):
         self.prompt = prompt
         self.w = torch.nn.Parameter(torch.zeros(()))
 
-    def forward(self, x, logits_range):
+    def forward(self, x, logits_index):
         assert torch.equal(x[:, : self.prompt.shape[1]], self.prompt)
-        a, b = logits_range
-        return self.w + torch.zeros(x.shape[0], b - a, self.config.vocab_size)
+        return self.w + torch.zeros(*logits_index.shape, self.config.vocab_size)
 
 
 def test_loss_is_llada_sft_objective():
