@@ -1,0 +1,32 @@
+"""The embedded default model: the project's tiny masked-diffusion model trained on the addition
+task (:mod:`dllm_kernels.task`), shipped under ``dllm_kernels/assets/`` so that nothing needs
+downloading or training. Trained by ``python -m dllm_kernels.train`` (see that module)."""
+
+from __future__ import annotations
+
+import pathlib
+from typing import TYPE_CHECKING
+
+import torch
+
+from .checkpoint import load_checkpoint
+from .hf import Tokenizer, load_tokenizer
+from .transformer import DiffusionLM
+
+if TYPE_CHECKING:
+    from ..task import AdditionTask
+
+DEFAULT_MODEL_DIR = pathlib.Path(__file__).resolve().parents[1] / "assets" / "tiny-addition"
+
+
+def default_model(*, device="cpu", dtype=torch.float32, backend="auto", attn_impl="ops",
+                  path=DEFAULT_MODEL_DIR) -> tuple[DiffusionLM, Tokenizer, AdditionTask]:  # fmt: skip
+    """``(model, tokenizer, task)`` of the shipped checkpoint (or of a checkpoint directory
+    written by ``python -m dllm_kernels.train``): the model in eval mode on ``device`` in
+    ``dtype``, its tokenizer, and the task with the canvas layout (``prompt_length``,
+    ``gen_length``, ``block_length``) it was trained and is evaluated on."""
+    from ..task import AdditionTask  # the task builds its tokenizer from this package: import late
+
+    path = pathlib.Path(path)
+    model = load_checkpoint(path, device=device, dtype=dtype, backend=backend, attn_impl=attn_impl)
+    return model, load_tokenizer(path), AdditionTask.load(path / "task.json")
