@@ -47,6 +47,12 @@ def check_launchable(op: str, *tensors: torch.Tensor) -> None:
         )
 
 
+def dense(t: torch.Tensor | None) -> torch.Tensor | None:
+    """A per-row ``[B]`` vector as the kernels read it (``ptr + b``): contiguous. Such vectors are
+    often views of a larger packed table; copying B elements beats a stride argument per vector."""
+    return None if t is None else t.contiguous()
+
+
 def empty(*shape: int, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
     """Allocate a kernel output. Launchers call it as ``_utils.empty`` so that the tests can
     replace it with a poisoning allocator (NaN / -1 filled) and catch unwritten elements."""

@@ -40,7 +40,7 @@ import triton
 import triton.language as tl
 
 from . import _utils
-from ._utils import IS_INTERPRET, TORCH_TO_TRITON, AotSpec, cdiv, check_launchable, next_pow2, programs_target
+from ._utils import IS_INTERPRET, TORCH_TO_TRITON, AotSpec, cdiv, check_launchable, dense, next_pow2, programs_target
 
 LOG2E = 1.4426950408889634
 HEAD_DIMS = (16, 32, 64, 128)  # 16 and 32: small models (tests, tiny checkpoints) on the D=64 tiles
@@ -335,6 +335,7 @@ def attention(
     """
     present = [t for t in (q, k, v, k_cache, v_cache, cache_len, kv_len, key_start) if t is not None]
     check_launchable("attention", *present)
+    cache_len, kv_len, key_start = dense(cache_len), dense(kv_len), dense(key_start)
     B, Lq, Hq, D = q.shape
     # absent operands: point at the other K/V pair with a length of 0 (never dereferenced)
     k_, v_ = (k, v) if k is not None else (k_cache, v_cache)

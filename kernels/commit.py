@@ -46,7 +46,7 @@ import triton.language as tl
 from dllm_kernels._types import MAX_COMMIT_POSITIONS, CommitRule, CommitState
 
 from . import _utils
-from ._utils import IS_INTERPRET, AotSpec, cdiv, check_launchable, next_pow2
+from ._utils import IS_INTERPRET, AotSpec, cdiv, check_launchable, dense, next_pow2
 
 BASES = {"topk": 0, "threshold": 1, "dynamic": 2, "entropy": 3}
 AGGS = {"last": 0, "mean": 1, "max": 2}
@@ -368,6 +368,9 @@ def commit(
     """Launch the commit kernel (one launch). Inputs are assumed validated by the public op;
     ``token``, ``prob`` and ``entropy`` are the ``[B, Ls]`` statistics, sharing one layout."""
     check_launchable("commit", x, token, state.commit_step)
+    active_start, active_end, num_transfer, force_start, force_end, stats_offset = map(
+        dense, (active_start, active_end, num_transfer, force_start, force_end, stats_offset)
+    )
     B, L = x.shape
     Ls = token.shape[1]
     block = _block(L, Ls)

@@ -23,7 +23,7 @@ import torch
 import triton
 import triton.language as tl
 
-from ._utils import IS_INTERPRET, TORCH_TO_TRITON, AotSpec, cdiv, check_launchable, next_pow2
+from ._utils import IS_INTERPRET, TORCH_TO_TRITON, AotSpec, cdiv, check_launchable, dense, next_pow2
 
 
 @triton.jit(do_not_specialize=["Ln", "Lmax", "nb", "block_size"])
@@ -130,6 +130,7 @@ def refresh_kv_cache(
     already expanded to ``[B, Ln, D]``, last dims contiguous)."""
     present = [t for t in (k_cache, v_cache, k_new, v_new, block_ids, new_start, rope_cos, rope_sin) if t is not None]
     check_launchable("refresh_kv_cache", *present)
+    new_start = dense(new_start)
     B, Lmax, Hkv, D = k_cache.shape
     Ln = k_new.shape[1]
     nb = block_ids.shape[1]

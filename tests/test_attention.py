@@ -152,6 +152,16 @@ def test_strided_views(device):
     check(q, k, v, k_cache=k_cache, v_cache=v_cache, cache_len=torch.tensor([31, 12], device=device))
 
 
+def test_strided_lengths(device):
+    """Per-row lengths as columns of one packed [B, 3] table (how generate ships them)."""
+    q, k, v, kw = make_inputs(3, 4, 2, 1, 64, Lk=9, Lmax=12, cache_len=[3, 12, 0], kv_len=[9, 2, 5],
+                              key_start=[0, 4, 1], device=device)  # fmt: skip
+    names = ("cache_len", "kv_len", "key_start")
+    columns = torch.stack([kw[n] for n in names], 1).unbind(1)
+    assert all(c.stride(0) == 3 for c in columns)
+    check(q, k, v, k_cache=kw["k_cache"], v_cache=kw["v_cache"], **dict(zip(names, columns)))
+
+
 def test_int32_lengths(device):
     q, k, v, kw = make_inputs(2, 4, 2, 2, 64, Lk=7, Lmax=10, cache_len=[3, 10], kv_len=[7, 1], device=device)
     kw = {n: (t.int() if t.dtype == torch.int64 else t) for n, t in kw.items()}

@@ -191,9 +191,13 @@ def check_run(device, name, B, block, layout, max_prompt=None):
         x0, st0 = run.x.clone(), copy.deepcopy(state)
         counts = dk.commit(run.x, stats, state, rule, step=step, backend="reference", **kw)
         step_dev = torch.tensor(step, device=device) if step % 2 else step
+        # the kernel gets its per-row vectors as columns of one packed table (strided views), as
+        # generate ships them
+        vectors = [k for k, v in kw.items() if isinstance(v, torch.Tensor)]
+        packed = torch.stack([kw[k] for k in vectors], 1).to(device).unbind(1)
         counts_dev = dk.commit(
             x_dev, TokenStats(*(t.to(device) for t in stats)), state_dev, rule, step=step_dev, backend="triton",
-            **{k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in kw.items()},
+            **{**kw, **dict(zip(vectors, packed))},
         )  # fmt: skip
 
         assert_same(counts_dev, counts, f"step {step}: counts")

@@ -136,6 +136,17 @@ def test_strided_views(device):
     run_both(k_cache, v_cache, k_new, v_new, torch.tensor([[0, 5], [2, -1]], device=device), bs)
 
 
+def test_strided_new_start(device):
+    """new_start and block ids as slices of one packed table (how generate ships them)."""
+    B, Lmax, H, D, bs, Ln = 2, 32, 1, 64, 4, 12
+    k_cache, v_cache = poisoned_caches(B, Lmax, H, D, torch.float32, device)
+    new = torch.randn(B, Ln, H, D, device=device)
+    table = torch.tensor([[2, 3, 8], [6, -1, 24]], device=device)
+    ids, new_start = table[:, :2], table[:, 2]
+    assert new_start.stride(0) == 3
+    run_both(k_cache, v_cache, new, -new, ids, bs, new_start=new_start)
+
+
 def test_int32_ids_and_duplicates(device):
     B, Lmax, H, D, bs = 2, 16, 1, 64, 4
     k_cache, v_cache = poisoned_caches(B, Lmax, H, D, torch.float32, device)
