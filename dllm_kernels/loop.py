@@ -343,16 +343,6 @@ def _canvas(prompt, gen_length: int, block_length: int, config, device):
     return x.to(device), pad.to(device), P
 
 
-def _to_device(rows: list[list[int]], device, width: int | None = None, fill: int = 0) -> torch.Tensor:
-    width = width if width is not None else max((len(r) for r in rows), default=0)
-    out = torch.full((len(rows), max(width, 1)), fill, dtype=torch.int64)
-    for b, r in enumerate(rows):
-        out[b, : len(r)] = torch.tensor(r, dtype=torch.int64)
-    if device.type == "cuda":
-        return out.pin_memory().to(device, non_blocking=True)
-    return out.to(device)
-
-
 @torch.no_grad()
 def generate(
     model,
@@ -436,72 +426,119 @@ def _model_device(model) -> torch.device:
     return torch.device("cpu")
 
 
-def _fill_eos(x, commit_step, b: int, after: int, step: int, eos: int, keep: torch.Tensor | None = None):
-    """Everything after canvas position ``after`` of row b becomes EOS (positions in ``keep``
-    excepted); positions whose token changes record ``step``."""
-    seg = x[b, after + 1 :]
-    new = torch.full_like(seg, eos) if keep is None else torch.where(keep, seg, eos)
-    commit_step[b, after + 1 :] = torch.where(new != seg, step, commit_step[b, after + 1 :])
-    x[b, after + 1 :] = new
+def _fill_eos(x, commit_step, fill_after: torch.Tensor, step, eos: int, keep: torch.Tensor | None = None):
+    """Every position after ``fill_after[b]`` of row b becomes EOS (except where ``keep``);
+    positions whose token changes record ``step``."""
+    after = torch.arange(x.shape[1], device=x.device)[None, :] > fill_after[:, None]
+    if keep is not None:
+        after &= ~keep
+    new = torch.where(after, eos, x)
+    commit_step.copy_(torch.where(new != x, step, commit_step))
+    x.copy_(new)
+
+
+@dataclass
+class StepInputs:
+    """Device tensors of one batched decoding step (see :func:`decode_step`). Row b forwards the
+    canvas positions ``idx[b, :kv_len[b]]``; ``groups`` holds one entry per distinct commit rule:
+    ``(rule, active_start, active_end, force_start, force_end, num_transfer)``, rows outside the
+    group having empty regions."""
+
+    idx: torch.Tensor  # [B, Lq] canvas positions forwarded (padded)
+    kv_len: torch.Tensor  # [B]
+    cache_len: torch.Tensor | None  # [B] cache rows attended
+    write: CacheWrite | None
+    logits_index: torch.Tensor  # [B, Lo] forwarded rows whose logits feed the commit
+    stats_offset: torch.Tensor  # [B] canvas position of logits row 0
+    fill_after: torch.Tensor | None  # [B] d3LLM early stop seen by the forward only (L = none)
+    groups: list
+
+
+def _pack(columns: list[list[list[int]]], fills: list[int], device) -> list[torch.Tensor]:
+    """Ship several ``[B, w_i]`` int tables (rows padded with ``fills[i]``) in one host-to-device
+    copy (pinned, asynchronous)."""
+    B = len(columns[0])
+    widths = [max(1, max(len(r) for r in col)) for col in columns]
+    host = torch.cat([torch.full((B, w), f, dtype=torch.int64) for w, f in zip(widths, fills)], 1)
+    for col, off in zip(columns, torch.tensor([0] + widths).cumsum(0).tolist()):
+        for b, r in enumerate(col):
+            host[b, off : off + len(r)] = torch.tensor(r, dtype=torch.int64)
+    if device.type == "cuda":
+        host = host.pin_memory().to(device, non_blocking=True)
+    else:
+        host = host.to(device)
+    return list(host.split(widths, dim=1))
+
+
+def _step_inputs(fwd: list[_RowStep | None], geo: _Geometry, cached: bool, stale_fill: bool, device) -> StepInputs:
+    none = (0, 0)
+    windows = [list(range(*pl.window)) + ([geo.L - 1] if pl.tail else []) if pl else [] for pl in fwd]
+    act = [pl.active if pl else none for pl in fwd]
+    Lo = max(e - s for s, e in act) or 1
+    logits_rows = [[min(max(s - pl.window[0] + j, 0), len(w) - 1) for j in range(Lo)] if pl else [0] * Lo
+                   for pl, (s, e), w in zip(fwd, act, windows)]  # fmt: skip
+    writes = [list(range(*pl.write)) if pl and pl.write else [] for pl in fwd]
+    rules = list(dict.fromkeys(pl.rule for pl in fwd if pl))
+    per_row = [[len(w), pl.cache_len if pl else 0, pl.window[0] if pl else 0, s,
+                pl.fill_after if (pl and stale_fill and pl.fill_after is not None) else geo.L]
+               + [v for r in rules for v in ((*pl.active, *(pl.force or none), pl.num_transfer) if pl and pl.rule == r else (0,) * 5)]
+               for pl, w, (s, _) in zip(fwd, windows, act)]  # fmt: skip
+    idx, logits_index, write_ids, scal = _pack([windows, logits_rows, writes, per_row], [0, 0, -1, 0], device)
+    kv_len, cache_len, new_start, stats_offset, fill_after = scal[:, :5].unbind(1)
+    groups = [(r, *scal[:, 5 + 5 * i : 10 + 5 * i].unbind(1)) for i, r in enumerate(rules)]
+    write = None
+    if cached and any(pl and pl.write for pl in fwd):
+        write = CacheWrite(write_ids, geo.bs, new_start=new_start)
+    return StepInputs(idx=idx, kv_len=kv_len, cache_len=cache_len if cached else None, write=write,
+                      logits_index=logits_index, stats_offset=stats_offset,
+                      fill_after=fill_after if stale_fill else None, groups=groups)  # fmt: skip
+
+
+def decode_step(model, x, state, pad, cache, inp: StepInputs, step, *, mask_id: int, eos_id: int, eot_id=None,
+                attend_new: bool = True, temperature: float = 0.0, seed: int = 0, suppress_ids=None,
+                confidence_eos_eot_inf: bool = False, backend: str = "auto") -> torch.Tensor:  # fmt: skip
+    """One batched decoding step on the device: forward, token statistics, commits.
+
+    No host sync and no host-to-device copy happen here (``step`` may be a 0-d device tensor),
+    so a step with fixed shapes can be captured in a CUDA graph and replayed. Updates ``x``,
+    ``state`` and the cache in place; returns the ``[B, L]`` positions the commit rules took.
+    """
+    before = state.commit_step.clone()
+    tokens = x.gather(1, inp.idx)
+    if inp.fill_after is not None:  # d3LLM: the forward sees this step's early-stop fill
+        tokens = torch.where(inp.idx > inp.fill_after[:, None], eos_id, tokens)
+    positions = (inp.idx - pad[:, None]).clamp_min(0)
+    logits = model(tokens, positions, cache=cache, cache_len=inp.cache_len, kv_len=inp.kv_len, attend_new=attend_new,
+                   write=inp.write, key_start=pad, logits_index=inp.logits_index)  # fmt: skip
+    stats = token_stats(logits, temperature=temperature, seed=seed, suppress_ids=suppress_ids, backend=backend)
+    if confidence_eos_eot_inf:  # LLaDA: EOS / EoT proposals get confidence 0
+        eos_or_eot = (stats.token == eos_id) | (stats.token == (eot_id if eot_id is not None else eos_id))
+        stats = stats._replace(prob=torch.where(eos_or_eot, 0.0, stats.prob))
+    for rule, a_s, a_e, f_s, f_e, k in inp.groups:  # one launch per distinct rule
+        commit(x, stats, state, rule, active_start=a_s, active_end=a_e, mask_id=mask_id, step=step, num_transfer=k,
+               force_start=f_s, force_end=f_e, stats_offset=inp.stats_offset, backend=backend)  # fmt: skip
+    return state.commit_step != before
 
 
 def _run_step(model, x, state, pad, cache, plans, pol: Policy, geo: _Geometry, temperature, seed, suppress, backend):
     """Run one batched step; returns the ``[B, L]`` positions the commit rules took."""
     device = x.device
-    B = x.shape[0]
     stale = pol.d3_stale_candidates
-    fills = [(b, pl) for b, pl in enumerate(plans) if pl is not None and pl.fill_after is not None]
-    for b, pl in fills:
-        if not pl.forward or not stale:
-            _fill_eos(x, state.commit_step, b, pl.fill_after, pl.step, geo.eos)
+    fills = [pl.fill_after if pl is not None and pl.fill_after is not None else None for pl in plans]
     fwd = [pl if (pl is not None and pl.forward) else None for pl in plans]
-    before = state.commit_step.clone()
-    if not any(fwd):
-        return state.commit_step != before
-
-    # ragged windows -> one padded batch
-    windows = [list(range(*pl.window)) + ([geo.L - 1] if pl.tail else []) if pl else [] for pl in fwd]
-    idx = _to_device(windows, device)
-    kv_len = torch.tensor([len(w) for w in windows], device=device)
-    tokens = x.gather(1, idx)
-    if stale:  # the forward sees this step's early-stop fill; the commit sees the masks before it
-        for b, pl in fills:
-            if pl.forward:
-                tokens[b] = torch.where(idx[b] > pl.fill_after, geo.eos, tokens[b])
-    positions = (idx - pad[:, None]).clamp_min(0)
-    act = [pl.active if pl else (0, 0) for pl in fwd]
-    Lo = max(e - s for s, e in act) or 1
-    logits_rows = [[min(max(s - pl.window[0] + j, 0), len(w) - 1) for j in range(Lo)] if pl else [0] * Lo
-                   for pl, (s, e), w in zip(fwd, act, windows)]  # fmt: skip
-    logits_index = _to_device(logits_rows, device, Lo)
-
-    write = None
-    if cache is not None and any(pl and pl.write for pl in fwd):
-        ids = [list(range(*pl.write)) if pl and pl.write else [] for pl in fwd]
-        write = CacheWrite(_to_device(ids, device, fill=-1), geo.bs, new_start=_to_device([[pl.window[0] if pl else 0] for pl in fwd], device)[:, 0])
-    cache_len = torch.tensor([pl.cache_len if pl else 0 for pl in fwd], device=device) if cache is not None else None
-    logits = model(tokens, positions, cache=cache, cache_len=cache_len, kv_len=kv_len, attend_new=pol.cache != "dual",
-                   write=write, key_start=pad, logits_index=logits_index)  # fmt: skip
-
-    stats = token_stats(logits, temperature=temperature, seed=seed, suppress_ids=suppress, backend=backend)
-    if pol.confidence_eos_eot_inf:
-        eos_or_eot = (stats.token == geo.eos) | (stats.token == (geo.eot if geo.eot is not None else geo.eos))
-        stats = stats._replace(prob=torch.where(eos_or_eot, 0.0, stats.prob))
-    stats_offset = torch.tensor([s for s, _ in act], device=device)
     # every row runs from the first iteration until it is done, so its forward index is the
     # iteration's: one step number serves the whole batch
-    (step,) = {pl.step for pl in fwd if pl}
-    for rule in dict.fromkeys(pl.rule for pl in fwd if pl):  # one launch per distinct rule
-        mine = [pl is not None and pl.rule == rule for pl in fwd]
-        region = lambda f: torch.tensor([f(pl) if m else 0 for pl, m in zip(fwd, mine)], device=device)  # noqa: E731
-        commit(x, stats, state, rule, mask_id=geo.mask, step=step, stats_offset=stats_offset,
-               active_start=region(lambda pl: pl.active[0]), active_end=region(lambda pl: pl.active[1]),
-               force_start=region(lambda pl: (pl.force or (0, 0))[0]), force_end=region(lambda pl: (pl.force or (0, 0))[1]),
-               num_transfer=region(lambda pl: pl.num_transfer), backend=backend)  # fmt: skip
-    committed = state.commit_step != before
-    if stale:
-        for b, pl in fills:
-            if pl.forward:
-                _fill_eos(x, state.commit_step, b, pl.fill_after, pl.step, geo.eos,
-                          keep=state.commit_step[b, pl.fill_after + 1 :] == pl.step)  # fmt: skip
+    (step,) = {pl.step for pl in plans if pl}
+    now = [f if f is not None and (not stale or fwd[b] is None) else geo.L for b, f in enumerate(fills)]
+    if any(v < geo.L for v in now):  # fills that the commit must see: before the forward
+        _fill_eos(x, state.commit_step, torch.tensor(now, device=device), step, geo.eos)
+    if not any(fwd):
+        return torch.zeros_like(x, dtype=torch.bool)
+    inp = _step_inputs(fwd, geo, cache is not None, stale, device)
+    committed = decode_step(model, x, state, pad, cache, inp, step, mask_id=geo.mask, eos_id=geo.eos, eot_id=geo.eot,
+                            attend_new=pol.cache != "dual", temperature=temperature, seed=seed, suppress_ids=suppress,
+                            confidence_eos_eot_inf=pol.confidence_eos_eot_inf, backend=backend)  # fmt: skip
+    if stale and any(f is not None and fwd[b] is not None for b, f in enumerate(fills)):
+        # d3LLM: the fill lands after the commit, sparing this step's commits
+        _fill_eos(x, state.commit_step, inp.fill_after, step, geo.eos, keep=state.commit_step == step)
     return committed
