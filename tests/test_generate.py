@@ -1,11 +1,14 @@
 """The decoding loop: published behaviours on a scripted model, backend equality and batch
 independence on a tiny transformer."""
 
+import warnings
+
 import pytest
 import torch
 from scripted import ScriptedConfig, ScriptedModel, confident_table
 
-from dllm_kernels import generate
+from dllm_kernels import CommitState, generate
+from dllm_kernels.loop import StepInputs, decode_step
 from dllm_kernels.models import DiffusionLM, tiny
 from dllm_kernels.policies import POLICIES, Policy, resolve_policy
 
@@ -176,3 +179,81 @@ def test_triton_and_reference_backends_agree(device, policy, kw):
     assert torch.equal(tri.tokens.cpu(), ref.tokens)
     assert torch.equal(tri.nfe.cpu(), ref.nfe)
     assert torch.equal(tri.commit_step.cpu(), ref.commit_step)
+
+
+# ------------------------------------------------------------------------------------------------
+# GPU: a decoding step is sync-free and CUDA-graph capturable; the loop syncs once per step
+# ------------------------------------------------------------------------------------------------
+
+
+def _vanilla_step_inputs(B, P, L, block, device):
+    """The fixed-shape inputs of a LLaDA vanilla step in the first block (no cache): forward the
+    whole canvas, commit k = 1 token among the block's masks."""
+    full = lambda v: torch.full((B,), v, device=device)  # noqa: E731
+    rule = resolve_policy("vanilla").rule
+    return StepInputs(
+        idx=torch.arange(L, device=device).expand(B, L), kv_len=full(L), cache_len=None, write=None,
+        logits_index=torch.arange(P, P + block, device=device).expand(B, block), stats_offset=full(P),
+        fill_after=None, groups=[(rule, full(P), full(P + block), full(0), full(0), full(1))],
+    )  # fmt: skip
+
+
+@pytest.mark.gpu
+def test_gpu_decode_step_is_sync_free_and_graph_capturable():
+    B, P, block, V = 2, 8, 8, 32
+    L = P + block
+    m = sharp_tiny_model("triton").cuda()
+    cfg = m.config
+    x0 = torch.randint(0, V - 4, (B, L), device="cuda")
+    x0[:, P:] = cfg.mask_id
+    pad = torch.zeros(B, dtype=torch.int64, device="cuda")
+    inp = _vanilla_step_inputs(B, P, L, block, "cuda")
+    kw = dict(mask_id=cfg.mask_id, eos_id=cfg.eos_id, backend="triton")
+
+    # eager, under the sync debug mode that turns every host sync into an error
+    x_e, st_e = x0.clone(), CommitState.new(x0)
+    decode_step(m, x_e.clone(), CommitState.new(x0), pad, None, inp, 0, **kw)  # compile outside the check
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        for s in range(block):
+            decode_step(m, x_e, st_e, pad, None, inp, torch.tensor(s, device="cuda"), **kw)
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    assert (x_e[:, P:] != cfg.mask_id).all()
+    assert all(sorted(r) == list(range(block)) for r in st_e.commit_step[:, P:].tolist())  # one per step
+
+    # captured once, replayed with a device-side step counter
+    x_g, st_g = x0.clone(), CommitState.new(x0)
+    step = torch.zeros((), dtype=torch.int32, device="cuda")
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):  # warm up allocator and autotuning on a copy
+        decode_step(m, x_g.clone(), CommitState.new(x0), pad, None, inp, step, **kw)
+    torch.cuda.current_stream().wait_stream(side)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        decode_step(m, x_g, st_g, pad, None, inp, step, **kw)
+    for s in range(block):
+        step.fill_(s)
+        graph.replay()
+    assert torch.equal(x_g, x_e)
+    assert torch.equal(st_g.commit_step, st_e.commit_step)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("policy, kw", [("fast_dllm", {"cache": "dual"}), ("d3llm", {})])
+def test_gpu_generate_syncs_once_per_step(policy, kw):
+    """The loop reads the canvas back once per step; nothing else in a step waits for the GPU."""
+    m = sharp_tiny_model("triton").cuda()
+    prompts = [[3, 4, 5, 6], [7, 1, 2, 9, 4, 4]]
+    generate(m, prompts, policy=policy, gen_length=16, block_length=8, backend="triton", **kw)  # compile
+    torch.cuda.set_sync_debug_mode("warn")
+    try:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            out = generate(m, prompts, policy=policy, gen_length=16, block_length=8, backend="triton", **kw)
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    syncs = sum("synchronizing" in str(w.message) for w in caught)
+    steps = int(out.nfe.max())
+    assert syncs <= steps + 2, f"{syncs} host syncs for {steps} steps"  # + the result's read-back
