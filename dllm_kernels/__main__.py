@@ -75,7 +75,8 @@ def cmd_generate(args) -> int:
     if tok.eos_id in ids:  # the answer ends at the first EOS (the rest of the region is EOS too)
         ids = ids[: ids.index(tok.eos_id) + 1]
     text = tok.decode(ids)
-    print(f"policy   {args.policy}   NFE {out.nfe.item()}   tokens per forward {gen_length / out.nfe.item():.2f}")
+    # tokens per forward as d3LLM counts it: generated tokens up to the first EOS, per forward
+    print(f"policy   {args.policy}   NFE {out.nfe.item()}   tokens per forward {len(ids) / out.nfe.item():.2f}")
     print(f"output   {text!r}")
     if expected is not None:
         print(f"expected {expected!r}   -> {'correct' if text == expected else 'WRONG'}")
