@@ -310,6 +310,10 @@ def _aot_specs_token_stats():
                             },  # fmt: skip
                             constexprs={"FINAL": final, "SUPPRESS": suppress, "SAMPLE": sample, "CONTIG": True, "BLOCK": block},
                             num_warps=_GPU_WARPS,
+                            # the models' logits: vocabularies (126464, 152064) and chunks are
+                            # multiples of 16, rows start 16-byte aligned
+                            aligned=("x_ptr", "stride_b", "stride_l", "V", "chunk", "token_ptr", "prob_ptr",
+                                     "margin_ptr", "entropy_ptr", "part_f_ptr", "part_i_ptr"),  # fmt: skip
                         )
                     )
     for sample in (False, True):
