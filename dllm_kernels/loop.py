@@ -531,7 +531,8 @@ def _run_step(model, x, state, pad, cache, plans, pol: Policy, geo: _Geometry, t
     (step,) = {pl.step for pl in plans if pl}
     now = [f if f is not None and (not stale or fwd[b] is None) else geo.L for b, f in enumerate(fills)]
     if any(v < geo.L for v in now):  # fills that the commit must see: before the forward
-        _fill_eos(x, state.commit_step, torch.tensor(now, device=device), step, geo.eos)
+        (fill_now,) = _pack([[[v] for v in now]], [geo.L], device)
+        _fill_eos(x, state.commit_step, fill_now[:, 0], step, geo.eos)
     if not any(fwd):
         return torch.zeros_like(x, dtype=torch.bool)
     inp = _step_inputs(fwd, geo, cache is not None, stale, device)
