@@ -121,6 +121,22 @@ def test_d3llm_adds_a_block_at_ten_percent():
     assert cs[8] == 1 and cs[1] == 1
 
 
+def test_d3llm_delayed_cache_schedule():
+    """Every block completes in the forward after it is added (all entropies low), so the delayed
+    cache's choices alternate, as worked out by hand from d3LLM's generate_multi_block_kv_cache:
+    step 0 full forward without cache; step 1 appends the prompt block (completed 2 steps ago),
+    a full forward writing from 0; step 2 block 1 is stabilising (completed, not yet cached): full
+    refresh; step 3 appends block 1: forward from the cache length 8; then refresh, append from
+    16, refresh, append from 24."""
+    P, gen, bs = 8, 64, 8
+    m = scripted(plain(P + gen), [0.99] * (P + gen))
+    out = run(m, P, gen, bs, "d3llm")
+    assert out.nfe.tolist() == [8] and len(m.calls) == 8
+    assert [call[0][0] for call in m.calls] == [0, 0, 0, 8, 0, 16, 0, 24]  # first position forwarded
+    assert all(call[0][-1] == P + gen - 1 for call in m.calls)  # always up to the canvas end
+    assert out.commit_step[0, P:].tolist() == [s for s in range(8) for _ in range(bs)]
+
+
 def test_policies_are_data():
     assert set(POLICIES) >= {"vanilla", "fast_dllm", "streaming", "r2", "d3llm"}
     p = resolve_policy("fast_dllm", threshold=0.7)
