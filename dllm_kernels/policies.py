@@ -31,7 +31,9 @@ class Policy:
             after it against the cached prefix; ``"dual"`` (Fast-dLLM): later forwards see only the
             block, against the cached prefix and (stale) suffix; ``"delayed"`` (d3LLM): completed
             blocks enter the cache ``cache_delay`` steps after completing, with a full refresh
-            forward every ``refresh_interval`` steps and while a block stabilises.
+            forward every ``refresh_interval`` steps and while a block stabilises. Unlike the
+            published code, whose concatenated cache can hold a position twice after a refresh
+            while two blocks stabilise, the cache is indexed by position (tests/fidelity/README.md).
         steps_per_block: > 0: LLaDA's fixed schedule, exactly this many forwards per block, each
             committing its share of the block's masks (needs ``rule.base == "topk"``); 0 with
             "topk" means one token per step (``block_length`` steps).
