@@ -428,7 +428,7 @@ def _model_device(model) -> torch.device:
 
 def _fill_eos(x, commit_step, fill_after: torch.Tensor, step, eos: int, keep: torch.Tensor | None = None):
     """Every position after ``fill_after[b]`` of row b becomes EOS (except where ``keep``);
-    positions whose token changes record ``step``."""
+    positions whose token changes record ``step`` (an int, or ``[B, 1]`` per row)."""
     after = torch.arange(x.shape[1], device=x.device)[None, :] > fill_after[:, None]
     if keep is not None:
         after &= ~keep
@@ -526,15 +526,17 @@ def _run_step(model, x, state, pad, cache, plans, pol: Policy, geo: _Geometry, t
     stale = pol.d3_stale_candidates
     fills = [pl.fill_after if pl is not None and pl.fill_after is not None else None for pl in plans]
     fwd = [pl if (pl is not None and pl.forward) else None for pl in plans]
-    # every row runs from the first iteration until it is done, so its forward index is the
-    # iteration's: one step number serves the whole batch
-    (step,) = {pl.step for pl in plans if pl}
     now = [f if f is not None and (not stale or fwd[b] is None) else geo.L for b, f in enumerate(fills)]
     if any(v < geo.L for v in now):  # fills that the commit must see: before the forward
-        (fill_now,) = _pack([[[v] for v in now]], [geo.L], device)
-        _fill_eos(x, state.commit_step, fill_now[:, 0], step, geo.eos)
+        # a fill-only step may carry an earlier step number than the batch's forwards (a
+        # Streaming-dLLM early exit is dated by the forward that completed the block)
+        fill_now, fill_step = _pack([[[v] for v in now], [[pl.step if pl else 0] for pl in plans]], [geo.L, 0], device)
+        _fill_eos(x, state.commit_step, fill_now[:, 0], fill_step, geo.eos)
     if not any(fwd):
         return torch.zeros_like(x, dtype=torch.bool)
+    # every row forwards from the first iteration until it is done, so its forward index is the
+    # iteration's: one step number serves the whole batch
+    (step,) = {pl.step for pl in fwd if pl}
     inp = _step_inputs(fwd, geo, cache is not None, stale, device)
     committed = decode_step(model, x, state, pad, cache, inp, step, mask_id=geo.mask, eos_id=geo.eos, eot_id=geo.eot,
                             attend_new=pol.cache != "dual", temperature=temperature, seed=seed, suppress_ids=suppress,

@@ -107,6 +107,23 @@ def test_streaming_early_exit_fills_eos():
     assert (out.commit_step[0, P + bs :] == 0).all()
 
 
+def test_streaming_early_exits_at_different_steps_in_a_batch():
+    """Row 0 (prompt 8) meets EOS in block 0 and exits while row 1 (prompt 5, shifted by its
+    padding) still decodes block 1: each row gets what it gets alone."""
+    P, gen, bs = 8, 32, 8
+    targets = plain(P + gen)
+    targets[P + 6] = EOS  # row 0: generated position 6; row 1: position 9
+    m = scripted(targets, [0.99] * (P + gen))
+    prompts = [list(range(8)), list(range(5))]
+    kw = dict(policy="streaming", gen_length=gen, block_length=bs, backend="reference")
+    batch = generate(m, prompts, **kw)
+    assert batch.nfe.tolist() == [1, 2]
+    for b, p in enumerate(prompts):
+        alone = generate(m, [p], **kw)
+        assert torch.equal(batch.tokens[b], alone.tokens[0]) and batch.nfe[b] == alone.nfe[0]
+        assert torch.equal(batch.commit_step[b], alone.commit_step[0])
+
+
 def test_d3llm_adds_a_block_at_ten_percent():
     P, gen, bs = 8, 24, 8
     # entropy high everywhere (nothing passes H <= 0.5); block 1 is more confident than block 0
