@@ -192,6 +192,13 @@ def main(argv=None) -> int:
     p.add_argument("--seed", type=int, default=1234, help="held-out set seed")
     p.add_argument("--threads", type=int, default=2)
 
+    sub.add_parser("distill", help="d3LLM-style trajectory distillation of the embedded model (distill --help)")
+
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:1] == ["distill"]:  # its own parser (dllm_kernels.distill.main)
+        from .distill import main as distill_main
+
+        return distill_main(argv[1:])
     args = parser.parse_args(argv)
     if args.command == "demo":
         from .demo import run
