@@ -119,7 +119,8 @@ def cmd_eval(args) -> int:
     if task is None:
         raise SystemExit("eval: --model must be a checkpoint written by dllm_kernels.train or .distill (task.json)")
     models = {args.label: model}
-    for path in args.compare or ([DEFAULT_DISTILLED_DIR] if args.model is None and DEFAULT_DISTILLED_DIR.is_dir() else []):
+    default = [DEFAULT_DISTILLED_DIR] if args.model is None and DEFAULT_DISTILLED_DIR.is_dir() else []
+    for path in default if args.compare is None else args.compare:
         models[pathlib.Path(path).name] = default_model(device=device, dtype=model.lm_head.weight.dtype,
                                                         backend=args.backend, path=path)[0]  # fmt: skip
     n = args.problems or (1000 if args.full else 64)
@@ -183,8 +184,8 @@ def main(argv=None) -> int:
     p.add_argument("--problems", type=int, default=None, help="held-out problems (default 64, --full 1000)")
     p.add_argument("--policies", nargs="+", default=["vanilla", "fast_dllm", "streaming", "r2", "d3llm"],
                    choices=["vanilla", "fast_dllm", "streaming", "r2", "d3llm"])  # fmt: skip
-    p.add_argument("--compare", nargs="+", default=None, metavar="DIR",
-                   help="more checkpoints on the same sweep (default: the shipped distilled model, if any)")  # fmt: skip
+    p.add_argument("--compare", nargs="*", default=None, metavar="DIR",
+                   help="more checkpoints on the same sweep (default: the shipped distilled one; --compare alone: none)")  # fmt: skip
     p.add_argument("--label", default="base", help="name of --model in the tables")
     p.add_argument("--out", default=None, help="write NAME.md, NAME.json and NAME.png (accuracy vs TPF) here")
     p.add_argument("--name", default="eval")

@@ -200,7 +200,7 @@ def main(argv=None) -> int:
     ap.add_argument("--variant", default=d.variant, choices=sorted(TEACHERS))
     ap.add_argument("--teacher", type=pathlib.Path, default=DEFAULT_MODEL_DIR)
     ap.add_argument("--out", type=pathlib.Path, default=None, help=f"default: {DEFAULT_DISTILLED_DIR} (d3 variant)")
-    for f in ("problems", "steps", "batch_size", "lr", "seed", "threads"):
+    for f in ("problems", "steps", "batch_size", "lr", "entropy_weight", "seed", "threads"):
         ap.add_argument(f"--{f.replace('_', '-')}", type=type(getattr(d, f)), default=getattr(d, f))
     ap.add_argument("--bf16", action=argparse.BooleanOptionalAction, default=d.bf16)
     args = ap.parse_args(argv)

@@ -204,18 +204,18 @@ def aup_table(rows: Sequence[EvalRow]) -> list[AUPRow]:
 # reporting: text table, markdown + JSON files, the accuracy-parallelism plot
 # ------------------------------------------------------------------------------------------------
 
-HEADER = f"{'model':<10} {'policy':<10} {'setting':<36} {'acc %':>6} {'NFE':>6} {'TPF':>5} {'tok/s':>8}"
+HEADER = f"{'model':<16} {'policy':<10} {'setting':<36} {'acc %':>6} {'NFE':>6} {'TPF':>5} {'tok/s':>8}"
 
 
 def format_row(r: EvalRow) -> str:
-    return (f"{r.model:<10} {r.policy:<10} {r.setting:<36} {r.accuracy:>6.1f} {r.nfe:>6.2f} "
+    return (f"{r.model:<16} {r.policy:<10} {r.setting:<36} {r.accuracy:>6.1f} {r.nfe:>6.2f} "
             f"{r.tokens_per_forward:>5.2f} {r.tokens_per_s:>8.0f}")  # fmt: skip
 
 
 def format_aup(table: Sequence[AUPRow]) -> str:
     lines = [f"AUP (alpha 3, y_max {table[0].y_max:.1f} = best accuracy of all rows; TPF@-1 = the most parallel "
-             "point within 1 point of y_max)", f"{'model':<10} {'policy':<10} {'AUP':>7} {'TPF@-1':>7}"]  # fmt: skip
-    lines += [f"{a.model:<10} {a.policy:<10} {a.aup:>7.1f} {a.best_tpf:>7.2f}" for a in table]
+             "point within 1 point of y_max)", f"{'model':<16} {'policy':<10} {'AUP':>7} {'TPF@-1':>7}"]  # fmt: skip
+    lines += [f"{a.model:<16} {a.policy:<10} {a.aup:>7.1f} {a.best_tpf:>7.2f}" for a in table]
     return "\n".join(lines)
 
 
@@ -231,7 +231,7 @@ def markdown(rows: Sequence[EvalRow], table: Sequence[AUPRow]) -> str:
 
 
 def plot(rows: Sequence[EvalRow], path) -> None:
-    """Accuracy against TPF, one curve per (model, policy): colour = policy, line style = model."""
+    """Accuracy against TPF: one panel per policy, one curve per model."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -239,20 +239,25 @@ def plot(rows: Sequence[EvalRow], path) -> None:
 
     policies = list(dict.fromkeys(r.policy for r in rows))
     models = list(dict.fromkeys(r.model for r in rows))
-    styles = ["-o", "--s", ":^", "-.v"]
-    fig, ax = plt.subplots(figsize=(7, 4.5))
-    for m, style in zip(models, styles):
-        for i, p in enumerate(policies):
+    cols = min(3, len(policies))
+    nrows = -(-len(policies) // cols)
+    fig, axes = plt.subplots(nrows, cols, figsize=(4 * cols, 3.2 * nrows), squeeze=False, sharey=True)
+    for ax, p in zip(axes.flat, policies):
+        for i, m in enumerate(models):
             curve = sorted((r for r in rows if (r.model, r.policy) == (m, p)), key=lambda r: r.tokens_per_forward)
-            ax.plot([r.tokens_per_forward for r in curve], [r.accuracy for r in curve], style, color=f"C{i}",
-                    label=f"{p} ({m})", markersize=4)  # fmt: skip
-    ax.set_xlabel("tokens per forward (up to EOS)")
-    ax.set_ylabel(f"exact match % ({rows[0].n} held-out problems)")
-    ax.set_title("Addition task: accuracy against parallelism")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=7, ncol=len(models))
+            ax.plot([r.tokens_per_forward for r in curve], [r.accuracy for r in curve], "-o", color=f"C{i}",
+                    label=m, markersize=4)  # fmt: skip
+        ax.set_title(p, fontsize=10)
+        ax.set_xlabel("tokens per forward (up to EOS)", fontsize=8)
+        ax.grid(alpha=0.3)
+    for ax in axes[:, 0]:
+        ax.set_ylabel("exact match %", fontsize=8)
+    for ax in list(axes.flat)[len(policies) :]:
+        ax.axis("off")
+    axes.flat[0].legend(fontsize=7)
+    fig.suptitle(f"Addition task, {rows[0].n} held-out problems: accuracy against parallelism", fontsize=10)
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    fig.savefig(path, dpi=110)
     plt.close(fig)
 
 

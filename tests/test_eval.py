@@ -89,3 +89,13 @@ def test_sweep_aup_and_files(tiny_addition, tmp_path):
     paths = write_results(rows, tmp_path, name="t")
     assert [p.name for p in paths] == ["t.md", "t.json", "t.png"] and all(p.stat().st_size > 0 for p in paths)
     assert "| a | fast_dllm | thr=0.5 |" in paths[0].read_text()
+
+
+def test_cli_eval_prints_the_table_and_writes_the_files(tmp_path, capsys):
+    from dllm_kernels.__main__ import main
+
+    assert main(["eval", "--problems", "3", "--policies", "vanilla", "d3llm", "--compare", "--out", str(tmp_path)]) == 0
+    text = capsys.readouterr().out
+    assert "base             vanilla    steps/block=4" in text and "base             d3llm      thr=0.5" in text
+    assert "AUP (alpha 3" in text
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["eval.json", "eval.md", "eval.png"]
