@@ -149,7 +149,7 @@ class DistillConfig:
     problems: int = 2048  # training-split problems decoded by the teacher
     steps: int = 300
     batch_size: int = 128
-    lr: float = 3e-4
+    lr: float = 1e-4
     max_ratio: float = 0.8
     entropy_weight: float = 2.0
     seed: int = 0

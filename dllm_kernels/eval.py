@@ -48,10 +48,10 @@ QUICK_SWEEPS = {
 }
 FULL_SWEEPS = {
     "vanilla": [dict(steps_per_block=k) for k in (0, 4, 2)],
-    "fast_dllm": [dict(threshold=t) for t in (0.999, 0.99, 0.95, 0.9, 0.8, 0.7, 0.5)],
-    "streaming": [dict(threshold=t) for t in (0.999, 0.99, 0.95, 0.9, 0.8, 0.7, 0.5)],
+    "fast_dllm": [dict(threshold=t) for t in (0.999, 0.99, 0.95, 0.9, 0.8, 0.7)],
+    "streaming": [dict(threshold=t) for t in (0.999, 0.99, 0.95, 0.9, 0.8, 0.7)],
     "r2": _r2(0.999, 0.99, 0.95, 0.9, 0.8, 0.7),
-    "d3llm": [dict(threshold=h) for h in (0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0)],
+    "d3llm": [dict(threshold=h) for h in (0.01, 0.02, 0.05, 0.1, 0.2, 0.5)],
 }
 
 # short names of the swept keywords in tables (d3LLM's "threshold" is an entropy threshold)

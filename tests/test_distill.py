@@ -111,3 +111,14 @@ def test_tiny_distillation_is_deterministic():
     assert any(not torch.equal(x, y) for x, y in zip(a, start))  # it trained
     assert any(not torch.equal(x, y) for x, y in zip(a, c))  # the seed matters
     assert [h["r_prog"] for h in ha] == [0.0, 0.8]  # progressive mask ratio: 0 -> 0.8
+
+
+def test_shipped_distilled_model_is_small_and_solves_heldout_problems():
+    from dllm_kernels.eval import evaluate
+    from dllm_kernels.models.default import DEFAULT_DISTILLED_DIR
+
+    assert (DEFAULT_DISTILLED_DIR / "model.safetensors").stat().st_size < 4 * 2**20
+    model, tok, task = default_model(attn_impl="sdpa", path=DEFAULT_DISTILLED_DIR)
+    assert task == AdditionTask()
+    row = evaluate(model, task, task.heldout(32, seed=7), tok, "fast_dllm", threshold=0.99)
+    assert row.accuracy >= 90.0 and row.nfe < 32  # 99.6% and NFE 4.8 expected (README); 32 problems keep it fast
