@@ -6,6 +6,7 @@ Without CUDA the Triton kernels run on Triton's CPU interpreter (set before any 
 from __future__ import annotations
 
 import argparse
+import pathlib
 import sys
 
 
@@ -108,6 +109,38 @@ def cmd_bench(args) -> int:
     return 0
 
 
+def cmd_eval(args) -> int:
+    import torch
+
+    from . import eval as ev
+    from .models.default import DEFAULT_DISTILLED_DIR, default_model
+
+    torch.set_num_threads(args.threads)
+    model, tok, task, device = _load(args)
+    if task is None:
+        raise SystemExit("eval: --model must be a checkpoint written by dllm_kernels.train or .distill (task.json)")
+    models = {args.label: model}
+    default = [DEFAULT_DISTILLED_DIR] if args.model is None and DEFAULT_DISTILLED_DIR.is_dir() else []
+    for path in default if args.compare is None else args.compare:
+        models[pathlib.Path(path).name] = default_model(device=device, dtype=model.lm_head.weight.dtype,
+                                                        backend=args.backend, path=path)[0]  # fmt: skip
+    n = args.problems or (1000 if args.full else 64)
+    sweeps = ev.FULL_SWEEPS if args.full else ev.QUICK_SWEEPS
+    sweeps = {p: s for p, s in sweeps.items() if p in args.policies}
+    problems = task.heldout(n, seed=args.seed)
+    print(f"evaluating {', '.join(models)} on {n} held-out addition problems ({'full' if args.full else 'quick'} sweep, "
+          f"{device}); TPF = tokens up to EOS per forward, tok/s = this machine")  # fmt: skip
+    print(ev.HEADER)
+    rows = ev.sweep(models, task, problems, tok, sweeps, batch_size=args.batch, backend=args.backend, log=print)
+    print()
+    print(ev.format_aup(ev.aup_table(rows)))
+    if args.out:
+        meta = {"command": " ".join(["python -m dllm_kernels", *sys.argv[1:]]), "device": device, "seed": args.seed}
+        paths = ev.write_results(rows, args.out, name=args.name, meta=meta)
+        print("wrote " + ", ".join(map(str, paths)))
+    return 0
+
+
 def main(argv=None) -> int:
     from ._env import use_interpreter_without_gpu
     from .policies import POLICIES
@@ -146,12 +179,34 @@ def main(argv=None) -> int:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default=None, help="write the table as JSON")
 
+    p = sub.add_parser("eval", help="every policy's accuracy / NFE / tokens per forward sweep and d3LLM's AUP")
+    _add_model_args(p)
+    p.add_argument("--full", action="store_true", help="1000 problems and the full threshold sweeps (minutes)")
+    p.add_argument("--problems", type=int, default=None, help="held-out problems (default 64, --full 1000)")
+    p.add_argument("--policies", nargs="+", default=["vanilla", "fast_dllm", "streaming", "r2", "d3llm"],
+                   choices=["vanilla", "fast_dllm", "streaming", "r2", "d3llm"])  # fmt: skip
+    p.add_argument("--compare", nargs="*", default=None, metavar="DIR",
+                   help="more checkpoints on the same sweep (default: the shipped distilled one; --compare alone: none)")  # fmt: skip
+    p.add_argument("--label", default="base", help="name of --model in the tables")
+    p.add_argument("--out", default=None, help="write NAME.md, NAME.json and NAME.png (accuracy vs TPF) here")
+    p.add_argument("--name", default="eval")
+    p.add_argument("--batch", type=int, default=256)
+    p.add_argument("--seed", type=int, default=1234, help="held-out set seed")
+    p.add_argument("--threads", type=int, default=2)
+
+    sub.add_parser("distill", help="d3LLM-style trajectory distillation of the embedded model (distill --help)")
+
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:1] == ["distill"]:  # its own parser (dllm_kernels.distill.main)
+        from .distill import main as distill_main
+
+        return distill_main(argv[1:])
     args = parser.parse_args(argv)
     if args.command == "demo":
         from .demo import run
 
         return run(rows=args.rows, vocab=args.vocab)
-    return {"generate": cmd_generate, "bench": cmd_bench}[args.command](args)
+    return {"generate": cmd_generate, "bench": cmd_bench, "eval": cmd_eval}[args.command](args)
 
 
 if __name__ == "__main__":

@@ -1,48 +1,111 @@
-"""Evaluation on the synthetic task: exact-match accuracy, parallelism, and d3LLM's AUP score.
+"""Evaluation on the synthetic task: every policy's accuracy-parallelism curve and d3LLM's AUP.
 
-:func:`vanilla_decode` is a minimal LLaDA decoder kept here for monitoring the training and
-testing the shipped checkpoint until the library's ``dllm_kernels.generate`` lands; it is not
-the decoding loop of the library and implements one policy only (LLaDA's ``generate`` with
-``steps == gen_length``, temperature 0, ``remasking="low_confidence"``).
+One evaluation point runs :func:`dllm_kernels.generate` with one policy setting over a held-out
+set (batched, ragged batches are fine) and reports
+
+* accuracy: exact match in % (:meth:`AdditionTask.exact_match`: the answer up to its first EOS);
+* NFE: model forwards per problem, as the policy's paper counts them (``GenerateResult.nfe``);
+* tokens per forward (TPF), d3LLM's definition: generated tokens up to and including the first
+  EOS, divided by the NFE, averaged over the problems. Vanilla decoding decodes the EOS tail one
+  token per forward too, so its TPF is below 1 on this task (answers fill ~1/3 of the region);
+* tokens/s: the same tokens over the wall time of the whole set (on a CPU the kernels run on
+  Triton's interpreter or the references: a CPU number, not a GPU one).
+
+A sweep varies each policy's main knob (:data:`QUICK_SWEEPS`, :data:`FULL_SWEEPS`): the threshold
+tau of Fast-dLLM, Streaming-dLLM and R2-dLLM, d3LLM's entropy threshold, and vanilla's forwards
+per block (one token per step, then two, four). :func:`aup` scores each policy's curve with
+``y_max`` the best accuracy over every model and policy compared.
 """
 
 from __future__ import annotations
 
+import json
 import math
+import pathlib
+import time
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 
 import torch
 
-from .models import DiffusionLM
+from .benchmark import tokens_until_eos
+from .loop import generate
 from .task import AdditionTask, Problem
+
+# policy -> its sweep: constructor overrides, from the most careful setting to the most parallel.
+# R2-dLLM's spatial and temporal gates (0.8 by default) commit on their own, below tau: they
+# follow tau (at tau - 0.1) so that its curve spans careful to parallel too.
+def _r2(*taus):
+    return [dict(threshold=t, spatial_threshold=round(t - 0.1, 3), temporal_threshold=round(t - 0.1, 3)) for t in taus]
+
+
+QUICK_SWEEPS = {
+    "vanilla": [dict(steps_per_block=0), dict(steps_per_block=4)],
+    "fast_dllm": [dict(threshold=t) for t in (0.99, 0.9, 0.7)],
+    "streaming": [dict(threshold=t) for t in (0.99, 0.9, 0.7)],
+    "r2": _r2(0.99, 0.9, 0.7),
+    "d3llm": [dict(threshold=h) for h in (0.05, 0.2, 0.5)],
+}
+FULL_SWEEPS = {
+    "vanilla": [dict(steps_per_block=k) for k in (0, 4, 2)],
+    "fast_dllm": [dict(threshold=t) for t in (0.999, 0.99, 0.95, 0.9, 0.8, 0.7)],
+    "streaming": [dict(threshold=t) for t in (0.999, 0.99, 0.95, 0.9, 0.8, 0.7)],
+    "r2": _r2(0.999, 0.99, 0.95, 0.9, 0.8, 0.7),
+    "d3llm": [dict(threshold=h) for h in (0.01, 0.02, 0.05, 0.1, 0.2, 0.5)],
+}
+
+# short names of the swept keywords in tables (d3LLM's "threshold" is an entropy threshold)
+_SHORT = {"threshold": "thr", "spatial_threshold": "spatial", "temporal_threshold": "temporal",
+          "steps_per_block": "steps/block"}  # fmt: skip
+
+@dataclass(frozen=True)
+class EvalRow:
+    """One evaluation point: a model, a policy setting, and its scores over ``n`` problems."""
+
+    model: str
+    policy: str
+    setting: str  # the policy's overrides, "k=v k=v" ("default" when none)
+    accuracy: float  # exact match, %
+    nfe: float  # mean forwards per problem
+    tokens_per_forward: float  # d3LLM's TPF (module docstring)
+    tokens_per_s: float  # wall clock of the whole set, this machine
+    n: int
 
 
 @torch.no_grad()
-def vanilla_decode(model: DiffusionLM, prompt: torch.Tensor, *, gen_length: int, block_length: int) -> torch.Tensor:
-    """LLaDA vanilla decoding, one token per step: the canvas ``[prompt | MASK * gen_length]`` is
-    decoded block by block; every step runs the model on the whole canvas (no cache) and commits,
-    per row, the still-masked position of the current block whose argmax has the highest
-    probability (ties: the lowest position). ``gen_length`` forwards in all.
+def evaluate(model, task: AdditionTask, problems: Sequence[Problem], tokenizer, policy: str = "vanilla", *,
+             batch_size: int = 256, backend: str = "auto", label: str = "model", **overrides) -> EvalRow:  # fmt: skip
+    """Decode ``problems`` with ``policy`` (and its constructor's ``overrides``) and score them.
 
     Args:
-        prompt: ``[B, P]`` int64 prompt ids (all rows the same length).
+        model: a :class:`~dllm_kernels.models.DiffusionLM` trained on ``task``'s canvas layout.
+        problems: held-out problems (:meth:`AdditionTask.heldout`).
+        batch_size: problems per :func:`generate` call.
+        backend: the loop ops' backend (``"auto"``: Triton on CUDA tensors, references on CPU).
+        label: the model's name in the returned row.
     Returns:
-        ``[B, gen_length]`` int64 generated ids.
+        :class:`EvalRow`.
     """
-    mask_id = model.config.mask_id
-    B, P = prompt.shape
-    x = torch.cat([prompt, prompt.new_full((B, gen_length), mask_id)], 1)
-    rows = torch.arange(B, device=x.device)
-    for start in range(P, P + gen_length, block_length):
-        end = start + block_length
-        block = torch.arange(start, end, device=x.device).expand(B, block_length)
-        for _ in range(block_length):
-            prob, token = model(x, logits_index=block).float().softmax(-1).max(-1)  # [B, block]
-            conf = torch.where(x[:, start:end] == mask_id, prob, -math.inf)
-            j = conf.argmax(-1)
-            x[rows, start + j] = token[rows, j]
-    return x[:, P:]
+    if not problems:
+        raise ValueError("evaluate: problems must not be empty")
+    device = next(model.parameters()).device
+    eos = model.config.eos_id
+    correct, nfe, tpf, tokens = 0, 0.0, 0.0, 0
+    t0 = time.perf_counter()
+    for i in range(0, len(problems), batch_size):
+        prompt, target = (t.to(device) for t in task.encode(list(problems[i : i + batch_size]), tokenizer))
+        out = generate(model, prompt, policy=policy, gen_length=task.gen_length, block_length=task.block_length,
+                       backend=backend, **overrides)  # fmt: skip
+        toks = tokens_until_eos(out.generated, eos)
+        correct += int(task.exact_match(out.generated, target, eos).sum())
+        nfe += out.nfe.sum().item()
+        tpf += (toks / out.nfe).sum().item()
+        tokens += int(toks.sum())
+    seconds = time.perf_counter() - t0
+    n = len(problems)
+    setting = " ".join(f"{_SHORT.get(k, k)}={v:g}" if isinstance(v, float) else f"{_SHORT.get(k, k)}={v}"
+                       for k, v in overrides.items())  # fmt: skip
+    return EvalRow(label, policy, setting or "default", 100.0 * correct / n, nfe / n, tpf / n, tokens / seconds, n)
 
 
 @dataclass(frozen=True)
@@ -51,17 +114,26 @@ class Accuracy:
     n: int
 
 
-@torch.no_grad()
-def evaluate_vanilla(model: DiffusionLM, task: AdditionTask, problems: Sequence[Problem], tokenizer, *,
+def evaluate_vanilla(model, task: AdditionTask, problems: Sequence[Problem], tokenizer, *,
                      batch_size: int = 256) -> Accuracy:  # fmt: skip
-    """Exact-match accuracy (%) of :func:`vanilla_decode` on ``problems``."""
-    device = model.lm_head.weight.device
-    correct = 0
-    for i in range(0, len(problems), batch_size):
-        prompt, target = (t.to(device) for t in task.encode(list(problems[i : i + batch_size]), tokenizer))
-        out = vanilla_decode(model, prompt, gen_length=task.gen_length, block_length=task.block_length)
-        correct += int(task.exact_match(out, target, model.config.eos_id).sum())
-    return Accuracy(100.0 * correct / len(problems), len(problems))
+    """Exact-match accuracy (%) of LLaDA's vanilla decoding (one token per forward) on ``problems``."""
+    row = evaluate(model, task, problems, tokenizer, "vanilla", batch_size=batch_size)
+    return Accuracy(row.accuracy, row.n)
+
+
+def sweep(models: dict, task: AdditionTask, problems: Sequence[Problem], tokenizer, sweeps: dict = QUICK_SWEEPS, *,
+          batch_size: int = 256, backend: str = "auto", log=None) -> list[EvalRow]:  # fmt: skip
+    """:func:`evaluate` every model of ``models`` (name -> model) at every point of ``sweeps``
+    (policy -> list of override dicts); ``log`` gets each row as it is measured."""
+    rows = []
+    for label, model in models.items():
+        for policy, settings in sweeps.items():
+            for overrides in settings:
+                rows.append(evaluate(model, task, problems, tokenizer, policy, batch_size=batch_size, backend=backend,
+                                     label=label, **overrides))  # fmt: skip
+                if log:
+                    log(format_row(rows[-1]))
+    return rows
 
 
 def aup(points: Sequence[tuple[float, float]], y_max: float, *, alpha: float = 3.0, y_min_offset: float = 5.0) -> float:
@@ -97,3 +169,99 @@ def aup(points: Sequence[tuple[float, float]], y_max: float, *, alpha: float = 3
     for (r_prev, y_prev), (r, y) in zip(pts, pts[1:]):
         score += 0.5 * (r - r_prev) * (weighted(y) + weighted(y_prev))
     return score
+
+
+@dataclass(frozen=True)
+class AUPRow:
+    model: str
+    policy: str
+    aup: float
+    y_max: float  # the reference accuracy (best over every row compared)
+    best_tpf: float  # the most parallel point within 1 accuracy point of y_max (0 if none)
+    points: int
+
+
+def aup_table(rows: Sequence[EvalRow]) -> list[AUPRow]:
+    """AUP of every (model, policy) curve in ``rows``, ``y_max`` the best accuracy of all rows."""
+    y_max = max(r.accuracy for r in rows)
+    out = []
+    for key in dict.fromkeys((r.model, r.policy) for r in rows):
+        curve = [r for r in rows if (r.model, r.policy) == key]
+        near = [r.tokens_per_forward for r in curve if r.accuracy >= y_max - 1.0]
+        score = aup([(r.tokens_per_forward, r.accuracy) for r in curve], y_max)
+        out.append(AUPRow(*key, score, y_max, max(near, default=0.0), len(curve)))
+    return out
+
+
+# ------------------------------------------------------------------------------------------------
+# reporting: text table, markdown + JSON files, the accuracy-parallelism plot
+# ------------------------------------------------------------------------------------------------
+
+HEADER = f"{'model':<16} {'policy':<10} {'setting':<36} {'acc %':>6} {'NFE':>6} {'TPF':>5} {'tok/s':>8}"
+
+
+def format_row(r: EvalRow) -> str:
+    return (f"{r.model:<16} {r.policy:<10} {r.setting:<36} {r.accuracy:>6.1f} {r.nfe:>6.2f} "
+            f"{r.tokens_per_forward:>5.2f} {r.tokens_per_s:>8.0f}")  # fmt: skip
+
+
+def format_aup(table: Sequence[AUPRow]) -> str:
+    lines = [f"AUP (alpha 3, y_max {table[0].y_max:.1f} = best accuracy of all rows; TPF@-1 = the most parallel "
+             "point within 1 point of y_max)", f"{'model':<16} {'policy':<10} {'AUP':>7} {'TPF@-1':>7}"]  # fmt: skip
+    lines += [f"{a.model:<16} {a.policy:<10} {a.aup:>7.1f} {a.best_tpf:>7.2f}" for a in table]
+    return "\n".join(lines)
+
+
+def markdown(rows: Sequence[EvalRow], table: Sequence[AUPRow]) -> str:
+    n = rows[0].n
+    out = [f"Held-out problems: {n}. TPF = tokens up to the first EOS / NFE (d3LLM). tokens/s: CPU wall clock.", "",
+           "| model | policy | AUP | most parallel TPF within 1 pt of y_max |", "|---|---|---:|---:|"]  # fmt: skip
+    out += [f"| {a.model} | {a.policy} | {a.aup:.1f} | {a.best_tpf:.2f} |" for a in table]
+    out += ["", "| model | policy | setting | accuracy % | NFE | TPF | tokens/s (CPU) |", "|---|---|---|---:|---:|---:|---:|"]
+    out += [f"| {r.model} | {r.policy} | {r.setting} | {r.accuracy:.1f} | {r.nfe:.2f} | {r.tokens_per_forward:.2f} "
+            f"| {r.tokens_per_s:.0f} |" for r in rows]  # fmt: skip
+    return "\n".join(out) + "\n"
+
+
+def plot(rows: Sequence[EvalRow], path) -> None:
+    """Accuracy against TPF: one panel per policy, one curve per model."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    policies = list(dict.fromkeys(r.policy for r in rows))
+    models = list(dict.fromkeys(r.model for r in rows))
+    cols = min(3, len(policies))
+    nrows = -(-len(policies) // cols)
+    fig, axes = plt.subplots(nrows, cols, figsize=(4 * cols, 3.2 * nrows), squeeze=False, sharey=True)
+    for ax, p in zip(axes.flat, policies):
+        for i, m in enumerate(models):
+            curve = sorted((r for r in rows if (r.model, r.policy) == (m, p)), key=lambda r: r.tokens_per_forward)
+            ax.plot([r.tokens_per_forward for r in curve], [r.accuracy for r in curve], "-o", color=f"C{i}",
+                    label=m, markersize=4)  # fmt: skip
+        ax.set_title(p, fontsize=10)
+        ax.set_xlabel("tokens per forward (up to EOS)", fontsize=8)
+        ax.grid(alpha=0.3)
+    for ax in axes[:, 0]:
+        ax.set_ylabel("exact match %", fontsize=8)
+    for ax in list(axes.flat)[len(policies) :]:
+        ax.axis("off")
+    axes.flat[0].legend(fontsize=7)
+    fig.suptitle(f"Addition task, {rows[0].n} held-out problems: accuracy against parallelism", fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def write_results(rows: Sequence[EvalRow], out, *, name: str = "eval", meta: dict | None = None) -> list[pathlib.Path]:
+    """``{name}.md``, ``{name}.json`` and ``{name}.png`` under ``out``; returns their paths."""
+    out = pathlib.Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    table = aup_table(rows)
+    paths = [out / f"{name}.md", out / f"{name}.json", out / f"{name}.png"]
+    paths[0].write_text(markdown(rows, table))
+    record = {**(meta or {}), "rows": [asdict(r) for r in rows], "aup": [asdict(a) for a in table]}
+    paths[1].write_text(json.dumps(record, indent=2) + "\n")
+    plot(rows, paths[2])
+    return paths

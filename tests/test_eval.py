@@ -1,12 +1,10 @@
-"""AUP (hand-worked cases) and the monitoring vanilla decoder (scripted model)."""
-
-import math
+"""AUP (hand-worked cases), evaluate() checked against generate(), the sweep / AUP / report plumbing."""
 
 import pytest
 import torch
 
-from dllm_kernels.eval import aup, vanilla_decode
-from dllm_kernels.models import tiny
+from dllm_kernels import generate
+from dllm_kernels.eval import aup, aup_table, evaluate, sweep, write_results
 
 
 def test_aup_single_point_is_the_accuracy():
@@ -43,39 +41,61 @@ def test_aup_rejects_bad_input():
         aup([(1.0, 1.0)], y_max=0.0)
 
 
-class Scripted(torch.nn.Module):
-    """Canvas position i proposes token ``i % 10`` with a probability that grows with
-    ``(7 * i) % 11`` (distinct within any 4 consecutive positions), so the commit order inside a
-    block is known; records every canvas it is run on."""
+@pytest.fixture(scope="module")
+def tiny_addition():
+    from dllm_kernels.models import default_model
 
-    def __init__(self):
-        super().__init__()
-        self.config = tiny(vocab_size=16)
-        self.lm_head = torch.nn.Linear(1, 1)
-        self.seen = []
-
-    def forward(self, x, logits_index):
-        self.seen.append(x.clone())
-        pos = logits_index[0]
-        logits = torch.zeros(x.shape[0], len(pos), 16)
-        logits[:, torch.arange(len(pos)), pos % 10] = ((7 * pos) % 11 + 1).float()
-        return logits
+    return default_model(attn_impl="sdpa")
 
 
-def test_vanilla_decode_commits_one_most_confident_token_per_step():
-    m = Scripted()
-    P, G, bl = 5, 8, 4
-    prompt = torch.arange(2 * P).view(2, P) % 10
-    out = vanilla_decode(m, prompt, gen_length=G, block_length=bl)
-    assert out.tolist() == [[(P + i) % 10 for i in range(G)]] * 2
-    assert len(m.seen) == G  # one forward per token
-    mask = m.config.mask_id
-    for step, x in enumerate(m.seen):
-        assert torch.equal(x[:, :P], prompt)  # the prompt is never touched
-        blk, k = divmod(step, bl)
-        masked = (x[:, P:] == mask).sum(-1)
-        assert masked.tolist() == [G - step] * 2
-        # the k positions committed so far in this block are its k most confident ones
-        pos = torch.arange(P + blk * bl, P + (blk + 1) * bl)
-        order = pos[torch.argsort((7 * pos) % 11, descending=True, stable=True)]
-        assert (x[0, order[:k]] != mask).all() and (x[0, order[k:]] == mask).all()
+def test_evaluate_scores_by_hand(tiny_addition):
+    """evaluate() against generate() run directly: accuracy, NFE and TPF recomputed here."""
+    model, tok, task = tiny_addition
+    problems = task.heldout(6, seed=5)
+    row = evaluate(model, task, problems, tok, "fast_dllm", batch_size=4, label="m", threshold=0.9)
+    prompt, target = task.encode(problems, tok)
+    out = generate(model, prompt, policy="fast_dllm", gen_length=32, block_length=8, threshold=0.9)
+    eos = tok.eos_id
+    answers = [task.answer(p) for p in problems]
+    texts = [tok.decode(r[: r.index(eos) + 1] if eos in r else r) for r in out.generated.tolist()]
+    lengths = [len(r[: r.index(eos) + 1]) if eos in r else 32 for r in out.generated.tolist()]
+    assert (row.model, row.policy, row.setting, row.n) == ("m", "fast_dllm", "thr=0.9", 6)
+    assert row.accuracy == pytest.approx(100 * sum(t == a for t, a in zip(texts, answers)) / 6)
+    assert row.nfe == pytest.approx(out.nfe.double().mean().item())
+    assert row.tokens_per_forward == pytest.approx(sum(n / f for n, f in zip(lengths, out.nfe.tolist())) / 6)
+    # vanilla: one token per forward over the whole region, answers are solved
+    van = evaluate(model, task, problems, tok, "vanilla")
+    assert van.nfe == 32 and van.accuracy == 100.0
+    assert van.tokens_per_forward == pytest.approx(sum(len(str(p.a + p.b)) + 1 for p in problems) / 6 / 32)
+
+
+def test_streaming_is_evaluated_despite_ragged_early_exit(tiny_addition):
+    model, tok, task = tiny_addition
+    row = evaluate(model, task, task.heldout(4, seed=5), tok, "streaming", threshold=0.9)
+    assert row.n == 4 and 1 <= row.nfe < 32
+
+
+def test_sweep_aup_and_files(tiny_addition, tmp_path):
+    model, tok, task = tiny_addition
+    sweeps = {"vanilla": [dict(steps_per_block=4)], "fast_dllm": [dict(threshold=0.99), dict(threshold=0.5)]}
+    rows = sweep({"a": model}, task, task.heldout(4, seed=9), tok, sweeps)
+    assert [(r.model, r.policy, r.setting) for r in rows] == [
+        ("a", "vanilla", "steps/block=4"), ("a", "fast_dllm", "thr=0.99"), ("a", "fast_dllm", "thr=0.5")]
+    table = aup_table(rows)
+    y_max = max(r.accuracy for r in rows)
+    assert [(a.policy, a.points, a.y_max) for a in table] == [("vanilla", 1, y_max), ("fast_dllm", 2, y_max)]
+    assert table[0].aup == pytest.approx(rows[0].tokens_per_forward * rows[0].accuracy)
+    assert table[1].aup == aup([(r.tokens_per_forward, r.accuracy) for r in rows[1:]], y_max)
+    paths = write_results(rows, tmp_path, name="t")
+    assert [p.name for p in paths] == ["t.md", "t.json", "t.png"] and all(p.stat().st_size > 0 for p in paths)
+    assert "| a | fast_dllm | thr=0.5 |" in paths[0].read_text()
+
+
+def test_cli_eval_prints_the_table_and_writes_the_files(tmp_path, capsys):
+    from dllm_kernels.__main__ import main
+
+    assert main(["eval", "--problems", "3", "--policies", "vanilla", "d3llm", "--compare", "--out", str(tmp_path)]) == 0
+    text = capsys.readouterr().out
+    assert "base             vanilla    steps/block=4" in text and "base             d3llm      thr=0.5" in text
+    assert "AUP (alpha 3" in text
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["eval.json", "eval.md", "eval.png"]

@@ -17,6 +17,8 @@ if TYPE_CHECKING:
     from ..task import AdditionTask
 
 DEFAULT_MODEL_DIR = pathlib.Path(__file__).resolve().parents[1] / "assets" / "tiny-addition"
+# the same model after d3LLM-style trajectory distillation (python -m dllm_kernels.distill)
+DEFAULT_DISTILLED_DIR = DEFAULT_MODEL_DIR.with_name("tiny-addition-d3")
 
 
 def default_model(*, device="cpu", dtype=torch.float32, backend="auto", attn_impl="ops",
