@@ -177,7 +177,7 @@ class AUPRow:
     policy: str
     aup: float
     y_max: float  # the reference accuracy (best over every row compared)
-    best_tpf: float  # the most parallel point within 1 accuracy point of y_max (0 if none)
+    best_tpf: float | None  # the most parallel point within 1 accuracy point of y_max (None: no such point)
     points: int
 
 
@@ -189,7 +189,7 @@ def aup_table(rows: Sequence[EvalRow]) -> list[AUPRow]:
         curve = [r for r in rows if (r.model, r.policy) == key]
         near = [r.tokens_per_forward for r in curve if r.accuracy >= y_max - 1.0]
         score = aup([(r.tokens_per_forward, r.accuracy) for r in curve], y_max)
-        out.append(AUPRow(*key, score, y_max, max(near, default=0.0), len(curve)))
+        out.append(AUPRow(*key, score, y_max, max(near, default=None), len(curve)))
     return out
 
 
@@ -205,10 +205,14 @@ def format_row(r: EvalRow) -> str:
             f"{r.tokens_per_forward:>5.2f} {r.tokens_per_s:>8.0f}")  # fmt: skip
 
 
+def _tpf(v: float | None) -> str:
+    return "none" if v is None else f"{v:.2f}"
+
+
 def format_aup(table: Sequence[AUPRow]) -> str:
     lines = [f"AUP (alpha 3, y_max {table[0].y_max:.1f} = best accuracy of all rows; TPF@-1 = the most parallel "
              "point within 1 point of y_max)", f"{'model':<16} {'policy':<10} {'AUP':>7} {'TPF@-1':>7}"]  # fmt: skip
-    lines += [f"{a.model:<16} {a.policy:<10} {a.aup:>7.1f} {a.best_tpf:>7.2f}" for a in table]
+    lines += [f"{a.model:<16} {a.policy:<10} {a.aup:>7.1f} {_tpf(a.best_tpf):>7}" for a in table]
     return "\n".join(lines)
 
 
@@ -216,7 +220,7 @@ def markdown(rows: Sequence[EvalRow], table: Sequence[AUPRow]) -> str:
     n = rows[0].n
     out = [f"Held-out problems: {n}. TPF = tokens up to the first EOS / NFE (d3LLM). tokens/s: CPU wall clock.", "",
            "| model | policy | AUP | most parallel TPF within 1 pt of y_max |", "|---|---|---:|---:|"]  # fmt: skip
-    out += [f"| {a.model} | {a.policy} | {a.aup:.1f} | {a.best_tpf:.2f} |" for a in table]
+    out += [f"| {a.model} | {a.policy} | {a.aup:.1f} | {_tpf(a.best_tpf)} |" for a in table]
     out += ["", "| model | policy | setting | accuracy % | NFE | TPF | tokens/s (CPU) |", "|---|---|---|---:|---:|---:|---:|"]
     out += [f"| {r.model} | {r.policy} | {r.setting} | {r.accuracy:.1f} | {r.nfe:.2f} | {r.tokens_per_forward:.2f} "
             f"| {r.tokens_per_s:.0f} |" for r in rows]  # fmt: skip
