@@ -4,6 +4,19 @@ Every op takes ``backend="auto" | "triton" | "reference"``; ``dllm_kernels.refer
 pure-PyTorch references with the same signatures.
 """
 
+import importlib.util
+
+# kernels/ and reference/ live at the repository's top level and become dllm_kernels.kernels /
+# .reference only through an install (pyproject.toml's package-dir): from a bare checkout on
+# sys.path the imports below would fail with a misleading circular-import error.
+if any(importlib.util.find_spec(f"{__name__}.{sub}") is None for sub in ("kernels", "reference")):
+    raise ImportError(
+        f"dllm_kernels is imported from a source checkout that is not installed ({__path__[0]}): its "
+        "subpackages kernels/ and reference/ are mapped in by the install; run `pip install -e .` "
+        "(or scripts/bootstrap.sh) in the repository first"
+    )
+del importlib
+
 from . import reference
 from ._types import CommitRule, CommitState, TokenStats
 from .attention import attention

@@ -38,3 +38,19 @@ def test_wheel_contains_the_same_modules(tmp_path):
     expected |= {f"dllm_kernels/assets/tiny-addition/{f}" for f in ("config.json", "model.safetensors", "tokenizer.json")}
     missing = expected - names
     assert not missing, f"missing from the wheel: {sorted(missing)}"
+
+
+def test_uninstalled_checkout_says_to_install(tmp_path):
+    """The repository on sys.path without the install's mapping of kernels/ and reference/ (the
+    editable finder removed): ``import dllm_kernels`` names the fix instead of a circular import."""
+    code = (
+        "import sys\n"
+        "sys.meta_path[:] = [f for f in sys.meta_path if not getattr(f, '__module__', '').startswith('__editable__')]\n"
+        f"sys.path.insert(0, {str(ROOT)!r})\n"
+        "import dllm_kernels\n"
+    )
+    r = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    assert r.returncode != 0
+    last = r.stderr.strip().splitlines()[-1]
+    assert last.startswith("ImportError: dllm_kernels is imported from a source checkout that is not installed")
+    assert "pip install -e ." in last and "circular" not in r.stderr
