@@ -4,11 +4,13 @@ parameter names. (The public LLaDA/Dream formats are read by :mod:`dllm_kernels.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import pathlib
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors import SafetensorError, safe_open
+from safetensors.torch import save_file
 
 from .config import ModelConfig
 from .transformer import DiffusionLM
@@ -28,13 +30,29 @@ def save_checkpoint(model: DiffusionLM, path) -> pathlib.Path:
     return path
 
 
+@contextlib.contextmanager
+def open_safetensors(file, device="cpu"):
+    """``safetensors.safe_open`` whose errors (a corrupt or truncated file) name the file."""
+    try:
+        with safe_open(str(file), framework="pt", device=str(device)) as f:
+            yield f
+    except SafetensorError as e:
+        raise ValueError(f"{file}: not a readable safetensors file ({e})") from None
+
+
 def load_checkpoint(path, *, device="cpu", dtype=torch.float32, backend="auto", attn_impl="ops") -> DiffusionLM:
     path = pathlib.Path(path)
-    config = json.loads((path / "config.json").read_text())
+    try:
+        config = json.loads((path / "config.json").read_text())
+    except FileNotFoundError:
+        raise FileNotFoundError(f"{path}: no config.json (not a checkpoint directory?)") from None
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{path / 'config.json'}: not valid JSON ({e})") from None
     if config.get("model_type") != MODEL_TYPE:
         raise ValueError(f"{path}: not a {MODEL_TYPE} checkpoint (model_type {config.get('model_type')!r})")
     model = DiffusionLM(ModelConfig.from_dict(config), backend=backend, attn_impl=attn_impl)
-    state = load_file(str(path / "model.safetensors"))
+    with open_safetensors(path / "model.safetensors") as f:
+        state = {name: f.get_tensor(name) for name in f.keys()}
     missing, unexpected = model.load_state_dict(state, strict=False)
     missing = [k for k in missing if not (model.config.tie_embeddings and k == "lm_head.weight")]
     if missing or unexpected:

@@ -20,10 +20,9 @@ from dataclasses import dataclass
 
 import tokenizers
 import torch
-from safetensors import safe_open
 from safetensors.torch import save_file
 
-from .checkpoint import MODEL_TYPE as NATIVE, load_checkpoint
+from .checkpoint import MODEL_TYPE as NATIVE, load_checkpoint, open_safetensors
 from .config import ModelConfig
 from .transformer import DiffusionLM, rope_tables
 
@@ -202,7 +201,7 @@ def _read_tensors(path: pathlib.Path, expected: set[str], device) -> dict[str, t
             raise ValueError(f"{path / INDEX}: no 'weight_map' object")
         weight_map = index["weight_map"]
     elif (path / SINGLE).is_file():
-        with safe_open(str(path / SINGLE), framework="pt") as f:
+        with open_safetensors(path / SINGLE) as f:
             weight_map = dict.fromkeys(f.keys(), SINGLE)
     else:
         raise FileNotFoundError(f"{path}: neither {INDEX} nor {SINGLE}")
@@ -215,7 +214,7 @@ def _read_tensors(path: pathlib.Path, expected: set[str], device) -> dict[str, t
         if not (path / shard).is_file():
             raise FileNotFoundError(f"{path}: shard {shard} listed in {INDEX} does not exist")
         wanted = {n for n, s in weight_map.items() if s == shard}
-        with safe_open(str(path / shard), framework="pt", device=str(device)) as f:
+        with open_safetensors(path / shard, device) as f:
             absent = wanted - set(f.keys())
             if absent:
                 raise ValueError(f"{path / shard}: {INDEX} places [{_few(absent)}] here but the shard lacks them")
