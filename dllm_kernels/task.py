@@ -98,6 +98,8 @@ class AdditionTask:
 
     # -- text ---------------------------------------------------------------------------------
     def prompt(self, p: Problem) -> str:
+        if not (0 <= p.a < 10**self.n_digits and 0 <= p.b < 10**self.n_digits):
+            raise ValueError(f"AdditionTask: operands must have at most {self.n_digits} digits, got {p}")
         digits = lambda n: str(n).zfill(self.n_digits)[::-1]  # noqa: E731
         return f"{digits(p.a)}+{digits(p.b)}="
 
