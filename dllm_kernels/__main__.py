@@ -1,13 +1,34 @@
 """Command line: ``python -m dllm_kernels <command>`` (also installed as ``dllm-kernels``).
 
-Without CUDA the Triton kernels run on Triton's CPU interpreter (set before any kernel import).
+One subcommand per job: ``demo``, ``generate``, ``eval``, ``distill``, ``train``, ``bench``
+(``<command> --help`` lists its options). Without CUDA the Triton kernels run on Triton's CPU
+interpreter (set before any kernel import).
+
+Bad input ends the command with one line on stderr, ``dllm-kernels <command>: error: ...``, naming
+the option or argument, and exit status 2 (1 for an unexpected failure); ``--debug`` shows the
+traceback instead. An explicit value is never replaced by a default: ``--gen-length 0`` is an
+error, not "the default length".
 """
 
 from __future__ import annotations
 
 import argparse
 import pathlib
+import re
 import sys
+
+from ._argtypes import nonnegative_float, positive_int
+
+PROG = "dllm-kernels"
+
+
+class CLIError(Exception):
+    """Bad command-line input: printed as one line (no traceback), exit status 2."""
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str):  # argparse prints the usage and exits; one line instead
+        raise CLIError(f"{self.prog}: error: {message}")
 
 
 def _value(text: str):
@@ -24,10 +45,23 @@ def _overrides(pairs: list[str]) -> dict:
     out = {}
     for pair in pairs:
         key, sep, val = pair.partition("=")
-        if not sep:
-            raise SystemExit(f"--set expects key=value, got {pair!r}")
+        if not sep or not key:
+            raise CLIError(f"--set expects KEY=VALUE, got {pair!r}")
         out[key.replace("-", "_")] = _value(val)
     return out
+
+
+def _parse_problem(text: str, n_digits: int):
+    """``--problem 'a+b'``: two non-negative integers of at most the task's ``n_digits`` digits."""
+    from .task import Problem
+
+    m = re.fullmatch(r"\s*(\d+)\s*\+\s*(\d+)\s*", text)
+    if m is None:
+        raise CLIError(f"--problem expects 'a+b' with two non-negative integers, got {text!r}")
+    a, b = m.group(1).lstrip("0") or "0", m.group(2).lstrip("0") or "0"
+    if max(len(a), len(b)) > n_digits:
+        raise CLIError(f"--problem: the model adds numbers of at most {n_digits} digits, got {text!r}")
+    return Problem(int(a), int(b))
 
 
 def _add_model_args(p: argparse.ArgumentParser) -> None:
@@ -39,39 +73,63 @@ def _add_model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--backend", default="auto", choices=["auto", "triton", "reference"])
 
 
+def _device(name: str | None) -> str:
+    import torch
+
+    if name is None:
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    try:
+        kind = torch.device(name).type
+    except RuntimeError as e:
+        raise CLIError(f"--device: {' '.join(str(e).split())}") from None
+    if kind == "cuda" and not torch.cuda.is_available():
+        raise CLIError(f"--device {name}: no CUDA device on this machine")
+    return name
+
+
 def _load(args):
     """(model, tokenizer, task or None, device) for the model arguments."""
     import torch
 
     from .models import default_model, load_pretrained, load_tokenizer
 
-    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    device = _device(args.device)
     dtype = getattr(torch, args.dtype) if args.dtype else (torch.bfloat16 if device == "cuda" else torch.float32)
-    if args.model is None:
-        model, tok, task = default_model(device=device, dtype=dtype, backend=args.backend)
-        return model, tok, task, device
-    model = load_pretrained(args.model, device=device, dtype=dtype, backend=args.backend)
-    return model, load_tokenizer(args.model), None, device
+    try:
+        if args.model is None:
+            model, tok, task = default_model(device=device, dtype=dtype, backend=args.backend)
+            return model, tok, task, device
+        model = load_pretrained(args.model, device=device, dtype=dtype, backend=args.backend)
+        return model, load_tokenizer(args.model), None, device
+    except (OSError, ValueError, TypeError) as e:
+        raise CLIError(f"--model {args.model or '(default)'}: {e}") from None
 
 
 def cmd_generate(args) -> int:
     from . import generate
-    from .task import Problem
+    from .policies import resolve_policy
 
     model, tok, task, _ = _load(args)
-    gen_length = args.gen_length or (task.gen_length if task else 256)
-    block_length = args.block_length or (task.block_length if task else 32)
+    try:
+        policy = resolve_policy(args.policy, **_overrides(args.set))
+    except (TypeError, ValueError) as e:
+        raise CLIError(f"--set: {e}") from None
+    gen_length = args.gen_length if args.gen_length is not None else (task.gen_length if task else 256)
+    block_length = args.block_length if args.block_length is not None else (task.block_length if task else 32)
     if task is not None and args.prompt is None:
-        a, b = (int(v) for v in args.problem.split("+"))
-        problem = Problem(a, b)
+        problem = _parse_problem(args.problem, task.n_digits)
         prompt_text, expected = task.prompt(problem), task.answer(problem)
-        print(f"problem  {a} + {b} = {a + b}   (digits least significant first: prompt {prompt_text!r})")
+        print(f"problem  {problem.a} + {problem.b} = {problem.a + problem.b}   "
+              f"(digits least significant first: prompt {prompt_text!r})")  # fmt: skip
     else:
         prompt_text, expected = args.prompt or "", None
-    ids = tok.encode(prompt_text)
-    out = generate(model, [ids], policy=args.policy, gen_length=gen_length, block_length=block_length,
+    try:
+        ids = tok.encode(prompt_text)
+    except Exception as e:  # the tokenizer's own error types
+        raise CLIError(f"--prompt {prompt_text!r}: the tokenizer rejects it ({e})") from None
+    out = generate(model, [ids], policy=policy, gen_length=gen_length, block_length=block_length,
                    temperature=args.temperature, seed=args.seed, backend=args.backend,
-                   progress=args.progress or gen_length >= 128, **_overrides(args.set))  # fmt: skip
+                   progress=args.progress or gen_length >= 128)  # fmt: skip
     ids = out.generated[0].tolist()
     if tok.eos_id in ids:  # the answer ends at the first EOS (the rest of the region is EOS too)
         ids = ids[: ids.index(tok.eos_id) + 1]
@@ -95,11 +153,14 @@ def cmd_bench(args) -> int:
     if task is not None:
         problems = task.heldout(args.batch, seed=args.seed)
         prompts = [tok.encode(task.prompt(p)) for p in problems]
-        gen_length, block_length = task.gen_length, task.block_length
+        default_gen, default_block = task.gen_length, task.block_length
     else:
         rng = random.Random(args.seed)
-        prompts = [[rng.randrange(model.config.vocab_size // 2) for _ in range(args.prompt_length)] for _ in range(args.batch)]
-        gen_length, block_length = args.gen_length or 256, args.block_length or 32
+        vocab = model.config.vocab_size // 2
+        prompts = [[rng.randrange(vocab) for _ in range(args.prompt_length)] for _ in range(args.batch)]
+        default_gen, default_block = 256, 32
+    gen_length = args.gen_length if args.gen_length is not None else default_gen
+    block_length = args.block_length if args.block_length is not None else default_block
     print(f"end-to-end decode benchmark on {device} ({torch.cuda.get_device_name() if device == 'cuda' else 'CPU'}), "
           f"batch {len(prompts)}, gen {gen_length}, block {block_length}")  # fmt: skip
     if device == "cpu":
@@ -118,96 +179,149 @@ def cmd_eval(args) -> int:
     torch.set_num_threads(args.threads)
     model, tok, task, device = _load(args)
     if task is None:
-        raise SystemExit("eval: --model must be a checkpoint written by dllm_kernels.train or .distill (task.json)")
+        raise CLIError("--model: eval needs a checkpoint written by dllm_kernels train or distill (with task.json)")
     models = {args.label: model}
     default = [DEFAULT_DISTILLED_DIR] if args.model is None and DEFAULT_DISTILLED_DIR.is_dir() else []
     for path in default if args.compare is None else args.compare:
-        models[pathlib.Path(path).name] = default_model(device=device, dtype=model.lm_head.weight.dtype,
-                                                        backend=args.backend, path=path)[0]  # fmt: skip
-    n = args.problems or (1000 if args.full else 64)
+        try:
+            models[pathlib.Path(path).name] = default_model(device=device, dtype=model.lm_head.weight.dtype,
+                                                            backend=args.backend, path=path)[0]  # fmt: skip
+        except (OSError, ValueError, TypeError) as e:
+            raise CLIError(f"--compare {path}: {e}") from None
+    n = args.problems if args.problems is not None else (1000 if args.full else 64)
     sweeps = ev.FULL_SWEEPS if args.full else ev.QUICK_SWEEPS
-    sweeps = {p: s for p, s in sweeps.items() if p in args.policies}
+    # a policy without a sweep of its own (d3llm_dream) is evaluated at its published setting
+    sweeps = {p: sweeps.get(p, [{}]) for p in args.policies}
     problems = task.heldout(n, seed=args.seed)
-    print(f"evaluating {', '.join(models)} on {n} held-out addition problems ({'full' if args.full else 'quick'} sweep, "
-          f"{device}); TPF = tokens up to EOS per forward, tok/s = this machine")  # fmt: skip
+    kind = "full" if args.full else "quick"
+    print(f"evaluating {', '.join(models)} on {n} held-out addition problems ({kind} sweep, {device}); "
+          "TPF = tokens up to EOS per forward, tok/s = this machine")  # fmt: skip
     print(ev.HEADER)
     rows = ev.sweep(models, task, problems, tok, sweeps, batch_size=args.batch, backend=args.backend, log=print)
     print()
     print(ev.format_aup(ev.aup_table(rows)))
     if args.out:
-        meta = {"command": " ".join(["python -m dllm_kernels", *sys.argv[1:]]), "device": device, "seed": args.seed}
+        meta = {"command": " ".join(["python -m dllm_kernels", *args.argv]), "device": device, "seed": args.seed}
         paths = ev.write_results(rows, args.out, name=args.name, meta=meta)
         print("wrote " + ", ".join(map(str, paths)))
     return 0
 
 
-def main(argv=None) -> int:
-    from ._env import use_interpreter_without_gpu
+def cmd_demo(args) -> int:
+    from .demo import run
+
+    return run(rows=args.rows, vocab=args.vocab)
+
+
+def cmd_train(args) -> int:
+    from .train import run
+
+    return run(args, command=["python -m dllm_kernels", *args.argv])
+
+
+def cmd_distill(args) -> int:
+    from .distill import run
+
+    return run(args, command=["python -m dllm_kernels", *args.argv])
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The parser of every subcommand; each sets ``args.run`` to its ``cmd_*`` function."""
+    from .distill import add_arguments as distill_arguments
     from .policies import POLICIES
+    from .train import add_arguments as train_arguments
 
-    use_interpreter_without_gpu()
-    parser = argparse.ArgumentParser(prog="dllm-kernels", description="Fused Triton kernels for dLLM decoding.")
-    sub = parser.add_subparsers(dest="command", required=True)
+    policies = sorted(POLICIES)
+    bench_default = ["vanilla", "fast_dllm", "streaming", "r2", "d3llm"]  # d3llm_dream: Dream's numbers
+    debug = _Parser(add_help=False)
+    debug.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
+                       help="on an error, show the traceback instead of one line")  # fmt: skip
+    parser = _Parser(prog=PROG, description="Fused Triton kernels for dLLM decoding.", parents=[debug])
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    p = sub.add_parser("demo", help="token statistics of one decoding step on both backends, checked and timed")
-    p.add_argument("--rows", type=int, default=32)
-    p.add_argument("--vocab", type=int, default=126464)
+    def command(name: str, run, help: str) -> argparse.ArgumentParser:
+        p = sub.add_parser(name, help=help, description=help, parents=[debug])
+        p.set_defaults(run=run)
+        return p
 
-    p = sub.add_parser("generate", help="decode one prompt with a policy and print the text and NFE")
+    p = command("demo", cmd_demo, "token statistics of one decoding step on both backends, checked and timed")
+    p.add_argument("--rows", type=positive_int, default=32)
+    p.add_argument("--vocab", type=positive_int, default=126464)
+
+    p = command("generate", cmd_generate, "decode one prompt with a policy and print the text and NFE")
     _add_model_args(p)
     p.add_argument("--prompt", default=None, help="prompt text (default model: use --problem instead)")
     p.add_argument("--problem", default="98765+43210", help="default model: the addition to solve, 'a+b'")
-    p.add_argument("--policy", default="fast_dllm", choices=sorted(POLICIES))
+    p.add_argument("--policy", default="fast_dllm", choices=policies)
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="policy option, e.g. --set threshold=0.8 --set cache=dual (repeatable)")  # fmt: skip
-    p.add_argument("--gen-length", type=int, default=None)
-    p.add_argument("--block-length", type=int, default=None)
-    p.add_argument("--temperature", type=float, default=0.0)
+    p.add_argument("--gen-length", type=positive_int, default=None, help="default: the task's, else 256")
+    p.add_argument("--block-length", type=positive_int, default=None, help="default: the task's, else 32")
+    p.add_argument("--temperature", type=nonnegative_float, default=0.0)
     p.add_argument("--seed", type=int, default=None)
     p.add_argument("--progress", action="store_true", help="show a progress bar")
 
-    p = sub.add_parser("bench", help="end-to-end decode benchmark of every policy: NFE, tokens/forward, tokens/s")
-    _add_model_args(p)
-    p.add_argument("--policies", nargs="+", default=["vanilla", "fast_dllm", "streaming", "r2", "d3llm"],
-                   choices=sorted(POLICIES))  # fmt: skip
-    p.add_argument("--paths", nargs="+", default=["kernels", "reference"], choices=["kernels", "reference", "sdpa"])
-    p.add_argument("--batch", type=int, default=8)
-    p.add_argument("--repeats", type=int, default=1)
-    p.add_argument("--prompt-length", type=int, default=128, help="random prompts for a --model checkpoint")
-    p.add_argument("--gen-length", type=int, default=None)
-    p.add_argument("--block-length", type=int, default=None)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--out", default=None, help="write the table as JSON")
-
-    p = sub.add_parser("eval", help="every policy's accuracy / NFE / tokens per forward sweep and d3LLM's AUP")
+    p = command("eval", cmd_eval, "every policy's accuracy / NFE / tokens per forward sweep and d3LLM's AUP")
     _add_model_args(p)
     p.add_argument("--full", action="store_true", help="1000 problems and the full threshold sweeps (minutes)")
-    p.add_argument("--problems", type=int, default=None, help="held-out problems (default 64, --full 1000)")
-    p.add_argument("--policies", nargs="+", default=["vanilla", "fast_dllm", "streaming", "r2", "d3llm"],
-                   choices=["vanilla", "fast_dllm", "streaming", "r2", "d3llm"])  # fmt: skip
+    p.add_argument("--problems", type=positive_int, default=None, help="held-out problems (default 64, --full 1000)")
+    p.add_argument("--policies", nargs="+", default=bench_default, choices=policies)
     p.add_argument("--compare", nargs="*", default=None, metavar="DIR",
-                   help="more checkpoints on the same sweep (default: the shipped distilled one; --compare alone: none)")  # fmt: skip
+                   help="more checkpoints on the same sweep "
+                   "(default: the shipped distilled one; --compare alone: none)")  # fmt: skip
     p.add_argument("--label", default="base", help="name of --model in the tables")
     p.add_argument("--out", default=None, help="write NAME.md, NAME.json and NAME.png (accuracy vs TPF) here")
     p.add_argument("--name", default="eval")
-    p.add_argument("--batch", type=int, default=256)
+    p.add_argument("--batch", type=positive_int, default=256)
     p.add_argument("--seed", type=int, default=1234, help="held-out set seed")
-    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--threads", type=positive_int, default=2)
 
-    sub.add_parser("distill", help="d3LLM-style trajectory distillation of the embedded model (distill --help)")
+    p = command("distill", cmd_distill, "d3LLM-style trajectory distillation of the embedded model")
+    distill_arguments(p)
 
-    argv = sys.argv[1:] if argv is None else list(argv)
-    if argv[:1] == ["distill"]:  # its own parser (dllm_kernels.distill.main)
-        from .distill import main as distill_main
+    p = command("train", cmd_train, "train the tiny addition model from scratch and write its checkpoint")
+    train_arguments(p)
 
-        return distill_main(argv[1:])
-    args = parser.parse_args(argv)
-    if args.command == "demo":
-        from .demo import run
+    p = command("bench", cmd_bench, "end-to-end decode benchmark of every policy: NFE, tokens/forward, tokens/s")
+    _add_model_args(p)
+    p.add_argument("--policies", nargs="+", default=bench_default, choices=policies)
+    p.add_argument("--paths", nargs="+", default=["kernels", "reference"], choices=["kernels", "reference", "sdpa"])
+    p.add_argument("--batch", type=positive_int, default=8)
+    p.add_argument("--repeats", type=positive_int, default=1)
+    p.add_argument("--prompt-length", type=positive_int, default=128, help="random prompts for a --model checkpoint")
+    p.add_argument("--gen-length", type=positive_int, default=None, help="default: the task's, else 256")
+    p.add_argument("--block-length", type=positive_int, default=None, help="default: the task's, else 32")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", default=None, help="write the table as JSON")
+    return parser
 
-        return run(rows=args.rows, vocab=args.vocab)
-    return {"generate": cmd_generate, "bench": cmd_bench, "eval": cmd_eval}[args.command](args)
 
+def _one_line(text: str) -> str:
+    return " ".join(str(text).split())
+
+
+def main(argv=None) -> int:
+    """Run one command; returns its exit status (bad input: one line on stderr, status 2)."""
+    from ._env import use_interpreter_without_gpu
+
+    use_interpreter_without_gpu()  # before anything imports the kernels
+    argv = sys.argv[1:] if argv is None else [str(a) for a in argv]
+    args = None
+    try:
+        args = build_parser().parse_args(argv)
+        args.argv = argv
+        return args.run(args)
+    except Exception as e:
+        if getattr(args, "debug", False):
+            raise
+        # argparse's messages carry their prefix; the library's checks (ValueError / TypeError
+        # naming the argument) and file errors are bad input too; anything else is unexpected
+        prefix = "" if args is None else f"{PROG} {args.command}: error: "
+        if isinstance(e, (CLIError, ValueError, TypeError, OSError)):
+            print(prefix + _one_line(e), file=sys.stderr)
+            return 2
+        print(f"{prefix}{type(e).__name__}: {_one_line(e)} (--debug shows the traceback)", file=sys.stderr)
+        return 1
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -56,6 +56,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from ._argtypes import nonnegative_float, positive_float, positive_int
 from .loop import generate
 from .models import save_checkpoint
 from .models.default import DEFAULT_DISTILLED_DIR, DEFAULT_MODEL_DIR, default_model
@@ -192,18 +193,33 @@ def distill(model, task: AdditionTask, traj: Trajectories, cfg: DistillConfig, *
     return model.eval(), history
 
 
-def main(argv=None) -> int:
-    """Record teacher trajectories with the shipped model, distill a copy, write it (fp16) with
-    the tokenizer, task.json and distill.json."""
+_ARG_TYPES = {"problems": positive_int, "steps": positive_int, "batch_size": positive_int, "lr": positive_float,
+              "entropy_weight": nonnegative_float, "seed": int, "threads": positive_int}  # fmt: skip
+
+
+def add_arguments(ap: argparse.ArgumentParser) -> None:
+    """The options of ``python -m dllm_kernels distill`` (and of this module's :func:`main`)."""
     d = DistillConfig()
-    ap = argparse.ArgumentParser(prog="python -m dllm_kernels distill", description=main.__doc__)
     ap.add_argument("--variant", default=d.variant, choices=sorted(TEACHERS))
     ap.add_argument("--teacher", type=pathlib.Path, default=DEFAULT_MODEL_DIR)
     ap.add_argument("--out", type=pathlib.Path, default=None, help=f"default: {DEFAULT_DISTILLED_DIR} (d3 variant)")
-    for f in ("problems", "steps", "batch_size", "lr", "entropy_weight", "seed", "threads"):
-        ap.add_argument(f"--{f.replace('_', '-')}", type=type(getattr(d, f)), default=getattr(d, f))
+    for f, kind in _ARG_TYPES.items():
+        ap.add_argument(f"--{f.replace('_', '-')}", type=kind, default=getattr(d, f))
     ap.add_argument("--bf16", action=argparse.BooleanOptionalAction, default=d.bf16)
-    args = ap.parse_args(argv)
+
+
+def main(argv=None) -> int:
+    """Record teacher trajectories with the shipped model, distill a copy, write it (fp16) with
+    the tokenizer, task.json and distill.json."""
+    ap = argparse.ArgumentParser(prog="python -m dllm_kernels distill", description=main.__doc__)
+    add_arguments(ap)
+    command = ["python -m dllm_kernels distill", *(sys.argv[1:] if argv is None else argv)]
+    return run(ap.parse_args(argv), command)
+
+
+def run(args: argparse.Namespace, command: list[str]) -> int:
+    """:func:`main` on parsed options (``command``: the command line recorded in distill.json)."""
+    d = DistillConfig()
     if args.out is None:
         args.out = DEFAULT_DISTILLED_DIR if args.variant == "d3" else DEFAULT_DISTILLED_DIR.with_name("tiny-addition-r2")
     cfg = dataclasses.replace(d, **{f.name: getattr(args, f.name) for f in dataclasses.fields(d) if hasattr(args, f.name)})
@@ -223,7 +239,7 @@ def main(argv=None) -> int:
     tok.backend.save(str(args.out / "tokenizer.json"))
     task.save(args.out / "task.json")
     record = {
-        "command": " ".join(["python -m dllm_kernels distill", *(sys.argv[1:] if argv is None else argv)]),
+        "command": " ".join(command),
         "config": dataclasses.asdict(cfg),
         "teacher": {"checkpoint": args.teacher.name, "policy": policy, "overrides": overrides,
                     "problems": cfg.problems, "correct": len(traj), "seconds": round(teacher_s, 1)},  # fmt: skip

@@ -38,6 +38,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from ._argtypes import positive_float, positive_int
 from .eval import evaluate_vanilla
 from .models import DiffusionLM, ModelConfig, save_checkpoint
 from .models.default import DEFAULT_MODEL_DIR, default_model
@@ -131,23 +132,33 @@ def train(task: AdditionTask, cfg: TrainConfig, *, model_config: ModelConfig | N
     return model.eval(), history
 
 
+def add_arguments(ap: argparse.ArgumentParser) -> None:
+    """The options of ``python -m dllm_kernels train`` (and of this module's :func:`main`)."""
+    d = TrainConfig()
+    ap.add_argument("--out", type=pathlib.Path, default=DEFAULT_MODEL_DIR)
+    ap.add_argument("--steps", type=positive_int, default=d.steps)
+    ap.add_argument("--batch-size", type=positive_int, default=d.batch_size)
+    ap.add_argument("--lr", type=positive_float, default=d.lr)
+    ap.add_argument("--seed", type=int, default=d.seed)
+    ap.add_argument("--threads", type=positive_int, default=d.threads)
+    ap.add_argument("--bf16", action=argparse.BooleanOptionalAction, default=d.bf16)
+    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--heldout", type=positive_int, default=1000, help="held-out problems for the final accuracy")
+    ap.add_argument("--heldout-seed", type=int, default=1234)
+
+
 def main(argv=None) -> int:
     """Train the tiny model, write it as a checkpoint directory (fp16 weights, tokenizer.json,
     task.json, training.json), reload it and report its held-out vanilla accuracy."""
-    d = TrainConfig()
     ap = argparse.ArgumentParser(prog="python -m dllm_kernels.train", description=main.__doc__)
-    ap.add_argument("--out", type=pathlib.Path, default=DEFAULT_MODEL_DIR)
-    ap.add_argument("--steps", type=int, default=d.steps)
-    ap.add_argument("--batch-size", type=int, default=d.batch_size)
-    ap.add_argument("--lr", type=float, default=d.lr)
-    ap.add_argument("--seed", type=int, default=d.seed)
-    ap.add_argument("--threads", type=int, default=d.threads)
-    ap.add_argument("--bf16", action=argparse.BooleanOptionalAction, default=d.bf16)
-    ap.add_argument("--device", default="cpu")
-    ap.add_argument("--heldout", type=int, default=1000, help="held-out problems for the final accuracy")
-    ap.add_argument("--heldout-seed", type=int, default=1234)
-    args = ap.parse_args(argv)
+    add_arguments(ap)
+    command = ["python -m dllm_kernels.train", *(sys.argv[1:] if argv is None else argv)]
+    return run(ap.parse_args(argv), command)
 
+
+def run(args: argparse.Namespace, command: list[str]) -> int:
+    """:func:`main` on parsed options (``command``: the command line recorded in training.json)."""
+    d = TrainConfig()
     task = AdditionTask()
     cfg = dataclasses.replace(d, steps=args.steps, batch_size=args.batch_size, lr=args.lr, seed=args.seed,
                               threads=args.threads, bf16=args.bf16)  # fmt: skip
@@ -165,7 +176,7 @@ def main(argv=None) -> int:
     acc = evaluate_vanilla(model, task, task.heldout(args.heldout, seed=args.heldout_seed), tokenizer)
     print(f"held-out exact match, vanilla decoding: {acc.accuracy:.2f}% of {acc.n} ({time.perf_counter() - t0:.0f} s)")
     record = {
-        "command": " ".join(["python -m dllm_kernels.train", *(sys.argv[1:] if argv is None else argv)]),
+        "command": " ".join(command),
         "train_config": dataclasses.asdict(cfg),
         "task": dataclasses.asdict(task),
         "parameters": sum(p.numel() for p in model.parameters()),
