@@ -323,5 +323,6 @@ def main(argv=None) -> int:
         print(f"{prefix}{type(e).__name__}: {_one_line(e)} (--debug shows the traceback)", file=sys.stderr)
         return 1
 
+
 if __name__ == "__main__":
     sys.exit(main())
