@@ -84,7 +84,7 @@ def attention(
     (only ``k, v``; ``Lq == Lk`` up to 4096 and beyond).
 
     Args:
-        q: ``[B, Lq, Hq, D]`` queries, fp16/bf16/fp32, D in {64, 128}.
+        q: ``[B, Lq, Hq, D]`` queries, fp16/bf16/fp32, D in :data:`HEAD_DIMS` (16, 32, 64, 128).
         k, v: ``[B, Lk, Hkv, D]`` new keys/values (q's dtype and device), or both None.
             ``Hq % Hkv == 0`` (GQA: query head ``h`` reads KV head ``h // (Hq // Hkv)``).
         k_cache, v_cache: ``[B, Lmax, Hkv, D]`` cache, or both None. At least one K/V pair is given.
@@ -106,7 +106,8 @@ def attention(
         ``[B, Lq, Hq, D]`` in q's dtype (contiguous). A query row without any valid key gets 0.
 
     Precision: fp32 accumulation and online softmax (FlashAttention-2); P is rounded to the value
-    dtype before ``P V`` as in FlashAttention. fp32 inputs use IEEE fp32 dots (no TF32).
+    dtype before ``P V`` as in FlashAttention. fp32 inputs use 3xTF32 dots on the GPU (``tf32x3``:
+    close to fp32 accuracy, not plain TF32).
     """
     op = "attention"
     check_tensor(op, "q", q, ndim=4, dtypes=FLOAT_DTYPES)

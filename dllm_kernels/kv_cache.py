@@ -58,7 +58,8 @@ def refresh_kv_cache(
     and ``v_new[b, r - new_start[b]]``. Rows of blocks not listed are never read nor written.
 
     Args:
-        k_cache, v_cache: ``[B, Lmax, Hkv, D]`` caches (fp16/bf16/fp32, D in {64, 128}), updated in place.
+        k_cache, v_cache: ``[B, Lmax, Hkv, D]`` caches (fp16/bf16/fp32, D in ``HEAD_DIMS``: 16, 32,
+            64, 128), updated in place.
         k_new, v_new: ``[B, Ln, Hkv, D]`` recomputed K/V (the caches' dtype and device); row ``j``
             of batch row ``b`` holds canvas position ``new_start[b] + j``.
         block_ids: int32/int64 ``[B, nb]``, block indices in ``[0, ceil(Lmax / block_size))``,

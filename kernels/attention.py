@@ -64,7 +64,7 @@ def _attn_tile(
     HEAD_DIM: tl.constexpr,
     MASKED: tl.constexpr,  # the tile may run past the end of the range
     DOT_F32: tl.constexpr,  # interpreter: dot operands in fp32 (its bf16 dot is wrong)
-    DOT_PREC: tl.constexpr,  # "ieee" for fp32 inputs (no TF32), else the default
+    DOT_PREC: tl.constexpr,  # "tf32x3" for fp32 inputs (3xTF32, close to fp32), else "tf32"
 ):
     """One online-softmax step over ``BLOCK_N`` consecutive key rows."""
     o_n = tl.arange(0, BLOCK_N)
