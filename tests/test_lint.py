@@ -31,6 +31,7 @@ CLEAN_FILES = (
     "dllm_kernels/_argtypes.py",
     "dllm_kernels/models/checkpoint.py",
     "tests/test_cli.py",
+    "tests/test_docs.py",
     "tests/test_lint.py",
 )
 FORMAT_CHECK = False
