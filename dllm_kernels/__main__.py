@@ -65,11 +65,18 @@ def _parse_problem(text: str, n_digits: int):
 
 
 def _add_model_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--model", default=None, help="checkpoint directory (LLaDA/Dream HF format or native); "
-                   "default: the embedded tiny addition model")  # fmt: skip
+    p.add_argument(
+        "--model",
+        default=None,
+        help="checkpoint directory (LLaDA/Dream HF format or native); default: the embedded tiny addition model",
+    )
     p.add_argument("--device", default=None, help="default: cuda if available, else cpu")
-    p.add_argument("--dtype", default=None, choices=["float32", "bfloat16", "float16"],
-                   help="default: bfloat16 on cuda, float32 on cpu")  # fmt: skip
+    p.add_argument(
+        "--dtype",
+        default=None,
+        choices=["float32", "bfloat16", "float16"],
+        help="default: bfloat16 on cuda, float32 on cpu",
+    )
     p.add_argument("--backend", default="auto", choices=["auto", "triton", "reference"])
 
 
@@ -119,17 +126,27 @@ def cmd_generate(args) -> int:
     if task is not None and args.prompt is None:
         problem = _parse_problem(args.problem, task.n_digits)
         prompt_text, expected = task.prompt(problem), task.answer(problem)
-        print(f"problem  {problem.a} + {problem.b} = {problem.a + problem.b}   "
-              f"(digits least significant first: prompt {prompt_text!r})")  # fmt: skip
+        print(
+            f"problem  {problem.a} + {problem.b} = {problem.a + problem.b}   "
+            f"(digits least significant first: prompt {prompt_text!r})"
+        )
     else:
         prompt_text, expected = args.prompt or "", None
     try:
         ids = tok.encode(prompt_text)
     except Exception as e:  # the tokenizer's own error types
         raise CLIError(f"--prompt {prompt_text!r}: the tokenizer rejects it ({e})") from None
-    out = generate(model, [ids], policy=policy, gen_length=gen_length, block_length=block_length,
-                   temperature=args.temperature, seed=args.seed, backend=args.backend,
-                   progress=args.progress or gen_length >= 128)  # fmt: skip
+    out = generate(
+        model,
+        [ids],
+        policy=policy,
+        gen_length=gen_length,
+        block_length=block_length,
+        temperature=args.temperature,
+        seed=args.seed,
+        backend=args.backend,
+        progress=args.progress or gen_length >= 128,
+    )
     ids = out.generated[0].tolist()
     if tok.eos_id in ids:  # the answer ends at the first EOS (the rest of the region is EOS too)
         ids = ids[: ids.index(tok.eos_id) + 1]
@@ -161,12 +178,22 @@ def cmd_bench(args) -> int:
         default_gen, default_block = 256, 32
     gen_length = args.gen_length if args.gen_length is not None else default_gen
     block_length = args.block_length if args.block_length is not None else default_block
-    print(f"end-to-end decode benchmark on {device} ({torch.cuda.get_device_name() if device == 'cuda' else 'CPU'}), "
-          f"batch {len(prompts)}, gen {gen_length}, block {block_length}")  # fmt: skip
+    print(
+        f"end-to-end decode benchmark on {device} ({torch.cuda.get_device_name() if device == 'cuda' else 'CPU'}), "
+        f"batch {len(prompts)}, gen {gen_length}, block {block_length}"
+    )
     if device == "cpu":
         print("(on a CPU the kernel path runs on Triton's interpreter: compare NFE and tokens per forward, not time)")
-    benchmark.run(model, prompts, policies=args.policies, paths=args.paths, gen_length=gen_length,
-                  block_length=block_length, repeats=args.repeats, out=args.out)  # fmt: skip
+    benchmark.run(
+        model,
+        prompts,
+        policies=args.policies,
+        paths=args.paths,
+        gen_length=gen_length,
+        block_length=block_length,
+        repeats=args.repeats,
+        out=args.out,
+    )
     return 0
 
 
@@ -184,8 +211,9 @@ def cmd_eval(args) -> int:
     default = [DEFAULT_DISTILLED_DIR] if args.model is None and DEFAULT_DISTILLED_DIR.is_dir() else []
     for path in default if args.compare is None else args.compare:
         try:
-            models[pathlib.Path(path).name] = default_model(device=device, dtype=model.lm_head.weight.dtype,
-                                                            backend=args.backend, path=path)[0]  # fmt: skip
+            models[pathlib.Path(path).name] = default_model(
+                device=device, dtype=model.lm_head.weight.dtype, backend=args.backend, path=path
+            )[0]
         except (OSError, ValueError, TypeError) as e:
             raise CLIError(f"--compare {path}: {e}") from None
     n = args.problems if args.problems is not None else (1000 if args.full else 64)
@@ -194,8 +222,10 @@ def cmd_eval(args) -> int:
     sweeps = {p: sweeps.get(p, [{}]) for p in args.policies}
     problems = task.heldout(n, seed=args.seed)
     kind = "full" if args.full else "quick"
-    print(f"evaluating {', '.join(models)} on {n} held-out addition problems ({kind} sweep, {device}); "
-          "TPF = tokens up to EOS per forward, tok/s = this machine")  # fmt: skip
+    print(
+        f"evaluating {', '.join(models)} on {n} held-out addition problems ({kind} sweep, {device}); "
+        "TPF = tokens up to EOS per forward, tok/s = this machine"
+    )
     print(ev.HEADER)
     rows = ev.sweep(models, task, problems, tok, sweeps, batch_size=args.batch, backend=args.backend, log=print)
     print()
@@ -234,8 +264,12 @@ def build_parser() -> argparse.ArgumentParser:
     policies = sorted(POLICIES)
     bench_default = ["vanilla", "fast_dllm", "streaming", "r2", "d3llm"]  # d3llm_dream: Dream's numbers
     debug = _Parser(add_help=False)
-    debug.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
-                       help="on an error, show the traceback instead of one line")  # fmt: skip
+    debug.add_argument(
+        "--debug",
+        action="store_true",
+        default=argparse.SUPPRESS,
+        help="on an error, show the traceback instead of one line",
+    )
     parser = _Parser(prog=PROG, description="Fused Triton kernels for dLLM decoding.", parents=[debug])
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
@@ -253,8 +287,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--prompt", default=None, help="prompt text (default model: use --problem instead)")
     p.add_argument("--problem", default="98765+43210", help="default model: the addition to solve, 'a+b'")
     p.add_argument("--policy", default="fast_dllm", choices=policies)
-    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                   help="policy option, e.g. --set threshold=0.8 --set cache=dual (repeatable)")  # fmt: skip
+    p.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="policy option, e.g. --set threshold=0.8 --set cache=dual (repeatable)",
+    )
     p.add_argument("--gen-length", type=positive_int, default=None, help="default: the task's, else 256")
     p.add_argument("--block-length", type=positive_int, default=None, help="default: the task's, else 32")
     p.add_argument("--temperature", type=nonnegative_float, default=0.0)
@@ -266,9 +305,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--full", action="store_true", help="1000 problems and the full threshold sweeps (minutes)")
     p.add_argument("--problems", type=positive_int, default=None, help="held-out problems (default 64, --full 1000)")
     p.add_argument("--policies", nargs="+", default=bench_default, choices=policies)
-    p.add_argument("--compare", nargs="*", default=None, metavar="DIR",
-                   help="more checkpoints on the same sweep "
-                   "(default: the shipped distilled one; --compare alone: none)")  # fmt: skip
+    p.add_argument(
+        "--compare",
+        nargs="*",
+        default=None,
+        metavar="DIR",
+        help="more checkpoints on the same sweep (default: the shipped distilled one; --compare alone: none)",
+    )
     p.add_argument("--label", default="base", help="name of --model in the tables")
     p.add_argument("--out", default=None, help="write NAME.md, NAME.json and NAME.png (accuracy vs TPF) here")
     p.add_argument("--name", default="eval")

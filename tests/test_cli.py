@@ -179,15 +179,17 @@ def test_generate_solves_an_addition(capsys):
     assert rc == 0, err
     assert "98765 + 43210 = 141975" in out and "-> correct" in out
     # the largest operands the task allows are accepted
-    rc, out, err = _run(["generate", "--problem", "9999999999999999+1", "--policy", "d3llm_dream",
-                         "--backend", "reference"], capsys)  # fmt: skip
+    rc, out, err = _run(
+        ["generate", "--problem", "9999999999999999+1", "--policy", "d3llm_dream", "--backend", "reference"], capsys
+    )
     assert rc == 0, err
     assert "= 10000000000000000" in out and "policy   d3llm_dream" in out
 
 
 def test_eval_runs_d3llm_dream(capsys):
-    rc, out, err = _run(["eval", "--problems", "2", "--policies", "d3llm_dream", "--compare", "--backend", "reference"],
-                        capsys)  # fmt: skip
+    rc, out, err = _run(
+        ["eval", "--problems", "2", "--policies", "d3llm_dream", "--compare", "--backend", "reference"], capsys
+    )
     assert rc == 0, err
     assert "base" in out and "d3llm_dream" in out
 
@@ -206,7 +208,8 @@ def test_as_a_process():
     cmd = [sys.executable, "-m", "dllm_kernels", "generate", "--gen-length", "0"]
     r = subprocess.run(cmd, cwd=root, capture_output=True, text=True, timeout=300)
     assert r.returncode == 2 and r.stdout == ""
-    assert r.stderr.splitlines() == ["dllm-kernels generate: error: argument --gen-length: must be a positive integer, "
-                                     "got '0'"]  # fmt: skip
+    assert r.stderr.splitlines() == [
+        "dllm-kernels generate: error: argument --gen-length: must be a positive integer, got '0'"
+    ]
     r = subprocess.run([*cmd[:4], "--prompt", "", "--debug"], cwd=root, capture_output=True, text=True, timeout=300)
     assert r.returncode == 1 and "Traceback" in r.stderr and "every prompt needs at least one token" in r.stderr
