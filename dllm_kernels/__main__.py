@@ -257,12 +257,13 @@ def cmd_distill(args) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     """The parser of every subcommand; each sets ``args.run`` to its ``cmd_*`` function."""
+    from . import eval as ev
+    from .benchmark import DEFAULT_POLICIES
     from .distill import add_arguments as distill_arguments
     from .policies import POLICIES
     from .train import add_arguments as train_arguments
 
     policies = sorted(POLICIES)
-    bench_default = ["vanilla", "fast_dllm", "streaming", "r2", "d3llm"]  # d3llm_dream: Dream's numbers
     debug = _Parser(add_help=False)
     debug.add_argument(
         "--debug",
@@ -304,7 +305,9 @@ def build_parser() -> argparse.ArgumentParser:
     _add_model_args(p)
     p.add_argument("--full", action="store_true", help="1000 problems and the full threshold sweeps (minutes)")
     p.add_argument("--problems", type=positive_int, default=None, help="held-out problems (default 64, --full 1000)")
-    p.add_argument("--policies", nargs="+", default=bench_default, choices=policies)
+    p.add_argument(
+        "--policies", nargs="+", default=list(ev.QUICK_SWEEPS), choices=policies, help="default: those with a sweep"
+    )
     p.add_argument(
         "--compare",
         nargs="*",
@@ -327,7 +330,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = command("bench", cmd_bench, "end-to-end decode benchmark of every policy: NFE, tokens/forward, tokens/s")
     _add_model_args(p)
-    p.add_argument("--policies", nargs="+", default=bench_default, choices=policies)
+    p.add_argument("--policies", nargs="+", default=list(DEFAULT_POLICIES), choices=policies)
     p.add_argument("--paths", nargs="+", default=["kernels", "reference"], choices=["kernels", "reference", "sdpa"])
     p.add_argument("--batch", type=positive_int, default=8)
     p.add_argument("--repeats", type=positive_int, default=1)
