@@ -6,7 +6,6 @@ Most invocations run in-process (``main(argv)``; a subprocess costs the torch im
 two run ``python -m dllm_kernels`` for the real exit status and stderr.
 """
 
-import pathlib
 import shutil
 import subprocess
 import sys
@@ -202,14 +201,14 @@ def test_every_command_has_help(command, capsys):
     assert f"dllm-kernels {command}" in capsys.readouterr().out
 
 
-def test_as_a_process():
-    """``python -m dllm_kernels``: the exit status and stderr a shell sees."""
-    root = pathlib.Path(__file__).resolve().parents[1]
+def test_as_a_process(tmp_path):
+    """``python -m dllm_kernels``: the exit status and stderr a shell sees (run outside the
+    checkout, so that the installed package is imported whatever the kind of install)."""
     cmd = [sys.executable, "-m", "dllm_kernels", "generate", "--gen-length", "0"]
-    r = subprocess.run(cmd, cwd=root, capture_output=True, text=True, timeout=300)
+    r = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=300)
     assert r.returncode == 2 and r.stdout == ""
     assert r.stderr.splitlines() == [
         "dllm-kernels generate: error: argument --gen-length: must be a positive integer, got '0'"
     ]
-    r = subprocess.run([*cmd[:4], "--prompt", "", "--debug"], cwd=root, capture_output=True, text=True, timeout=300)
+    r = subprocess.run([*cmd[:4], "--prompt", "", "--debug"], cwd=tmp_path, capture_output=True, text=True, timeout=300)
     assert r.returncode == 1 and "Traceback" in r.stderr and "every prompt needs at least one token" in r.stderr
