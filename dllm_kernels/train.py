@@ -46,8 +46,8 @@ from .task import PAD, AdditionTask, build_tokenizer
 
 
 def tiny_addition_config(tokenizer) -> ModelConfig:
-    """The shipped model: 4 layers, d_model 128, 2 heads of 64 (the attention kernel's smallest
-    head_dim), SwiGLU 384, LLaDA-style (no logit shift, no GQA, untied head): 0.86 M parameters."""
+    """The shipped model: 4 layers, d_model 128, 2 heads of 64 (the smallest head dim with GPU tiles
+    of its own), SwiGLU 384, LLaDA-style (no logit shift, no GQA, untied head): 0.86 M parameters."""
     return ModelConfig(vocab_size=tokenizer.backend.get_vocab_size(), d_model=128, n_layers=4, n_heads=2,
                        n_kv_heads=2, head_dim=64, ffn_dim=384, mask_id=tokenizer.mask_id, eos_id=tokenizer.eos_id,
                        pad_id=tokenizer.special_ids[PAD], max_seq_len=128)  # fmt: skip
