@@ -132,7 +132,7 @@ CPU_CONFIG = {
 
 
 class Clock:
-    """GPU: do_bench medians (ms) with p20/p80; CPU: perf_counter medians of a few calls."""
+    """GPU: do_bench medians (ms) with p20/p80; CPU: the perf_counter time of one call."""
 
     def __init__(self, cuda: bool):
         self.cuda = cuda
@@ -384,11 +384,18 @@ class Run:
                 "flex_compiled": ac.flex(compiled=not self.cpu),
             }
             base = {"case": f"{model} B{B} q{Lq} c{cache}+{Lq}", "model": model, "Hq": Hq, "Hkv": Hkv}
+            nbytes = ac.kv_bytes(k, kc)
             for impl, fn in cands.items():
-                row = self.measure(rec, {**base, "impl": impl}, lambda: fn(*args), bytes_=ac.kv_bytes(k, kc))
+                row = self.measure(rec, {**base, "impl": impl}, lambda: fn(*args), bytes_=nbytes)
                 if getattr(fn, "gqa", None):
                     row["gqa"] = fn.gqa
-            del q, k, v, kc, vc
+            # the baselines again on K/V joined beforehand: the attention alone, without the
+            # per-step torch.cat that the decoders pay (same shapes: no recompile)
+            joined = (q, torch.cat([kc, k], 1), torch.cat([vc, v], 1), None, None)
+            for impl, fn in cands.items():
+                if impl != "kernel":
+                    self.measure(rec, {**base, "impl": f"{impl}_prejoined"}, lambda: fn(*joined), bytes_=nbytes)
+            del q, k, v, kc, vc, joined
         _speedups(rec["rows"], "kernel", key="case")
 
     def refresh_commit(self, rec):
