@@ -103,3 +103,24 @@ def test_markdown_and_png(cpu_run):
         assert (out / doc["png"]).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     else:
         assert "matplotlib" in doc["png_skipped"]
+
+
+def test_runs_from_the_checkout_without_an_install():
+    """The GPU image has no build backend: the driver maps dllm_kernels.kernels / .reference to
+    the checkout's kernels/ and reference/ itself. Checked with this venv's editable-install
+    finder removed, so only the driver's mapping can resolve them."""
+    code = (
+        "import sys\n"
+        "sys.meta_path[:] = [f for f in sys.meta_path if not str(getattr(f, '__module__', '')).startswith('__editable__')]\n"
+        "sys.path_hooks[:] = [h for h in sys.path_hooks if '__editable__' not in repr(h)]\n"
+        f"sys.path.insert(0, {str(ROOT / 'bench')!r})\n"
+        "import gpu_check\n"
+        "gpu_check.use_working_tree()\n"
+        "import dllm_kernels, dllm_kernels.kernels.attention as a, dllm_kernels.reference as r\n"
+        "print(dllm_kernels.__file__, a.__file__, r.__file__, sep='\\n')\n"
+    )
+    env = {**os.environ, "TRITON_INTERPRET": "1"}
+    proc = subprocess.run([sys.executable, "-c", code], cwd="/", env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    files = [pathlib.Path(p) for p in proc.stdout.split()]
+    assert files == [ROOT / "dllm_kernels" / "__init__.py", ROOT / "kernels" / "attention.py", ROOT / "reference" / "__init__.py"]
