@@ -495,6 +495,7 @@ class Run:
     # -- the report ---------------------------------------------------------------------------
 
     def report(self):
+        self.doc["targets"] = check_targets(self.doc)
         md = render_markdown(self.doc)
         (self.out / f"{self.stem}.md").write_text(md)
         png = self.out / f"{self.stem}.png"
@@ -583,6 +584,39 @@ def _jsonable(x):
 # ------------------------------------------------------------------------------------------------
 
 
+def check_targets(doc: dict) -> list[dict]:
+    """The issue's targets against this run's numbers (``met`` None: not measured)."""
+    ph = doc.get("phases", {})
+    out = []
+
+    def rows(name, **kw):
+        return [r for r in ph.get(name, {}).get("rows", []) if "error" not in r and all(r.get(k) == v for k, v in kw.items())]
+
+    def add(target, value, ok):
+        out.append({"target": target, "value": value, "met": None if value is None else bool(ok(value))})
+
+    ts = rows("token_stats")
+    counts = sorted({r["rows"] for r in ts})
+    for n in counts:
+        k = next((r for r in ts if r["rows"] == n and r["impl"] == "kernel"), None)
+        need = 0.8 if n == counts[-1] and len(counts) > 1 else 0.5
+        add(f"token_stats {n} rows: >= {need:.0%} of copy", k and k.get("frac_copy"), lambda v, need=need: v >= need)
+        for impl, x in (("fast_dllm_fp32", 10), ("fast_dllm_fp32_compiled", 3)):
+            b = next((r for r in ts if r["rows"] == n and r["impl"] == impl), None)
+            add(f"token_stats {n} rows: >= {x}x {impl}", b and b.get("kernel_speedup"), lambda v, x=x: v >= x)
+    at = rows("attention")
+    for model in dict.fromkeys(r["model"] for r in at):
+        k = next((r for r in at if r["model"] == model and r["impl"] == "kernel"), None)
+        add(f"attention {model}: >= 80% of copy on K/V", k and k.get("frac_copy"), lambda v: v >= 0.8)
+        base = [r["kernel_speedup"] for r in at if r["model"] == model and r["impl"] != "kernel" and "kernel_speedup" in r]
+        add(f"attention {model}: >= 1.2x the best baseline", min(base) if base else None, lambda v: v >= 1.2)
+    k = next((r for r in rows("refresh_commit", op="refresh_kv_cache", impl="triton")), None)
+    add("refresh_kv_cache: >= 80% of copy", k and k.get("frac_copy"), lambda v: v >= 0.8)
+    for r in rows("refresh_commit", op="commit", impl="triton"):
+        add(f"{r['case']}: < 10 us per launch from a graph", r.get("graph_us"), lambda v: v < 10)
+    return out
+
+
 def _fmt(v, spec):
     return "" if v is None else format(v, spec)
 
@@ -626,6 +660,10 @@ def render_markdown(doc: dict) -> str:
             )
         if ph[name].get("status") not in ("ok",):
             lines.append(f"| {name} | status: {ph[name].get('status')} {ph[name].get('error', '')[:100]} | | | | | | | |")
+    lines += ["", "Targets (issue 15):", ""]
+    for t in doc.get("targets", []):
+        mark = {True: "met", False: "NOT met", None: "not measured"}[t["met"]]
+        lines.append(f"- {t['target']}: {mark} ({_fmt(t['value'], '.3g') or '-'})")
     lines += ["", "step rows: median ms per forward of `generate`; 'of copy' there is the weights-read floor "
               "(layers + LM head at the copy rate) over it. kernel speedup: candidate time / kernel time."]  # fmt: skip
     return "\n".join(lines) + "\n"

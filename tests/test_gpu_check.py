@@ -98,6 +98,11 @@ def test_markdown_and_png(cpu_run):
         if name != "tests":
             assert f"| {name} |" in md, name
     assert "GPU tests" in md
+    # the targets judged from the run's own numbers (CUDA-graph times do not exist on a CPU)
+    targets = {t["target"]: t for t in doc["targets"]}
+    assert all(f"- {name}: " in md for name in targets)
+    measured = [t for name, t in targets.items() if not name.startswith("commit")]
+    assert len(measured) == 2 * 3 + 2 * 2 + 1 and all(t["met"] is not None for t in measured)
     assert md.strip() in stdout  # the table ends the run's output
     if doc.get("png"):
         assert (out / doc["png"]).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
