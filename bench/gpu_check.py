@@ -44,6 +44,7 @@ import math
 import os
 import pathlib
 import platform
+import re
 import signal
 import statistics
 import subprocess
@@ -312,7 +313,7 @@ class Run:
     def tests(self, rec):
         cfg = self.cfg
         budget = max(10.0, min(cfg["tests_budget_s"], self.left() - 60))
-        args = ["-m", "gpu", "-q", "-rfE", "-p", "no:cacheprovider", *cfg["tests"]]
+        args = ["-m", "gpu", "-v", "-rfE", "-p", "no:cacheprovider", *cfg["tests"]]
         if importlib.util.find_spec("pytest_timeout"):
             args += [f"--timeout={cfg['tests_per_test_timeout_s']}"]
         if cfg["tests_workers"] > 1 and importlib.util.find_spec("xdist"):  # one GPU, several processes
@@ -323,14 +324,25 @@ class Run:
         rec["budget_s"] = budget
         t = time.monotonic()
         with open(log, "w") as f:
+            # its own session, so that a timeout ends the xdist workers too (not only pytest)
+            proc = subprocess.Popen(cmd, cwd=ROOT, stdout=f, stderr=subprocess.STDOUT, start_new_session=True)
             try:
-                rc = subprocess.run(cmd, cwd=ROOT, stdout=f, stderr=subprocess.STDOUT, timeout=budget).returncode
+                rc = proc.wait(timeout=budget)
             except subprocess.TimeoutExpired:
                 rc = None
+            except Terminated:  # the global timeout: what finished still counts
+                rec["counts"] = _pytest_counts(log.read_text(errors="replace"))
+                raise
+            finally:
+                if proc.poll() is None:
+                    os.killpg(proc.pid, signal.SIGKILL)
+                    proc.wait()
         text = log.read_text(errors="replace")
         rec["returncode"] = rc
         rec["timed_out"] = rc is None
         rec["wall_s"] = time.monotonic() - t
+        # per-test lines (-v), so a run cut by the budget still counts what it finished
+        rec["counts"] = _pytest_counts(text)
         rec["summary"] = _pytest_summary(text)
         rec["failures"] = [ln for ln in text.splitlines() if ln.startswith(("FAILED ", "ERROR "))][:40]
         rec["log"] = log.name
@@ -338,7 +350,7 @@ class Run:
             rec["status"] = "partial"
         elif rc not in (0, 5):  # 5: nothing collected
             rec["status"] = "failed"
-        print(f"   {rec['summary'] or 'no summary'} (rc {rc}, {rec['wall_s']:.0f} s, log {log})", flush=True)
+        print(f"   {rec['summary'] or rec['counts']} (rc {rc}, {rec['wall_s']:.0f} s, log {log})", flush=True)
 
     def token_stats(self, rec):
         import token_stats_cases as tsc
@@ -559,6 +571,23 @@ def _speedups(rows, kernel_impl: str, key: str):
             r["kernel_speedup"] = r["ms"] / k["ms"]
 
 
+_VERBOSE_LINE = re.compile(  # "path::test PASSED [ 25%]", or with xdist "[gw0] [ 10%] PASSED path::test"
+    r"^(?:\[gw\d+\] \[\s*\d+%\] (PASSED|FAILED|SKIPPED|ERROR|XFAIL|XPASS) \S+::"
+    r"|\S+::\S.* (PASSED|FAILED|SKIPPED|ERROR|XFAIL|XPASS)\s+\[\s*\d+%\])",
+    re.M,
+)
+
+
+def _pytest_counts(text: str) -> dict:
+    """Outcomes of the tests that finished, from pytest -v lines (there is no summary line when
+    the budget cuts the run)."""
+    counts: dict = {}
+    for m in _VERBOSE_LINE.finditer(text):
+        word = (m.group(1) or m.group(2)).lower()
+        counts[word] = counts.get(word, 0) + 1
+    return counts
+
+
 def _pytest_summary(text: str) -> str:
     for line in reversed(text.splitlines()):
         s = line.strip().strip("=").strip()
@@ -636,7 +665,7 @@ def render_markdown(doc: dict) -> str:
     ]
     t = ph.get("tests")
     if t:
-        lines += [f"GPU tests (`{t.get('command')}`): {t.get('summary') or t.get('error') or 'no summary'} "
+        lines += [f"GPU tests (`{t.get('command')}`): {t.get('summary') or t.get('error') or t.get('counts')} "
                   f"(status {t['status']}, {_fmt(t.get('wall_s'), '.0f')} s)", ""]  # fmt: skip
         lines += [f"- {f}" for f in t.get("failures", [])] + ([""] if t.get("failures") else [])
     lines += [
