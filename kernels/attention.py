@@ -22,7 +22,12 @@ whose range is empty ends with ``l = 0`` and writes 0.
 
 GQA: the ``G = Hq / Hkv`` query heads of a KV head are folded into the M dimension (tile row
 ``r = l * G + g`` is query position ``l``, head ``h * G + g``), so each K/V tile is read once per
-KV head for all of its query heads. This is what makes Dream's 28/4 heads bandwidth-efficient.
+KV head for all of its query heads. The query tile is sized to the packed rows ``M = Lq * G`` of a
+decode step (32, 64, 128 or 256 rows), so one program holds all of them: LLaDA's 32-query block
+(G = 1) fills a 32-row tile instead of half a 64-row one, and Dream's 32 queries x 7 heads (224
+rows) fit one 256-row tile instead of two 128-row tiles that each re-read the K/V of the group.
+Each K/V byte of the range is then read once per (batch entry, KV head). Larger M (pruned
+suffixes with GQA, prefill) uses 128-row tiles.
 
 Memory traffic: K/V rows in the key range are read once per (query tile, split); q read once,
 o written once. Decode shapes (few queries, long keys) have too few (batch, head) pairs to fill
@@ -275,42 +280,98 @@ class _Tiles:
 
 
 # Not tuned on a GPU yet (none was available): FA2-tutorial-like tiles, 3-stage cp.async
-# pipelines. Up to 64 query rows (LLaDA's 32-token block) the kernel streams K/V with one query
-# tile; larger M (GQA folding, pruned suffixes, prefill) uses 128-row tiles. 110-130 KiB of
-# shared memory per program leaves one program per SM, so registers (up to 255 with 8 warps) do
-# not limit occupancy.
+# pipelines; the query tile is the smallest of 32 / 64 / 128 / 256 rows that holds the packed
+# rows M = Lq * G of a decode step (see the module docstring), 128 rows beyond that. ptxas
+# (sm_90a, bf16, D=128, split / unsplit): BM=32 x 4 warps 225 / 255 registers, 76 KiB shared
+# (two programs per SM); BM=64 x 8 warps 182 / 175; BM=128 x 8 warps 226 / 224; BM=256 x 16
+# warps 128 / 128 (the cap of 512 threads), 160 KiB, no spill when SPLIT but 128 B of spills
+# unsplit, so the 256-row tile is used only together with a key split (always the case at decode
+# shapes with a cache; without one the launcher falls back to two 128-row tiles).
+# Launch plans at the models' decode step (B 8, 32 queries, 2048 cached + 32 new keys, bf16,
+# 4 x 132 programs wanted; _plan, checked by tests/test_attention.py), before -> after packing:
+#   LLaDA 32/32 heads: 64-row tile half empty, 3 splits, 768 programs, K/V read once (273 MB)
+#                   -> 32-row tile full, 3 splits, 768 programs, the same 273 MB
+#   Dream 28/4 heads: two 128-row tiles x 4 splits, 256 programs, K/V read twice (68 MB)
+#                   -> one 256-row tile (224 rows used) x 4 splits, 128 programs, K/V once (34 MB)
+# (At B 1 Dream gets 16 programs: the split count is capped by the partials' traffic.)
 _GPU_TILES = {
-    # (head_dim, M <= 64): tiles
-    (64, True): _Tiles(64, 64, 4, 3),
-    (64, False): _Tiles(128, 64, 8, 3),
-    (128, True): _Tiles(64, 64, 8, 3),
-    (128, False): _Tiles(128, 64, 8, 3),
+    # (head_dim, block_m): tiles
+    (64, 32): _Tiles(32, 64, 4, 3),
+    (64, 64): _Tiles(64, 64, 4, 3),
+    (64, 128): _Tiles(128, 64, 8, 3),
+    (64, 256): _Tiles(256, 64, 16, 3),
+    (128, 32): _Tiles(32, 64, 4, 3),
+    (128, 64): _Tiles(64, 64, 8, 3),
+    (128, 128): _Tiles(128, 64, 8, 3),
+    (128, 256): _Tiles(256, 64, 16, 3),
 }
 # fp32 inputs (a testing dtype; 3xTF32 dots, which spill) use one small tile whatever M is
 _GPU_TILES_FP32 = {64: _Tiles(64, 32, 4, 2), 128: _Tiles(64, 32, 8, 2)}
-_SMALL_M = 64
+_PACK_M = 256  # the largest query tile: a KV group's packed rows up to this fit one program
 _COMBINE_BLOCK_R = 16
 
 
-def _tiles(M: int, D: int, dtype: torch.dtype, max_keys: int, block_n: int | None) -> _Tiles:
-    if IS_INTERPRET:  # ~0.4 ms per tl op per program whatever the tile: few programs, big tiles
+def _block_m(M: int) -> int:
+    """Query rows per tile: the packed rows of a decode step in one tile, 128 beyond _PACK_M."""
+    return max(32, next_pow2(M)) if M <= _PACK_M else 128
+
+
+def _tiles(M: int, D: int, dtype: torch.dtype, max_keys: int, block_n: int | None, interpret: bool = IS_INTERPRET) -> _Tiles:
+    if interpret:  # ~0.4 ms per tl op per program whatever the tile: few programs, big tiles
         bn = block_n or min(64, max(16, next_pow2(max_keys)))
-        return _Tiles(min(128, max(16, next_pow2(M))), bn, 4, 1)
+        return _Tiles(min(_PACK_M, max(16, next_pow2(M))), bn, 4, 1)
     Dt = max(D, 64)
-    t = _GPU_TILES_FP32[Dt] if dtype == torch.float32 else _GPU_TILES[(Dt, M <= _SMALL_M)]
+    t = _GPU_TILES_FP32[Dt] if dtype == torch.float32 else _GPU_TILES[(Dt, _block_m(M))]
     return t if block_n is None else _Tiles(t.block_m, block_n, t.num_warps, t.num_stages)
 
 
-def _num_splits(B: int, Hkv: int, M: int, n_m: int, max_keys: int, tiles: _Tiles, elem: int, device) -> int:
-    """Splits of the key range: enough programs to fill the GPU, at least two key tiles each, and
-    no more partial-output traffic (M rows x D x 4 bytes, written and read back) per (b, h) than
-    the K/V bytes (keys x D x 2 x elem) the splits read."""
-    if IS_INTERPRET:
-        return 1
+def _num_splits(B: int, Hkv: int, M: int, n_m: int, max_keys: int, tiles: _Tiles, elem: int, programs: int) -> int:
+    """Splits of the key range: enough programs to fill the GPU (``programs``), at least two key
+    tiles each, and no more partial-output traffic (M rows x D x 4 bytes, written and read back)
+    per (b, h) than the K/V bytes (keys x D x 2 x elem) the splits read."""
     base = B * Hkv * n_m
-    fill = cdiv(programs_target(device), base)
+    fill = cdiv(programs, base)
     traffic = max_keys * elem // (4 * M)
     return max(1, min(_MAX_SPLITS, fill, cdiv(max_keys, tiles.block_n) // 2, traffic))
+
+
+@dataclass(frozen=True)
+class _Plan:
+    """How one call is launched: tiles, query tiles per (batch entry, KV head), key splits."""
+
+    tiles: _Tiles
+    n_m: int
+    splits: int
+    chunk: int  # logical keys per split, a multiple of tiles.block_n
+
+    def programs(self, B: int, Hkv: int) -> int:
+        return self.n_m * self.splits * B * Hkv
+
+
+def _plan(
+    B: int, Lq: int, Hq: int, Hkv: int, D: int, max_keys: int, dtype: torch.dtype, *, programs: int,
+    num_splits: int | None = None, block_n: int | None = None, interpret: bool = IS_INTERPRET,
+) -> _Plan:  # fmt: skip
+    """Pure function of the shapes (tests read the GPU plan of the models' decode shapes on any
+    machine: ``programs`` is what ``programs_target`` gives, 4 x 132 on an H100 / H200)."""
+    M = Lq * (Hq // Hkv)
+    elem = torch.empty((), dtype=dtype).element_size()
+
+    def splits_for(tiles: _Tiles, n_m: int) -> int:
+        if num_splits is not None:
+            return max(1, int(num_splits))
+        return 1 if interpret else _num_splits(B, Hkv, M, n_m, max_keys, tiles, elem, programs)
+
+    tiles = _tiles(M, D, dtype, max_keys, block_n, interpret)
+    n_m = cdiv(M, tiles.block_m)
+    splits = splits_for(tiles, n_m)
+    if not interpret and tiles.block_m == _PACK_M and splits == 1:  # see _GPU_TILES: spills unsplit
+        tiles = _GPU_TILES[(max(D, 64), 128)]
+        tiles = tiles if block_n is None else _Tiles(tiles.block_m, block_n, tiles.num_warps, tiles.num_stages)
+        n_m = cdiv(M, tiles.block_m)
+        splits = splits_for(tiles, n_m)
+    chunk = max(cdiv(cdiv(max(max_keys, 1), splits), tiles.block_n) * tiles.block_n, tiles.block_n)
+    return _Plan(tiles, n_m, max(1, cdiv(max_keys, chunk)), chunk)
 
 
 def attention(
@@ -344,16 +405,11 @@ def attention(
     Lmax = k_cache.shape[1] if k_cache is not None else 0
     Hkv = k_.shape[2]
     G = Hq // Hkv
-    M = Lq * G
     max_keys = Lk + Lmax
 
-    tiles = _tiles(M, D, q.dtype, max_keys, block_n)
-    n_m = cdiv(M, tiles.block_m)
-    splits = _num_splits(B, Hkv, M, n_m, max_keys, tiles, q.element_size(), q.device)
-    if num_splits is not None:
-        splits = max(1, int(num_splits))
-    chunk = max(cdiv(cdiv(max(max_keys, 1), splits), tiles.block_n) * tiles.block_n, tiles.block_n)
-    splits = max(1, cdiv(max_keys, chunk))
+    plan = _plan(B, Lq, Hq, Hkv, D, max_keys, q.dtype, programs=programs_target(q.device), num_splits=num_splits,
+                 block_n=block_n)  # fmt: skip
+    tiles, n_m, splits, chunk = plan.tiles, plan.n_m, plan.splits, plan.chunk
 
     if B * Hkv > _MAX_GRID_Z:
         raise ValueError(f"attention: batch x KV heads = {B * Hkv} exceeds the {_MAX_GRID_Z} programs of a grid axis")
@@ -409,9 +465,9 @@ def _aot_specs_fwd():
     for dtype, ty in TORCH_TO_TRITON.items():
         tiles = list(_GPU_TILES_FP32.items()) if dtype == torch.float32 else [(D, t) for (D, _), t in _GPU_TILES.items()]
         if dtype != torch.float32:  # the small head dims run on the D=64 tiles (small models only)
-            tiles += [(D, _GPU_TILES[(64, True)]) for D in HEAD_DIMS if D < 64]
+            tiles += [(D, t) for D in HEAD_DIMS if D < 64 for (Dt, _), t in _GPU_TILES.items() if Dt == 64]
         for D, t in tiles:
-            for split in (False, True):
+            for split in (False, True) if t.block_m < _PACK_M else (True,):  # see _plan
                 specs.append(
                     AotSpec(
                         name=f"attention_fwd[{ty},D={D},BM={t.block_m},split={split}]",

@@ -114,6 +114,61 @@ def test_tiles_and_tails(device, block_n):
     assert_attention_close(got, ref, ref)
 
 
+# decode steps with the query heads of a KV group packed into one tile: GQA 7:1 (Dream's ratio,
+# 32 x 7 = 224 rows in one 256-row tile) and MHA (LLaDA: 32 rows), ragged cache and new lengths
+PACKED_CASES = [
+    pytest.param(2, 32, 7, 1, id="gqa7-32q"),
+    pytest.param(2, 32, 14, 2, id="gqa7-2kv-32q"),
+    pytest.param(2, 32, 3, 3, id="mha-32q"),
+]
+
+
+@pytest.mark.parametrize("num_splits", [None, 2], ids=["one-split", "split2"])
+@pytest.mark.parametrize("B, Lq, Hq, Hkv", PACKED_CASES)
+def test_packed_query_heads(device, B, Lq, Hq, Hkv, num_splits):
+    q, k, v, kw = make_inputs(B, Lq, Hq, Hkv, 64, Lk=Lq, Lmax=40, cache_len=[40, 9], kv_len=[Lq, 5],
+                              key_start=[0, 2], dtype=torch.float16, device=device)  # fmt: skip
+    got = kernels.attention(q, k, v, kw["k_cache"], kw["v_cache"], kw["cache_len"], kw["kv_len"], kw["key_start"],
+                            0.125, num_splits=num_splits, block_n=16)  # fmt: skip
+    assert_attention_close(got, reference.attention(q, k, v, scale=0.125, **kw), attention_lowp(q, k, v, scale=0.125, **kw))
+
+
+H200_PROGRAMS = 4 * 132  # programs_target on an H100 / H200 (132 SMs)
+
+
+def _kv_bytes_read(plan, B, Hkv, keys, D, elem=2):
+    """K/V bytes one call reads: every query tile of a (batch entry, KV head) streams its keys."""
+    return plan.n_m * B * Hkv * keys * D * 2 * elem
+
+
+@pytest.mark.parametrize("Hq, Hkv, block_m", [(32, 32, 32), (28, 4, 256)], ids=["llada", "dream"])
+def test_decode_plan_reads_kv_once(Hq, Hkv, block_m):
+    """The GPU launch plan at the models' decode shape (B 8, 32 queries, 2048 cached + 32 new
+    keys), computed without a GPU: one query tile per (batch entry, KV head), so each K/V byte is
+    read once, and a tile at least 7/8 full (before packing: LLaDA 32 of 64 rows, Dream two
+    128-row tiles, i.e. K/V read twice)."""
+    B, Lq, D, keys = 8, 32, 128, 2048 + 32
+    plan = kernels._plan(B, Lq, Hq, Hkv, D, keys, torch.bfloat16, programs=H200_PROGRAMS, interpret=False)
+    assert plan.tiles.block_m == block_m and plan.n_m == 1
+    assert Lq * (Hq // Hkv) / plan.tiles.block_m >= 7 / 8
+    assert _kv_bytes_read(plan, B, Hkv, keys, D) == B * Hkv * keys * D * 2 * 2
+    assert plan.splits > 1 and plan.splits * plan.chunk >= keys
+
+
+@pytest.mark.parametrize("D", [64, 128])
+@pytest.mark.parametrize("Lq, Hq, Hkv", [(1, 4, 4), (32, 32, 32), (32, 28, 4), (97, 28, 4), (48, 6, 1), (7, 8, 8)])
+@pytest.mark.parametrize("keys", [64, 300, 4096])
+def test_gpu_plans_are_compiled_configurations(D, Lq, Hq, Hkv, keys):
+    """Every tile the launcher picks on a GPU is one that tests/test_compile_sm90.py compiles
+    (same tile and SPLIT flag), including the 256-row tile, which exists only with SPLIT."""
+    compiled = {(s.constexprs["HEAD_DIM"], s.constexprs["BLOCK_M"], s.constexprs["BLOCK_N"], s.num_warps,
+                 s.num_stages, s.constexprs["SPLIT"]) for s in kernels.aot_specs() if s.name.startswith("attention_fwd[bf16")}  # fmt: skip
+    for B in (1, 8, 64):
+        plan = kernels._plan(B, Lq, Hq, Hkv, D, keys, torch.bfloat16, programs=H200_PROGRAMS, interpret=False)
+        t = plan.tiles
+        assert (D, t.block_m, t.block_n, t.num_warps, t.num_stages, plan.splits > 1) in compiled, plan
+
+
 def test_rows_without_keys_are_zero(device):
     q, k, v, kw = make_inputs(3, 4, 2, 1, 64, Lk=6, Lmax=8, cache_len=[0, 8, 3], kv_len=[0, 6, 2],
                               key_start=[0, 14, 2], device=device)  # fmt: skip

@@ -1,0 +1,768 @@
+"""The GPU check: every GPU claim of the library measured in one run of at most 8 minutes.
+
+    bash scripts/gpu_check.sh             # on a CUDA machine (H100 / H200): results in bench/results/gpu-check.*
+    bash scripts/gpu_check.sh --cpu       # the same driver on Triton's interpreter, tiny shapes (CI)
+    python3 bench/gpu_check.py --help
+
+Phases, in this order; the JSON is rewritten after each one, so a run cut short still returns
+what it measured:
+
+1. ``ceilings``: device-to-device copy bandwidth (bytes read + written) and the bf16 matmul rate
+   on random data. Every later figure is also given as a fraction of what the card did in the same
+   run (``ceilings_end`` measures them again at the end, to show drift).
+2. ``tests``: ``pytest -m gpu`` (every kernel natively against its reference, CUDA-graph capture,
+   the sync-free step), in a subprocess with a hard time budget and a per-test timeout.
+3. ``token_stats``: 32 and 1024 rows of V = 126464 (bf16): the kernel, the eager reference, the
+   decoders' own fp32 code (argmax, softmax, gather of the argmax' probability, as Fast-dLLM
+   writes it) and ``torch.compile`` of that code (compiled once per shape, the compile timed).
+   TB/s of logits read.
+4. ``attention``: LLaDA (32/32 heads) and Dream (28/4) decode steps, B 8, 32 queries, 2048 cached
+   + 32 new keys, head_dim 128: the kernel vs SDPA (flash, cuDNN) and compiled FlexAttention on
+   the concatenated K/V (what the public decoders run). TB/s of K/V read.
+5. ``refresh_commit``: ``refresh_kv_cache`` (TB/s of bytes moved) and ``commit`` (B 64): GPU time
+   per call from a CUDA-graph replay, and host microseconds per eager call.
+6. ``step``: ``generate`` on a model with LLaDA-8B's layer shape (``llada_8b_layer(2)``, random
+   bf16 weights), kernel path vs the SDPA path of the public decoders, B 1 and 8: ms per forward.
+7. ``ceilings_end``; then a markdown table and one PNG (skipped with a message without matplotlib).
+
+Kernel times are ``triton.testing.do_bench`` medians (CUDA events, L2 flushed before every call)
+with p20/p80. The CPU mode (``--cpu``) runs the same phases on Triton's interpreter with tiny
+shapes in seconds: its numbers mean nothing, it only keeps this script from rotting
+(tests/test_gpu_check.py).
+
+The driver runs from a plain checkout: it maps ``dllm_kernels.kernels`` -> ``kernels/`` and
+``dllm_kernels.reference`` -> ``reference/`` itself, so no install (and no build backend) is needed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.abc
+import importlib.util
+import json
+import math
+import os
+import pathlib
+import platform
+import re
+import signal
+import statistics
+import subprocess
+import sys
+import time
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+PHASES = ("ceilings", "tests", "token_stats", "attention", "refresh_commit", "step", "ceilings_end")
+# the part names of the earlier per-part script, still accepted
+PARTS = {"tests": "tests", "token_stats": "token_stats", "attention": "attention", "commit": "refresh_commit",
+         "refresh": "refresh_commit", "generate": "step"}  # fmt: skip
+
+
+class _TreeFinder(importlib.abc.MetaPathFinder):
+    """``dllm_kernels.kernels`` / ``.reference`` from the checkout's top-level folders (what the
+    package-dir mapping of pyproject.toml does for an installed copy)."""
+
+    MAP = {"dllm_kernels.kernels": ROOT / "kernels", "dllm_kernels.reference": ROOT / "reference"}
+
+    def find_spec(self, name, path=None, target=None):
+        d = self.MAP.get(name)
+        if d is None:
+            return None
+        return importlib.util.spec_from_file_location(name, d / "__init__.py", submodule_search_locations=[str(d)])
+
+
+def use_working_tree() -> None:
+    """Import dllm_kernels from this checkout, whether or not a copy is installed."""
+    if not any(isinstance(f, _TreeFinder) for f in sys.meta_path):
+        sys.meta_path.insert(0, _TreeFinder())
+    for p in (str(ROOT / "bench"), str(ROOT)):
+        if p not in sys.path:
+            sys.path.insert(0, p)
+
+
+# ------------------------------------------------------------------------------------------------
+# shapes of each mode
+# ------------------------------------------------------------------------------------------------
+
+GPU_CONFIG = {
+    "budget_s": 450,  # the whole run; scripts/gpu_check.sh kills it at 480 s
+    "tests_budget_s": 150,
+    "tests_per_test_timeout_s": 60,
+    "tests_workers": 4,
+    "tests": ["tests"],
+    "copy_bytes": 1 << 30,
+    "matmul_n": 8192,
+    "dtype": "bfloat16",
+    "token_stats_rows": [32, 1024],
+    "vocab": 126464,
+    "attn": {"B": 8, "Lq": 32, "cache": 2048, "D": 128, "models": {"llada": (32, 32), "dream": (28, 4)}},
+    "refresh": {"B": 8, "Lmax": 2048, "H": 32, "D": 128, "blocks": 8, "block": 32},
+    "commit": {"B": 64, "L": 1024, "block": 32, "policies": ["fast_dllm", "r2", "d3llm"]},
+    "step": {"layers": 2, "batches": [1, 8], "prompt": 256, "gen": 64, "block": 32, "policy": "fast_dllm", "repeats": 3},
+    "compile_backend": "inductor",
+    "graph_calls": 20,  # calls captured per CUDA graph (replay time / calls)
+    "host_calls": 200,
+    "warm": True,
+}
+
+CPU_CONFIG = {
+    "budget_s": 600,  # a safety net only: the CPU mode takes seconds of CPU time
+    "tests_budget_s": 60,
+    "tests_per_test_timeout_s": 60,
+    "tests_workers": 1,
+    "tests": ["tests/test_refresh_kv_cache.py"],  # collected and skipped without CUDA: the plumbing only
+    "copy_bytes": 1 << 20,
+    "matmul_n": 64,
+    "dtype": "float32",
+    "token_stats_rows": [1, 2],
+    "vocab": 256,
+    "attn": {"B": 1, "Lq": 4, "cache": 24, "D": 16, "models": {"llada": (2, 2), "dream": (4, 1)}},
+    "refresh": {"B": 1, "Lmax": 32, "H": 2, "D": 16, "blocks": 2, "block": 4},
+    "commit": {"B": 2, "L": 32, "block": 8, "policies": ["fast_dllm"]},
+    "step": {"layers": None, "batches": [2], "prompt": 6, "gen": 2, "block": 2, "policy": "fast_dllm", "repeats": 1},
+    "compile_backend": "eager",  # dynamo traces the same code; no C++ toolchain needed
+    "graph_calls": 1,
+    "host_calls": 1,
+    "warm": False,  # the one timed call is the first (GPU: a warm-up call first, its time kept)
+}
+
+
+# ------------------------------------------------------------------------------------------------
+# timing
+# ------------------------------------------------------------------------------------------------
+
+
+class Clock:
+    """GPU: do_bench medians (ms) with p20/p80; CPU: the perf_counter time of one call."""
+
+    def __init__(self, cuda: bool):
+        self.cuda = cuda
+
+    def sync(self):
+        if self.cuda:
+            import torch
+
+            torch.cuda.synchronize()
+
+    def bench(self, fn) -> dict:
+        if self.cuda:
+            from triton.testing import do_bench
+
+            p50, p20, p80 = do_bench(fn, warmup=10, rep=60, quantiles=[0.5, 0.2, 0.8])
+            return {"ms": p50, "ms_p20": p20, "ms_p80": p80}
+        t0 = time.perf_counter()  # one call: the interpreter's times mean nothing anyway
+        fn()
+        ms = (time.perf_counter() - t0) * 1e3
+        return {"ms": ms, "ms_p20": ms, "ms_p80": ms}
+
+    def host_us(self, fn, calls: int) -> float:
+        """Host microseconds per call: the time for the host to issue ``calls`` calls."""
+        self.sync()
+        t0 = time.perf_counter()
+        for _ in range(calls):
+            fn()
+        t1 = time.perf_counter()
+        self.sync()
+        return (t1 - t0) / calls * 1e6
+
+    def graph_us(self, fn, calls: int) -> float | None:
+        """GPU microseconds per call, from replays of a CUDA graph holding ``calls`` calls (None
+        without CUDA)."""
+        if not self.cuda:
+            return None
+        import torch
+
+        s = torch.cuda.Stream()
+        s.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(s):
+            fn()  # warm up on a side stream, as torch.cuda.graphs asks
+        torch.cuda.current_stream().wait_stream(s)
+        g = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(g):
+            for _ in range(calls):
+                fn()
+        g.replay()
+        return self.bench(g.replay)["ms"] * 1e3 / calls
+
+
+# ------------------------------------------------------------------------------------------------
+# the run
+# ------------------------------------------------------------------------------------------------
+
+
+class Run:
+    def __init__(self, args):
+        self.cpu = args.cpu
+        self.cfg = dict(CPU_CONFIG if args.cpu else GPU_CONFIG)
+        if args.budget is not None:
+            self.cfg["budget_s"] = args.budget
+        self.out = pathlib.Path(args.out)
+        self.out.mkdir(parents=True, exist_ok=True)
+        self.stem = "cpu-check" if args.cpu else "gpu-check"
+        self.t0 = time.monotonic()
+        self.only = args.phases or list(PHASES)
+        self.doc = {"mode": "cpu" if args.cpu else "gpu", "config": _jsonable(self.cfg), "machine": {}, "phases": {}}
+        import torch
+
+        self.torch = torch
+        self.dtype = getattr(torch, self.cfg["dtype"])
+        self.dev = "cpu" if args.cpu else "cuda"
+        self.clock = Clock(cuda=not args.cpu)
+        self.ceil: dict = {}
+
+    # -- bookkeeping --------------------------------------------------------------------------
+
+    def left(self) -> float:
+        return self.cfg["budget_s"] - (time.monotonic() - self.t0)
+
+    def write(self):
+        path = self.out / f"{self.stem}.json"
+        tmp = path.with_suffix(".json.tmp")
+        tmp.write_text(json.dumps(_jsonable(self.doc), indent=2) + "\n")
+        tmp.replace(path)
+
+    def phase(self, name, fn):
+        if name not in self.only:
+            return
+        rec = {"status": "running", "rows": []}
+        self.doc["phases"][name] = rec
+        print(f"== {name} ({self.left():.0f} s of the budget left)", flush=True)
+        t = time.monotonic()
+        try:
+            fn(rec)
+            rec["status"] = "ok" if rec["status"] == "running" else rec["status"]
+        except Exception as e:  # noqa: BLE001 - a broken phase must not cost the later ones
+            rec["status"] = "error"
+            rec["error"] = f"{type(e).__name__}: {e}".splitlines()[0][:500]
+            print(f"   {name} failed: {rec['error']}", flush=True)
+        rec["seconds"] = time.monotonic() - t
+        self.write()
+
+    def measure(self, rec, row: dict, fn, *, bytes_: int | None = None) -> dict:
+        """Time ``fn`` (a first call outside the timing compiles / warms it; its time is kept as
+        ``first_call_s``) and append the row, or an ``error`` row if the candidate refuses."""
+        if self.left() < 0:
+            rec["rows"].append({**row, "error": "skipped: time budget spent"})
+            rec["status"] = "partial"
+            return rec["rows"][-1]
+        try:
+            if self.cfg["warm"]:
+                t = time.perf_counter()
+                fn()
+                self.clock.sync()
+                row["first_call_s"] = time.perf_counter() - t
+            row.update(self.clock.bench(fn))
+        except Exception as e:  # noqa: BLE001 - e.g. an SDPA backend that refuses the shape
+            row["error"] = f"{type(e).__name__}: {e}".splitlines()[0][:300]
+            rec["rows"].append(row)
+            print(f"   {row.get('case')} {row.get('impl')}: {row['error']}", flush=True)
+            return row
+        if bytes_ is not None:
+            row["bytes"] = bytes_
+            row["TBps"] = bytes_ / (row["ms"] * 1e-3) / 1e12
+            if self.ceil.get("copy_TBps"):
+                row["frac_copy"] = row["TBps"] / self.ceil["copy_TBps"]
+        rec["rows"].append(row)
+        extra = f" {row['TBps']:.3f} TB/s" if "TBps" in row else ""
+        print(f"   {row.get('case', '')} {row.get('impl', '')}: {row['ms'] * 1e3:.1f} us{extra}", flush=True)
+        return row
+
+    # -- phases -------------------------------------------------------------------------------
+
+    def machine(self):
+        import triton
+
+        torch = self.torch
+        info = {"torch": torch.__version__, "triton": triton.__version__, "python": platform.python_version(),
+                "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+                "interpreter": os.environ.get("TRITON_INTERPRET") == "1"}  # fmt: skip
+        if not self.cpu:
+            p = torch.cuda.get_device_properties(0)
+            info.update(gpu=p.name, sms=p.multi_processor_count, memory_gib=p.total_memory / 2**30, cuda=torch.version.cuda)
+            try:
+                q = "name,driver_version,clocks.sm,clocks.max.sm,clocks.mem,power.limit,temperature.gpu"
+                info["nvidia_smi"] = subprocess.run(["nvidia-smi", f"--query-gpu={q}", "--format=csv"], capture_output=True,
+                                                    text=True, timeout=10).stdout.strip()  # fmt: skip
+            except (OSError, subprocess.SubprocessError):
+                pass
+        try:
+            info["commit"] = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
+                                            cwd=ROOT, timeout=10).stdout.strip()  # fmt: skip
+        except (OSError, subprocess.SubprocessError):
+            pass
+        self.doc["machine"] = info
+
+    def ceilings(self, rec):
+        torch = self.torch
+        n = self.cfg["copy_bytes"] // 2
+        src = torch.randn(n, device=self.dev).to(torch.bfloat16)
+        dst = torch.empty_like(src)
+        copy = self.measure(rec, {"case": f"copy {2 * n / 2**20:.0f} MiB", "impl": "torch copy_"},
+                            lambda: dst.copy_(src), bytes_=4 * n)  # fmt: skip
+        del src, dst
+        m = self.cfg["matmul_n"]
+        dt = torch.bfloat16 if not self.cpu else torch.float32
+        a, b = torch.randn(m, m, device=self.dev, dtype=dt), torch.randn(m, m, device=self.dev, dtype=dt)
+        mm = self.measure(rec, {"case": f"matmul {m}^3 {str(dt).split('.')[-1]}", "impl": "torch mm"}, lambda: a @ b)
+        if "ms" in mm:
+            mm["TFLOPs"] = 2 * m**3 / (mm["ms"] * 1e-3) / 1e12
+        if rec is self.doc["phases"].get("ceilings"):
+            self.ceil = {"copy_TBps": copy.get("TBps"), "matmul_TFLOPs": mm.get("TFLOPs")}
+            rec["copy_TBps"], rec["matmul_TFLOPs"] = self.ceil["copy_TBps"], self.ceil["matmul_TFLOPs"]
+
+    def tests(self, rec):
+        cfg = self.cfg
+        budget = max(10.0, min(cfg["tests_budget_s"], self.left() - 60))
+        args = ["-m", "gpu", "-v", "-rfE", "-p", "no:cacheprovider", *cfg["tests"]]
+        if importlib.util.find_spec("pytest_timeout"):
+            args += [f"--timeout={cfg['tests_per_test_timeout_s']}"]
+        if cfg["tests_workers"] > 1 and importlib.util.find_spec("xdist"):  # one GPU, several processes
+            args += ["-n", str(cfg["tests_workers"]), "--dist", "loadfile"]
+        cmd = [sys.executable, str(pathlib.Path(__file__).resolve()), "--pytest", *args]
+        log = self.out / f"{self.stem}-tests.log"
+        rec["command"] = "pytest " + " ".join(args)
+        rec["budget_s"] = budget
+        t = time.monotonic()
+        with open(log, "w") as f:
+            # its own session, so that a timeout ends the xdist workers too (not only pytest)
+            proc = subprocess.Popen(cmd, cwd=ROOT, stdout=f, stderr=subprocess.STDOUT, start_new_session=True)
+            try:
+                rc = proc.wait(timeout=budget)
+            except subprocess.TimeoutExpired:
+                rc = None
+            except Terminated:  # the global timeout: what finished still counts
+                rec["counts"] = _pytest_counts(log.read_text(errors="replace"))
+                raise
+            finally:
+                if proc.poll() is None:
+                    os.killpg(proc.pid, signal.SIGKILL)
+                    proc.wait()
+        text = log.read_text(errors="replace")
+        rec["returncode"] = rc
+        rec["timed_out"] = rc is None
+        rec["wall_s"] = time.monotonic() - t
+        # per-test lines (-v), so a run cut by the budget still counts what it finished
+        rec["counts"] = _pytest_counts(text)
+        rec["summary"] = _pytest_summary(text)
+        rec["failures"] = [ln for ln in text.splitlines() if ln.startswith(("FAILED ", "ERROR "))][:40]
+        rec["log"] = log.name
+        if rc is None:
+            rec["status"] = "partial"
+        elif rc not in (0, 5):  # 5: nothing collected
+            rec["status"] = "failed"
+        print(f"   {rec['summary'] or rec['counts']} (rc {rc}, {rec['wall_s']:.0f} s, log {log})", flush=True)
+
+    def token_stats(self, rec):
+        import token_stats_cases as tsc
+
+        torch = self.torch
+        compile_ = lambda f: torch.compile(f, dynamic=False, backend=self.cfg["compile_backend"])  # noqa: E731
+        V = self.cfg["vocab"]
+        for rows in self.cfg["token_stats_rows"]:
+            x = (torch.randn(rows, V, device=self.dev) * 3).to(self.dtype)
+            nbytes = x.numel() * x.element_size()
+            cands = {
+                "kernel": lambda: tsc.kernel(x),
+                "reference_eager": lambda: tsc.reference_fp64(x),
+                "fast_dllm_fp32": lambda: fast_dllm_fp32(x),
+            }
+            compiled = compile_(fast_dllm_fp32)
+            cands["fast_dllm_fp32_compiled"] = lambda: compiled(x)
+            base = {"case": f"{rows}x{V} {self.cfg['dtype']}", "rows": rows, "V": V}
+            for impl, fn in cands.items():
+                self.measure(rec, {**base, "impl": impl}, fn, bytes_=nbytes)
+            _speedups(rec["rows"], "kernel", key="case")
+            del x
+
+    def attention(self, rec):
+        import attention_cases as ac
+        from torch.nn.attention import SDPBackend
+
+        torch = self.torch
+        torch._dynamo.config.cache_size_limit = 1000  # one FlexAttention compile per shape, never the eager fallback
+        torch._dynamo.config.recompile_limit = 1000
+        a = self.cfg["attn"]
+        B, Lq, cache, D = a["B"], a["Lq"], a["cache"], a["D"]
+        for model, (Hq, Hkv) in a["models"].items():
+            q = torch.randn(B, Lq, Hq, D, device=self.dev, dtype=self.dtype)
+            k, v = (torch.randn(B, Lq, Hkv, D, device=self.dev, dtype=self.dtype) for _ in range(2))
+            kc, vc = (torch.randn(B, cache, Hkv, D, device=self.dev, dtype=self.dtype) for _ in range(2))
+            args = (q, k, v, kc, vc)
+            cands = {
+                "kernel": ac.kernel,
+                "sdpa_flash": ac.sdpa(SDPBackend.FLASH_ATTENTION),
+                "sdpa_cudnn": ac.sdpa(SDPBackend.CUDNN_ATTENTION),
+                # compiled per shape: a fresh torch.compile per model shape, its compile timed
+                "flex_compiled": ac.flex(compiled=not self.cpu),
+            }
+            base = {"case": f"{model} B{B} q{Lq} c{cache}+{Lq}", "model": model, "Hq": Hq, "Hkv": Hkv}
+            nbytes = ac.kv_bytes(k, kc)
+            for impl, fn in cands.items():
+                row = self.measure(rec, {**base, "impl": impl}, lambda: fn(*args), bytes_=nbytes)
+                if getattr(fn, "gqa", None):
+                    row["gqa"] = fn.gqa
+            # the baselines again on K/V joined beforehand: the attention alone, without the
+            # per-step torch.cat that the decoders pay (same shapes: no recompile)
+            joined = (q, torch.cat([kc, k], 1), torch.cat([vc, v], 1), None, None)
+            for impl, fn in cands.items():
+                if impl != "kernel":
+                    self.measure(rec, {**base, "impl": f"{impl}_prejoined"}, lambda: fn(*joined), bytes_=nbytes)
+            del q, k, v, kc, vc, joined
+        _speedups(rec["rows"], "kernel", key="case")
+
+    def refresh_commit(self, rec):
+        import commit_cases as cc
+        import refresh_cases as rc
+
+        torch = self.torch
+        r = self.cfg["refresh"]
+        B, Lmax, H, D, nb, blk = r["B"], r["Lmax"], r["H"], r["D"], r["blocks"], r["block"]
+        k_cache, v_cache, k_new, v_new = (torch.randn(B, Lmax, H, D, device=self.dev, dtype=self.dtype) for _ in range(4))
+        block_ids = torch.stack([torch.randperm(Lmax // blk, device=self.dev)[:nb] for _ in range(B)])
+        new_start = torch.zeros(B, dtype=torch.int64, device=self.dev)
+        args = (k_cache, v_cache, k_new, v_new, block_ids, blk, new_start, None, None)
+        moved = rc.bytes_moved(k_cache, block_ids, blk, rope=False)
+        for impl, fn in rc.CANDIDATES.items():
+            row = self.measure(rec, {"case": f"refresh B{B} {nb}x{blk} rows H{H}", "op": "refresh_kv_cache", "impl": impl},
+                               lambda: fn(*args), bytes_=moved)  # fmt: skip
+            self._graph_and_host(row, lambda: fn(*args), capture=True)  # both candidates are sync-free
+        del k_cache, v_cache, k_new, v_new
+        c = self.cfg["commit"]
+        for policy in c["policies"]:
+            case = cc.copy_case(cc.make_case(c["B"], c["L"], c["block"], policy, self.dev))
+            for impl, fn in cc.CANDIDATES.items():
+                row = self.measure(rec, {"case": f"commit {policy} B{c['B']} L{c['L']}", "op": "commit", "impl": impl},
+                                   lambda: fn(case))  # fmt: skip
+                # the reference syncs (a failed capture could leave the stream unusable): host time only
+                self._graph_and_host(row, lambda: fn(case), capture=impl == "triton")
+        _speedups(rec["rows"], "triton", key="case")
+
+    def _graph_and_host(self, row, fn, capture: bool):
+        if "error" in row:
+            return
+        row["host_us"] = self.clock.host_us(fn, self.cfg["host_calls"])
+        if not capture:
+            return
+        try:
+            row["graph_us"] = self.clock.graph_us(fn, self.cfg["graph_calls"])
+        except Exception as e:  # noqa: BLE001 - a candidate that cannot be captured
+            row["graph_us"] = None
+            row["graph_error"] = f"{type(e).__name__}: {e}".splitlines()[0][:200]
+
+    def step(self, rec):
+        from dllm_kernels import generate
+        from dllm_kernels.benchmark import PATHS
+        from dllm_kernels.models import DiffusionLM
+        from dllm_kernels.models.config import llada_8b_layer, tiny
+
+        torch = self.torch
+        s = self.cfg["step"]
+        torch.manual_seed(0)
+        cfg = llada_8b_layer(s["layers"]) if s["layers"] else tiny(64)
+        with torch.device(self.dev):
+            model = DiffusionLM(cfg).to(self.dtype).eval()
+        # bytes every forward must read at least: the layers' weights and the LM head (the
+        # embedding is a gather): a lower bound on a forward, as a fraction of the copy rate
+        weights = sum(p.numel() * p.element_size() for n, p in model.named_parameters() if "embed" not in n)
+        rec["weights_bytes"] = weights
+        rec["model"] = {"layers": cfg.n_layers, "d_model": cfg.d_model, "heads": cfg.n_heads, "vocab": cfg.vocab_size}
+        for B in s["batches"]:
+            g = torch.Generator().manual_seed(B)
+            prompts = [torch.randint(0, cfg.vocab_size - 8, (s["prompt"] - (b % 4),), generator=g).tolist() for b in range(B)]
+            for path in ("kernels", "sdpa"):
+                model.attn_impl, model.backend = PATHS[path]
+                out = {}
+
+                def run():
+                    out["r"] = generate(model, prompts, policy=s["policy"], gen_length=s["gen"], block_length=s["block"],
+                                        backend=model.backend)  # fmt: skip
+
+                row = {"case": f"{s['policy']} B{B} prompt {s['prompt']} gen {s['gen']}", "B": B, "impl": path}
+                if self.left() < 0:
+                    rec["rows"].append({**row, "error": "skipped: time budget spent"})
+                    rec["status"] = "partial"
+                    continue
+                if self.cfg["warm"]:
+                    t = time.perf_counter()
+                    run()  # warm up / compile
+                    self.clock.sync()
+                    row["first_call_s"] = time.perf_counter() - t
+                times = []
+                for _ in range(s["repeats"]):
+                    self.clock.sync()
+                    t = time.perf_counter()
+                    run()
+                    self.clock.sync()
+                    times.append(time.perf_counter() - t)
+                nfe = int(out["r"].nfe.max())
+                row.update(seconds=statistics.median(times), forwards=nfe)
+                row["ms"] = 1e3 * row["seconds"] / max(nfe, 1)
+                if self.ceil.get("copy_TBps"):
+                    row["weights_floor_ms"] = weights / (self.ceil["copy_TBps"] * 1e12) * 1e3
+                    row["frac_floor"] = row["weights_floor_ms"] / row["ms"]
+                rec["rows"].append(row)
+                print(f"   {row['case']} {path}: {row['ms']:.2f} ms per forward ({nfe} forwards)", flush=True)
+        _speedups(rec["rows"], "kernels", key="case")
+
+    # -- the report ---------------------------------------------------------------------------
+
+    def report(self):
+        self.doc["targets"] = check_targets(self.doc)
+        md = render_markdown(self.doc)
+        (self.out / f"{self.stem}.md").write_text(md)
+        png = self.out / f"{self.stem}.png"
+        msg = render_png(self.doc, png)
+        self.doc["png"] = png.name if msg is None else None
+        if msg:
+            print(msg, flush=True)
+            self.doc["png_skipped"] = msg
+        self.doc["total_s"] = time.monotonic() - self.t0
+        self.write()
+        print(md, flush=True)
+
+    def run(self):
+        self.machine()
+        self.write()
+        try:
+            self.phase("ceilings", self.ceilings)
+            self.phase("tests", self.tests)
+            self.phase("token_stats", self.token_stats)
+            self.phase("attention", self.attention)
+            self.phase("refresh_commit", self.refresh_commit)
+            self.phase("step", self.step)
+            self.phase("ceilings_end", self.ceilings)
+        except Terminated:  # the wrapper's global timeout: keep what was measured
+            for rec in self.doc["phases"].values():
+                if rec["status"] == "running":
+                    rec["status"] = "cut"
+            self.doc["cut"] = "terminated by the global timeout"
+            self.report()
+            return 124
+        self.report()
+        bad = [n for n, p in self.doc["phases"].items() if p["status"] in ("error", "failed")]
+        return 1 if bad else 0
+
+
+class Terminated(BaseException):
+    """SIGTERM (scripts/gpu_check.sh's timeout): not an Exception, so no phase swallows it."""
+
+
+def _on_sigterm(signum, frame):
+    raise Terminated()
+
+
+def fast_dllm_fp32(logits):
+    """The decoders' own per-step code (Fast-dLLM's get_transfer_index at temperature 0, with the
+    float32 softmax of LLaDA's current code and SGLang; Fast-dLLM itself uses float64): proposal,
+    then the probability of the proposal. Less than token_stats computes (no margin, no entropy)."""
+    import torch
+
+    x0 = torch.argmax(logits, dim=-1)
+    p = torch.softmax(logits.float(), dim=-1)
+    x0_p = torch.gather(p, -1, x0[..., None])[..., 0]
+    return x0, x0_p
+
+
+def _speedups(rows, kernel_impl: str, key: str):
+    """Each candidate's time over the kernel's at the same case (> 1: the kernel is faster)."""
+    for r in rows:
+        k = next((q for q in rows if q.get("impl") == kernel_impl and q[key] == r[key] and "ms" in q), None)
+        if k and "ms" in r:
+            r["kernel_speedup"] = r["ms"] / k["ms"]
+
+
+_VERBOSE_LINE = re.compile(  # "path::test PASSED [ 25%]", or with xdist "[gw0] [ 10%] PASSED path::test"
+    r"^(?:\[gw\d+\] \[\s*\d+%\] (PASSED|FAILED|SKIPPED|ERROR|XFAIL|XPASS) \S+::"
+    r"|\S+::\S.* (PASSED|FAILED|SKIPPED|ERROR|XFAIL|XPASS)\s+\[\s*\d+%\])",
+    re.M,
+)
+
+
+def _pytest_counts(text: str) -> dict:
+    """Outcomes of the tests that finished, from pytest -v lines (there is no summary line when
+    the budget cuts the run)."""
+    counts: dict = {}
+    for m in _VERBOSE_LINE.finditer(text):
+        word = (m.group(1) or m.group(2)).lower()
+        counts[word] = counts.get(word, 0) + 1
+    return counts
+
+
+def _pytest_summary(text: str) -> str:
+    for line in reversed(text.splitlines()):
+        s = line.strip().strip("=").strip()
+        if any(w in s for w in (" passed", " failed", " skipped", " error", " deselected", "no tests ran")):
+            return s
+    return ""
+
+
+def _jsonable(x):
+    if isinstance(x, dict):
+        return {str(k): _jsonable(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [_jsonable(v) for v in x]
+    if isinstance(x, float) and not math.isfinite(x):
+        return None
+    if isinstance(x, (str, int, float, bool)) or x is None:
+        return x
+    return str(x)
+
+
+# ------------------------------------------------------------------------------------------------
+# markdown and plot
+# ------------------------------------------------------------------------------------------------
+
+
+def check_targets(doc: dict) -> list[dict]:
+    """The issue's targets against this run's numbers (``met`` None: not measured)."""
+    ph = doc.get("phases", {})
+    out = []
+
+    def rows(name, **kw):
+        return [r for r in ph.get(name, {}).get("rows", []) if "error" not in r and all(r.get(k) == v for k, v in kw.items())]
+
+    def add(target, value, ok):
+        out.append({"target": target, "value": value, "met": None if value is None else bool(ok(value))})
+
+    ts = rows("token_stats")
+    counts = sorted({r["rows"] for r in ts})
+    for n in counts:
+        k = next((r for r in ts if r["rows"] == n and r["impl"] == "kernel"), None)
+        need = 0.8 if n == counts[-1] and len(counts) > 1 else 0.5
+        add(f"token_stats {n} rows: >= {need:.0%} of copy", k and k.get("frac_copy"), lambda v, need=need: v >= need)
+        for impl, x in (("fast_dllm_fp32", 10), ("fast_dllm_fp32_compiled", 3)):
+            b = next((r for r in ts if r["rows"] == n and r["impl"] == impl), None)
+            add(f"token_stats {n} rows: >= {x}x {impl}", b and b.get("kernel_speedup"), lambda v, x=x: v >= x)
+    at = rows("attention")
+    for model in dict.fromkeys(r["model"] for r in at):
+        k = next((r for r in at if r["model"] == model and r["impl"] == "kernel"), None)
+        add(f"attention {model}: >= 80% of copy on K/V", k and k.get("frac_copy"), lambda v: v >= 0.8)
+        base = [r["kernel_speedup"] for r in at if r["model"] == model and r["impl"] != "kernel" and "kernel_speedup" in r]
+        add(f"attention {model}: >= 1.2x the best baseline", min(base) if base else None, lambda v: v >= 1.2)
+    k = next((r for r in rows("refresh_commit", op="refresh_kv_cache", impl="triton")), None)
+    add("refresh_kv_cache: >= 80% of copy", k and k.get("frac_copy"), lambda v: v >= 0.8)
+    for r in rows("refresh_commit", op="commit", impl="triton"):
+        add(f"{r['case']}: < 10 us per launch from a graph", r.get("graph_us"), lambda v: v < 10)
+    return out
+
+
+def _fmt(v, spec):
+    return "" if v is None else format(v, spec)
+
+
+def render_markdown(doc: dict) -> str:
+    m = doc.get("machine", {})
+    ph = doc.get("phases", {})
+    c = ph.get("ceilings", {})
+    lines = [
+        f"# {'GPU' if doc['mode'] == 'gpu' else 'CPU-mode (interpreter: numbers meaningless)'} check",
+        "",
+        f"{m.get('gpu', 'CPU')}, torch {m.get('torch')}, triton {m.get('triton')}, commit {m.get('commit')}, {m.get('date')}",
+        "",
+        f"Ceilings measured in this run: copy {_fmt(c.get('copy_TBps'), '.3f')} TB/s (read + write), "
+        f"matmul {_fmt(c.get('matmul_TFLOPs'), '.1f')} TFLOP/s.",
+        "",
+    ]
+    t = ph.get("tests")
+    if t:
+        lines += [f"GPU tests (`{t.get('command')}`): {t.get('summary') or t.get('error') or t.get('counts')} "
+                  f"(status {t['status']}, {_fmt(t.get('wall_s'), '.0f')} s)", ""]  # fmt: skip
+        lines += [f"- {f}" for f in t.get("failures", [])] + ([""] if t.get("failures") else [])
+    lines += [
+        "| phase | case | impl | median | TB/s | of copy | kernel speedup | graph us | host us |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for name in PHASES:
+        if name in ("tests",) or name not in ph:
+            continue
+        for r in ph[name]["rows"]:
+            if "error" in r:
+                lines.append(f"| {name} | {r.get('case', '')} | {r.get('impl', '')} | {r['error'][:80]} | | | | | |")
+                continue
+            med = f"{r['ms']:.3f} ms" if r["ms"] >= 1 else f"{r['ms'] * 1e3:.1f} us"
+            tb = _fmt(r.get("TBps"), ".3f") or (f"{r['TFLOPs']:.0f} TFLOP/s" if "TFLOPs" in r else "")
+            frac = r.get("frac_copy", r.get("frac_floor"))
+            lines.append(
+                f"| {name} | {r.get('case', '')} | {r.get('impl', '')} | {med} | {tb} | {_fmt(frac and 100 * frac, '.0f')}"
+                f"{'%' if frac else ''} | {_fmt(r.get('kernel_speedup'), '.2f')} | {_fmt(r.get('graph_us'), '.2f')} "
+                f"| {_fmt(r.get('host_us'), '.1f')} |"
+            )
+        if ph[name].get("status") not in ("ok",):
+            lines.append(f"| {name} | status: {ph[name].get('status')} {ph[name].get('error', '')[:100]} | | | | | | | |")
+    lines += ["", "Targets (issue 15):", ""]
+    for t in doc.get("targets", []):
+        mark = {True: "met", False: "NOT met", None: "not measured"}[t["met"]]
+        lines.append(f"- {t['target']}: {mark} ({_fmt(t['value'], '.3g') or '-'})")
+    lines += ["", "step rows: median ms per forward of `generate`; 'of copy' there is the weights-read floor "
+              "(layers + LM head at the copy rate) over it. kernel speedup: candidate time / kernel time."]  # fmt: skip
+    return "\n".join(lines) + "\n"
+
+
+def render_png(doc: dict, path: pathlib.Path) -> str | None:
+    """One figure: TB/s of every bandwidth-bound candidate with the measured copy rate. Returns a
+    message instead when matplotlib is missing."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return "matplotlib is not importable: no PNG"
+    ph = doc.get("phases", {})
+    panels = [(n, [r for r in ph[n]["rows"] if "TBps" in r]) for n in ("token_stats", "attention", "refresh_commit") if n in ph]
+    panels = [(n, rows) for n, rows in panels if rows]
+    if not panels:
+        return "no bandwidth rows to plot: no PNG"
+    copy = ph.get("ceilings", {}).get("copy_TBps")
+    fig, axes = plt.subplots(1, len(panels), figsize=(5 * len(panels), 4.5), squeeze=False)
+    for ax, (name, rows) in zip(axes[0], panels):
+        labels = [f"{r['case']}\n{r['impl']}" for r in rows]
+        ax.barh(range(len(rows)), [r["TBps"] for r in rows], color=["C0" if r["impl"] in ("kernel", "triton") else "C7" for r in rows])
+        ax.set_yticks(range(len(rows)), labels, fontsize=6)
+        ax.invert_yaxis()
+        if copy:
+            ax.axvline(copy, color="C3", ls="--", lw=1, label=f"copy {copy:.2f} TB/s")
+            ax.legend(fontsize=7)
+        ax.set_xlabel("TB/s")
+        ax.set_title(name)
+    fig.suptitle(f"{doc.get('machine', {}).get('gpu', 'CPU mode (meaningless numbers)')}", fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return None
+
+
+# ------------------------------------------------------------------------------------------------
+
+
+def main(argv=None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["--pytest"]:  # the tests phase: pytest on the working tree, same mapping
+        use_working_tree()
+        import pytest
+
+        return pytest.main(argv[1:])
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--cpu", action="store_true", help="tiny shapes on Triton's interpreter (CI)")
+    ap.add_argument("--out", default=str(ROOT / "bench" / "results"), help="folder of the JSON / markdown / PNG")
+    ap.add_argument("--budget", type=float, default=None, help="seconds for the whole run (default 450 GPU, 600 CPU)")
+    ap.add_argument("--phases", nargs="*", choices=PHASES, help="run only these phases")
+    ap.add_argument("parts", nargs="*", choices=[[]] + list(PARTS), metavar="PART",
+                    help=f"the older part names ({', '.join(PARTS)}): their phases, with the ceilings")  # fmt: skip
+    args = ap.parse_args(argv)
+    if args.parts:
+        args.phases = ["ceilings", *dict.fromkeys(PARTS[p] for p in args.parts), *(args.phases or [])]
+    if args.cpu:
+        os.environ["TRITON_INTERPRET"] = "1"  # before any kernel module is imported
+    use_working_tree()
+    import torch
+
+    if not args.cpu and not torch.cuda.is_available():
+        print("no CUDA device: run with --cpu for the interpreter mode", file=sys.stderr)
+        return 2
+    signal.signal(signal.SIGTERM, _on_sigterm)
+    return Run(args).run()
+
+
+if __name__ == "__main__":
+    sys.exit(main())
