@@ -295,7 +295,8 @@ def _commit_kernel(
         m_same = b_last == b_tok
         b_cnt = tl.where(m_same, b_cnt + 1, 1)
         b_sum = tl.where(m_same, b_sum + b_conf, b_conf)
-        b_max = tl.where(m_same, tl.maximum(b_max, b_conf), b_conf)
+        b_peak = tl.maximum(b_max, b_conf, propagate_nan=tl.PropagateNan.ALL)  # NaN state: as torch.maximum
+        b_max = tl.where(m_same, b_peak, b_conf)
         if AGG == 0:
             b_agg = b_conf
         elif AGG == 1:
