@@ -294,13 +294,13 @@ def test_attention(guarded, i):
     n_keys = torch.zeros(B, dtype=torch.int64)
     if mode in ("new", "both"):
         Lk = _int(g, 1, 12)
-        k, v = rnd(B, Lk, Hkv, D), rnd(B, Lk, Hkv, D)
+        k, v = rnd(B, Lk, Hkv, D), (rnd(B, Lk, Hkv, D) / scale_v).to(dtype)  # V rows of size ~1: the stated atol
         kv_len = torch.randint(1 if mode == "new" else 0, Lk + 1, (B,), generator=g)
         kw["kv_len"] = kv_len
         n_keys += kv_len
     if mode in ("cache", "both"):
         Lmax = _int(g, 1, 16)
-        kw.update(k_cache=rnd(B, Lmax, Hkv, D), v_cache=rnd(B, Lmax, Hkv, D))
+        kw.update(k_cache=rnd(B, Lmax, Hkv, D), v_cache=(rnd(B, Lmax, Hkv, D) / scale_v).to(dtype))
         cache_len = torch.randint(1, Lmax + 1, (B,), generator=g)
         kw["cache_len"] = cache_len
         n_keys += cache_len
@@ -341,8 +341,11 @@ def test_refresh_kv_cache(i):
         (view_t, buf_t, inside), (_, buf_r, _) = bufs["triton"][j], bufs["reference"][j]
         if name == "k_cache" and "rope_cos" in kw and dtype == torch.bfloat16 and buf_t.device.type == "cpu":
             # the interpreter's fp32 -> bf16 cast does not round to nearest even (bit-equality of
-            # bf16 rotated keys is a GPU test): one bf16 ulp here
-            torch.testing.assert_close(buf_t.float(), buf_r.float(), rtol=2**-7, atol=0, equal_nan=True)
+            # bf16 rotated keys is a GPU test): one bf16 ulp here, and at the top of the range
+            # finfo.max on one side may be inf on the other
+            a, b = buf_t.float(), buf_r.float()
+            top = (a.abs() >= fin.max) & (b.abs() >= fin.max) & (a.sign() == b.sign())
+            torch.testing.assert_close(a[~top], b[~top], rtol=2**-7, atol=0, equal_nan=True)
         else:
             assert_bitwise_equal(buf_t, buf_r, name)
         assert_guards(buf_t, inside, name)
