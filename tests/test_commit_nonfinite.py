@@ -156,3 +156,52 @@ def test_backends_agree_on_non_finite_statistics(device, name):
         for f in dataclasses.fields(CommitState):
             a, b = getattr(runs["triton"][1], f.name).cpu(), getattr(runs["reference"][1], f.name)
             assert torch.equal(a, b) or (a.is_floating_point() and torch.allclose(a, b, equal_nan=True, rtol=0, atol=0)), f.name
+
+
+# ---- the custom op's packed arguments and the unchecked entry ----------------------------------
+
+
+def test_op_spec_round_trips_every_rule_field():
+    from dllm_kernels.commit import _op_spec, _parse_spec
+
+    for rule in RULES.values():
+        for vocab in (None, 126464):
+            assert _parse_spec(_op_spec(rule, 126336, vocab)) == (rule, 126336, vocab)
+
+
+def test_custom_op_takes_few_arguments():
+    """torch fills a custom op's defaults per call at a cost that grows with the square of the
+    argument count; the rule's fields must never become arguments again."""
+    assert len(torch.ops.dllm_kernels.commit.default._schema.arguments) <= 8
+
+
+def test_unchecked_entry_equals_the_public_op(backend, device):
+    from dllm_kernels.commit import _commit_unchecked, pack_rows
+
+    g = torch.Generator().manual_seed(3)
+    B, L = 3, 10
+    x = torch.full((B, L), M, dtype=torch.int64)
+    stats = TokenStats(torch.randint(0, 4, (B, L), generator=g), torch.rand(B, L, generator=g), torch.rand(B, L),
+                       torch.rand(B, L, generator=g))  # fmt: skip
+    s, e = torch.tensor([0, 2, 5]), torch.tensor([10, 6, 5])
+    k = torch.tensor([2, 1, 0], dtype=torch.int32)
+    rule = CommitRule(base="topk", spatial_window=2, temporal_steps=2)
+    a, b = x.to(device, copy=True), x.to(device, copy=True)
+    st_a, st_b = CommitState.new(a), CommitState.new(b)
+    stats_d = TokenStats(*(t.to(device) for t in stats))
+    want = dk.commit(a, stats_d, st_a, rule, active_start=s.to(device), active_end=e.to(device), mask_id=M, step=1,
+                     num_transfer=k.to(device), backend=backend)  # fmt: skip
+    rows = pack_rows(s.to(device), e.to(device), num_transfer=k.to(device))
+    got = _commit_unchecked(b, stats_d, st_b, rule, rows, torch.tensor(1, device=device), M, backend=backend)
+    assert torch.equal(got, want) and torch.equal(a, b)
+    for f in dataclasses.fields(CommitState):
+        assert torch.equal(getattr(st_a, f.name), getattr(st_b, f.name))
+
+
+@pytest.mark.parametrize("vocab_size", [0, -3, 2.0, True])
+def test_bad_vocab_size(vocab_size):
+    x = torch.full((1, 4), M, dtype=torch.int64)
+    stats = TokenStats(torch.zeros(1, 4, dtype=torch.int64), torch.zeros(1, 4), torch.zeros(1, 4), torch.zeros(1, 4))
+    with pytest.raises(ValueError, match=r"vocab_size must be None or an int in \[1, 2\*\*63\)"):
+        dk.commit(x, stats, CommitState.new(x), CommitRule(), active_start=torch.tensor([0]),
+                  active_end=torch.tensor([4]), mask_id=M, step=0, vocab_size=vocab_size)  # fmt: skip
