@@ -29,7 +29,7 @@ def _write():
         for r in _rows:  # speedup of the kernel over each candidate at the same case
             tri = next((q for q in _rows if q["impl"] == "triton" and all(q[k] == r[k] for k in ("policy", "B", "L"))), None)
             r["triton_speedup"] = r["ms"] / tri["ms"] if tri else None
-        write_results("commit", _rows, notes=f"block {BLOCK}; proposals = mask id, so every call repeats the same work")
+        write_results("commit", _rows, notes=f"block {BLOCK}; one valid proposal everywhere: the first call commits, repetitions repeat its loads")
         for policy in POLICIES:
             rows = [dict(r, case=f"B{r['B']} L{r['L']}") for r in _rows if r["policy"] == policy]
             plot_bars(f"commit_{policy}", rows, x="case", y="us", group="impl", ylabel="us per step (median)")

@@ -100,3 +100,14 @@ def check_last_dim_contiguous(op: str, name: str, t: torch.Tensor) -> None:
             f"{op}: {name} must have a contiguous last dimension (stride 1; any other strides are "
             f"fine), got strides {tuple(t.stride())}"
         )
+
+
+def check_no_internal_overlap(op: str, name: str, t: torch.Tensor) -> None:
+    """An output written in place must not have elements sharing memory (a stride-0, expanded
+    dimension, or strides that fold the tensor onto itself): a write through one element would
+    silently change others. Checked from shape and strides only (no data read)."""
+    if torch._debug_has_internal_overlap(t) == 1:  # 1: MemOverlap.Yes (2: too hard to tell)
+        raise ValueError(
+            f"{op}: {name} must not overlap itself in memory (it is written in place), got shape "
+            f"{list(t.shape)} and strides {tuple(t.stride())}: pass a tensor with its own storage, e.g. .clone()"
+        )

@@ -4,13 +4,19 @@ Validates its inputs, picks a backend (see :mod:`dllm_kernels.backend`) and runs
 Triton kernel, registered as a ``torch.library`` custom op that mutates the canvas and the state
 in place (so it traces under ``torch.compile`` and is captured by CUDA graphs), or the PyTorch
 reference. Also exports LLaDA's step schedule, :func:`num_transfer_schedule`.
+
+Non-finite statistics, defined once for both backends: a NaN confidence counts as ``-inf`` and a
+NaN entropy as ``+inf`` (never passing a threshold, ranked below every other value), infinities
+compare as IEEE numbers, and forced progress still picks among all candidates, so every step of
+a region with candidates commits at least one position whatever floats the statistics hold.
+Masked positions whose proposal is negative, the MASK id, or ``>= vocab_size`` are never
+committed (they are no candidates).
 """
 
 from __future__ import annotations
 
+import ast
 import dataclasses
-from typing import Optional
-
 import torch
 
 from . import reference
@@ -28,7 +34,7 @@ _STATE_DTYPES = {
     "conf_max": torch.float32,
 }
 
-__all__ = ["commit", "num_transfer_schedule"]
+__all__ = ["commit", "num_transfer_schedule", "pack_rows"]
 
 
 def _fields(obj) -> list:
@@ -36,59 +42,92 @@ def _fields(obj) -> list:
     return [getattr(obj, f.name) for f in dataclasses.fields(obj)]
 
 
-# ------------------------------------------------------------------------------------------------
-# custom op (the Triton path); the kernels module is imported on first use, so that
-# TRITON_INTERPRET can still be set after `import dllm_kernels`
-# ------------------------------------------------------------------------------------------------
+# The per-row vectors travel as one packed table ``rows [len(ROW_FIELDS), B]`` (see pack_rows).
+ROW_FIELDS = ("active_start", "active_end", "force_start", "force_end", "stats_offset", "num_transfer")
+_NO_VOCAB = -1  # vocab_size not given: no upper bound on proposal ids
 
 
-@torch.library.custom_op(
-    "dllm_kernels::commit", mutates_args=("x", "commit_step", "last_id", "count", "conf_sum", "conf_max")
-)
-def _commit_op(
-    x: torch.Tensor,
-    token: torch.Tensor,
-    prob: torch.Tensor,
-    entropy: torch.Tensor,
-    commit_step: torch.Tensor,
-    last_id: torch.Tensor,
-    count: torch.Tensor,
-    conf_sum: torch.Tensor,
-    conf_max: torch.Tensor,
+def pack_rows(
     active_start: torch.Tensor,
     active_end: torch.Tensor,
-    step: torch.Tensor,
-    mask_id: int,
-    num_transfer: Optional[torch.Tensor],
-    force_start: Optional[torch.Tensor],
-    force_end: Optional[torch.Tensor],
-    stats_offset: Optional[torch.Tensor],
-    base: str,
-    threshold: float,
-    alpha: float,
-    suffix_window: int,
-    entropy_threshold: float,
-    entropy_strict: bool,
-    commit_best: bool,
-    spatial_window: int,
-    spatial_max_decided: int,
-    spatial_threshold: float,
-    token_cluster: bool,
-    cluster_min_len: int,
-    temporal_steps: int,
-    temporal_threshold: float,
-    temporal_agg: str,
+    *,
+    force_start: torch.Tensor | None = None,
+    force_end: torch.Tensor | None = None,
+    stats_offset: torch.Tensor | None = None,
+    num_transfer: torch.Tensor | None = None,
 ) -> torch.Tensor:
+    """The per-row vectors of :func:`commit` as one contiguous table ``[6, B]`` whose rows
+    follow :data:`ROW_FIELDS` (int64, or int32 if every vector is int32); defaults filled in
+    (force region = active region, offset 0, k 0). One stack on the device (no host sync); a
+    loop that keeps the table builds it once."""
+    zeros = None
+    if stats_offset is None or num_transfer is None:
+        zeros = torch.zeros_like(active_start)
+    return torch.stack((
+        active_start, active_end, active_start if force_start is None else force_start,
+        active_end if force_end is None else force_end, zeros if stats_offset is None else stats_offset,
+        zeros if num_transfer is None else num_transfer,
+    ))  # fmt: skip
+
+
+def _op_spec(rule: CommitRule, mask_id: int, vocab_size: int | None) -> str:
+    """The custom op's one scalar argument: ``repr`` of a dict of literals (every CommitRule field
+    by name, the MASK id, the vocabulary bound), read back with ``ast.literal_eval``. Generic over
+    the rule's fields (any literal type), so a new CommitRule field needs no change to the op;
+    deterministic text, so a compiled graph that holds it as a constant is valid in any process."""
+    fields = {f.name: getattr(rule, f.name) for f in dataclasses.fields(rule)}
+    return repr({"mask_id": mask_id, "vocab_size": vocab_size, "rule": fields})
+
+
+_SPECS: dict = {}  # (rule, mask_id, vocab_size) -> spec; rules are few, frozen and hashable
+_PARSED: dict = {}  # spec -> (rule, mask_id, vocab_size)
+
+
+def _spec(rule: CommitRule, mask_id: int, vocab_size: int | None) -> str:
+    if torch.compiler.is_compiling():
+        return _op_spec(rule, mask_id, vocab_size)
+    key = (rule, mask_id, vocab_size)
+    got = _SPECS.get(key)
+    if got is None:
+        got = _SPECS[key] = _op_spec(rule, mask_id, vocab_size)
+    return got
+
+
+def _parse_spec(spec: str) -> tuple[CommitRule, int, int | None]:
+    got = _PARSED.get(spec)
+    if got is None:
+        d = ast.literal_eval(spec)
+        got = _PARSED[spec] = (CommitRule(**d["rule"]), d["mask_id"], d["vocab_size"])
+    return got
+
+
+# ------------------------------------------------------------------------------------------------
+# custom op (the Triton path); the kernels module is imported on first use, so that
+# TRITON_INTERPRET can still be set after `import dllm_kernels`. Six arguments on purpose: a
+# custom op's dispatch costs host time per argument (torch >= 2.12 fills the schema's defaults
+# at a cost that grows with the square of the argument count, and converts every int of an
+# int list), so the statistics and the state travel as tensor lists, the per-row vectors as one
+# table and the rule with its scalars as one string.
+# ------------------------------------------------------------------------------------------------
+
+
+@torch.library.custom_op("dllm_kernels::commit", mutates_args=("x", "state"))
+def _commit_op(
+    x: torch.Tensor,
+    stats: list[torch.Tensor],
+    state: list[torch.Tensor],
+    rows: torch.Tensor,
+    step: torch.Tensor,
+    spec: str,
+) -> torch.Tensor:
+    """``stats = [token, prob, entropy]``, ``state``: the CommitState fields in order, ``rows``:
+    the table of :func:`pack_rows`, ``spec``: the rule, MASK id and vocabulary bound (_op_spec)."""
     from .kernels import commit as kernels
 
-    rule = CommitRule(
-        base, threshold, alpha, suffix_window, entropy_threshold, entropy_strict, commit_best, spatial_window,
-        spatial_max_decided, spatial_threshold, token_cluster, cluster_min_len, temporal_steps,
-        temporal_threshold, temporal_agg,
-    )  # fmt: skip
-    state = CommitState(commit_step, last_id, count, conf_sum, conf_max)
-    return kernels.commit(x, token, prob, entropy, state, rule, active_start, active_end, step, mask_id,
-                          num_transfer, force_start, force_end, stats_offset)  # fmt: skip
+    rule, mask_id, vocab_size = _parse_spec(spec)
+    token, prob, entropy = stats
+    return kernels.commit(x, token, prob, entropy, CommitState(*state), rule, rows, step, mask_id,
+                          _NO_VOCAB if vocab_size is None else vocab_size)  # fmt: skip
 
 
 @_commit_op.register_fake
@@ -101,14 +140,20 @@ def _(x, *args):
 # ------------------------------------------------------------------------------------------------
 
 
-def _check_values(op, x, Ls, active_start, active_end, num_transfer, force_start, force_end, stats_offset):
-    """Range checks of the per-row integers. They need the values on the host, so they run only
-    for CPU tensors outside torch.compile; CUDA tensors are never read back (that would be a host
-    sync): there the kernel clips the regions to the canvas and the stats window instead."""
-    L = x.shape[1]
-    s, e = active_start.tolist(), active_end.tolist()
-    off = [0] * len(s) if stats_offset is None else stats_offset.tolist()
-    for b, (lo, hi, o) in enumerate(zip(s, e, off)):
+def _check_values(op, L, Ls, rows):
+    """Range checks of the per-row integers (the packed table of :func:`pack_rows`). They need
+    the values on the host, so they run only for CPU tensors outside torch.compile; CUDA tensors
+    are never read back (that would be a host sync): there the kernel clips the regions to the
+    canvas and the stats window instead."""
+    lo, hi, f_lo, f_hi, off, k = rows.tolist()
+    if (
+        min(lo, default=0) >= 0 and max(hi, default=0) <= L and min(f_lo, default=0) >= 0
+        and max(f_hi, default=0) <= L and min(off, default=0) >= 0 and max(off, default=0) <= L
+        and min(k, default=0) >= 0 and all(a <= b for a, b in zip(lo, hi)) and all(a <= b for a, b in zip(f_lo, f_hi))
+        and all(a == b or o <= a and b <= o + Ls for a, b, o in zip(lo, hi, off))
+    ):  # fmt: skip
+        return  # the common case in a few builtin passes; else find the first bad row
+    for b, (lo, hi, f_lo, f_hi, o, k) in enumerate(zip(lo, hi, f_lo, f_hi, off, k)):
         if not 0 <= lo <= hi <= L:
             raise ValueError(
                 f"{op}: the active region must satisfy 0 <= active_start <= active_end <= L = {L}, "
@@ -121,21 +166,73 @@ def _check_values(op, x, Ls, active_start, active_end, num_transfer, force_start
                 f"{op}: the active region [{lo}, {hi}) of row {b} must lie inside the stats window "
                 f"[{o}, {o + Ls}) (stats_offset + stats columns)"
             )
-    if force_start is not None:
-        for b, (lo, hi) in enumerate(zip(force_start.tolist(), force_end.tolist())):
-            if not 0 <= lo <= hi <= L:
-                raise ValueError(
-                    f"{op}: the force region must satisfy 0 <= force_start <= force_end <= L = {L}, "
-                    f"got [{lo}, {hi}) in row {b}"
-                )
-    if num_transfer is not None:
-        bad = [(b, k) for b, k in enumerate(num_transfer.tolist()) if k < 0]
-        if bad:
-            raise ValueError(f"{op}: num_transfer must be >= 0, got {bad[0][1]} in row {bad[0][0]}")
+        if not 0 <= f_lo <= f_hi <= L:
+            raise ValueError(
+                f"{op}: the force region must satisfy 0 <= force_start <= force_end <= L = {L}, "
+                f"got [{f_lo}, {f_hi}) in row {b}"
+            )
+        if k < 0:
+            raise ValueError(f"{op}: num_transfer must be >= 0, got {k} in row {b}")
 
 
-def _validate(op, x, stats, state, rule, active_start, active_end, mask_id, step, num_transfer, force_start,
-              force_end, stats_offset) -> TokenStats:  # fmt: skip
+def _is_int(v, low: int, high: int) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool) and low <= v < high
+
+
+def _valid_fast(x, stats, state, rule, vectors, mask_id, step, vocab_size) -> bool:
+    """True if the inputs pass every check of :func:`_validate_slow`, which runs only when this
+    says no and then raises the precise error (one pass of attribute reads instead of 16
+    check_tensor calls on the common path)."""
+    try:
+        if not isinstance(x, torch.Tensor) or x.dtype != torch.int64 or x.dim() != 2:
+            return False
+        shape, device = x.shape, x.device
+        if not isinstance(stats, tuple) or len(stats) != 4:
+            return False
+        token, prob, _, entropy = stats
+        if not isinstance(token, torch.Tensor) or token.dtype != torch.int64 or token.dim() != 2:
+            return False
+        s_shape, s_stride = token.shape, token.stride()
+        if s_shape[0] != shape[0] or s_shape[1] < 1 or token.device != device:
+            return False
+        for t in (prob, entropy):
+            if not isinstance(t, torch.Tensor) or t.dtype != torch.float32 or t.shape != s_shape:
+                return False
+            if t.stride() != s_stride or t.device != device:
+                return False
+        if not isinstance(state, CommitState):
+            return False
+        for t, dtype in zip(_fields(state), _STATE_DTYPES.values()):
+            if not isinstance(t, torch.Tensor) or t.dtype != dtype or t.shape != shape:
+                return False
+            if not t.is_contiguous() or t.device != device:
+                return False
+        if not isinstance(rule, CommitRule) or not _is_int(mask_id, 0, 2**63):
+            return False
+        if vocab_size is not None and not _is_int(vocab_size, 1, 2**63):
+            return False
+        if isinstance(step, torch.Tensor):
+            if step.dim() != 0 or step.dtype not in INDEX_DTYPES or step.device != device:
+                return False
+        elif not _is_int(step, 0, 2**31):
+            return False
+        active_start, active_end, force_start, force_end, stats_offset, num_transfer = vectors
+        for t in vectors:
+            if t is None:
+                continue
+            if not isinstance(t, torch.Tensor) or t.dtype not in INDEX_DTYPES or t.dim() != 1:
+                return False
+            if t.shape[0] != shape[0] or t.device != device:
+                return False
+        if active_start is None or active_end is None or (force_start is None) != (force_end is None):
+            return False
+        return rule.base != "topk" or num_transfer is not None
+    except Exception:  # anything unexpected: let the slow path name it
+        return False
+
+
+def _validate_slow(op, x, stats, state, rule, vectors, mask_id, step, vocab_size) -> None:
+    """Every structural check, one at a time, each raising a one-line error naming the argument."""
     check_tensor(op, "x", x, ndim=2, dtypes=(torch.int64,))
     B, L = x.shape
     device = x.device
@@ -162,23 +259,21 @@ def _validate(op, x, stats, state, rule, active_start, active_end, mask_id, step
             raise ValueError(f"{op}: state.{name} must be contiguous")
     if not isinstance(rule, CommitRule):
         raise TypeError(f"{op}: rule must be a CommitRule, got {type(rule).__name__}")
-    if isinstance(mask_id, bool) or not isinstance(mask_id, int) or not 0 <= mask_id < 2**63:
+    if not _is_int(mask_id, 0, 2**63):
         raise ValueError(f"{op}: mask_id must be an int in [0, 2**63), got {mask_id!r}")
+    if vocab_size is not None and not _is_int(vocab_size, 1, 2**63):
+        raise ValueError(f"{op}: vocab_size must be None or an int in [1, 2**63), got {vocab_size!r}")
     if isinstance(step, torch.Tensor):
         check_tensor(op, "step", step, ndim=0, dtypes=INDEX_DTYPES, device=device)
-    elif isinstance(step, bool) or not isinstance(step, int) or not 0 <= step < 2**31:
+    elif not _is_int(step, 0, 2**31):
         raise ValueError(f"{op}: step must be an int in [0, 2**31) or a 0-d int tensor on {device}, got {step!r}")
-    for name, t in (("active_start", active_start), ("active_end", active_end), ("num_transfer", num_transfer),
-                    ("force_start", force_start), ("force_end", force_end), ("stats_offset", stats_offset)):  # fmt: skip
-        if t is not None:
+    for name, t in zip(ROW_FIELDS, vectors):
+        if t is not None or name in ("active_start", "active_end"):
             check_tensor(op, name, t, dtypes=INDEX_DTYPES, device=device, shape=(B,))
-    if rule.base == "topk" and num_transfer is None:
+    if rule.base == "topk" and vectors[5] is None:
         raise ValueError(f"{op}: rule.base 'topk' needs num_transfer (k per row, e.g. from num_transfer_schedule)")
-    if (force_start is None) != (force_end is None):
+    if (vectors[2] is None) != (vectors[3] is None):
         raise ValueError(f"{op}: force_start and force_end must be given together")
-    if device.type == "cpu" and not torch.compiler.is_compiling():
-        _check_values(op, x, Ls, active_start, active_end, num_transfer, force_start, force_end, stats_offset)
-    return stats
 
 
 # ------------------------------------------------------------------------------------------------
@@ -200,17 +295,21 @@ def commit(
     force_start: torch.Tensor | None = None,
     force_end: torch.Tensor | None = None,
     stats_offset: torch.Tensor | None = None,
+    vocab_size: int | None = None,
     backend: str = "auto",
 ) -> torch.Tensor:
     """Commit the masked positions that a decoding step's rules select; updates ``x`` and
     ``state`` in place, in one kernel launch, without a host sync.
 
     Let the candidates of row b be the positions ``p`` in ``[active_start[b], active_end[b])``
-    with ``x[b, p] == mask_id`` at step start; ``c`` their confidence ``stats.prob``, ``H`` their
-    ``stats.entropy``, and their proposal ``stats.token``. Thresholds are rounded to fp32, like
-    the statistics they are compared with. "Best" means the highest ``c`` (the lowest ``H`` for
-    base ``"entropy"``), ties -> lowest position. The rules run in R2-dLLM's order, each on the
-    positions still masked after the previous ones:
+    with ``x[b, p] == mask_id`` at step start and a valid proposal ``stats.token`` (``>= 0``,
+    ``!= mask_id`` and, if ``vocab_size`` is given, ``< vocab_size``); ``c`` their confidence
+    ``stats.prob``, ``H`` their ``stats.entropy``. A masked position with an invalid proposal is
+    never committed: it is no candidate of any rule (it still counts as a MASK in rule 3's
+    ``r_mask``). Thresholds are rounded to fp32, like the statistics they are compared with.
+    "Best" means the highest ``c`` (the lowest ``H`` for base ``"entropy"``), ties -> lowest
+    position. The rules run in R2-dLLM's order, each on the positions still masked after the
+    previous ones:
 
     1. base ``"topk"`` (LLaDA): the ``min(k, #candidates)`` best, ``k = num_transfer[b]``.
     2. base ``"threshold"`` (Fast-dLLM): every candidate with ``c >= threshold``.
@@ -244,6 +343,14 @@ def commit(
        candidate commits (d3LLM: the first fully active block). So every step commits at least
        one position of a region that still has masks.
 
+    Non-finite statistics (any float values are accepted; both backends agree exactly): a NaN
+    ``c`` reads as ``-inf`` and a NaN ``H`` as ``+inf``, everywhere (so NaN never passes a
+    threshold, never makes a spatial window or token cluster pass, and ranks below every other
+    value, ties -> lowest position); ``+-inf`` compare as IEEE numbers (``c = +inf`` passes every
+    threshold, a window holding a non-finite ``c`` never passes). Rule 8 still picks among all
+    candidates, so a step whose statistics are all NaN commits the force region's first
+    candidate: the progress guarantee holds for any float input.
+
     A committed position takes its proposal in ``x`` and ``step`` in ``state.commit_step``.
     Nothing outside the active region is read from the statistics or written; tokens are never
     re-masked; a row with an empty region or no candidates is left untouched.
@@ -267,6 +374,7 @@ def commit(
         force_start, force_end: int32/int64 ``[B]``, the force region of rule 8 (both or none).
         stats_offset: int32/int64 ``[B]``, canvas position of each row's stats column 0
             (default 0).
+        vocab_size: if given, proposals ``>= vocab_size`` are invalid (see the candidates).
         backend: ``"auto"`` | ``"triton"`` | ``"reference"``.
 
     Returns:
@@ -275,25 +383,51 @@ def commit(
     Range checks of the integer tensors (regions inside the canvas and the stats window,
     ``num_transfer >= 0``) run when they are on the CPU (outside ``torch.compile``); on a GPU
     they are not read back (no sync): the kernel clips the regions to the canvas and the stats
-    window, and a negative k counts as 0.
+    window, and a negative k counts as 0. The custom op ``dllm_kernels::commit`` takes the rule
+    as one string and the per-row vectors as one table (:func:`pack_rows`); a decoding loop
+    that validated its inputs once may call ``dllm_kernels.commit._commit_unchecked`` directly.
     """
     op = "commit"
-    stats = _validate(op, x, stats, state, rule, active_start, active_end, mask_id, step, num_transfer,
-                      force_start, force_end, stats_offset)  # fmt: skip
+    vectors = (active_start, active_end, force_start, force_end, stats_offset, num_transfer)
+    if not _valid_fast(x, stats, state, rule, vectors, mask_id, step, vocab_size):
+        _validate_slow(op, x, stats, state, rule, vectors, mask_id, step, vocab_size)
+    stats = TokenStats(*stats)
+    rows = pack_rows(active_start, active_end, force_start=force_start, force_end=force_end,
+                     stats_offset=stats_offset, num_transfer=num_transfer)  # fmt: skip
+    if x.device.type == "cpu" and not torch.compiler.is_compiling():
+        _check_values(op, x.shape[1], stats.token.shape[1], rows)
     if not isinstance(step, torch.Tensor):
         step = torch.full((), step, dtype=torch.int32, device=x.device)
-    if resolve_backend(backend, x.device, op) == "reference":
+    return _commit_unchecked(x, stats, state, rule, rows, step, mask_id, vocab_size=vocab_size, backend=backend)
+
+
+def _commit_unchecked(
+    x: torch.Tensor,
+    stats: TokenStats,
+    state: CommitState,
+    rule: CommitRule,
+    rows: torch.Tensor,
+    step: torch.Tensor,
+    mask_id: int,
+    *,
+    vocab_size: int | None = None,
+    backend: str = "auto",
+) -> torch.Tensor:
+    """:func:`commit` without validation, for a decoding loop that validated its inputs once
+    per call: ``rows`` is the int32/int64 ``[6, B]`` table of :func:`pack_rows` (contiguous, or
+    it is copied), ``step`` a 0-d int32/int64 tensor on ``x``'s device. Wrong input here is
+    undefined behaviour of the kernel (clipped regions at best), not an error."""
+    if resolve_backend(backend, x.device, "commit") == "reference":
+        a_s, a_e, f_s, f_e, off, k = rows.unbind(0)
         return reference.commit(
-            x, stats, state, rule, active_start=active_start, active_end=active_end, mask_id=mask_id, step=step,
-            num_transfer=num_transfer, force_start=force_start, force_end=force_end, stats_offset=stats_offset,
+            x, stats, state, rule, active_start=a_s, active_end=a_e, mask_id=mask_id, step=step, num_transfer=k,
+            force_start=f_s, force_end=f_e, stats_offset=off, vocab_size=vocab_size,
         )  # fmt: skip
     if min(x.shape[1], stats.token.shape[1]) > MAX_COMMIT_POSITIONS:
         raise ValueError(
-            f"{op}: the Triton kernel holds a row's region in one tile of at most {MAX_COMMIT_POSITIONS} "
+            f"commit: the Triton kernel holds a row's region in one tile of at most {MAX_COMMIT_POSITIONS} "
             f"positions; got a canvas of {x.shape[1]} and stats of {stats.token.shape[1]} columns "
             f"(use backend='reference', or stats of a shorter window)"
         )
-    return _commit_op(
-        x, stats.token, stats.prob, stats.entropy, *_fields(state), active_start, active_end, step,
-        mask_id, num_transfer, force_start, force_end, stats_offset, *_fields(rule),
-    )  # fmt: skip
+    return _commit_op(x, [stats.token, stats.prob, stats.entropy], _fields(state), rows, step,
+                      _spec(rule, mask_id, vocab_size))  # fmt: skip

@@ -10,7 +10,7 @@ from __future__ import annotations
 import torch
 
 from . import reference
-from ._checks import FLOAT_DTYPES, check_int_tensor, check_last_dim_contiguous, check_tensor
+from ._checks import FLOAT_DTYPES, check_int_tensor, check_last_dim_contiguous, check_no_internal_overlap, check_tensor
 from .attention import HEAD_DIMS, check_kv_pair
 from .backend import resolve_backend
 
@@ -65,7 +65,9 @@ def refresh_kv_cache(
         block_ids: int32/int64 ``[B, nb]``, block indices in ``[0, ceil(Lmax / block_size))``,
             ``-1`` = empty slot (rows may list different numbers of blocks). Listing a block twice
             writes the same values twice.
-        block_size: rows per block (>= 1); the last block may be cut by ``Lmax``.
+        block_size: rows per block, in ``[1, 2**31)``; the last block may be cut by ``Lmax`` (a
+            block larger than the cache is one block: the launch covers ``min(block_size, Lmax)``
+            rows per block).
         new_start: int32/int64 ``[B]`` in ``[0, Lmax]``, default zeros (full-canvas recomputes).
             Cache rows of a listed block whose position has no ``k_new`` row (``r - new_start[b]``
             outside ``[0, Ln)``) are left untouched: that is a caller error the op masks.
@@ -75,7 +77,9 @@ def refresh_kv_cache(
             and cast, for models that cache rotated keys. V is copied as is.
         backend: ``"auto"`` | ``"triton"`` | ``"reference"`` (see :mod:`dllm_kernels.backend`).
 
-    All tensors may be strided views with a unit-stride last dimension. Index values are checked
+    All tensors may be strided views with a unit-stride last dimension; the caches must not
+    overlap themselves in memory (a stride-0, expanded dimension is rejected: a write would land
+    in every aliased row). Index values are checked
     when they live on the CPU; on the GPU they are never read by the host (no sync): negative ids
     are empty slots and rows outside the cache or the source are masked.
 
@@ -89,12 +93,14 @@ def refresh_kv_cache(
         raise ValueError(f"{op}: head dim (k_cache.shape[-1]) must be one of {HEAD_DIMS}, got {D}")
     kw = dict(B=B, D=D, dtype=k_cache.dtype, device=k_cache.device, like="k_cache")
     check_kv_pair(op, ("k_cache", "v_cache"), k_cache, v_cache, **kw)
+    check_no_internal_overlap(op, "k_cache", k_cache)
+    check_no_internal_overlap(op, "v_cache", v_cache)
     check_kv_pair(op, ("k_new", "v_new"), k_new, v_new, **kw)
     if k_new.shape[2] != Hkv:
         raise ValueError(f"{op}: k_new must have the caches' {Hkv} KV heads, got {k_new.shape[2]}")
     Ln = k_new.shape[1]
-    if isinstance(block_size, bool) or not isinstance(block_size, int) or block_size < 1:
-        raise ValueError(f"{op}: block_size must be an int >= 1, got {block_size!r}")
+    if isinstance(block_size, bool) or not isinstance(block_size, int) or not 1 <= block_size < 2**31:
+        raise ValueError(f"{op}: block_size must be an int in [1, 2**31), got {block_size!r}")
     n_blocks = -(-Lmax // block_size)
     check_tensor(op, "block_ids", block_ids, ndim=2)
     check_int_tensor(op, "block_ids", block_ids, shape=(B, None), device=k_cache.device, low=-1, high=n_blocks - 1)

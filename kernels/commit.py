@@ -183,7 +183,7 @@ def _token_cluster_rule(m_live, b_tok, b_conf, o_t, min_len, tau_s, BLOCK: tl.co
 
 
 @triton.jit(
-    do_not_specialize=["B", "L", "Ls", "mask_id", "suffix_window", "max_decided", "min_len", "temporal_n"]
+    do_not_specialize=["B", "L", "Ls", "mask_id", "tok_hi", "suffix_window", "max_decided", "min_len", "temporal_n"]
 )
 def _commit_kernel(
     x_ptr,  # [B, L] int64 canvas, updated in place
@@ -200,17 +200,13 @@ def _commit_kernel(
     count_ptr,  # [B, L] int32 (TEMPORAL)
     sum_ptr,  # [B, L] fp32 (TEMPORAL)
     max_ptr,  # [B, L] fp32 (TEMPORAL)
-    start_ptr,  # [B] active region [start, end)
-    end_ptr,
-    fstart_ptr,  # [B] force region [fstart, fend)
-    fend_ptr,
-    off_ptr,  # [B] stats offset (HAS_OFFSET)
-    k_ptr,  # [B] top-k counts (BASE == 0)
+    rows_ptr,  # [6, B] contiguous: active start, end, force start, end, stats offset, top-k count
     out_ptr,  # [B] int32 positions committed per row
     B,
     L,
     Ls,
     mask_id,
+    tok_hi,  # proposals must lie in [0, tok_hi) and differ from mask_id
     tau,  # threshold / tau0
     alpha,
     suffix_window,
@@ -227,7 +223,6 @@ def _commit_kernel(
     TOKEN_CLUSTER: tl.constexpr,
     TEMPORAL: tl.constexpr,
     AGG: tl.constexpr,  # 0 last, 1 mean, 2 max
-    HAS_OFFSET: tl.constexpr,
     ROWS: tl.constexpr,
     BLOCK: tl.constexpr,
 ):
@@ -239,12 +234,9 @@ def _commit_kernel(
     o_t = tl.broadcast_to(o_l, (ROWS, BLOCK))  # [ROWS, BLOCK]
 
     # the active region, clipped to the canvas and the stats window (validated on CPU inputs)
-    if HAS_OFFSET:
-        b_off = tl.load(off_ptr + o_r, mask=m_r, other=0).to(tl.int64)  # [ROWS]
-    else:
-        b_off = tl.zeros([ROWS], tl.int64)
-    b_start = tl.maximum(tl.maximum(tl.load(start_ptr + o_r, mask=m_r, other=0).to(tl.int64), b_off), 0)
-    b_end = tl.minimum(tl.minimum(tl.load(end_ptr + o_r, mask=m_r, other=0).to(tl.int64), b_off + Ls), L)
+    b_off = tl.load(rows_ptr + 4 * B + o_r, mask=m_r, other=0).to(tl.int64)  # [ROWS]
+    b_start = tl.maximum(tl.maximum(tl.load(rows_ptr + o_r, mask=m_r, other=0).to(tl.int64), b_off), 0)
+    b_end = tl.minimum(tl.minimum(tl.load(rows_ptr + B + o_r, mask=m_r, other=0).to(tl.int64), b_off + Ls), L)
     b_n = tl.maximum(b_end - b_start, 0).to(tl.int32)  # [ROWS]
     o_p = b_start[:, None] + o_l  # [ROWS, BLOCK] canvas positions
     m = m_r[:, None] & (o_l < b_n[:, None])
@@ -252,27 +244,32 @@ def _commit_kernel(
     p_row = x_ptr + o_r.to(tl.int64) * stride_xb  # [ROWS]
     p_x = p_row[:, None] + o_p * stride_xl  # [ROWS, BLOCK]
     b_x = tl.load(p_x, mask=m, other=0)
-    m_cand = m & (b_x == mask_id)  # masked at step start
+    m_mask = m & (b_x == mask_id)  # masked at step start
     p_s = o_r[:, None].to(tl.int64) * stride_sb + (o_p - b_off[:, None]) * stride_sl
     b_tok = tl.load(tok_ptr + p_s, mask=m, other=0)
+    m_cand = m_mask & (b_tok >= 0) & (b_tok < tok_hi) & (b_tok != mask_id)  # with a valid proposal
+    # non-finite statistics: NaN confidence reads as -inf, NaN entropy as +inf (the reference's
+    # order); every comparison below is then an IEEE comparison of non-NaN values
     if BASE != 3 or SPATIAL_W > 0 or TOKEN_CLUSTER or TEMPORAL:
         b_conf = tl.load(conf_ptr + p_s, mask=m, other=0.0)
+        b_conf = tl.where(b_conf == b_conf, b_conf, float("-inf"))
     if BASE == 3:
         b_ent = tl.load(ent_ptr + p_s, mask=m, other=0.0)
+        b_ent = tl.where(b_ent == b_ent, b_ent, float("inf"))
         b_key = _order_key(-b_ent, o_t, BLOCK)  # best = lowest entropy
     else:
         b_key = _order_key(b_conf, o_t, BLOCK)  # best = highest probability
 
     # ---- rules 1-4: the base rule ---------------------------------------------------------
     if BASE == 0:
-        m_take = _top_k(b_key, m_cand, tl.load(k_ptr + o_r, mask=m_r, other=0))
+        m_take = _top_k(b_key, m_cand, tl.load(rows_ptr + 5 * B + o_r, mask=m_r, other=0))
     elif BASE == 3:
         if ENTROPY_STRICT:
             m_take = m_cand & (b_ent < tau_h)
         else:
             m_take = m_cand & (b_ent <= tau_h)
     elif BASE == 2:
-        n_mask = tl.sum(m_cand.to(tl.int32), 1)
+        n_mask = tl.sum(m_mask.to(tl.int32), 1)
         b_tau = _dynamic_threshold(p_row, stride_xl, m_r, b_end, b_n, n_mask, L, mask_id, tau, alpha,
                                    suffix_window, o_l, BLOCK)  # fmt: skip
         m_take = m_cand & (b_conf >= b_tau[:, None])
@@ -298,7 +295,8 @@ def _commit_kernel(
         m_same = b_last == b_tok
         b_cnt = tl.where(m_same, b_cnt + 1, 1)
         b_sum = tl.where(m_same, b_sum + b_conf, b_conf)
-        b_max = tl.where(m_same, tl.maximum(b_max, b_conf), b_conf)
+        b_peak = tl.maximum(b_max, b_conf, propagate_nan=tl.PropagateNan.ALL)  # NaN state: as torch.maximum
+        b_max = tl.where(m_same, b_peak, b_conf)
         if AGG == 0:
             b_agg = b_conf
         elif AGG == 1:
@@ -308,8 +306,8 @@ def _commit_kernel(
         m_take |= m_act & (b_cnt >= temporal_n) & (b_agg >= tau_t)
 
     # ---- forced progress: the force region's best candidate if the rules left it empty -------
-    b_fs = tl.load(fstart_ptr + o_r, mask=m_r, other=0).to(tl.int64)
-    b_fe = tl.load(fend_ptr + o_r, mask=m_r, other=0).to(tl.int64)
+    b_fs = tl.load(rows_ptr + 2 * B + o_r, mask=m_r, other=0).to(tl.int64)
+    b_fe = tl.load(rows_ptr + 3 * B + o_r, mask=m_r, other=0).to(tl.int64)
     m_force = m_cand & (o_p >= b_fs[:, None]) & (o_p < b_fe[:, None])
     m_starved = tl.sum((m_force & m_take).to(tl.int32), 1) == 0  # [ROWS]
     m_take |= _best(b_key, m_force) & m_starved[:, None]
@@ -341,11 +339,11 @@ def _num_warps(block: int) -> int:
     return max(1, min(16, block // 64))
 
 
-def _flags(rule: CommitRule, has_offset: bool) -> dict:
+def _flags(rule: CommitRule) -> dict:
     return dict(
         BASE=BASES[rule.base], COMMIT_BEST=rule.commit_best, ENTROPY_STRICT=rule.entropy_strict,
         SPATIAL_W=rule.spatial_window, TOKEN_CLUSTER=rule.token_cluster, TEMPORAL=rule.temporal_steps > 0,
-        AGG=AGGS[rule.temporal_agg], HAS_OFFSET=has_offset,
+        AGG=AGGS[rule.temporal_agg],
     )  # fmt: skip
 
 
@@ -356,41 +354,32 @@ def commit(
     entropy: torch.Tensor,
     state: CommitState,
     rule: CommitRule,
-    active_start: torch.Tensor,
-    active_end: torch.Tensor,
+    rows: torch.Tensor,
     step: torch.Tensor,
     mask_id: int,
-    num_transfer: torch.Tensor | None,
-    force_start: torch.Tensor | None,
-    force_end: torch.Tensor | None,
-    stats_offset: torch.Tensor | None,
+    vocab_size: int,
 ) -> torch.Tensor:
     """Launch the commit kernel (one launch). Inputs are assumed validated by the public op;
-    ``token``, ``prob`` and ``entropy`` are the ``[B, Ls]`` statistics, sharing one layout."""
+    ``token``, ``prob`` and ``entropy`` are the ``[B, Ls]`` statistics, sharing one layout;
+    ``rows`` the ``[6, B]`` per-row table of ``dllm_kernels.commit.pack_rows`` (read densely:
+    a strided view is copied); ``vocab_size < 0``: no upper bound on proposals."""
     check_launchable("commit", x, token, state.commit_step)
-    active_start, active_end, num_transfer, force_start, force_end, stats_offset = map(
-        dense, (active_start, active_end, num_transfer, force_start, force_end, stats_offset)
-    )
+    rows = dense(rows)
     B, L = x.shape
     Ls = token.shape[1]
     block = _block(L, Ls)
-    rows = min(next_pow2(B), _INTERPRET_MAX_ROWS) if IS_INTERPRET else 1
+    rows_per_program = min(next_pow2(B), _INTERPRET_MAX_ROWS) if IS_INTERPRET else 1
     counts = _utils.empty(B, dtype=torch.int32, device=x.device)
     if B == 0:
         return counts
-    _commit_kernel[(cdiv(B, rows),)](
+    _commit_kernel[(cdiv(B, rows_per_program),)](
         x, x.stride(0), x.stride(1),
         token, prob, entropy, token.stride(0), token.stride(1),
         step, state.commit_step, state.last_id, state.count, state.conf_sum, state.conf_max,
-        active_start, active_end,
-        active_start if force_start is None else force_start,
-        active_end if force_end is None else force_end,
-        active_start if stats_offset is None else stats_offset,
-        active_start if num_transfer is None else num_transfer,
-        counts, B, L, Ls, mask_id,
+        rows, counts, B, L, Ls, mask_id, vocab_size if vocab_size >= 0 else 2**63 - 1,
         rule.threshold, rule.alpha, rule.suffix_window, rule.entropy_threshold, rule.spatial_max_decided,
         rule.spatial_threshold, rule.cluster_min_len, rule.temporal_steps, rule.temporal_threshold,
-        **_flags(rule, stats_offset is not None), ROWS=rows, BLOCK=block, num_warps=_num_warps(block),
+        **_flags(rule), ROWS=rows_per_program, BLOCK=block, num_warps=_num_warps(block),
     )  # fmt: skip
     return counts
 
@@ -432,13 +421,12 @@ def aot_specs():
                     "tok_ptr": "*i64", "conf_ptr": "*fp32", "ent_ptr": "*fp32", "stride_sb": "i32", "stride_sl": "i32",
                     "step_ptr": f"*{index}", "commit_step_ptr": "*i32", "last_ptr": "*i64", "count_ptr": "*i32",
                     "sum_ptr": "*fp32", "max_ptr": "*fp32",
-                    "start_ptr": f"*{index}", "end_ptr": f"*{index}", "fstart_ptr": f"*{index}",
-                    "fend_ptr": f"*{index}", "off_ptr": f"*{index}", "k_ptr": f"*{index}", "out_ptr": "*i32",
-                    "B": "i32", "L": "i32", "Ls": "i32", "mask_id": "i64",
+                    "rows_ptr": f"*{index}", "out_ptr": "*i32",
+                    "B": "i32", "L": "i32", "Ls": "i32", "mask_id": "i64", "tok_hi": "i64",
                     "tau": "fp32", "alpha": "fp32", "suffix_window": "i32", "tau_h": "fp32", "max_decided": "i32",
                     "tau_s": "fp32", "min_len": "i32", "temporal_n": "i32", "tau_t": "fp32",
                 },  # fmt: skip
-                constexprs={**_flags(POLICY_RULES[policy], True), "ROWS": 1, "BLOCK": block},
+                constexprs={**_flags(POLICY_RULES[policy]), "ROWS": 1, "BLOCK": block},
                 num_warps=_num_warps(block),
                 main=block <= MAIN_MAX_BLOCK,
             )

@@ -136,8 +136,14 @@ def refresh_kv_cache(
     nb = block_ids.shape[1]
     if B * nb == 0 or Lmax == 0 or Ln == 0 or Hkv == 0:
         return
-    block_rh = _block_rh(D, block_size * Hkv)
-    grid = (B * nb, cdiv(block_size * Hkv, block_rh))
+    span = min(block_size, Lmax)  # rows of one block inside the cache: the rest is never written
+    block_rh = _block_rh(D, span * Hkv)
+    grid = (B * nb, cdiv(span * Hkv, block_rh))
+    if grid[0] >= 2**31 or grid[1] >= 2**16:
+        raise ValueError(
+            f"refresh_kv_cache: launch grid {grid} exceeds the GPU's limits (2**31 - 1, 65535): "
+            f"B * block slots = {B} * {nb}, block rows x KV heads = {span} x {Hkv}; refresh fewer or smaller blocks per call"
+        )
     rope = rope_cos is not None
     cos, sin = (rope_cos, rope_sin) if rope else (k_new, k_new)  # never read without ROPE
     _refresh_kv_cache_kernel[grid](

@@ -166,6 +166,7 @@ def commit(
     force_start: torch.Tensor | None = None,
     force_end: torch.Tensor | None = None,
     stats_offset: torch.Tensor | None = None,
+    vocab_size: int | None = None,
 ) -> torch.Tensor:
     """One decoding step's commit; see :func:`dllm_kernels.commit` for the contract.
 
@@ -180,11 +181,17 @@ def commit(
     # regions outside them; unchecked device tensors are clipped, exactly as the kernel does)
     start = torch.maximum(active_start[:, None].long(), offset).clamp(min=0)
     end = torch.minimum(active_end[:, None].long(), offset + Ls).clamp(max=L)
-    cand = (pos >= start) & (pos < end) & (x == mask_id)  # masked at step start
-
-    # the statistics in canvas coordinates
+    # the statistics in canvas coordinates; a NaN confidence reads as -inf, a NaN entropy as +inf
     col = (pos - offset).clamp(0, Ls - 1)
     token, conf, entropy = (f.gather(1, col) for f in (stats.token, stats.prob, stats.entropy))
+    conf = torch.where(conf.isnan(), float("-inf"), conf)
+    entropy = torch.where(entropy.isnan(), float("inf"), entropy)
+
+    # candidates: masked at step start, with a valid proposal
+    valid = (token >= 0) & (token != mask_id)
+    if vocab_size is not None:
+        valid = valid & (token < vocab_size)
+    cand = (pos >= start) & (pos < end) & (x == mask_id) & valid
     score = -entropy if rule.base == "entropy" else conf  # what "best" means: higher is better
 
     dynamic_tau = _dynamic_threshold(rule, x, mask_id, pos, start, end) if rule.base == "dynamic" else None

@@ -11,6 +11,7 @@ import torch
 
 import dllm_kernels as dk
 from dllm_kernels import CommitRule, CommitState, TokenStats
+from dllm_kernels.commit import _op_spec, pack_rows
 
 M = 9
 NO_FORCE = ([0], [0])  # an empty force region: the rules alone decide
@@ -424,8 +425,8 @@ def _op_args(device, rule):
     g = torch.Generator().manual_seed(0)
     stats = [torch.randint(0, 3, (2, 8), generator=g), torch.rand(2, 8, generator=g), torch.rand(2, 8, generator=g)]
     idx = [torch.tensor(v, device=device) for v in ([3, 0], [8, 5])]
-    return (x, *(t.to(device) for t in stats), *dataclasses.astuple(state), *idx, torch.tensor(1, device=device), M,
-            None, None, None, None, *dataclasses.astuple(rule))  # fmt: skip
+    return (x, [t.to(device) for t in stats], list(dataclasses.astuple(state)), pack_rows(*idx),
+            torch.tensor(1, device=device), _op_spec(rule, M, None))  # fmt: skip
 
 
 def test_custom_op_registration(device):
@@ -439,12 +440,13 @@ def test_compiles_without_graph_breaks(device):
                          step=step, backend="triton")  # fmt: skip
 
     args = _op_args(device, CommitRule())
-    x, stats, state = args[0], TokenStats(args[1], args[2], args[2], args[3]), CommitState(*args[4:9])
-    x_ref, state_ref = x.clone(), CommitState(*(t.clone() for t in args[4:9]))
+    x, stats, state = args[0], TokenStats(args[1][0], args[1][1], args[1][1], args[1][2]), CommitState(*args[2])
+    x_ref, state_ref = x.clone(), CommitState(*(t.clone() for t in args[2]))
     compiled = torch.compile(decode_step, backend="aot_eager", fullgraph=True)
-    counts = compiled(x, stats, state, args[9], args[10], args[11])
-    want = dk.commit(x_ref, stats, state_ref, CommitRule(temporal_steps=2), active_start=args[9], active_end=args[10],
-                     mask_id=M, step=args[11], backend="reference")  # fmt: skip
+    s, e = args[3][0], args[3][1]
+    counts = compiled(x, stats, state, s, e, args[4])
+    want = dk.commit(x_ref, stats, state_ref, CommitRule(temporal_steps=2), active_start=s, active_end=e,
+                     mask_id=M, step=args[4], backend="reference")  # fmt: skip
     assert torch.equal(counts, want) and torch.equal(x, x_ref)
     for f in dataclasses.fields(state):
         assert torch.equal(getattr(state, f.name), getattr(state_ref, f.name))

@@ -161,6 +161,26 @@ def test_block_size_not_a_power_of_two(device):
     run_both(k_cache, v_cache, new, new, torch.tensor([[0, 2], [1, -1]], device=device), 12)
 
 
+def test_block_larger_than_the_cache(device):
+    """A block of 2**31 - 1 rows is one block covering the cache: the launch covers the cache's
+    rows only (the grid does not grow with block_size)."""
+    k_cache, v_cache = poisoned_caches(2, 10, 2, 64, torch.float32, device)
+    new = torch.randn(2, 6, 2, 64, device=device)
+    ids = torch.tensor([[0], [-1]], device=device)
+    run_both(k_cache, v_cache, new, new, ids, 2**31 - 1, new_start=torch.tensor([3, 0], device=device))
+
+
+def test_launch_grid_beyond_the_gpu_limits_is_rejected(device, monkeypatch):
+    from dllm_kernels.kernels import kv_cache as kernels
+
+    monkeypatch.setattr(kernels, "_block_rh", lambda D, rows_heads: 1)  # one (row, head) per program
+    k_cache = torch.zeros(1, 2**15, 2, 64, dtype=torch.float16, device=device)
+    new = torch.zeros(1, 4, 2, 64, dtype=torch.float16, device=device)
+    with pytest.raises(ValueError, match=r"launch grid \(1, 65536\) exceeds the GPU's limits"):
+        dk.refresh_kv_cache(k_cache, k_cache.clone(), new, new, torch.tensor([[0]], device=device), 2**15,
+                            backend="triton")  # fmt: skip
+
+
 def test_custom_op_registration(device):
     k_cache, v_cache = torch.zeros(2, 16, 2, 64, device=device), torch.zeros(2, 16, 2, 64, device=device)
     new = torch.randn(2, 12, 2, 64, device=device)
@@ -188,7 +208,11 @@ IDS = torch.tensor([[0], [1]])
         ((C, C, N.half(), N.half(), IDS, 4), {}, TypeError, "k_new must have k_cache's dtype"),
         ((C, C, _t(2, 8, 3, 64), _t(2, 8, 3, 64), IDS, 4), {}, ValueError, "k_new must have the caches' 2 KV heads, got 3"),
         ((C, C, N, _t(2, 7, 2, 64), IDS, 4), {}, ValueError, r"v_new must have shape \[2, 8, 2, 64\]"),
-        ((C, C, N, N, IDS, 0), {}, ValueError, "block_size must be an int >= 1, got 0"),
+        ((C, C, N, N, IDS, 0), {}, ValueError, r"block_size must be an int in \[1, 2\*\*31\), got 0"),
+        ((C, C, N, N, IDS, 2**31), {}, ValueError, r"block_size must be an int in \[1, 2\*\*31\), got 2147483648"),
+        ((C, C, N, N, IDS, 4.0), {}, ValueError, r"block_size must be an int in \[1, 2\*\*31\), got 4.0"),
+        ((_t(1, 16, 2, 64).expand(2, 16, 2, 64), C, N, N, IDS, 4), {}, ValueError, "k_cache must not overlap itself in memory"),
+        ((C, _t(2, 1, 2, 64).expand(2, 16, 2, 64), N, N, IDS, 4), {}, ValueError, r"v_cache must not overlap itself in memory .* strides \(128, 0, 64, 1\)"),
         ((C, C, N, N, torch.tensor([[0], [4]]), 4), {}, ValueError, r"block_ids values must lie in \[-1, 3\], got min 0 and max 4"),
         ((C, C, N, N, torch.tensor([[-2], [1]]), 4), {}, ValueError, r"block_ids values must lie in \[-1, 3\]"),
         ((C, C, N, N, torch.tensor([0, 1]), 4), {}, ValueError, "block_ids must be 2-D"),
