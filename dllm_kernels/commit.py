@@ -78,13 +78,15 @@ def _commit_op(
     temporal_steps: int,
     temporal_threshold: float,
     temporal_agg: str,
+    token_edit: bool = False,
+    edit_threshold: float = 0.0,
 ) -> torch.Tensor:
     from .kernels import commit as kernels
 
     rule = CommitRule(
         base, threshold, alpha, suffix_window, entropy_threshold, entropy_strict, commit_best, spatial_window,
         spatial_max_decided, spatial_threshold, token_cluster, cluster_min_len, temporal_steps,
-        temporal_threshold, temporal_agg,
+        temporal_threshold, temporal_agg, token_edit, edit_threshold,
     )  # fmt: skip
     state = CommitState(commit_step, last_id, count, conf_sum, conf_max)
     return kernels.commit(x, token, prob, entropy, state, rule, active_start, active_end, step, mask_id,
@@ -243,6 +245,11 @@ def commit(
        region; clipped to it) holds candidates and rules 1-7 committed none of them, its best
        candidate commits (d3LLM: the first fully active block). So every step commits at least
        one position of a region that still has masks.
+    9. Token editing (``token_edit``, LLaDA2.1): every position of the active region that an
+       earlier step committed (not masked at step start and ``state.commit_step >= 0``; prompt
+       positions keep -1 and are never edited) whose proposal differs from ``x`` and whose
+       ``c`` is ``> edit_threshold`` (strict) takes its proposal. Its ``commit_step`` keeps the
+       step that first committed it; it counts in the returned number.
 
     A committed position takes its proposal in ``x`` and ``step`` in ``state.commit_step``.
     Nothing outside the active region is read from the statistics or written; tokens are never
@@ -270,7 +277,8 @@ def commit(
         backend: ``"auto"`` | ``"triton"`` | ``"reference"``.
 
     Returns:
-        int32 ``[B]``: the number of positions committed in each row (= newly unmasked).
+        int32 ``[B]``: the number of positions committed in each row (= newly unmasked), plus
+        the edited ones with ``token_edit``.
 
     Range checks of the integer tensors (regions inside the canvas and the stats window,
     ``num_transfer >= 0``) run when they are on the CPU (outside ``torch.compile``); on a GPU

@@ -152,6 +152,14 @@ def _temporal_rule(rule, state: CommitState, active, token, conf) -> torch.Tenso
     return active & (count >= rule.temporal_steps) & (agg >= _fp32(rule.temporal_threshold, conf))
 
 
+def _token_edit_rule(rule, region, cand, x, state: CommitState, token, conf) -> torch.Tensor:
+    """Rule 9, LLaDA2.1 token editing: a position of the region that an earlier step committed
+    (not masked at step start, ``commit_step >= 0``, so never the prompt) takes its proposal if
+    the proposal differs and its confidence is > edit_threshold (strict)."""
+    committed_before = region & ~cand & (state.commit_step >= 0)
+    return committed_before & (token != x) & (conf > _fp32(rule.edit_threshold, conf))
+
+
 def commit(
     x: torch.Tensor,
     stats: TokenStats,
@@ -180,7 +188,8 @@ def commit(
     # regions outside them; unchecked device tensors are clipped, exactly as the kernel does)
     start = torch.maximum(active_start[:, None].long(), offset).clamp(min=0)
     end = torch.minimum(active_end[:, None].long(), offset + Ls).clamp(max=L)
-    cand = (pos >= start) & (pos < end) & (x == mask_id)  # masked at step start
+    region = (pos >= start) & (pos < end)
+    cand = region & (x == mask_id)  # masked at step start
 
     # the statistics in canvas coordinates
     col = (pos - offset).clamp(0, Ls - 1)
@@ -203,8 +212,9 @@ def commit(
     forced = cand & (pos >= f_lo) & (pos < f_hi)
     starved = ~(forced & taken).any(dim=1, keepdim=True)
     taken = taken | (_best(score, forced) & starved)
+    edited = _token_edit_rule(rule, region, cand, x, state, token, conf) if rule.token_edit else torch.zeros_like(taken)
 
-    x.copy_(torch.where(taken, token, x))
+    x.copy_(torch.where(taken | edited, token, x))
     if not isinstance(step, torch.Tensor):
         step = torch.full((), step, dtype=torch.int32, device=device)
     state.commit_step.copy_(torch.where(taken, step.to(torch.int32), state.commit_step))
@@ -213,4 +223,4 @@ def commit(
         state.count.masked_fill_(taken, 0)
         state.conf_sum.masked_fill_(taken, 0.0)
         state.conf_max.masked_fill_(taken, 0.0)
-    return taken.sum(dim=1, dtype=torch.int32)
+    return (taken | edited).sum(dim=1, dtype=torch.int32)
