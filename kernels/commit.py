@@ -428,7 +428,7 @@ POLICY_RULES = {
     "d3llm_llada": CommitRule(base="entropy", entropy_threshold=0.5),
     "d3llm_dream": CommitRule(base="entropy", entropy_threshold=0.4, entropy_strict=True, commit_best=False),
     # SGLang's JointThreshold (LLaDA2.1): strict threshold (next fp32 above 0.5) + token editing
-    "llada21_edit": CommitRule(threshold=0.50000006, token_edit=True),
+    "llada21_edit": CommitRule(threshold=0.50000006, commit_best=False, token_edit=True),
 }
 MAIN_MAX_BLOCK = 1024
 
