@@ -444,3 +444,43 @@ def test_wrong_logits_shape():
     fb.input_ids = torch.full((6,), MASK)
     with pytest.raises(ValueError, match=r"input_ids must have shape \[8\]"):
         algo.step(fb, torch.zeros(8, V), [None, None])
+
+
+def test_ci_pins_a_supported_sglang():
+    pins = (pathlib.Path(__file__).resolve().parent / "sglang-cpu.txt").read_text().split()
+    (pin,) = [p for p in pins if p.startswith("sglang==")]
+    plugin.check_sglang_version(pin.split("==")[1])
+
+
+# ---- GPU: the step's device work replays in a CUDA graph ------------------------------------------
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("name", ["DllmKernelsLowConfidence", "DllmKernelsJointThreshold", "DllmKernelsR2Dllm"])
+def test_step_done_replays_in_a_cuda_graph(name):
+    B, blk = 4, 32
+    g = torch.Generator().manual_seed(0)
+    ids, pm = random_case(g, B, blk, prompt=True)
+    logits = (torch.randn(B * blk, V, generator=g) * 3).cuda()
+    algo = getattr(plugin, name)(config(blk, {"backend": "triton"}))
+
+    def fresh():
+        fb = batch(ids.clone().cuda(), pm.cuda(), B)
+        return fb, algo.init_step_state(fb)
+
+    fb_eager, st_eager = fresh()
+    done_eager = algo.step_done(fb_eager, logits.clone(), st_eager).clone()
+    fb_warm, st_warm = fresh()
+    algo.step_done(fb_warm, logits.clone(), st_warm)  # compiles the kernels, makes the constants
+    fb, st = fresh()
+    static_logits = logits.clone()
+    torch.cuda.synchronize()
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        done = algo.step_done(fb, static_logits, st)
+    ids_obj = fb.input_ids
+    graph.replay()
+    torch.cuda.synchronize()
+    assert fb.input_ids is ids_obj
+    assert torch.equal(fb.input_ids, fb_eager.input_ids)
+    assert torch.equal(done, done_eager)
