@@ -34,6 +34,7 @@ sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent / "stubs"))
 import torchvision_stub  # noqa: E402
 
 torchvision_stub.install()
+_environ = dict(os.environ)
 try:
     from sglang.srt.dllm.algorithm import algo_name_to_cls, get_algorithm_cls
     from sglang.srt.dllm.algorithm.joint_threshold import JointThreshold
@@ -43,6 +44,9 @@ except ImportError as exc:
     if _sglang_required():
         raise ImportError(f"sglang is required here (CI on a CPU machine; see tests/sglang-cpu.txt): {exc}") from exc
     pytest.skip(f"sglang is not installed ({exc}); CI installs it", allow_module_level=True)
+finally:  # importing sglang points Triton's and others' caches at its own folders: undo for the other test files
+    os.environ.clear()
+    os.environ.update(_environ)
 
 # import_algorithms() swallows import errors: an empty registry would make every test vacuous
 assert "LowConfidence" in algo_name_to_cls and "JointThreshold" in algo_name_to_cls, sorted(algo_name_to_cls)
