@@ -7,6 +7,7 @@ holds a row's whole active region as one register tile and applies R2-dLLM's ord
 
     base rule (top-k | threshold | dynamic threshold | entropy, + the best candidate)
       -> R2 spatial windows -> R2 token clusters -> R2 temporal stability -> forced progress
+      (-> LLaDA2.1 token editing of positions committed by earlier steps, if enabled)
 
 then stores ``x``, ``commit_step`` and the temporal state only where they change, and one
 int32 count per row. Memory traffic per region position: ``x`` (8 B) and the statistics it

@@ -47,6 +47,7 @@ block started carry a commit step).
 from __future__ import annotations
 
 import math
+import re
 from typing import Any, List
 
 import torch
@@ -68,11 +69,8 @@ __all__ = ["ALGORITHMS", "SUPPORTED_SGLANG", "register"]
 
 
 def _version_tuple(v: str) -> tuple:
-    parts = []
-    for p in v.split("+")[0].split(".")[:3]:
-        digits = "".join(c for c in p if c.isdigit()) if not p.isdigit() else p
-        parts.append(int(digits or 0))
-    return tuple(parts)
+    """``"0.5.23.post1"`` -> ``(0, 5, 23)``: the leading number of each of the first three parts."""
+    return tuple(int(m.group()) if (m := re.match(r"\d+", p)) else 0 for p in v.split(".")[:3])
 
 
 def check_sglang_version(version: str | None = None) -> None:
