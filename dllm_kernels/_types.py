@@ -36,7 +36,7 @@ class CommitRule:
     """The commit rules of one decoding step and their numbers (DESIGN.md 1.2); hashable.
 
     The switches (``base``, ``entropy_strict``, ``commit_best``, ``spatial_window > 0``,
-    ``token_cluster``, ``temporal_steps > 0``, ``temporal_agg``) become compile-time flags of the
+    ``token_cluster``, ``temporal_steps > 0``, ``temporal_agg``, ``token_edit``) become compile-time flags of the
     kernel; the thresholds are runtime fp32 numbers (rounded to fp32 like the statistics they are
     compared with). See :func:`dllm_kernels.commit` for what each rule does.
     """
@@ -56,6 +56,8 @@ class CommitRule:
     temporal_steps: int = 0  # R2 N (0 = off)
     temporal_threshold: float = 0.8  # R2 tau_t: aggregate >= tau_t
     temporal_agg: str = "last"  # "last" | "mean" | "max"
+    token_edit: bool = False  # LLaDA2.1 token editing of already committed positions
+    edit_threshold: float = 0.0  # token_edit: a committed position takes a differing proposal if prob > this (strict)
 
     def __post_init__(self):
         def fail(name, want):
@@ -68,11 +70,12 @@ class CommitRule:
             fail("base", f"one of {COMMIT_BASES}")
         if self.temporal_agg not in TEMPORAL_AGGS:
             fail("temporal_agg", f"one of {TEMPORAL_AGGS}")
-        for name in ("threshold", "alpha", "entropy_threshold", "spatial_threshold", "temporal_threshold"):
+        for name in ("threshold", "alpha", "entropy_threshold", "spatial_threshold", "temporal_threshold",
+                     "edit_threshold"):
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
                 fail(name, "a finite number")
-        for name in ("entropy_strict", "commit_best", "token_cluster"):
+        for name in ("entropy_strict", "commit_best", "token_cluster", "token_edit"):
             if not isinstance(getattr(self, name), bool):
                 fail(name, "a bool")
         for name, low in (("suffix_window", 0), ("spatial_max_decided", 0), ("cluster_min_len", 1), ("temporal_steps", 0)):

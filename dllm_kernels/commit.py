@@ -342,6 +342,11 @@ def commit(
        region; clipped to it) holds candidates and rules 1-7 committed none of them, its best
        candidate commits (d3LLM: the first fully active block). So every step commits at least
        one position of a region that still has masks.
+    9. Token editing (``token_edit``, LLaDA2.1): every position of the active region that an
+       earlier step committed (not masked at step start and ``state.commit_step >= 0``; prompt
+       positions keep -1 and are never edited) whose proposal differs from ``x`` and whose
+       ``c`` is ``> edit_threshold`` (strict) takes its proposal. Its ``commit_step`` keeps the
+       step that first committed it; it counts in the returned number.
 
     Non-finite statistics (any float values are accepted; both backends agree exactly): a NaN
     ``c`` reads as ``-inf`` and a NaN ``H`` as ``+inf``, everywhere (so NaN never passes a
@@ -378,7 +383,8 @@ def commit(
         backend: ``"auto"`` | ``"triton"`` | ``"reference"``.
 
     Returns:
-        int32 ``[B]``: the number of positions committed in each row (= newly unmasked).
+        int32 ``[B]``: the number of positions committed in each row (= newly unmasked), plus
+        the edited ones with ``token_edit``.
 
     Range checks of the integer tensors (regions inside the canvas and the stats window,
     ``num_transfer >= 0``) run when they are on the CPU (outside ``torch.compile``); on a GPU

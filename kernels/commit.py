@@ -7,6 +7,7 @@ holds a row's whole active region as one register tile and applies R2-dLLM's ord
 
     base rule (top-k | threshold | dynamic threshold | entropy, + the best candidate)
       -> R2 spatial windows -> R2 token clusters -> R2 temporal stability -> forced progress
+      (-> LLaDA2.1 token editing of positions committed by earlier steps, if enabled)
 
 then stores ``x``, ``commit_step`` and the temporal state only where they change, and one
 int32 count per row. Memory traffic per region position: ``x`` (8 B) and the statistics it
@@ -182,6 +183,16 @@ def _token_cluster_rule(m_live, b_tok, b_conf, o_t, min_len, tau_s, BLOCK: tl.co
     return m_live & (b_key == b_run_key) & (b_last - b_first + 1 >= min_len) & (b_conf > tau_s)
 
 
+@triton.jit
+def _token_edit_rule(m, m_mask, b_x, b_tok, b_conf, commit_step_ptr, p_state, tau_e):
+    """LLaDA2.1 token editing: a region position with a valid proposal (``m``) that an earlier
+    step committed (not masked, ``commit_step >= 0``: never the prompt) takes its proposal if it
+    differs and its confidence is > tau_e (strict)."""
+    m_old = m & ~m_mask
+    b_cs = tl.load(commit_step_ptr + p_state, mask=m_old, other=-1)
+    return m_old & (b_cs >= 0) & (b_tok != b_x) & (b_conf > tau_e)
+
+
 @triton.jit(
     do_not_specialize=["B", "L", "Ls", "mask_id", "tok_hi", "suffix_window", "max_decided", "min_len", "temporal_n"]
 )
@@ -216,6 +227,7 @@ def _commit_kernel(
     min_len,
     temporal_n,
     tau_t,
+    tau_e,  # token-edit threshold (TOKEN_EDIT)
     BASE: tl.constexpr,  # 0 top-k, 1 threshold, 2 dynamic threshold, 3 entropy
     COMMIT_BEST: tl.constexpr,
     ENTROPY_STRICT: tl.constexpr,
@@ -223,6 +235,7 @@ def _commit_kernel(
     TOKEN_CLUSTER: tl.constexpr,
     TEMPORAL: tl.constexpr,
     AGG: tl.constexpr,  # 0 last, 1 mean, 2 max
+    TOKEN_EDIT: tl.constexpr,
     ROWS: tl.constexpr,
     BLOCK: tl.constexpr,
 ):
@@ -247,10 +260,11 @@ def _commit_kernel(
     m_mask = m & (b_x == mask_id)  # masked at step start
     p_s = o_r[:, None].to(tl.int64) * stride_sb + (o_p - b_off[:, None]) * stride_sl
     b_tok = tl.load(tok_ptr + p_s, mask=m, other=0)
-    m_cand = m_mask & (b_tok >= 0) & (b_tok < tok_hi) & (b_tok != mask_id)  # with a valid proposal
+    m_valid = (b_tok >= 0) & (b_tok < tok_hi) & (b_tok != mask_id)  # a proposal that may be written
+    m_cand = m_mask & m_valid
     # non-finite statistics: NaN confidence reads as -inf, NaN entropy as +inf (the reference's
     # order); every comparison below is then an IEEE comparison of non-NaN values
-    if BASE != 3 or SPATIAL_W > 0 or TOKEN_CLUSTER or TEMPORAL:
+    if BASE != 3 or SPATIAL_W > 0 or TOKEN_CLUSTER or TEMPORAL or TOKEN_EDIT:
         b_conf = tl.load(conf_ptr + p_s, mask=m, other=0.0)
         b_conf = tl.where(b_conf == b_conf, b_conf, float("-inf"))
     if BASE == 3:
@@ -312,16 +326,22 @@ def _commit_kernel(
     m_starved = tl.sum((m_force & m_take).to(tl.int32), 1) == 0  # [ROWS]
     m_take |= _best(b_key, m_force) & m_starved[:, None]
 
+    # ---- token editing (LLaDA2.1) of positions committed by earlier steps -------------------
+    if TOKEN_EDIT:
+        m_write = m_take | _token_edit_rule(m & m_valid, m_mask, b_x, b_tok, b_conf, commit_step_ptr, p_state, tau_e)
+    else:
+        m_write = m_take
+
     # ---- stores: only where something changes ------------------------------------------------
     step = tl.load(step_ptr).to(tl.int32)
-    tl.store(p_x, b_tok, mask=m_take)
+    tl.store(p_x, b_tok, mask=m_write)
     tl.store(commit_step_ptr + p_state, tl.zeros([ROWS, BLOCK], tl.int32) + step, mask=m_take)
     if TEMPORAL:  # streaks of the still-masked positions; committed positions start afresh
         tl.store(last_ptr + p_state, tl.where(m_take, -1, b_tok), mask=m_cand)
         tl.store(count_ptr + p_state, tl.where(m_take, 0, b_cnt), mask=m_cand)
         tl.store(sum_ptr + p_state, tl.where(m_take, 0.0, b_sum), mask=m_cand)
         tl.store(max_ptr + p_state, tl.where(m_take, 0.0, b_max), mask=m_cand)
-    tl.store(out_ptr + o_r, tl.sum(m_take.to(tl.int32), 1), mask=m_r)
+    tl.store(out_ptr + o_r, tl.sum(m_write.to(tl.int32), 1), mask=m_r)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -343,7 +363,7 @@ def _flags(rule: CommitRule) -> dict:
     return dict(
         BASE=BASES[rule.base], COMMIT_BEST=rule.commit_best, ENTROPY_STRICT=rule.entropy_strict,
         SPATIAL_W=rule.spatial_window, TOKEN_CLUSTER=rule.token_cluster, TEMPORAL=rule.temporal_steps > 0,
-        AGG=AGGS[rule.temporal_agg],
+        AGG=AGGS[rule.temporal_agg], TOKEN_EDIT=rule.token_edit,
     )  # fmt: skip
 
 
@@ -379,6 +399,7 @@ def commit(
         rows, counts, B, L, Ls, mask_id, vocab_size if vocab_size >= 0 else 2**63 - 1,
         rule.threshold, rule.alpha, rule.suffix_window, rule.entropy_threshold, rule.spatial_max_decided,
         rule.spatial_threshold, rule.cluster_min_len, rule.temporal_steps, rule.temporal_threshold,
+        rule.edit_threshold,
         **_flags(rule), ROWS=rows_per_program, BLOCK=block, num_warps=_num_warps(block),
     )  # fmt: skip
     return counts
@@ -397,6 +418,8 @@ POLICY_RULES = {
     "r2_mean": CommitRule(spatial_window=3, token_cluster=True, temporal_steps=3, temporal_agg="mean"),
     "d3llm_llada": CommitRule(base="entropy", entropy_threshold=0.5),
     "d3llm_dream": CommitRule(base="entropy", entropy_threshold=0.4, entropy_strict=True, commit_best=False),
+    # SGLang's JointThreshold (LLaDA2.1): strict threshold (next fp32 above 0.5) + token editing
+    "llada21_edit": CommitRule(threshold=0.50000006, commit_best=False, token_edit=True),
 }
 MAIN_MAX_BLOCK = 1024
 
@@ -425,6 +448,7 @@ def aot_specs():
                     "B": "i32", "L": "i32", "Ls": "i32", "mask_id": "i64", "tok_hi": "i64",
                     "tau": "fp32", "alpha": "fp32", "suffix_window": "i32", "tau_h": "fp32", "max_decided": "i32",
                     "tau_s": "fp32", "min_len": "i32", "temporal_n": "i32", "tau_t": "fp32",
+                    "tau_e": "fp32",
                 },  # fmt: skip
                 constexprs={**_flags(POLICY_RULES[policy]), "ROWS": 1, "BLOCK": block},
                 num_warps=_num_warps(block),

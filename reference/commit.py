@@ -152,6 +152,14 @@ def _temporal_rule(rule, state: CommitState, active, token, conf) -> torch.Tenso
     return active & (count >= rule.temporal_steps) & (agg >= _fp32(rule.temporal_threshold, conf))
 
 
+def _token_edit_rule(rule, region, x, mask_id: int, state: CommitState, token, conf) -> torch.Tensor:
+    """Rule 9, LLaDA2.1 token editing: a position of the region that an earlier step committed
+    (not masked at step start, ``commit_step >= 0``, so never the prompt) takes its proposal if
+    the proposal differs and its confidence is > edit_threshold (strict)."""
+    committed_before = region & (x != mask_id) & (state.commit_step >= 0)
+    return committed_before & (token != x) & (conf > _fp32(rule.edit_threshold, conf))
+
+
 def commit(
     x: torch.Tensor,
     stats: TokenStats,
@@ -191,7 +199,8 @@ def commit(
     valid = (token >= 0) & (token != mask_id)
     if vocab_size is not None:
         valid = valid & (token < vocab_size)
-    cand = (pos >= start) & (pos < end) & (x == mask_id) & valid
+    region = (pos >= start) & (pos < end)
+    cand = region & (x == mask_id) & valid
     score = -entropy if rule.base == "entropy" else conf  # what "best" means: higher is better
 
     dynamic_tau = _dynamic_threshold(rule, x, mask_id, pos, start, end) if rule.base == "dynamic" else None
@@ -210,8 +219,9 @@ def commit(
     forced = cand & (pos >= f_lo) & (pos < f_hi)
     starved = ~(forced & taken).any(dim=1, keepdim=True)
     taken = taken | (_best(score, forced) & starved)
+    edited = _token_edit_rule(rule, region & valid, x, mask_id, state, token, conf) if rule.token_edit else torch.zeros_like(taken)
 
-    x.copy_(torch.where(taken, token, x))
+    x.copy_(torch.where(taken | edited, token, x))
     if not isinstance(step, torch.Tensor):
         step = torch.full((), step, dtype=torch.int32, device=device)
     state.commit_step.copy_(torch.where(taken, step.to(torch.int32), state.commit_step))
@@ -220,4 +230,4 @@ def commit(
         state.count.masked_fill_(taken, 0)
         state.conf_sum.masked_fill_(taken, 0.0)
         state.conf_max.masked_fill_(taken, 0.0)
-    return taken.sum(dim=1, dtype=torch.int32)
+    return (taken | edited).sum(dim=1, dtype=torch.int32)

@@ -6,6 +6,11 @@
 # - Any other machine gets the CPU build of torch (torch==2.13.0, which this project's machines
 #   serve from a local wheel) before anything else, so pip never pulls the multi-GB CUDA wheels,
 #   plus triton 3.6 (the GPU image's version) with numpy < 2.4, which its interpreter needs.
+# - A CPU machine also gets SGLang's dLLM modules for tests/test_sglang.py, unless sglang is
+#   already importable: tests/sglang-cpu-deps.txt with dependencies, then the pinned
+#   tests/sglang-cpu.txt with --no-deps (never a CUDA torch). A failed install (e.g. offline) only
+#   warns here; the CI run then fails in tests/test_sglang.py, which requires sglang when CI=true
+#   on a CPU machine. The GPU image (CUDA torch, no network) skips this step.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
@@ -26,3 +31,9 @@ if ! "$VPY" -c "import sys, torch; sys.exit(0 if torch.version.cuda else 1)" >/d
     pip_install "triton==3.6.0" "numpy>=1.26,<2.4"
 fi
 pip_install -e ".[test,bench]"
+if ! "$VPY" -c "import sys, torch; sys.exit(0 if torch.version.cuda else 1)" >/dev/null 2>&1 \
+        && ! "$VPY" -c "import sglang" >/dev/null 2>&1; then
+    if ! { pip_install -r tests/sglang-cpu-deps.txt && pip_install --no-deps -r tests/sglang-cpu.txt; }; then
+        echo "bootstrap: could not install the SGLang test set (tests/sglang-cpu.txt); tests/test_sglang.py needs it" >&2
+    fi
+fi

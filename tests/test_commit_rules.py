@@ -510,6 +510,8 @@ def test_bad_input(kwargs, exc, match):
         ({"temporal_steps": 2.0}, "temporal_steps must be an int in"),
         ({"temporal_agg": "ave"}, "temporal_agg must be one of"),
         ({"commit_best": 1}, "commit_best must be a bool"),
+        ({"token_edit": "yes"}, "token_edit must be a bool"),
+        ({"edit_threshold": float("inf")}, "edit_threshold must be a finite number"),
     ],
 )
 def test_bad_rule(change, match):
@@ -560,3 +562,81 @@ def test_cuda_graph_capture_matches_reference():
         assert torch.equal(counts.cpu(), want) and torch.equal(xd.cpu(), x_ref)
         for f in dataclasses.fields(state):
             assert torch.equal(getattr(state, f.name).cpu(), getattr(state_ref, f.name))
+
+
+# ---- rule 9: token editing (LLaDA2.1) -----------------------------------------------------
+
+EDIT = CommitRule(threshold=0.99, commit_best=False, token_edit=True, edit_threshold=0.6)
+
+
+def test_token_edit_replaces_earlier_commits_whose_proposal_differs(backend, device):
+    # positions 0-1 prompt (commit_step -1), 2-5 committed at step 1, 6-7 masked
+    x = [[1, 2, 3, 4, 5, 6, M, M]]
+    state = CommitState.new(torch.tensor(x))
+    state.commit_step[:, 2:6] = 1
+    token = [[7, 7, 3, 8, 8, 8, 8, 8]]  # differs at 0, 1 (prompt), 3, 4, 5; equal at 2
+    prob = [[0.9, 0.9, 0.9, 0.6, 0.61, 0.9, 0.5, 0.5]]  # 3: exactly the threshold (strict: no edit)
+    new, counts, st = run(backend, device, x, token=token, prob=prob, rule=EDIT, state=state, force=NO_FORCE, step=4)
+    assert new == [[1, 2, 3, 4, 8, 8, M, M]]  # edits at 4 and 5 only
+    assert counts == [2]
+    assert st.commit_step.tolist() == [[-1, -1, 1, 1, 1, 1, -1, -1]]  # edits keep their first step
+
+
+def test_token_edit_skips_this_steps_commits_and_outside_the_region(backend, device):
+    x = [[M, 5, 5, M, 5]]
+    state = CommitState.new(torch.tensor(x))
+    state.commit_step[:, [1, 2, 4]] = 0
+    token = [[6, 6, 6, 6, 6]]
+    prob = [[0.95, 0.9, 0.9, 0.2, 0.9]]
+    # region [0, 4): position 0 commits this step (base rule), 1 and 2 are edited, 4 lies outside
+    new, counts, st = run(backend, device, x, token=token, prob=prob, rule=dataclasses.replace(EDIT, threshold=0.9),
+                          region=([0], [4]), state=state, force=NO_FORCE, step=3)  # fmt: skip
+    assert new == [[6, 6, 6, M, 5]]
+    assert counts == [3]
+    assert st.commit_step.tolist() == [[3, 0, 0, -1, 0]]
+
+
+def test_token_edit_with_forced_progress_and_without_masks(backend, device):
+    x = [[4, M, M], [4, 4, 4]]
+    state = CommitState.new(torch.tensor(x))
+    state.commit_step[0, 0] = 0
+    state.commit_step[1] = 0
+    token = [[5, 7, 7], [4, 5, 4]]
+    prob = [[0.7, 0.3, 0.4], [0.7, 0.7, 0.7]]
+    new, counts, _ = run(backend, device, x, token=token, prob=prob, rule=EDIT, state=state)
+    assert new == [[5, M, 7], [4, 5, 4]]  # row 0: edit + forced best; row 1: one edit, no masks
+    assert counts == [2, 1]
+
+
+def test_token_edit_off_leaves_committed_tokens(backend, device):
+    x = [[4, M]]
+    state = CommitState.new(torch.tensor(x))
+    state.commit_step[0, 0] = 0
+    new, counts, _ = run(backend, device, x, token=[[5, 6]], prob=[[1.0, 1.0]], rule=CommitRule(), state=state)
+    assert new == [[4, 6]] and counts == [1]
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_token_edit_kernel_matches_reference_on_random_rows(device, seed):
+    g = torch.Generator().manual_seed(seed)
+    B, L = 6, 24
+    x = torch.randint(0, 4, (B, L), generator=g)
+    x[torch.rand(B, L, generator=g) < 0.4] = M
+    state = CommitState.new(x)
+    state.commit_step[:] = torch.where((x != M) & (torch.rand(B, L, generator=g) < 0.7), 2, -1).int()
+    token = torch.randint(0, 4, (B, L), generator=g)
+    prob = torch.rand(B, L, generator=g)
+    prob[:, ::5] = 0.5  # exactly at the edit threshold
+    start = torch.randint(0, 6, (B,), generator=g)
+    end = torch.randint(18, L + 1, (B,), generator=g)
+    rule = CommitRule(threshold=0.7, token_edit=True, edit_threshold=0.5)
+    outs = []
+    for backend in ("triton", "reference"):
+        xb, st = x.clone().to(device), CommitState(*(getattr(state, f.name).clone().to(device) for f in dataclasses.fields(state)))
+        stats = TokenStats(token.to(device), prob.to(device), prob.to(device), prob.to(device))
+        counts = dk.commit(xb, stats, st, rule, active_start=start.to(device), active_end=end.to(device), mask_id=M,
+                           step=5, backend=backend)  # fmt: skip
+        outs.append((xb.cpu(), counts.cpu(), st.commit_step.cpu()))
+    for got, ref in zip(outs[0], outs[1]):
+        assert torch.equal(got, ref)
+    assert ((outs[1][0] != x) & (x != M)).any()  # the case edits something

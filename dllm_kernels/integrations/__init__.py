@@ -1,0 +1,5 @@
+"""Adapters that plug the kernels into serving engines (imported only by the engine that uses them).
+
+- :mod:`dllm_kernels.integrations.sglang`: dLLM decoding algorithms for SGLang (``sglang>=0.5.23,<0.6``),
+  registered through the ``sglang.srt.plugins`` entry point.
+"""

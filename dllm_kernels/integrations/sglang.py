@@ -1,0 +1,459 @@
+"""SGLang plugin: dLLM decoding algorithms built on :func:`~dllm_kernels.token_stats` + :func:`~dllm_kernels.commit`.
+
+SGLang (``sglang>=0.5.23,<0.6``) picks a dLLM decoding algorithm by class name
+(``--dllm-algorithm NAME``, options from ``--dllm-algorithm-config FILE.yaml``) in
+``sglang.srt.dllm.algorithm.algo_name_to_cls``. Installing ``dllm-kernels`` registers
+:func:`register` in the entry-point group ``sglang.srt.plugins``; SGLang's ``load_plugins()``
+(engine, server CLIs, scheduler processes) calls it, and it adds the classes below. Each class's
+``step`` runs one ``token_stats`` pass over the block's logits and one ``commit`` launch, writes
+the new tokens into ``forward_batch.input_ids`` in place (same tensor: CUDA-graph safe), keeps
+per-request state in device tensors and syncs with the host once, for the done list that SGLang
+asks for.
+
+Algorithms and their YAML options (the library's own names; defaults in brackets):
+
+- ``DllmKernelsLowConfidence``: exact drop-in of SGLang's ``LowConfidence``: commit the masked
+  positions with ``prob > threshold`` [0.95] (strict), else the most confident one.
+- ``DllmKernelsJointThreshold``: exact drop-in of SGLang's ``JointThreshold`` (LLaDA2.1): the same
+  mask-to-token rule with ``threshold`` [0.5], plus token editing of the block's earlier commits
+  with ``prob > edit_threshold`` [0.0]; ``max_post_edit_steps`` [16] edit-only steps once the block
+  has no mask; ``penalty_lambda`` [0.0] subtracted from the logit of each position's left
+  neighbour's token. (``vectorized_decoding``, an SGLang switch between two equivalent paths, is
+  accepted and ignored.)
+- ``DllmKernelsFastDllm``: Fast-dLLM threshold: ``prob >= threshold`` [0.9] plus the best.
+- ``DllmKernelsStreamingDllm``: Streaming-dLLM dynamic threshold
+  ``threshold * (1 - alpha * (1 - r_mask))``, ``threshold`` [0.9], ``alpha`` [0.3]; r_mask is the
+  masked fraction of the block's generation region (SGLang forwards no suffix).
+- ``DllmKernelsD3LLM``: d3LLM entropy rule: ``H <= entropy_threshold`` [0.5] (``<`` if
+  ``entropy_strict`` [false]), plus the lowest-entropy position if ``commit_best`` [true].
+- ``DllmKernelsR2Dllm``: R2-dLLM: threshold [0.9], then windows (``spatial_window`` [3],
+  ``spatial_max_decided`` [1], ``spatial_threshold`` [0.8]), token clusters (``token_cluster``
+  [true], ``cluster_min_len`` [2]) and temporal stability (``temporal_steps`` [3],
+  ``temporal_threshold`` [0.8], ``temporal_agg`` [last]); the per-position streaks live in device
+  tensors carried in SGLang's per-request ``states`` across FDFO rounds and dropped (by SGLang)
+  when the request finishes.
+
+Every algorithm also takes ``backend`` [auto] (``auto`` | ``triton`` | ``reference``). SGLang
+itself reads ``block_size`` and ``capture_input_preparation`` from the same file; any other key
+is an error naming it.
+
+Regions: a request's block is ``[prompt tail | generation]``. SGLang's ``dllm_prompt_mask`` (when
+set) marks the prompt tail, a prefix of the block (``position < prompt length``); its length is
+where the commit region starts. Without it the region is the whole block (the prompt tail holds no
+MASK; JointThreshold never edits it because only positions that were MASK when the request's
+block started carry a commit step).
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from typing import Any, List
+
+import torch
+
+import sglang
+from sglang.srt.dllm.algorithm.base import DllmAlgorithm
+
+from .._types import MAX_COMMIT_POSITIONS, MAX_SPATIAL_WINDOW, TEMPORAL_AGGS, CommitRule, CommitState, TokenStats
+from ..backend import BACKENDS
+from ..commit import commit
+from ..confidence import token_stats
+
+SUPPORTED_SGLANG = ">=0.5.23,<0.6"
+SUPPORTED_ARCHITECTURES = ("LLaDA2MoeModelLM", "SDARForCausalLM", "SDARMoeForCausalLM")
+SGLANG_KEYS = frozenset({"block_size", "capture_input_preparation"})  # read by SGLang's DllmConfig
+_STATE_FIELDS = ("commit_step", "last_id", "count", "conf_sum", "conf_max")
+
+__all__ = ["ALGORITHMS", "SUPPORTED_SGLANG", "register"]
+
+
+def _version_tuple(v: str) -> tuple:
+    """``"0.5.23.post1"`` -> ``(0, 5, 23)``: the leading number of each of the first three parts."""
+    return tuple(int(m.group()) if (m := re.match(r"\d+", p)) else 0 for p in v.split(".")[:3])
+
+
+def check_sglang_version(version: str | None = None) -> None:
+    """Raise ``RuntimeError`` if the installed SGLang lies outside ``SUPPORTED_SGLANG``."""
+    version = sglang.__version__ if version is None else version
+    if not (0, 5, 23) <= _version_tuple(version) < (0, 6):
+        raise RuntimeError(
+            f"dllm_kernels.integrations.sglang supports sglang{SUPPORTED_SGLANG} (the dLLM algorithm API "
+            f"changed between releases), got sglang {version}"
+        )
+
+
+# ------------------------------------------------------------------------------------------------
+# options
+# ------------------------------------------------------------------------------------------------
+
+
+def _number(algo, name, v):
+    if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
+        raise ValueError(f"{algo}: option {name} must be a finite number, got {v!r}")
+    return float(v)
+
+
+def _int(low, high):
+    def check(algo, name, v):
+        if isinstance(v, bool) or not isinstance(v, int) or not low <= v <= high:
+            raise ValueError(f"{algo}: option {name} must be an int in [{low}, {high}], got {v!r}")
+        return v
+
+    return check
+
+
+def _bool(algo, name, v):
+    if not isinstance(v, bool):
+        raise ValueError(f"{algo}: option {name} must be true or false, got {v!r}")
+    return v
+
+
+def _choice(values):
+    def check(algo, name, v):
+        if v not in values:
+            raise ValueError(f"{algo}: option {name} must be one of {list(values)}, got {v!r}")
+        return v
+
+    return check
+
+
+_BACKEND = ("auto", _choice(BACKENDS))
+
+
+def parse_options(algo: str, given, spec: dict) -> dict:
+    """The options of ``algo`` from the YAML dict ``given``: every key of ``spec``
+    (``name -> (default, checker)``), defaults filled in; an unknown key or a bad value raises a
+    ``ValueError`` naming it."""
+    given = {} if given is None else given
+    if not isinstance(given, dict):
+        raise ValueError(f"{algo}: --dllm-algorithm-config must hold a mapping, got {type(given).__name__}")
+    unknown = sorted(str(k) for k in given if k not in spec and k not in SGLANG_KEYS)
+    if unknown:
+        raise ValueError(
+            f"{algo}: unknown option {unknown[0]!r} in --dllm-algorithm-config (known: {', '.join(sorted(spec))}; "
+            f"SGLang's own: {', '.join(sorted(SGLANG_KEYS))})"
+        )
+    return {name: check(algo, name, given.get(name, default)) for name, (default, check) in spec.items()}
+
+
+def _strict(threshold: float) -> float:
+    """The fp32 number t' with ``c >= t'`` exactly when ``c > fp32(threshold)`` for fp32 ``c``
+    (SGLang compares fp32 confidences with a strict ``>``; the commit op's threshold is ``>=``)."""
+    t = torch.tensor(threshold, dtype=torch.float32)
+    return torch.nextafter(t, torch.tensor(math.inf, dtype=torch.float32)).item()
+
+
+# ------------------------------------------------------------------------------------------------
+# per-request state: row i of a batch of device tensors
+# ------------------------------------------------------------------------------------------------
+
+
+class RowState:
+    """One request's state: row ``index`` of ``tensors`` (a dict of ``[B, ...]`` device tensors).
+    SGLang's FDFO loop carries these objects across rounds in ``states``; ``step`` stacks the rows
+    of a new batch on the device (no host sync) and points each state at its row of the result."""
+
+    __slots__ = ("tensors", "index")
+
+    def __init__(self, tensors: dict, index: int):
+        self.tensors = tensors
+        self.index = index
+
+    def row(self, name: str) -> torch.Tensor:
+        return self.tensors[name][self.index]
+
+
+def _batch_of(states: List[Any], batch_size: int) -> dict:
+    """The batched tensors of ``states`` (those of their common batch if the states are its rows
+    in order, as in SGLang's synchronous loop; else stacked, and the states re-pointed)."""
+    if len(states) != batch_size or not all(isinstance(s, RowState) for s in states):
+        raise ValueError(f"step: states must hold one RowState per request ({batch_size}), got {states!r:.200}")
+    first = states[0].tensors
+    same = all(s.tensors is first and s.index == i for i, s in enumerate(states))
+    if same and next(iter(first.values())).shape[0] == batch_size:
+        return first
+    tensors = {name: torch.stack([s.row(name) for s in states]) for name in first}
+    states[:] = [RowState(tensors, i) for i in range(batch_size)]
+    return tensors
+
+
+# ------------------------------------------------------------------------------------------------
+# the algorithms
+# ------------------------------------------------------------------------------------------------
+
+
+class KernelAlgorithm(DllmAlgorithm):
+    """Base of the algorithms: options, checks, statistics and the commit of one step.
+
+    Subclasses set ``OPTIONS`` (``name -> (default, checker)``) and ``rule(options)``; stateful
+    ones set ``STATEFUL`` (they keep a :class:`CommitState` per request).
+    """
+
+    supported_architectures = SUPPORTED_ARCHITECTURES
+    OPTIONS: dict = {}
+    STATEFUL = False
+
+    def __init__(self, config):
+        super().__init__(config)
+        algo = type(self).__name__
+        self.options = parse_options(algo, getattr(config, "algorithm_config", None), self.OPTIONS)
+        if isinstance(self.block_size, bool) or not isinstance(self.block_size, int) or not (
+            1 <= self.block_size <= MAX_COMMIT_POSITIONS
+        ):
+            raise ValueError(f"{algo}: block_size must be an int in [1, {MAX_COMMIT_POSITIONS}], got {self.block_size!r}")
+        if isinstance(self.mask_id, bool) or not isinstance(self.mask_id, int) or self.mask_id < 0:
+            raise ValueError(
+                f"{algo}: mask_id must be a token id >= 0, got {self.mask_id!r} (models without a MASK token, "
+                f"e.g. DiffusionGemma, are not supported; supported: {', '.join(SUPPORTED_ARCHITECTURES)})"
+            )
+        self.backend = self.options["backend"]
+        self.commit_rule = self.rule(self.options)
+        if self.commit_rule.spatial_window > self.block_size:
+            raise ValueError(
+                f"{algo}: option spatial_window ({self.commit_rule.spatial_window}) exceeds the block size "
+                f"{self.block_size}"
+            )
+        self._cache: dict = {}
+
+    def rule(self, options: dict) -> CommitRule:
+        raise NotImplementedError
+
+    # -- helpers (no host sync) ----------------------------------------------------------------
+
+    def _const(self, key, make):
+        """Small device constants (positions, block ends, the step index), made once per shape."""
+        if key not in self._cache:
+            self._cache[key] = make()
+        return self._cache[key]
+
+    def _canvas(self, forward_batch, full_logits):
+        """``input_ids`` as the ``[B, block]`` canvas the commit updates in place, and the
+        statistics of ``full_logits`` as ``[B, block]`` tensors."""
+        algo = type(self).__name__
+        B, blk = forward_batch.batch_size, self.block_size
+        ids = forward_batch.input_ids
+        if not isinstance(ids, torch.Tensor) or tuple(ids.shape) != (B * blk,):
+            raise ValueError(f"{algo}: forward_batch.input_ids must have shape [{B * blk}] (batch {B} x block "
+                             f"{blk}), got {list(getattr(ids, 'shape', []))}")  # fmt: skip
+        if not isinstance(full_logits, torch.Tensor) or full_logits.dim() != 2 or full_logits.shape[0] != B * blk:
+            raise ValueError(f"{algo}: full_logits must have shape [{B * blk}, V] (batch {B} x block {blk}, "
+                             f"request-major), got {list(getattr(full_logits, 'shape', []))}")  # fmt: skip
+        if not full_logits.dtype.is_floating_point:
+            raise TypeError(f"{algo}: full_logits must be a float tensor, got {full_logits.dtype}")
+        if full_logits.device != ids.device:
+            raise ValueError(f"{algo}: full_logits on {full_logits.device}, input_ids on {ids.device}")
+        x = ids.view(B, blk)
+        if x.dtype != torch.int64:
+            x = x.long()  # a copy, written back by _finish
+        stats = token_stats(full_logits, backend=self.backend)
+        return x, TokenStats(*(t.view(B, blk) for t in stats))
+
+    def _finish(self, forward_batch, x):
+        ids = forward_batch.input_ids
+        if x.data_ptr() != ids.data_ptr():
+            ids.copy_(x.view(-1))
+
+    def _prompt_len(self, forward_batch, B, device) -> torch.Tensor:
+        """Where each request's commit region starts: the length of its prompt tail in the block."""
+        pm = forward_batch.dllm_prompt_mask
+        if pm is None:
+            return self._const(("zeros", B, device), lambda: torch.zeros(B, dtype=torch.int64, device=device))
+        if tuple(pm.shape) != (B, self.block_size) or pm.dtype != torch.bool:
+            raise ValueError(f"{type(self).__name__}: forward_batch.dllm_prompt_mask must be bool [{B}, "
+                             f"{self.block_size}], got {pm.dtype} {list(pm.shape)}")  # fmt: skip
+        return pm.sum(dim=1)
+
+    def _positions(self, device):
+        return self._const(("pos", device), lambda: torch.arange(self.block_size, device=device))
+
+    def _block_end(self, B, device):
+        return self._const(("end", B, device), lambda: torch.full((B,), self.block_size, dtype=torch.int64, device=device))
+
+    def _step_index(self, device):
+        return self._const(("step", device), lambda: torch.zeros((), dtype=torch.int32, device=device))
+
+    def _fresh_state(self, x) -> dict:
+        return {f: getattr(CommitState.new(x), f) for f in _STATE_FIELDS}
+
+    # -- SGLang's interface --------------------------------------------------------------------
+
+    def init_step_state(self, forward_batch) -> List[Any]:
+        if not self.STATEFUL:
+            return [None] * forward_batch.batch_size
+        B = forward_batch.batch_size
+        x = forward_batch.input_ids.view(B, self.block_size)
+        tensors = self._fresh_state(x)
+        return [RowState(tensors, i) for i in range(B)]
+
+    def step(self, forward_batch, full_logits: torch.Tensor, states: List[Any]) -> List[bool]:
+        """SGLang's step: :meth:`step_done`, then the done list (the step's one host sync)."""
+        return self.step_done(forward_batch, full_logits, states).tolist()
+
+    def step_done(self, forward_batch, full_logits: torch.Tensor, states: List[Any]) -> torch.Tensor:
+        """Commit this step's positions of every request, in place, without a host sync (CUDA-graph
+        capturable once the shapes have been seen); returns bool ``[B]`` on the device:
+        ``done[b]``: request b had no MASK left in its region when this forward ran (so the forward
+        saw its final tokens)."""
+        B = forward_batch.batch_size
+        x, stats = self._canvas(forward_batch, full_logits)
+        device = x.device
+        start = self._prompt_len(forward_batch, B, device)
+        masked = (x == self.mask_id) & (self._positions(device) >= start[:, None])
+        done = ~masked.any(dim=1)
+        if self.STATEFUL:
+            state = CommitState(**{f: _batch_of(states, B)[f] for f in _STATE_FIELDS})
+        else:  # the rule reads no state: one scratch state per batch size
+            state = self._const(("scratch", B, device), lambda: CommitState.new(x))
+        commit(x, stats, state, self.commit_rule, active_start=start, active_end=self._block_end(B, device),
+               mask_id=self.mask_id, step=self._step_index(device), backend=self.backend)  # fmt: skip
+        self._finish(forward_batch, x)
+        return done
+
+
+class DllmKernelsLowConfidence(KernelAlgorithm):
+    """SGLang's ``LowConfidence`` on the kernels: ``prob > threshold`` (strict) among the masked
+    positions, else the most confident one (ties -> lowest position)."""
+
+    OPTIONS = {"threshold": (0.95, _number), "backend": _BACKEND}
+
+    def rule(self, options):
+        return CommitRule(base="threshold", threshold=_strict(options["threshold"]), commit_best=True)
+
+
+class DllmKernelsFastDllm(KernelAlgorithm):
+    """Fast-dLLM's threshold rule: ``prob >= threshold`` plus the most confident position."""
+
+    OPTIONS = {"threshold": (0.9, _number), "backend": _BACKEND}
+
+    def rule(self, options):
+        return CommitRule(base="threshold", threshold=options["threshold"])
+
+
+class DllmKernelsStreamingDllm(KernelAlgorithm):
+    """Streaming-dLLM's dynamic threshold over the block's generation region."""
+
+    OPTIONS = {"threshold": (0.9, _number), "alpha": (0.3, _number), "backend": _BACKEND}
+
+    def rule(self, options):
+        return CommitRule(base="dynamic", threshold=options["threshold"], alpha=options["alpha"])
+
+
+class DllmKernelsD3LLM(KernelAlgorithm):
+    """d3LLM's entropy rule within the block."""
+
+    OPTIONS = {
+        "entropy_threshold": (0.5, _number), "entropy_strict": (False, _bool), "commit_best": (True, _bool),
+        "backend": _BACKEND,
+    }  # fmt: skip
+
+    def rule(self, options):
+        return CommitRule(base="entropy", entropy_threshold=options["entropy_threshold"],
+                          entropy_strict=options["entropy_strict"], commit_best=options["commit_best"])  # fmt: skip
+
+
+class DllmKernelsR2Dllm(KernelAlgorithm):
+    """R2-dLLM: threshold, confidence windows, token clusters and temporal stability; the streaks
+    are per-request device state."""
+
+    STATEFUL = True
+    OPTIONS = {
+        "threshold": (0.9, _number), "spatial_window": (3, _int(0, MAX_SPATIAL_WINDOW)),
+        "spatial_max_decided": (1, _int(0, 2**31 - 1)), "spatial_threshold": (0.8, _number),
+        "token_cluster": (True, _bool), "cluster_min_len": (2, _int(1, 2**31 - 1)),
+        "temporal_steps": (3, _int(0, 2**31 - 1)), "temporal_threshold": (0.8, _number),
+        "temporal_agg": ("last", _choice(TEMPORAL_AGGS)), "backend": _BACKEND,
+    }  # fmt: skip
+
+    def rule(self, options):
+        return CommitRule(base="threshold", **{k: v for k, v in options.items() if k != "backend"})
+
+
+class DllmKernelsJointThreshold(KernelAlgorithm):
+    """SGLang's ``JointThreshold`` (LLaDA2.1) on the kernels: mask-to-token with
+    ``prob > threshold`` (else the most confident masked position), token-to-token edits of the
+    block's earlier commits with ``prob > edit_threshold`` (the commit op's ``token_edit``), and
+    SGLang's termination: a request is done after a step that changes nothing, or once it has
+    spent ``max_post_edit_steps`` steps without a mask (the step past the budget changes nothing).
+    Per-request state (commit steps, edit budget, finished flag, prompt length) stays on the device."""
+
+    STATEFUL = True
+    OPTIONS = {
+        "threshold": (0.5, _number), "edit_threshold": (0.0, _number),
+        "max_post_edit_steps": (16, _int(0, 2**31 - 1)), "penalty_lambda": (0.0, _number),
+        "vectorized_decoding": (False, _bool), "backend": _BACKEND,
+    }  # fmt: skip
+
+    def rule(self, options):
+        return CommitRule(base="threshold", threshold=_strict(options["threshold"]), commit_best=False,
+                          token_edit=True, edit_threshold=options["edit_threshold"])  # fmt: skip
+
+    def max_steps(self, block_size: int) -> int:
+        return block_size + self.options["max_post_edit_steps"] + 1
+
+    def init_step_state(self, forward_batch) -> List[Any]:
+        B = forward_batch.batch_size
+        x = forward_batch.input_ids.view(B, self.block_size)
+        device = x.device
+        tensors = self._fresh_state(x)
+        # the block's tokens after the prompt tail that exist already count as committed (editable)
+        prompt = self._prompt_mask(forward_batch)
+        tensors["commit_step"].masked_fill_(~prompt & (x != self.mask_id), 0)
+        tensors["start"] = self._prompt_len(forward_batch, B, device).clone()
+        tensors["finished"] = torch.zeros(B, dtype=torch.bool, device=device)
+        tensors["post_edit_steps"] = torch.zeros(B, dtype=torch.int32, device=device)
+        return [RowState(tensors, i) for i in range(B)]
+
+    def step_done(self, forward_batch, full_logits: torch.Tensor, states: List[Any]) -> torch.Tensor:
+        B, blk = forward_batch.batch_size, self.block_size
+        penalty = self.options["penalty_lambda"]
+        if penalty > 0 and isinstance(full_logits, torch.Tensor) and full_logits.dim() == 2 \
+                and full_logits.shape[0] == B * blk:  # fmt: skip
+            # SGLang's repetition penalty, in place: the logit of each position's left neighbour's
+            # token drops by penalty_lambda
+            prev = forward_batch.input_ids.view(B, blk)[:, :-1].long()
+            full_logits.view(B, blk, -1)[:, 1:, :].scatter_(
+                2, prev.unsqueeze(-1), torch.full_like(prev.unsqueeze(-1), -penalty, dtype=full_logits.dtype),
+                reduce="add",
+            )  # fmt: skip
+        x, stats = self._canvas(forward_batch, full_logits)
+        device = x.device
+        t = _batch_of(states, B)
+        start, finished, post_edit = t["start"], t["finished"], t["post_edit_steps"]
+        masked = (x == self.mask_id) & (self._positions(device) >= start[:, None])
+        has_mask = masked.any(dim=1)
+        no_mask = ~finished & ~has_mask
+        post_edit.add_(no_mask.to(torch.int32))
+        spent = no_mask & (post_edit > self.options["max_post_edit_steps"])
+        finished |= spent
+        eligible = ~finished
+        end = torch.where(eligible, self._block_end(B, device), start)  # others: an empty region
+        state = CommitState(**{f: t[f] for f in _STATE_FIELDS})
+        # SGLang forces its fallback position with torch.topk, whose choice among exactly tied
+        # confidences is the op's own (not always the lowest position): the same call picks it
+        # here, and the commit's force region [best, best + 1) commits it when no masked position
+        # passes the threshold (it has the row's top confidence: it passes iff any does)
+        conf = torch.where(masked, stats.prob, float("-inf"))
+        best = torch.topk(conf, k=1, dim=1).indices.squeeze(1)
+        changed = commit(x, stats, state, self.commit_rule, active_start=start, active_end=end, mask_id=self.mask_id,
+                         step=self._step_index(device), force_start=best, force_end=best + 1,
+                         backend=self.backend)  # fmt: skip
+        finished |= eligible & (changed == 0)
+        self._finish(forward_batch, x)
+        return finished
+
+
+ALGORITHMS = (
+    DllmKernelsLowConfidence, DllmKernelsJointThreshold, DllmKernelsFastDllm, DllmKernelsStreamingDllm,
+    DllmKernelsD3LLM, DllmKernelsR2Dllm,
+)  # fmt: skip
+
+
+def register() -> None:
+    """Entry point (group ``sglang.srt.plugins``): add :data:`ALGORITHMS` to SGLang's registry, so
+    that ``--dllm-algorithm DllmKernelsLowConfidence`` (etc.) finds them."""
+    check_sglang_version()
+    from sglang.srt.dllm.algorithm import algo_name_to_cls
+
+    for cls in ALGORITHMS:
+        algo_name_to_cls[cls.__name__] = cls
