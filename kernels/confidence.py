@@ -22,10 +22,10 @@ the logits when the entropy is small. Ties resolve to the lowest id: a lane sees
 increasing order and keeps the first of equal values (strict ``>``); merges take the lowest id
 among the states holding the maximum.
 
-PTX for sm_90a (bf16, argmax, final; counted with ``triton.compile`` for ``GPUTarget("cuda", 90,
-32)``): the former loop reduced ``(max, sum, sum)`` across the block every iteration, 9
-``bar.sync`` per iteration (21 in the kernel); with per-lane state the loop has none (the merge
-after the loop keeps 16 in all). Sampling: 18 in the loop before, none now.
+PTX for sm_90a (4 warps, counted on ``triton.compile(..., target=GPUTarget("cuda", 90, 32))``
+output): the former loop reduced ``(max, sum, sum)`` across the block every iteration, 9
+``bar.sync`` per iteration (21 in the kernel), 18 per iteration when sampling (30 in all); with
+per-lane state the loop holds none (17 in all, 26 when sampling, all in the merge after it).
 
 Extreme values (one definition for the kernel and the reference):
 

@@ -132,9 +132,9 @@ def test_suppress_ids_row_seeds_and_extreme_values(device, temperature):
 def test_sampled_token_equals_the_full_vocabulary_sample(device):
     """Noise keyed by the global id: every shard count gives the unsharded sample, row by row."""
     V = 700
-    x = logits((64, V), device, scale=0.3)  # flat rows: the sample is mostly noise
+    x = logits((12, V), device, scale=0.3)  # flat rows: the sample is mostly noise
     whole = dk.token_stats(x, temperature=1.0, seed=123, backend="triton").token
-    assert whole.unique().numel() > 16
+    assert whole.unique().numel() > 6
     for n in (2, 7):
         parts = sharded(x, shard_bounds(V, n, uneven=True), "triton", temperature=1.0, seed=123)
         assert torch.equal(dk.merge_token_stats(parts, backend="triton").token, whole)
@@ -183,38 +183,35 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _rank_main(rank, world, port, x, temperature, backend, out):
+def _rank_main(rank, world, port, x, out_dir):
     os.environ["TRITON_INTERPRET"] = "1"
     dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world)
     try:
         V = x.shape[-1]
         a, b = shard_bounds(V, world, uneven=True)[rank]
-        part = dk.token_stats_partial(x[..., a:b], a, temperature=temperature, seed=2024, vocab_size=V, backend=backend)
-        gathered = [torch.empty_like(part) for _ in range(world)]
-        dist.all_gather(gathered, part)
-        merged = dk.merge_token_stats(gathered, backend=backend)
-        out[rank] = torch.stack([merged.token.double(), merged.prob.double(), merged.margin.double(),
-                                 merged.entropy.double()])  # fmt: skip
+        results = {}
+        for temperature, backend in ((0.0, "triton"), (0.7, "reference")):
+            part = dk.token_stats_partial(x[..., a:b], a, temperature=temperature, seed=2024, vocab_size=V,
+                                          backend=backend)  # fmt: skip
+            gathered = [torch.empty_like(part) for _ in range(world)]
+            dist.all_gather(gathered, part)  # gloo has no all_gather_into_tensor
+            results[temperature] = tuple(dk.merge_token_stats(gathered, backend=backend))
+        torch.save(results, os.path.join(out_dir, f"rank{rank}.pt"))
     finally:
         dist.destroy_process_group()
 
 
 @pytest.mark.parametrize("world", [2, 4])
-def test_gloo_all_gather_of_partials(world):
-    """Each rank holds one (uneven) vocabulary shard; the ranks all-gather the 8-word states,
-    merge them, and every rank gets token_stats of the whole vocabulary."""
+def test_gloo_all_gather_of_partials(world, tmp_path):
+    """Each rank holds one (uneven) vocabulary shard; the ranks all-gather their 8-word states,
+    merge them, and every rank gets token_stats of the whole vocabulary (argmax on the kernel,
+    sampling on the reference backend)."""
     V = 97
     x = logits((2, 3, V), "cpu")
     x[0, 1, [5, 90]] = 9.0  # a tie across ranks
-    ref = {t: reference.token_stats(x, temperature=t, seed=2024) for t in (0.0, 0.7)}
-    ctx = mp.get_context("spawn")
-    with ctx.Manager() as manager:
-        for temperature, backend in ((0.0, "triton"), (0.7, "reference")):
-            out = manager.dict()
-            mp.start_processes(_rank_main, args=(world, _free_port(), x, temperature, backend, out), nprocs=world,
-                               join=True, start_method="spawn")  # fmt: skip
-            for rank in range(world):
-                tok, prob, margin, entropy = out[rank]
-                got = dk.TokenStats(tok.long().view(2, 3), prob.float().view(2, 3), margin.float().view(2, 3),
-                                    entropy.float().view(2, 3))  # fmt: skip
-                assert_stats_close(got, ref[temperature])
+    mp.start_processes(_rank_main, args=(world, _free_port(), x, str(tmp_path)), nprocs=world, join=True,
+                       start_method="spawn")  # fmt: skip
+    for rank in range(world):
+        results = torch.load(tmp_path / f"rank{rank}.pt")
+        for temperature, got in results.items():
+            assert_stats_close(dk.TokenStats(*got), reference.token_stats(x, temperature=temperature, seed=2024))
