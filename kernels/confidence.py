@@ -22,10 +22,13 @@ the logits when the entropy is small. Ties resolve to the lowest id: a lane sees
 increasing order and keeps the first of equal values (strict ``>``); merges take the lowest id
 among the states holding the maximum.
 
-PTX for sm_90a (4 warps, counted on ``triton.compile(..., target=GPUTarget("cuda", 90, 32))``
-output): the former loop reduced ``(max, sum, sum)`` across the block every iteration, 9
-``bar.sync`` per iteration (21 in the kernel), 18 per iteration when sampling (30 in all); with
-per-lane state the loop holds none (17 in all, 26 when sampling, all in the merge after it).
+PTX for sm_90a (4 warps, bf16, counted on ``triton.compile(..., target=GPUTarget("cuda", 90,
+32))`` output): the former loop reduced ``(max, sum, sum)`` across the block every iteration, 9
+``bar.sync`` per iteration (21 in the kernel), 18 per iteration when sampling (30 in all). With
+per-lane state the loop holds no reduction; the 3-stage ``tl.range`` pipeline (``cp.async``, two
+tiles in flight ahead of the one being reduced) costs 2 ``bar.sync`` per iteration, sampling
+included (21 / 30 in all, the rest in the merge after the loop). 128 registers (96 sampling),
+no spills.
 
 Extreme values (one definition for the kernel and the reference):
 
@@ -157,6 +160,7 @@ def _token_stats_kernel(
     ROW_SEED: tl.constexpr,  # U(row, v) = rand(seed[row], v) instead of rand(seed, row * V_row + v)
     CONTIG: tl.constexpr,  # stride_v == 1
     BLOCK: tl.constexpr,
+    STAGES: tl.constexpr,  # software-pipelined tiles (cp.async): STAGES - 1 tiles in flight ahead
 ):
     i_r, i_s = tl.program_id(0), tl.program_id(1)
     i_b, i_l = i_r // L, i_r % L
@@ -181,7 +185,7 @@ def _token_stats_kernel(
         b_gz = tl.full([BLOCK], float("-inf"), tl.float32)  # its logit
         b_gi = tl.full([BLOCK], 2147483647, tl.int32)  # its id
 
-    for v0 in tl.range(v_start, v_end, BLOCK):
+    for v0 in tl.range(v_start, v_end, BLOCK, num_stages=STAGES):
         o_v = v0 + o_lane  # [BLOCK] local ids
         m_v = o_v < v_end
         if CONTIG:
@@ -281,6 +285,9 @@ def _token_stats_combine_kernel(
 # bytes in flight per SM at 4 warps), half that when sampling (its per-lane state grows).
 _GPU_BLOCK = {torch.float32: 1024, torch.float16: 2048, torch.bfloat16: 2048}
 _GPU_WARPS = 4
+# Tiles of the loop pipelined through shared memory: two 4 KiB tiles in flight ahead of the one
+# being reduced (12 KiB of shared memory per program), at 2 bar.sync per iteration for the hand-off.
+_GPU_STAGES = 3
 # The interpreter costs ~0.4 ms per tl op per program whatever the block size: few, big blocks.
 _INTERPRET_BLOCK = 8192
 
@@ -323,7 +330,8 @@ def _launch(logits, *, v_off, V_row, temperature, seed, suppress_ids, num_splits
         (1.0 / temperature) if sample else 1.0, 0 if row_seed else int(seed), seeds,
         token, prob, margin, entropy, part, part.view(torch.int32),
         FINAL=splits == 1 and stats is not None, SUPPRESS=tuple(suppress_ids), SAMPLE=sample,
-        ROW_SEED=sample and row_seed, CONTIG=x3.stride(2) == 1, BLOCK=block, num_warps=_GPU_WARPS,
+        ROW_SEED=sample and row_seed, CONTIG=x3.stride(2) == 1, BLOCK=block, STAGES=_GPU_STAGES,
+        num_warps=_GPU_WARPS,
     )  # fmt: skip
     if splits > 1:
         out = partial if partial is not None else prob
@@ -421,7 +429,7 @@ def _aot_specs_token_stats():
                                 "entropy_ptr": "*fp32", "part_f_ptr": "*fp32", "part_i_ptr": "*i32",
                             },  # fmt: skip
                             constexprs={"FINAL": final, "SUPPRESS": suppress, "SAMPLE": sample, "ROW_SEED": row_seed,
-                                        "CONTIG": True, "BLOCK": block},  # fmt: skip
+                                        "CONTIG": True, "BLOCK": block, "STAGES": _GPU_STAGES},  # fmt: skip
                             num_warps=_GPU_WARPS,
                             # the models' logits: vocabularies (126464, 152064) and chunks are
                             # multiples of 16, rows start 16-byte aligned
