@@ -68,12 +68,10 @@ from . import _utils
 from ._utils import IS_INTERPRET, TORCH_TO_TRITON, AotSpec, cdiv, check_launchable, next_pow2, programs_target
 
 # Partial state of one row (or one split of a row): 8 32-bit words, fp32 (m, s, u, v2, gs, gz)
-# then int32 (i1, gi); see the module docstring. Absent ids are INT_MAX.
+# then int32 (i1, gi); see the module docstring. Absent ids are INT_MAX (2147483647); uniforms
+# of exactly 0 (tl.rand returns 0 with probability 2**-31) are raised to 2**-32.
 PARTIAL_WORDS = 8
-_INT_MAX = 2147483647
 _MAX_SPLITS = 64
-MAX_MERGE = 1024  # partials one merge program reduces (tensor-parallel shards)
-_U_MIN = 2.3283064365386963e-10  # 2**-32: the smallest uniform used (tl.rand returns 0 w.p. 2**-31)
 
 
 @triton.jit

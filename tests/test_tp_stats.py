@@ -215,3 +215,15 @@ def test_gloo_all_gather_of_partials(world, tmp_path):
         results = torch.load(tmp_path / f"rank{rank}.pt")
         for temperature, got in results.items():
             assert_stats_close(dk.TokenStats(*got), reference.token_stats(x, temperature=temperature, seed=2024))
+
+
+def test_benchmark_tp_case_computes_token_stats(device):
+    """bench/token_stats_cases.kernel_tp (the TP benchmark's work) equals token_stats."""
+    import pathlib
+    import sys
+
+    sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1] / "bench"))
+    from token_stats_cases import kernel_tp
+
+    x = logits((3, 1000), device)
+    assert_stats_close(dk.TokenStats(*kernel_tp(x, 3)), reference.token_stats(x.cpu()))
