@@ -125,6 +125,7 @@ def token_stats_partial(
     z = _clean_logits(logits_shard.cpu(), vocab_start, suppress_ids)
     R = z.shape[0]
     ids = vocab_start + torch.arange(V, dtype=torch.int64)
+    vocab_size = vocab_start + V if vocab_size is None else vocab_size
     m = z.max(dim=-1).values
     valid = m > float("-inf")
     d = torch.where(z == m[:, None], 0.0, z - m[:, None])
