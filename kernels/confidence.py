@@ -23,12 +23,12 @@ increasing order and keeps the first of equal values (strict ``>``); merges take
 among the states holding the maximum.
 
 PTX for sm_90a (4 warps, bf16, counted on ``triton.compile(..., target=GPUTarget("cuda", 90,
-32))`` output): the former loop reduced ``(max, sum, sum)`` across the block every iteration, 9
-``bar.sync`` per iteration (21 in the kernel), 18 per iteration when sampling (30 in all). With
-per-lane state the loop holds no reduction; the 3-stage ``tl.range`` pipeline (``cp.async``, two
-tiles in flight ahead of the one being reduced) costs 2 ``bar.sync`` per iteration, sampling
-included (21 / 30 in all, the rest in the merge after the loop). 128 registers (96 sampling),
-no spills.
+32))`` output; the loop = the basic blocks on a cycle through its header): the former loop
+reduced ``(max, sum, sum)`` across the block every iteration, 9 ``bar.sync`` per iteration,
+argmax and sampling alike (21 / 30 in the kernel). With per-lane state the loop holds no
+reduction; the 3-stage ``tl.range`` pipeline (``cp.async``, two tiles in flight ahead of the one
+being reduced) costs 2 ``bar.sync`` per iteration (21 / 30 in all, the rest in the merge after
+the loop). 128 registers (96 sampling), no spills. ``tests/test_token_stats.py`` checks the count.
 
 Extreme values (one definition for the kernel and the reference):
 
