@@ -133,7 +133,8 @@ def _check_seed(op: str, seed, logits: torch.Tensor, sample: bool):
             names = "/".join(str(d).replace("torch.", "") for d in SEED_DTYPES)
             raise TypeError(f"{op}: a seed tensor must have an integer dtype ({names}), got {seed.dtype}")
         if tuple(seed.shape) != lead:
-            raise ValueError(f"{op}: a seed tensor must have the logits' row shape {list(lead)}, got {list(seed.shape)}")
+            want, got = list(lead), list(seed.shape)
+            raise ValueError(f"{op}: a seed tensor must have the logits' row shape {want}, got {got}")
         if seed.device != logits.device:
             raise ValueError(f"{op}: a seed tensor must be on {logits.device} (like logits), got {seed.device}")
         if seed.device.type == "cpu" and seed.numel() and int(seed.min()) < 0:
@@ -295,7 +296,8 @@ def merge_token_stats(partials, *, backend: str = "auto") -> TokenStats:
     else:
         check_tensor(op, "partials", partials, ndim=(3, 4), dtypes=(torch.float32,))
         if partials.shape[-1] != PARTIAL_WORDS or partials.shape[0] < 1:
-            raise ValueError(f"{op}: partials must have shape [S >= 1, *lead, {PARTIAL_WORDS}], got {list(partials.shape)}")
+            got = list(partials.shape)
+            raise ValueError(f"{op}: partials must have shape [S >= 1, *lead, {PARTIAL_WORDS}], got {got}")
     if partials.shape[0] > MAX_MERGE:
         raise ValueError(f"{op}: at most {MAX_MERGE} partial states per row are supported, got {partials.shape[0]}")
     if resolve_backend(backend, partials.device, op) == "reference":

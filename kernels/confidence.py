@@ -417,7 +417,8 @@ def _aot_specs_token_stats():
                     block = _GPU_BLOCK[dtype] // (2 if sample else 1)
                     specs.append(
                         AotSpec(
-                            name=f"token_stats[{ty},sample={sample},row_seed={row_seed},final={final},suppress={len(suppress)}]",
+                            name=f"token_stats[{ty},sample={sample},row_seed={row_seed},final={final},"
+                            f"suppress={len(suppress)}]",
                             kernel=_token_stats_kernel,
                             signature={
                                 "x_ptr": f"*{ty}", "stride_b": "i64", "stride_l": "i64", "stride_v": "i32",
