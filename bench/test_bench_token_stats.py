@@ -11,6 +11,8 @@ import torch
 from common import do_bench_ms, plot_bars, synchronised, write_results
 from token_stats_cases import CANDIDATES, compiled_candidates
 
+import dllm_kernels as dk
+
 torch._dynamo.config.cache_size_limit = 1000  # one compile per shape; never the eager fallback
 
 VOCAB = 126464
@@ -41,3 +43,39 @@ def test_token_stats(benchmark, impl, rows):
     _rows.append(row)
     benchmark.extra_info.update(row)
     benchmark.pedantic(synchronised(lambda: fn(x)), rounds=20, warmup_rounds=3)
+
+
+_extra: list[dict] = []
+
+
+@pytest.fixture(scope="module")
+def _write_extra():
+    yield
+    if _extra:
+        write_results("token_stats_sampling_tp", _extra,
+                      notes=f"V={VOCAB} bf16; sampling with an int seed vs per-row seeds; one TP shard's "
+                            "token_stats_partial (V / world) and the merge of world states")  # fmt: skip
+
+
+@pytest.mark.parametrize("rows", [32, 1024])
+@pytest.mark.parametrize("impl", ["sample_int_seed", "sample_row_seeds", "tp_shard_of_8", "tp_merge_of_8"])
+def test_token_stats_sampling_and_tp(benchmark, _write_extra, impl, rows):
+    from token_stats_cases import kernel_sample_int_seed, kernel_sample_row_seeds, shard_bounds
+
+    x = torch.randn(rows, VOCAB, device="cuda", dtype=torch.bfloat16) * 3
+    seeds = torch.arange(rows, device="cuda") * 7919 + 1
+    a, b = shard_bounds(VOCAB, 8)[0]
+    parts = torch.stack([dk.token_stats_partial(x[:, a:b], a, vocab_size=VOCAB)] * 8)
+    fn = {
+        "sample_int_seed": lambda: kernel_sample_int_seed(x),
+        "sample_row_seeds": lambda: kernel_sample_row_seeds(x, seeds),
+        "tp_shard_of_8": lambda: dk.token_stats_partial(x[:, a:b], a, vocab_size=VOCAB),
+        "tp_merge_of_8": lambda: dk.merge_token_stats(parts),
+    }[impl]
+    fn()
+    t = do_bench_ms(fn)
+    read = x[:, a:b].numel() * 2 if impl == "tp_shard_of_8" else parts.numel() * 4 if impl == "tp_merge_of_8" else x.numel() * 2
+    row = {"impl": impl, "rows": rows, "V": VOCAB, **t, "GBps": read / (t["ms"] * 1e-3) / 1e9}
+    _extra.append(row)
+    benchmark.extra_info.update(row)
+    benchmark.pedantic(synchronised(fn), rounds=20, warmup_rounds=3)

@@ -22,7 +22,7 @@ from ._types import CommitRule, CommitState, TokenStats
 from .attention import attention
 from .backend import BACKENDS, interpreter_enabled
 from .commit import commit, num_transfer_schedule
-from .confidence import token_stats, window_confidence
+from .confidence import merge_token_stats, token_stats, token_stats_partial, window_confidence
 from .kv_cache import refresh_kv_cache
 from .loop import GenerateResult, generate
 from .policies import POLICIES, Policy
@@ -31,6 +31,6 @@ __version__ = "0.1.0"
 
 __all__ = [
     "BACKENDS", "CommitRule", "CommitState", "GenerateResult", "POLICIES", "Policy", "TokenStats", "attention",
-    "commit", "generate", "interpreter_enabled", "num_transfer_schedule", "reference", "refresh_kv_cache",
-    "token_stats", "window_confidence",
+    "commit", "generate", "interpreter_enabled", "merge_token_stats", "num_transfer_schedule", "reference",
+    "refresh_kv_cache", "token_stats", "token_stats_partial", "window_confidence",
 ]  # fmt: skip

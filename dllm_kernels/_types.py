@@ -17,6 +17,11 @@ class TokenStats(NamedTuple):
     prob:    fp32, ``softmax(logits)[token]`` (the max probability at temperature 0).
     margin:  fp32, ``p_top1 - p_top2`` of ``softmax(logits)`` (0 when the two largest tie).
     entropy: fp32, ``-sum(p * log p)`` of ``softmax(logits)``, natural log.
+
+    NaN logits count as ``-inf``; a row without a logit above ``-inf`` gives token 0, prob 0,
+    margin 0, entropy ``+inf``; ``k`` logits of ``+inf`` share all the mass (the lowest of their
+    ids, prob ``1/k``, entropy ``log k``). :func:`dllm_kernels.merge_token_stats` of a sharded
+    vocabulary's partial states returns the same statistics.
     """
 
     token: torch.Tensor

@@ -1,4 +1,5 @@
-"""Public confidence ops: ``token_stats`` and ``window_confidence``.
+"""Public confidence ops: ``token_stats`` (and its tensor-parallel pair ``token_stats_partial`` +
+``merge_token_stats``) and ``window_confidence``.
 
 Each op validates its inputs, picks a backend (see :mod:`dllm_kernels.backend`) and runs either
 the Triton kernel, registered as a ``torch.library`` custom op with a fake implementation (so it
@@ -8,6 +9,7 @@ traces under ``torch.compile`` and is captured by CUDA graphs), or the PyTorch r
 from __future__ import annotations
 
 import math
+from typing import Optional
 
 import torch
 
@@ -17,6 +19,13 @@ from ._types import TokenStats
 from .backend import resolve_backend
 
 MAX_SUPPRESS_IDS = 16  # each id costs one compare per logit inside the kernel
+MAX_VOCAB = 2**31 - 1  # ids are int32 inside the kernels
+MAX_MERGE = 1024  # partial states merge_token_stats reduces per row
+PARTIAL_WORDS = 8  # 32-bit words per row of a token_stats_partial state
+# 1 / temperature must be a finite fp32 number (the kernel multiplies the logits by it)
+_FP32_MAX = float(torch.finfo(torch.float32).max)
+MIN_TEMPERATURE = 1.0 / _FP32_MAX
+SEED_DTYPES = (torch.int64, torch.int32, torch.int16, torch.int8, torch.uint8)
 MAX_WINDOW = 16
 
 
@@ -28,22 +37,53 @@ MAX_WINDOW = 16
 
 @torch.library.custom_op("dllm_kernels::token_stats", mutates_args=())
 def _token_stats_op(
-    logits: torch.Tensor, temperature: float, seed: int, suppress_ids: list[int]
+    logits: torch.Tensor, temperature: float, seed: int, suppress_ids: list[int], seeds: Optional[torch.Tensor] = None
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     from .kernels import confidence as kernels
 
-    return kernels.token_stats(logits, temperature, seed, tuple(suppress_ids))
+    return kernels.token_stats(logits, temperature, seed if seeds is None else seeds, tuple(suppress_ids))
+
+
+def _fake_stats(lead, like):
+    return (
+        like.new_empty(lead, dtype=torch.int64),
+        like.new_empty(lead, dtype=torch.float32),
+        like.new_empty(lead, dtype=torch.float32),
+        like.new_empty(lead, dtype=torch.float32),
+    )
 
 
 @_token_stats_op.register_fake
-def _(logits, temperature, seed, suppress_ids):
-    lead = logits.shape[:-1]
-    return (
-        logits.new_empty(lead, dtype=torch.int64),
-        logits.new_empty(lead, dtype=torch.float32),
-        logits.new_empty(lead, dtype=torch.float32),
-        logits.new_empty(lead, dtype=torch.float32),
-    )
+def _(logits, temperature, seed, suppress_ids, seeds=None):
+    return _fake_stats(logits.shape[:-1], logits)
+
+
+@torch.library.custom_op("dllm_kernels::token_stats_partial", mutates_args=())
+def _token_stats_partial_op(
+    logits: torch.Tensor, vocab_start: int, vocab_size: int, temperature: float, seed: int, suppress_ids: list[int],
+    seeds: Optional[torch.Tensor] = None,
+) -> torch.Tensor:  # fmt: skip
+    from .kernels import confidence as kernels
+
+    return kernels.token_stats_partial(logits, vocab_start, vocab_size, temperature, seed if seeds is None else seeds,
+                                       tuple(suppress_ids))  # fmt: skip
+
+
+@_token_stats_partial_op.register_fake
+def _(logits, vocab_start, vocab_size, temperature, seed, suppress_ids, seeds=None):
+    return logits.new_empty((*logits.shape[:-1], PARTIAL_WORDS), dtype=torch.float32)
+
+
+@torch.library.custom_op("dllm_kernels::merge_token_stats", mutates_args=())
+def _merge_token_stats_op(partials: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    from .kernels import confidence as kernels
+
+    return kernels.merge_token_stats(partials)
+
+
+@_merge_token_stats_op.register_fake
+def _(partials):
+    return _fake_stats(partials.shape[1:-1], partials)
 
 
 @torch.library.custom_op("dllm_kernels::window_confidence", mutates_args=())
@@ -63,11 +103,64 @@ def _(conf, decided, window, max_decided):
 # ------------------------------------------------------------------------------------------------
 
 
+def _check_logits(op: str, name: str, logits) -> int:
+    check_tensor(op, name, logits, ndim=(2, 3), dtypes=FLOAT_DTYPES)
+    V = logits.shape[-1]
+    if V < 1:
+        raise ValueError(f"{op}: {name} must have a non-empty vocabulary dimension, got shape {tuple(logits.shape)}")
+    return V
+
+
+def _check_temperature(op: str, temperature) -> float:
+    bad_type = isinstance(temperature, bool) or not isinstance(temperature, (int, float))
+    if bad_type or not math.isfinite(temperature) or temperature < 0:
+        raise ValueError(f"{op}: temperature must be a finite number >= 0, got {temperature!r}")
+    if 0 < temperature < MIN_TEMPERATURE or (temperature > 0 and 1.0 / temperature > _FP32_MAX):
+        raise ValueError(
+            f"{op}: temperature must be 0 (argmax) or at least {MIN_TEMPERATURE:.6g} (1/temperature must be a "
+            f"finite fp32 number), got {temperature!r}"
+        )
+    return float(temperature)
+
+
+def _check_seed(op: str, seed, logits: torch.Tensor, sample: bool):
+    """An int in [0, 2**63), ``None`` (drawn at T > 0), or an integer tensor of per-row seeds
+    shaped like ``logits.shape[:-1]`` on the logits' device (values checked on the CPU only: a
+    check on the GPU would sync)."""
+    lead = tuple(logits.shape[:-1])
+    if isinstance(seed, torch.Tensor):
+        if seed.dtype not in SEED_DTYPES:
+            names = "/".join(str(d).replace("torch.", "") for d in SEED_DTYPES)
+            raise TypeError(f"{op}: a seed tensor must have an integer dtype ({names}), got {seed.dtype}")
+        if tuple(seed.shape) != lead:
+            want, got = list(lead), list(seed.shape)
+            raise ValueError(f"{op}: a seed tensor must have the logits' row shape {want}, got {got}")
+        if seed.device != logits.device:
+            raise ValueError(f"{op}: a seed tensor must be on {logits.device} (like logits), got {seed.device}")
+        if seed.device.type == "cpu" and seed.numel() and int(seed.min()) < 0:
+            raise ValueError(f"{op}: seed values must lie in [0, 2**63), got {int(seed.min())}")
+        return seed if sample else 0
+    if seed is None:
+        return reference.confidence.resolve_seed(None) if sample else 0
+    if isinstance(seed, bool) or not isinstance(seed, int):
+        raise TypeError(f"{op}: seed must be an int, None or an integer tensor, got {type(seed).__name__}")
+    if not 0 <= seed < 2**63:
+        raise ValueError(f"{op}: seed must lie in [0, 2**63), got {seed}")
+    return int(seed) if sample else 0
+
+
+def _check_suppress(op: str, suppress_ids, high: int) -> tuple[int, ...]:
+    ids = () if suppress_ids is None else check_int_list(op, "suppress_ids", suppress_ids, low=0, high=high)
+    if len(ids) > MAX_SUPPRESS_IDS:
+        raise ValueError(f"{op}: at most {MAX_SUPPRESS_IDS} suppress_ids are supported, got {len(ids)}")
+    return tuple(sorted(set(ids)))
+
+
 def token_stats(
     logits: torch.Tensor,
     *,
     temperature: float = 0.0,
-    seed: int | None = None,
+    seed: int | torch.Tensor | None = None,
     suppress_ids=None,
     backend: str = "auto",
 ) -> TokenStats:
@@ -75,14 +168,20 @@ def token_stats(
 
     Args:
         logits: ``[N, V]`` or ``[B, L, V]``, fp32/fp16/bf16, any strides (e.g. a slice
-            ``logits[:, s:e]`` of a larger tensor; no copy is made). Entries must be finite or
-            ``-inf``.
+            ``logits[:, s:e]`` of a larger tensor; no copy is made). Any values: NaN counts as
+            ``-inf``; ``+inf`` entries take all the mass (see Returns).
         temperature: 0 proposes ``argmax(logits)`` (ties -> lowest id); T > 0 samples by
             Gumbel-max, ``argmax(logits / T + g)`` with ``g = -log(-log(U))``, which draws from
-            ``softmax(logits / T)`` (LLaDA's ``add_gumbel_noise`` rule).
-        seed: Philox seed for T > 0 (``0 <= seed < 2**63``); ``None`` draws one from torch's
-            default generator. Uniform ``U`` of row ``r`` (flattened), id ``v`` is
-            ``tl.rand(seed, r * V + v)``, so a seed fixes the sample on every backend.
+            ``softmax(logits / T)`` (LLaDA's ``add_gumbel_noise`` rule). T must be 0 or at least
+            :data:`MIN_TEMPERATURE` (~2.94e-39, where ``1 / T`` stops being a finite fp32).
+        seed: for T > 0. An int in ``[0, 2**63)``: the uniform of row ``r`` (flattened), id
+            ``v`` is ``tl.rand(seed, r * V + v)``. An integer tensor shaped like
+            ``logits.shape[:-1]`` (per-row seeds, on the logits' device): row ``r``'s uniforms
+            are ``tl.rand(seed[r], v)``, keyed by the row's own seed and the id only, so a row
+            samples the same token wherever it sits in a batch. Negative values are rejected
+            for CPU tensors; on the GPU they are not checked (that would sync) and both backends
+            use their 64 bits alike. ``None`` draws an int seed from torch's default generator.
+            Uniforms of exactly 0 are raised to 2**-32 (finite noise).
         suppress_ids: up to 16 token ids whose logits count as ``-inf`` (e.g. EOS/EoT at early
             steps); a sequence of ints or a 1-D integer CPU tensor.
         backend: ``"auto"`` | ``"triton"`` | ``"reference"`` (see :mod:`dllm_kernels.backend`).
@@ -91,32 +190,119 @@ def token_stats(
         :class:`TokenStats` ``(token, prob, margin, entropy)`` of shape ``logits.shape[:-1]``:
         int64 token; fp32 ``prob = softmax(logits)[token]``, ``margin = p_top1 - p_top2`` and
         ``entropy = -sum p log p`` (natural log), all of the untempered softmax. A row without a
-        finite logit gives token 0, prob 0, margin 0, entropy +inf.
+        logit above ``-inf`` (NaN counts as ``-inf``) gives token 0, prob 0, margin 0, entropy
+        +inf. ``k`` entries of ``+inf`` share all the mass (the softmax's limit): token = the
+        lowest of their ids at every temperature, prob ``1/k``, margin 1 if ``k == 1`` else 0,
+        entropy ``log k``. A sampling score that overflows to ``-inf`` stays a candidate.
 
     Precision: fp32 accumulation with an online softmax; prob/margin within ~4e-6 absolute and
     entropy within ~1e-5 * (1 + H) of an fp64 computation; the token is exact at T = 0.
     """
     op = "token_stats"
-    check_tensor(op, "logits", logits, ndim=(2, 3), dtypes=FLOAT_DTYPES)
-    V = logits.shape[-1]
-    if V < 1:
-        raise ValueError(f"{op}: logits must have a non-empty vocabulary dimension, got shape {tuple(logits.shape)}")
-    ids = () if suppress_ids is None else check_int_list(op, "suppress_ids", suppress_ids, low=0, high=V)
-    if len(ids) > MAX_SUPPRESS_IDS:
-        raise ValueError(f"{op}: at most {MAX_SUPPRESS_IDS} suppress_ids are supported, got {len(ids)}")
-    ids = tuple(sorted(set(ids)))
-    if not isinstance(temperature, (int, float)) or not math.isfinite(temperature) or temperature < 0:
-        raise ValueError(f"{op}: temperature must be a finite number >= 0, got {temperature!r}")
-    temperature = float(temperature)
-    if temperature > 0.0:
-        seed = reference.confidence.resolve_seed(seed)
-        if not 0 <= seed < 2**63:
-            raise ValueError(f"{op}: seed must lie in [0, 2**63), got {seed}")
-    else:
-        seed = 0
+    V = _check_logits(op, "logits", logits)
+    ids = _check_suppress(op, suppress_ids, V)
+    temperature = _check_temperature(op, temperature)
+    seed = _check_seed(op, seed, logits, temperature > 0.0)
     if resolve_backend(backend, logits.device, op) == "reference":
         return reference.token_stats(logits, temperature=temperature, seed=seed, suppress_ids=ids)
+    if isinstance(seed, torch.Tensor):
+        return TokenStats(*_token_stats_op(logits, temperature, 0, list(ids), seed))
     return TokenStats(*_token_stats_op(logits, temperature, seed, list(ids)))
+
+
+def token_stats_partial(
+    logits_shard: torch.Tensor,
+    vocab_start: int,
+    *,
+    temperature: float = 0.0,
+    seed: int | torch.Tensor | None = None,
+    suppress_ids=None,
+    vocab_size: int | None = None,
+    backend: str = "auto",
+) -> torch.Tensor:
+    """:func:`token_stats` of a vocabulary shard, as a small state that merges exactly.
+
+    Under tensor parallelism each rank holds the logits of ids ``[vocab_start, vocab_start +
+    V_shard)``. Gathering the logits costs ``rows * V * 4`` bytes per step; gathering these
+    states costs 32 bytes per row, and :func:`merge_token_stats` of the shards' states equals
+    ``token_stats`` of the whole vocabulary (exact tokens, the same float tolerances).
+
+    Args:
+        logits_shard: ``[N, V_shard]`` or ``[B, L, V_shard]`` as in :func:`token_stats`.
+        vocab_start: the global id of the shard's first entry (int >= 0).
+        temperature, seed: as in :func:`token_stats`, keyed by the GLOBAL id, so the merged
+            sample is the sample of the whole vocabulary. Every shard must get the same
+            temperature and seed; T > 0 needs an explicit seed, and an int seed needs
+            ``vocab_size`` (its Philox offsets are ``row * vocab_size + id``).
+        suppress_ids: global ids (those outside the shard are ignored).
+        vocab_size: the whole vocabulary's size; checked against the shard if given.
+
+    Returns:
+        ``[*lead, 8]`` fp32: per row the words ``(m, s, u, v2, gumbel score, its logit)`` then
+        two int32 ids bit-cast into fp32 words (the argmax's and the sample's global ids). Treat
+        it as opaque: all-gather it (e.g. ``dist.all_gather_into_tensor``) and merge it.
+    """
+    op = "token_stats_partial"
+    V = _check_logits(op, "logits_shard", logits_shard)
+    if isinstance(vocab_start, bool) or not isinstance(vocab_start, int) or vocab_start < 0:
+        raise ValueError(f"{op}: vocab_start must be an int >= 0, got {vocab_start!r}")
+    if vocab_size is not None:
+        if isinstance(vocab_size, bool) or not isinstance(vocab_size, int) or not 1 <= vocab_size <= MAX_VOCAB:
+            raise ValueError(f"{op}: vocab_size must be an int in [1, 2**31 - 1], got {vocab_size!r}")
+        if vocab_start + V > vocab_size:
+            raise ValueError(f"{op}: vocab_start + shard width ({vocab_start} + {V}) exceeds vocab_size {vocab_size}")
+    elif vocab_start + V > MAX_VOCAB:
+        raise ValueError(f"{op}: vocab_start + shard width ({vocab_start} + {V}) exceeds 2**31 - 1")
+    ids = _check_suppress(op, suppress_ids, vocab_size if vocab_size is not None else MAX_VOCAB)
+    temperature = _check_temperature(op, temperature)
+    if temperature > 0.0:
+        if seed is None:
+            raise ValueError(f"{op}: seed must be given at temperature > 0 (every shard must draw the same noise)")
+        if vocab_size is None and not isinstance(seed, torch.Tensor):
+            raise ValueError(f"{op}: vocab_size is required at temperature > 0 with an int seed "
+                             "(the Philox offsets are row * vocab_size + id)")  # fmt: skip
+    seed = _check_seed(op, seed, logits_shard, temperature > 0.0)
+    vocab_size = vocab_size if vocab_size is not None else vocab_start + V
+    if resolve_backend(backend, logits_shard.device, op) == "reference":
+        return reference.token_stats_partial(logits_shard, vocab_start, temperature=temperature, seed=seed,
+                                             suppress_ids=ids, vocab_size=vocab_size)  # fmt: skip
+    if isinstance(seed, torch.Tensor):
+        return _token_stats_partial_op(logits_shard, vocab_start, vocab_size, temperature, 0, list(ids), seed)
+    return _token_stats_partial_op(logits_shard, vocab_start, vocab_size, temperature, seed, list(ids))
+
+
+def merge_token_stats(partials, *, backend: str = "auto") -> TokenStats:
+    """Merge the :func:`token_stats_partial` states of a vocabulary's shards into its statistics.
+
+    Args:
+        partials: a sequence of ``[*lead, 8]`` fp32 states (one per shard, any order, same shape
+            and device), or one ``[S, *lead, 8]`` tensor (e.g. an all-gather's output viewed
+            ``[world, *lead, 8]``); ``lead`` is ``[N]`` or ``[B, L]``; at most 1024 shards.
+        backend: as in :func:`token_stats`.
+
+    Returns:
+        :class:`TokenStats` of the whole vocabulary: the same token as :func:`token_stats`
+        (lowest global id on ties; the same sample at T > 0) and the floats within its stated
+        tolerances.
+    """
+    op = "merge_token_stats"
+    if isinstance(partials, (list, tuple)):
+        if not partials:
+            raise ValueError(f"{op}: partials must hold at least one state, got an empty sequence")
+        for i, p in enumerate(partials):
+            check_tensor(op, f"partials[{i}]", p, ndim=(2, 3), dtypes=(torch.float32,), device=partials[0].device,
+                         shape=(*partials[0].shape[:-1], PARTIAL_WORDS))  # fmt: skip
+        partials = torch.stack(list(partials))
+    else:
+        check_tensor(op, "partials", partials, ndim=(3, 4), dtypes=(torch.float32,))
+        if partials.shape[-1] != PARTIAL_WORDS or partials.shape[0] < 1:
+            got = list(partials.shape)
+            raise ValueError(f"{op}: partials must have shape [S >= 1, *lead, {PARTIAL_WORDS}], got {got}")
+    if partials.shape[0] > MAX_MERGE:
+        raise ValueError(f"{op}: at most {MAX_MERGE} partial states per row are supported, got {partials.shape[0]}")
+    if resolve_backend(backend, partials.device, op) == "reference":
+        return reference.merge_token_stats(partials)
+    return TokenStats(*_merge_token_stats_op(partials))
 
 
 def window_confidence(

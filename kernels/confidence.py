@@ -6,17 +6,44 @@ the same with 5-10 PyTorch ops (softmax, max, topk, log, mul, sum, gather, ...) 
 write the ``[rows, V]`` tensor; here the logits are read exactly once and 16 bytes per row are
 written.
 
-Online softmax with a running maximum ``m`` (a finite pivot), the rescaled sum
-``s = sum(exp(z - m))`` and ``u = sum(exp(z - m) * (z - m))``::
+Online softmax with a pivot ``m`` (the largest logit seen), ``s = sum(exp(z - m))`` and
+``u = sum(exp(z - m) * (z - m))``::
 
     p_i = exp(z_i - m) / s,   H = -sum p_i log p_i = log s - u / s
 
-When the maximum grows from ``m`` to ``m'`` both sums rescale by ``a = exp(m - m')`` and ``u``
-gains ``s * (m - m')``. Keeping ``u`` relative to the pivot (rather than ``sum(e * z)``) avoids
-cancelling two numbers of the size of the logits when the entropy is small. Top-1 and top-2 are
-tracked per lane (element-wise, no reduction inside the loop); ties resolve to the lowest index
-because each lane sees its indices in increasing order and the final reduction takes the lowest
-index among lanes holding the maximum.
+Every lane of the tile keeps its own state ``(m, s, u, top-2, argmax id[, best Gumbel score,
+its logit and id])`` over the loop, updated element-wise with one ``exp`` per logit: a logit
+above the lane's pivot becomes the pivot and rescales the lane's sums by ``t = exp(m - z)``,
+otherwise it adds ``t = exp(z - m)``. Nothing is reduced across the block inside the loop; the
+lanes' states are merged once after it, by the same merge (:func:`_merge`) that combines the
+vocabulary splits of a row and the shards of a tensor-parallel vocabulary. Keeping ``u``
+relative to the pivot (rather than ``sum(e * z)``) avoids cancelling two numbers of the size of
+the logits when the entropy is small. Ties resolve to the lowest id: a lane sees its ids in
+increasing order and keeps the first of equal values (strict ``>``); merges take the lowest id
+among the states holding the maximum.
+
+PTX for sm_90a (4 warps, bf16, counted on ``triton.compile(..., target=GPUTarget("cuda", 90,
+32))`` output; the loop = the basic blocks on a cycle through its header): the former loop
+reduced ``(max, sum, sum)`` across the block every iteration, 9 ``bar.sync`` per iteration,
+argmax and sampling alike (21 / 30 in the kernel). With per-lane state the loop holds no
+reduction; the 3-stage ``tl.range`` pipeline (``cp.async``, two tiles in flight ahead of the one
+being reduced) costs 2 ``bar.sync`` per iteration (21 / 30 in all, the rest in the merge after
+the loop). 128 registers (96 sampling), no spills. ``tests/test_token_stats.py`` checks the count.
+
+Extreme values (one definition for the kernel and the reference):
+
+- ``-inf`` is an impossible token; ``NaN`` counts as ``-inf`` (as do ``suppress_ids``). A row
+  without a logit above ``-inf`` gives token 0, prob 0, margin 0, entropy ``+inf``.
+- ``+inf`` logits (an fp16 LM-head overflow) take all the mass: the distribution is uniform over
+  the ``+inf`` entries (the limit of the softmax), so one ``+inf`` gives that token, prob 1,
+  margin 1, entropy 0; ``k`` of them give the lowest such id (at every temperature), prob 1/k,
+  margin 0 (k > 1), entropy log k. Internally the pivot may be ``+inf``; ``z == m`` then counts
+  as ``exp(0)``.
+- Logits spanning more than the fp32 range (``finfo.min`` tiles next to ordinary values) are
+  fine: every rescale ``t * (m - z)`` is taken as 0 where ``t`` underflows to 0, never ``0 * inf``.
+- Sampling scores ``z * (1 / T) - log(-log U)`` are fp32; a score that overflows to ``-inf``
+  (``finfo.min`` logits at T < 1) is still a candidate (the lowest id wins a tie at ``-inf``),
+  ``U == 0`` (probability 2**-31) is raised to 2**-32 so that the noise is always finite.
 
 Error bound (fp32 accumulation, any input dtype, inputs upcast exactly): prob and margin are
 within about ``4e-6`` (absolute) of an fp64 reference and entropy within about ``1e-5 * (1 + H)``;
@@ -24,7 +51,9 @@ the token is exact at temperature 0.
 
 Small row counts (a 32-token block) would leave most SMs idle with one program per row, so the
 vocabulary is split across ``NS`` programs per row that write partial states, merged by a tiny
-combine kernel (log-sum-exp merge of ``(m, s, u)`` and a top-2 merge).
+combine kernel. The partial state is also the public tensor-parallel format
+(``token_stats_partial`` / ``merge_token_stats``): 8 words per row, fp32
+``(m, s, u, v2, gumbel score, its logit)`` then int32 ``(argmax id, sampled id)``, ids global.
 
 ``window_confidence``: the R2-dLLM spatial rule's aggregation over sliding windows.
 """
@@ -38,31 +67,51 @@ import triton.language as tl
 from . import _utils
 from ._utils import IS_INTERPRET, TORCH_TO_TRITON, AotSpec, cdiv, check_launchable, next_pow2, programs_target
 
-# Partial state of one (row, split): 8 fp32 fields (m, s, u, top-1, top-2, sample score, sample
-# logit, pad) and 2 int32 fields (top-1 index, sample index).
-_PF = 8
-_PI = 2
+# Partial state of one row (or one split of a row): 8 32-bit words, fp32 (m, s, u, v2, gs, gz)
+# then int32 (i1, gi); see the module docstring. Absent ids are INT_MAX (2147483647); uniforms
+# of exactly 0 (tl.rand returns 0 with probability 2**-31) are raised to 2**-32.
+PARTIAL_WORDS = 8
 _MAX_SPLITS = 64
 
 
 @triton.jit
-def _lowest_index_of_max(b_val, b_idx, SENTINEL: tl.constexpr):
-    """Max of ``b_val`` and the lowest ``b_idx`` holding it; plus the mask of that element."""
-    v = tl.max(b_val, 0)
-    i = tl.min(tl.where(b_val == v, b_idx, SENTINEL), 0)
-    return v, i, (b_val == v) & (b_idx == i)
+def _merge(b_m, b_s, b_u, b_v2, b_i1, b_gs, b_gz, b_gi, SAMPLE: tl.constexpr):
+    """Merge a vector of online-softmax states (tile lanes, vocabulary splits or shards) into one.
+
+    (m, s, u) are moved onto the common pivot ``m = max(b_m)``: ``a = exp(b_m - m)``, ``s = sum
+    a * b_s``, ``u = sum a * (b_u + b_s * (b_m - m))``, with ``a * (b_m - m)`` taken as 0 where
+    ``a`` underflows (no ``0 * inf``) and a distance of 0 between equal pivots (``+inf`` ones too).
+    """
+    m = tl.max(b_m, 0)
+    pivot = tl.where(m > float("-inf"), m, 0.0)
+    b_piv = tl.where(b_m > float("-inf"), b_m, pivot)  # states without a finite logit have s = u = 0
+    b_d = tl.where(b_piv == pivot, 0.0, b_piv - pivot)
+    b_a = tl.exp(b_d)
+    s = tl.sum(b_a * b_s, 0)
+    u = tl.sum(b_a * b_u + b_s * tl.where(b_a > 0.0, b_a * b_d, 0.0), 0)
+    # top-1 is m itself; its id is the lowest among the states holding it
+    i1 = tl.min(tl.where(b_m == m, b_i1, 2147483647), 0)
+    is_top = (b_m == m) & (b_i1 == i1)
+    v2 = tl.maximum(tl.max(b_v2, 0), tl.max(tl.where(is_top, float("-inf"), b_m), 0))
+    if SAMPLE:
+        gs = tl.max(b_gs, 0)
+        gi = tl.min(tl.where(b_gs == gs, b_gi, 2147483647), 0)
+        gz = tl.max(tl.where((b_gs == gs) & (b_gi == gi), b_gz, float("-inf")), 0)
+    else:
+        gs, gi, gz = m, i1, m
+    return m, s, u, v2, i1, gs, gz, gi
 
 
 @triton.jit
-def _finalize(row, m, s, u, v1, v2, z_tok, i_tok, token_ptr, prob_ptr, margin_ptr, entropy_ptr):
+def _finalize(row, m, s, u, v2, z_tok, i_tok, token_ptr, prob_ptr, margin_ptr, entropy_ptr):
     """Write the statistics of one row from its merged online-softmax state."""
-    # A row without a single finite logit has no distribution: token 0, prob 0, margin 0 and
+    # A row without a logit above -inf has no distribution: token 0, prob 0, margin 0 and
     # entropy +inf, the least confident values under every measure.
     valid = m > float("-inf")
     pivot = tl.where(valid, m, 0.0)
     inv_s = 1.0 / tl.where(valid, s, 1.0)
-    prob = tl.exp(z_tok - pivot) * inv_s
-    margin = (tl.exp(v1 - pivot) - tl.exp(v2 - pivot)) * inv_s
+    prob = tl.exp(tl.where(z_tok == pivot, 0.0, z_tok - pivot)) * inv_s  # z == +inf pivot -> 1 / s
+    margin = (1.0 - tl.exp(tl.where(v2 == pivot, 0.0, v2 - pivot))) * inv_s
     entropy = tl.maximum(tl.log(tl.where(valid, s, 1.0)) - u * inv_s, 0.0)
     tl.store(token_ptr + row, tl.where(valid, i_tok, 0).to(tl.int64))
     tl.store(prob_ptr + row, tl.where(valid, prob, 0.0))
@@ -70,29 +119,46 @@ def _finalize(row, m, s, u, v1, v2, z_tok, i_tok, token_ptr, prob_ptr, margin_pt
     tl.store(entropy_ptr + row, tl.where(valid, entropy, float("inf")))
 
 
-@triton.jit(do_not_specialize=["L", "V", "chunk", "n_splits", "seed"])
+@triton.jit
+def _store_partial(p_f, p_i, m, s, u, v2, i1, gs, gz, gi):
+    tl.store(p_f + 0, m)
+    tl.store(p_f + 1, s)
+    tl.store(p_f + 2, u)
+    tl.store(p_f + 3, v2)
+    tl.store(p_f + 4, gs)
+    tl.store(p_f + 5, gz)
+    tl.store(p_i + 6, i1)
+    tl.store(p_i + 7, gi)
+
+
+@triton.jit(do_not_specialize=["L", "V", "v_off", "V_row", "chunk", "n_splits", "seed"])
 def _token_stats_kernel(
     x_ptr,  # logits; element (b, l, v) at b * stride_b + l * stride_l + v * stride_v
     stride_b,
     stride_l,
     stride_v,
     L,  # rows per batch entry (1 for 2-D logits)
-    V,  # vocabulary size
+    V,  # vocabulary entries in this tensor (a shard's width under tensor parallelism)
+    v_off,  # global id of entry 0 (the shard's vocab_start; 0 for a whole vocabulary)
+    V_row,  # row stride of the Philox offsets: the global vocabulary size (scalar seed)
     chunk,  # vocabulary entries per split, a multiple of BLOCK
     n_splits,  # programs per row along the vocabulary
     inv_t,  # 1 / temperature (SAMPLE only)
-    seed,  # Philox seed (SAMPLE only)
+    seed,  # Philox seed (SAMPLE and not ROW_SEED)
+    seed_ptr,  # [R] int64 per-row seeds (ROW_SEED)
     token_ptr,  # [R] int64                (FINAL)
     prob_ptr,  # [R] fp32                 (FINAL)
     margin_ptr,  # [R] fp32                 (FINAL)
     entropy_ptr,  # [R] fp32                 (FINAL)
-    part_f_ptr,  # [R, n_splits, 8] fp32   (not FINAL)
-    part_i_ptr,  # [R, n_splits, 2] int32  (not FINAL)
-    FINAL: tl.constexpr,  # n_splits == 1: write the statistics, not a partial state
-    SUPPRESS: tl.constexpr,  # tuple of token ids whose logits count as -inf
+    part_f_ptr,  # [R, n_splits, 8] fp32 words (not FINAL)
+    part_i_ptr,  # the same memory as int32 words
+    FINAL: tl.constexpr,  # n_splits == 1 and statistics wanted: write them, not a partial state
+    SUPPRESS: tl.constexpr,  # tuple of global token ids whose logits count as -inf
     SAMPLE: tl.constexpr,  # Gumbel-max sampling at temperature 1 / inv_t
+    ROW_SEED: tl.constexpr,  # U(row, v) = rand(seed[row], v) instead of rand(seed, row * V_row + v)
     CONTIG: tl.constexpr,  # stride_v == 1
     BLOCK: tl.constexpr,
+    STAGES: tl.constexpr,  # software-pipelined tiles (cp.async): STAGES - 1 tiles in flight ahead
 ):
     i_r, i_s = tl.program_id(0), tl.program_id(1)
     i_b, i_l = i_r // L, i_r % L
@@ -100,132 +166,126 @@ def _token_stats_kernel(
     o_lane = tl.arange(0, BLOCK)
     v_start = i_s * chunk
     v_end = tl.minimum(v_start + chunk, V)
+    if SAMPLE:
+        if ROW_SEED:
+            row_seed = tl.load(seed_ptr + i_r)
+        else:
+            row_off = i_r.to(tl.int64) * V_row + v_off
 
-    m = tl.full([], float("-inf"), tl.float32)  # running max (-inf until a finite logit is seen)
-    s = tl.zeros([], tl.float32)  # sum exp(z - m)
-    u = tl.zeros([], tl.float32)  # sum exp(z - m) * (z - m)
-    b_v1 = tl.full([BLOCK], float("-inf"), tl.float32)  # per-lane top-1 value
-    b_v2 = tl.full([BLOCK], float("-inf"), tl.float32)  # per-lane top-2 value
-    b_i1 = tl.zeros([BLOCK], tl.int32)  # per-lane top-1 index
-    b_gs = tl.full([BLOCK], float("-inf"), tl.float32)  # per-lane best Gumbel score
-    b_gz = tl.full([BLOCK], float("-inf"), tl.float32)  # its logit
-    b_gi = tl.zeros([BLOCK], tl.int32)  # its index
+    # per-lane state, [BLOCK] each; no reduction across lanes inside the loop
+    b_m = tl.full([BLOCK], float("-inf"), tl.float32)  # pivot: the lane's largest logit (its top-1)
+    b_s = tl.zeros([BLOCK], tl.float32)  # sum exp(z - m)
+    b_u = tl.zeros([BLOCK], tl.float32)  # sum exp(z - m) * (z - m)
+    b_v2 = tl.full([BLOCK], float("-inf"), tl.float32)  # the lane's second largest logit
+    b_i1 = tl.full([BLOCK], 2147483647, tl.int32)  # id of the lane's top-1
+    if SAMPLE:
+        b_gs = tl.full([BLOCK], float("-inf"), tl.float32)  # best Gumbel score
+        b_gz = tl.full([BLOCK], float("-inf"), tl.float32)  # its logit
+        b_gi = tl.full([BLOCK], 2147483647, tl.int32)  # its id
 
-    for v0 in tl.range(v_start, v_end, BLOCK):
-        o_v = v0 + o_lane
+    for v0 in tl.range(v_start, v_end, BLOCK, num_stages=STAGES):
+        o_v = v0 + o_lane  # [BLOCK] local ids
         m_v = o_v < v_end
         if CONTIG:
             p_x = p_row + o_v
         else:
             p_x = p_row + o_v.to(tl.int64) * stride_v
         b_z = tl.load(p_x, mask=m_v, other=float("-inf")).to(tl.float32)  # [BLOCK]
+        b_z = tl.where(b_z == b_z, b_z, float("-inf"))  # NaN counts as -inf
+        o_g = o_v + v_off  # [BLOCK] global ids
         for k in tl.static_range(len(SUPPRESS)):
-            b_z = tl.where(o_v == SUPPRESS[k], float("-inf"), b_z)
+            b_z = tl.where(o_g == SUPPRESS[k], float("-inf"), b_z)
+        valid = b_z > float("-inf")
 
-        # top-2 per lane; strict '>' keeps the lowest index of a tie
-        gt = b_z > b_v1
-        b_v2 = tl.where(gt, b_v1, tl.maximum(b_v2, b_z))
-        b_i1 = tl.where(gt, o_v, b_i1)
-        b_v1 = tl.where(gt, b_z, b_v1)
-
-        # online softmax with a finite pivot (fully -inf prefixes keep s = u = 0)
-        m_new = tl.maximum(m, tl.max(b_z, 0))
-        p_new = tl.where(m_new > float("-inf"), m_new, 0.0)
-        p_old = tl.where(m > float("-inf"), m, p_new)
-        alpha = tl.exp(p_old - p_new)
-        b_d = b_z - p_new  # [BLOCK], -inf where the logit is -inf
-        b_e = tl.exp(b_d)
-        u = alpha * (u + s * (p_old - p_new)) + tl.sum(b_e * tl.where(b_e > 0.0, b_d, 0.0), 0)
-        s = alpha * s + tl.sum(b_e, 0)
-        m = m_new
+        # online softmax per lane, one exp: t = exp(-|z - m|) rescales the sums when z becomes
+        # the pivot (z > m) and is z's own weight otherwise; t * d is 0 where t underflows
+        gt = b_z > b_m  # strict: the first of equal logits keeps the top-1 (lowest id)
+        b_d = tl.where(b_z == b_m, 0.0, b_z - b_m)  # [BLOCK]; 0 for +inf == +inf
+        b_t = tl.where(valid, tl.exp(-tl.abs(b_d)), 0.0)
+        b_w = tl.where(b_t > 0.0, b_t * b_d, 0.0)
+        b_u = tl.where(gt, b_t * b_u - b_s * b_w, b_u + b_w)
+        b_s = tl.where(gt, b_s * b_t + 1.0, b_s + b_t)
+        b_v2 = tl.where(gt, b_m, tl.maximum(b_v2, b_z))
+        b_i1 = tl.where(gt, o_g, b_i1)
+        b_m = tl.where(gt, b_z, b_m)
 
         if SAMPLE:
-            # Gumbel-max: argmax(z / T + g), g = -log(-log(U)), U from Philox at (row * V + v)
-            b_u = tl.rand(seed, i_r.to(tl.int64) * V + o_v)
-            b_g = b_z * inv_t - tl.log(-tl.log(b_u))
-            gt = b_g > b_gs
-            b_gs = tl.where(gt, b_g, b_gs)
-            b_gz = tl.where(gt, b_z, b_gz)
-            b_gi = tl.where(gt, o_v, b_gi)
+            # Gumbel-max: argmax(z / T + g), g = -log(-log(U)); U keyed by the global id
+            if ROW_SEED:
+                b_r = tl.rand(row_seed, o_g)
+            else:
+                b_r = tl.rand(seed, row_off + o_v)
+            b_r = tl.maximum(b_r, 2.3283064365386963e-10)
+            b_g = tl.where(b_z == float("inf"), float("inf"), b_z * inv_t - tl.log(-tl.log(b_r)))
+            take = (b_g > b_gs) | ((b_gi == 2147483647) & valid)  # a -inf score is still a candidate
+            b_gs = tl.where(take, b_g, b_gs)
+            b_gz = tl.where(take, b_z, b_gz)
+            b_gi = tl.where(take, o_g, b_gi)
 
-    v1, i1, is_top = _lowest_index_of_max(b_v1, b_i1, 2147483647)
-    v2 = tl.maximum(tl.max(b_v2, 0), tl.max(tl.where(is_top, float("-inf"), b_v1), 0))
     if SAMPLE:
-        gs, gi, is_best = _lowest_index_of_max(b_gs, b_gi, 2147483647)
-        gz = tl.max(tl.where(is_best, b_gz, float("-inf")), 0)
+        m, s, u, v2, i1, gs, gz, gi = _merge(b_m, b_s, b_u, b_v2, b_i1, b_gs, b_gz, b_gi, SAMPLE)
     else:
-        gs, gi, gz = v1, i1, v1
+        m, s, u, v2, i1, gs, gz, gi = _merge(b_m, b_s, b_u, b_v2, b_i1, b_m, b_m, b_i1, SAMPLE)
 
     if FINAL:
-        _finalize(i_r, m, s, u, v1, v2, gz, gi, token_ptr, prob_ptr, margin_ptr, entropy_ptr)
+        _finalize(i_r, m, s, u, v2, gz, gi, token_ptr, prob_ptr, margin_ptr, entropy_ptr)
     else:
-        p_f = part_f_ptr + (i_r.to(tl.int64) * n_splits + i_s) * 8
-        p_i = part_i_ptr + (i_r.to(tl.int64) * n_splits + i_s) * 2
-        tl.store(p_f + 0, m)
-        tl.store(p_f + 1, s)
-        tl.store(p_f + 2, u)
-        tl.store(p_f + 3, v1)
-        tl.store(p_f + 4, v2)
-        tl.store(p_f + 5, gs)
-        tl.store(p_f + 6, gz)
-        tl.store(p_i + 0, i1)
-        tl.store(p_i + 1, gi)
+        w = (i_r.to(tl.int64) * n_splits + i_s) * 8
+        _store_partial(part_f_ptr + w, part_i_ptr + w, m, s, u, v2, i1, gs, gz, gi)
 
 
-@triton.jit(do_not_specialize=["n_splits"])
+@triton.jit(do_not_specialize=["n_splits", "stride_r", "stride_s"])
 def _token_stats_combine_kernel(
-    part_f_ptr,  # [R, n_splits, 8] fp32
-    part_i_ptr,  # [R, n_splits, 2] int32
-    token_ptr,  # [R] int64
-    prob_ptr,  # [R] fp32
-    margin_ptr,  # [R] fp32
-    entropy_ptr,  # [R] fp32
+    part_f_ptr,  # partial states, fp32 words; state (row r, split j) at r * stride_r + j * stride_s
+    part_i_ptr,  # the same memory as int32 words
+    stride_r,
+    stride_s,
     n_splits,
-    SAMPLE: tl.constexpr,
+    token_ptr,  # [R] int64 (FINAL)
+    prob_ptr,  # [R] fp32 (FINAL)
+    margin_ptr,  # [R] fp32 (FINAL)
+    entropy_ptr,  # [R] fp32 (FINAL)
+    out_f_ptr,  # [R, 8] fp32 words (not FINAL: the merged partial state)
+    out_i_ptr,  # the same memory as int32 words
+    FINAL: tl.constexpr,
+    SAMPLE: tl.constexpr,  # the partials hold sampled ids (else gs/gz/gi repeat m/m/i1)
     NS_P2: tl.constexpr,  # next power of two >= n_splits
 ):
     i_r = tl.program_id(0)
     o_s = tl.arange(0, NS_P2)
     m_s = o_s < n_splits
-    p_f = part_f_ptr + (i_r.to(tl.int64) * n_splits + o_s) * 8  # [NS_P2]
-    p_i = part_i_ptr + (i_r.to(tl.int64) * n_splits + o_s) * 2  # [NS_P2]
+    w = i_r.to(tl.int64) * stride_r + o_s.to(tl.int64) * stride_s  # [NS_P2]
+    p_f, p_i = part_f_ptr + w, part_i_ptr + w
     b_m = tl.load(p_f + 0, mask=m_s, other=float("-inf"))
     b_s = tl.load(p_f + 1, mask=m_s, other=0.0)
     b_u = tl.load(p_f + 2, mask=m_s, other=0.0)
-    b_v1 = tl.load(p_f + 3, mask=m_s, other=float("-inf"))
-    b_v2 = tl.load(p_f + 4, mask=m_s, other=float("-inf"))
-    b_i1 = tl.load(p_i + 0, mask=m_s, other=2147483647)
-
-    # log-sum-exp merge of the splits' (m, s, u) onto the global pivot
-    m = tl.max(b_m, 0)
-    pivot = tl.where(m > float("-inf"), m, 0.0)
-    b_piv = tl.where(b_m > float("-inf"), b_m, pivot)  # splits without finite logits have s = u = 0
-    b_a = tl.exp(b_piv - pivot)
-    s = tl.sum(b_a * b_s, 0)
-    u = tl.sum(b_a * (b_u + b_s * (b_piv - pivot)), 0)
-
-    # splits cover increasing vocabulary ranges, so the lowest index of a tie is well defined
-    v1, i1, is_top = _lowest_index_of_max(b_v1, b_i1, 2147483647)
-    v2 = tl.maximum(tl.max(b_v2, 0), tl.max(tl.where(is_top, float("-inf"), b_v1), 0))
+    b_v2 = tl.load(p_f + 3, mask=m_s, other=float("-inf"))
+    b_i1 = tl.load(p_i + 6, mask=m_s, other=2147483647)
     if SAMPLE:
-        b_gs = tl.load(p_f + 5, mask=m_s, other=float("-inf"))
-        b_gz = tl.load(p_f + 6, mask=m_s, other=float("-inf"))
-        b_gi = tl.load(p_i + 1, mask=m_s, other=2147483647)
-        gs, gi, is_best = _lowest_index_of_max(b_gs, b_gi, 2147483647)
-        gz = tl.max(tl.where(is_best, b_gz, float("-inf")), 0)
+        b_gs = tl.load(p_f + 4, mask=m_s, other=float("-inf"))
+        b_gz = tl.load(p_f + 5, mask=m_s, other=float("-inf"))
+        b_gi = tl.load(p_i + 7, mask=m_s, other=2147483647)
+        m, s, u, v2, i1, gs, gz, gi = _merge(b_m, b_s, b_u, b_v2, b_i1, b_gs, b_gz, b_gi, SAMPLE)
     else:
-        gz, gi = v1, i1
-    _finalize(i_r, m, s, u, v1, v2, gz, gi, token_ptr, prob_ptr, margin_ptr, entropy_ptr)
+        m, s, u, v2, i1, gs, gz, gi = _merge(b_m, b_s, b_u, b_v2, b_i1, b_m, b_m, b_i1, SAMPLE)
+    if FINAL:
+        _finalize(i_r, m, s, u, v2, gz, gi, token_ptr, prob_ptr, margin_ptr, entropy_ptr)
+    else:
+        w_out = i_r.to(tl.int64) * 8
+        _store_partial(out_f_ptr + w_out, out_i_ptr + w_out, m, s, u, v2, i1, gs, gz, gi)
 
 
 # ------------------------------------------------------------------------------------------------
-# launcher
+# launchers
 # ------------------------------------------------------------------------------------------------
 
 # Elements per loop iteration: 4 KiB of logits per program and iteration on the GPU (enough
-# bytes in flight per SM at 4 warps), half that when sampling (its per-lane state doubles).
+# bytes in flight per SM at 4 warps), half that when sampling (its per-lane state grows).
 _GPU_BLOCK = {torch.float32: 1024, torch.float16: 2048, torch.bfloat16: 2048}
 _GPU_WARPS = 4
+# Tiles of the loop pipelined through shared memory: two 4 KiB tiles in flight ahead of the one
+# being reduced (12 KiB of shared memory per program), at 2 bar.sync per iteration for the hand-off.
+_GPU_STAGES = 3
 # The interpreter costs ~0.4 ms per tl op per program whatever the block size: few, big blocks.
 _INTERPRET_BLOCK = 8192
 
@@ -240,96 +300,158 @@ def _token_stats_config(dtype: torch.dtype, n_rows: int, V: int, sample: bool, d
     return block, splits
 
 
-def token_stats(
-    logits: torch.Tensor,
-    temperature: float = 0.0,
-    seed: int = 0,
-    suppress_ids: tuple[int, ...] = (),
-    num_splits: int | None = None,
-):
-    """Launch the fused statistics kernel. Inputs are assumed validated by the public op.
-
-    Returns ``(token, prob, margin, entropy)`` shaped like ``logits.shape[:-1]``. ``num_splits``
-    overrides the vocabulary split heuristic (tests use it to cover the combine path).
-    """
-    check_launchable("token_stats", logits)
-    lead = logits.shape[:-1]
+def _launch(logits, *, v_off, V_row, temperature, seed, suppress_ids, num_splits, stats, partial):
+    """Run the statistics kernel over ``logits`` (``[N, V]`` or ``[B, L, V]``) and write either the
+    final ``stats`` (4 flat tensors) or the merged ``partial`` state (``[R, 8]`` fp32)."""
     V = logits.shape[-1]
     x3 = logits if logits.dim() == 3 else logits.unsqueeze(0)  # a view: no copy
     B, L = x3.shape[0], x3.shape[1]
     R = B * L
+    if R == 0:
+        return
     device = logits.device
     sample = temperature > 0.0
+    row_seed = isinstance(seed, torch.Tensor)
     block, splits = _token_stats_config(logits.dtype, R, V, sample, device)
     if num_splits is not None:
         splits = max(1, min(int(num_splits), _MAX_SPLITS, cdiv(V, block)))
     chunk = cdiv(cdiv(V, splits), block) * block
     splits = cdiv(V, chunk)
-
-    token = _utils.empty(R, dtype=torch.int64, device=device)
-    prob = _utils.empty(R, dtype=torch.float32, device=device)
-    margin = _utils.empty(R, dtype=torch.float32, device=device)
-    entropy = _utils.empty(R, dtype=torch.float32, device=device)
+    seeds = _utils.dense(seed.reshape(R).to(torch.int64)) if row_seed else partial if partial is not None else stats[1]
+    token, prob, margin, entropy = stats if stats is not None else (partial,) * 4
     if splits > 1:
-        part_f = _utils.empty(R, splits, _PF, dtype=torch.float32, device=device)
-        part_i = _utils.empty(R, splits, _PI, dtype=torch.int32, device=device)
+        part = _utils.empty(R, splits, PARTIAL_WORDS, dtype=torch.float32, device=device)
     else:  # unused by the kernel when FINAL
-        part_f, part_i = prob, token.view(torch.int32)
-    if R > 0:
-        _token_stats_kernel[(R, splits)](
-            x3, x3.stride(0), x3.stride(1), x3.stride(2), L, V, chunk, splits,
-            (1.0 / temperature) if sample else 1.0, int(seed),
-            token, prob, margin, entropy, part_f, part_i,
-            FINAL=splits == 1, SUPPRESS=tuple(suppress_ids), SAMPLE=sample, CONTIG=x3.stride(2) == 1,
-            BLOCK=block, num_warps=_GPU_WARPS,
+        part = partial if partial is not None else prob
+    _token_stats_kernel[(R, splits)](
+        x3, x3.stride(0), x3.stride(1), x3.stride(2), L, V, v_off, V_row, chunk, splits,
+        (1.0 / temperature) if sample else 1.0, 0 if row_seed else int(seed), seeds,
+        token, prob, margin, entropy, part, part.view(torch.int32),
+        FINAL=splits == 1 and stats is not None, SUPPRESS=tuple(suppress_ids), SAMPLE=sample,
+        ROW_SEED=sample and row_seed, CONTIG=x3.stride(2) == 1, BLOCK=block, STAGES=_GPU_STAGES,
+        num_warps=_GPU_WARPS,
+    )  # fmt: skip
+    if splits > 1:
+        out = partial if partial is not None else prob
+        _token_stats_combine_kernel[(R,)](
+            part, part.view(torch.int32), splits * PARTIAL_WORDS, PARTIAL_WORDS, splits,
+            token, prob, margin, entropy, out, out.view(torch.int32),
+            FINAL=stats is not None, SAMPLE=sample, NS_P2=next_pow2(splits), num_warps=1,
         )  # fmt: skip
-        if splits > 1:
-            _token_stats_combine_kernel[(R,)](
-                part_f, part_i, token, prob, margin, entropy, splits,
-                SAMPLE=sample, NS_P2=next_pow2(splits), num_warps=1,
-            )  # fmt: skip
-    return token.view(lead), prob.view(lead), margin.view(lead), entropy.view(lead)
+
+
+def _stats_buffers(R: int, device: torch.device):
+    return (
+        _utils.empty(R, dtype=torch.int64, device=device),
+        _utils.empty(R, dtype=torch.float32, device=device),
+        _utils.empty(R, dtype=torch.float32, device=device),
+        _utils.empty(R, dtype=torch.float32, device=device),
+    )
+
+
+def token_stats(
+    logits: torch.Tensor,
+    temperature: float = 0.0,
+    seed: int | torch.Tensor = 0,
+    suppress_ids: tuple[int, ...] = (),
+    num_splits: int | None = None,
+):
+    """Launch the fused statistics kernel. Inputs are assumed validated by the public op.
+
+    Returns ``(token, prob, margin, entropy)`` shaped like ``logits.shape[:-1]``. ``seed`` is an
+    int or an integer tensor of that shape (per-row seeds). ``num_splits`` overrides the
+    vocabulary split heuristic (tests use it to cover the combine path).
+    """
+    check_launchable("token_stats", logits)
+    lead, V = logits.shape[:-1], logits.shape[-1]
+    stats = _stats_buffers(lead.numel(), logits.device)
+    _launch(logits, v_off=0, V_row=V, temperature=temperature, seed=seed, suppress_ids=suppress_ids,
+            num_splits=num_splits, stats=stats, partial=None)  # fmt: skip
+    return tuple(t.view(lead) for t in stats)
+
+
+def token_stats_partial(
+    logits: torch.Tensor,
+    vocab_start: int,
+    vocab_size: int,
+    temperature: float = 0.0,
+    seed: int | torch.Tensor = 0,
+    suppress_ids: tuple[int, ...] = (),
+    num_splits: int | None = None,
+) -> torch.Tensor:
+    """The merged online-softmax state ``[*lead, 8]`` (fp32 words) of a vocabulary shard whose
+    entry 0 is global id ``vocab_start`` of a ``vocab_size`` vocabulary."""
+    check_launchable("token_stats_partial", logits)
+    lead = logits.shape[:-1]
+    out = _utils.empty(lead.numel(), PARTIAL_WORDS, dtype=torch.float32, device=logits.device)
+    _launch(logits, v_off=vocab_start, V_row=vocab_size, temperature=temperature, seed=seed,
+            suppress_ids=suppress_ids, num_splits=num_splits, stats=None, partial=out)  # fmt: skip
+    return out.view(*lead, PARTIAL_WORDS)
+
+
+def merge_token_stats(partials: torch.Tensor):
+    """Merge ``[S, *lead, 8]`` partial states (one per shard) into ``(token, prob, margin,
+    entropy)`` shaped ``lead``."""
+    check_launchable("merge_token_stats", partials)
+    S, lead = partials.shape[0], partials.shape[1:-1]
+    R = lead.numel()
+    part = partials.reshape(S, R, PARTIAL_WORDS)
+    if part.stride(-1) != 1:
+        part = part.contiguous()
+    stats = _stats_buffers(R, partials.device)
+    if R > 0:
+        _token_stats_combine_kernel[(R,)](
+            part, part.view(torch.int32), part.stride(1), part.stride(0), S,
+            *stats, stats[1], stats[0].view(torch.int32),
+            FINAL=True, SAMPLE=True, NS_P2=next_pow2(S), num_warps=1 if S <= 64 else 4,
+        )  # fmt: skip
+    return tuple(t.view(lead) for t in stats)
 
 
 def _aot_specs_token_stats():
     specs = []
     for dtype, ty in TORCH_TO_TRITON.items():
-        for sample in (False, True):
+        for sample, row_seed in ((False, False), (True, False), (True, True)):
             for final in (True, False):
                 for suppress in ((), (126081, 126348)):
                     block = _GPU_BLOCK[dtype] // (2 if sample else 1)
                     specs.append(
                         AotSpec(
-                            name=f"token_stats[{ty},sample={sample},final={final},suppress={len(suppress)}]",
+                            name=f"token_stats[{ty},sample={sample},row_seed={row_seed},final={final},"
+                            f"suppress={len(suppress)}]",
                             kernel=_token_stats_kernel,
                             signature={
                                 "x_ptr": f"*{ty}", "stride_b": "i64", "stride_l": "i64", "stride_v": "i32",
-                                "L": "i32", "V": "i32", "chunk": "i32", "n_splits": "i32", "inv_t": "fp32", "seed": "i64",
+                                "L": "i32", "V": "i32", "v_off": "i32", "V_row": "i32", "chunk": "i32",
+                                "n_splits": "i32", "inv_t": "fp32", "seed": "i64", "seed_ptr": "*i64",
                                 "token_ptr": "*i64", "prob_ptr": "*fp32", "margin_ptr": "*fp32",
                                 "entropy_ptr": "*fp32", "part_f_ptr": "*fp32", "part_i_ptr": "*i32",
                             },  # fmt: skip
-                            constexprs={"FINAL": final, "SUPPRESS": suppress, "SAMPLE": sample, "CONTIG": True, "BLOCK": block},
+                            constexprs={"FINAL": final, "SUPPRESS": suppress, "SAMPLE": sample, "ROW_SEED": row_seed,
+                                        "CONTIG": True, "BLOCK": block, "STAGES": _GPU_STAGES},  # fmt: skip
                             num_warps=_GPU_WARPS,
                             # the models' logits: vocabularies (126464, 152064) and chunks are
                             # multiples of 16, rows start 16-byte aligned
-                            aligned=("x_ptr", "stride_b", "stride_l", "V", "chunk", "token_ptr", "prob_ptr",
+                            aligned=("x_ptr", "stride_b", "stride_l", "V", "chunk", "seed_ptr", "token_ptr", "prob_ptr",
                                      "margin_ptr", "entropy_ptr", "part_f_ptr", "part_i_ptr"),  # fmt: skip
                         )
                     )
     for sample in (False, True):
-        for ns in range(1, 7):
-            specs.append(
-                AotSpec(
-                    name=f"token_stats_combine[sample={sample},NS_P2={2**ns}]",
-                    kernel=_token_stats_combine_kernel,
-                    signature={
-                        "part_f_ptr": "*fp32", "part_i_ptr": "*i32", "token_ptr": "*i64",
-                        "prob_ptr": "*fp32", "margin_ptr": "*fp32", "entropy_ptr": "*fp32", "n_splits": "i32",
-                    },  # fmt: skip
-                    constexprs={"SAMPLE": sample, "NS_P2": 2**ns},
-                    num_warps=1,
+        for final in (True, False):
+            for ns in range(1, 7):
+                specs.append(
+                    AotSpec(
+                        name=f"token_stats_combine[sample={sample},final={final},NS_P2={2**ns}]",
+                        kernel=_token_stats_combine_kernel,
+                        signature={
+                            "part_f_ptr": "*fp32", "part_i_ptr": "*i32", "stride_r": "i64", "stride_s": "i64",
+                            "n_splits": "i32", "token_ptr": "*i64", "prob_ptr": "*fp32", "margin_ptr": "*fp32",
+                            "entropy_ptr": "*fp32", "out_f_ptr": "*fp32", "out_i_ptr": "*i32",
+                        },  # fmt: skip
+                        constexprs={"FINAL": final, "SAMPLE": sample, "NS_P2": 2**ns},
+                        num_warps=1,
+                    )
                 )
-            )
     return specs
 
 

@@ -5,7 +5,8 @@ Written for clarity (fp32/fp64 math, plain loops allowed); the oracle of every k
 
 from .attention import attention
 from .commit import commit, num_transfer_schedule
-from .confidence import token_stats, window_confidence
+from .confidence import merge_token_stats, token_stats, token_stats_partial, window_confidence
 from .kv_cache import refresh_kv_cache
 
-__all__ = ["attention", "commit", "num_transfer_schedule", "refresh_kv_cache", "token_stats", "window_confidence"]
+__all__ = ["attention", "commit", "num_transfer_schedule", "refresh_kv_cache", "token_stats", "window_confidence",
+           "token_stats_partial", "merge_token_stats"]

@@ -20,10 +20,19 @@ def _mul32(a: int, b: torch.Tensor):
     return (p_hi >> 16) + (t >> 32), t & _M32
 
 
-def philox_uniform(seed: int, offset: torch.Tensor) -> torch.Tensor:
-    """``tl.rand(seed, offset)`` for an int64 ``offset`` tensor: fp32 uniforms in [0, 1)."""
+def philox_uniform(seed: int | torch.Tensor, offset: torch.Tensor) -> torch.Tensor:
+    """``tl.rand(seed, offset)`` for an int64 ``offset`` tensor: fp32 uniforms in [0, 1).
+
+    ``seed`` is an int or an integer tensor broadcastable against ``offset`` (one seed per
+    element, e.g. ``[R, 1]`` per-row seeds against ``[1, V]`` ids); its 64 bits are the key, as
+    ``tl.rand`` casts the seed to uint64.
+    """
     offset = offset.to(torch.int64)
     c0, c1 = offset & _M32, (offset >> 32) & _M32
+    if isinstance(seed, torch.Tensor):
+        seed = seed.to(torch.int64)
+        c0, seed = torch.broadcast_tensors(c0, seed)
+        c1 = c1.expand_as(c0)
     c2 = torch.zeros_like(c0)
     c3 = torch.zeros_like(c0)
     k0, k1 = seed & _M32, (seed >> 32) & _M32

@@ -13,46 +13,184 @@ from dllm_kernels._types import TokenStats
 from ._philox import philox_uniform
 
 
-def resolve_seed(seed: int | None) -> int:
-    """A seed of ``None`` draws one from torch's default CPU generator (no device sync)."""
+_INT_MAX = 2**31 - 1
+_U_MIN = 2.0**-32  # uniforms of exactly 0 are raised to this, so the Gumbel noise is finite
+PARTIAL_WORDS = 8  # fp32 (m, s, u, v2, gumbel score, its logit), int32 (argmax id, sampled id)
+
+
+def resolve_seed(seed):
+    """A seed of ``None`` draws one from torch's default CPU generator (no device sync); ints
+    and per-row seed tensors pass through."""
     if seed is None:
         return int(torch.randint(0, 2**62, (1,)).item())
-    return int(seed)
+    return seed if isinstance(seed, torch.Tensor) else int(seed)
 
 
-def token_stats(logits: torch.Tensor, *, temperature: float = 0.0, seed: int | None = None, suppress_ids=None) -> TokenStats:
+def _clean_logits(logits: torch.Tensor, vocab_start: int, suppress_ids) -> torch.Tensor:
+    """``[R, V]`` fp64 logits with NaN and the suppressed (global) ids set to -inf."""
+    V = logits.shape[-1]
+    z = logits.reshape(-1, V).to(torch.float64)
+    z = torch.where(torch.isnan(z), float("-inf"), z)
+    local = [i - vocab_start for i in (suppress_ids or ()) if 0 <= i - vocab_start < V]
+    if local:
+        z[:, local] = float("-inf")
+    return z
+
+
+def _uniforms(seed, n_rows: int, ids: torch.Tensor, vocab_size: int) -> torch.Tensor:
+    """The kernel's Philox uniforms ``[R, V]`` for global ``ids``: ``rand(seed, row * vocab_size +
+    id)`` for an int seed, ``rand(seed[row], id)`` for per-row seeds."""
+    if isinstance(seed, torch.Tensor):
+        return philox_uniform(seed.reshape(-1, 1).cpu(), ids[None, :])
+    rows = torch.arange(n_rows, dtype=torch.int64)[:, None]
+    return philox_uniform(seed, rows * vocab_size + ids[None, :])
+
+
+def _gumbel_choice(z: torch.Tensor, u: torch.Tensor, temperature: float):
+    """(index, score) of the Gumbel-max sample of each row of fp64 logits ``z``.
+
+    Scores are the kernel's fp32 ``z * (1 / T) - log(-log U)``, ``+inf`` for a ``+inf`` logit;
+    every entry above ``-inf`` is a candidate (even if its score overflowed to ``-inf``); ties go
+    to the lowest index. Rows without a candidate give index 0 and score ``-inf``.
+    """
+    inv_t = torch.tensor(1.0 / temperature, dtype=torch.float32)
+    z32 = z.to(torch.float32)
+    scores = z32 * inv_t - torch.log(-torch.log(u.clamp_min(_U_MIN)))
+    scores = torch.where(z32 == float("inf"), float("inf"), scores)
+    valid = z > float("-inf")
+    key = torch.where(valid, scores, float("-inf"))
+    best = key.max(dim=-1, keepdim=True).values
+    index = (valid & (key == best)).to(torch.int8).argmax(dim=-1)  # first candidate holding the max
+    return index, best[:, 0]
+
+
+def _softmax(z: torch.Tensor) -> torch.Tensor:
+    """softmax of fp64 logits in which ``+inf`` entries share all the mass (the softmax's limit)."""
+    m = z.max(dim=-1, keepdim=True).values
+    e = torch.exp(torch.where(z == m, 0.0, z - m))  # z == m: 0 also for a +inf maximum
+    return e / e.sum(dim=-1, keepdim=True)
+
+
+def token_stats(logits: torch.Tensor, *, temperature: float = 0.0, seed=None, suppress_ids=None) -> TokenStats:
     """Proposal token, its probability, the top-1/top-2 margin and the entropy of each row.
 
-    See :func:`dllm_kernels.token_stats` for the contract. Statistics are computed in fp64 from
-    the upcast logits; the Gumbel scores at temperature > 0 use the kernel's Philox stream and
-    its fp32 arithmetic (``z * (1 / T) - log(-log(U))``), so the proposals agree.
+    See :func:`dllm_kernels.token_stats` for the contract (NaN / inf semantics included).
+    Statistics are computed in fp64 from the upcast logits; the Gumbel scores at temperature > 0
+    use the kernel's Philox stream and its fp32 arithmetic (``z * (1 / T) - log(-log U)``), so
+    the proposals agree.
     """
     lead, V = logits.shape[:-1], logits.shape[-1]
-    z = logits.reshape(-1, V).to(torch.float64)
-    if suppress_ids:
-        z[:, list(suppress_ids)] = float("-inf")
-    valid = z.max(dim=-1).values > float("-inf")  # rows holding at least one finite logit
+    z = _clean_logits(logits.cpu(), 0, suppress_ids)
+    valid = z.max(dim=-1).values > float("-inf")  # rows holding at least one logit above -inf
 
     if temperature > 0.0:
-        rows = torch.arange(z.shape[0], dtype=torch.int64)[:, None]
-        u = philox_uniform(resolve_seed(seed), rows * V + torch.arange(V, dtype=torch.int64))
-        inv_t = torch.tensor(1.0 / temperature, dtype=torch.float32)
-        scores = z.to(torch.float32) * inv_t - torch.log(-torch.log(u))
-        token = scores.argmax(dim=-1)  # first index among ties
+        u = _uniforms(resolve_seed(seed), z.shape[0], torch.arange(V, dtype=torch.int64), V)
+        token, _ = _gumbel_choice(z, u, temperature)
     else:
         token = z.argmax(dim=-1)  # first index among ties
 
-    p = torch.softmax(z, dim=-1)
+    p = _softmax(z)
     prob = p.gather(-1, token[:, None])[:, 0]
     top = torch.cat([p, torch.zeros_like(p[:, :1])], dim=-1).topk(2, dim=-1).values
     margin = top[:, 0] - top[:, 1]
     entropy = -torch.xlogy(p, p).sum(dim=-1)
 
-    token = torch.where(valid, token, 0)
-    prob = torch.where(valid, prob, 0.0).float()
-    margin = torch.where(valid, margin, 0.0).float()
-    entropy = torch.where(valid, entropy, float("inf")).float()
+    device = logits.device
+    token = torch.where(valid, token, 0).to(device)
+    prob = torch.where(valid, prob, 0.0).float().to(device)
+    margin = torch.where(valid, margin, 0.0).float().to(device)
+    entropy = torch.where(valid, entropy, float("inf")).float().to(device)
     return TokenStats(token.view(lead), prob.view(lead), margin.view(lead), entropy.view(lead))
+
+
+def token_stats_partial(
+    logits_shard: torch.Tensor,
+    vocab_start: int,
+    *,
+    temperature: float = 0.0,
+    seed=None,
+    suppress_ids=None,
+    vocab_size: int | None = None,
+) -> torch.Tensor:
+    """The per-row state of a vocabulary shard that :func:`merge_token_stats` merges exactly.
+
+    See :func:`dllm_kernels.token_stats_partial`. Computed in fp64 and stored as the kernel's
+    8 words per row: fp32 ``(m, s, u, v2, gs, gz)`` = the shard's largest logit, ``sum exp(z -
+    m)``, ``sum exp(z - m) * (z - m)``, its second largest logit, the best Gumbel score and its
+    logit; then int32 ``(i1, gi)`` = the global ids of the largest logit (lowest on ties) and of
+    the sample, ``2**31 - 1`` where the shard has no logit above -inf. At temperature 0 the
+    sampling words repeat ``(m, m, i1)``.
+    """
+    lead, V = logits_shard.shape[:-1], logits_shard.shape[-1]
+    z = _clean_logits(logits_shard.cpu(), vocab_start, suppress_ids)
+    R = z.shape[0]
+    ids = vocab_start + torch.arange(V, dtype=torch.int64)
+    vocab_size = vocab_start + V if vocab_size is None else vocab_size
+    m = z.max(dim=-1).values
+    valid = m > float("-inf")
+    d = torch.where(z == m[:, None], 0.0, z - m[:, None])
+    e = torch.where(valid[:, None], torch.exp(d), 0.0)
+    s = e.sum(dim=-1)
+    u = (e * torch.where(e > 0, d, 0.0)).sum(dim=-1)
+    top = z.argmax(dim=-1)  # first index among ties
+    i1 = torch.where(valid, ids[top], _INT_MAX)
+    v2 = z.scatter(-1, top[:, None], float("-inf")).max(dim=-1).values
+    if temperature > 0.0:
+        u_noise = _uniforms(resolve_seed(seed), R, ids, vocab_size)
+        idx, gs = _gumbel_choice(z, u_noise, temperature)
+        gi = torch.where(valid, ids[idx], _INT_MAX)
+        gz = torch.where(valid, z.gather(-1, idx[:, None])[:, 0], float("-inf"))
+    else:
+        gs, gz, gi = m, m, i1
+    words = torch.stack([t.to(torch.float32) for t in (m, s, u, v2, gs, gz)], dim=-1)
+    ints = torch.stack([i1, gi], dim=-1).to(torch.int32).view(torch.float32)
+    out = torch.cat([words, ints], dim=-1).to(logits_shard.device)
+    return out.view(*lead, PARTIAL_WORDS)
+
+
+def merge_token_stats(partials) -> TokenStats:
+    """Merge the partial states of the shards of a vocabulary into the statistics of the whole.
+
+    ``partials``: a sequence of ``[*lead, 8]`` tensors from :func:`token_stats_partial` (any
+    order), or one ``[S, *lead, 8]`` tensor. The merge is done in fp64: the states move onto the
+    common pivot ``m = max m_j`` (``a_j = exp(m_j - m)``, ``s = sum a_j s_j``, ``u = sum a_j (u_j
+    + s_j (m_j - m))``), the token is the lowest id holding the largest logit (temperature 0) or
+    the largest Gumbel score (T > 0), and the statistics follow as in :func:`token_stats`.
+    """
+    P = partials if isinstance(partials, torch.Tensor) else torch.stack(list(partials))
+    lead, device = P.shape[1:-1], P.device
+    P = P.reshape(P.shape[0], -1, PARTIAL_WORDS).cpu()
+    f = P.to(torch.float64)
+    ids = P.contiguous().view(torch.int32)[..., 6:8].to(torch.int64)
+    b_m, b_s, b_u, b_v2, b_gs, b_gz = f.unbind(-1)[:6]
+    b_i1, b_gi = ids.unbind(-1)
+    ninf = float("-inf")
+
+    m = b_m.max(dim=0).values
+    valid = m > ninf
+    pivot = torch.where(valid, m, 0.0)
+    b_piv = torch.where(b_m > ninf, b_m, pivot)
+    b_d = torch.where(b_piv == pivot, 0.0, b_piv - pivot)
+    b_a = torch.exp(b_d)
+    s = (b_a * b_s).sum(dim=0)
+    u = (b_a * b_u + b_s * torch.where(b_a > 0, b_a * b_d, 0.0)).sum(dim=0)
+    i1 = torch.where(b_m == m, b_i1, _INT_MAX).min(dim=0).values
+    is_top = (b_m == m) & (b_i1 == i1)
+    v2 = torch.maximum(b_v2.max(dim=0).values, torch.where(is_top, ninf, b_m).max(dim=0).values)
+    gs = b_gs.max(dim=0).values
+    gi = torch.where(b_gs == gs, b_gi, _INT_MAX).min(dim=0).values
+    gz = torch.where((b_gs == gs) & (b_gi == gi), b_gz, ninf).max(dim=0).values
+
+    def rel(x):  # exp(x - pivot), 1 where x equals the (possibly +inf) pivot
+        return torch.exp(torch.where(x == pivot, 0.0, x - pivot))
+
+    s_safe = torch.where(valid, s, 1.0)
+    token = torch.where(valid, gi, 0)
+    prob = torch.where(valid, rel(gz) / s_safe, 0.0)
+    margin = torch.where(valid, (1.0 - rel(v2)) / s_safe, 0.0)
+    entropy = torch.where(valid, (torch.log(s_safe) - u / s_safe).clamp_min(0.0), float("inf"))
+    out = [t.to(device) for t in (token, prob.float(), margin.float(), entropy.float())]
+    return TokenStats(*(t.view(lead) for t in out))
 
 
 def window_confidence(conf: torch.Tensor, decided: torch.Tensor, window: int, max_decided: int) -> torch.Tensor:

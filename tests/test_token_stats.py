@@ -9,6 +9,7 @@ from helpers import assert_stats_close
 import dllm_kernels as dk
 from dllm_kernels import reference
 from dllm_kernels.kernels import confidence as kernels
+from dllm_kernels.reference._philox import philox_uniform
 
 DTYPES = [torch.float32, torch.float16, torch.bfloat16]
 
@@ -200,6 +201,158 @@ def test_sampling_stats_are_of_the_untempered_softmax(device):
     torch.testing.assert_close(got.prob.cpu().double(), p.gather(-1, got.token.cpu()[:, None])[:, 0], atol=4e-6, rtol=0)
 
 
+def test_scalar_seed_stream_is_row_times_vocab_plus_id(device):
+    """An int seed keys row r, id v by tl.rand(seed, r * V + v), as before per-row seeds existed."""
+    x = peaked_logits(3, 257, scale=1.0, device=device)
+    got = dk.token_stats(x, temperature=0.9, seed=77, backend="triton")
+    offsets = torch.arange(3)[:, None] * 257 + torch.arange(257)[None, :]
+    u = philox_uniform(77, offsets).clamp_min(2.0**-32)
+    want = (x.cpu().float() * torch.tensor(1 / 0.9, dtype=torch.float32) - torch.log(-torch.log(u))).argmax(-1)
+    assert torch.equal(got.token.cpu(), want)
+
+
+# ------------------------------------------------------------------------------------------------
+# per-row seeds
+# ------------------------------------------------------------------------------------------------
+
+
+def test_philox_vectorised_over_seeds_equals_scalar_seeds():
+    seeds = torch.tensor([0, 1, 2**32 + 5, 2**63 - 1])
+    ids = torch.arange(40)
+    many = philox_uniform(seeds[:, None], ids[None, :])
+    for i, s in enumerate(seeds.tolist()):
+        assert torch.equal(many[i], philox_uniform(s, ids))
+
+
+@pytest.mark.parametrize("shape", [(5,), (2, 3)])
+def test_row_seeds_match_reference(device, shape):
+    x = peaked_logits(*shape, 1001, scale=1.0, device=device)
+    seeds = torch.randint(0, 2**62, shape, device=device)
+    got, ref = run_both(x, temperature=0.8, seed=seeds)
+    assert_stats_close(got, ref)
+
+
+def test_row_seeds_make_a_row_independent_of_its_batch(device):
+    """A row samples the same token alone, in a batch, or at another place in the batch."""
+    x = peaked_logits(6, 333, scale=0.5, device=device)
+    seeds = torch.tensor([11, 12, 13, 14, 15, 16], device=device)
+    batch = dk.token_stats(x, temperature=1.3, seed=seeds, backend="triton").token
+    perm = torch.tensor([4, 0, 5, 2, 1, 3], device=device)
+    shuffled = dk.token_stats(x[perm], temperature=1.3, seed=seeds[perm], backend="triton").token
+    assert torch.equal(shuffled, batch[perm])
+    for r in (0, 3, 5):
+        alone = dk.token_stats(x[r : r + 1], temperature=1.3, seed=seeds[r : r + 1], backend="triton").token
+        assert alone.item() == batch[r].item()
+    as_3d = dk.token_stats(x.view(2, 3, 333), temperature=1.3, seed=seeds.view(2, 3), backend="triton").token
+    assert torch.equal(as_3d.view(6), batch)
+    # an int seed keys by the row index: the same logits in another row draw other noise
+    rows = dk.token_stats(x[0].expand(64, 333).contiguous(), temperature=5.0, seed=3, backend="triton").token
+    assert rows.unique().numel() > 1
+
+
+@pytest.mark.parametrize("num_splits", [1, 3])
+def test_row_seeds_split_path(device, num_splits):
+    x = peaked_logits(4, 5003, scale=1.0, device=device)
+    seeds = torch.tensor([2, 2**40, 7, 2**62 + 1], device=device)
+    got = dk.TokenStats(*kernels.token_stats(x, 0.7, seeds, (), num_splits=num_splits))
+    assert_stats_close(got, reference.token_stats(x.cpu(), temperature=0.7, seed=seeds.cpu()))
+
+
+# ------------------------------------------------------------------------------------------------
+# extreme values: one definition for both backends (kernels/confidence.py docstring)
+# ------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("num_splits", [1, 2])
+@pytest.mark.parametrize("temperature", [0.0, 0.7])
+def test_finfo_min_tile_gives_finite_entropy(device, num_splits, temperature):
+    """Issue 16.1: a whole tile of finfo.min (a common way to mask) before ordinary logits once
+    gave NaN entropy (0 * inf in the rescale); also logits spanning the whole fp32 range."""
+    x = torch.randn(3, 16384)
+    x[0, :8192] = torch.finfo(torch.float32).min
+    x[1, ::2] = torch.finfo(torch.float32).min
+    x[2, :4] = torch.finfo(torch.float32).max
+    x[2, 8000:] = torch.finfo(torch.float32).min
+    x = x.to(device)
+    got = dk.TokenStats(*kernels.token_stats(x, temperature, 5, (), num_splits=num_splits))
+    ref = reference.token_stats(x.cpu(), temperature=temperature, seed=5)
+    assert_stats_close(got, ref)
+    assert torch.isfinite(got.entropy).all()
+    assert abs(got.entropy[0].item() - ref.entropy[0].item()) < 1e-4 and ref.entropy[0].item() > 8
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: str(d).split(".")[-1])
+def test_tempered_logits_that_all_underflow(device, dtype):
+    """Issue 16.2: at T < 1 every score z / T of a finfo.min row overflows to -inf; both
+    backends still propose the lowest id (a tie at -inf) with the untempered prob 1 / V."""
+    V = 300
+    x = torch.full((2, V), torch.finfo(dtype).min, dtype=dtype)
+    x[1, :7] = float("-inf")
+    x = x.to(device)
+    got, ref = run_both(x, temperature=0.25, seed=9)
+    assert_stats_close(got, ref)
+    if dtype != torch.float16:  # fp16's min / 0.25 stays finite in fp32: an ordinary sample
+        assert got.token.tolist() == [0, 7]
+    torch.testing.assert_close(got.prob.cpu(), torch.tensor([1 / V, 1 / (V - 7)]), atol=1e-7, rtol=0)
+
+
+def test_temperature_whose_inverse_overflows_is_rejected(device):
+    """Issue 16.3: 1 / T must be a finite fp32; the smallest temperature allowed works on both."""
+    from dllm_kernels.confidence import MIN_TEMPERATURE
+
+    x = peaked_logits(2, 50, device=device)
+    for t in (1e-39, 5e-324, MIN_TEMPERATURE / 2):
+        for backend in ("triton", "reference"):
+            with pytest.raises(ValueError, match="temperature must be 0 .argmax. or at least"):
+                dk.token_stats(x, temperature=t, seed=1, backend=backend)
+    t = MIN_TEMPERATURE * 1.001
+    got, ref = run_both(x, temperature=t, seed=1)
+    assert_stats_close(got, ref)
+
+
+@pytest.mark.parametrize("temperature", [0.0, 0.9])
+def test_nan_logits_count_as_neg_inf(device, temperature):
+    """Issue 16.4: NaN entries are impossible tokens; a row of NaN has no distribution."""
+    V = 600
+    x = torch.randn(3, V)
+    top = x[0].argmax().item()
+    x[0, top] = float("nan")  # would be the argmax
+    x[0, 1::3] = float("nan")
+    x[1, :] = float("nan")
+    x[2, :] = float("nan")
+    x[2, 123] = 4.0
+    x = x.to(device)
+    got, ref = run_both(x, temperature=temperature, seed=4)
+    assert_stats_close(got, ref)
+    clean = torch.where(x.cpu().isnan(), float("-inf"), x.cpu())
+    assert_stats_close(got, reference.token_stats(clean, temperature=temperature, seed=4))
+    assert got.token[0].item() != top and got.token[0].item() % 3 != 1
+    assert (got.token[1].item(), got.prob[1].item(), got.entropy[1].item()) == (0, 0.0, float("inf"))
+    assert (got.token[2].item(), got.prob[2].item(), got.entropy[2].item()) == (123, 1.0, 0.0)
+
+
+@pytest.mark.parametrize("num_splits", [1, 3])
+@pytest.mark.parametrize("temperature", [0.0, 0.9])
+def test_pos_inf_logits_take_all_the_mass(device, num_splits, temperature):
+    """Issue 16.4: +inf (an fp16 LM-head overflow) gives that token, prob 1, margin 1, entropy 0;
+    k of them the lowest such id, prob 1/k, margin 0, entropy log k; identical on both backends."""
+    V = 9000
+    x = (torch.randn(3, V) * 3).to(torch.float16)
+    x[0, 4321] = float("inf")
+    x[1, [8000, 77, 5000]] = float("inf")
+    x[2, 10] = float("inf")
+    x[2, :5] = float("nan")
+    x[2, 6000:] = float("-inf")
+    x = x.to(device)
+    got = dk.TokenStats(*kernels.token_stats(x, temperature, 21, (), num_splits=num_splits))
+    ref = reference.token_stats(x.cpu(), temperature=temperature, seed=21)
+    assert_stats_close(got, ref)
+    assert got.token.tolist() == [4321, 77, 10]
+    torch.testing.assert_close(got.prob.cpu(), torch.tensor([1.0, 1 / 3, 1.0]), atol=1e-7, rtol=0)
+    assert got.margin.tolist() == [1.0, 0.0, 1.0]
+    torch.testing.assert_close(got.entropy.cpu(), torch.tensor([0.0, math.log(3), 0.0]), atol=1e-6, rtol=0)
+
+
 # ------------------------------------------------------------------------------------------------
 # dispatch, registration, errors
 # ------------------------------------------------------------------------------------------------
@@ -225,6 +378,8 @@ def test_custom_op_registration(device):
     x = peaked_logits(2, 3, 100, device=device)
     torch.library.opcheck(torch.ops.dllm_kernels.token_stats.default, (x, 0.0, 0, [5]))
     torch.library.opcheck(torch.ops.dllm_kernels.token_stats.default, (x, 0.5, 7, []))
+    seeds = torch.arange(6, device=device).view(2, 3)
+    torch.library.opcheck(torch.ops.dllm_kernels.token_stats.default, (x, 0.5, 0, [], seeds))
 
 
 def test_traces_under_torch_compile(device):
@@ -258,6 +413,16 @@ def test_traces_under_torch_compile(device):
         (lambda: torch.randn(2, 10), {"temperature": -1.0}, ValueError, "temperature must be a finite number >= 0"),
         (lambda: torch.randn(2, 10), {"temperature": float("nan")}, ValueError, "temperature"),
         (lambda: torch.randn(2, 10), {"temperature": 1.0, "seed": -3}, ValueError, "seed must lie in"),
+        (lambda: torch.randn(2, 10), {"temperature": 1.0, "seed": 2**63}, ValueError, r"seed must lie in \[0, 2\*\*63\)"),
+        (lambda: torch.randn(2, 10), {"temperature": 1.0, "seed": True}, TypeError, "seed must be an int, None or an integer tensor, got bool"),
+        (lambda: torch.randn(2, 10), {"temperature": 1.0, "seed": 1.5}, TypeError, "seed must be an int.*got float"),
+        (lambda: torch.randn(2, 10), {"temperature": 1.0, "seed": torch.ones(2)}, TypeError, "seed tensor must have an integer dtype.*float32"),
+        (lambda: torch.randn(2, 10), {"temperature": 1.0, "seed": torch.ones(2, dtype=torch.bool)}, TypeError, "seed tensor.*torch.bool"),
+        (lambda: torch.randn(2, 10), {"temperature": 1.0, "seed": torch.ones(3, dtype=torch.int64)}, ValueError, r"seed tensor must have the logits' row shape \[2\], got \[3\]"),
+        (lambda: torch.randn(2, 3, 10), {"temperature": 1.0, "seed": torch.ones(6, dtype=torch.int64)}, ValueError, "row shape"),
+        (lambda: torch.randn(2, 10), {"temperature": 1.0, "seed": torch.tensor([1, -1])}, ValueError, "seed values must lie in"),
+        (lambda: torch.randn(2, 10), {"temperature": True}, ValueError, "temperature must be a finite number"),
+        (lambda: torch.randn(2, 10), {"temperature": 1e-39}, ValueError, "temperature must be 0 .argmax. or at least 2.93874e-39"),
         (lambda: torch.randn(2, 10), {"backend": "cuda"}, ValueError, "backend must be one of"),
     ],
 )
@@ -297,9 +462,15 @@ def test_rows_times_vocab_beyond_int32():
 def test_gpu_heuristic_configs(rows):
     """The launcher's GPU split heuristic over the row counts the benchmark uses."""
     x = peaked_logits(rows, 126464, dtype=torch.bfloat16, device="cuda")
-    for t in (0.0, 0.9):
-        got = dk.token_stats(x, temperature=t, seed=1)
-        assert_stats_close(got, reference.token_stats(x.cpu(), temperature=t, seed=1))
+    got = dk.token_stats(x)
+    assert_stats_close(got, reference.token_stats(x.cpu()))
+    # sampling: per-row seeds key a row's noise by its own seed, so a few rows checked on the host
+    # (Philox over 32 x V, not rows x V) pin every row's sample
+    seeds = torch.arange(rows, device="cuda") * 7919 + 1
+    got = dk.token_stats(x, temperature=0.9, seed=seeds)
+    pick = torch.randperm(rows, generator=torch.Generator().manual_seed(rows))[:32].cuda()
+    ref = reference.token_stats(x[pick].cpu(), temperature=0.9, seed=seeds[pick].cpu())
+    assert_stats_close(dk.TokenStats(*(t[pick] for t in got)), ref)
 
 
 @pytest.mark.gpu
@@ -312,3 +483,75 @@ def test_cuda_graph_capture():
     x.copy_(peaked_logits(32, 126464, dtype=torch.bfloat16, device="cuda"))
     g.replay()
     assert_stats_close(dk.TokenStats(*out), reference.token_stats(x.cpu()))
+
+
+# ------------------------------------------------------------------------------------------------
+# sm_90a code shape (no GPU needed)
+# ------------------------------------------------------------------------------------------------
+
+_PTX_LOOP_BARRIERS = r"""
+import json, re, triton
+from triton.compiler import ASTSource
+from dllm_kernels.kernels import confidence as C
+from dllm_kernels.kernels._aot import TARGET
+out = {}
+for spec in C.aot_specs():
+    if spec.name not in NAMES:
+        continue
+    attrs = {(spec.kernel.arg_names.index(a),): [["tt.divisibility", 16]] for a in spec.aligned}
+    src = ASTSource(fn=spec.kernel, signature={**spec.signature, **{k: "constexpr" for k in spec.constexprs}},
+                    constexprs=spec.constexprs, attrs=attrs)
+    lines = triton.compile(src, target=TARGET, options={"num_warps": spec.num_warps}).asm["ptx"].splitlines()
+    # basic blocks and their successors; the loop is every block reachable from the loop header
+    # that reaches it back (the layout may put part of the body before the header)
+    starts = [i for i, l in enumerate(lines) if re.match(r"^\$L__BB\w+:", l)]
+    blocks = {re.match(r"^(\$L__BB\w+):", lines[a]).group(1): (a, b) for a, b in zip(starts, starts[1:] + [len(lines)])}
+    order = list(blocks)
+    succ = {}
+    for k, name in enumerate(order):
+        a, b = blocks[name]
+        body = lines[a:b]
+        targets = {t for l in body for t in re.findall(r"\bbra(?:\.uni)?\s+(\$L__BB\w+);", l)}
+        ends = any(re.search(r"^\s*(bra\.uni|bra|ret)\b", l) for l in body[-3:] if "@" not in l)
+        if not ends and k + 1 < len(order):
+            targets.add(order[k + 1])
+        succ[name] = targets
+
+    def reach(start, edges):
+        seen, todo = {start}, [start]
+        while todo:
+            for t in edges.get(todo.pop(), ()):
+                if t not in seen:
+                    seen.add(t)
+                    todo.append(t)
+        return seen
+
+    header = next(n for n, (a, b) in blocks.items() if "Inner Loop Header" in lines[a])
+    pred = {}
+    for n, ts in succ.items():
+        for t in ts:
+            pred.setdefault(t, set()).add(n)
+    loop = reach(header, succ) & reach(header, pred)
+    out[spec.name] = sum("bar.sync" in l for n in loop for l in lines[slice(*blocks[n])])
+print(json.dumps(out))
+"""
+
+
+def test_sm90_loop_has_no_block_reduction():
+    """The vocabulary loop keeps per-lane state: its only bar.sync are the 2 of the cp.async
+    pipeline hand-off (the former loop reduced across the block: 9 per iteration)."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    names = ["token_stats[bf16,sample=False,row_seed=False,final=True,suppress=0]",
+             "token_stats[bf16,sample=True,row_seed=False,final=True,suppress=0]",
+             "token_stats[bf16,sample=True,row_seed=True,final=False,suppress=2]"]  # fmt: skip
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    code = f"NAMES = {names!r}\n" + _PTX_LOOP_BARRIERS
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stderr[-3000:]
+    counts = json.loads(out.stdout.strip().splitlines()[-1])
+    assert set(counts) == set(names)
+    assert all(n <= 2 for n in counts.values()), counts
