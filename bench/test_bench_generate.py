@@ -21,7 +21,7 @@ import torch
 from common import plot_bars, synchronised, write_results
 
 from dllm_kernels import generate
-from dllm_kernels.benchmark import DEFAULT_POLICIES, PATHS, tokens_until_eos
+from dllm_kernels.benchmark import DEFAULT_POLICIES, PATHS
 from dllm_kernels.models import DiffusionLM, llada_8b_layer
 
 PROMPT, GEN, BLOCK = 256, 128, 32
@@ -67,7 +67,7 @@ def test_generate(benchmark, model, B, policy, path):
     benchmark.pedantic(synchronised(run), rounds=3, warmup_rounds=0)
     seconds = benchmark.stats.stats.median
     steps = int(out.nfe.max())  # the batch steps until its slowest row is done
-    tokens = tokens_until_eos(out.generated, model.config.eos_id).sum().item()
+    tokens = out.tokens_until_eos(model.config.eos_id).sum().item()
     row = {"policy": policy, "path": path, "B": B, "shape": f"{policy} B{B}", "steps": steps,
            "ms_per_step": 1e3 * seconds / steps, "tokens_per_s": tokens / seconds}  # fmt: skip
     _rows.append(row)

@@ -43,7 +43,8 @@ def _load(args):
     """(model, tokenizer, task or None, device) for the model arguments."""
     import torch
 
-    from .models import default_model, load_pretrained, load_tokenizer
+    from .addition import default_model
+    from .models import load_pretrained, load_tokenizer
 
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     dtype = getattr(torch, args.dtype) if args.dtype else (torch.bfloat16 if device == "cuda" else torch.float32)
@@ -56,7 +57,7 @@ def _load(args):
 
 def cmd_generate(args) -> int:
     from . import generate
-    from .task import Problem
+    from .addition.task import Problem
 
     model, tok, task, _ = _load(args)
     gen_length = args.gen_length or (task.gen_length if task else 256)
@@ -112,8 +113,8 @@ def cmd_bench(args) -> int:
 def cmd_eval(args) -> int:
     import torch
 
-    from . import eval as ev
-    from .models.default import DEFAULT_DISTILLED_DIR, default_model
+    from .addition import evaluate as ev
+    from .addition.default import DEFAULT_DISTILLED_DIR, default_model
 
     torch.set_num_threads(args.threads)
     model, tok, task, device = _load(args)
@@ -198,7 +199,7 @@ def main(argv=None) -> int:
 
     argv = sys.argv[1:] if argv is None else list(argv)
     if argv[:1] == ["distill"]:  # its own parser (dllm_kernels.distill.main)
-        from .distill import main as distill_main
+        from .addition.distill import main as distill_main
 
         return distill_main(argv[1:])
     args = parser.parse_args(argv)

@@ -39,13 +39,6 @@ class BenchRow:
     tokens_per_s: float
 
 
-def tokens_until_eos(generated: torch.Tensor, eos_id: int) -> torch.Tensor:
-    """Generated tokens up to and including the first EOS, per row."""
-    is_eos = generated == eos_id
-    n = torch.full((generated.shape[0],), generated.shape[1], dtype=torch.long, device=generated.device)
-    return torch.where(is_eos.any(1), is_eos.int().argmax(1) + 1, n)
-
-
 def _sync(device):
     if device.type == "cuda":
         torch.cuda.synchronize(device)
@@ -67,10 +60,10 @@ def bench_policy(model, prompts, policy: str, path: str, *, gen_length: int, blo
         times.append(time.perf_counter() - t0)
     t = statistics.median(times)
     nfe = out.nfe.double()
-    toks = tokens_until_eos(out.generated, model.config.eos_id).double()
+    toks = out.tokens_until_eos(model.config.eos_id).double()
     steps = int(out.nfe.max())  # the batch runs until its slowest row is done
-    return BenchRow(policy, path, len(prompts), nfe.mean().item(), (toks / nfe).mean().item(), 1e3 * t / max(steps, 1),
-                    toks.sum().item() / t)  # fmt: skip
+    return BenchRow(policy, path, len(prompts), nfe.mean().item(), out.tokens_per_forward(model.config.eos_id).mean().item(),
+                    1e3 * t / max(steps, 1), toks.sum().item() / t)  # fmt: skip
 
 
 def run(model, prompts, *, policies=DEFAULT_POLICIES, paths=("kernels", "reference"), gen_length=64,

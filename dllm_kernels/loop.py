@@ -68,6 +68,18 @@ class GenerateResult:
         """``[B, gen_length]`` the generation region."""
         return self.tokens[:, self.gen_start :]
 
+    def tokens_until_eos(self, eos_id: int) -> torch.Tensor:
+        """``[B]`` int64: generated tokens up to and including the first EOS, per row (all of the
+        region when it holds no EOS)."""
+        is_eos = self.generated == eos_id
+        n = torch.full((is_eos.shape[0],), is_eos.shape[1], dtype=torch.long, device=is_eos.device)
+        return torch.where(is_eos.any(1), is_eos.int().argmax(1) + 1, n)
+
+    def tokens_per_forward(self, eos_id: int) -> torch.Tensor:
+        """``[B]`` float64: tokens per forward (TPF) as d3LLM counts them, per row:
+        :meth:`tokens_until_eos` divided by the row's NFE."""
+        return self.tokens_until_eos(eos_id).double() / self.nfe.double()
+
 
 @dataclass
 class _RowStep:

@@ -1,8 +1,8 @@
 """Training of the tiny masked-diffusion model: LLaDA's objective on the addition task.
 
-``python -m dllm_kernels.train`` trains the shipped default from scratch (7 minutes on the
+``python -m dllm_kernels.addition.train`` trains the shipped default from scratch (7 minutes on the
 project's 2-core AVX512-BF16 CPU when its neighbours are quiet), evaluates it on the held-out set
-with vanilla decoding and writes ``dllm_kernels/assets/tiny-addition/`` (or ``--out``).
+with vanilla decoding and writes ``dllm_kernels/addition/assets/tiny-addition/`` (or ``--out``).
 
 Objective (LLaDA SFT, ``ML-GSAI/LLaDA`` GUIDELINES.md). Per sequence draw ``t ~ U(0, 1)`` and
 ``p_mask = (1 - eps) t + eps`` (eps = 1e-3 keeps 1/t finite); mask every token of the generation
@@ -38,9 +38,9 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from .eval import evaluate_vanilla
-from .models import DiffusionLM, ModelConfig, save_checkpoint
-from .models.default import DEFAULT_MODEL_DIR, default_model
+from .evaluate import evaluate_vanilla
+from ..models import DiffusionLM, ModelConfig, save_checkpoint
+from .default import DEFAULT_MODEL_DIR, default_model
 from .task import PAD, AdditionTask, build_tokenizer
 
 
@@ -135,7 +135,7 @@ def main(argv=None) -> int:
     """Train the tiny model, write it as a checkpoint directory (fp16 weights, tokenizer.json,
     task.json, training.json), reload it and report its held-out vanilla accuracy."""
     d = TrainConfig()
-    ap = argparse.ArgumentParser(prog="python -m dllm_kernels.train", description=main.__doc__)
+    ap = argparse.ArgumentParser(prog="python -m dllm_kernels.addition.train", description=main.__doc__)
     ap.add_argument("--out", type=pathlib.Path, default=DEFAULT_MODEL_DIR)
     ap.add_argument("--steps", type=int, default=d.steps)
     ap.add_argument("--batch-size", type=int, default=d.batch_size)
@@ -165,7 +165,7 @@ def main(argv=None) -> int:
     acc = evaluate_vanilla(model, task, task.heldout(args.heldout, seed=args.heldout_seed), tokenizer)
     print(f"held-out exact match, vanilla decoding: {acc.accuracy:.2f}% of {acc.n} ({time.perf_counter() - t0:.0f} s)")
     record = {
-        "command": " ".join(["python -m dllm_kernels.train", *(sys.argv[1:] if argv is None else argv)]),
+        "command": " ".join(["python -m dllm_kernels.addition.train", *(sys.argv[1:] if argv is None else argv)]),
         "train_config": dataclasses.asdict(cfg),
         "task": dataclasses.asdict(task),
         "parameters": sum(p.numel() for p in model.parameters()),
