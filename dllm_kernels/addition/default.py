@@ -10,7 +10,7 @@ import pathlib
 import torch
 
 from ..models.checkpoint import load_checkpoint
-from ..models.hf import Tokenizer, load_tokenizer
+from ..models.tokenizer import Tokenizer, load_tokenizer
 from ..models.transformer import DiffusionLM
 from .task import AdditionTask
 
