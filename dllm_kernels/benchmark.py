@@ -60,9 +60,10 @@ def bench_policy(model, prompts, policy: str, path: str, *, gen_length: int, blo
         times.append(time.perf_counter() - t0)
     t = statistics.median(times)
     nfe = out.nfe.double()
-    toks = out.tokens_until_eos(model.config.eos_id).double()
+    eos = model.config.eos_id
+    toks = out.tokens_until_eos(eos).double()
     steps = int(out.nfe.max())  # the batch runs until its slowest row is done
-    return BenchRow(policy, path, len(prompts), nfe.mean().item(), out.tokens_per_forward(model.config.eos_id).mean().item(),
+    return BenchRow(policy, path, len(prompts), nfe.mean().item(), out.tokens_per_forward(eos).mean().item(),
                     1e3 * t / max(steps, 1), toks.sum().item() / t)  # fmt: skip
 
 

@@ -13,6 +13,7 @@ import torch
 
 from . import reference
 from ._checks import FLOAT_DTYPES, check_int_list, check_tensor
+from ._seeds import resolve_seed
 from ._types import TokenStats
 from .backend import resolve_backend
 
@@ -109,7 +110,7 @@ def token_stats(
         raise ValueError(f"{op}: temperature must be a finite number >= 0, got {temperature!r}")
     temperature = float(temperature)
     if temperature > 0.0:
-        seed = reference.confidence.resolve_seed(seed)
+        seed = resolve_seed(seed)
         if not 0 <= seed < 2**63:
             raise ValueError(f"{op}: seed must lie in [0, 2**63), got {seed}")
     else:

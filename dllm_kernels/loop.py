@@ -37,6 +37,8 @@ import numpy as np
 import torch
 
 from ._checks import check_tensor
+from ._schedule import num_transfer_schedule
+from ._seeds import resolve_seed
 from .commit import CommitRule, CommitState, commit
 from .confidence import token_stats
 from .models.transformer import CacheWrite
@@ -134,7 +136,7 @@ class _BlockRow:
         first = self.i == 0
         if first and self.spb:  # LLaDA: m masks over spb steps, the first m % spb get one more
             m = int((xrow[s:e] == g.mask).sum())
-            self.schedule = [m // self.spb + (1 if j < m % self.spb else 0) for j in range(self.spb)]
+            self.schedule = num_transfer_schedule(torch.tensor([m]), self.spb)[0].tolist()
 
         cache = p.cache
         if cache == "dual" and not first:
@@ -404,7 +406,7 @@ def generate(
     cache = model.new_cache(B, L) if pol.cache != "none" else None
     # the mask token is never a proposal: committing it would leave the position masked forever
     suppress = [cfg.mask_id] + ([cfg.eos_id] if pol.suppress_eos else [])
-    base_seed = int(torch.randint(0, 2**31, (1,)).item()) if (seed is None and temperature > 0) else (seed or 0)
+    base_seed = resolve_seed(seed) if (seed is None and temperature > 0) else (seed or 0)
 
     bar = None
     if progress:

@@ -8,16 +8,10 @@ from __future__ import annotations
 
 import torch
 
+from dllm_kernels._seeds import resolve_seed
 from dllm_kernels._types import TokenStats
 
 from ._philox import philox_uniform
-
-
-def resolve_seed(seed: int | None) -> int:
-    """A seed of ``None`` draws one from torch's default CPU generator (no device sync)."""
-    if seed is None:
-        return int(torch.randint(0, 2**62, (1,)).item())
-    return int(seed)
 
 
 def token_stats(logits: torch.Tensor, *, temperature: float = 0.0, seed: int | None = None, suppress_ids=None) -> TokenStats:
