@@ -17,8 +17,9 @@ from dataclasses import asdict, dataclass
 import torch
 
 from .loop import generate
+from .policies import POLICIES
 
-DEFAULT_POLICIES = ("vanilla", "fast_dllm", "streaming", "r2", "d3llm")
+DEFAULT_POLICIES = tuple(POLICIES)
 
 # the three ways of running the same loop (model attention path, loop ops backend)
 PATHS = {

@@ -42,7 +42,7 @@ from ._seeds import resolve_seed
 from .commit import CommitRule, CommitState, commit
 from .confidence import token_stats
 from .models.transformer import CacheWrite
-from .policies import Policy, resolve_policy
+from .policies import FIRST_TOKEN_RULE, Policy, resolve_policy
 
 
 @dataclass
@@ -157,7 +157,7 @@ class _BlockRow:
         rule = p.block_start_rule if (first and p.block_start_rule is not None) else p.rule
         active, k = (s, e), (self.schedule[self.i] if self.spb else 0)
         if first and p.ar_first_token:  # Dream: the block's first position, from the last clean token
-            active, rule, k = (s, s + 1), CommitRule(base="topk"), 1
+            active, rule, k = (s, s + 1), FIRST_TOKEN_RULE, 1
         self.nfe += 1
         self.i += 1
         # LLaDA's schedule decides the count of a "topk" step (it may be 0 when a block holds fewer

@@ -34,11 +34,14 @@ def ptxas_path() -> str:
 
 
 def all_specs():
+    from dllm_kernels.policies import compiled_rules
+
     from . import AOT_MODULES
 
     specs = []
     for name in AOT_MODULES:
-        specs.extend(importlib.import_module(f"{__package__}.{name}").aot_specs())
+        module = importlib.import_module(f"{__package__}.{name}")
+        specs.extend(module.aot_specs(compiled_rules()) if name == "commit" else module.aot_specs())
     return specs
 
 
