@@ -18,7 +18,7 @@ not per sequence. Writes bench/results/generate.json (+ .png).
 
 import pytest
 import torch
-from common import plot_bars, synchronised, write_results
+from common import results_writer, synchronised
 
 from dllm_kernels import generate
 from dllm_kernels.benchmark import DEFAULT_POLICIES, PATHS
@@ -36,16 +36,12 @@ def model():
     return m
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _write():
-    yield
-    if _rows:
-        for r in _rows:
-            k = next((t for t in _rows if t["path"] == "kernels" and t["shape"] == r["shape"]), None)
-            r["kernels_speedup"] = r["ms_per_step"] / k["ms_per_step"] if k else None
-        write_results("generate", _rows, notes=f"llada_8b_layer(2) bf16 random weights; prompt ~{PROMPT} (ragged), "
-                                               f"gen {GEN}, block {BLOCK}; ms/step = median generate time / steps")  # fmt: skip
-        plot_bars("generate", _rows, x="shape", y="ms_per_step", group="path", ylabel="ms per decoding step")
+_write = results_writer(
+    "generate", _rows, notes=f"llada_8b_layer(2) bf16 random weights; prompt ~{PROMPT} (ragged), gen {GEN}, "
+                             f"block {BLOCK}; ms/step = median generate time / steps",
+    speedup=dict(group="path", base="kernels", time="ms_per_step", same=("shape",), out="kernels_speedup"),
+    plot=dict(x="shape", y="ms_per_step", group="path", ylabel="ms per decoding step"),
+)
 
 
 def _prompts(B, vocab):
