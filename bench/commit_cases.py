@@ -20,14 +20,14 @@ import copy
 import torch
 
 import dllm_kernels as dk
-from dllm_kernels import CommitRule, CommitState, TokenStats, reference
+from dllm_kernels import CommitState, TokenStats, reference
+from dllm_kernels.policies import POLICIES as _POLICIES
 
 MASK = 126336  # LLaDA's mask id
 PROPOSAL = 42  # every position's proposal
-POLICIES = {  # rule, multi_block
-    "fast_dllm": (CommitRule(), False),
-    "r2": (CommitRule(spatial_window=3, token_cluster=True, temporal_steps=3), False),
-    "d3llm": (CommitRule(base="entropy", entropy_threshold=0.5), True),
+BENCHED = ("fast_dllm", "r2", "d3llm")
+POLICIES = {  # rule, multi_block: the policies' own main rules at their defaults
+    name: (p.rule, p.scheduler == "multi_block") for name, p in ((n, _POLICIES[n]()) for n in BENCHED)
 }
 
 

@@ -13,6 +13,7 @@ import pathlib
 import platform
 import subprocess
 
+import pytest
 import torch
 
 RESULTS = pathlib.Path(__file__).resolve().parent / "results"
@@ -66,6 +67,30 @@ def write_results(name: str, rows: list[dict], notes: str = "") -> pathlib.Path:
     path = RESULTS / f"{name}.json"
     path.write_text(json.dumps({"machine": machine(), "notes": notes, "results": rows}, indent=2) + "\n")
     return path
+
+
+def add_speedups(rows: list[dict], *, group: str, base: str, time: str, same: tuple[str, ...], out: str) -> None:
+    """Set ``row[out]`` to the row's ``time`` over that of the row of group ``base`` (e.g. the
+    Triton kernel) with the same ``same`` keys; None where there is none or no time."""
+    for r in rows:
+        b = next((t for t in rows if t[group] == base and all(t[k] == r[k] for k in same)), None)
+        r[out] = r[time] / b[time] if b and r.get(time) else None
+
+
+def results_writer(name: str, rows: list[dict], *, notes: str, speedup: dict, plot: dict):
+    """An autouse module fixture that, after the module's benchmarks, adds the speedups
+    (:func:`add_speedups` keywords) to ``rows`` and writes them (:func:`write_results`) and their
+    chart (:func:`plot_bars` keywords). Assign it to a module-level name."""
+
+    @pytest.fixture(scope="module", autouse=True)
+    def _write():
+        yield
+        if rows:
+            add_speedups(rows, **speedup)
+            write_results(name, rows, notes=notes)
+            plot_bars(name, rows, **plot)
+
+    return _write
 
 
 def plot_bars(name: str, rows: list[dict], x: str, y: str, group: str, ylabel: str) -> pathlib.Path | None:

@@ -14,7 +14,7 @@ uniform cache lengths, so the baselines need no mask.
 import pytest
 import torch
 from attention_cases import flops, gpu_candidates, kv_bytes
-from common import do_bench_ms, plot_bars, synchronised, write_results
+from common import add_speedups, do_bench_ms, plot_bars, synchronised, write_results
 
 torch._dynamo.config.cache_size_limit = 1000  # one FlexAttention compile per shape, never the eager fallback
 torch._dynamo.config.recompile_limit = 1000
@@ -34,9 +34,8 @@ def _write():
     for name, rows in _rows.items():
         if not rows:
             continue
-        for r in rows:  # the kernel's speedup over each candidate at the same shape
-            tri = next((t for t in rows if t["impl"] == "triton" and all(t[k] == r[k] for k in keys[name])), None)
-            r["triton_speedup"] = r["ms"] / tri["ms"] if tri and r.get("ms") else None
+        # the kernel's speedup over each candidate at the same shape
+        add_speedups(rows, group="impl", base="triton", time="ms", same=keys[name], out="triton_speedup")
         metric = "TBps" if name == "attention_decode" else "TFLOPs"
         write_results(name, rows, notes=f"{DTYPE} D={D}; decode: TB/s = cache + new K/V bytes / median time; "
                                         "prefill: TFLOP/s = 4 B Hq S^2 D / median time")  # fmt: skip

@@ -11,7 +11,7 @@ host (None where a candidate cannot be captured).
 import pytest
 import torch
 from commit_cases import CANDIDATES, POLICIES, compiled_candidates, copy_case, make_case
-from common import do_bench_ms, plot_bars, synchronised, write_results
+from common import add_speedups, do_bench_ms, plot_bars, synchronised, write_results
 
 torch._dynamo.config.cache_size_limit = 1000  # one compile per shape and rule; never the eager fallback
 
@@ -26,9 +26,8 @@ _compiled: dict = {}
 def _write():
     yield
     if _rows:
-        for r in _rows:  # speedup of the kernel over each candidate at the same case
-            tri = next((q for q in _rows if q["impl"] == "triton" and all(q[k] == r[k] for k in ("policy", "B", "L"))), None)
-            r["triton_speedup"] = r["ms"] / tri["ms"] if tri else None
+        # speedup of the kernel over each candidate at the same case
+        add_speedups(_rows, group="impl", base="triton", time="ms", same=("policy", "B", "L"), out="triton_speedup")
         write_results("commit", _rows, notes=f"block {BLOCK}; one valid proposal everywhere: the first call commits, repetitions repeat its loads")
         for policy in POLICIES:
             rows = [dict(r, case=f"B{r['B']} L{r['L']}") for r in _rows if r["policy"] == policy]

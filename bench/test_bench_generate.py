@@ -18,10 +18,10 @@ not per sequence. Writes bench/results/generate.json (+ .png).
 
 import pytest
 import torch
-from common import plot_bars, synchronised, write_results
+from common import results_writer, synchronised
 
 from dllm_kernels import generate
-from dllm_kernels.benchmark import DEFAULT_POLICIES, PATHS, tokens_until_eos
+from dllm_kernels.benchmark import DEFAULT_POLICIES, PATHS
 from dllm_kernels.models import DiffusionLM, llada_8b_layer
 
 PROMPT, GEN, BLOCK = 256, 128, 32
@@ -36,16 +36,12 @@ def model():
     return m
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _write():
-    yield
-    if _rows:
-        for r in _rows:
-            k = next((t for t in _rows if t["path"] == "kernels" and t["shape"] == r["shape"]), None)
-            r["kernels_speedup"] = r["ms_per_step"] / k["ms_per_step"] if k else None
-        write_results("generate", _rows, notes=f"llada_8b_layer(2) bf16 random weights; prompt ~{PROMPT} (ragged), "
-                                               f"gen {GEN}, block {BLOCK}; ms/step = median generate time / steps")  # fmt: skip
-        plot_bars("generate", _rows, x="shape", y="ms_per_step", group="path", ylabel="ms per decoding step")
+_write = results_writer(
+    "generate", _rows, notes=f"llada_8b_layer(2) bf16 random weights; prompt ~{PROMPT} (ragged), gen {GEN}, "
+                             f"block {BLOCK}; ms/step = median generate time / steps",
+    speedup=dict(group="path", base="kernels", time="ms_per_step", same=("shape",), out="kernels_speedup"),
+    plot=dict(x="shape", y="ms_per_step", group="path", ylabel="ms per decoding step"),
+)
 
 
 def _prompts(B, vocab):
@@ -67,7 +63,7 @@ def test_generate(benchmark, model, B, policy, path):
     benchmark.pedantic(synchronised(run), rounds=3, warmup_rounds=0)
     seconds = benchmark.stats.stats.median
     steps = int(out.nfe.max())  # the batch steps until its slowest row is done
-    tokens = tokens_until_eos(out.generated, model.config.eos_id).sum().item()
+    tokens = out.tokens_until_eos(model.config.eos_id).sum().item()
     row = {"policy": policy, "path": path, "B": B, "shape": f"{policy} B{B}", "steps": steps,
            "ms_per_step": 1e3 * seconds / steps, "tokens_per_s": tokens / seconds}  # fmt: skip
     _rows.append(row)

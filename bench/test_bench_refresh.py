@@ -9,7 +9,7 @@ bytes moved (listed K/V rows read once and written once, plus cos/sin rows with 
 
 import pytest
 import torch
-from common import do_bench_ms, plot_bars, synchronised, write_results
+from common import do_bench_ms, results_writer, synchronised
 from refresh_cases import CANDIDATES, bytes_moved
 
 MODELS = {"llada": 32, "dream": 4}  # KV heads, head_dim 128
@@ -18,16 +18,11 @@ DTYPE = torch.bfloat16
 _rows: list[dict] = []
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _write():
-    yield
-    if _rows:
-        for r in _rows:
-            tri = next((t for t in _rows if t["impl"] == "triton" and t["shape"] == r["shape"]), None)
-            r["triton_speedup"] = r["ms"] / tri["ms"] if tri else None
-        write_results("refresh_kv_cache", _rows, notes=f"{DTYPE} D={D} Lmax={LMAX} block={BLOCK}; "
-                                                       "TB/s = bytes moved / median time")  # fmt: skip
-        plot_bars("refresh_kv_cache", _rows, x="shape", y="TBps", group="impl", ylabel="TB/s moved")
+_write = results_writer(
+    "refresh_kv_cache", _rows, notes=f"{DTYPE} D={D} Lmax={LMAX} block={BLOCK}; TB/s = bytes moved / median time",
+    speedup=dict(group="impl", base="triton", time="ms", same=("shape",), out="triton_speedup"),
+    plot=dict(x="shape", y="TBps", group="impl", ylabel="TB/s moved"),
+)
 
 
 @pytest.mark.parametrize("impl", list(CANDIDATES))

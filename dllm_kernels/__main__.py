@@ -53,7 +53,7 @@ def _overrides(pairs: list[str]) -> dict:
 
 def _parse_problem(text: str, n_digits: int):
     """``--problem 'a+b'``: two non-negative integers of at most the task's ``n_digits`` digits."""
-    from .task import Problem
+    from .addition.task import Problem
 
     m = re.fullmatch(r"\s*(\d+)\s*\+\s*(\d+)\s*", text)
     if m is None:
@@ -98,7 +98,8 @@ def _load(args):
     """(model, tokenizer, task or None, device) for the model arguments."""
     import torch
 
-    from .models import default_model, load_pretrained, load_tokenizer
+    from .addition import default_model
+    from .models import load_pretrained, load_tokenizer
 
     device = _device(args.device)
     dtype = getattr(torch, args.dtype) if args.dtype else (torch.bfloat16 if device == "cuda" else torch.float32)
@@ -200,8 +201,8 @@ def cmd_bench(args) -> int:
 def cmd_eval(args) -> int:
     import torch
 
-    from . import eval as ev
-    from .models.default import DEFAULT_DISTILLED_DIR, default_model
+    from .addition import evaluate as ev
+    from .addition.default import DEFAULT_DISTILLED_DIR, default_model
 
     torch.set_num_threads(args.threads)
     model, tok, task, device = _load(args)
@@ -244,24 +245,24 @@ def cmd_demo(args) -> int:
 
 
 def cmd_train(args) -> int:
-    from .train import run
+    from .addition.train import run
 
     return run(args, command=["python -m dllm_kernels", *args.argv])
 
 
 def cmd_distill(args) -> int:
-    from .distill import run
+    from .addition.distill import run
 
     return run(args, command=["python -m dllm_kernels", *args.argv])
 
 
 def build_parser() -> argparse.ArgumentParser:
     """The parser of every subcommand; each sets ``args.run`` to its ``cmd_*`` function."""
-    from . import eval as ev
+    from .addition import evaluate as ev
     from .benchmark import DEFAULT_POLICIES
-    from .distill import add_arguments as distill_arguments
+    from .addition.distill import add_arguments as distill_arguments
     from .policies import POLICIES
-    from .train import add_arguments as train_arguments
+    from .addition.train import add_arguments as train_arguments
 
     policies = sorted(POLICIES)
     debug = _Parser(add_help=False)

@@ -6,6 +6,8 @@ from typing import Iterable, Sequence
 
 import torch
 
+from ._types import HEAD_DIMS
+
 FLOAT_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 
 
@@ -111,3 +113,25 @@ def check_no_internal_overlap(op: str, name: str, t: torch.Tensor) -> None:
             f"{op}: {name} must not overlap itself in memory (it is written in place), got shape "
             f"{list(t.shape)} and strides {tuple(t.stride())}: pass a tensor with its own storage, e.g. .clone()"
         )
+
+
+def check_head_dim(op: str, name: str, D: int) -> None:
+    """An attention head dim (``name``'s last dimension) the kernels are built for."""
+    if D not in HEAD_DIMS:
+        raise ValueError(f"{op}: head dim ({name}.shape[-1]) must be one of {HEAD_DIMS}, got {D}")
+
+
+def check_kv_pair(op: str, names: tuple[str, str], k, v, *, B: int, D: int, dtype, device, like: str) -> None:
+    """``k`` and ``v`` are both None, or both ``[B, L, H, D]`` with ``like``'s dtype and device and
+    the same shape, each with a unit-stride last dimension."""
+    if (k is None) != (v is None):
+        raise ValueError(f"{op}: {names[0]} and {names[1]} must be given together, got only {names[k is None]}")
+    if k is None:
+        return
+    for name, t in zip(names, (k, v)):
+        check_tensor(op, name, t, ndim=4, device=device)
+        if t.dtype != dtype:
+            raise TypeError(f"{op}: {name} must have {like}'s dtype {dtype}, got {t.dtype}")
+        check_tensor(op, name, t, shape=(B, None, None, D))
+        check_last_dim_contiguous(op, name, t)
+    check_tensor(op, names[1], v, shape=tuple(k.shape))

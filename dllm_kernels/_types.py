@@ -34,6 +34,8 @@ COMMIT_BASES = ("topk", "threshold", "dynamic", "entropy")
 TEMPORAL_AGGS = ("last", "mean", "max")
 MAX_SPATIAL_WINDOW = 16
 MAX_COMMIT_POSITIONS = 8192  # the Triton kernel holds a row's region in one tile of <= 8192 positions
+# attention head dims; 16 and 32: small models (tests, tiny checkpoints), run on the D=64 tiles
+HEAD_DIMS = (16, 32, 64, 128)
 
 
 @dataclass(frozen=True)

@@ -13,10 +13,10 @@ import math
 import torch
 
 from . import reference
-from ._checks import FLOAT_DTYPES, check_int_tensor, check_last_dim_contiguous, check_tensor
+from ._checks import (
+    FLOAT_DTYPES, check_head_dim, check_int_tensor, check_kv_pair, check_last_dim_contiguous, check_tensor,
+)  # fmt: skip
 from .backend import resolve_backend
-
-HEAD_DIMS = (16, 32, 64, 128)
 
 
 @torch.library.custom_op("dllm_kernels::attention", mutates_args=())
@@ -39,22 +39,6 @@ def _attention_op(
 @_attention_op.register_fake
 def _(q, k, v, k_cache, v_cache, cache_len, kv_len, key_start, scale):
     return q.new_empty(q.shape)
-
-
-def check_kv_pair(op: str, names: tuple[str, str], k, v, *, B: int, D: int, dtype, device, like: str) -> None:
-    """``k`` and ``v`` are both None, or both ``[B, L, H, D]`` with ``like``'s dtype and device and
-    the same shape, each with a unit-stride last dimension."""
-    if (k is None) != (v is None):
-        raise ValueError(f"{op}: {names[0]} and {names[1]} must be given together, got only {names[k is None]}")
-    if k is None:
-        return
-    for name, t in zip(names, (k, v)):
-        check_tensor(op, name, t, ndim=4, device=device)
-        if t.dtype != dtype:
-            raise TypeError(f"{op}: {name} must have {like}'s dtype {dtype}, got {t.dtype}")
-        check_tensor(op, name, t, shape=(B, None, None, D))
-        check_last_dim_contiguous(op, name, t)
-    check_tensor(op, names[1], v, shape=tuple(k.shape))
 
 
 def attention(
@@ -112,8 +96,7 @@ def attention(
     op = "attention"
     check_tensor(op, "q", q, ndim=4, dtypes=FLOAT_DTYPES)
     B, Lq, Hq, D = q.shape
-    if D not in HEAD_DIMS:
-        raise ValueError(f"{op}: head dim (q.shape[-1]) must be one of {HEAD_DIMS}, got {D}")
+    check_head_dim(op, "q", D)
     check_last_dim_contiguous(op, "q", q)
     kw = dict(B=B, D=D, dtype=q.dtype, device=q.device, like="q")
     check_kv_pair(op, ("k", "v"), k, v, **kw)

@@ -8,16 +8,11 @@ the reference.
 
 from __future__ import annotations
 
-import os
-
 import torch
 
+from ._env import interpreter_enabled
+
 BACKENDS = ("auto", "triton", "reference")
-
-
-def interpreter_enabled() -> bool:
-    """True when Triton kernels run on Triton's CPU interpreter (``TRITON_INTERPRET=1``)."""
-    return os.environ.get("TRITON_INTERPRET", "0").lower() in ("1", "true", "on", "yes")
 
 
 def resolve_backend(backend: str, device: torch.device, op: str) -> str:

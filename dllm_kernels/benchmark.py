@@ -17,8 +17,9 @@ from dataclasses import asdict, dataclass
 import torch
 
 from .loop import generate
+from .policies import POLICIES
 
-DEFAULT_POLICIES = ("vanilla", "fast_dllm", "streaming", "r2", "d3llm")
+DEFAULT_POLICIES = tuple(POLICIES)
 
 # the three ways of running the same loop (model attention path, loop ops backend)
 PATHS = {
@@ -37,13 +38,6 @@ class BenchRow:
     tokens_per_forward: float
     ms_per_step: float
     tokens_per_s: float
-
-
-def tokens_until_eos(generated: torch.Tensor, eos_id: int) -> torch.Tensor:
-    """Generated tokens up to and including the first EOS, per row."""
-    is_eos = generated == eos_id
-    n = torch.full((generated.shape[0],), generated.shape[1], dtype=torch.long, device=generated.device)
-    return torch.where(is_eos.any(1), is_eos.int().argmax(1) + 1, n)
 
 
 def _sync(device):
@@ -67,10 +61,11 @@ def bench_policy(model, prompts, policy: str, path: str, *, gen_length: int, blo
         times.append(time.perf_counter() - t0)
     t = statistics.median(times)
     nfe = out.nfe.double()
-    toks = tokens_until_eos(out.generated, model.config.eos_id).double()
+    eos = model.config.eos_id
+    toks = out.tokens_until_eos(eos).double()
     steps = int(out.nfe.max())  # the batch runs until its slowest row is done
-    return BenchRow(policy, path, len(prompts), nfe.mean().item(), (toks / nfe).mean().item(), 1e3 * t / max(steps, 1),
-                    toks.sum().item() / t)  # fmt: skip
+    return BenchRow(policy, path, len(prompts), nfe.mean().item(), out.tokens_per_forward(eos).mean().item(),
+                    1e3 * t / max(steps, 1), toks.sum().item() / t)  # fmt: skip
 
 
 def run(model, prompts, *, policies=DEFAULT_POLICIES, paths=("kernels", "reference"), gen_length=64,

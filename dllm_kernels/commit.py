@@ -21,9 +21,9 @@ import torch
 
 from . import reference
 from ._checks import check_tensor
+from ._schedule import num_transfer_schedule
 from ._types import MAX_COMMIT_POSITIONS, CommitRule, CommitState, TokenStats
 from .backend import resolve_backend
-from .reference.commit import num_transfer_schedule
 
 INDEX_DTYPES = (torch.int32, torch.int64)
 _STATE_DTYPES = {

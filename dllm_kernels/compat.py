@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import torch
 
+from ._schedule import num_transfer_schedule
 from .commit import CommitRule, CommitState, commit
 from .confidence import token_stats
 
@@ -27,9 +28,7 @@ _CANDIDATE, _OTHER = 0, 1
 def get_num_transfer_tokens(mask_index: torch.Tensor, steps: int) -> torch.Tensor:
     """LLaDA's schedule: ``[B, steps]`` int64, ``m // steps`` per step and one more in the first
     ``m % steps`` steps, m being each row's number of masked positions."""
-    m = mask_index.sum(dim=1, keepdim=True)
-    base, rem = m // steps, m % steps
-    return base + (torch.arange(steps, device=mask_index.device)[None, :] < rem).to(torch.int64)
+    return num_transfer_schedule(mask_index.sum(dim=1), steps)
 
 
 def _transfer(logits, temperature, mask_index, x, rule: CommitRule, num_transfer, backend):

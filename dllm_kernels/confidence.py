@@ -15,6 +15,7 @@ import torch
 
 from . import reference
 from ._checks import FLOAT_DTYPES, check_int_list, check_tensor
+from ._seeds import resolve_seed
 from ._types import TokenStats
 from .backend import resolve_backend
 
@@ -141,7 +142,7 @@ def _check_seed(op: str, seed, logits: torch.Tensor, sample: bool):
             raise ValueError(f"{op}: seed values must lie in [0, 2**63), got {int(seed.min())}")
         return seed if sample else 0
     if seed is None:
-        return reference.confidence.resolve_seed(None) if sample else 0
+        return resolve_seed(None) if sample else 0
     if isinstance(seed, bool) or not isinstance(seed, int):
         raise TypeError(f"{op}: seed must be an int, None or an integer tensor, got {type(seed).__name__}")
     if not 0 <= seed < 2**63:

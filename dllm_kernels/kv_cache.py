@@ -10,8 +10,10 @@ from __future__ import annotations
 import torch
 
 from . import reference
-from ._checks import FLOAT_DTYPES, check_int_tensor, check_last_dim_contiguous, check_no_internal_overlap, check_tensor
-from .attention import HEAD_DIMS, check_kv_pair
+from ._checks import (
+    FLOAT_DTYPES, check_head_dim, check_int_tensor, check_kv_pair, check_last_dim_contiguous, check_no_internal_overlap,
+    check_tensor,
+)  # fmt: skip
 from .backend import resolve_backend
 
 
@@ -89,8 +91,7 @@ def refresh_kv_cache(
     op = "refresh_kv_cache"
     check_tensor(op, "k_cache", k_cache, ndim=4, dtypes=FLOAT_DTYPES)
     B, Lmax, Hkv, D = k_cache.shape
-    if D not in HEAD_DIMS:
-        raise ValueError(f"{op}: head dim (k_cache.shape[-1]) must be one of {HEAD_DIMS}, got {D}")
+    check_head_dim(op, "k_cache", D)
     kw = dict(B=B, D=D, dtype=k_cache.dtype, device=k_cache.device, like="k_cache")
     check_kv_pair(op, ("k_cache", "v_cache"), k_cache, v_cache, **kw)
     check_no_internal_overlap(op, "k_cache", k_cache)

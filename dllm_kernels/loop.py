@@ -37,10 +37,12 @@ import numpy as np
 import torch
 
 from ._checks import check_tensor
+from ._schedule import num_transfer_schedule
+from ._seeds import resolve_seed
 from .commit import CommitRule, CommitState, commit
 from .confidence import token_stats
 from .models.transformer import CacheWrite
-from .policies import Policy, resolve_policy
+from .policies import FIRST_TOKEN_RULE, Policy, resolve_policy
 
 
 @dataclass
@@ -67,6 +69,18 @@ class GenerateResult:
     def generated(self) -> torch.Tensor:
         """``[B, gen_length]`` the generation region."""
         return self.tokens[:, self.gen_start :]
+
+    def tokens_until_eos(self, eos_id: int) -> torch.Tensor:
+        """``[B]`` int64: generated tokens up to and including the first EOS, per row (all of the
+        region when it holds no EOS)."""
+        is_eos = self.generated == eos_id
+        n = torch.full((is_eos.shape[0],), is_eos.shape[1], dtype=torch.long, device=is_eos.device)
+        return torch.where(is_eos.any(1), is_eos.int().argmax(1) + 1, n)
+
+    def tokens_per_forward(self, eos_id: int) -> torch.Tensor:
+        """``[B]`` float64: tokens per forward (TPF) as d3LLM counts them, per row:
+        :meth:`tokens_until_eos` divided by the row's NFE."""
+        return self.tokens_until_eos(eos_id).double() / self.nfe.double()
 
 
 @dataclass
@@ -122,7 +136,7 @@ class _BlockRow:
         first = self.i == 0
         if first and self.spb:  # LLaDA: m masks over spb steps, the first m % spb get one more
             m = int((xrow[s:e] == g.mask).sum())
-            self.schedule = [m // self.spb + (1 if j < m % self.spb else 0) for j in range(self.spb)]
+            self.schedule = num_transfer_schedule(torch.tensor([m]), self.spb)[0].tolist()
 
         cache = p.cache
         if cache == "dual" and not first:
@@ -143,7 +157,7 @@ class _BlockRow:
         rule = p.block_start_rule if (first and p.block_start_rule is not None) else p.rule
         active, k = (s, e), (self.schedule[self.i] if self.spb else 0)
         if first and p.ar_first_token:  # Dream: the block's first position, from the last clean token
-            active, rule, k = (s, s + 1), CommitRule(base="topk"), 1
+            active, rule, k = (s, s + 1), FIRST_TOKEN_RULE, 1
         self.nfe += 1
         self.i += 1
         # LLaDA's schedule decides the count of a "topk" step (it may be 0 when a block holds fewer
@@ -392,7 +406,7 @@ def generate(
     cache = model.new_cache(B, L) if pol.cache != "none" else None
     # the mask token is never a proposal: committing it would leave the position masked forever
     suppress = [cfg.mask_id] + ([cfg.eos_id] if pol.suppress_eos else [])
-    base_seed = int(torch.randint(0, 2**31, (1,)).item()) if (seed is None and temperature > 0) else (seed or 0)
+    base_seed = resolve_seed(seed) if (seed is None and temperature > 0) else (seed or 0)
 
     bar = None
     if progress:

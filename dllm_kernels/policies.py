@@ -15,6 +15,8 @@ from .commit import CommitRule
 
 CACHE_MODES = ("none", "prefix", "dual", "delayed")
 SCHEDULERS = ("blocks", "multi_block")
+# Dream's first forward of a block (``ar_first_token``): one token, at the block's first position
+FIRST_TOKEN_RULE = CommitRule(base="topk")
 
 
 @dataclass(frozen=True)
@@ -90,6 +92,18 @@ class Policy:
             raise ValueError(f"policy {self.name}: steps_per_block needs the 'topk' rule")
         if self.suffix_window is not None and (self.suffix_window < 0 or self.cache == "dual"):
             raise ValueError(f"policy {self.name}: suffix_window must be >= 0 and needs cache 'none' or 'prefix'")
+
+    def launched_rules(self) -> dict[str, CommitRule]:
+        """Every commit rule the loop launches for this policy, by role: ``"main"`` (every step but
+        a block's first forward where one of the others is set), ``"first_token"`` (a block's
+        first forward with ``ar_first_token``) or else ``"block_start"`` (``block_start_rule``);
+        the multi-block scheduler runs ``rule`` only."""
+        rules = {"main": self.rule}
+        if self.scheduler == "blocks" and self.ar_first_token:
+            rules["first_token"] = FIRST_TOKEN_RULE
+        elif self.scheduler == "blocks" and self.block_start_rule is not None:
+            rules["block_start"] = self.block_start_rule
+        return rules
 
 
 def vanilla(steps_per_block: int = 0, suppress_eos: bool = False, confidence_eos_eot_inf: bool = False) -> Policy:
@@ -182,6 +196,34 @@ POLICIES = {
     "d3llm": d3llm,
     "d3llm_dream": d3llm_dream,
 }
+
+
+# rule variants reachable by a constructor argument that are compiled ahead of time besides
+# every policy's defaults: label -> (policy, overrides)
+RULE_VARIANTS = {"r2_mean": ("r2", {"temporal_agg": "mean"})}
+
+# rules launched outside generate() that are compiled ahead of time too: the SGLang plugin's
+# JointThreshold (LLaDA2.1: strict threshold 0.5, i.e. the next fp32 above it, plus token editing;
+# dllm_kernels.integrations.sglang builds it from its YAML options)
+SERVING_RULES = {"llada21_edit": CommitRule(threshold=0.50000006, commit_best=False, token_edit=True)}
+
+
+def compiled_rules() -> dict[str, CommitRule]:
+    """The commit rules compiled ahead of time (``python -m dllm_kernels.kernels._aot``), one entry
+    per distinct rule: every rule that every policy of :data:`POLICIES` launches at its defaults,
+    also with Dream's ``ar_first_token`` (labels ``name``, ``name.block_start``, ``first_token``),
+    the :data:`RULE_VARIANTS` and the :data:`SERVING_RULES`."""
+    policies = {name: make() for name, make in POLICIES.items()}
+    policies.update({label: POLICIES[name](**kw) for label, (name, kw) in RULE_VARIANTS.items()})
+    out: dict[str, CommitRule] = {}
+    for name, p in policies.items():
+        for q in (p, dataclasses.replace(p, ar_first_token=True)):
+            for role, rule in q.launched_rules().items():
+                label = {"main": name, "first_token": "first_token"}.get(role, f"{name}.{role}")
+                if rule not in out.values():
+                    out[label] = rule
+    out.update({label: rule for label, rule in SERVING_RULES.items() if rule not in out.values()})
+    return out
 
 
 def resolve_policy(policy: str | Policy, **overrides) -> Policy:

@@ -24,6 +24,8 @@ import triton
 from triton.backends.compiler import GPUTarget
 from triton.compiler import ASTSource
 
+from dllm_kernels._env import interpreter_enabled
+
 TARGET = GPUTarget("cuda", 90, 32)
 
 
@@ -32,11 +34,14 @@ def ptxas_path() -> str:
 
 
 def all_specs():
+    from dllm_kernels.policies import compiled_rules
+
     from . import AOT_MODULES
 
     specs = []
     for name in AOT_MODULES:
-        specs.extend(importlib.import_module(f"{__package__}.{name}").aot_specs())
+        module = importlib.import_module(f"{__package__}.{name}")
+        specs.extend(module.aot_specs(compiled_rules()) if name == "commit" else module.aot_specs())
     return specs
 
 
@@ -68,7 +73,7 @@ def main(argv=None) -> int:
     parser.add_argument("--json", action="store_true", help="one JSON object per line")
     parser.add_argument("--jobs", type=int, default=os.cpu_count() or 1)
     args = parser.parse_args(argv)
-    if os.environ.get("TRITON_INTERPRET", "0") not in ("", "0"):
+    if interpreter_enabled():
         print("unset TRITON_INTERPRET: AOT compilation needs the real compiler", file=sys.stderr)
         return 2
     n = len(all_specs())

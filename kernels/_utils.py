@@ -3,17 +3,18 @@
 from __future__ import annotations
 
 import functools
-import os
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
 import torch
 import triton
 
+from dllm_kernels._env import interpreter_enabled
+
 # Decided once, like Triton itself decides at decoration time whether @triton.jit builds an
 # InterpretedFunction: the launchers pick interpreter-friendly meta-parameters (few programs,
 # large blocks) only when the kernels really are interpreted.
-IS_INTERPRET = os.environ.get("TRITON_INTERPRET", "0").lower() in ("1", "true", "on", "yes")
+IS_INTERPRET = interpreter_enabled()
 
 
 def next_pow2(n: int) -> int:

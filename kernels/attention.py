@@ -44,11 +44,12 @@ import torch
 import triton
 import triton.language as tl
 
+from dllm_kernels._types import HEAD_DIMS
+
 from . import _utils
 from ._utils import IS_INTERPRET, TORCH_TO_TRITON, AotSpec, cdiv, check_launchable, dense, next_pow2, programs_target
 
 LOG2E = 1.4426950408889634
-HEAD_DIMS = (16, 32, 64, 128)  # 16 and 32: small models (tests, tiny checkpoints) on the D=64 tiles
 _MAX_SPLITS = 64
 _MAX_GRID_Z = 65535  # (batch, KV head) pairs sit on grid axis 2, after the query tiles and splits
 

@@ -40,6 +40,8 @@ is per op and program, not per element); on the GPU ``ROWS = 1``: one program pe
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 import torch
 import triton
 import triton.language as tl
@@ -405,39 +407,35 @@ def commit(
     return counts
 
 
-# The rule configurations of the decoding policies (DESIGN.md 3), compiled ahead of time: every
-# policy at the tile of a 32-token block (also with int32 index tensors), of a 1024-token canvas
-# and of a 4096-token canvas; the heaviest one (R2: windows, runs, streaks) at every tile width.
-# Tiles up to 1024 positions must not spill; whole long canvases may (R2 keeps ~30 vectors of
-# the row live: at 4096 positions they exceed the register file).
-POLICY_RULES = {
-    "vanilla": CommitRule(base="topk"),
-    "fast_dllm": CommitRule(base="threshold"),
-    "streaming": CommitRule(base="dynamic", alpha=0.3, suffix_window=96),
-    "r2": CommitRule(spatial_window=3, token_cluster=True, temporal_steps=3),
-    "r2_mean": CommitRule(spatial_window=3, token_cluster=True, temporal_steps=3, temporal_agg="mean"),
-    "d3llm_llada": CommitRule(base="entropy", entropy_threshold=0.5),
-    "d3llm_dream": CommitRule(base="entropy", entropy_threshold=0.4, entropy_strict=True, commit_best=False),
-    # SGLang's JointThreshold (LLaDA2.1): strict threshold (next fp32 above 0.5) + token editing
-    "llada21_edit": CommitRule(threshold=0.50000006, commit_best=False, token_edit=True),
-}
+# Ahead-of-time configurations of the commit rules the policies launch (the list comes from
+# dllm_kernels.policies.compiled_rules, see _aot.py): every rule at the tile of a 32-token block
+# (also with int32 index tensors), of a 1024-token canvas and of a 4096-token canvas; the heaviest
+# rules (R2's three gates: windows, runs, streaks) at every tile width. Tiles up to 1024 positions
+# must not spill; whole long canvases may (R2 keeps ~30 vectors of the row live: at 4096
+# positions they exceed the register file).
 MAIN_MAX_BLOCK = 1024
 
 
-def _aot_configs():
-    for policy in POLICY_RULES:
-        yield policy, 32, "i32"
-        blocks = (32, 64, 128, 256, 512, 1024, 2048, 4096) if policy == "r2" else (32, 1024, 4096)
-        for block in blocks:
-            yield policy, block, "i64"
+def _aot_configs(rules: Mapping[str, CommitRule]):
+    seen = []
+    for label, rule in rules.items():
+        flags = _flags(rule, True)
+        if flags in seen:  # the same compiled variant (rules differ only in runtime numbers)
+            continue
+        seen.append(flags)
+        yield label, flags, 32, "i32"
+        heavy = rule.spatial_window > 0 and rule.token_cluster and rule.temporal_steps > 0
+        for block in (32, 64, 128, 256, 512, 1024, 2048, 4096) if heavy else (32, 1024, 4096):
+            yield label, flags, block, "i64"
 
 
-def aot_specs():
+def aot_specs(rules: Mapping[str, CommitRule]):
+    """One spec per configuration of ``rules`` (label -> rule; labels name the specs)."""
     specs = []
-    for policy, block, index in _aot_configs():
+    for label, flags, block, index in _aot_configs(rules):
         specs.append(
             AotSpec(
-                name=f"commit[{policy},BLOCK={block},index={index}]",
+                name=f"commit[{label},BLOCK={block},index={index}]",
                 kernel=_commit_kernel,
                 signature={
                     "x_ptr": "*i64", "stride_xb": "i32", "stride_xl": "i32",
@@ -450,7 +448,7 @@ def aot_specs():
                     "tau_s": "fp32", "min_len": "i32", "temporal_n": "i32", "tau_t": "fp32",
                     "tau_e": "fp32",
                 },  # fmt: skip
-                constexprs={**_flags(POLICY_RULES[policy]), "ROWS": 1, "BLOCK": block},
+                constexprs={**flags, "ROWS": 1, "BLOCK": block},
                 num_warps=_num_warps(block),
                 main=block <= MAIN_MAX_BLOCK,
             )

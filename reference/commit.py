@@ -12,19 +12,10 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from dllm_kernels._schedule import num_transfer_schedule
 from dllm_kernels._types import CommitRule, CommitState, TokenStats
 
-
-def num_transfer_schedule(mask_count: torch.Tensor, steps: int) -> torch.Tensor:
-    """LLaDA's ``get_num_transfer_tokens``: how many positions each step of a block commits.
-
-    ``m`` masks over ``steps`` steps: every step commits ``m // steps``, the first ``m % steps``
-    steps one more. ``mask_count`` is an integer tensor ``[B]``; returns int64 ``[B, steps]``
-    on its device (no host sync).
-    """
-    m = mask_count.to(torch.int64)[:, None]
-    extra = torch.arange(steps, device=mask_count.device) < m % steps
-    return m // steps + extra.to(torch.int64)
+__all__ = ["commit", "num_transfer_schedule"]
 
 
 def _fp32(value: float, like: torch.Tensor) -> torch.Tensor:

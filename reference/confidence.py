@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import torch
 
+from dllm_kernels._seeds import resolve_seed
 from dllm_kernels._types import TokenStats
 
 from ._philox import philox_uniform
@@ -16,14 +17,6 @@ from ._philox import philox_uniform
 _INT_MAX = 2**31 - 1
 _U_MIN = 2.0**-32  # uniforms of exactly 0 are raised to this, so the Gumbel noise is finite
 PARTIAL_WORDS = 8  # fp32 (m, s, u, v2, gumbel score, its logit), int32 (argmax id, sampled id)
-
-
-def resolve_seed(seed):
-    """A seed of ``None`` draws one from torch's default CPU generator (no device sync); ints
-    and per-row seed tensors pass through."""
-    if seed is None:
-        return int(torch.randint(0, 2**62, (1,)).item())
-    return seed if isinstance(seed, torch.Tensor) else int(seed)
 
 
 def _clean_logits(logits: torch.Tensor, vocab_start: int, suppress_ids) -> torch.Tensor:

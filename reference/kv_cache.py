@@ -7,11 +7,7 @@ from __future__ import annotations
 
 import torch
 
-
-def rotate_half(x: torch.Tensor) -> torch.Tensor:
-    """HF's RoPE helper: ``cat(-x[..., D/2:], x[..., :D/2])``."""
-    half = x.shape[-1] // 2
-    return torch.cat((-x[..., half:], x[..., :half]), dim=-1)
+from dllm_kernels._rope import rotate_half
 
 
 def refresh_kv_cache(

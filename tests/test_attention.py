@@ -224,7 +224,7 @@ def test_int32_lengths(device):
 
 
 def test_public_head_dims_are_the_compiled_ones():
-    from dllm_kernels.attention import HEAD_DIMS
+    from dllm_kernels._types import HEAD_DIMS
 
     assert {s.constexprs["HEAD_DIM"] for s in kernels.aot_specs()} == set(HEAD_DIMS)
 

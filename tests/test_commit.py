@@ -16,13 +16,14 @@ import torch
 
 import dllm_kernels as dk
 from dllm_kernels import CommitRule, CommitState, TokenStats
+from dllm_kernels.policies import POLICIES, compiled_rules
 
 MASK = 99
 PAD = 98  # the canvas after a row's generation region
 PROBS = [0.3, 0.5, 0.75, 0.8, 0.85, 0.9, 0.95, 0.99]  # thresholds of the rules below, and ties
 ENTROPIES = [0.05, 0.2, 0.4, 0.5, 0.7, 1.5]
 
-RULES = {
+FEATURE_RULES = {  # each switch and number of the rules on its own, at canvas-sized numbers
     "topk": CommitRule(base="topk"),
     "threshold": CommitRule(),
     "threshold_no_best": CommitRule(threshold=0.85, commit_best=False),
@@ -36,12 +37,12 @@ RULES = {
     "temporal_last": CommitRule(threshold=0.99, commit_best=False, temporal_steps=2),
     "temporal_mean": CommitRule(threshold=0.99, commit_best=False, temporal_steps=3, temporal_agg="mean"),
     "temporal_max": CommitRule(threshold=0.99, commit_best=False, temporal_steps=2, temporal_agg="max", temporal_threshold=0.9),
-    "r2": CommitRule(spatial_window=3, token_cluster=True, temporal_steps=3),
-    "streaming": CommitRule(base="dynamic", alpha=0.3, suffix_window=8),
-    "d3llm_llada": CommitRule(base="entropy", entropy_threshold=0.5),
-    "d3llm_dream": CommitRule(base="entropy", entropy_threshold=0.4, entropy_strict=True, commit_best=False),
+    "streaming_w8": CommitRule(base="dynamic", alpha=0.3, suffix_window=8),
 }
-MULTI_BLOCK = {"d3llm_llada", "d3llm_dream"}  # two active blocks, the first one forced
+# and every rule the policies launch (the list the AOT compile check compiles), where not above
+RULES = {**FEATURE_RULES, **{n: r for n, r in compiled_rules().items() if r not in FEATURE_RULES.values()}}
+# two active blocks, the first one forced
+MULTI_BLOCK = {n for n in RULES if n in POLICIES and POLICIES[n]().scheduler == "multi_block"}
 BATCHES = [1, 3, 8]
 BLOCKS = [8, 32, 33]
 LAYOUTS = ["block", "canvas", "suffix"]  # stats of the block, of the canvas, of [block start, L)

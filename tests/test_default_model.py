@@ -4,10 +4,10 @@ import json
 
 import torch
 
-from dllm_kernels.eval import evaluate_vanilla
-from dllm_kernels.models import default_model
-from dllm_kernels.models.default import DEFAULT_MODEL_DIR
-from dllm_kernels.task import AdditionTask
+from dllm_kernels.addition import default_model
+from dllm_kernels.addition.default import DEFAULT_MODEL_DIR
+from dllm_kernels.addition.evaluate import evaluate_vanilla
+from dllm_kernels.addition.task import AdditionTask
 
 
 def test_shipped_files_are_small_and_consistent():

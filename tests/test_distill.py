@@ -8,9 +8,10 @@ import pytest
 import torch
 
 from dllm_kernels import generate
-from dllm_kernels.distill import DistillConfig, Trajectories, distill, distill_loss, pseudo_trajectory_masks, record_trajectories
-from dllm_kernels.models import DiffusionLM, ModelConfig, default_model
-from dllm_kernels.task import AdditionTask, build_tokenizer
+from dllm_kernels.addition import default_model
+from dllm_kernels.addition.distill import DistillConfig, Trajectories, distill, distill_loss, pseudo_trajectory_masks, record_trajectories
+from dllm_kernels.addition.task import AdditionTask, build_tokenizer
+from dllm_kernels.models import DiffusionLM, ModelConfig
 
 
 def test_masks_are_the_positions_the_teacher_committed_last():
@@ -114,8 +115,8 @@ def test_tiny_distillation_is_deterministic():
 
 
 def test_shipped_distilled_model_is_small_and_solves_heldout_problems():
-    from dllm_kernels.eval import evaluate
-    from dllm_kernels.models.default import DEFAULT_DISTILLED_DIR
+    from dllm_kernels.addition.evaluate import evaluate
+    from dllm_kernels.addition.default import DEFAULT_DISTILLED_DIR
 
     assert (DEFAULT_DISTILLED_DIR / "model.safetensors").stat().st_size < 4 * 2**20
     model, tok, task = default_model(attn_impl="sdpa", path=DEFAULT_DISTILLED_DIR)

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from dllm_kernels import generate
-from dllm_kernels.eval import aup, aup_table, evaluate, sweep, write_results
+from dllm_kernels.addition.evaluate import aup, aup_table, evaluate, sweep, write_results
 
 
 def test_aup_single_point_is_the_accuracy():
@@ -43,7 +43,7 @@ def test_aup_rejects_bad_input():
 
 @pytest.fixture(scope="module")
 def tiny_addition():
-    from dllm_kernels.models import default_model
+    from dllm_kernels.addition import default_model
 
     return default_model(attn_impl="sdpa")
 

@@ -7,7 +7,7 @@ import pytest
 import torch
 from scripted import ScriptedConfig, ScriptedModel, confident_table
 
-from dllm_kernels import CommitState, generate
+from dllm_kernels import CommitState, GenerateResult, generate
 from dllm_kernels.loop import StepInputs, decode_step
 from dllm_kernels.models import DiffusionLM, tiny
 from dllm_kernels.policies import POLICIES, Policy, resolve_policy
@@ -296,3 +296,13 @@ def test_gpu_generate_syncs_once_per_step(policy, kw):
     (s16, n16), (s32, n32) = syncs_and_steps(16), syncs_and_steps(32)
     assert n32 > n16
     assert s32 - s16 == n32 - n16, f"{s16} syncs for {n16} steps, {s32} syncs for {n32} steps"
+
+
+def test_tokens_per_forward_counts_up_to_the_first_eos():
+    """d3LLM's TPF: generated tokens up to and including the first EOS (all without one) / NFE."""
+    eos = 7
+    tokens = torch.tensor([[1, 1, 5, 7, 5, 5], [1, 1, 5, 5, 5, 5], [1, 1, 7, 5, 7, 7]])
+    out = GenerateResult(tokens, torch.tensor([4, 2, 1]), torch.zeros_like(tokens, dtype=torch.int32),
+                         torch.zeros(3, dtype=torch.long), gen_start=2)  # fmt: skip
+    assert out.tokens_until_eos(eos).tolist() == [2, 4, 1]
+    assert out.tokens_per_forward(eos).tolist() == [0.5, 2.0, 1.0]

@@ -10,10 +10,11 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from dllm_kernels.models import dream_7b, llada_8b, save_checkpoint
+from dllm_kernels.models import (
+    dream_7b, llada_8b, load_pretrained, load_tokenizer, save_checkpoint, write_tiny_dream, write_tiny_llada,
+)  # fmt: skip
 from dllm_kernels.models.hf import (
-    DREAM_7B_CONFIG, DREAM_SPECIAL_TOKENS, LLADA_8B_CONFIG, LLADA_SPECIAL_TOKENS, config_from_hf, load_pretrained,
-    load_tokenizer, write_tiny_dream, write_tiny_llada,
+    DREAM_7B_CONFIG, DREAM_SPECIAL_TOKENS, LLADA_8B_CONFIG, LLADA_SPECIAL_TOKENS, config_from_hf,
 )  # fmt: skip
 
 WRITERS = {"llada": write_tiny_llada, "dream": write_tiny_dream}

@@ -35,7 +35,7 @@ def test_wheel_contains_the_same_modules(tmp_path):
         for f in (ROOT / folder).rglob("*.py"):
             if "__pycache__" not in f.parts:
                 expected.add(f"{package}/{f.relative_to(ROOT / folder).as_posix()}")
-    expected |= {f"dllm_kernels/assets/tiny-addition/{f}" for f in ("config.json", "model.safetensors", "tokenizer.json")}
+    expected |= {f"dllm_kernels/addition/assets/tiny-addition/{f}" for f in ("config.json", "model.safetensors", "tokenizer.json")}
     missing = expected - names
     assert not missing, f"missing from the wheel: {sorted(missing)}"
 

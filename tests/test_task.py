@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from dllm_kernels.models import load_tokenizer
-from dllm_kernels.task import EOS, MASK, PAD, SYMBOLS, AdditionTask, Problem, build_tokenizer
+from dllm_kernels.addition.task import EOS, MASK, PAD, SYMBOLS, AdditionTask, Problem, build_tokenizer
 
 TASK = AdditionTask()
 TOK = build_tokenizer()

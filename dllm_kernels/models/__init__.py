@@ -2,10 +2,11 @@
 
 from .checkpoint import load_checkpoint, save_checkpoint
 from .config import ModelConfig, dream_7b, llada_8b, llada_8b_layer, tiny
-from .default import default_model
-from .hf import TinyCheckpoint, Tokenizer, load_pretrained, load_tokenizer, write_tiny_dream, write_tiny_llada
+from .hf import load_pretrained
+from .tiny_checkpoints import TinyCheckpoint, write_tiny_dream, write_tiny_llada
+from .tokenizer import Tokenizer, load_tokenizer
 from .transformer import ATTN_IMPLS, CacheWrite, DiffusionLM, KVCache
 
 __all__ = ["ATTN_IMPLS", "CacheWrite", "DiffusionLM", "KVCache", "ModelConfig", "TinyCheckpoint", "Tokenizer",
-           "default_model", "dream_7b", "llada_8b", "llada_8b_layer", "load_checkpoint", "load_pretrained",
+           "dream_7b", "llada_8b", "llada_8b_layer", "load_checkpoint", "load_pretrained",
            "load_tokenizer", "save_checkpoint", "tiny", "write_tiny_dream", "write_tiny_llada"]  # fmt: skip

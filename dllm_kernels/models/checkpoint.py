@@ -58,3 +58,12 @@ def load_checkpoint(path, *, device="cpu", dtype=torch.float32, backend="auto", 
     if missing or unexpected:
         raise ValueError(f"{path}: checkpoint does not match the config: missing {missing}, unexpected {unexpected}")
     return model.to(device=device, dtype=dtype).eval()
+
+
+def _read_json(file: pathlib.Path) -> dict:
+    if not file.is_file():
+        raise FileNotFoundError(f"{file.parent}: no {file.name} (not a checkpoint directory?)")
+    try:
+        return json.loads(file.read_text())
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{file}: not valid JSON ({e})") from None

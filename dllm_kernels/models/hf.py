@@ -1,6 +1,8 @@
 """The public checkpoint formats of LLaDA-8B (``GSAI-ML/LLaDA-8B-*``) and Dream-7B
-(``Dream-org/Dream-v0-*-7B``): loading them from a local directory, their tokenizers, and tiny
-random checkpoints written in exactly those formats for tests.
+(``Dream-org/Dream-v0-*-7B``): their config.json mapped to :class:`ModelConfig`, their parameter
+names mapped to :class:`DiffusionLM`'s, and loading them from a local directory. (Their tokenizers:
+:mod:`dllm_kernels.models.tokenizer`; tiny random checkpoints in these formats:
+:mod:`dllm_kernels.models.tiny_checkpoints`.)
 
 A checkpoint directory holds ``config.json`` and the weights, either one ``model.safetensors`` or
 shards listed by ``model.safetensors.index.json`` (``{"metadata": {"total_size": bytes},
@@ -13,17 +15,12 @@ its source, is in ``FORMATS.md`` beside this file. Nothing here touches the netw
 
 from __future__ import annotations
 
-import json
-import math
 import pathlib
-from dataclasses import dataclass
 
-import tokenizers
 import torch
-from safetensors.torch import save_file
-
-from .checkpoint import MODEL_TYPE as NATIVE, load_checkpoint, open_safetensors
+from .checkpoint import MODEL_TYPE as NATIVE, _read_json, load_checkpoint, open_safetensors
 from .config import ModelConfig
+from .tokenizer import load_tokenizer
 from .transformer import DiffusionLM, rope_tables
 
 LLADA, DREAM = "llada", "Dream"  # config.json "model_type" of the two releases
@@ -178,15 +175,6 @@ def hf_parameter_names(fmt: str, model: DiffusionLM) -> dict[str, str]:
 # loading
 
 
-def _read_json(file: pathlib.Path) -> dict:
-    if not file.is_file():
-        raise FileNotFoundError(f"{file.parent}: no {file.name} (not a checkpoint directory?)")
-    try:
-        return json.loads(file.read_text())
-    except json.JSONDecodeError as e:
-        raise ValueError(f"{file}: not valid JSON ({e})") from None
-
-
 def _few(names) -> str:
     names = sorted(names)
     return ", ".join(names[:6]) + (f" and {len(names) - 6} more" if len(names) > 6 else "")
@@ -262,260 +250,3 @@ def load_pretrained(path, *, device="cpu", dtype=torch.float32, backend="auto", 
         model.lm_head.weight = model.embed.weight
     model.rope_cos, model.rope_sin = rope_tables(config, device)
     return model.eval()
-
-
-# ----------------------------------------------------------------------------------------------
-# tokenizers
-
-# Qwen2's pre-tokenizer regex (Dream's tokenization_dream.py: PRETOKENIZE_REGEX)
-_QWEN2_SPLIT = r"""(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"""
-_ROLE_TOKENS = {"mask": ("<|mdm_mask|>", "<|mask|>"), "eos": ("<|endoftext|>",),
-                "bos": ("<|startoftext|>", "<|beginoftext|>"), "eot": ("<|eot_id|>", "<|im_end|>")}  # fmt: skip
-
-
-def _byte_alphabet() -> list[str]:
-    """GPT-2's printable stand-ins for the 256 byte values, in byte order (``bytes_to_unicode``)."""
-    printable = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1), *range(ord("®"), ord("ÿ") + 1)]
-    extra = iter(range(256, 512))
-    return [chr(b) if b in printable else chr(next(extra)) for b in range(256)]
-
-
-def _byte_level_bpe(vocab: dict[str, int], merges: list[str], special: dict[str, int]) -> dict:
-    """A ``tokenizers`` JSON document of a Qwen2-style byte-level BPE (NFC, regex split, byte
-    level) whose special tokens sit at the given ids (they enter the model vocab too, which is
-    what makes ``tokenizers`` keep ids that do not follow the vocab contiguously)."""
-    byte_level = {"type": "ByteLevel", "add_prefix_space": False, "trim_offsets": False, "use_regex": False}
-    added = [{"id": i, "content": t, "single_word": False, "lstrip": False, "rstrip": False, "normalized": False,
-              "special": True} for t, i in sorted(special.items(), key=lambda kv: kv[1])]  # fmt: skip
-    return {
-        "version": "1.0", "truncation": None, "padding": None, "added_tokens": added,
-        "normalizer": {"type": "NFC"},
-        "pre_tokenizer": {"type": "Sequence", "pretokenizers": [
-            {"type": "Split", "pattern": {"Regex": _QWEN2_SPLIT}, "behavior": "Isolated", "invert": False},
-            byte_level]},
-        "post_processor": byte_level, "decoder": byte_level,
-        "model": {"type": "BPE", "dropout": None, "unk_token": None, "continuing_subword_prefix": "",
-                  "end_of_word_suffix": "", "fuse_unk": False, "byte_fallback": False, "ignore_merges": False,
-                  "vocab": {**vocab, **special}, "merges": merges},
-    }  # fmt: skip
-
-
-@dataclass(frozen=True)
-class Tokenizer:
-    """A checkpoint's tokenizer: a ``tokenizers.Tokenizer`` and the ids of its special tokens."""
-
-    backend: tokenizers.Tokenizer
-    special_ids: dict[str, int]  # content -> id of every special added token
-
-    def encode(self, text: str) -> list[int]:
-        """Token ids of ``text`` (no BOS/EOS added; special-token strings map to their ids)."""
-        return self.backend.encode(text, add_special_tokens=False).ids
-
-    def decode(self, ids, *, skip_special_tokens: bool = False) -> str:
-        return self.backend.decode(list(ids), skip_special_tokens=skip_special_tokens)
-
-    def _role(self, role: str) -> int | None:
-        return next((self.special_ids[t] for t in _ROLE_TOKENS[role] if t in self.special_ids), None)
-
-    @property
-    def mask_id(self) -> int | None:  # <|mdm_mask|> (LLaDA) / <|mask|> (Dream)
-        return self._role("mask")
-
-    @property
-    def eos_id(self) -> int | None:  # <|endoftext|>
-        return self._role("eos")
-
-    @property
-    def bos_id(self) -> int | None:  # <|startoftext|> (LLaDA) / <|beginoftext|> (Dream)
-        return self._role("bos")
-
-    @property
-    def eot_id(self) -> int | None:  # end of turn: <|eot_id|> (LLaDA) / <|im_end|> (Dream)
-        return self._role("eot")
-
-
-def load_tokenizer(path) -> Tokenizer:
-    """The tokenizer of a checkpoint directory: ``tokenizer.json`` (LLaDA), or else Dream's
-    ``vocab.json`` + ``merges.txt`` + ``tokenizer_config.json`` (its added tokens), read as the
-    same Qwen2 byte-level BPE that Dream's ``DreamTokenizer`` implements."""
-    path = pathlib.Path(path)
-    if (path / "tokenizer.json").is_file():
-        backend = tokenizers.Tokenizer.from_file(str(path / "tokenizer.json"))
-    elif (path / "vocab.json").is_file() and (path / "merges.txt").is_file():
-        lines = (path / "merges.txt").read_text(encoding="utf-8").splitlines()
-        merges = [m for i, m in enumerate(lines) if m.strip() and not (i == 0 and m.startswith("#version"))]
-        added = _read_json(path / "tokenizer_config.json").get("added_tokens_decoder", {})
-        special = {t["content"]: int(i) for i, t in added.items() if t.get("special")}
-        doc = _byte_level_bpe(_read_json(path / "vocab.json"), merges, special)
-        backend = tokenizers.Tokenizer.from_str(json.dumps(doc))
-    else:
-        raise FileNotFoundError(f"{path}: no tokenizer.json, nor vocab.json + merges.txt")
-    special = {t.content: i for i, t in backend.get_added_tokens_decoder().items() if t.special}
-    return Tokenizer(backend, special)
-
-
-# ----------------------------------------------------------------------------------------------
-# tiny checkpoints in the real formats
-
-_TINY_MERGES = ["Ġ t", "h e", "Ġt he", "i n"]  # a few merges, so that encoding exercises BPE
-
-
-@dataclass(frozen=True)
-class TinyCheckpoint:
-    """What a tiny writer produced: the directory, the :class:`ModelConfig` its config.json maps
-    to, and its fp32 tensors under :class:`DiffusionLM`'s parameter names."""
-
-    path: pathlib.Path
-    config: ModelConfig
-    state: dict[str, torch.Tensor]
-
-    def model(self, **kwargs) -> DiffusionLM:
-        """A :class:`DiffusionLM` built directly from the written tensors (the oracle of a load)."""
-        model = DiffusionLM(self.config, **kwargs)
-        model.load_state_dict(self.state)
-        return model.eval()
-
-
-def _special_ids(real: dict[str, int], real_vocab: int, vocab_size: int, first_free: int) -> dict[str, int]:
-    """The release's special-token ids at the real vocabulary size, else packed right after the
-    tiny base vocabulary in the release's order."""
-    if vocab_size == real_vocab:
-        return dict(real)
-    if vocab_size < first_free + len(real):
-        raise ValueError(f"vocab_size must be >= {first_free + len(real)} (byte-level base vocabulary + "
-                         f"{len(real)} special tokens) or exactly {real_vocab}, got {vocab_size}")  # fmt: skip
-    return {t: first_free + k for k, t in enumerate(real)}
-
-
-def _base_vocab() -> dict[str, int]:
-    vocab = {c: i for i, c in enumerate(_byte_alphabet())}
-    for m in _TINY_MERGES:
-        vocab["".join(m.split())] = len(vocab)
-    return vocab
-
-
-def _random_state(config: ModelConfig, seed: int, head_scale: float, attn_scale: float) -> dict[str, torch.Tensor]:
-    """Seeded fp32 tensors (deterministic across machines: one CPU generator, fixed order):
-    norms near 1, projections ~ N(0, 1/fan_in), embeddings ~ N(0, 1), biases ~ N(0, 0.1^2).
-
-    Two knobs make a random model behave less like noise. ``head_scale``: the LM head is
-    ~ N(0, head_scale^2 / d_model), so the logits of a normalised state have std ``head_scale``
-    (larger: confident, max probabilities near 1). ``attn_scale`` multiplies q/k/o_proj: sharper,
-    RoPE-position-dependent attention whose output outweighs the token's own embedding, so that
-    masked positions propose different tokens that depend on their decoded neighbours."""
-    g = torch.Generator().manual_seed(seed)
-    with torch.device("meta"):
-        shapes = {k: v.shape for k, v in DiffusionLM(config).state_dict().items()}
-    state = {}
-    for name, shape in shapes.items():
-        x = torch.randn(shape, generator=g)
-        if name.endswith("norm.weight"):
-            x = 1 + 0.1 * x
-        elif name.endswith(".bias"):
-            x = 0.1 * x
-        elif name == "lm_head.weight":
-            x = x * head_scale / math.sqrt(config.d_model)
-        elif name != "embed.weight":
-            x = x / math.sqrt(shape[1])
-            if name.endswith(("q_proj.weight", "k_proj.weight", "o_proj.weight")):
-                x = x * attn_scale
-        state[name] = x
-    return state
-
-
-def _write_weights(path: pathlib.Path, fmt: str, ckpt: TinyCheckpoint, n_shards: int) -> None:
-    """The tensors under the release's names: ``model.safetensors`` (n_shards == 1), or
-    ``model-0000k-of-0000n.safetensors`` shards filled in module order and the index."""
-    with torch.device("meta"):
-        names = hf_parameter_names(fmt, DiffusionLM(ckpt.config))
-    tensors = [(theirs, ckpt.state[ours].contiguous()) for ours, theirs in names.items()]
-    if n_shards == 1:
-        save_file(dict(tensors), str(path / SINGLE), metadata={"format": "pt"})
-        return
-    total = sum(t.numel() * t.element_size() for _, t in tensors)
-    shards: list[dict[str, torch.Tensor]] = [{} for _ in range(n_shards)]
-    done = 0
-    for name, t in tensors:  # shard k takes the tensors that start in its 1/n of the bytes
-        shards[min(done * n_shards // total, n_shards - 1)][name] = t
-        done += t.numel() * t.element_size()
-    if not all(shards):
-        raise ValueError(f"n_shards={n_shards} leaves a shard empty for {len(tensors)} tensors")
-    weight_map = {}
-    for k, shard in enumerate(shards):
-        file = f"model-{k + 1:05d}-of-{n_shards:05d}.safetensors"
-        save_file(shard, str(path / file), metadata={"format": "pt"})
-        weight_map.update(dict.fromkeys(shard, file))
-    index = {"metadata": {"total_size": total}, "weight_map": dict(sorted(weight_map.items()))}
-    (path / INDEX).write_text(json.dumps(index, indent=2) + "\n")
-
-
-def _write_json(file: pathlib.Path, obj: dict) -> None:
-    file.write_text(json.dumps(obj, indent=2, sort_keys=True) + "\n")
-
-
-def write_tiny_llada(path, *, vocab_size: int = 320, d_model: int = 32, n_layers: int = 2, n_heads: int = 4,
-                     ffn_dim: int = 64, max_seq_len: int = 256, n_shards: int = 2, seed: int = 0,
-                     head_scale: float = 1.0, attn_scale: float = 1.0) -> TinyCheckpoint:  # fmt: skip
-    """A random LLaDA checkpoint in the format of GSAI-ML/LLaDA-8B-Instruct, tiny.
-
-    Writes ``config.json`` (all of LLaDA-8B's keys, tiny sizes), the weights under LLaDA's names
-    (``n_shards`` > 1: shards + ``model.safetensors.index.json``; 1: ``model.safetensors``) and a
-    byte-level BPE ``tokenizer.json`` with LLaDA's six special tokens. At ``vocab_size`` 126464
-    the special ids are LLaDA's own (mask 126336, EOS 126081, EoT 126348: the ids the public
-    decoders hard-code); otherwise they follow the 260-token base vocabulary.
-    ``head_scale`` and ``attn_scale`` shape the random weights (:func:`_random_state`); the
-    output is a deterministic function of the arguments.
-    """
-    path = pathlib.Path(path)
-    base = _base_vocab()
-    special = _special_ids(LLADA_SPECIAL_TOKENS, LLADA_8B_CONFIG["vocab_size"], vocab_size, len(base))
-    hf = {**LLADA_8B_CONFIG, "d_model": d_model, "n_layers": n_layers, "n_heads": n_heads, "n_kv_heads": n_heads,
-          "mlp_hidden_size": ffn_dim, "vocab_size": vocab_size, "embedding_size": vocab_size,
-          "max_sequence_length": max_seq_len, "mask_token_id": special["<|mdm_mask|>"],
-          "eos_token_id": special["<|endoftext|>"], "pad_token_id": special["<|endoftext|>"]}  # fmt: skip
-    return _write_tiny(path, hf, special, n_shards, base, seed, head_scale, attn_scale)
-
-
-def write_tiny_dream(path, *, vocab_size: int = 320, d_model: int = 32, n_layers: int = 2, n_heads: int = 4,
-                     n_kv_heads: int = 2, ffn_dim: int = 64, max_seq_len: int = 256, n_shards: int = 2,
-                     seed: int = 0, head_scale: float = 1.0, attn_scale: float = 1.0) -> TinyCheckpoint:  # fmt: skip
-    """A random Dream checkpoint in the format of Dream-org/Dream-v0-Instruct-7B, tiny.
-
-    Writes ``config.json`` (Dream-7B's keys, tiny sizes), the weights under Dream's names (shards +
-    index, or one file) and Dream's tokenizer files: ``vocab.json`` + ``merges.txt`` (a byte-level
-    BPE) and ``tokenizer_config.json`` whose ``added_tokens_decoder`` holds the special tokens (at
-    Dream's ids when ``vocab_size`` is 152064, else right after the base vocabulary, as in Dream).
-    """
-    path = pathlib.Path(path)
-    base = _base_vocab()
-    special = _special_ids(DREAM_SPECIAL_TOKENS, DREAM_7B_CONFIG["vocab_size"], vocab_size, len(base))
-    eos = special["<|endoftext|>"]
-    hf = {**DREAM_7B_CONFIG, "hidden_size": d_model, "num_hidden_layers": n_layers, "max_window_layers": n_layers,
-          "num_attention_heads": n_heads, "num_key_value_heads": n_kv_heads, "intermediate_size": ffn_dim,
-          "vocab_size": vocab_size, "max_position_embeddings": max_seq_len, "mask_token_id": special["<|mask|>"],
-          "bos_token_id": eos, "eos_token_id": eos, "pad_token_id": eos}  # fmt: skip
-    return _write_tiny(path, hf, special, n_shards, base, seed, head_scale, attn_scale)
-
-
-def _write_tiny(path, hf, special, n_shards, base, *init) -> TinyCheckpoint:
-    path.mkdir(parents=True, exist_ok=True)
-    fmt = hf["model_type"]
-    config = config_from_hf(hf, special)
-    ckpt = TinyCheckpoint(path, config, _random_state(config, *init))
-    _write_json(path / "config.json", hf)
-    _write_weights(path, fmt, ckpt, n_shards)
-    if fmt == LLADA:
-        _write_json(path / "tokenizer.json", _byte_level_bpe(base, _TINY_MERGES, special))
-    else:
-        (path / "vocab.json").write_text(json.dumps(base, ensure_ascii=False, indent=2) + "\n", encoding="utf-8")
-        (path / "merges.txt").write_text("#version: 0.2\n" + "\n".join(_TINY_MERGES) + "\n", encoding="utf-8")
-        added = {str(i): {"content": t, "lstrip": False, "normalized": False, "rstrip": False, "single_word": False,
-                          "special": True} for t, i in special.items()}  # fmt: skip
-        eos = "<|endoftext|>"
-        _write_json(path / "tokenizer_config.json", {
-            "added_tokens_decoder": added, "bos_token": "<|beginoftext|>", "eos_token": eos, "pad_token": eos,
-            "mask_token": "<|mask|>", "unk_token": None, "errors": "replace", "split_special_tokens": False,
-            "clean_up_tokenization_spaces": False, "model_max_length": hf["max_position_embeddings"],
-            "tokenizer_class": "DreamTokenizer",
-            "auto_map": {"AutoTokenizer": ["tokenization_dream.DreamTokenizer", None]}})  # fmt: skip
-    return ckpt

@@ -1,9 +1,9 @@
 """Trajectory distillation of the tiny addition model: d3LLM's pseudo-trajectory fine-tuning and
 an R2-style variant.
 
-``python -m dllm_kernels distill`` (or ``python -m dllm_kernels.distill``) records teacher
+``python -m dllm_kernels distill`` (or ``python -m dllm_kernels.addition.distill``) records teacher
 trajectories with the shipped model, fine-tunes a copy on them and writes it as a checkpoint
-directory (default ``dllm_kernels/assets/tiny-addition-d3/``) with a ``distill.json`` record.
+directory (default ``dllm_kernels/addition/assets/tiny-addition-d3/``) with a ``distill.json`` record.
 
 What d3LLM does (``hao-ai-lab/d3LLM`` ``d3llm_LLaDA/distill_*``), and what is implemented here:
 
@@ -56,10 +56,10 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from ._argtypes import nonnegative_float, positive_float, positive_int
-from .loop import generate
-from .models import save_checkpoint
-from .models.default import DEFAULT_DISTILLED_DIR, DEFAULT_MODEL_DIR, default_model
+from .._argtypes import nonnegative_float, positive_float, positive_int
+from ..loop import generate
+from ..models import save_checkpoint
+from .default import DEFAULT_DISTILLED_DIR, DEFAULT_MODEL_DIR, default_model
 from .task import AdditionTask, Problem
 
 # the teacher policy of each variant

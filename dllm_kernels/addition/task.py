@@ -47,7 +47,7 @@ import tokenizers
 import torch
 from tokenizers import Regex, decoders, pre_tokenizers
 
-from .models.hf import Tokenizer
+from ..models.tokenizer import Tokenizer
 
 # LLaDA's names for EOS and MASK, so that the library's tokenizer loader finds their ids
 PAD, EOS, MASK = "<|pad|>", "<|endoftext|>", "<|mdm_mask|>"

@@ -28,8 +28,7 @@ from dataclasses import asdict, dataclass
 
 import torch
 
-from .benchmark import tokens_until_eos
-from .loop import generate
+from ..loop import generate
 from .task import AdditionTask, Problem
 
 # policy -> its sweep: constructor overrides, from the most careful setting to the most parallel.
@@ -96,10 +95,10 @@ def evaluate(model, task: AdditionTask, problems: Sequence[Problem], tokenizer, 
         prompt, target = (t.to(device) for t in task.encode(list(problems[i : i + batch_size]), tokenizer))
         out = generate(model, prompt, policy=policy, gen_length=task.gen_length, block_length=task.block_length,
                        backend=backend, **overrides)  # fmt: skip
-        toks = tokens_until_eos(out.generated, eos)
+        toks = out.tokens_until_eos(eos)
         correct += int(task.exact_match(out.generated, target, eos).sum())
         nfe += out.nfe.sum().item()
-        tpf += (toks / out.nfe).sum().item()
+        tpf += out.tokens_per_forward(eos).sum().item()
         tokens += int(toks.sum())
     seconds = time.perf_counter() - t0
     n = len(problems)

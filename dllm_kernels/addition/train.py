@@ -1,8 +1,8 @@
 """Training of the tiny masked-diffusion model: LLaDA's objective on the addition task.
 
-``python -m dllm_kernels.train`` trains the shipped default from scratch (7 minutes on the
+``python -m dllm_kernels.addition.train`` trains the shipped default from scratch (7 minutes on the
 project's 2-core AVX512-BF16 CPU when its neighbours are quiet), evaluates it on the held-out set
-with vanilla decoding and writes ``dllm_kernels/assets/tiny-addition/`` (or ``--out``).
+with vanilla decoding and writes ``dllm_kernels/addition/assets/tiny-addition/`` (or ``--out``).
 
 Objective (LLaDA SFT, ``ML-GSAI/LLaDA`` GUIDELINES.md). Per sequence draw ``t ~ U(0, 1)`` and
 ``p_mask = (1 - eps) t + eps`` (eps = 1e-3 keeps 1/t finite); mask every token of the generation
@@ -38,10 +38,10 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from ._argtypes import positive_float, positive_int
-from .eval import evaluate_vanilla
-from .models import DiffusionLM, ModelConfig, save_checkpoint
-from .models.default import DEFAULT_MODEL_DIR, default_model
+from .._argtypes import positive_float, positive_int
+from ..models import DiffusionLM, ModelConfig, save_checkpoint
+from .default import DEFAULT_MODEL_DIR, default_model
+from .evaluate import evaluate_vanilla
 from .task import PAD, AdditionTask, build_tokenizer
 
 
@@ -150,9 +150,9 @@ def add_arguments(ap: argparse.ArgumentParser) -> None:
 def main(argv=None) -> int:
     """Train the tiny model, write it as a checkpoint directory (fp16 weights, tokenizer.json,
     task.json, training.json), reload it and report its held-out vanilla accuracy."""
-    ap = argparse.ArgumentParser(prog="python -m dllm_kernels.train", description=main.__doc__)
+    ap = argparse.ArgumentParser(prog="python -m dllm_kernels.addition.train", description=main.__doc__)
     add_arguments(ap)
-    command = ["python -m dllm_kernels.train", *(sys.argv[1:] if argv is None else argv)]
+    command = ["python -m dllm_kernels.addition.train", *(sys.argv[1:] if argv is None else argv)]
     return run(ap.parse_args(argv), command)
 
 

@@ -1,34 +1,30 @@
 """The embedded default model: the project's tiny masked-diffusion model trained on the addition
-task (:mod:`dllm_kernels.task`), shipped under ``dllm_kernels/assets/`` so that nothing needs
-downloading or training. Trained by ``python -m dllm_kernels.train`` (see that module)."""
+task (:mod:`dllm_kernels.addition.task`), shipped under ``dllm_kernels/addition/assets/`` so that
+nothing needs downloading or training. Trained by ``python -m dllm_kernels.addition.train`` (see
+that module)."""
 
 from __future__ import annotations
 
 import pathlib
-from typing import TYPE_CHECKING
 
 import torch
 
-from .checkpoint import load_checkpoint
-from .hf import Tokenizer, load_tokenizer
-from .transformer import DiffusionLM
+from ..models.checkpoint import load_checkpoint
+from ..models.tokenizer import Tokenizer, load_tokenizer
+from ..models.transformer import DiffusionLM
+from .task import AdditionTask
 
-if TYPE_CHECKING:
-    from ..task import AdditionTask
-
-DEFAULT_MODEL_DIR = pathlib.Path(__file__).resolve().parents[1] / "assets" / "tiny-addition"
-# the same model after d3LLM-style trajectory distillation (python -m dllm_kernels.distill)
+DEFAULT_MODEL_DIR = pathlib.Path(__file__).resolve().parent / "assets" / "tiny-addition"
+# the same model after d3LLM-style trajectory distillation (python -m dllm_kernels.addition.distill)
 DEFAULT_DISTILLED_DIR = DEFAULT_MODEL_DIR.with_name("tiny-addition-d3")
 
 
 def default_model(*, device="cpu", dtype=torch.float32, backend="auto", attn_impl="ops",
                   path=DEFAULT_MODEL_DIR) -> tuple[DiffusionLM, Tokenizer, AdditionTask]:  # fmt: skip
     """``(model, tokenizer, task)`` of the shipped checkpoint (or of a checkpoint directory
-    written by ``python -m dllm_kernels.train``): the model in eval mode on ``device`` in
+    written by ``python -m dllm_kernels.addition.train``): the model in eval mode on ``device`` in
     ``dtype``, its tokenizer, and the task with the canvas layout (``prompt_length``,
     ``gen_length``, ``block_length``) it was trained and is evaluated on."""
-    from ..task import AdditionTask  # the task builds its tokenizer from this package: import late
-
     path = pathlib.Path(path)
     model = load_checkpoint(path, device=device, dtype=dtype, backend=backend, attn_impl=attn_impl)
     return model, load_tokenizer(path), AdditionTask.load(path / "task.json")
