@@ -1,11 +1,14 @@
 """LLaDA/Dream-architecture masked-diffusion transformer, its configs and checkpoints."""
 
+from .adapter import AdapterConfig, HFModelAdapter
 from .checkpoint import load_checkpoint, save_checkpoint
 from .config import ModelConfig, dream_7b, llada_8b, llada_8b_layer, tiny
 from .default import default_model
 from .hf import TinyCheckpoint, Tokenizer, load_pretrained, load_tokenizer, write_tiny_dream, write_tiny_llada
-from .transformer import ATTN_IMPLS, CacheWrite, DiffusionLM, KVCache
+from .protocol import CachedDiffusionModel, CacheWrite, DiffusionModel, DiffusionModelConfig, model_device
+from .transformer import ATTN_IMPLS, DiffusionLM, KVCache
 
-__all__ = ["ATTN_IMPLS", "CacheWrite", "DiffusionLM", "KVCache", "ModelConfig", "TinyCheckpoint", "Tokenizer",
+__all__ = ["ATTN_IMPLS", "AdapterConfig", "CacheWrite", "CachedDiffusionModel", "DiffusionLM", "DiffusionModel",
+           "DiffusionModelConfig", "HFModelAdapter", "KVCache", "ModelConfig", "TinyCheckpoint", "Tokenizer",
            "default_model", "dream_7b", "llada_8b", "llada_8b_layer", "load_checkpoint", "load_pretrained",
-           "load_tokenizer", "save_checkpoint", "tiny", "write_tiny_dream", "write_tiny_llada"]  # fmt: skip
+           "load_tokenizer", "model_device", "save_checkpoint", "tiny", "write_tiny_dream", "write_tiny_llada"]  # fmt: skip
