@@ -131,7 +131,8 @@ def cmd_eval(args) -> int:
     print(f"evaluating {', '.join(models)} on {n} held-out addition problems ({'full' if args.full else 'quick'} sweep, "
           f"{device}); TPF = tokens up to EOS per forward, tok/s = this machine")  # fmt: skip
     print(ev.HEADER)
-    rows = ev.sweep(models, task, problems, tok, sweeps, batch_size=args.batch, backend=args.backend, log=print)
+    rows = ev.sweep(models, task, problems, tok, sweeps, batch_size=args.batch, backend=args.backend, log=print,
+                    threads=args.threads)  # fmt: skip
     print()
     print(ev.format_aup(ev.aup_table(rows)))
     if args.out:
@@ -192,7 +193,7 @@ def main(argv=None) -> int:
     p.add_argument("--name", default="eval")
     p.add_argument("--batch", type=int, default=256)
     p.add_argument("--seed", type=int, default=1234, help="held-out set seed")
-    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--threads", type=int, default=1, help="intra-op threads (1: fastest for the tiny model)")
 
     sub.add_parser("distill", help="d3LLM-style trajectory distillation of the embedded model (distill --help)")
 
