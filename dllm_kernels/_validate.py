@@ -67,7 +67,7 @@ def check_generate_args(model, policy, *, gen_length, block_length, temperature,
     gen_length = check_int(op, "gen_length", gen_length, low=1)
     block_length = check_int(op, "block_length", block_length, low=1)
     if gen_length % block_length:
-        raise ValueError(f"{op}: gen_length ({gen_length}) must be a positive multiple of block_length ({block_length})")
+        raise ValueError(f"{op}: gen_length ({gen_length}) must be a multiple of block_length ({block_length})")
     check_real(op, "temperature", temperature, low=0.0)
     if seed is not None:
         check_int(op, "seed", seed, low=0, high=SEED_LIMIT)
@@ -78,7 +78,7 @@ def check_generate_args(model, policy, *, gen_length, block_length, temperature,
         raise TypeError(f"{op}: progress must be a bool, got {progress!r}")
     if policy.cache != "none" and not callable(getattr(model, "new_cache", None)):
         raise ValueError(f"{op}: policy {policy.name!r} uses cache={policy.cache!r} but the model has no new_cache "
-                         "(an uncached model, e.g. HFModelAdapter): pass cache='none' where the policy has it")  # fmt: skip
+                         "(an uncached model, e.g. HFModelAdapter): pass cache='none' where the policy has one")
 
 
 def check_canvas_length(model, longest_prompt: int, gen_length: int) -> None:

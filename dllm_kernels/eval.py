@@ -148,7 +148,8 @@ def evaluate_vanilla(model, task: AdditionTask, problems: Sequence[Problem], tok
 
 
 def sweep(models: dict, task: AdditionTask, problems: Sequence[Problem], tokenizer, sweeps: dict = QUICK_SWEEPS, *,
-          batch_size: int = 256, backend: str = "auto", log=None, threads: int | None = DEFAULT_THREADS) -> list[EvalRow]:  # fmt: skip
+          batch_size: int = 256, backend: str = "auto", log=None,
+          threads: int | None = DEFAULT_THREADS) -> list[EvalRow]:  # fmt: skip
     """:func:`evaluate` every model of ``models`` (name -> model) at every point of ``sweeps``
     (policy -> list of override dicts); ``log`` gets each row as it is measured; ``threads``: intra-op
     threads (:data:`DEFAULT_THREADS`, None: torch's setting)."""

@@ -324,8 +324,9 @@ def _canvas(prompt, gen_length: int, block_length: int, config, device):
         rows = []
         for r in prompt:
             t = torch.as_tensor(r)
-            if t.dim() != 1 or (t.numel() and (t.dtype.is_floating_point or t.dtype.is_complex or t.dtype == torch.bool)):
-                raise TypeError(f"generate: prompt must hold 1-D sequences of integer token ids, got {t.dtype} {list(t.shape)}")
+            bad_dtype = t.dtype.is_floating_point or t.dtype.is_complex or t.dtype == torch.bool
+            if t.dim() != 1 or (t.numel() and bad_dtype):
+                raise TypeError(f"generate: prompt must hold 1-D integer token id sequences, got {t.dtype} {list(t.shape)}")
             rows.append(t.tolist())
     if not rows or any(len(r) == 0 for r in rows):
         raise ValueError("generate: every prompt needs at least one token")
@@ -417,8 +418,8 @@ def generate(
         plans = [None if r.nfe >= max_nfe else r.plan(host[0][b], host[1][b]) for b, r in enumerate(rows)]
         if all(pl is None for pl in plans):
             break
-        committed = _run_step(model, x, state, pad, cache, plans, pol, geo, temperature, step_seed(base_seed, iteration),
-                              suppress, backend)  # fmt: skip
+        committed = _run_step(model, x, state, pad, cache, plans, pol, geo, temperature,
+                              step_seed(base_seed, iteration), suppress, backend)  # fmt: skip
         iteration += 1
     if bar is not None:
         bar.close()

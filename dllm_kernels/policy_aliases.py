@@ -104,7 +104,7 @@ def _cache_flags(label: str, name: str, out: dict) -> None:
     use, dual = flags.get("use_cache", True), flags.get("dual_cache", False)
     if name == "streaming":
         if not use or dual:
-            raise ValueError(f"{label}: Streaming-dLLM runs on the prefix cache only (use_cache=True, dual_cache=False)")
+            raise ValueError(f"{label}: Streaming-dLLM runs on the prefix cache only (use_cache=True, no dual_cache)")
         return
     if dual and not use:
         raise ValueError(f"{label}: dual_cache=True contradicts use_cache=False")

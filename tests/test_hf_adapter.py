@@ -17,7 +17,8 @@ class HFStyle:
 
     def __init__(self, native: DiffusionLM):
         c = native.config
-        self.net = DiffusionLM(dataclasses.replace(c, logit_shift=False), backend=native.backend, attn_impl=native.attn_impl)
+        raw = dataclasses.replace(c, logit_shift=False)
+        self.net = DiffusionLM(raw, backend=native.backend, attn_impl=native.attn_impl)
         self.net.load_state_dict(native.state_dict())
         self.net.eval()
         self.config = SimpleNamespace(vocab_size=c.vocab_size, mask_token_id=c.mask_id, eos_token_id=c.eos_id,

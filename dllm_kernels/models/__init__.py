@@ -11,4 +11,5 @@ from .transformer import ATTN_IMPLS, DiffusionLM, KVCache
 __all__ = ["ATTN_IMPLS", "AdapterConfig", "CacheWrite", "CachedDiffusionModel", "DiffusionLM", "DiffusionModel",
            "DiffusionModelConfig", "HFModelAdapter", "KVCache", "ModelConfig", "TinyCheckpoint", "Tokenizer",
            "default_model", "dream_7b", "llada_8b", "llada_8b_layer", "load_checkpoint", "load_pretrained",
-           "load_tokenizer", "model_device", "save_checkpoint", "tiny", "write_tiny_dream", "write_tiny_llada"]  # fmt: skip
+           "load_tokenizer", "model_device", "save_checkpoint", "tiny", "write_tiny_dream",
+           "write_tiny_llada"]  # fmt: skip
