@@ -56,8 +56,9 @@ FULL_SWEEPS = {
 }
 
 # intra-op threads of an evaluation (torch.set_num_threads): the tiny model's ops are too small to
-# split, so on a CPU extra threads only add synchronisation (2 threads measured 3.4x slower than 1
-# on a 2-core machine, identical results). Pass threads=None to keep torch's setting.
+# split, so on a CPU extra threads mostly add synchronisation (quick sweep on a 2-core machine:
+# 63 s with 1 thread, 74 s with 2, identical results; much worse when the cores are shared).
+# Pass threads=None to keep torch's setting.
 DEFAULT_THREADS = 1
 
 
