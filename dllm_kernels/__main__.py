@@ -228,7 +228,8 @@ def cmd_eval(args) -> int:
         "TPF = tokens up to EOS per forward, tok/s = this machine"
     )
     print(ev.HEADER)
-    rows = ev.sweep(models, task, problems, tok, sweeps, batch_size=args.batch, backend=args.backend, log=print)
+    rows = ev.sweep(models, task, problems, tok, sweeps, batch_size=args.batch, backend=args.backend, log=print,
+                    threads=args.threads)  # fmt: skip
     print()
     print(ev.format_aup(ev.aup_table(rows)))
     if args.out:
@@ -321,7 +322,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--name", default="eval")
     p.add_argument("--batch", type=positive_int, default=256)
     p.add_argument("--seed", type=int, default=1234, help="held-out set seed")
-    p.add_argument("--threads", type=positive_int, default=2)
+    p.add_argument("--threads", type=positive_int, default=1, help="intra-op threads (1: fastest for the tiny model)")
 
     p = command("distill", cmd_distill, "d3LLM-style trajectory distillation of the embedded model")
     distill_arguments(p)

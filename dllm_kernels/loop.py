@@ -15,18 +15,10 @@ the schedulers. Because a row's computation depends only on that row, a batch of
 (left-padded to a common, block-aligned length and masked with ``key_start``) gives every row
 exactly the tokens it gets alone (at temperature 0).
 
-Model protocol (what ``generate`` needs from a model; :class:`dllm_kernels.models.DiffusionLM`
-implements it, a test or a user can bring another):
-
-* ``model.config`` with ``vocab_size``, ``mask_id``, ``eos_id`` (and optional ``eot_id``);
-* ``model.new_cache(batch, max_len)``: an opaque cache object (only for cached policies);
-* ``model(tokens, positions, *, cache, cache_len, kv_len, attend_new, write, key_start,
-  logits_index) -> logits [B, Lo, V]``: forward the ``[B, Lq]`` tokens at RoPE ``positions``;
-  attend cache rows ``[0, cache_len)`` and (if ``attend_new``) the first ``kv_len`` forwarded rows;
-  first write the K/V of the blocks ``write.block_ids`` (canvas blocks of ``write.block_size``,
-  forwarded row j being canvas position ``write.new_start + j``) into the cache; ignore keys
-  before ``key_start`` (left padding); return the logits of the forwarded rows ``logits_index``.
-  A model without a cache may ignore everything but tokens, positions and logits_index.
+Model protocol: what ``generate`` needs from a model is written down, as code and prose, in
+:mod:`dllm_kernels.models.protocol` (:class:`dllm_kernels.models.DiffusionLM` implements it;
+:class:`dllm_kernels.models.HFModelAdapter` runs a Hugging-Face-style callable on the uncached
+policies).
 """
 
 from __future__ import annotations
@@ -39,10 +31,12 @@ import torch
 from ._checks import check_tensor
 from ._schedule import num_transfer_schedule
 from ._seeds import resolve_seed
+from ._validate import MaxNFEError, check_canvas_length, check_generate_args, step_seed
 from .commit import CommitRule, CommitState, commit
 from .confidence import token_stats
-from .models.transformer import CacheWrite
+from .models.protocol import CacheWrite, model_device
 from .policies import FIRST_TOKEN_RULE, Policy, resolve_policy
+from .policy_aliases import public_aliases
 
 
 @dataclass
@@ -341,7 +335,13 @@ def _canvas(prompt, gen_length: int, block_length: int, config, device):
             raise TypeError(f"generate: prompt must be an integer tensor, got {prompt.dtype}")
         rows = [r.tolist() for r in prompt.cpu()]
     else:
-        rows = [list(map(int, torch.as_tensor(r).tolist())) for r in prompt]
+        rows = []
+        for r in prompt:
+            t = torch.as_tensor(r)
+            bad_dtype = t.dtype.is_floating_point or t.dtype.is_complex or t.dtype == torch.bool
+            if t.dim() != 1 or (t.numel() and bad_dtype):
+                raise TypeError(f"generate: prompt must hold 1-D integer token id sequences, got {t.dtype} {list(t.shape)}")
+            rows.append(t.tolist())
     if not rows or any(len(r) == 0 for r in rows):
         raise ValueError("generate: every prompt needs at least one token")
     bad = [t for r in rows for t in r if not 0 <= t < config.vocab_size]
@@ -375,29 +375,38 @@ def generate(
     """Decode ``gen_length`` tokens after each prompt with a published policy.
 
     Args:
-        model: a :class:`dllm_kernels.models.DiffusionLM` or any model following the protocol in
-            this module's docstring. Its own ops run on its own ``backend``.
+        model: a :class:`dllm_kernels.models.DiffusionLM` or any model following
+            :mod:`dllm_kernels.models.protocol`. Its own ops run on its own ``backend``.
         prompt: ``[B, Lp]`` integer tensor, or a list of B token sequences of different lengths
             (left-padded to a common length rounded up to ``block_length``).
         policy: a name of :data:`dllm_kernels.policies.POLICIES` (``"vanilla"``, ``"fast_dllm"``,
             ``"streaming"``, ``"r2"``, ``"d3llm"``, ``"d3llm_dream"``) or a :class:`Policy`;
-            ``overrides`` go to the named policy's constructor (e.g. ``threshold=0.8``).
+            ``overrides`` go to the named policy's constructor (e.g. ``threshold=0.8``); the public
+            repos' option names are accepted too (:mod:`dllm_kernels.policy_aliases`).
         gen_length, block_length: the generation region and its block size
             (``gen_length % block_length == 0``).
         temperature, seed: proposal sampling (:func:`dllm_kernels.token_stats`); 0 = argmax.
+            ``seed`` in ``[0, 2**63)``; the i-th batched forward uses ``(seed + i) mod 2**63``.
         backend: backend of the loop's ops (``token_stats``, ``commit``).
-        max_nfe: safety bound on forwards per row (d3LLM's loop uses 10000).
+        max_nfe: safety bound on forwards per row (d3LLM's loop uses 10000); a row that reaches
+            it with masks left raises :class:`dllm_kernels.loop.MaxNFEError` (partial result on
+            its ``result``).
         progress: show a progress bar (tqdm) over the generated tokens.
 
     Returns:
         :class:`GenerateResult` (tokens, nfe, commit_step, pad, gen_start).
     """
+    # every argument is checked here, once; the loop below runs unchecked
+    if not isinstance(policy, (str, Policy)):
+        raise TypeError(f"generate: policy must be a policy name or a Policy, got {type(policy).__name__}")
+    overrides = public_aliases(policy, overrides, gen_length=gen_length, block_length=block_length)
     pol = resolve_policy(policy, **overrides)
+    check_generate_args(model, pol, gen_length=gen_length, block_length=block_length, temperature=temperature,
+                        seed=seed, max_nfe=max_nfe, backend=backend, progress=progress)  # fmt: skip
     cfg = model.config
-    if gen_length <= 0 or block_length <= 0 or gen_length % block_length:
-        raise ValueError(f"generate: gen_length ({gen_length}) must be a positive multiple of block_length ({block_length})")
-    device = _model_device(model)
+    device = model_device(model)
     x, pad, P = _canvas(prompt, gen_length, block_length, cfg, device)
+    check_canvas_length(model, P - int(pad.min()), gen_length)
     B, L = x.shape
     geo = _Geometry(P=P, L=L, bs=block_length, mask=cfg.mask_id, eos=cfg.eos_id, eot=getattr(cfg, "eot_id", None))
     state = CommitState.new(x)
@@ -423,21 +432,18 @@ def generate(
         plans = [None if r.nfe >= max_nfe else r.plan(host[0][b], host[1][b]) for b, r in enumerate(rows)]
         if all(pl is None for pl in plans):
             break
-        committed = _run_step(model, x, state, pad, cache, plans, pol, geo, temperature, base_seed + iteration,
-                              suppress, backend)  # fmt: skip
+        committed = _run_step(model, x, state, pad, cache, plans, pol, geo, temperature,
+                              step_seed(base_seed, iteration), suppress, backend)  # fmt: skip
         iteration += 1
     if bar is not None:
         bar.close()
     nfe = torch.tensor([r.nfe for r in rows], dtype=torch.int64, device=device)
-    return GenerateResult(tokens=x, nfe=nfe, commit_step=state.commit_step, pad=pad, gen_start=P)
-
-
-def _model_device(model) -> torch.device:
-    if getattr(model, "device", None) is not None:
-        return torch.device(model.device)
-    if hasattr(model, "parameters"):
-        return next((t.device for t in model.parameters()), torch.device("cpu"))
-    return torch.device("cpu")
+    result = GenerateResult(tokens=x, nfe=nfe, commit_step=state.commit_step, pad=pad, gen_start=P)
+    stuck = ((x[:, P:] == cfg.mask_id).any(1) & (nfe >= max_nfe)).nonzero().flatten().tolist()
+    if stuck:
+        raise MaxNFEError(f"generate: rows {stuck[:8]} reached max_nfe ({max_nfe}) with masks left "
+                          "(the partial result is on this error's .result)", result)  # fmt: skip
+    return result
 
 
 def _fill_eos(x, commit_step, fill_after: torch.Tensor, step, eos: int, keep: torch.Tensor | None = None):

@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 
+from ._validate import check_policy_numbers
 from .commit import CommitRule
 
 CACHE_MODES = ("none", "prefix", "dual", "delayed")
@@ -90,6 +91,7 @@ class Policy:
             raise ValueError(f"policy {self.name}: multi_block decoding uses cache 'none' or 'delayed'")
         if self.steps_per_block and self.rule.base != "topk":
             raise ValueError(f"policy {self.name}: steps_per_block needs the 'topk' rule")
+        check_policy_numbers(self)
         if self.suffix_window is not None and (self.suffix_window < 0 or self.cache == "dual"):
             raise ValueError(f"policy {self.name}: suffix_window must be >= 0 and needs cache 'none' or 'prefix'")
 
@@ -141,6 +143,7 @@ def r2(
     temporal_threshold: float = 0.8,
     temporal_agg: str = "last",
     cache: str = "dual",
+    cluster_min_len: int = 2,
 ) -> Policy:
     """R2-dLLM: Fast-dLLM's threshold, then confidence-cluster windows, token clusters and temporal
     stability, on the dual cache."""
@@ -149,7 +152,7 @@ def r2(
         CommitRule(
             base="threshold", threshold=threshold, spatial_window=window, spatial_max_decided=max_decided,
             spatial_threshold=spatial_threshold, token_cluster=token_cluster, temporal_steps=temporal_steps,
-            temporal_threshold=temporal_threshold, temporal_agg=temporal_agg,
+            temporal_threshold=temporal_threshold, temporal_agg=temporal_agg, cluster_min_len=cluster_min_len,
         ),  # fmt: skip
         cache=cache,
     )
@@ -228,12 +231,16 @@ def compiled_rules() -> dict[str, CommitRule]:
 
 def resolve_policy(policy: str | Policy, **overrides) -> Policy:
     """A named policy with its constructor's keyword overrides, or a :class:`Policy` as is
-    (then ``overrides`` replace its fields)."""
+    (then ``overrides`` replace its fields). The public repos' option names are accepted as
+    aliases (:mod:`dllm_kernels.policy_aliases`)."""
+    from .policy_aliases import public_aliases
+
+    overrides = public_aliases(policy, overrides)
     if isinstance(policy, Policy):
         return dataclasses.replace(policy, **overrides) if overrides else policy
     if policy not in POLICIES:
         raise ValueError(f"unknown policy {policy!r}; known: {sorted(POLICIES)}")
     try:
         return POLICIES[policy](**overrides)
-    except TypeError as e:
-        raise TypeError(f"policy {policy!r}: {e}") from None
+    except TypeError as e:  # an unknown keyword; the policy's own checks already name it
+        raise TypeError(str(e) if str(e).startswith(f"policy {policy}:") else f"policy {policy!r}: {e}") from None

@@ -19,6 +19,7 @@ per block (one token per step, then two, four). :func:`aup` scores each policy's
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import pathlib
@@ -53,6 +54,29 @@ FULL_SWEEPS = {
     "d3llm": [dict(threshold=h) for h in (0.01, 0.02, 0.05, 0.1, 0.2, 0.5)],
 }
 
+# intra-op threads of an evaluation (torch.set_num_threads): the tiny model's ops are too small to
+# split, so on a CPU extra threads mostly add synchronisation (quick sweep on a 2-core machine:
+# 63 s with 1 thread, 74 s with 2, identical results; much worse when the cores are shared).
+# Pass threads=None to keep torch's setting.
+DEFAULT_THREADS = 1
+
+
+@contextlib.contextmanager
+def intra_op_threads(n: int | None):
+    """Run the block with ``torch.set_num_threads(n)`` (None: unchanged), restoring the count after."""
+    if n is None:
+        yield
+        return
+    if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+        raise ValueError(f"threads must be a positive int or None, got {n!r}")
+    before = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
 # short names of the swept keywords in tables (d3LLM's "threshold" is an entropy threshold)
 _SHORT = {"threshold": "thr", "spatial_threshold": "spatial", "temporal_threshold": "temporal",
           "steps_per_block": "steps/block"}  # fmt: skip
@@ -73,7 +97,8 @@ class EvalRow:
 
 @torch.no_grad()
 def evaluate(model, task: AdditionTask, problems: Sequence[Problem], tokenizer, policy: str = "vanilla", *,
-             batch_size: int = 256, backend: str = "auto", label: str = "model", **overrides) -> EvalRow:  # fmt: skip
+             batch_size: int = 256, backend: str = "auto", label: str = "model", threads: int | None = DEFAULT_THREADS,
+             **overrides) -> EvalRow:  # fmt: skip
     """Decode ``problems`` with ``policy`` (and its constructor's ``overrides``) and score them.
 
     Args:
@@ -82,6 +107,7 @@ def evaluate(model, task: AdditionTask, problems: Sequence[Problem], tokenizer, 
         batch_size: problems per :func:`generate` call.
         backend: the loop ops' backend (``"auto"``: Triton on CUDA tensors, references on CPU).
         label: the model's name in the returned row.
+        threads: intra-op threads while decoding (:data:`DEFAULT_THREADS`; None: torch's setting).
     Returns:
         :class:`EvalRow`.
     """
@@ -90,17 +116,18 @@ def evaluate(model, task: AdditionTask, problems: Sequence[Problem], tokenizer, 
     device = next(model.parameters()).device
     eos = model.config.eos_id
     correct, nfe, tpf, tokens = 0, 0.0, 0.0, 0
-    t0 = time.perf_counter()
-    for i in range(0, len(problems), batch_size):
-        prompt, target = (t.to(device) for t in task.encode(list(problems[i : i + batch_size]), tokenizer))
-        out = generate(model, prompt, policy=policy, gen_length=task.gen_length, block_length=task.block_length,
-                       backend=backend, **overrides)  # fmt: skip
-        toks = out.tokens_until_eos(eos)
-        correct += int(task.exact_match(out.generated, target, eos).sum())
-        nfe += out.nfe.sum().item()
-        tpf += out.tokens_per_forward(eos).sum().item()
-        tokens += int(toks.sum())
-    seconds = time.perf_counter() - t0
+    with intra_op_threads(threads):
+        t0 = time.perf_counter()
+        for i in range(0, len(problems), batch_size):
+            prompt, target = (t.to(device) for t in task.encode(list(problems[i : i + batch_size]), tokenizer))
+            out = generate(model, prompt, policy=policy, gen_length=task.gen_length, block_length=task.block_length,
+                           backend=backend, **overrides)  # fmt: skip
+            toks = out.tokens_until_eos(eos)
+            correct += int(task.exact_match(out.generated, target, eos).sum())
+            nfe += out.nfe.sum().item()
+            tpf += out.tokens_per_forward(eos).sum().item()
+            tokens += int(toks.sum())
+        seconds = time.perf_counter() - t0
     n = len(problems)
     setting = " ".join(f"{_SHORT.get(k, k)}={v:g}" if isinstance(v, float) else f"{_SHORT.get(k, k)}={v}"
                        for k, v in overrides.items())  # fmt: skip
@@ -121,15 +148,17 @@ def evaluate_vanilla(model, task: AdditionTask, problems: Sequence[Problem], tok
 
 
 def sweep(models: dict, task: AdditionTask, problems: Sequence[Problem], tokenizer, sweeps: dict = QUICK_SWEEPS, *,
-          batch_size: int = 256, backend: str = "auto", log=None) -> list[EvalRow]:  # fmt: skip
+          batch_size: int = 256, backend: str = "auto", log=None,
+          threads: int | None = DEFAULT_THREADS) -> list[EvalRow]:  # fmt: skip
     """:func:`evaluate` every model of ``models`` (name -> model) at every point of ``sweeps``
-    (policy -> list of override dicts); ``log`` gets each row as it is measured."""
+    (policy -> list of override dicts); ``log`` gets each row as it is measured; ``threads``: intra-op
+    threads (:data:`DEFAULT_THREADS`, None: torch's setting)."""
     rows = []
     for label, model in models.items():
         for policy, settings in sweeps.items():
             for overrides in settings:
                 rows.append(evaluate(model, task, problems, tokenizer, policy, batch_size=batch_size, backend=backend,
-                                     label=label, **overrides))  # fmt: skip
+                                     label=label, threads=threads, **overrides))  # fmt: skip
                 if log:
                     log(format_row(rows[-1]))
     return rows

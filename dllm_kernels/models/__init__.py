@@ -1,12 +1,16 @@
 """LLaDA/Dream-architecture masked-diffusion transformer, its configs and checkpoints."""
 
+from .adapter import AdapterConfig, HFModelAdapter
 from .checkpoint import load_checkpoint, save_checkpoint
 from .config import ModelConfig, dream_7b, llada_8b, llada_8b_layer, tiny
 from .hf import load_pretrained
+from .protocol import CachedDiffusionModel, CacheWrite, DiffusionModel, DiffusionModelConfig, model_device
 from .tiny_checkpoints import TinyCheckpoint, write_tiny_dream, write_tiny_llada
 from .tokenizer import Tokenizer, load_tokenizer
-from .transformer import ATTN_IMPLS, CacheWrite, DiffusionLM, KVCache
+from .transformer import ATTN_IMPLS, DiffusionLM, KVCache
 
-__all__ = ["ATTN_IMPLS", "CacheWrite", "DiffusionLM", "KVCache", "ModelConfig", "TinyCheckpoint", "Tokenizer",
+__all__ = ["ATTN_IMPLS", "AdapterConfig", "CacheWrite", "CachedDiffusionModel", "DiffusionLM", "DiffusionModel",
+           "DiffusionModelConfig", "HFModelAdapter", "KVCache", "ModelConfig", "TinyCheckpoint", "Tokenizer",
            "dream_7b", "llada_8b", "llada_8b_layer", "load_checkpoint", "load_pretrained",
-           "load_tokenizer", "save_checkpoint", "tiny", "write_tiny_dream", "write_tiny_llada"]  # fmt: skip
+           "load_tokenizer", "model_device", "save_checkpoint", "tiny", "write_tiny_dream",
+           "write_tiny_llada"]  # fmt: skip

@@ -30,6 +30,7 @@ from torch import nn
 
 from .._rope import rotate_half
 from .config import ModelConfig
+from .protocol import CacheWrite
 
 ATTN_IMPLS = ("ops", "sdpa")
 
@@ -52,17 +53,6 @@ class KVCache:
     @property
     def max_len(self) -> int:
         return self.k[0].shape[1]
-
-
-@dataclass
-class CacheWrite:
-    """Which rows of a forward enter the cache: the blocks ``block_ids [B, nb]`` (-1 = none) of
-    ``block_size`` canvas positions; forwarded row j of row b is canvas position
-    ``new_start[b] + j`` (``new_start`` [B], None = 0)."""
-
-    block_ids: torch.Tensor
-    block_size: int
-    new_start: torch.Tensor | None = None
 
 
 class RMSNorm(nn.Module):
