@@ -299,7 +299,7 @@ class Run:
         dst = torch.empty_like(src)
         copy = self.measure(rec, {"case": f"copy {2 * n / 2**20:.0f} MiB", "impl": "torch copy_"},
                             lambda: dst.copy_(src), bytes_=4 * n)  # fmt: skip
-        del src, dst
+        src = dst = None  # free the memory before the next case
         m = self.cfg["matmul_n"]
         dt = torch.bfloat16 if not self.cpu else torch.float32
         a, b = torch.randn(m, m, device=self.dev, dtype=dt), torch.randn(m, m, device=self.dev, dtype=dt)
@@ -372,7 +372,7 @@ class Run:
             for impl, fn in cands.items():
                 self.measure(rec, {**base, "impl": impl}, fn, bytes_=nbytes)
             _speedups(rec["rows"], "kernel", key="case")
-            del x
+            x = None  # free the memory before the next case
 
     def attention(self, rec):
         import attention_cases as ac
@@ -407,7 +407,7 @@ class Run:
             for impl, fn in cands.items():
                 if impl != "kernel":
                     self.measure(rec, {**base, "impl": f"{impl}_prejoined"}, lambda: fn(*joined), bytes_=nbytes)
-            del q, k, v, kc, vc, joined
+            q = k = v = kc = vc = joined = None  # free the memory before the next case
         _speedups(rec["rows"], "kernel", key="case")
 
     def refresh_commit(self, rec):
@@ -426,7 +426,7 @@ class Run:
             row = self.measure(rec, {"case": f"refresh B{B} {nb}x{blk} rows H{H}", "op": "refresh_kv_cache", "impl": impl},
                                lambda: fn(*args), bytes_=moved)  # fmt: skip
             self._graph_and_host(row, lambda: fn(*args), capture=True)  # both candidates are sync-free
-        del k_cache, v_cache, k_new, v_new
+        k_cache = v_cache = k_new = v_new = None  # free the memory before the next case
         c = self.cfg["commit"]
         for policy in c["policies"]:
             case = cc.copy_case(cc.make_case(c["B"], c["L"], c["block"], policy, self.dev))

@@ -260,10 +260,10 @@ def cmd_distill(args) -> int:
 def build_parser() -> argparse.ArgumentParser:
     """The parser of every subcommand; each sets ``args.run`` to its ``cmd_*`` function."""
     from .addition import evaluate as ev
-    from .benchmark import DEFAULT_POLICIES
     from .addition.distill import add_arguments as distill_arguments
-    from .policies import POLICIES
     from .addition.train import add_arguments as train_arguments
+    from .benchmark import DEFAULT_POLICIES
+    from .policies import POLICIES
 
     policies = sorted(POLICIES)
     debug = _Parser(add_help=False)

@@ -419,7 +419,7 @@ MAIN_MAX_BLOCK = 1024
 def _aot_configs(rules: Mapping[str, CommitRule]):
     seen = []
     for label, rule in rules.items():
-        flags = _flags(rule, True)
+        flags = _flags(rule)
         if flags in seen:  # the same compiled variant (rules differ only in runtime numbers)
             continue
         seen.append(flags)

@@ -15,7 +15,7 @@ import pytest
 import dllm_kernels
 from dllm_kernels.__main__ import build_parser, main
 from dllm_kernels.addition.default import DEFAULT_MODEL_DIR
-from dllm_kernels.models.hf import load_pretrained, write_tiny_llada
+from dllm_kernels.models import load_pretrained, write_tiny_llada
 from dllm_kernels.policies import POLICIES
 
 

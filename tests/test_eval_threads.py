@@ -5,7 +5,7 @@ import torch
 
 from dllm_kernels.addition import evaluate as ev
 from dllm_kernels.models import DiffusionLM, tiny
-from dllm_kernels.task import AdditionTask, build_tokenizer
+from dllm_kernels.addition.task import AdditionTask, build_tokenizer
 
 
 class _Seen(Exception):

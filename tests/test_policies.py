@@ -49,5 +49,5 @@ def test_every_declared_rule_has_a_compiled_configuration():
     for name in POLICIES:
         for p in _variants(name):
             for role, rule in p.launched_rules().items():
-                flags = kernels_commit._flags(rule, True)
+                flags = kernels_commit._flags(rule)
                 assert any(flags.items() <= c.items() for c in compiled), f"{name} {role}: {rule} is not compiled"
