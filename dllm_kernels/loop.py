@@ -14,11 +14,13 @@ and the batch runs as one step on the device::
     commit(x, stats, state, rule, active_start=..., ...)   # one fused launch per distinct rule
 
 A step has no host sync; between steps the loop reads the canvas back once (a few KB) to drive
-the schedulers. Rows that are done (or out of forwards) arrive at the model with ``kv_len == 0``,
-``cache_len == 0`` and no cache write. With ``cuda_graph=True`` the device part of a step
-(index tables included) is captured once per padded shape bucket and replayed. Because a row's computation depends only on that row, a batch of ragged prompts
-(left-padded to a common, block-aligned length and masked with ``key_start``) gives every row
-exactly the tokens it gets alone (at temperature 0).
+the schedulers. Rows that are done (or out of forwards) leave the batch at temperature 0 when the
+cache can drop rows (no cache, or a dataclass of batch-first tensors such as the project's KV
+cache); otherwise they reach the model with ``kv_len == 0``, ``cache_len == 0`` and no cache
+write. With ``cuda_graph=True`` the device part of a step (index tables included) is captured once
+per padded shape bucket and replayed. Because a row's computation depends only on that row, a
+batch of ragged prompts (left-padded to a common, block-aligned length and masked with
+``key_start``) gives every row exactly the tokens it gets alone (at temperature 0).
 
 Model protocol (what ``generate`` needs from a model; :class:`dllm_kernels.models.DiffusionLM`
 implements it, a test or a user can bring another):
@@ -486,11 +488,12 @@ def _generate(model, prompt, *, policy, gen_length, block_length, temperature, s
             if not len(rows):
                 break
             keep_t = _ship_index(keep, device)
-            x, pad, committed = x.index_select(0, keep_t), pad.index_select(0, keep_t), committed.index_select(0, keep_t)
+            x, pad, committed = (t.index_select(0, keep_t) for t in (x, pad, committed))
             state = CommitState(*(t.index_select(0, keep_t) for t in _fields(state)))
             cache = _select_rows(cache, keep_t)
             sched.select(keep)
-            runner = _StepRunner(model, x, state, pad, cache, pol, geo, sched.rules, suppress, backend, buckets, capture)
+            runner = _StepRunner(model, x, state, pad, cache, pol, geo, sched.rules, suppress, backend, buckets,
+                                 capture)  # fmt: skip
         if bar is not None:
             bar.n = finished_tokens + int((host[0][:, P:] != cfg.mask_id).sum())
             bar.refresh()
@@ -530,7 +533,10 @@ def _select_rows(cache, index: torch.Tensor | None):
         return False
     if index is None:
         return True
-    pick = lambda v: v.index_select(0, index) if isinstance(v, torch.Tensor) else [t.index_select(0, index) for t in v]  # noqa: E731
+
+    def pick(v):
+        return v.index_select(0, index) if isinstance(v, torch.Tensor) else [t.index_select(0, index) for t in v]
+
     return dataclasses.replace(cache, **{f.name: pick(v) for f, v in zip(dataclasses.fields(cache), values)})
 
 
@@ -622,7 +628,8 @@ def _device_inputs(plan: torch.Tensor, Lq: int, Lo: int, nw: int | None, rules, 
     kv_len = n + tail
     j = torch.arange(Lq, device=plan.device)[None, :]
     # the window [a, c), then the canvas's last position where ``tail``; padding reads position 0
-    idx = torch.where(j < n[:, None], a[:, None] + j, torch.where((j == n[:, None]) & (tail[:, None] > 0), geo.L - 1, 0))
+    last = torch.where((j == n[:, None]) & (tail[:, None] > 0), geo.L - 1, 0)
+    idx = torch.where(j < n[:, None], a[:, None] + j, last)
     jo = torch.arange(Lo, device=plan.device)[None, :]
     logits_index = torch.minimum((s - a)[:, None] + jo, (kv_len - 1).clamp_min(0)[:, None]).clamp_min(0)
     write = None
@@ -713,7 +720,8 @@ class _StepRunner:
         p = plan[fwd]
         Lq = max(1, int((p[:, _C] - p[:, _A] + p[:, _TAIL]).max()))
         Lo = max(1, int((p[:, _E] - p[:, _S]).max()))
-        nw = max(1, int((p[:, _W1] - p[:, _W0]).max())) if (self.cache is not None and (p[:, _W1] > p[:, _W0]).any()) else None
+        writes = self.cache is not None and (p[:, _W1] > p[:, _W0]).any()
+        nw = max(1, int((p[:, _W1] - p[:, _W0]).max())) if writes else None
         if self.buckets:
             Lq, Lo = _bucket(Lq, geo.L), _bucket(Lo, geo.L)
             nw = None if nw is None else _bucket(nw, geo.L // geo.bs)
