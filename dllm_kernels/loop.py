@@ -1,8 +1,11 @@
 """The decoding loop: every published policy on one loop, on the kernels or on the references.
 
-Each row of a batch runs its own copy of the policy's control logic (a *scheduler*, on the host),
-which decides per step which canvas window the row forwards, what it reads from and writes to the
-KV cache, and where commits may happen. The batch then runs as one step on the device::
+The policy's control logic (a *scheduler*, on the host) decides per step and per row which canvas
+window the row forwards, what it reads from and writes to the KV cache, and where commits may
+happen; it keeps its state as arrays over rows, and its plan for a step is one small integer
+vector per row (window, suffix tail, cache rows, written blocks, commit and force regions, k,
+rule, fill, step), shipped to the device in one copy. The index tables are built there from it,
+and the batch runs as one step on the device::
 
     tokens = x.gather(windows)                      # ragged per-row windows, padded
     logits = model(tokens, positions, cache=..., cache_len=..., kv_len=..., write=..., key_start=pad,
@@ -11,9 +14,13 @@ KV cache, and where commits may happen. The batch then runs as one step on the d
     commit(x, stats, state, rule, active_start=..., ...)   # one fused launch per distinct rule
 
 A step has no host sync; between steps the loop reads the canvas back once (a few KB) to drive
-the schedulers. Because a row's computation depends only on that row, a batch of ragged prompts
-(left-padded to a common, block-aligned length and masked with ``key_start``) gives every row
-exactly the tokens it gets alone (at temperature 0).
+the schedulers. Rows that are done (or out of forwards) leave the batch at temperature 0 when the
+cache can drop rows (no cache, or a dataclass of batch-first tensors such as the project's KV
+cache); otherwise they reach the model with ``kv_len == 0``, ``cache_len == 0`` and no cache
+write. With ``cuda_graph=True`` the device part of a step (index tables included) is captured once
+per padded shape bucket and replayed. Because a row's computation depends only on that row, a
+batch of ragged prompts (left-padded to a common, block-aligned length and masked with
+``key_start``) gives every row exactly the tokens it gets alone (at temperature 0).
 
 Model protocol: what ``generate`` needs from a model is written down, as code and prose, in
 :mod:`dllm_kernels.models.protocol` (:class:`dllm_kernels.models.DiffusionLM` implements it;
@@ -23,6 +30,7 @@ policies).
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 
 import numpy as np
@@ -99,66 +107,102 @@ class _RowStep:
 # ------------------------------------------------------------------------------------------------
 
 
-class _BlockRow:
-    """One block at a time (LLaDA vanilla, Fast-dLLM, Streaming-dLLM, R2-dLLM): a block's first
-    forward (full with a cache), then forwards until it has no mask (or exactly
-    ``steps_per_block``), then the next block."""
+# A step's plan: one int64 row of these columns per batch row (all zero for a row that does not
+# forward, except the fill and the step). It is the only thing that crosses to the device per
+# step; the forward's index tables are built from it there (:func:`_device_inputs`).
+_FWD, _A, _C, _TAIL, _CLEN, _W0, _W1, _S, _E, _FS, _FE, _K, _RULE, _FILL, _STEP = range(15)
+_NCOL = 15
 
-    def __init__(self, policy: Policy, geo: "_Geometry"):
+
+class _BlockRows:
+    """One block at a time (LLaDA vanilla, Fast-dLLM, Streaming-dLLM, R2-dLLM), every row of the
+    batch at once (arrays over rows): a block's first forward (full with a cache), then forwards
+    until it has no mask (or exactly ``steps_per_block``), then the next block. With
+    ``idle_forward`` (Fast-dLLM's cached loops) the block is tested only after its second
+    forward."""
+
+    def __init__(self, policy: Policy, geo: "_Geometry", B: int):
         self.p, self.g = policy, geo
         self.spb = policy.steps_per_block or (geo.bs if policy.rule.base == "topk" else 0)
-        self.k = 0  # current block
-        self.i = 0  # forwards run in the current block
-        self.nfe = 0
-        self.schedule: list[int] = []
-        self.done = False
+        self.min_forwards = 2 if policy.idle_forward else 1
+        self.k = np.zeros(B, np.int64)  # current block
+        self.i = np.zeros(B, np.int64)  # forwards run in the current block
+        self.nfe = np.zeros(B, np.int64)
+        self.done = np.zeros(B, bool)
+        self.schedule = np.zeros((B, max(self.spb, 1)), np.int64)
+        start = FIRST_TOKEN_RULE if policy.ar_first_token else policy.block_start_rule
+        self.rules = [policy.rule] + ([start] if start is not None and start != policy.rule else [])
 
-    def plan(self, xrow: np.ndarray, _committed: np.ndarray) -> _RowStep | None:
-        p, g = self.p, self.g
-        if self.done:
-            return None
-        s, e = g.block(self.k)
-        if self.i > 0 and ((self.i >= self.spb) if self.spb else not (xrow[s:e] == g.mask).any()):
-            if p.early_exit and (xrow[s:e] == g.eos).any():  # Streaming-dLLM: EOS in a completed block
-                self.done = True
-                return _RowStep(step=self.nfe - 1, forward=False, fill_after=e - 1)
-            self.k, self.i = self.k + 1, 0
-            if self.k == g.nb:
-                self.done = True
-                return None
-            s, e = g.block(self.k)
-        first = self.i == 0
-        if first and self.spb:  # LLaDA: m masks over spb steps, the first m % spb get one more
-            m = int((xrow[s:e] == g.mask).sum())
-            self.schedule = num_transfer_schedule(torch.tensor([m]), self.spb)[0].tolist()
+    def select(self, keep: np.ndarray) -> None:
+        """Keep only the rows ``keep`` (the others left the batch)."""
+        self.k, self.i, self.nfe, self.done, self.schedule = (
+            a[keep] for a in (self.k, self.i, self.nfe, self.done, self.schedule))  # fmt: skip
 
-        cache = p.cache
-        if cache == "dual" and not first:
-            window, tail = (s, e), False
+    def plan(self, x: np.ndarray, _committed: np.ndarray, live: np.ndarray) -> np.ndarray:
+        """``x``: the canvas ``[B, L]``; ``live``: rows below ``max_nfe``. Returns the ``[B, _NCOL]``
+        plan (rows with neither a forward nor a fill are all zero)."""
+        p, g, B = self.p, self.g, x.shape[0]
+        out = np.zeros((B, _NCOL), np.int64)
+        out[:, _FILL] = g.L
+        rows = np.arange(B)
+        blocks = x[:, g.P :].reshape(B, g.nb, g.bs)
+        act = live & ~self.done
+        blk = blocks[rows, np.minimum(self.k, g.nb - 1)]
+        if self.spb:
+            complete = act & (self.i > 0) & (self.i >= self.spb)
         else:
-            a = s if (cache == "prefix" and not first) else 0
-            if p.suffix_window is None:
-                window, tail = (a, g.L), False
-            else:  # the block, the first W positions after it, and the canvas's last position
-                window, tail = (a, min(e + p.suffix_window, g.L)), g.L - e > p.suffix_window
-        cache_len = {"none": 0, "prefix": 0 if first else s, "dual": g.L}[cache]
-        write = None
-        if first and cache == "prefix":
-            write = (0, s // g.bs)  # the prefix the block's later forwards read
-        elif cache == "dual":
-            write = (0, g.L // g.bs) if first else (s // g.bs, e // g.bs)
+            complete = act & (self.i >= self.min_forwards) & ~(blk == g.mask).any(1)
+        stop = complete & p.early_exit & (blk == g.eos).any(1)  # Streaming-dLLM: EOS in a completed block
+        if stop.any():
+            self.done |= stop
+            out[stop, _FILL] = g.P + (self.k[stop] + 1) * g.bs - 1
+            out[stop, _STEP] = self.nfe[stop] - 1
+        nxt = complete & ~stop
+        self.k[nxt] += 1
+        self.i[nxt] = 0
+        self.done |= nxt & (self.k == g.nb)
+        fwd = act & ~self.done
+        if not fwd.any():
+            return out
+        k = np.minimum(self.k, g.nb - 1)
+        s = g.P + k * g.bs
+        e = s + g.bs
+        first = self.i == 0
+        if self.spb:  # LLaDA: m masks over spb steps, the first m % spb get one more
+            new = fwd & first
+            m = (blocks[rows, k] == g.mask).sum(1)[new]
+            self.schedule[new] = num_transfer_schedule(torch.from_numpy(m), self.spb).numpy()
 
-        rule = p.block_start_rule if (first and p.block_start_rule is not None) else p.rule
-        active, k = (s, e), (self.schedule[self.i] if self.spb else 0)
-        if first and p.ar_first_token:  # Dream: the block's first position, from the last clean token
-            active, rule, k = (s, s + 1), FIRST_TOKEN_RULE, 1
-        self.nfe += 1
-        self.i += 1
+        cache, zero = p.cache, np.zeros(B, np.int64)
+        if cache == "dual":
+            a, c, tail = np.where(first, 0, s), np.where(first, g.L, e), zero
+        else:
+            a = np.where(first, 0, s) if cache == "prefix" else zero
+            if p.suffix_window is None:
+                c, tail = np.full(B, g.L), zero
+            else:  # the block, the first W positions after it, and the canvas's last position
+                c, tail = np.minimum(e + p.suffix_window, g.L), (g.L - e > p.suffix_window).astype(np.int64)
+        clen = {"none": zero, "prefix": np.where(first, 0, s), "dual": np.full(B, g.L)}[cache]
+        w0 = w1 = zero
+        if cache == "prefix":  # a block's first forward caches the prefix its later forwards read
+            w1 = np.where(first, s // g.bs, 0)
+        elif cache == "dual":
+            w0, w1 = np.where(first, 0, s // g.bs), np.where(first, g.L // g.bs, e // g.bs)
+
+        start = first & (len(self.rules) > 1)
+        ae = np.where(first & p.ar_first_token, s + 1, e)  # Dream: the block's first position only
+        kk = self.schedule[rows, np.minimum(self.i, self.schedule.shape[1] - 1)] if self.spb else zero
+        kk = np.where(first & p.ar_first_token, 1, kk)
         # LLaDA's schedule decides the count of a "topk" step (it may be 0 when a block holds fewer
         # masks than steps); every other rule guarantees progress in the block
-        force = None if rule.base == "topk" else active
-        return _RowStep(step=self.nfe - 1, window=window, tail=tail, cache_len=cache_len, write=write,
-                        active=active, force=force, rule=rule, num_transfer=k)  # fmt: skip
+        topk = np.array([r.base == "topk" for r in self.rules])[start.astype(np.int64)]
+        cols = np.stack([np.ones(B, np.int64), a, c, tail, clen, w0, w1, s, ae, np.where(topk, 0, s),
+                         np.where(topk, 0, ae), kk, start], 1)  # fmt: skip
+        out[fwd, : _RULE + 1] = cols[fwd]
+        self.nfe[fwd] += 1
+        self.i[fwd] += 1
+        out[fwd, _STEP] = self.nfe[fwd] - 1
+        return out
 
 
 @dataclass
@@ -370,6 +414,7 @@ def generate(
     backend: str = "auto",
     max_nfe: int = 10000,
     progress: bool = False,
+    cuda_graph: bool = False,
     **overrides,
 ) -> GenerateResult:
     """Decode ``gen_length`` tokens after each prompt with a published policy.
@@ -392,6 +437,10 @@ def generate(
             it with masks left raises :class:`dllm_kernels.loop.MaxNFEError` (partial result on
             its ``result``).
         progress: show a progress bar (tqdm) over the generated tokens.
+        cuda_graph: capture each step (index tables, forward, statistics, commits) in a CUDA
+            graph, one per padded shape bucket (powers of two), and replay it: the host then
+            launches one graph per step. Needs a model on a CUDA device and temperature 0.
+            Padding to a bucket changes no token.
 
     Returns:
         :class:`GenerateResult` (tokens, nfe, commit_step, pad, gen_start).
@@ -400,6 +449,20 @@ def generate(
     if not isinstance(policy, (str, Policy)):
         raise TypeError(f"generate: policy must be a policy name or a Policy, got {type(policy).__name__}")
     overrides = public_aliases(policy, overrides, gen_length=gen_length, block_length=block_length)
+    if cuda_graph and temperature > 0:
+        raise ValueError("generate: cuda_graph needs temperature 0 (the sampling seed changes every step)")
+    if cuda_graph and model_device(model).type != "cuda":
+        raise ValueError(f"generate: cuda_graph needs a model on a CUDA device, got {model_device(model)}")
+    return _generate(model, prompt, policy=policy, gen_length=gen_length, block_length=block_length,
+                     temperature=temperature, seed=seed, backend=backend, max_nfe=max_nfe, progress=progress,
+                     buckets=bool(cuda_graph), capture=bool(cuda_graph), **overrides)  # fmt: skip
+
+
+def _generate(model, prompt, *, policy, gen_length, block_length, temperature, seed, backend, max_nfe, progress,
+              buckets: bool, capture: bool, **overrides) -> GenerateResult:  # fmt: skip
+    """:func:`generate` after its alias mapping; ``buckets`` pads every step to its shape bucket
+    (what graph replay needs; on any device, so that the CPU tests check padding changes
+    nothing), ``capture`` also records and replays CUDA graphs."""
     pol = resolve_policy(policy, **overrides)
     check_generate_args(model, pol, gen_length=gen_length, block_length=block_length, temperature=temperature,
                         seed=seed, max_nfe=max_nfe, backend=backend, progress=progress)  # fmt: skip
@@ -407,43 +470,139 @@ def generate(
     device = model_device(model)
     x, pad, P = _canvas(prompt, gen_length, block_length, cfg, device)
     check_canvas_length(model, P - int(pad.min()), gen_length)
+    pad0 = pad
     B, L = x.shape
     geo = _Geometry(P=P, L=L, bs=block_length, mask=cfg.mask_id, eos=cfg.eos_id, eot=getattr(cfg, "eot_id", None))
     state = CommitState.new(x)
-    make = _MultiBlockRow if pol.scheduler == "multi_block" else _BlockRow
-    rows = [make(pol, geo) for _ in range(B)]
+    sched = _MultiBlockRows(pol, geo, B) if pol.scheduler == "multi_block" else _BlockRows(pol, geo, B)
     cache = model.new_cache(B, L) if pol.cache != "none" else None
     # the mask token is never a proposal: committing it would leave the position masked forever
     suppress = [cfg.mask_id] + ([cfg.eos_id] if pol.suppress_eos else [])
     base_seed = resolve_seed(seed) if (seed is None and temperature > 0) else (seed or 0)
+    runner = _StepRunner(model, x, state, pad, cache, pol, geo, sched.rules, suppress, backend, buckets, capture)
 
     bar = None
     if progress:
         from tqdm.auto import tqdm
 
         bar = tqdm(total=B * gen_length, desc=f"generate[{pol.name}]", unit="tok")
-    iteration = 0
+    iteration, finished_tokens = 0, 0
     committed = torch.zeros_like(x, dtype=torch.bool)
+    # rows that are done leave the batch (at temperature 0, where a row's tokens do not depend on
+    # its place in the batch, and when the model's cache can drop rows): the final canvas and
+    # commit steps are kept here, ``rows`` maps the batch's rows to the caller's
+    out_x, out_step, out_nfe, rows = x, state.commit_step, np.zeros(B, np.int64), np.arange(B)
+    compact = temperature == 0 and _select_rows(cache, None) is not False
+    if compact:
+        out_x, out_step = x.clone(), state.commit_step.clone()
     while True:
         host = torch.stack([x, committed.to(x.dtype)]).cpu().numpy()  # the one sync per step
+        plan = sched.plan(host[0], host[1], sched.nfe < max_nfe)
+        fwd, fill = plan[:, _FWD] > 0, plan[:, _FILL] < L
+        gone = ~(fwd | fill)  # done, or out of forwards: idle from now on
+        if compact and gone.any() and 8 * gone.sum() >= len(rows):
+            keep, drop = np.flatnonzero(~gone), np.flatnonzero(gone)
+            finished_tokens += int((host[0][drop, P:] != cfg.mask_id).sum())
+            drop_t, orig_t = _ship_index(drop, device), _ship_index(rows[drop], device)
+            out_x.index_copy_(0, orig_t, x.index_select(0, drop_t))
+            out_step.index_copy_(0, orig_t, state.commit_step.index_select(0, drop_t))
+            out_nfe[rows[drop]] = sched.nfe[drop]
+            rows, host, plan, fwd, fill = rows[keep], host[:, keep], plan[keep], fwd[keep], fill[keep]
+            if not len(rows):
+                break
+            keep_t = _ship_index(keep, device)
+            x, pad, committed = (t.index_select(0, keep_t) for t in (x, pad, committed))
+            state = CommitState(*(t.index_select(0, keep_t) for t in _fields(state)))
+            cache = _select_rows(cache, keep_t)
+            sched.select(keep)
+            runner = _StepRunner(model, x, state, pad, cache, pol, geo, sched.rules, suppress, backend, buckets,
+                                 capture)  # fmt: skip
         if bar is not None:
-            bar.n = int((host[0][:, P:] != cfg.mask_id).sum())
+            bar.n = finished_tokens + int((host[0][:, P:] != cfg.mask_id).sum())
             bar.refresh()
-        plans = [None if r.nfe >= max_nfe else r.plan(host[0][b], host[1][b]) for b, r in enumerate(rows)]
-        if all(pl is None for pl in plans):
+        if not (fwd.any() or fill.any()):
             break
-        committed = _run_step(model, x, state, pad, cache, plans, pol, geo, temperature,
-                              step_seed(base_seed, iteration), suppress, backend)  # fmt: skip
+        committed = runner.step(plan, fwd, fill, temperature, step_seed(base_seed, iteration))
         iteration += 1
     if bar is not None:
         bar.close()
-    nfe = torch.tensor([r.nfe for r in rows], dtype=torch.int64, device=device)
-    result = GenerateResult(tokens=x, nfe=nfe, commit_step=state.commit_step, pad=pad, gen_start=P)
-    stuck = ((x[:, P:] == cfg.mask_id).any(1) & (nfe >= max_nfe)).nonzero().flatten().tolist()
+    if len(rows):
+        if compact:
+            rows_t = _ship_index(rows, device)
+            out_x.index_copy_(0, rows_t, x)
+            out_step.index_copy_(0, rows_t, state.commit_step)
+        out_nfe[rows] = sched.nfe
+    nfe = torch.tensor(out_nfe, dtype=torch.int64, device=device)
+    result = GenerateResult(tokens=out_x, nfe=nfe, commit_step=out_step, pad=pad0, gen_start=P)
+    stuck = ((out_x[:, P:] == cfg.mask_id).any(1) & (nfe >= max_nfe)).nonzero().flatten().tolist()
     if stuck:
         raise MaxNFEError(f"generate: rows {stuck[:8]} reached max_nfe ({max_nfe}) with masks left "
                           "(the partial result is on this error's .result)", result)  # fmt: skip
     return result
+
+
+def _ship_index(a: np.ndarray, device) -> torch.Tensor:
+    """An index array to the device without a host sync (pinned, asynchronous)."""
+    t = torch.from_numpy(np.ascontiguousarray(a, dtype=np.int64))
+    return t.pin_memory().to(device, non_blocking=True) if device.type == "cuda" else t.to(device)
+
+
+def _select_rows(cache, index: torch.Tensor | None):
+    """The cache of the batch rows ``index``: ``None`` stays None; a dataclass whose fields are
+    tensors or lists of tensors with the batch first (the project's KV cache) is indexed; any
+    other cache cannot drop rows (False). ``index=None`` only asks whether it can."""
+    if cache is None:
+        return None
+    if not dataclasses.is_dataclass(cache) or isinstance(cache, type):
+        return False
+    values = [getattr(cache, f.name) for f in dataclasses.fields(cache)]
+    if not all(isinstance(v, torch.Tensor) or (isinstance(v, list) and all(isinstance(t, torch.Tensor) for t in v))
+               for v in values):  # fmt: skip
+        return False
+    if index is None:
+        return True
+
+    def pick(v):
+        return v.index_select(0, index) if isinstance(v, torch.Tensor) else [t.index_select(0, index) for t in v]
+
+    return dataclasses.replace(cache, **{f.name: pick(v) for f, v in zip(dataclasses.fields(cache), values)})
+
+
+class _MultiBlockRows:
+    """d3LLM's scheduler for every row (:class:`_MultiBlockRow` per row), as a step plan."""
+
+    def __init__(self, policy: Policy, geo: _Geometry, B: int):
+        self.rows = [_MultiBlockRow(policy, geo) for _ in range(B)]
+        self.g = geo
+        self.rules = [policy.rule]
+
+    @property
+    def nfe(self) -> np.ndarray:
+        return np.array([r.nfe for r in self.rows], np.int64)
+
+    @property
+    def done(self) -> np.ndarray:
+        return np.array([r.done for r in self.rows], bool)
+
+    def select(self, keep: np.ndarray) -> None:
+        self.rows = [self.rows[b] for b in keep]
+
+    def plan(self, x: np.ndarray, committed: np.ndarray, live: np.ndarray) -> np.ndarray:
+        out = np.zeros((len(self.rows), _NCOL), np.int64)
+        out[:, _FILL] = self.g.L
+        for b, r in enumerate(self.rows):
+            pl = r.plan(x[b], committed[b]) if live[b] else None
+            if pl is None:
+                continue
+            out[b, _STEP] = pl.step
+            if pl.fill_after is not None:
+                out[b, _FILL] = pl.fill_after
+            if pl.forward:
+                w0, w1 = pl.write or (0, 0)
+                fs, fe = pl.force or (0, 0)
+                out[b, : _RULE + 1] = (1, *pl.window, pl.tail, pl.cache_len, w0, w1, *pl.active, fs, fe, 0, 0)
+        return out
+
 
 
 def _fill_eos(x, commit_step, fill_after: torch.Tensor, step, eos: int, keep: torch.Tensor | None = None):
@@ -474,44 +633,40 @@ class StepInputs:
     groups: list
 
 
-def _pack(columns: list[list[list[int]]], fills: list[int], device) -> list[torch.Tensor]:
-    """Ship several ``[B, w_i]`` int tables (rows padded with ``fills[i]``) in one host-to-device
-    copy (pinned, asynchronous)."""
-    B = len(columns[0])
-    widths = [max(1, max(len(r) for r in col)) for col in columns]
-    host = torch.cat([torch.full((B, w), f, dtype=torch.int64) for w, f in zip(widths, fills)], 1)
-    for col, off in zip(columns, torch.tensor([0] + widths).cumsum(0).tolist()):
-        for b, r in enumerate(col):
-            host[b, off : off + len(r)] = torch.tensor(r, dtype=torch.int64)
-    if device.type == "cuda":
-        host = host.pin_memory().to(device, non_blocking=True)
-    else:
-        host = host.to(device)
-    return list(host.split(widths, dim=1))
+def _bucket(n: int, cap: int) -> int:
+    """The padded size of a dimension of ``n``: the next power of two, at most ``max(n, cap)``."""
+    return max(n, min(1 << (n - 1).bit_length(), cap))
 
 
-def _step_inputs(fwd: list[_RowStep | None], geo: _Geometry, cached: bool, stale_fill: bool, device) -> StepInputs:
-    none = (0, 0)
-    windows = [list(range(*pl.window)) + ([geo.L - 1] if pl.tail else []) if pl else [] for pl in fwd]
-    act = [pl.active if pl else none for pl in fwd]
-    Lo = max(e - s for s, e in act) or 1
-    logits_rows = [[min(max(s - pl.window[0] + j, 0), len(w) - 1) for j in range(Lo)] if pl else [0] * Lo
-                   for pl, (s, e), w in zip(fwd, act, windows)]  # fmt: skip
-    writes = [list(range(*pl.write)) if pl and pl.write else [] for pl in fwd]
-    rules = list(dict.fromkeys(pl.rule for pl in fwd if pl))
-    per_row = [[len(w), pl.cache_len if pl else 0, pl.window[0] if pl else 0, s,
-                pl.fill_after if (pl and stale_fill and pl.fill_after is not None) else geo.L]
-               + [v for r in rules for v in ((*pl.active, *(pl.force or none), pl.num_transfer) if pl and pl.rule == r else (0,) * 5)]
-               for pl, w, (s, _) in zip(fwd, windows, act)]  # fmt: skip
-    idx, logits_index, write_ids, scal = _pack([windows, logits_rows, writes, per_row], [0, 0, -1, 0], device)
-    kv_len, cache_len, new_start, stats_offset, fill_after = scal[:, :5].unbind(1)
-    groups = [(r, *scal[:, 5 + 5 * i : 10 + 5 * i].unbind(1)) for i, r in enumerate(rules)]
+def _device_inputs(plan: torch.Tensor, Lq: int, Lo: int, nw: int | None, rules, geo: _Geometry, cached: bool,
+                   stale: bool) -> StepInputs:  # fmt: skip
+    """Build a step's index tables on the device from its ``[B, _NCOL]`` plan (no host work that
+    grows with the batch): ``Lq`` forwarded columns, ``Lo`` logits columns, ``nw`` written blocks
+    (None: no cache write), one commit group per rule of ``rules`` (a list of (rule id, rule))."""
+    col = plan.unbind(1)
+    a, c, tail, s = col[_A], col[_C], col[_TAIL], col[_S]
+    n = c - a
+    kv_len = n + tail
+    j = torch.arange(Lq, device=plan.device)[None, :]
+    # the window [a, c), then the canvas's last position where ``tail``; padding reads position 0
+    last = torch.where((j == n[:, None]) & (tail[:, None] > 0), geo.L - 1, 0)
+    idx = torch.where(j < n[:, None], a[:, None] + j, last)
+    jo = torch.arange(Lo, device=plan.device)[None, :]
+    logits_index = torch.minimum((s - a)[:, None] + jo, (kv_len - 1).clamp_min(0)[:, None]).clamp_min(0)
     write = None
-    if cached and any(pl and pl.write for pl in fwd):
-        write = CacheWrite(write_ids, geo.bs, new_start=new_start)
-    return StepInputs(idx=idx, kv_len=kv_len, cache_len=cache_len if cached else None, write=write,
-                      logits_index=logits_index, stats_offset=stats_offset,
-                      fill_after=fill_after if stale_fill else None, groups=groups)  # fmt: skip
+    if cached and nw is not None:
+        jw = torch.arange(nw, device=plan.device)[None, :]
+        w0, w1 = col[_W0], col[_W1]
+        write = CacheWrite(torch.where(jw < (w1 - w0)[:, None], w0[:, None] + jw, -1), geo.bs, new_start=a)
+    fwd = col[_FWD] > 0
+    groups = []
+    for rid, rule in rules:
+        sel = fwd & (col[_RULE] == rid)
+        groups.append((rule, *(torch.where(sel, col[i], 0) for i in (_S, _E, _FS, _FE, _K))))
+    return StepInputs(idx=idx, kv_len=kv_len, cache_len=col[_CLEN] if cached else None, write=write,
+                      logits_index=logits_index, stats_offset=s,
+                      fill_after=torch.where(fwd, col[_FILL], geo.L) if stale else None,
+                      groups=groups)  # fmt: skip
 
 
 def decode_step(model, x, state, pad, cache, inp: StepInputs, step, *, mask_id: int, eos_id: int, eot_id=None,
@@ -540,28 +695,99 @@ def decode_step(model, x, state, pad, cache, inp: StepInputs, step, *, mask_id: 
     return state.commit_step != before
 
 
-def _run_step(model, x, state, pad, cache, plans, pol: Policy, geo: _Geometry, temperature, seed, suppress, backend):
-    """Run one batched step; returns the ``[B, L]`` positions the commit rules took."""
-    device = x.device
-    stale = pol.d3_stale_candidates
-    fills = [pl.fill_after if pl is not None and pl.fill_after is not None else None for pl in plans]
-    fwd = [pl if (pl is not None and pl.forward) else None for pl in plans]
-    now = [f if f is not None and (not stale or fwd[b] is None) else geo.L for b, f in enumerate(fills)]
-    if any(v < geo.L for v in now):  # fills that the commit must see: before the forward
-        # a fill-only step may carry an earlier step number than the batch's forwards (a
-        # Streaming-dLLM early exit is dated by the forward that completed the block)
-        fill_now, fill_step = _pack([[[v] for v in now], [[pl.step if pl else 0] for pl in plans]], [geo.L, 0], device)
-        _fill_eos(x, state.commit_step, fill_now[:, 0], fill_step, geo.eos)
-    if not any(fwd):
-        return torch.zeros_like(x, dtype=torch.bool)
-    # every row forwards from the first iteration until it is done, so its forward index is the
-    # iteration's: one step number serves the whole batch
-    (step,) = {pl.step for pl in fwd if pl}
-    inp = _step_inputs(fwd, geo, cache is not None, stale, device)
-    committed = decode_step(model, x, state, pad, cache, inp, step, mask_id=geo.mask, eos_id=geo.eos, eot_id=geo.eot,
-                            attend_new=pol.cache != "dual", temperature=temperature, seed=seed, suppress_ids=suppress,
-                            confidence_eos_eot_inf=pol.confidence_eos_eot_inf, backend=backend)  # fmt: skip
-    if stale and any(f is not None and fwd[b] is not None for b, f in enumerate(fills)):
-        # d3LLM: the fill lands after the commit, sparing this step's commits
-        _fill_eos(x, state.commit_step, inp.fill_after, step, geo.eos, keep=state.commit_step == step)
-    return committed
+
+
+class _StepRunner:
+    """Runs the batched steps of one :func:`generate` call: ships each step's plan to the device
+    in one copy, builds the index tables there and runs :func:`decode_step`; with ``buckets`` the
+    shapes are padded to powers of two, with ``capture`` each bucket's step is recorded once in a
+    CUDA graph and replayed."""
+
+    def __init__(self, model, x, state, pad, cache, pol: Policy, geo: _Geometry, rules, suppress, backend,
+                 buckets: bool, capture: bool):  # fmt: skip
+        self.model, self.x, self.state, self.pad, self.cache = model, x, state, pad, cache
+        self.pol, self.geo, self.suppress, self.backend = pol, geo, suppress, backend
+        self.rules = list(enumerate(rules))
+        self.buckets, self.capture = buckets or capture, capture
+        # d3LLM: a forwarding row's early-stop fill lands after the commit (the forward sees it)
+        self.stale = pol.d3_stale_candidates and pol.early_stop
+        self.plan_dev = torch.zeros(x.shape[0], _NCOL, dtype=torch.int64, device=x.device)
+        self.host = self.plan_dev.cpu().pin_memory() if x.device.type == "cuda" else None
+        self.graphs: dict = {}
+        self.pool = None
+
+    def _ship(self, plan: np.ndarray) -> torch.Tensor:
+        """The step's only host-to-device copy (pinned, asynchronous on a GPU)."""
+        if self.host is None:
+            self.plan_dev.copy_(torch.from_numpy(plan))
+        else:
+            # reusing the pinned buffer is safe: the canvas read-back of this step waited for the
+            # previous step's copy
+            self.host.copy_(torch.from_numpy(plan))
+            self.plan_dev.copy_(self.host, non_blocking=True)
+        return self.plan_dev
+
+    def step(self, plan: np.ndarray, fwd: np.ndarray, fill: np.ndarray, temperature: float, seed: int) -> torch.Tensor:
+        """Run one batched step; returns the ``[B, L]`` positions the commit rules took."""
+        geo, x, state = self.geo, self.x, self.state
+        dev = self._ship(plan)
+        if (fill & ~(fwd & self.stale)).any():  # fills that the commit must see: before the forward
+            # a fill-only step may carry an earlier step number than the batch's forwards (a
+            # Streaming-dLLM early exit is dated by the forward that completed the block)
+            now = dev[:, _FILL] if not self.stale else torch.where(dev[:, _FWD] > 0, geo.L, dev[:, _FILL])
+            _fill_eos(x, state.commit_step, now, dev[:, _STEP : _STEP + 1], geo.eos)
+        if not fwd.any():
+            return torch.zeros_like(x, dtype=torch.bool)
+        p = plan[fwd]
+        Lq = max(1, int((p[:, _C] - p[:, _A] + p[:, _TAIL]).max()))
+        Lo = max(1, int((p[:, _E] - p[:, _S]).max()))
+        writes = self.cache is not None and (p[:, _W1] > p[:, _W0]).any()
+        nw = max(1, int((p[:, _W1] - p[:, _W0]).max())) if writes else None
+        if self.buckets:
+            Lq, Lo = _bucket(Lq, geo.L), _bucket(Lo, geo.L)
+            nw = None if nw is None else _bucket(nw, geo.L // geo.bs)
+            rules = self.rules  # a fixed set of launches per bucket
+        else:
+            rules = [self.rules[i] for i in np.unique(p[:, _RULE])]
+        key = (Lq, Lo, nw)
+        if not self.capture:
+            return self._body(x, state, Lq, Lo, nw, rules, temperature, seed, post_fill=bool((fill & fwd).any()))
+        graph = self.graphs.get(key)
+        if graph is None:
+            graph = self.graphs[key] = self._record(Lq, Lo, nw, rules)
+        graph[0].replay()
+        return graph[1]
+
+    def _body(self, x, state, Lq, Lo, nw, rules, temperature, seed, post_fill: bool) -> torch.Tensor:
+        """The device work of a step (no host sync, no copy: capturable)."""
+        geo, pol = self.geo, self.pol
+        inp = _device_inputs(self.plan_dev, Lq, Lo, nw, rules, geo, self.cache is not None, self.stale)
+        step = torch.where(self.plan_dev[:, _FWD] > 0, self.plan_dev[:, _STEP], 0).amax()
+        committed = decode_step(self.model, x, state, self.pad, self.cache, inp, step, mask_id=geo.mask, eos_id=geo.eos,
+                                eot_id=geo.eot, attend_new=pol.cache != "dual", temperature=temperature, seed=seed,
+                                suppress_ids=self.suppress, confidence_eos_eot_inf=pol.confidence_eos_eot_inf,
+                                backend=self.backend)  # fmt: skip
+        if self.stale and post_fill:  # d3LLM: the fill lands after the commit, sparing this step's commits
+            _fill_eos(x, state.commit_step, inp.fill_after, step, geo.eos, keep=state.commit_step == step)
+        return committed
+
+    def _record(self, Lq, Lo, nw, rules):
+        """Capture one bucket's step. The warm-up (compilation, autotuning, allocator) runs on
+        copies of the canvas and the state; its cache writes are the ones the step makes."""
+        x, state = self.x, self.state
+        side = torch.cuda.Stream()
+        side.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(side):
+            self._body(x.clone(), CommitState(*(t.clone() for t in _fields(state))), Lq, Lo, nw, rules, 0.0, 0,
+                       post_fill=self.stale)  # fmt: skip
+        torch.cuda.current_stream().wait_stream(side)
+        if self.pool is None:
+            self.pool = torch.cuda.graph_pool_handle()
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph, pool=self.pool):
+            committed = self._body(x, state, Lq, Lo, nw, rules, 0.0, 0, post_fill=self.stale)
+        return graph, committed
+
+
+def _fields(obj) -> list:
+    return [getattr(obj, f.name) for f in dataclasses.fields(obj)]

@@ -40,6 +40,13 @@ class Policy:
         steps_per_block: > 0: LLaDA's fixed schedule, exactly this many forwards per block, each
             committing its share of the block's masks (needs ``rule.base == "topk"``); 0 with
             "topk" means one token per step (``block_length`` steps).
+        idle_forward: Fast-dLLM's published cached loops (``generate_with_prefix_cache`` /
+            ``generate_with_dual_cache``) run one cached forward after a block's first (full)
+            forward before they test the block for masks, so a block that its first forward
+            completes costs 2 forwards (the second commits nothing, its NFE counts). True runs and
+            counts that forward; False moves on after the first (the saving:
+            ``fast_dllm(skip_idle_forward=True)``). Streaming-dLLM, R2-dLLM and LLaDA test before
+            every forward, so they never run one.
         block_start_rule: the rule at a block's first forward (Streaming-dLLM: the plain
             threshold); None = ``rule``.
         ar_first_token: a block's first forward commits only the block's first position
@@ -67,6 +74,7 @@ class Policy:
     scheduler: str = "blocks"
     cache: str = "none"
     steps_per_block: int = 0
+    idle_forward: bool = False
     block_start_rule: CommitRule | None = None
     ar_first_token: bool = False
     suffix_window: int | None = None
@@ -89,6 +97,8 @@ class Policy:
             raise ValueError(f"policy {self.name}: the delayed cache belongs to the multi_block scheduler")
         if self.scheduler == "multi_block" and self.cache in ("prefix", "dual"):
             raise ValueError(f"policy {self.name}: multi_block decoding uses cache 'none' or 'delayed'")
+        if self.idle_forward and (self.scheduler != "blocks" or self.cache not in ("prefix", "dual")):
+            raise ValueError(f"policy {self.name}: idle_forward belongs to the blocks scheduler with a prefix or dual cache")
         if self.steps_per_block and self.rule.base != "topk":
             raise ValueError(f"policy {self.name}: steps_per_block needs the 'topk' rule")
         check_policy_numbers(self)
@@ -115,9 +125,15 @@ def vanilla(steps_per_block: int = 0, suppress_eos: bool = False, confidence_eos
                   suppress_eos=suppress_eos, confidence_eos_eot_inf=confidence_eos_eot_inf)  # fmt: skip
 
 
-def fast_dllm(threshold: float = 0.9, cache: str = "prefix") -> Policy:
-    """Fast-dLLM: commit ``{argmax} ∪ {prob >= threshold}`` with a prefix (or dual, or no) cache."""
-    return Policy("fast_dllm", CommitRule(base="threshold", threshold=threshold), cache=cache)
+def fast_dllm(threshold: float = 0.9, cache: str = "prefix", skip_idle_forward: bool = False) -> Policy:
+    """Fast-dLLM: commit ``{argmax} ∪ {prob >= threshold}`` with a prefix (or dual, or no) cache.
+
+    With a cache, by default every forward the published code runs is run and counted, including
+    the cached forward after a block's first forward that found the block complete
+    (:attr:`Policy.idle_forward`); ``skip_idle_forward=True`` moves on to the next block instead
+    (same tokens, fewer forwards)."""
+    return Policy("fast_dllm", CommitRule(base="threshold", threshold=threshold), cache=cache,
+                  idle_forward=cache in ("prefix", "dual") and not skip_idle_forward)  # fmt: skip
 
 
 def streaming(threshold: float = 0.9, alpha: float = 0.3, window: int = 96, early_exit: bool = True) -> Policy:

@@ -64,3 +64,60 @@ def test_reproduces_peer(model, run, prompt):
     assert out.nfe.item() == (rec["nfe"] if rec["nfe"] is not None else rec["forwards"])
     # the peers record the 1-based forward that unmasked each position; ours is 0-based
     assert (out.commit_step[0, out.gen_start :] + 1).tolist() == rec["commit_step"]
+
+
+# ------------------------------------------------------------------------------------------------
+# Fast-dLLM's idle forward, worked out by hand from the published code on a scripted model
+# ------------------------------------------------------------------------------------------------
+
+V_S, MASK_S, EOS_S = 16, 15, 14
+
+
+def _sure_model(n):
+    """A scripted model sure (0.99) of every position, no EOS: every block completes in the
+    forward that first sees it."""
+    from scripted import ScriptedConfig, ScriptedModel, confident_table
+
+    return ScriptedModel(confident_table([p % 12 for p in range(n)], [0.99] * n, V_S),
+                         ScriptedConfig(vocab_size=V_S, mask_id=MASK_S, eos_id=EOS_S))  # fmt: skip
+
+
+@pytest.mark.parametrize("cache", ["prefix", "dual"])
+@pytest.mark.parametrize("skip", [False, True])
+def test_fast_dllm_idle_forward_after_a_block_completes(cache, skip):
+    """Fast-dLLM's ``generate_with_prefix_cache`` / ``generate_with_dual_cache`` (the paper's
+    code, the commit of the recorded runs) run per block one full forward (``nfe += 1``), then a
+    do-while loop: a cached forward (``nfe += 1``: ``x[:, s:]`` against the prefix cache, or
+    ``x[:, s:e]`` against the dual cache), its commit, then the test for masks. A block that the
+    full forward completes therefore costs 2 forwards, the second committing nothing: 3 blocks ->
+    NFE 6, block j committed at forward 2j. ``skip_idle_forward`` moves on: NFE 3, block j at
+    forward j. The tokens are the same."""
+    P, gen, bs = 8, 24, 8
+    L = P + gen
+    m = _sure_model(L)
+    out = dk.generate(m, torch.arange(P)[None] % 10, policy="fast_dllm", cache=cache, skip_idle_forward=skip,
+                      gen_length=gen, block_length=bs, backend="reference")  # fmt: skip
+    assert out.generated[0].tolist() == [p % 12 for p in range(P, L)]
+    per_block = 1 if skip else 2
+    assert out.nfe.tolist() == [3 * per_block] and len(m.calls) == 3 * per_block
+    assert out.commit_step[0, P:].tolist() == [per_block * j for j in range(3) for _ in range(bs)]
+    for j in range(3):
+        s = P + j * bs
+        calls = m.calls[per_block * j : per_block * (j + 1)]
+        assert calls[0] == [list(range(L))]  # the block's full forward
+        if not skip:  # the idle cached forward
+            assert calls[1] == [list(range(s, L if cache == "prefix" else s + bs))]
+
+
+@pytest.mark.parametrize("policy, kw", [("fast_dllm", dict(cache="none")), ("r2", {}), ("streaming", dict(window=8)),
+                                        ("vanilla", dict(steps_per_block=1))])  # fmt: skip
+def test_no_idle_forward_where_the_published_loop_tests_first(policy, kw):
+    """Fast-dLLM's ``generate`` (no cache) tests after each forward; R2-dLLM's
+    ``generate_with_dual_cache``, Streaming-dLLM's ``generate_with_prefix_cache`` test before
+    each cached forward; LLaDA runs exactly ``steps_per_block``: one forward per block here."""
+    P, gen, bs = 8, 24, 8
+    m = _sure_model(P + gen)
+    out = dk.generate(m, torch.arange(P)[None] % 10, policy=policy, gen_length=gen, block_length=bs,
+                      backend="reference", **kw)  # fmt: skip
+    assert out.nfe.tolist() == [3] and len(m.calls) == 3
+    assert out.commit_step[0, P:].tolist() == [j for j in range(3) for _ in range(bs)]

@@ -8,7 +8,7 @@ import torch
 from scripted import ScriptedConfig, ScriptedModel, confident_table
 
 from dllm_kernels import CommitState, GenerateResult, generate
-from dllm_kernels.loop import StepInputs, decode_step
+from dllm_kernels.loop import StepInputs, _generate, decode_step
 from dllm_kernels.models import DiffusionLM, tiny
 from dllm_kernels.policies import POLICIES, Policy, resolve_policy
 
@@ -201,6 +201,33 @@ def test_batch_rows_match_single_rows(policy, kw):
         assert torch.equal(batch.commit_step[b, batch.gen_start :], alone.commit_step[0, alone.gen_start :])
 
 
+class _Shapes:
+    """A model wrapper that records the shape of every call: (rows, forwarded width, logits width)."""
+
+    def __init__(self, model):
+        self.model, self.widths = model, []
+
+    def __getattr__(self, name):
+        return getattr(self.model, name)
+
+    def __call__(self, tokens, *args, **kw):
+        self.widths.append((*tokens.shape, kw["logits_index"].shape[1]))
+        return self.model(tokens, *args, **kw)
+
+
+@pytest.mark.parametrize("policy, kw", [("fast_dllm", {"cache": "dual"}), ("r2", {}), ("d3llm", {})])
+def test_done_rows_leave_the_forward(policy, kw):
+    """A row that is done is no longer forwarded: step t forwards exactly the rows that run more
+    than t forwards (the rows finish at different steps here), with the tokens they get alone
+    (test_batch_rows_match_single_rows)."""
+    m = _Shapes(sharp_tiny_model("reference", attn_impl="sdpa"))
+    out = generate(m, [[3, 4, 5], [7, 1, 2, 9, 4, 4, 2], [5] * 12, [1]], policy=policy, gen_length=24, block_length=8,
+                   backend="reference", **kw)  # fmt: skip
+    nfe = out.nfe.tolist()
+    assert len(set(nfe)) > 1
+    assert [b for b, _, _ in m.widths] == [sum(n > t for n in nfe) for t in range(max(nfe))]
+
+
 @pytest.mark.parametrize("policy, kw", POLICY_CASES, ids=[f"{p}-{'-'.join(map(str, k.values()))}" for p, k in POLICY_CASES])
 def test_triton_and_reference_backends_agree(device, policy, kw):
     prompts = [[3, 4, 5, 6], [7, 1, 2, 9, 4, 4]]
@@ -212,6 +239,33 @@ def test_triton_and_reference_backends_agree(device, policy, kw):
     assert torch.equal(tri.tokens.cpu(), ref.tokens)
     assert torch.equal(tri.nfe.cpu(), ref.nfe)
     assert torch.equal(tri.commit_step.cpu(), ref.commit_step)
+
+
+@pytest.mark.parametrize("policy, kw", POLICY_CASES, ids=[f"{p}-{'-'.join(map(str, k.values()))}" for p, k in POLICY_CASES])
+def test_bucket_padding_changes_no_token(policy, kw):
+    """The shapes a CUDA graph is captured for (every step padded to a power of two: forwarded
+    width, logits width, written blocks; every commit rule launched) give the tokens, NFE and
+    commit steps of the unpadded loop. Blocks of 6 make the widths non-powers of two."""
+    prompts = [[3, 4, 5], [7, 1, 2, 9, 4, 4, 2]]
+    args = dict(policy=policy, gen_length=18, block_length=6, temperature=0.0, seed=None, backend="reference",
+                max_nfe=10000, progress=False, **kw)  # fmt: skip
+    runs = []
+    for buckets in (False, True):
+        m = _Shapes(sharp_tiny_model("reference", attn_impl="sdpa"))
+        runs.append((_generate(m, prompts, buckets=buckets, capture=False, **args), m.widths))
+    (plain, w_plain), (padded, w_padded) = runs
+    assert torch.equal(plain.tokens, padded.tokens)
+    assert torch.equal(plain.nfe, padded.nfe)
+    assert torch.equal(plain.commit_step, padded.commit_step)
+    assert len(w_plain) == len(w_padded) and w_plain != w_padded  # the padding was exercised
+
+
+def test_cuda_graph_needs_a_gpu_model_and_temperature_0():
+    m = sharp_tiny_model("reference", attn_impl="sdpa")
+    with pytest.raises(ValueError, match="cuda_graph needs a model on a CUDA device"):
+        generate(m, [[1, 2]], policy="vanilla", gen_length=8, block_length=8, cuda_graph=True)
+    with pytest.raises(ValueError, match="cuda_graph needs temperature 0"):
+        generate(m, [[1, 2]], policy="vanilla", gen_length=8, block_length=8, cuda_graph=True, temperature=0.5)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -306,3 +360,24 @@ def test_tokens_per_forward_counts_up_to_the_first_eos():
                          torch.zeros(3, dtype=torch.long), gen_start=2)  # fmt: skip
     assert out.tokens_until_eos(eos).tolist() == [2, 4, 1]
     assert out.tokens_per_forward(eos).tolist() == [0.5, 2.0, 1.0]
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("policy, kw", POLICY_CASES, ids=[f"{p}-{'-'.join(map(str, k.values()))}" for p, k in POLICY_CASES])
+def test_gpu_cuda_graph_replay_equals_eager(policy, kw, monkeypatch):
+    """``cuda_graph=True`` gives the eager tokens; each step with a forward is one graph replay,
+    and the model runs only while a bucket is recorded (warm-up + capture)."""
+    prompts = [[3, 4, 5, 6], [7, 1, 2, 9, 4, 4]]
+    args = dict(policy=policy, gen_length=24, block_length=8, backend="triton", **kw)
+    eager_model = _Shapes(sharp_tiny_model("triton").cuda())
+    eager = generate(eager_model, prompts, **args)
+    replays = []
+    replay = torch.cuda.CUDAGraph.replay
+    monkeypatch.setattr(torch.cuda.CUDAGraph, "replay", lambda g: (replays.append(1), replay(g))[1])
+    graph_model = _Shapes(sharp_tiny_model("triton").cuda())
+    graphed = generate(graph_model, prompts, cuda_graph=True, **args)
+    assert torch.equal(graphed.tokens, eager.tokens)
+    assert torch.equal(graphed.nfe, eager.nfe)
+    assert torch.equal(graphed.commit_step, eager.commit_step)
+    assert len(replays) == len(eager_model.widths)  # one graph per step
+    assert len(graph_model.widths) % 2 == 0 and len(set(graph_model.widths)) <= len(graph_model.widths) // 2
