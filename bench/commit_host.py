@@ -44,7 +44,9 @@ def main():
     for B in (1, 8, 64):
         L, Ls = 160, 32
         x = torch.full((B, L), MASK)
-        stats = TokenStats(torch.zeros(B, Ls, dtype=torch.int64), torch.rand(B, Ls), torch.rand(B, Ls), torch.rand(B, Ls))
+        stats = TokenStats(
+            torch.zeros(B, Ls, dtype=torch.int64), torch.rand(B, Ls), torch.rand(B, Ls), torch.rand(B, Ls)
+        )
         state = CommitState.new(x)
         s, e, off = torch.full((B,), 128), torch.full((B,), 160), torch.full((B,), 128)
         step = torch.zeros((), dtype=torch.int32)

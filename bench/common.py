@@ -49,14 +49,16 @@ def machine() -> dict:
         info.update(gpu=props.name, sms=props.multi_processor_count, cuda=torch.version.cuda)
         try:
             q = "name,driver_version,clocks.max.sm,clocks.max.mem,power.limit"
-            out = subprocess.run(["nvidia-smi", f"--query-gpu={q}", "--format=csv,noheader"],
-                                 capture_output=True, text=True, timeout=10)  # fmt: skip
+            out = subprocess.run(
+                ["nvidia-smi", f"--query-gpu={q}", "--format=csv,noheader"], capture_output=True, text=True, timeout=10
+            )
             info["nvidia_smi"] = out.stdout.strip()
         except (OSError, subprocess.SubprocessError):
             pass
     try:
-        info["commit"] = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
-                                        cwd=RESULTS.parent, timeout=10).stdout.strip()  # fmt: skip
+        info["commit"] = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=RESULTS.parent, timeout=10
+        ).stdout.strip()
     except (OSError, subprocess.SubprocessError):
         pass
     return info

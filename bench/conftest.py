@@ -1,7 +1,7 @@
 """Benchmarks need a CUDA GPU; on other machines they are skipped (see tests/ for correctness)."""
 
-import sys
 import pathlib
+import sys
 
 import pytest
 import torch

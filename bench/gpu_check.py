@@ -54,8 +54,14 @@ import time
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 PHASES = ("ceilings", "tests", "token_stats", "attention", "refresh_commit", "step", "ceilings_end")
 # the part names of the earlier per-part script, still accepted
-PARTS = {"tests": "tests", "token_stats": "token_stats", "attention": "attention", "commit": "refresh_commit",
-         "refresh": "refresh_commit", "generate": "step"}  # fmt: skip
+PARTS = {
+    "tests": "tests",
+    "token_stats": "token_stats",
+    "attention": "attention",
+    "commit": "refresh_commit",
+    "refresh": "refresh_commit",
+    "generate": "step",
+}
 
 
 class _TreeFinder(importlib.abc.MetaPathFinder):
@@ -98,7 +104,15 @@ GPU_CONFIG = {
     "attn": {"B": 8, "Lq": 32, "cache": 2048, "D": 128, "models": {"llada": (32, 32), "dream": (28, 4)}},
     "refresh": {"B": 8, "Lmax": 2048, "H": 32, "D": 128, "blocks": 8, "block": 32},
     "commit": {"B": 64, "L": 1024, "block": 32, "policies": ["fast_dllm", "r2", "d3llm"]},
-    "step": {"layers": 2, "batches": [1, 8], "prompt": 256, "gen": 64, "block": 32, "policy": "fast_dllm", "repeats": 3},
+    "step": {
+        "layers": 2,
+        "batches": [1, 8],
+        "prompt": 256,
+        "gen": 64,
+        "block": 32,
+        "policy": "fast_dllm",
+        "repeats": 3,
+    },
     "compile_backend": "inductor",
     "graph_calls": 20,  # calls captured per CUDA graph (replay time / calls)
     "host_calls": 200,
@@ -273,21 +287,29 @@ class Run:
         import triton
 
         torch = self.torch
-        info = {"torch": torch.__version__, "triton": triton.__version__, "python": platform.python_version(),
-                "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-                "interpreter": os.environ.get("TRITON_INTERPRET") == "1"}  # fmt: skip
+        info = {
+            "torch": torch.__version__,
+            "triton": triton.__version__,
+            "python": platform.python_version(),
+            "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            "interpreter": os.environ.get("TRITON_INTERPRET") == "1",
+        }
         if not self.cpu:
             p = torch.cuda.get_device_properties(0)
-            info.update(gpu=p.name, sms=p.multi_processor_count, memory_gib=p.total_memory / 2**30, cuda=torch.version.cuda)
+            info.update(
+                gpu=p.name, sms=p.multi_processor_count, memory_gib=p.total_memory / 2**30, cuda=torch.version.cuda
+            )
             try:
                 q = "name,driver_version,clocks.sm,clocks.max.sm,clocks.mem,power.limit,temperature.gpu"
-                info["nvidia_smi"] = subprocess.run(["nvidia-smi", f"--query-gpu={q}", "--format=csv"], capture_output=True,
-                                                    text=True, timeout=10).stdout.strip()  # fmt: skip
+                info["nvidia_smi"] = subprocess.run(
+                    ["nvidia-smi", f"--query-gpu={q}", "--format=csv"], capture_output=True, text=True, timeout=10
+                ).stdout.strip()
             except (OSError, subprocess.SubprocessError):
                 pass
         try:
-            info["commit"] = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
-                                            cwd=ROOT, timeout=10).stdout.strip()  # fmt: skip
+            info["commit"] = subprocess.run(
+                ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=ROOT, timeout=10
+            ).stdout.strip()
         except (OSError, subprocess.SubprocessError):
             pass
         self.doc["machine"] = info
@@ -297,8 +319,9 @@ class Run:
         n = self.cfg["copy_bytes"] // 2
         src = torch.randn(n, device=self.dev).to(torch.bfloat16)
         dst = torch.empty_like(src)
-        copy = self.measure(rec, {"case": f"copy {2 * n / 2**20:.0f} MiB", "impl": "torch copy_"},
-                            lambda: dst.copy_(src), bytes_=4 * n)  # fmt: skip
+        copy = self.measure(
+            rec, {"case": f"copy {2 * n / 2**20:.0f} MiB", "impl": "torch copy_"}, lambda: dst.copy_(src), bytes_=4 * n
+        )
         src = dst = None  # free the memory before the next case
         m = self.cfg["matmul_n"]
         dt = torch.bfloat16 if not self.cpu else torch.float32
@@ -417,22 +440,31 @@ class Run:
         torch = self.torch
         r = self.cfg["refresh"]
         B, Lmax, H, D, nb, blk = r["B"], r["Lmax"], r["H"], r["D"], r["blocks"], r["block"]
-        k_cache, v_cache, k_new, v_new = (torch.randn(B, Lmax, H, D, device=self.dev, dtype=self.dtype) for _ in range(4))
+        k_cache, v_cache, k_new, v_new = (
+            torch.randn(B, Lmax, H, D, device=self.dev, dtype=self.dtype) for _ in range(4)
+        )
         block_ids = torch.stack([torch.randperm(Lmax // blk, device=self.dev)[:nb] for _ in range(B)])
         new_start = torch.zeros(B, dtype=torch.int64, device=self.dev)
         args = (k_cache, v_cache, k_new, v_new, block_ids, blk, new_start, None, None)
         moved = rc.bytes_moved(k_cache, block_ids, blk, rope=False)
         for impl, fn in rc.CANDIDATES.items():
-            row = self.measure(rec, {"case": f"refresh B{B} {nb}x{blk} rows H{H}", "op": "refresh_kv_cache", "impl": impl},
-                               lambda: fn(*args), bytes_=moved)  # fmt: skip
+            row = self.measure(
+                rec,
+                {"case": f"refresh B{B} {nb}x{blk} rows H{H}", "op": "refresh_kv_cache", "impl": impl},
+                lambda: fn(*args),
+                bytes_=moved,
+            )
             self._graph_and_host(row, lambda: fn(*args), capture=True)  # both candidates are sync-free
         k_cache = v_cache = k_new = v_new = None  # free the memory before the next case
         c = self.cfg["commit"]
         for policy in c["policies"]:
             case = cc.copy_case(cc.make_case(c["B"], c["L"], c["block"], policy, self.dev))
             for impl, fn in cc.CANDIDATES.items():
-                row = self.measure(rec, {"case": f"commit {policy} B{c['B']} L{c['L']}", "op": "commit", "impl": impl},
-                                   lambda: fn(case))  # fmt: skip
+                row = self.measure(
+                    rec,
+                    {"case": f"commit {policy} B{c['B']} L{c['L']}", "op": "commit", "impl": impl},
+                    lambda: fn(case),
+                )
                 # the reference syncs (a failed capture could leave the stream unusable): host time only
                 self._graph_and_host(row, lambda: fn(case), capture=impl == "triton")
         _speedups(rec["rows"], "triton", key="case")
@@ -468,14 +500,22 @@ class Run:
         rec["model"] = {"layers": cfg.n_layers, "d_model": cfg.d_model, "heads": cfg.n_heads, "vocab": cfg.vocab_size}
         for B in s["batches"]:
             g = torch.Generator().manual_seed(B)
-            prompts = [torch.randint(0, cfg.vocab_size - 8, (s["prompt"] - (b % 4),), generator=g).tolist() for b in range(B)]
+            prompts = [
+                torch.randint(0, cfg.vocab_size - 8, (s["prompt"] - (b % 4),), generator=g).tolist() for b in range(B)
+            ]
             for path in ("kernels", "sdpa"):
                 model.attn_impl, model.backend = PATHS[path]
                 out = {}
 
                 def run():
-                    out["r"] = generate(model, prompts, policy=s["policy"], gen_length=s["gen"], block_length=s["block"],
-                                        backend=model.backend)  # fmt: skip
+                    out["r"] = generate(
+                        model,
+                        prompts,
+                        policy=s["policy"],
+                        gen_length=s["gen"],
+                        block_length=s["block"],
+                        backend=model.backend,
+                    )
 
                 row = {"case": f"{s['policy']} B{B} prompt {s['prompt']} gen {s['gen']}", "B": B, "impl": path}
                 if self.left() < 0:
@@ -619,7 +659,11 @@ def check_targets(doc: dict) -> list[dict]:
     out = []
 
     def rows(name, **kw):
-        return [r for r in ph.get(name, {}).get("rows", []) if "error" not in r and all(r.get(k) == v for k, v in kw.items())]
+        return [
+            r
+            for r in ph.get(name, {}).get("rows", [])
+            if "error" not in r and all(r.get(k) == v for k, v in kw.items())
+        ]
 
     def add(target, value, ok):
         out.append({"target": target, "value": value, "met": None if value is None else bool(ok(value))})
@@ -637,7 +681,9 @@ def check_targets(doc: dict) -> list[dict]:
     for model in dict.fromkeys(r["model"] for r in at):
         k = next((r for r in at if r["model"] == model and r["impl"] == "kernel"), None)
         add(f"attention {model}: >= 80% of copy on K/V", k and k.get("frac_copy"), lambda v: v >= 0.8)
-        base = [r["kernel_speedup"] for r in at if r["model"] == model and r["impl"] != "kernel" and "kernel_speedup" in r]
+        base = [
+            r["kernel_speedup"] for r in at if r["model"] == model and r["impl"] != "kernel" and "kernel_speedup" in r
+        ]
         add(f"attention {model}: >= 1.2x the best baseline", min(base) if base else None, lambda v: v >= 1.2)
     k = next((r for r in rows("refresh_commit", op="refresh_kv_cache", impl="triton")), None)
     add("refresh_kv_cache: >= 80% of copy", k and k.get("frac_copy"), lambda v: v >= 0.8)
@@ -657,7 +703,8 @@ def render_markdown(doc: dict) -> str:
     lines = [
         f"# {'GPU' if doc['mode'] == 'gpu' else 'CPU-mode (interpreter: numbers meaningless)'} check",
         "",
-        f"{m.get('gpu', 'CPU')}, torch {m.get('torch')}, triton {m.get('triton')}, commit {m.get('commit')}, {m.get('date')}",
+        f"{m.get('gpu', 'CPU')}, torch {m.get('torch')}, triton {m.get('triton')}, "
+        f"commit {m.get('commit')}, {m.get('date')}",
         "",
         f"Ceilings measured in this run: copy {_fmt(c.get('copy_TBps'), '.3f')} TB/s (read + write), "
         f"matmul {_fmt(c.get('matmul_TFLOPs'), '.1f')} TFLOP/s.",
@@ -665,8 +712,11 @@ def render_markdown(doc: dict) -> str:
     ]
     t = ph.get("tests")
     if t:
-        lines += [f"GPU tests (`{t.get('command')}`): {t.get('summary') or t.get('error') or t.get('counts')} "
-                  f"(status {t['status']}, {_fmt(t.get('wall_s'), '.0f')} s)", ""]  # fmt: skip
+        lines += [
+            f"GPU tests (`{t.get('command')}`): {t.get('summary') or t.get('error') or t.get('counts')} "
+            f"(status {t['status']}, {_fmt(t.get('wall_s'), '.0f')} s)",
+            "",
+        ]
         lines += [f"- {f}" for f in t.get("failures", [])] + ([""] if t.get("failures") else [])
     lines += [
         "| phase | case | impl | median | TB/s | of copy | kernel speedup | graph us | host us |",
@@ -683,18 +733,24 @@ def render_markdown(doc: dict) -> str:
             tb = _fmt(r.get("TBps"), ".3f") or (f"{r['TFLOPs']:.0f} TFLOP/s" if "TFLOPs" in r else "")
             frac = r.get("frac_copy", r.get("frac_floor"))
             lines.append(
-                f"| {name} | {r.get('case', '')} | {r.get('impl', '')} | {med} | {tb} | {_fmt(frac and 100 * frac, '.0f')}"
+                f"| {name} | {r.get('case', '')} | {r.get('impl', '')} | {med} | {tb} "
+                f"| {_fmt(frac and 100 * frac, '.0f')}"
                 f"{'%' if frac else ''} | {_fmt(r.get('kernel_speedup'), '.2f')} | {_fmt(r.get('graph_us'), '.2f')} "
                 f"| {_fmt(r.get('host_us'), '.1f')} |"
             )
         if ph[name].get("status") not in ("ok",):
-            lines.append(f"| {name} | status: {ph[name].get('status')} {ph[name].get('error', '')[:100]} | | | | | | | |")
+            lines.append(
+                f"| {name} | status: {ph[name].get('status')} {ph[name].get('error', '')[:100]} | | | | | | | |"
+            )
     lines += ["", "Targets (issue 15):", ""]
     for t in doc.get("targets", []):
         mark = {True: "met", False: "NOT met", None: "not measured"}[t["met"]]
         lines.append(f"- {t['target']}: {mark} ({_fmt(t['value'], '.3g') or '-'})")
-    lines += ["", "step rows: median ms per forward of `generate`; 'of copy' there is the weights-read floor "
-              "(layers + LM head at the copy rate) over it. kernel speedup: candidate time / kernel time."]  # fmt: skip
+    lines += [
+        "",
+        "step rows: median ms per forward of `generate`; 'of copy' there is the weights-read floor "
+        "(layers + LM head at the copy rate) over it. kernel speedup: candidate time / kernel time.",
+    ]
     return "\n".join(lines) + "\n"
 
 
@@ -709,7 +765,11 @@ def render_png(doc: dict, path: pathlib.Path) -> str | None:
     except ImportError:
         return "matplotlib is not importable: no PNG"
     ph = doc.get("phases", {})
-    panels = [(n, [r for r in ph[n]["rows"] if "TBps" in r]) for n in ("token_stats", "attention", "refresh_commit") if n in ph]
+    panels = [
+        (n, [r for r in ph[n]["rows"] if "TBps" in r])
+        for n in ("token_stats", "attention", "refresh_commit")
+        if n in ph
+    ]
     panels = [(n, rows) for n, rows in panels if rows]
     if not panels:
         return "no bandwidth rows to plot: no PNG"
@@ -717,7 +777,11 @@ def render_png(doc: dict, path: pathlib.Path) -> str | None:
     fig, axes = plt.subplots(1, len(panels), figsize=(5 * len(panels), 4.5), squeeze=False)
     for ax, (name, rows) in zip(axes[0], panels):
         labels = [f"{r['case']}\n{r['impl']}" for r in rows]
-        ax.barh(range(len(rows)), [r["TBps"] for r in rows], color=["C0" if r["impl"] in ("kernel", "triton") else "C7" for r in rows])
+        ax.barh(
+            range(len(rows)),
+            [r["TBps"] for r in rows],
+            color=["C0" if r["impl"] in ("kernel", "triton") else "C7" for r in rows],
+        )
         ax.set_yticks(range(len(rows)), labels, fontsize=6)
         ax.invert_yaxis()
         if copy:
@@ -747,8 +811,13 @@ def main(argv=None) -> int:
     ap.add_argument("--out", default=str(ROOT / "bench" / "results"), help="folder of the JSON / markdown / PNG")
     ap.add_argument("--budget", type=float, default=None, help="seconds for the whole run (default 450 GPU, 600 CPU)")
     ap.add_argument("--phases", nargs="*", choices=PHASES, help="run only these phases")
-    ap.add_argument("parts", nargs="*", choices=[[]] + list(PARTS), metavar="PART",
-                    help=f"the older part names ({', '.join(PARTS)}): their phases, with the ceilings")  # fmt: skip
+    ap.add_argument(
+        "parts",
+        nargs="*",
+        choices=[[]] + list(PARTS),
+        metavar="PART",
+        help=f"the older part names ({', '.join(PARTS)}): their phases, with the ceilings",
+    )
     args = ap.parse_args(argv)
     if args.parts:
         args.phases = ["ceilings", *dict.fromkeys(PARTS[p] for p in args.parts), *(args.phases or [])]

@@ -63,7 +63,9 @@ class FreeModel:
 
     def __init__(self, n_positions: int, seed: int = 0):
         g = torch.Generator().manual_seed(seed)
-        conf = torch.where(torch.rand(n_positions, generator=g) < 0.35, 0.95, 0.3 + 0.3 * torch.rand(n_positions, generator=g))
+        conf = torch.where(
+            torch.rand(n_positions, generator=g) < 0.35, 0.95, 0.3 + 0.3 * torch.rand(n_positions, generator=g)
+        )
         target = torch.randint(0, V - 2, (n_positions,), generator=g)
         table = torch.log((1 - conf) / (V - 1))[:, None].expand(n_positions, V).clone()
         table[torch.arange(n_positions), target] = torch.log(conf)
@@ -79,23 +81,34 @@ class FreeModel:
 
 def _stub_kernels():
     """Replace the Triton launches by the references (same results)."""
-    from dllm_kernels.kernels import commit as kc
-    from dllm_kernels.kernels import confidence as kt
+    from dllm_kernels.kernels import commit as kc, confidence as kt
 
     def token_stats(logits, temperature, seed, suppress_ids):
         return tuple(reference.token_stats(logits, temperature=temperature, seed=seed, suppress_ids=list(suppress_ids)))
 
     def commit(x, token, prob, entropy, state, rule, a_s, a_e, step, mask_id, k, f_s, f_e, off):
         stats = dk.TokenStats(token, prob, torch.zeros_like(prob), entropy)
-        return reference.commit(x, stats, state, rule, active_start=a_s, active_end=a_e, mask_id=mask_id, step=step,
-                                num_transfer=k, force_start=f_s, force_end=f_e, stats_offset=off)  # fmt: skip
+        return reference.commit(
+            x,
+            stats,
+            state,
+            rule,
+            active_start=a_s,
+            active_end=a_e,
+            mask_id=mask_id,
+            step=step,
+            num_transfer=k,
+            force_start=f_s,
+            force_end=f_e,
+            stats_offset=off,
+        )
 
     kt.token_stats, kc.commit = token_stats, commit
 
 
 def measure(path: str, policy: str, kw: dict, B: int, repeats: int) -> dict:
     model = FreeModel(PROMPT + GEN)
-    prompt = (torch.arange(B * PROMPT).reshape(B, PROMPT) % (V - 2))
+    prompt = torch.arange(B * PROMPT).reshape(B, PROMPT) % (V - 2)
     backend = "reference" if path == "reference" else "triton"
     times, steps, out = [], None, None
     for _ in range(repeats + 1):  # the first run warms up
@@ -105,8 +118,15 @@ def measure(path: str, policy: str, kw: dict, B: int, repeats: int) -> dict:
         times.append(time.perf_counter() - t0)
         steps = model.calls
     per_step = statistics.median(times[1:]) / steps
-    return dict(path=path, policy=policy, kw=kw, B=B, steps=steps, nfe_mean=float(out.nfe.float().mean()),
-                us_per_step=round(per_step * 1e6, 1))  # fmt: skip
+    return dict(
+        path=path,
+        policy=policy,
+        kw=kw,
+        B=B,
+        steps=steps,
+        nfe_mean=float(out.nfe.float().mean()),
+        us_per_step=round(per_step * 1e6, 1),
+    )
 
 
 def main():
@@ -124,11 +144,19 @@ def main():
                 r = measure(path, policy, kw, B, args.repeats)
                 r["name"] = name
                 rows.append(r)
-                print(f"{path:9s} {name:16s} B={B:3d} steps={r['steps']:4d} {r['us_per_step']:9.1f} us/step", flush=True)
-    meta = dict(machine=f"{platform.machine()} {platform.processor() or ''}".strip(), cpu_count=os.cpu_count(),
-                torch=torch.__version__, python=platform.python_version(), threads=torch.get_num_threads(),
-                shapes=dict(vocab=V, prompt=PROMPT, gen=GEN, block=BLOCK), repeats=args.repeats,
-                peers="skipped: the public repositories' generate functions are not available locally")  # fmt: skip
+                print(
+                    f"{path:9s} {name:16s} B={B:3d} steps={r['steps']:4d} {r['us_per_step']:9.1f} us/step", flush=True
+                )
+    meta = dict(
+        machine=f"{platform.machine()} {platform.processor() or ''}".strip(),
+        cpu_count=os.cpu_count(),
+        torch=torch.__version__,
+        python=platform.python_version(),
+        threads=torch.get_num_threads(),
+        shapes=dict(vocab=V, prompt=PROMPT, gen=GEN, block=BLOCK),
+        repeats=args.repeats,
+        peers="skipped: the public repositories' generate functions are not available locally",
+    )
     pathlib.Path(args.out).write_text(json.dumps(dict(meta=meta, rows=rows), indent=1) + "\n")
     print(f"wrote {args.out}")
 

@@ -17,8 +17,18 @@ from dllm_kernels.reference.kv_cache import rotate_half
 
 
 def kernel(k_cache, v_cache, k_new, v_new, block_ids, block_size, new_start, cos=None, sin=None):
-    dk.refresh_kv_cache(k_cache, v_cache, k_new, v_new, block_ids, block_size, new_start=new_start,
-                        rope_cos=cos, rope_sin=sin, backend="triton")  # fmt: skip
+    dk.refresh_kv_cache(
+        k_cache,
+        v_cache,
+        k_new,
+        v_new,
+        block_ids,
+        block_size,
+        new_start=new_start,
+        rope_cos=cos,
+        rope_sin=sin,
+        backend="triton",
+    )
 
 
 def torch_index_copy(k_cache, v_cache, k_new, v_new, block_ids, block_size, new_start, cos=None, sin=None):

@@ -37,8 +37,12 @@ def _write():
         # the kernel's speedup over each candidate at the same shape
         add_speedups(rows, group="impl", base="triton", time="ms", same=keys[name], out="triton_speedup")
         metric = "TBps" if name == "attention_decode" else "TFLOPs"
-        write_results(name, rows, notes=f"{DTYPE} D={D}; decode: TB/s = cache + new K/V bytes / median time; "
-                                        "prefill: TFLOP/s = 4 B Hq S^2 D / median time")  # fmt: skip
+        write_results(
+            name,
+            rows,
+            notes=f"{DTYPE} D={D}; decode: TB/s = cache + new K/V bytes / median time; "
+            "prefill: TFLOP/s = 4 B Hq S^2 D / median time",
+        )
         plot_bars(name, [r for r in rows if metric in r], x="shape", y=metric, group="impl", ylabel=metric)
 
 

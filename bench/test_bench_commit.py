@@ -28,7 +28,11 @@ def _write():
     if _rows:
         # speedup of the kernel over each candidate at the same case
         add_speedups(_rows, group="impl", base="triton", time="ms", same=("policy", "B", "L"), out="triton_speedup")
-        write_results("commit", _rows, notes=f"block {BLOCK}; one valid proposal everywhere: the first call commits, repetitions repeat its loads")
+        write_results(
+            "commit",
+            _rows,
+            notes=f"block {BLOCK}; one valid proposal everywhere: the first call commits, repetitions repeat its loads",
+        )
         for policy in POLICIES:
             rows = [dict(r, case=f"B{r['B']} L{r['L']}") for r in _rows if r["policy"] == policy]
             plot_bars(f"commit_{policy}", rows, x="case", y="us", group="impl", ylabel="us per step (median)")
@@ -54,8 +58,16 @@ def test_commit(benchmark, impl, policy, B, L):
     case = copy_case(make_case(B, L, BLOCK, policy, "cuda"))
     fn(case)  # compile / warm up
     t = do_bench_ms(lambda: fn(case))
-    row = {"impl": impl, "policy": policy, "B": B, "L": L, "block": BLOCK, **t, "us": t["ms"] * 1e3,
-           "graph_ms": _graph_ms(lambda: fn(case))}  # fmt: skip
+    row = {
+        "impl": impl,
+        "policy": policy,
+        "B": B,
+        "L": L,
+        "block": BLOCK,
+        **t,
+        "us": t["ms"] * 1e3,
+        "graph_ms": _graph_ms(lambda: fn(case)),
+    }
     _rows.append(row)
     benchmark.extra_info.update(row)
     benchmark.pedantic(synchronised(lambda: fn(case)), rounds=20, warmup_rounds=3)

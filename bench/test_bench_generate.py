@@ -37,8 +37,10 @@ def model():
 
 
 _write = results_writer(
-    "generate", _rows, notes=f"llada_8b_layer(2) bf16 random weights; prompt ~{PROMPT} (ragged), gen {GEN}, "
-                             f"block {BLOCK}; ms/step = median generate time / steps",
+    "generate",
+    _rows,
+    notes=f"llada_8b_layer(2) bf16 random weights; prompt ~{PROMPT} (ragged), gen {GEN}, "
+    f"block {BLOCK}; ms/step = median generate time / steps",
     speedup=dict(group="path", base="kernels", time="ms_per_step", same=("shape",), out="kernels_speedup"),
     plot=dict(x="shape", y="ms_per_step", group="path", ylabel="ms per decoding step"),
 )
@@ -64,7 +66,14 @@ def test_generate(benchmark, model, B, policy, path):
     seconds = benchmark.stats.stats.median
     steps = int(out.nfe.max())  # the batch steps until its slowest row is done
     tokens = out.tokens_until_eos(model.config.eos_id).sum().item()
-    row = {"policy": policy, "path": path, "B": B, "shape": f"{policy} B{B}", "steps": steps,
-           "ms_per_step": 1e3 * seconds / steps, "tokens_per_s": tokens / seconds}  # fmt: skip
+    row = {
+        "policy": policy,
+        "path": path,
+        "B": B,
+        "shape": f"{policy} B{B}",
+        "steps": steps,
+        "ms_per_step": 1e3 * seconds / steps,
+        "tokens_per_s": tokens / seconds,
+    }
     _rows.append(row)
     benchmark.extra_info.update(row)

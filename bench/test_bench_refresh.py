@@ -19,7 +19,9 @@ _rows: list[dict] = []
 
 
 _write = results_writer(
-    "refresh_kv_cache", _rows, notes=f"{DTYPE} D={D} Lmax={LMAX} block={BLOCK}; TB/s = bytes moved / median time",
+    "refresh_kv_cache",
+    _rows,
+    notes=f"{DTYPE} D={D} Lmax={LMAX} block={BLOCK}; TB/s = bytes moved / median time",
     speedup=dict(group="impl", base="triton", time="ms", same=("shape",), out="triton_speedup"),
     plot=dict(x="shape", y="TBps", group="impl", ylabel="TB/s moved"),
 )
@@ -46,9 +48,17 @@ def test_refresh(benchmark, model, B, nb, rope, impl):
     fn(*args)  # compile / warm up
     t = do_bench_ms(lambda: fn(*args))
     moved = bytes_moved(k_cache, block_ids, BLOCK, rope)
-    row = {"impl": impl, "model": model, "B": B, "blocks": nb, "rope": rope,
-           "shape": f"{model} B{B} {nb}blk {'rope' if rope else 'copy'}", **t,
-           "bytes": moved, "TBps": moved / (t["ms"] * 1e-3) / 1e12}  # fmt: skip
+    row = {
+        "impl": impl,
+        "model": model,
+        "B": B,
+        "blocks": nb,
+        "rope": rope,
+        "shape": f"{model} B{B} {nb}blk {'rope' if rope else 'copy'}",
+        **t,
+        "bytes": moved,
+        "TBps": moved / (t["ms"] * 1e-3) / 1e12,
+    }
     _rows.append(row)
     benchmark.extra_info.update(row)
     benchmark.pedantic(synchronised(lambda: fn(*args)), rounds=20, warmup_rounds=3)

@@ -78,8 +78,9 @@ def test_step(benchmark, algo, impl, B):
     theirs, ours, opts = PAIRS[algo]
     cls = theirs if impl == "sglang" else ours
     extra = {"vectorized_decoding": True} if impl == "sglang" and algo == "JointThreshold" else {}
-    config = SimpleNamespace(block_size=BLOCK, mask_id=MASK_ID, algorithm_config={**opts, **extra},
-                             first_done_first_out_mode=False)  # fmt: skip
+    config = SimpleNamespace(
+        block_size=BLOCK, mask_id=MASK_ID, algorithm_config={**opts, **extra}, first_done_first_out_mode=False
+    )
     alg = cls(config)
     ids0, prompt, logits = _case(B)
     fb = SimpleNamespace(batch_size=B, input_ids=ids0.clone(), dllm_prompt_mask=prompt, positions=None)
@@ -107,9 +108,34 @@ def test_step(benchmark, algo, impl, B):
         graph = _graph_ms(device_step)
     elif algo == "JointThreshold":
         shared = states0[0]
-        graph = _graph_ms(lambda: (fb.input_ids.copy_(ids0), joint_threshold_update_step_vectorized(
-            fb.input_ids, logits, shared["prompt_masks"], shared["finished"].zero_(), shared["post_edit_steps"].zero_(),
-            MASK_ID, BLOCK, 0.5, 0.9, 16, 0.0)))  # fmt: skip
-    _rows.append({"algo": algo, "impl": impl, "B": B, "block": BLOCK, "vocab": VOCAB, **t, "us": t["ms"] * 1e3,
-                  "graph_ms": graph})  # fmt: skip
+        graph = _graph_ms(
+            lambda: (
+                fb.input_ids.copy_(ids0),
+                joint_threshold_update_step_vectorized(
+                    fb.input_ids,
+                    logits,
+                    shared["prompt_masks"],
+                    shared["finished"].zero_(),
+                    shared["post_edit_steps"].zero_(),
+                    MASK_ID,
+                    BLOCK,
+                    0.5,
+                    0.9,
+                    16,
+                    0.0,
+                ),
+            )
+        )
+    _rows.append(
+        {
+            "algo": algo,
+            "impl": impl,
+            "B": B,
+            "block": BLOCK,
+            "vocab": VOCAB,
+            **t,
+            "us": t["ms"] * 1e3,
+            "graph_ms": graph,
+        }
+    )
     benchmark.pedantic(eager, rounds=5, iterations=1)

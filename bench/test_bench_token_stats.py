@@ -32,7 +32,9 @@ def _write():
 
 
 @pytest.mark.parametrize("rows", ROWS)
-@pytest.mark.parametrize("impl", ["triton", "reference_eager", "reference_compiled", "peer_fp32_eager", "peer_fp32_compiled"])
+@pytest.mark.parametrize(
+    "impl", ["triton", "reference_eager", "reference_compiled", "peer_fp32_eager", "peer_fp32_compiled"]
+)
 def test_token_stats(benchmark, impl, rows):
     x = torch.randn(rows, VOCAB, device="cuda", dtype=torch.bfloat16) * 3
     fn = {**CANDIDATES, **compiled_candidates()}[impl] if "compiled" in impl else CANDIDATES[impl]
@@ -52,9 +54,12 @@ _extra: list[dict] = []
 def _write_extra():
     yield
     if _extra:
-        write_results("token_stats_sampling_tp", _extra,
-                      notes=f"V={VOCAB} bf16; sampling with an int seed vs per-row seeds; one TP shard's "
-                            "token_stats_partial (V / world) and the merge of world states")  # fmt: skip
+        write_results(
+            "token_stats_sampling_tp",
+            _extra,
+            notes=f"V={VOCAB} bf16; sampling with an int seed vs per-row seeds; one TP shard's "
+            "token_stats_partial (V / world) and the merge of world states",
+        )
 
 
 @pytest.mark.parametrize("rows", [32, 1024])
@@ -74,7 +79,13 @@ def test_token_stats_sampling_and_tp(benchmark, _write_extra, impl, rows):
     }[impl]
     fn()
     t = do_bench_ms(fn)
-    read = x[:, a:b].numel() * 2 if impl == "tp_shard_of_8" else parts.numel() * 4 if impl == "tp_merge_of_8" else x.numel() * 2
+    read = (
+        x[:, a:b].numel() * 2
+        if impl == "tp_shard_of_8"
+        else parts.numel() * 4
+        if impl == "tp_merge_of_8"
+        else x.numel() * 2
+    )
     row = {"impl": impl, "rows": rows, "V": VOCAB, **t, "GBps": read / (t["ms"] * 1e-3) / 1e9}
     _extra.append(row)
     benchmark.extra_info.update(row)

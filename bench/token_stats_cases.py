@@ -62,5 +62,7 @@ def kernel_tp(logits: torch.Tensor, world: int, backend: str = "triton"):
     shard (run one after the other here; in a TP run each rank runs one), then the merge of the
     gathered 8-word states."""
     V = logits.shape[-1]
-    parts = [dk.token_stats_partial(logits[..., a:b], a, vocab_size=V, backend=backend) for a, b in shard_bounds(V, world)]
+    parts = [
+        dk.token_stats_partial(logits[..., a:b], a, vocab_size=V, backend=backend) for a, b in shard_bounds(V, world)
+    ]
     return tuple(dk.merge_token_stats(parts, backend=backend))

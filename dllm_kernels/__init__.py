@@ -30,7 +30,22 @@ from .policies import POLICIES, Policy
 __version__ = "0.1.0"
 
 __all__ = [
-    "BACKENDS", "CommitRule", "CommitState", "GenerateResult", "POLICIES", "Policy", "TokenStats", "attention",
-    "commit", "generate", "interpreter_enabled", "merge_token_stats", "num_transfer_schedule", "reference",
-    "refresh_kv_cache", "token_stats", "token_stats_partial", "window_confidence",
-]  # fmt: skip
+    "BACKENDS",
+    "CommitRule",
+    "CommitState",
+    "GenerateResult",
+    "POLICIES",
+    "Policy",
+    "TokenStats",
+    "attention",
+    "commit",
+    "generate",
+    "interpreter_enabled",
+    "merge_token_stats",
+    "num_transfer_schedule",
+    "reference",
+    "refresh_kv_cache",
+    "token_stats",
+    "token_stats_partial",
+    "window_confidence",
+]

@@ -228,8 +228,17 @@ def cmd_eval(args) -> int:
         "TPF = tokens up to EOS per forward, tok/s = this machine"
     )
     print(ev.HEADER)
-    rows = ev.sweep(models, task, problems, tok, sweeps, batch_size=args.batch, backend=args.backend, log=print,
-                    threads=args.threads)  # fmt: skip
+    rows = ev.sweep(
+        models,
+        task,
+        problems,
+        tok,
+        sweeps,
+        batch_size=args.batch,
+        backend=args.backend,
+        log=print,
+        threads=args.threads,
+    )
     print()
     print(ev.format_aup(ev.aup_table(rows)))
     if args.out:

@@ -77,15 +77,26 @@ class CommitRule:
             fail("base", f"one of {COMMIT_BASES}")
         if self.temporal_agg not in TEMPORAL_AGGS:
             fail("temporal_agg", f"one of {TEMPORAL_AGGS}")
-        for name in ("threshold", "alpha", "entropy_threshold", "spatial_threshold", "temporal_threshold",
-                     "edit_threshold"):
+        for name in (
+            "threshold",
+            "alpha",
+            "entropy_threshold",
+            "spatial_threshold",
+            "temporal_threshold",
+            "edit_threshold",
+        ):
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
                 fail(name, "a finite number")
         for name in ("entropy_strict", "commit_best", "token_cluster", "token_edit"):
             if not isinstance(getattr(self, name), bool):
                 fail(name, "a bool")
-        for name, low in (("suffix_window", 0), ("spatial_max_decided", 0), ("cluster_min_len", 1), ("temporal_steps", 0)):
+        for name, low in (
+            ("suffix_window", 0),
+            ("spatial_max_decided", 0),
+            ("cluster_min_len", 1),
+            ("temporal_steps", 0),
+        ):
             v = getattr(self, name)
             if not is_int(v) or v < low or v >= 2**31:
                 fail(name, f"an int in [{low}, 2**31)")

@@ -48,22 +48,31 @@ def check_policy_numbers(policy) -> None:
         check_int(op, "suffix_window", policy.suffix_window, low=0, high=2**31)
     check_real(op, "block_add_threshold", policy.block_add_threshold)
     check_real(op, "decoded_token_threshold", policy.decoded_token_threshold)
-    for name in ("ar_first_token", "early_exit", "early_stop", "suppress_eos", "confidence_eos_eot_inf",
-                 "d3_stale_candidates"):  # fmt: skip
+    for name in (
+        "ar_first_token",
+        "early_exit",
+        "early_stop",
+        "suppress_eos",
+        "confidence_eos_eot_inf",
+        "d3_stale_candidates",
+    ):
         if not isinstance(getattr(policy, name), bool):
             raise TypeError(f"{op}: {name} must be a bool, got {getattr(policy, name)!r}")
 
 
-def check_generate_args(model, policy, *, gen_length, block_length, temperature, seed, max_nfe, backend,
-                        progress) -> None:  # fmt: skip
+def check_generate_args(
+    model, policy, *, gen_length, block_length, temperature, seed, max_nfe, backend, progress
+) -> None:
     """Everything ``generate`` can check before building the canvas (the prompt is checked by the
     canvas builder, the canvas length against ``max_seq_len`` by :func:`check_canvas_length`)."""
     op = "generate"
     cfg = getattr(model, "config", None)
     missing = [a for a in ("vocab_size", "mask_id", "eos_id") if not hasattr(cfg, a)]
     if missing or not callable(model):
-        raise TypeError(f"{op}: model must be callable with a config holding vocab_size, mask_id, eos_id "
-                        f"(dllm_kernels.models.DiffusionModel); missing {missing or ['__call__']}")  # fmt: skip
+        raise TypeError(
+            f"{op}: model must be callable with a config holding vocab_size, mask_id, eos_id "
+            f"(dllm_kernels.models.DiffusionModel); missing {missing or ['__call__']}"
+        )
     gen_length = check_int(op, "gen_length", gen_length, low=1)
     block_length = check_int(op, "block_length", block_length, low=1)
     if gen_length % block_length:
@@ -77,16 +86,20 @@ def check_generate_args(model, policy, *, gen_length, block_length, temperature,
     if not isinstance(progress, bool):
         raise TypeError(f"{op}: progress must be a bool, got {progress!r}")
     if policy.cache != "none" and not callable(getattr(model, "new_cache", None)):
-        raise ValueError(f"{op}: policy {policy.name!r} uses cache={policy.cache!r} but the model has no new_cache "
-                         "(an uncached model, e.g. HFModelAdapter): pass cache='none' where the policy has one")
+        raise ValueError(
+            f"{op}: policy {policy.name!r} uses cache={policy.cache!r} but the model has no new_cache "
+            "(an uncached model, e.g. HFModelAdapter): pass cache='none' where the policy has one"
+        )
 
 
 def check_canvas_length(model, longest_prompt: int, gen_length: int) -> None:
     """The longest prompt plus ``gen_length`` must fit the model's positions (``max_seq_len``)."""
     limit = getattr(model.config, "max_seq_len", None)
     if limit is not None and longest_prompt + gen_length > limit:
-        raise ValueError(f"generate: the longest prompt ({longest_prompt}) + gen_length ({gen_length}) exceeds the "
-                         f"model's max_seq_len ({limit})")  # fmt: skip
+        raise ValueError(
+            f"generate: the longest prompt ({longest_prompt}) + gen_length ({gen_length}) exceeds the "
+            f"model's max_seq_len ({limit})"
+        )
 
 
 def step_seed(base: int, step: int) -> int:

@@ -14,8 +14,13 @@ import torch
 
 from . import reference
 from ._checks import (
-    FLOAT_DTYPES, check_head_dim, check_int_tensor, check_kv_pair, check_last_dim_contiguous, check_tensor,
-)  # fmt: skip
+    FLOAT_DTYPES,
+    check_head_dim,
+    check_int_tensor,
+    check_kv_pair,
+    check_last_dim_contiguous,
+    check_tensor,
+)
 from .backend import resolve_backend
 
 

@@ -45,8 +45,17 @@ def _sync(device):
         torch.cuda.synchronize(device)
 
 
-def bench_policy(model, prompts, policy: str, path: str, *, gen_length: int, block_length: int, repeats: int = 3,
-                 overrides: dict | None = None) -> BenchRow:  # fmt: skip
+def bench_policy(
+    model,
+    prompts,
+    policy: str,
+    path: str,
+    *,
+    gen_length: int,
+    block_length: int,
+    repeats: int = 3,
+    overrides: dict | None = None,
+) -> BenchRow:
     """Time ``generate`` of one policy on one path (the model is switched to the path in place)."""
     attn_impl, backend = PATHS[path]
     model.attn_impl, model.backend = attn_impl, backend
@@ -55,8 +64,15 @@ def bench_policy(model, prompts, policy: str, path: str, *, gen_length: int, blo
     for _ in range(repeats):
         _sync(device)
         t0 = time.perf_counter()
-        out = generate(model, prompts, policy=policy, gen_length=gen_length, block_length=block_length,
-                       backend=backend, **(overrides or {}))  # fmt: skip
+        out = generate(
+            model,
+            prompts,
+            policy=policy,
+            gen_length=gen_length,
+            block_length=block_length,
+            backend=backend,
+            **(overrides or {}),
+        )
         _sync(device)
         times.append(time.perf_counter() - t0)
     t = statistics.median(times)
@@ -64,17 +80,38 @@ def bench_policy(model, prompts, policy: str, path: str, *, gen_length: int, blo
     eos = model.config.eos_id
     toks = out.tokens_until_eos(eos).double()
     steps = int(out.nfe.max())  # the batch runs until its slowest row is done
-    return BenchRow(policy, path, len(prompts), nfe.mean().item(), out.tokens_per_forward(eos).mean().item(),
-                    1e3 * t / max(steps, 1), toks.sum().item() / t)  # fmt: skip
+    return BenchRow(
+        policy,
+        path,
+        len(prompts),
+        nfe.mean().item(),
+        out.tokens_per_forward(eos).mean().item(),
+        1e3 * t / max(steps, 1),
+        toks.sum().item() / t,
+    )
 
 
-def run(model, prompts, *, policies=DEFAULT_POLICIES, paths=("kernels", "reference"), gen_length=64,
-        block_length=16, repeats=3, out: str | None = None, printer=print) -> list[BenchRow]:  # fmt: skip
+def run(
+    model,
+    prompts,
+    *,
+    policies=DEFAULT_POLICIES,
+    paths=("kernels", "reference"),
+    gen_length=64,
+    block_length=16,
+    repeats=3,
+    out: str | None = None,
+    printer=print,
+) -> list[BenchRow]:
     rows = []
     printer(HEADER)
     for policy in policies:
         for path in paths:
-            rows.append(bench_policy(model, prompts, policy, path, gen_length=gen_length, block_length=block_length, repeats=repeats))
+            rows.append(
+                bench_policy(
+                    model, prompts, policy, path, gen_length=gen_length, block_length=block_length, repeats=repeats
+                )
+            )
             printer(format_row(rows[-1]))
     printer(format_speedups(rows))
     if out:
@@ -86,7 +123,10 @@ HEADER = f"{'policy':<12} {'path':<10} {'B':>3} {'NFE':>7} {'tok/fwd':>8} {'ms/s
 
 
 def format_row(r: BenchRow) -> str:
-    return f"{r.policy:<12} {r.path:<10} {r.batch:>3} {r.nfe:>7.1f} {r.tokens_per_forward:>8.2f} {r.ms_per_step:>9.2f} {r.tokens_per_s:>9.1f}"
+    return (
+        f"{r.policy:<12} {r.path:<10} {r.batch:>3} {r.nfe:>7.1f} {r.tokens_per_forward:>8.2f} "
+        f"{r.ms_per_step:>9.2f} {r.tokens_per_s:>9.1f}"
+    )
 
 
 def format_speedups(rows: list[BenchRow]) -> str:

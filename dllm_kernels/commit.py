@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import ast
 import dataclasses
+
 import torch
 
 from . import reference
@@ -63,11 +64,16 @@ def pack_rows(
     zeros = None
     if stats_offset is None or num_transfer is None:
         zeros = torch.zeros_like(active_start)
-    return torch.stack((
-        active_start, active_end, active_start if force_start is None else force_start,
-        active_end if force_end is None else force_end, zeros if stats_offset is None else stats_offset,
-        zeros if num_transfer is None else num_transfer,
-    ))  # fmt: skip
+    return torch.stack(
+        (
+            active_start,
+            active_end,
+            active_start if force_start is None else force_start,
+            active_end if force_end is None else force_end,
+            zeros if stats_offset is None else stats_offset,
+            zeros if num_transfer is None else num_transfer,
+        )
+    )
 
 
 def _op_spec(rule: CommitRule, mask_id: int, vocab_size: int | None) -> str:
@@ -126,8 +132,18 @@ def _commit_op(
 
     rule, mask_id, vocab_size = _parse_spec(spec)
     token, prob, entropy = stats
-    return kernels.commit(x, token, prob, entropy, CommitState(*state), rule, rows, step, mask_id,
-                          _NO_VOCAB if vocab_size is None else vocab_size)  # fmt: skip
+    return kernels.commit(
+        x,
+        token,
+        prob,
+        entropy,
+        CommitState(*state),
+        rule,
+        rows,
+        step,
+        mask_id,
+        _NO_VOCAB if vocab_size is None else vocab_size,
+    )
 
 
 @_commit_op.register_fake
@@ -147,13 +163,20 @@ def _check_values(op, L, Ls, rows):
     canvas and the stats window instead."""
     lo, hi, f_lo, f_hi, off, k = rows.tolist()
     if (
-        min(lo, default=0) >= 0 and max(hi, default=0) <= L and min(f_lo, default=0) >= 0
-        and max(f_hi, default=0) <= L and min(off, default=0) >= 0 and max(off, default=0) <= L
-        and min(k, default=0) >= 0 and all(a <= b for a, b in zip(lo, hi)) and all(a <= b for a, b in zip(f_lo, f_hi))
+        min(lo, default=0) >= 0
+        and max(hi, default=0) <= L
+        and min(f_lo, default=0) >= 0
+        and max(f_hi, default=0) <= L
+        and min(off, default=0) >= 0
+        and max(off, default=0) <= L
+        and min(k, default=0) >= 0
+        and all(a <= b for a, b in zip(lo, hi))
+        and all(a <= b for a, b in zip(f_lo, f_hi))
         and all(a == b or o <= a and b <= o + Ls for a, b, o in zip(lo, hi, off))
-    ):  # fmt: skip
+    ):
         return  # the common case in a few builtin passes; else find the first bad row
-    for b, (lo, hi, f_lo, f_hi, o, k) in enumerate(zip(lo, hi, f_lo, f_hi, off, k)):
+    per_row = list(zip(lo, hi, f_lo, f_hi, off, k))
+    for b, (lo, hi, f_lo, f_hi, o, k) in enumerate(per_row):
         if not 0 <= lo <= hi <= L:
             raise ValueError(
                 f"{op}: the active region must satisfy 0 <= active_start <= active_end <= L = {L}, "
@@ -398,8 +421,14 @@ def commit(
     if not _valid_fast(x, stats, state, rule, vectors, mask_id, step, vocab_size):
         _validate_slow(op, x, stats, state, rule, vectors, mask_id, step, vocab_size)
     stats = TokenStats(*stats)
-    rows = pack_rows(active_start, active_end, force_start=force_start, force_end=force_end,
-                     stats_offset=stats_offset, num_transfer=num_transfer)  # fmt: skip
+    rows = pack_rows(
+        active_start,
+        active_end,
+        force_start=force_start,
+        force_end=force_end,
+        stats_offset=stats_offset,
+        num_transfer=num_transfer,
+    )
     if x.device.type == "cpu" and not torch.compiler.is_compiling():
         _check_values(op, x.shape[1], stats.token.shape[1], rows)
     if not isinstance(step, torch.Tensor):
@@ -426,14 +455,26 @@ def _commit_unchecked(
     if resolve_backend(backend, x.device, "commit") == "reference":
         a_s, a_e, f_s, f_e, off, k = rows.unbind(0)
         return reference.commit(
-            x, stats, state, rule, active_start=a_s, active_end=a_e, mask_id=mask_id, step=step, num_transfer=k,
-            force_start=f_s, force_end=f_e, stats_offset=off, vocab_size=vocab_size,
-        )  # fmt: skip
+            x,
+            stats,
+            state,
+            rule,
+            active_start=a_s,
+            active_end=a_e,
+            mask_id=mask_id,
+            step=step,
+            num_transfer=k,
+            force_start=f_s,
+            force_end=f_e,
+            stats_offset=off,
+            vocab_size=vocab_size,
+        )
     if min(x.shape[1], stats.token.shape[1]) > MAX_COMMIT_POSITIONS:
         raise ValueError(
             f"commit: the Triton kernel holds a row's region in one tile of at most {MAX_COMMIT_POSITIONS} "
             f"positions; got a canvas of {x.shape[1]} and stats of {stats.token.shape[1]} columns "
             f"(use backend='reference', or stats of a shorter window)"
         )
-    return _commit_op(x, [stats.token, stats.prob, stats.entropy], _fields(state), rows, step,
-                      _spec(rule, mask_id, vocab_size))  # fmt: skip
+    return _commit_op(
+        x, [stats.token, stats.prob, stats.entropy], _fields(state), rows, step, _spec(rule, mask_id, vocab_size)
+    )

@@ -38,8 +38,20 @@ def _transfer(logits, temperature, mask_index, x, rule: CommitRule, num_transfer
     state = CommitState.new(canvas)
     zeros = torch.zeros(B, dtype=torch.int64, device=x.device)
     full = torch.full((B,), L, dtype=torch.int64, device=x.device)
-    commit(canvas, stats, state, rule, active_start=zeros, active_end=full, mask_id=_CANDIDATE, step=0,
-           num_transfer=num_transfer, force_start=zeros, force_end=zeros, backend=backend)  # fmt: skip
+    commit(
+        canvas,
+        stats,
+        state,
+        rule,
+        active_start=zeros,
+        active_end=full,
+        mask_id=_CANDIDATE,
+        step=0,
+        num_transfer=num_transfer,
+        force_start=zeros,
+        force_end=zeros,
+        backend=backend,
+    )
     x0 = torch.where(mask_index, stats.token, x)
     return x0, state.commit_step == 0
 

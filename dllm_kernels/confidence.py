@@ -9,7 +9,6 @@ traces under ``torch.compile`` and is captured by CUDA graphs), or the PyTorch r
 from __future__ import annotations
 
 import math
-from typing import Optional
 
 import torch
 
@@ -38,7 +37,7 @@ MAX_WINDOW = 16
 
 @torch.library.custom_op("dllm_kernels::token_stats", mutates_args=())
 def _token_stats_op(
-    logits: torch.Tensor, temperature: float, seed: int, suppress_ids: list[int], seeds: Optional[torch.Tensor] = None
+    logits: torch.Tensor, temperature: float, seed: int, suppress_ids: list[int], seeds: torch.Tensor | None = None
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     from .kernels import confidence as kernels
 
@@ -61,13 +60,19 @@ def _(logits, temperature, seed, suppress_ids, seeds=None):
 
 @torch.library.custom_op("dllm_kernels::token_stats_partial", mutates_args=())
 def _token_stats_partial_op(
-    logits: torch.Tensor, vocab_start: int, vocab_size: int, temperature: float, seed: int, suppress_ids: list[int],
-    seeds: Optional[torch.Tensor] = None,
-) -> torch.Tensor:  # fmt: skip
+    logits: torch.Tensor,
+    vocab_start: int,
+    vocab_size: int,
+    temperature: float,
+    seed: int,
+    suppress_ids: list[int],
+    seeds: torch.Tensor | None = None,
+) -> torch.Tensor:
     from .kernels import confidence as kernels
 
-    return kernels.token_stats_partial(logits, vocab_start, vocab_size, temperature, seed if seeds is None else seeds,
-                                       tuple(suppress_ids))  # fmt: skip
+    return kernels.token_stats_partial(
+        logits, vocab_start, vocab_size, temperature, seed if seeds is None else seeds, tuple(suppress_ids)
+    )
 
 
 @_token_stats_partial_op.register_fake
@@ -260,13 +265,16 @@ def token_stats_partial(
         if seed is None:
             raise ValueError(f"{op}: seed must be given at temperature > 0 (every shard must draw the same noise)")
         if vocab_size is None and not isinstance(seed, torch.Tensor):
-            raise ValueError(f"{op}: vocab_size is required at temperature > 0 with an int seed "
-                             "(the Philox offsets are row * vocab_size + id)")  # fmt: skip
+            raise ValueError(
+                f"{op}: vocab_size is required at temperature > 0 with an int seed "
+                "(the Philox offsets are row * vocab_size + id)"
+            )
     seed = _check_seed(op, seed, logits_shard, temperature > 0.0)
     vocab_size = vocab_size if vocab_size is not None else vocab_start + V
     if resolve_backend(backend, logits_shard.device, op) == "reference":
-        return reference.token_stats_partial(logits_shard, vocab_start, temperature=temperature, seed=seed,
-                                             suppress_ids=ids, vocab_size=vocab_size)  # fmt: skip
+        return reference.token_stats_partial(
+            logits_shard, vocab_start, temperature=temperature, seed=seed, suppress_ids=ids, vocab_size=vocab_size
+        )
     if isinstance(seed, torch.Tensor):
         return _token_stats_partial_op(logits_shard, vocab_start, vocab_size, temperature, 0, list(ids), seed)
     return _token_stats_partial_op(logits_shard, vocab_start, vocab_size, temperature, seed, list(ids))
@@ -291,8 +299,15 @@ def merge_token_stats(partials, *, backend: str = "auto") -> TokenStats:
         if not partials:
             raise ValueError(f"{op}: partials must hold at least one state, got an empty sequence")
         for i, p in enumerate(partials):
-            check_tensor(op, f"partials[{i}]", p, ndim=(2, 3), dtypes=(torch.float32,), device=partials[0].device,
-                         shape=(*partials[0].shape[:-1], PARTIAL_WORDS))  # fmt: skip
+            check_tensor(
+                op,
+                f"partials[{i}]",
+                p,
+                ndim=(2, 3),
+                dtypes=(torch.float32,),
+                device=partials[0].device,
+                shape=(*partials[0].shape[:-1], PARTIAL_WORDS),
+            )
         partials = torch.stack(list(partials))
     else:
         check_tensor(op, "partials", partials, ndim=(3, 4), dtypes=(torch.float32,))

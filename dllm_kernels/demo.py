@@ -47,17 +47,28 @@ def run(rows: int = 32, vocab: int = 126464) -> int:
     kern = dk.token_stats(x, backend="triton")
     ref = dk.token_stats(x, backend="reference")
     token_equal = torch.equal(kern.token.cpu(), ref.token.cpu())
-    errs = {f: (getattr(kern, f).cpu() - getattr(ref, f).cpu()).abs().max().item() for f in ("prob", "margin", "entropy")}
+    errs = {
+        f: (getattr(kern, f).cpu() - getattr(ref, f).cpu()).abs().max().item() for f in ("prob", "margin", "entropy")
+    }
     ok = token_equal and errs["prob"] <= 4e-6 and errs["margin"] <= 4e-6 and errs["entropy"] <= 2e-4
-    print(f"  agreement: tokens {'identical' if token_equal else 'DIFFER'}; max |diff| " +
-          ", ".join(f"{k} {v:.1e}" for k, v in errs.items()) + ("  -> OK" if ok else "  -> MISMATCH"))  # fmt: skip
+    print(
+        f"  agreement: tokens {'identical' if token_equal else 'DIFFER'}; max |diff| "
+        + ", ".join(f"{k} {v:.1e}" for k, v in errs.items())
+        + ("  -> OK" if ok else "  -> MISMATCH")
+    )
 
     repeat = 20 if device == "cuda" else 3
     t_kernel = _time(lambda: dk.token_stats(x, backend="triton"), device, repeat)
     t_ref = _time(lambda: dk.token_stats(x, backend="reference"), device, repeat)
-    print(f"  triton kernel: {t_kernel:9.3f} ms" + ("  (interpreted on CPU: correctness, not speed)" if interpreted else ""))
+    print(
+        f"  triton kernel: {t_kernel:9.3f} ms"
+        + ("  (interpreted on CPU: correctness, not speed)" if interpreted else "")
+    )
     print(f"  reference    : {t_ref:9.3f} ms  (PyTorch, fp64)")
     print("  row  token      prob    margin   entropy")
     for r in list(range(0, rows, max(1, rows // 6)))[:6]:
-        print(f"  {r:>3} {kern.token[r].item():>6} {kern.prob[r].item():9.4f} {kern.margin[r].item():9.4f} {kern.entropy[r].item():9.4f}")
+        print(
+            f"  {r:>3} {kern.token[r].item():>6} {kern.prob[r].item():9.4f} {kern.margin[r].item():9.4f} "
+            f"{kern.entropy[r].item():9.4f}"
+        )
     return 0 if ok else 1

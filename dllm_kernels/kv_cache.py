@@ -11,9 +11,14 @@ import torch
 
 from . import reference
 from ._checks import (
-    FLOAT_DTYPES, check_head_dim, check_int_tensor, check_kv_pair, check_last_dim_contiguous, check_no_internal_overlap,
+    FLOAT_DTYPES,
+    check_head_dim,
+    check_int_tensor,
+    check_kv_pair,
+    check_last_dim_contiguous,
+    check_no_internal_overlap,
     check_tensor,
-)  # fmt: skip
+)
 from .backend import resolve_backend
 
 
@@ -121,7 +126,16 @@ def refresh_kv_cache(
             )
         rope_cos, rope_sin = rope_cos.expand(B, Ln, D), rope_sin.expand(B, Ln, D)  # views, no copy
     if resolve_backend(backend, k_cache.device, op) == "reference":
-        reference.refresh_kv_cache(k_cache, v_cache, k_new, v_new, block_ids, block_size, new_start=new_start,
-                                   rope_cos=rope_cos, rope_sin=rope_sin)  # fmt: skip
+        reference.refresh_kv_cache(
+            k_cache,
+            v_cache,
+            k_new,
+            v_new,
+            block_ids,
+            block_size,
+            new_start=new_start,
+            rope_cos=rope_cos,
+            rope_sin=rope_sin,
+        )
         return
     _refresh_kv_cache_op(k_cache, v_cache, k_new, v_new, block_ids, block_size, new_start, rope_cos, rope_sin)

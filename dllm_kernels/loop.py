@@ -121,7 +121,7 @@ class _BlockRows:
     ``idle_forward`` (Fast-dLLM's cached loops) the block is tested only after its second
     forward."""
 
-    def __init__(self, policy: Policy, geo: "_Geometry", B: int):
+    def __init__(self, policy: Policy, geo: _Geometry, B: int):
         self.p, self.g = policy, geo
         self.spb = policy.steps_per_block or (geo.bs if policy.rule.base == "topk" else 0)
         self.min_forwards = 2 if policy.idle_forward else 1
@@ -136,7 +136,8 @@ class _BlockRows:
     def select(self, keep: np.ndarray) -> None:
         """Keep only the rows ``keep`` (the others left the batch)."""
         self.k, self.i, self.nfe, self.done, self.schedule = (
-            a[keep] for a in (self.k, self.i, self.nfe, self.done, self.schedule))  # fmt: skip
+            a[keep] for a in (self.k, self.i, self.nfe, self.done, self.schedule)
+        )
 
     def plan(self, x: np.ndarray, _committed: np.ndarray, live: np.ndarray) -> np.ndarray:
         """``x``: the canvas ``[B, L]``; ``live``: rows below ``max_nfe``. Returns the ``[B, _NCOL]``
@@ -196,8 +197,24 @@ class _BlockRows:
         # LLaDA's schedule decides the count of a "topk" step (it may be 0 when a block holds fewer
         # masks than steps); every other rule guarantees progress in the block
         topk = np.array([r.base == "topk" for r in self.rules])[start.astype(np.int64)]
-        cols = np.stack([np.ones(B, np.int64), a, c, tail, clen, w0, w1, s, ae, np.where(topk, 0, s),
-                         np.where(topk, 0, ae), kk, start], 1)  # fmt: skip
+        cols = np.stack(
+            [
+                np.ones(B, np.int64),
+                a,
+                c,
+                tail,
+                clen,
+                w0,
+                w1,
+                s,
+                ae,
+                np.where(topk, 0, s),
+                np.where(topk, 0, ae),
+                kk,
+                start,
+            ],
+            1,
+        )
         out[fwd, : _RULE + 1] = cols[fwd]
         self.nfe[fwd] += 1
         self.i[fwd] += 1
@@ -225,7 +242,7 @@ class _MultiBlockRow:
     code keeps (block mask counts decremented by commits, clamped at 0 only in the cached
     variant; an NFE counted for iterations that end the loop without a forward)."""
 
-    def __init__(self, policy: Policy, geo: "_Geometry"):
+    def __init__(self, policy: Policy, geo: _Geometry):
         self.p, self.g = policy, geo
         self.kv = policy.cache == "delayed"
         self.blocks = [_Block(0, geo.P, 0, max(geo.P, 1), True, done_at=0 if self.kv else None)]
@@ -309,8 +326,16 @@ class _MultiBlockRow:
                 return None
         self.last_step = step
         active = (max(g.P, window[0]), active_end)
-        return _RowStep(step=step, window=window, cache_len=cache_len, write=write, active=active, force=force,
-                        rule=p.rule, fill_after=fill)  # fmt: skip
+        return _RowStep(
+            step=step,
+            window=window,
+            cache_len=cache_len,
+            write=write,
+            active=active,
+            force=force,
+            rule=p.rule,
+            fill_after=fill,
+        )
 
     def _delayed_cache_forward(self, active_end: int):
         """d3LLM's choice among (a) append completed blocks, (b) read the cache, (c) refresh by a
@@ -384,7 +409,9 @@ def _canvas(prompt, gen_length: int, block_length: int, config, device):
             t = torch.as_tensor(r)
             bad_dtype = t.dtype.is_floating_point or t.dtype.is_complex or t.dtype == torch.bool
             if t.dim() != 1 or (t.numel() and bad_dtype):
-                raise TypeError(f"generate: prompt must hold 1-D integer token id sequences, got {t.dtype} {list(t.shape)}")
+                raise TypeError(
+                    f"generate: prompt must hold 1-D integer token id sequences, got {t.dtype} {list(t.shape)}"
+                )
             rows.append(t.tolist())
     if not rows or any(len(r) == 0 for r in rows):
         raise ValueError("generate: every prompt needs at least one token")
@@ -453,19 +480,54 @@ def generate(
         raise ValueError("generate: cuda_graph needs temperature 0 (the sampling seed changes every step)")
     if cuda_graph and model_device(model).type != "cuda":
         raise ValueError(f"generate: cuda_graph needs a model on a CUDA device, got {model_device(model)}")
-    return _generate(model, prompt, policy=policy, gen_length=gen_length, block_length=block_length,
-                     temperature=temperature, seed=seed, backend=backend, max_nfe=max_nfe, progress=progress,
-                     buckets=bool(cuda_graph), capture=bool(cuda_graph), **overrides)  # fmt: skip
+    return _generate(
+        model,
+        prompt,
+        policy=policy,
+        gen_length=gen_length,
+        block_length=block_length,
+        temperature=temperature,
+        seed=seed,
+        backend=backend,
+        max_nfe=max_nfe,
+        progress=progress,
+        buckets=bool(cuda_graph),
+        capture=bool(cuda_graph),
+        **overrides,
+    )
 
 
-def _generate(model, prompt, *, policy, gen_length, block_length, temperature, seed, backend, max_nfe, progress,
-              buckets: bool, capture: bool, **overrides) -> GenerateResult:  # fmt: skip
+def _generate(
+    model,
+    prompt,
+    *,
+    policy,
+    gen_length,
+    block_length,
+    temperature,
+    seed,
+    backend,
+    max_nfe,
+    progress,
+    buckets: bool,
+    capture: bool,
+    **overrides,
+) -> GenerateResult:
     """:func:`generate` after its alias mapping; ``buckets`` pads every step to its shape bucket
     (what graph replay needs; on any device, so that the CPU tests check padding changes
     nothing), ``capture`` also records and replays CUDA graphs."""
     pol = resolve_policy(policy, **overrides)
-    check_generate_args(model, pol, gen_length=gen_length, block_length=block_length, temperature=temperature,
-                        seed=seed, max_nfe=max_nfe, backend=backend, progress=progress)  # fmt: skip
+    check_generate_args(
+        model,
+        pol,
+        gen_length=gen_length,
+        block_length=block_length,
+        temperature=temperature,
+        seed=seed,
+        max_nfe=max_nfe,
+        backend=backend,
+        progress=progress,
+    )
     cfg = model.config
     device = model_device(model)
     x, pad, P = _canvas(prompt, gen_length, block_length, cfg, device)
@@ -515,8 +577,9 @@ def _generate(model, prompt, *, policy, gen_length, block_length, temperature, s
             state = CommitState(*(t.index_select(0, keep_t) for t in _fields(state)))
             cache = _select_rows(cache, keep_t)
             sched.select(keep)
-            runner = _StepRunner(model, x, state, pad, cache, pol, geo, sched.rules, suppress, backend, buckets,
-                                 capture)  # fmt: skip
+            runner = _StepRunner(
+                model, x, state, pad, cache, pol, geo, sched.rules, suppress, backend, buckets, capture
+            )
         if bar is not None:
             bar.n = finished_tokens + int((host[0][:, P:] != cfg.mask_id).sum())
             bar.refresh()
@@ -536,8 +599,11 @@ def _generate(model, prompt, *, policy, gen_length, block_length, temperature, s
     result = GenerateResult(tokens=out_x, nfe=nfe, commit_step=out_step, pad=pad0, gen_start=P)
     stuck = ((out_x[:, P:] == cfg.mask_id).any(1) & (nfe >= max_nfe)).nonzero().flatten().tolist()
     if stuck:
-        raise MaxNFEError(f"generate: rows {stuck[:8]} reached max_nfe ({max_nfe}) with masks left "
-                          "(the partial result is on this error's .result)", result)  # fmt: skip
+        raise MaxNFEError(
+            f"generate: rows {stuck[:8]} reached max_nfe ({max_nfe}) with masks left "
+            "(the partial result is on this error's .result)",
+            result,
+        )
     return result
 
 
@@ -556,8 +622,10 @@ def _select_rows(cache, index: torch.Tensor | None):
     if not dataclasses.is_dataclass(cache) or isinstance(cache, type):
         return False
     values = [getattr(cache, f.name) for f in dataclasses.fields(cache)]
-    if not all(isinstance(v, torch.Tensor) or (isinstance(v, list) and all(isinstance(t, torch.Tensor) for t in v))
-               for v in values):  # fmt: skip
+    if not all(
+        isinstance(v, torch.Tensor) or (isinstance(v, list) and all(isinstance(t, torch.Tensor) for t in v))
+        for v in values
+    ):
         return False
     if index is None:
         return True
@@ -604,7 +672,6 @@ class _MultiBlockRows:
         return out
 
 
-
 def _fill_eos(x, commit_step, fill_after: torch.Tensor, step, eos: int, keep: torch.Tensor | None = None):
     """Every position after ``fill_after[b]`` of row b becomes EOS (except where ``keep``);
     positions whose token changes record ``step`` (an int, or ``[B, 1]`` per row)."""
@@ -638,8 +705,9 @@ def _bucket(n: int, cap: int) -> int:
     return max(n, min(1 << (n - 1).bit_length(), cap))
 
 
-def _device_inputs(plan: torch.Tensor, Lq: int, Lo: int, nw: int | None, rules, geo: _Geometry, cached: bool,
-                   stale: bool) -> StepInputs:  # fmt: skip
+def _device_inputs(
+    plan: torch.Tensor, Lq: int, Lo: int, nw: int | None, rules, geo: _Geometry, cached: bool, stale: bool
+) -> StepInputs:
     """Build a step's index tables on the device from its ``[B, _NCOL]`` plan (no host work that
     grows with the batch): ``Lq`` forwarded columns, ``Lo`` logits columns, ``nw`` written blocks
     (None: no cache write), one commit group per rule of ``rules`` (a list of (rule id, rule))."""
@@ -663,15 +731,37 @@ def _device_inputs(plan: torch.Tensor, Lq: int, Lo: int, nw: int | None, rules, 
     for rid, rule in rules:
         sel = fwd & (col[_RULE] == rid)
         groups.append((rule, *(torch.where(sel, col[i], 0) for i in (_S, _E, _FS, _FE, _K))))
-    return StepInputs(idx=idx, kv_len=kv_len, cache_len=col[_CLEN] if cached else None, write=write,
-                      logits_index=logits_index, stats_offset=s,
-                      fill_after=torch.where(fwd, col[_FILL], geo.L) if stale else None,
-                      groups=groups)  # fmt: skip
+    return StepInputs(
+        idx=idx,
+        kv_len=kv_len,
+        cache_len=col[_CLEN] if cached else None,
+        write=write,
+        logits_index=logits_index,
+        stats_offset=s,
+        fill_after=torch.where(fwd, col[_FILL], geo.L) if stale else None,
+        groups=groups,
+    )
 
 
-def decode_step(model, x, state, pad, cache, inp: StepInputs, step, *, mask_id: int, eos_id: int, eot_id=None,
-                attend_new: bool = True, temperature: float = 0.0, seed: int = 0, suppress_ids=None,
-                confidence_eos_eot_inf: bool = False, backend: str = "auto") -> torch.Tensor:  # fmt: skip
+def decode_step(
+    model,
+    x,
+    state,
+    pad,
+    cache,
+    inp: StepInputs,
+    step,
+    *,
+    mask_id: int,
+    eos_id: int,
+    eot_id=None,
+    attend_new: bool = True,
+    temperature: float = 0.0,
+    seed: int = 0,
+    suppress_ids=None,
+    confidence_eos_eot_inf: bool = False,
+    backend: str = "auto",
+) -> torch.Tensor:
     """One batched decoding step on the device: forward, token statistics, commits.
 
     No host sync and no host-to-device copy happen here (``step`` may be a 0-d device tensor),
@@ -683,18 +773,38 @@ def decode_step(model, x, state, pad, cache, inp: StepInputs, step, *, mask_id: 
     if inp.fill_after is not None:  # d3LLM: the forward sees this step's early-stop fill
         tokens = torch.where(inp.idx > inp.fill_after[:, None], eos_id, tokens)
     positions = (inp.idx - pad[:, None]).clamp_min(0)
-    logits = model(tokens, positions, cache=cache, cache_len=inp.cache_len, kv_len=inp.kv_len, attend_new=attend_new,
-                   write=inp.write, key_start=pad, logits_index=inp.logits_index)  # fmt: skip
+    logits = model(
+        tokens,
+        positions,
+        cache=cache,
+        cache_len=inp.cache_len,
+        kv_len=inp.kv_len,
+        attend_new=attend_new,
+        write=inp.write,
+        key_start=pad,
+        logits_index=inp.logits_index,
+    )
     stats = token_stats(logits, temperature=temperature, seed=seed, suppress_ids=suppress_ids, backend=backend)
     if confidence_eos_eot_inf:  # LLaDA: EOS / EoT proposals get confidence 0
         eos_or_eot = (stats.token == eos_id) | (stats.token == (eot_id if eot_id is not None else eos_id))
         stats = stats._replace(prob=torch.where(eos_or_eot, 0.0, stats.prob))
     for rule, a_s, a_e, f_s, f_e, k in inp.groups:  # one launch per distinct rule
-        commit(x, stats, state, rule, active_start=a_s, active_end=a_e, mask_id=mask_id, step=step, num_transfer=k,
-               force_start=f_s, force_end=f_e, stats_offset=inp.stats_offset, backend=backend)  # fmt: skip
+        commit(
+            x,
+            stats,
+            state,
+            rule,
+            active_start=a_s,
+            active_end=a_e,
+            mask_id=mask_id,
+            step=step,
+            num_transfer=k,
+            force_start=f_s,
+            force_end=f_e,
+            stats_offset=inp.stats_offset,
+            backend=backend,
+        )
     return state.commit_step != before
-
-
 
 
 class _StepRunner:
@@ -703,8 +813,21 @@ class _StepRunner:
     shapes are padded to powers of two, with ``capture`` each bucket's step is recorded once in a
     CUDA graph and replayed."""
 
-    def __init__(self, model, x, state, pad, cache, pol: Policy, geo: _Geometry, rules, suppress, backend,
-                 buckets: bool, capture: bool):  # fmt: skip
+    def __init__(
+        self,
+        model,
+        x,
+        state,
+        pad,
+        cache,
+        pol: Policy,
+        geo: _Geometry,
+        rules,
+        suppress,
+        backend,
+        buckets: bool,
+        capture: bool,
+    ):
         self.model, self.x, self.state, self.pad, self.cache = model, x, state, pad, cache
         self.pol, self.geo, self.suppress, self.backend = pol, geo, suppress, backend
         self.rules = list(enumerate(rules))
@@ -763,10 +886,24 @@ class _StepRunner:
         geo, pol = self.geo, self.pol
         inp = _device_inputs(self.plan_dev, Lq, Lo, nw, rules, geo, self.cache is not None, self.stale)
         step = torch.where(self.plan_dev[:, _FWD] > 0, self.plan_dev[:, _STEP], 0).amax()
-        committed = decode_step(self.model, x, state, self.pad, self.cache, inp, step, mask_id=geo.mask, eos_id=geo.eos,
-                                eot_id=geo.eot, attend_new=pol.cache != "dual", temperature=temperature, seed=seed,
-                                suppress_ids=self.suppress, confidence_eos_eot_inf=pol.confidence_eos_eot_inf,
-                                backend=self.backend)  # fmt: skip
+        committed = decode_step(
+            self.model,
+            x,
+            state,
+            self.pad,
+            self.cache,
+            inp,
+            step,
+            mask_id=geo.mask,
+            eos_id=geo.eos,
+            eot_id=geo.eot,
+            attend_new=pol.cache != "dual",
+            temperature=temperature,
+            seed=seed,
+            suppress_ids=self.suppress,
+            confidence_eos_eot_inf=pol.confidence_eos_eot_inf,
+            backend=self.backend,
+        )
         if self.stale and post_fill:  # d3LLM: the fill lands after the commit, sparing this step's commits
             _fill_eos(x, state.commit_step, inp.fill_after, step, geo.eos, keep=state.commit_step == step)
         return committed
@@ -778,8 +915,17 @@ class _StepRunner:
         side = torch.cuda.Stream()
         side.wait_stream(torch.cuda.current_stream())
         with torch.cuda.stream(side):
-            self._body(x.clone(), CommitState(*(t.clone() for t in _fields(state))), Lq, Lo, nw, rules, 0.0, 0,
-                       post_fill=self.stale)  # fmt: skip
+            self._body(
+                x.clone(),
+                CommitState(*(t.clone() for t in _fields(state))),
+                Lq,
+                Lo,
+                nw,
+                rules,
+                0.0,
+                0,
+                post_fill=self.stale,
+            )
         torch.cuda.current_stream().wait_stream(side)
         if self.pool is None:
             self.pool = torch.cuda.graph_pool_handle()

@@ -98,7 +98,9 @@ class Policy:
         if self.scheduler == "multi_block" and self.cache in ("prefix", "dual"):
             raise ValueError(f"policy {self.name}: multi_block decoding uses cache 'none' or 'delayed'")
         if self.idle_forward and (self.scheduler != "blocks" or self.cache not in ("prefix", "dual")):
-            raise ValueError(f"policy {self.name}: idle_forward belongs to the blocks scheduler with a prefix or dual cache")
+            raise ValueError(
+                f"policy {self.name}: idle_forward belongs to the blocks scheduler with a prefix or dual cache"
+            )
         if self.steps_per_block and self.rule.base != "topk":
             raise ValueError(f"policy {self.name}: steps_per_block needs the 'topk' rule")
         check_policy_numbers(self)
@@ -121,8 +123,13 @@ class Policy:
 def vanilla(steps_per_block: int = 0, suppress_eos: bool = False, confidence_eos_eot_inf: bool = False) -> Policy:
     """LLaDA: no cache, a fixed number of forwards per block, top-k lowest-confidence remasking
     (``steps_per_block=0``: one token per forward)."""
-    return Policy("vanilla", CommitRule(base="topk", commit_best=False), steps_per_block=steps_per_block,
-                  suppress_eos=suppress_eos, confidence_eos_eot_inf=confidence_eos_eot_inf)  # fmt: skip
+    return Policy(
+        "vanilla",
+        CommitRule(base="topk", commit_best=False),
+        steps_per_block=steps_per_block,
+        suppress_eos=suppress_eos,
+        confidence_eos_eot_inf=confidence_eos_eot_inf,
+    )
 
 
 def fast_dllm(threshold: float = 0.9, cache: str = "prefix", skip_idle_forward: bool = False) -> Policy:
@@ -132,8 +139,12 @@ def fast_dllm(threshold: float = 0.9, cache: str = "prefix", skip_idle_forward: 
     the cached forward after a block's first forward that found the block complete
     (:attr:`Policy.idle_forward`); ``skip_idle_forward=True`` moves on to the next block instead
     (same tokens, fewer forwards)."""
-    return Policy("fast_dllm", CommitRule(base="threshold", threshold=threshold), cache=cache,
-                  idle_forward=cache in ("prefix", "dual") and not skip_idle_forward)  # fmt: skip
+    return Policy(
+        "fast_dllm",
+        CommitRule(base="threshold", threshold=threshold),
+        cache=cache,
+        idle_forward=cache in ("prefix", "dual") and not skip_idle_forward,
+    )
 
 
 def streaming(threshold: float = 0.9, alpha: float = 0.3, window: int = 96, early_exit: bool = True) -> Policy:
@@ -166,10 +177,17 @@ def r2(
     return Policy(
         "r2",
         CommitRule(
-            base="threshold", threshold=threshold, spatial_window=window, spatial_max_decided=max_decided,
-            spatial_threshold=spatial_threshold, token_cluster=token_cluster, temporal_steps=temporal_steps,
-            temporal_threshold=temporal_threshold, temporal_agg=temporal_agg, cluster_min_len=cluster_min_len,
-        ),  # fmt: skip
+            base="threshold",
+            threshold=threshold,
+            spatial_window=window,
+            spatial_max_decided=max_decided,
+            spatial_threshold=spatial_threshold,
+            token_cluster=token_cluster,
+            temporal_steps=temporal_steps,
+            temporal_threshold=temporal_threshold,
+            temporal_agg=temporal_agg,
+            cluster_min_len=cluster_min_len,
+        ),
         cache=cache,
     )
 

@@ -37,8 +37,12 @@ from ._validate import check_int
 RENAMES = {
     "vanilla": {"logits_eos_inf": "suppress_eos"},
     "streaming": {"window_size": "window", "confidence_alpha": "alpha"},
-    "r2": {"confidence_cluster_size": "window", "confidence_cluster_unmasked": "max_decided",
-           "token_cluster_size": "cluster_min_len", "temporal_eval": "temporal_agg"},  # fmt: skip
+    "r2": {
+        "confidence_cluster_size": "window",
+        "confidence_cluster_unmasked": "max_decided",
+        "token_cluster_size": "cluster_min_len",
+        "temporal_eval": "temporal_agg",
+    },
     "d3llm": {"cache_delay_iter": "cache_delay"},
     "d3llm_dream": {"cache_delay_iter": "cache_delay"},
 }
@@ -76,8 +80,10 @@ def public_aliases(policy, overrides: dict, *, gen_length: int | None = None, bl
         elif tc == "confidence":
             out["token_cluster"] = True
         elif isinstance(tc, str):
-            raise ValueError(f"{label}: token_cluster must be a bool or 'confidence' (R2's 'mid' and 'random' "
-                             f"variants are not implemented), got {tc!r}")  # fmt: skip
+            raise ValueError(
+                f"{label}: token_cluster must be a bool or 'confidence' (R2's 'mid' and 'random' "
+                f"variants are not implemented), got {tc!r}"
+            )
     if name in ("fast_dllm", "r2", "streaming") and any(k in out for k in _CACHE_FLAGS):
         _cache_flags(label, name, out)
     if name == "vanilla":
@@ -114,8 +120,10 @@ def _cache_flags(label: str, name: str, out: dict) -> None:
 def _steps_per_block(label: str, steps, gen_length, block_length) -> int:
     steps = check_int(label, "steps", steps, low=1)
     if gen_length is None or block_length is None:
-        raise ValueError(f"{label}: steps (LLaDA's total over gen_length) needs gen_length and block_length: "
-                         "pass it to generate, or use steps_per_block")  # fmt: skip
+        raise ValueError(
+            f"{label}: steps (LLaDA's total over gen_length) needs gen_length and block_length: "
+            "pass it to generate, or use steps_per_block"
+        )
     blocks = max(1, gen_length // block_length) if isinstance(gen_length, int) and isinstance(block_length, int) else 1
     if steps % blocks:
         raise ValueError(f"{label}: steps ({steps}) must be a multiple of the number of blocks ({blocks}), as in LLaDA")

@@ -48,24 +48,39 @@ def all_specs():
 def compile_spec(index: int) -> dict:
     spec = all_specs()[index]
     attrs = {(spec.kernel.arg_names.index(a),): [["tt.divisibility", 16]] for a in spec.aligned}
-    src = ASTSource(fn=spec.kernel, signature={**spec.signature, **{k: "constexpr" for k in spec.constexprs}},
-                    constexprs=spec.constexprs, attrs=attrs)  # fmt: skip
+    src = ASTSource(
+        fn=spec.kernel,
+        signature={**spec.signature, **{k: "constexpr" for k in spec.constexprs}},
+        constexprs=spec.constexprs,
+        attrs=attrs,
+    )
     options = {"num_warps": spec.num_warps, "num_stages": spec.num_stages, "enable_fp_fusion": spec.enable_fp_fusion}
     compiled = triton.compile(src, target=TARGET, options=options)
     with tempfile.NamedTemporaryFile("w", suffix=".ptx", delete=False) as f:
         f.write(compiled.asm["ptx"])
     try:
-        out = subprocess.run([ptxas_path(), "-v", "--gpu-name", "sm_90a", f.name, "-o", os.devnull],
-                             capture_output=True, text=True, check=True)  # fmt: skip
+        out = subprocess.run(
+            [ptxas_path(), "-v", "--gpu-name", "sm_90a", f.name, "-o", os.devnull],
+            capture_output=True,
+            text=True,
+            check=True,
+        )
     finally:
         os.unlink(f.name)
     log = out.stdout + out.stderr
     regs = int(re.search(r"Used (\d+) registers", log).group(1))
     spill_st = int(re.search(r"(\d+) bytes spill stores", log).group(1))
     spill_ld = int(re.search(r"(\d+) bytes spill loads", log).group(1))
-    return {"name": spec.name, "main": spec.main, "registers": regs, "spill_stores": spill_st,
-            "spill_loads": spill_ld, "shared": compiled.metadata.shared, "num_warps": spec.num_warps,
-            "max_registers": spec.max_registers}  # fmt: skip
+    return {
+        "name": spec.name,
+        "main": spec.main,
+        "registers": regs,
+        "spill_stores": spill_st,
+        "spill_loads": spill_ld,
+        "shared": compiled.metadata.shared,
+        "num_warps": spec.num_warps,
+        "max_registers": spec.max_registers,
+    }
 
 
 def main(argv=None) -> int:
@@ -83,8 +98,10 @@ def main(argv=None) -> int:
         if args.json:
             print(json.dumps(r))
         else:
-            print(f"{r['name']:<64} regs {r['registers']:>3}  spills {r['spill_stores']:>4}/{r['spill_loads']:<4}"
-                  f"  smem {r['shared']:>6}  {'main' if r['main'] else ''}")  # fmt: skip
+            print(
+                f"{r['name']:<64} regs {r['registers']:>3}  spills {r['spill_stores']:>4}/{r['spill_loads']:<4}"
+                f"  smem {r['shared']:>6}  {'main' if r['main'] else ''}"
+            )
     return 0
 
 

@@ -109,7 +109,10 @@ def _attn_tile(
 
 @triton.jit
 def _attn_range(
-    acc, m_i, l_i, b_q,
+    acc,
+    m_i,
+    l_i,
+    b_q,
     p_k,  # pointer to key row 0 of this (batch entry, KV head)
     p_v,  # pointer to value row 0
     stride_kn,
@@ -121,23 +124,49 @@ def _attn_range(
     HEAD_DIM: tl.constexpr,
     DOT_F32: tl.constexpr,
     DOT_PREC: tl.constexpr,
-):  # fmt: skip
+):
     """Attend to key rows ``[lo, hi)`` of one K/V tensor: full tiles without masks, then a tail."""
     n_full = lo + tl.maximum(hi - lo, 0) // BLOCK_N * BLOCK_N
     p_kn = p_k + lo.to(tl.int64) * stride_kn
     p_vn = p_v + lo.to(tl.int64) * stride_vn
     for _ in tl.range(lo, n_full, BLOCK_N):
         acc, m_i, l_i = _attn_tile(
-            acc, m_i, l_i, b_q, p_kn, p_vn, stride_kn, stride_vn, BLOCK_N, qk_scale,
-            BLOCK_N, HEAD_DIM, False, DOT_F32, DOT_PREC,
-        )  # fmt: skip
+            acc,
+            m_i,
+            l_i,
+            b_q,
+            p_kn,
+            p_vn,
+            stride_kn,
+            stride_vn,
+            BLOCK_N,
+            qk_scale,
+            BLOCK_N,
+            HEAD_DIM,
+            False,
+            DOT_F32,
+            DOT_PREC,
+        )
         p_kn += BLOCK_N * stride_kn
         p_vn += BLOCK_N * stride_vn
     if n_full < hi:
         acc, m_i, l_i = _attn_tile(
-            acc, m_i, l_i, b_q, p_kn, p_vn, stride_kn, stride_vn, hi - n_full, qk_scale,
-            BLOCK_N, HEAD_DIM, True, DOT_F32, DOT_PREC,
-        )  # fmt: skip
+            acc,
+            m_i,
+            l_i,
+            b_q,
+            p_kn,
+            p_vn,
+            stride_kn,
+            stride_vn,
+            hi - n_full,
+            qk_scale,
+            BLOCK_N,
+            HEAD_DIM,
+            True,
+            DOT_F32,
+            DOT_PREC,
+        )
     return acc, m_i, l_i
 
 
@@ -153,11 +182,21 @@ def _attention_fwd_kernel(
     cache_len_ptr,  # [B] int (CACHE_LEN)
     kv_len_ptr,  # [B] int (KV_LEN)
     key_start_ptr,  # [B] int (KEY_START)
-    stride_qb, stride_ql, stride_qh,
-    stride_kb, stride_kl, stride_kh,
-    stride_vb, stride_vl, stride_vh,
-    stride_kcb, stride_kcl, stride_kch,
-    stride_vcb, stride_vcl, stride_vch,
+    stride_qb,
+    stride_ql,
+    stride_qh,
+    stride_kb,
+    stride_kl,
+    stride_kh,
+    stride_vb,
+    stride_vl,
+    stride_vh,
+    stride_kcb,
+    stride_kcl,
+    stride_kch,
+    stride_vcb,
+    stride_vcl,
+    stride_vch,
     Hkv,  # KV heads
     G,  # query heads per KV head
     Lq,  # queries per batch entry
@@ -174,7 +213,7 @@ def _attention_fwd_kernel(
     BLOCK_N: tl.constexpr,
     DOT_F32: tl.constexpr,
     DOT_PREC: tl.constexpr,
-):  # fmt: skip
+):
     i_m, i_s, i_bh = tl.program_id(0), tl.program_id(1), tl.program_id(2)
     i_b, i_h = i_bh // Hkv, i_bh % Hkv
     i_b64 = i_b.to(tl.int64)
@@ -208,16 +247,40 @@ def _attention_fwd_kernel(
     l_i = tl.zeros([BLOCK_M], dtype=tl.float32)
     # cache rows: logical index j is cache row j
     acc, m_i, l_i = _attn_range(
-        acc, m_i, l_i, b_q,
-        kc_ptr + i_b64 * stride_kcb + i_h * stride_kch, vc_ptr + i_b64 * stride_vcb + i_h * stride_vch,
-        stride_kcl, stride_vcl, lo, tl.minimum(hi, cl), qk_scale, BLOCK_N, HEAD_DIM, DOT_F32, DOT_PREC,
-    )  # fmt: skip
+        acc,
+        m_i,
+        l_i,
+        b_q,
+        kc_ptr + i_b64 * stride_kcb + i_h * stride_kch,
+        vc_ptr + i_b64 * stride_vcb + i_h * stride_vch,
+        stride_kcl,
+        stride_vcl,
+        lo,
+        tl.minimum(hi, cl),
+        qk_scale,
+        BLOCK_N,
+        HEAD_DIM,
+        DOT_F32,
+        DOT_PREC,
+    )
     # new rows: logical index j is new row j - cl
     acc, m_i, l_i = _attn_range(
-        acc, m_i, l_i, b_q,
-        k_ptr + i_b64 * stride_kb + i_h * stride_kh, v_ptr + i_b64 * stride_vb + i_h * stride_vh,
-        stride_kl, stride_vl, tl.maximum(lo, cl) - cl, hi - cl, qk_scale, BLOCK_N, HEAD_DIM, DOT_F32, DOT_PREC,
-    )  # fmt: skip
+        acc,
+        m_i,
+        l_i,
+        b_q,
+        k_ptr + i_b64 * stride_kb + i_h * stride_kh,
+        v_ptr + i_b64 * stride_vb + i_h * stride_vh,
+        stride_kl,
+        stride_vl,
+        tl.maximum(lo, cl) - cl,
+        hi - cl,
+        qk_scale,
+        BLOCK_N,
+        HEAD_DIM,
+        DOT_F32,
+        DOT_PREC,
+    )
 
     # output row of (b, l, hq) in the contiguous [B, Lq, Hq] layout (and in each split's slice)
     Hq = Hkv * G
@@ -317,7 +380,9 @@ def _block_m(M: int) -> int:
     return max(32, next_pow2(M)) if M <= _PACK_M else 128
 
 
-def _tiles(M: int, D: int, dtype: torch.dtype, max_keys: int, block_n: int | None, interpret: bool = IS_INTERPRET) -> _Tiles:
+def _tiles(
+    M: int, D: int, dtype: torch.dtype, max_keys: int, block_n: int | None, interpret: bool = IS_INTERPRET
+) -> _Tiles:
     if interpret:  # ~0.4 ms per tl op per program whatever the tile: few programs, big tiles
         bn = block_n or min(64, max(16, next_pow2(max_keys)))
         return _Tiles(min(_PACK_M, max(16, next_pow2(M))), bn, 4, 1)
@@ -350,9 +415,19 @@ class _Plan:
 
 
 def _plan(
-    B: int, Lq: int, Hq: int, Hkv: int, D: int, max_keys: int, dtype: torch.dtype, *, programs: int,
-    num_splits: int | None = None, block_n: int | None = None, interpret: bool = IS_INTERPRET,
-) -> _Plan:  # fmt: skip
+    B: int,
+    Lq: int,
+    Hq: int,
+    Hkv: int,
+    D: int,
+    max_keys: int,
+    dtype: torch.dtype,
+    *,
+    programs: int,
+    num_splits: int | None = None,
+    block_n: int | None = None,
+    interpret: bool = IS_INTERPRET,
+) -> _Plan:
     """Pure function of the shapes (tests read the GPU plan of the models' decode shapes on any
     machine: ``programs`` is what ``programs_target`` gives, 4 x 132 on an H100 / H200)."""
     M = Lq * (Hq // Hkv)
@@ -408,8 +483,9 @@ def attention(
     G = Hq // Hkv
     max_keys = Lk + Lmax
 
-    plan = _plan(B, Lq, Hq, Hkv, D, max_keys, q.dtype, programs=programs_target(q.device), num_splits=num_splits,
-                 block_n=block_n)  # fmt: skip
+    plan = _plan(
+        B, Lq, Hq, Hkv, D, max_keys, q.dtype, programs=programs_target(q.device), num_splits=num_splits, block_n=block_n
+    )
     tiles, n_m, splits, chunk = plan.tiles, plan.n_m, plan.splits, plan.chunk
 
     if B * Hkv > _MAX_GRID_Z:
@@ -424,24 +500,55 @@ def attention(
         part_o, lse = out, out
     dummy = q  # length pointers that are absent are never read
     _attention_fwd_kernel[(n_m, splits, B * Hkv)](
-        q, k_, v_, kc_, vc_, part_o, lse,
+        q,
+        k_,
+        v_,
+        kc_,
+        vc_,
+        part_o,
+        lse,
         dummy if cache_len is None else cache_len,
         dummy if kv_len is None else kv_len,
         dummy if key_start is None else key_start,
-        q.stride(0), q.stride(1), q.stride(2),
-        *_bhl_strides(k), *_bhl_strides(v), *_bhl_strides(k_cache), *_bhl_strides(v_cache),
-        Hkv, G, Lq, Lk, Lmax, chunk, scale * LOG2E,
-        CACHE_LEN=cache_len is not None, KV_LEN=kv_len is not None, KEY_START=key_start is not None,
-        SPLIT=splits > 1, HEAD_DIM=D, BLOCK_M=tiles.block_m, BLOCK_N=tiles.block_n,
-        DOT_F32=IS_INTERPRET, DOT_PREC=_dot_prec(q.dtype),
-        num_warps=tiles.num_warps, num_stages=tiles.num_stages,
-    )  # fmt: skip
+        q.stride(0),
+        q.stride(1),
+        q.stride(2),
+        *_bhl_strides(k),
+        *_bhl_strides(v),
+        *_bhl_strides(k_cache),
+        *_bhl_strides(v_cache),
+        Hkv,
+        G,
+        Lq,
+        Lk,
+        Lmax,
+        chunk,
+        scale * LOG2E,
+        CACHE_LEN=cache_len is not None,
+        KV_LEN=kv_len is not None,
+        KEY_START=key_start is not None,
+        SPLIT=splits > 1,
+        HEAD_DIM=D,
+        BLOCK_M=tiles.block_m,
+        BLOCK_N=tiles.block_n,
+        DOT_F32=IS_INTERPRET,
+        DOT_PREC=_dot_prec(q.dtype),
+        num_warps=tiles.num_warps,
+        num_stages=tiles.num_stages,
+    )
     if splits > 1:
         R = B * Lq * Hq
         block_r = min(next_pow2(R), 4096 // D) if IS_INTERPRET else _COMBINE_BLOCK_R
         _attention_combine_kernel[(cdiv(R, block_r),)](
-            part_o, lse, out, R, splits, HEAD_DIM=D, BLOCK_R=block_r, num_warps=4,
-        )  # fmt: skip
+            part_o,
+            lse,
+            out,
+            R,
+            splits,
+            HEAD_DIM=D,
+            BLOCK_R=block_r,
+            num_warps=4,
+        )
     return out
 
 
@@ -464,7 +571,9 @@ def _aot_specs_fwd():
     strides = [f"stride_{t}{d}" for t in ("q", "k", "v", "kc", "vc") for d in ("b", "l", "h")]
     pointers = ["q_ptr", "k_ptr", "v_ptr", "kc_ptr", "vc_ptr", "o_ptr", "lse_ptr"]
     for dtype, ty in TORCH_TO_TRITON.items():
-        tiles = list(_GPU_TILES_FP32.items()) if dtype == torch.float32 else [(D, t) for (D, _), t in _GPU_TILES.items()]
+        tiles = (
+            list(_GPU_TILES_FP32.items()) if dtype == torch.float32 else [(D, t) for (D, _), t in _GPU_TILES.items()]
+        )
         if dtype != torch.float32:  # the small head dims run on the D=64 tiles (small models only)
             tiles += [(D, t) for D in HEAD_DIMS if D < 64 for (Dt, _), t in _GPU_TILES.items() if Dt == 64]
         for D, t in tiles:
@@ -475,18 +584,32 @@ def _aot_specs_fwd():
                         kernel=_attention_fwd_kernel,
                         signature={
                             **{p: f"*{ty}" for p in pointers},
-                            "o_ptr": "*fp32" if split else f"*{ty}", "lse_ptr": "*fp32",
-                            "cache_len_ptr": "*i32", "kv_len_ptr": "*i32", "key_start_ptr": "*i32",
+                            "o_ptr": "*fp32" if split else f"*{ty}",
+                            "lse_ptr": "*fp32",
+                            "cache_len_ptr": "*i32",
+                            "kv_len_ptr": "*i32",
+                            "key_start_ptr": "*i32",
                             **{s: "i32" for s in strides},
-                            "Hkv": "i32", "G": "i32", "Lq": "i32", "Lk": "i32", "Lmax": "i32", "chunk": "i32",
+                            "Hkv": "i32",
+                            "G": "i32",
+                            "Lq": "i32",
+                            "Lk": "i32",
+                            "Lmax": "i32",
+                            "chunk": "i32",
                             "qk_scale": "fp32",
-                        },  # fmt: skip
+                        },
                         # the length flags only gate one scalar load each: compiled with all given
                         constexprs={
-                            "CACHE_LEN": True, "KV_LEN": True, "KEY_START": True, "SPLIT": split,
-                            "HEAD_DIM": D, "BLOCK_M": t.block_m, "BLOCK_N": t.block_n,
-                            "DOT_F32": False, "DOT_PREC": _dot_prec(dtype),
-                        },  # fmt: skip
+                            "CACHE_LEN": True,
+                            "KV_LEN": True,
+                            "KEY_START": True,
+                            "SPLIT": split,
+                            "HEAD_DIM": D,
+                            "BLOCK_M": t.block_m,
+                            "BLOCK_N": t.block_n,
+                            "DOT_F32": False,
+                            "DOT_PREC": _dot_prec(dtype),
+                        },
                         num_warps=t.num_warps,
                         num_stages=t.num_stages,
                         main=dtype != torch.float32 and D >= 64,  # fp32 and small D: testing

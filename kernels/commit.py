@@ -122,8 +122,9 @@ def _top_k(b_key, m_cand, b_k):
 
 
 @triton.jit
-def _dynamic_threshold(p_row, stride_xl, m_r, b_end, b_n, n_mask, L, mask_id, tau0, alpha, suffix_window, o_l,
-                       BLOCK: tl.constexpr):  # fmt: skip
+def _dynamic_threshold(
+    p_row, stride_xl, m_r, b_end, b_n, n_mask, L, mask_id, tau0, alpha, suffix_window, o_l, BLOCK: tl.constexpr
+):
     """Streaming-dLLM: tau_t = tau0 * (1 - alpha * (1 - r_mask)) per row, as
     ``tau0 * (1 - (alpha * (n - n_mask)) / n)`` over the region (n_mask of its b_n positions
     masked) plus the kept suffix: ``[end, end + W)`` and the canvas's last position."""
@@ -286,8 +287,9 @@ def _commit_kernel(
             m_take = m_cand & (b_ent <= tau_h)
     elif BASE == 2:
         n_mask = tl.sum(m_mask.to(tl.int32), 1)
-        b_tau = _dynamic_threshold(p_row, stride_xl, m_r, b_end, b_n, n_mask, L, mask_id, tau, alpha,
-                                   suffix_window, o_l, BLOCK)  # fmt: skip
+        b_tau = _dynamic_threshold(
+            p_row, stride_xl, m_r, b_end, b_n, n_mask, L, mask_id, tau, alpha, suffix_window, o_l, BLOCK
+        )
         m_take = m_cand & (b_conf >= b_tau[:, None])
     else:
         m_take = m_cand & (b_conf >= tau)
@@ -363,10 +365,15 @@ def _num_warps(block: int) -> int:
 
 def _flags(rule: CommitRule) -> dict:
     return dict(
-        BASE=BASES[rule.base], COMMIT_BEST=rule.commit_best, ENTROPY_STRICT=rule.entropy_strict,
-        SPATIAL_W=rule.spatial_window, TOKEN_CLUSTER=rule.token_cluster, TEMPORAL=rule.temporal_steps > 0,
-        AGG=AGGS[rule.temporal_agg], TOKEN_EDIT=rule.token_edit,
-    )  # fmt: skip
+        BASE=BASES[rule.base],
+        COMMIT_BEST=rule.commit_best,
+        ENTROPY_STRICT=rule.entropy_strict,
+        SPATIAL_W=rule.spatial_window,
+        TOKEN_CLUSTER=rule.token_cluster,
+        TEMPORAL=rule.temporal_steps > 0,
+        AGG=AGGS[rule.temporal_agg],
+        TOKEN_EDIT=rule.token_edit,
+    )
 
 
 def commit(
@@ -395,15 +402,42 @@ def commit(
     if B == 0:
         return counts
     _commit_kernel[(cdiv(B, rows_per_program),)](
-        x, x.stride(0), x.stride(1),
-        token, prob, entropy, token.stride(0), token.stride(1),
-        step, state.commit_step, state.last_id, state.count, state.conf_sum, state.conf_max,
-        rows, counts, B, L, Ls, mask_id, vocab_size if vocab_size >= 0 else 2**63 - 1,
-        rule.threshold, rule.alpha, rule.suffix_window, rule.entropy_threshold, rule.spatial_max_decided,
-        rule.spatial_threshold, rule.cluster_min_len, rule.temporal_steps, rule.temporal_threshold,
+        x,
+        x.stride(0),
+        x.stride(1),
+        token,
+        prob,
+        entropy,
+        token.stride(0),
+        token.stride(1),
+        step,
+        state.commit_step,
+        state.last_id,
+        state.count,
+        state.conf_sum,
+        state.conf_max,
+        rows,
+        counts,
+        B,
+        L,
+        Ls,
+        mask_id,
+        vocab_size if vocab_size >= 0 else 2**63 - 1,
+        rule.threshold,
+        rule.alpha,
+        rule.suffix_window,
+        rule.entropy_threshold,
+        rule.spatial_max_decided,
+        rule.spatial_threshold,
+        rule.cluster_min_len,
+        rule.temporal_steps,
+        rule.temporal_threshold,
         rule.edit_threshold,
-        **_flags(rule), ROWS=rows_per_program, BLOCK=block, num_warps=_num_warps(block),
-    )  # fmt: skip
+        **_flags(rule),
+        ROWS=rows_per_program,
+        BLOCK=block,
+        num_warps=_num_warps(block),
+    )
     return counts
 
 
@@ -438,16 +472,38 @@ def aot_specs(rules: Mapping[str, CommitRule]):
                 name=f"commit[{label},BLOCK={block},index={index}]",
                 kernel=_commit_kernel,
                 signature={
-                    "x_ptr": "*i64", "stride_xb": "i32", "stride_xl": "i32",
-                    "tok_ptr": "*i64", "conf_ptr": "*fp32", "ent_ptr": "*fp32", "stride_sb": "i32", "stride_sl": "i32",
-                    "step_ptr": f"*{index}", "commit_step_ptr": "*i32", "last_ptr": "*i64", "count_ptr": "*i32",
-                    "sum_ptr": "*fp32", "max_ptr": "*fp32",
-                    "rows_ptr": f"*{index}", "out_ptr": "*i32",
-                    "B": "i32", "L": "i32", "Ls": "i32", "mask_id": "i64", "tok_hi": "i64",
-                    "tau": "fp32", "alpha": "fp32", "suffix_window": "i32", "tau_h": "fp32", "max_decided": "i32",
-                    "tau_s": "fp32", "min_len": "i32", "temporal_n": "i32", "tau_t": "fp32",
+                    "x_ptr": "*i64",
+                    "stride_xb": "i32",
+                    "stride_xl": "i32",
+                    "tok_ptr": "*i64",
+                    "conf_ptr": "*fp32",
+                    "ent_ptr": "*fp32",
+                    "stride_sb": "i32",
+                    "stride_sl": "i32",
+                    "step_ptr": f"*{index}",
+                    "commit_step_ptr": "*i32",
+                    "last_ptr": "*i64",
+                    "count_ptr": "*i32",
+                    "sum_ptr": "*fp32",
+                    "max_ptr": "*fp32",
+                    "rows_ptr": f"*{index}",
+                    "out_ptr": "*i32",
+                    "B": "i32",
+                    "L": "i32",
+                    "Ls": "i32",
+                    "mask_id": "i64",
+                    "tok_hi": "i64",
+                    "tau": "fp32",
+                    "alpha": "fp32",
+                    "suffix_window": "i32",
+                    "tau_h": "fp32",
+                    "max_decided": "i32",
+                    "tau_s": "fp32",
+                    "min_len": "i32",
+                    "temporal_n": "i32",
+                    "tau_t": "fp32",
                     "tau_e": "fp32",
-                },  # fmt: skip
+                },
                 constexprs={**flags, "ROWS": 1, "BLOCK": block},
                 num_warps=_num_warps(block),
                 main=block <= MAIN_MAX_BLOCK,

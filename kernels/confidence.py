@@ -324,20 +324,53 @@ def _launch(logits, *, v_off, V_row, temperature, seed, suppress_ids, num_splits
     else:  # unused by the kernel when FINAL
         part = partial if partial is not None else prob
     _token_stats_kernel[(R, splits)](
-        x3, x3.stride(0), x3.stride(1), x3.stride(2), L, V, v_off, V_row, chunk, splits,
-        (1.0 / temperature) if sample else 1.0, 0 if row_seed else int(seed), seeds,
-        token, prob, margin, entropy, part, part.view(torch.int32),
-        FINAL=splits == 1 and stats is not None, SUPPRESS=tuple(suppress_ids), SAMPLE=sample,
-        ROW_SEED=sample and row_seed, CONTIG=x3.stride(2) == 1, BLOCK=block, STAGES=_GPU_STAGES,
+        x3,
+        x3.stride(0),
+        x3.stride(1),
+        x3.stride(2),
+        L,
+        V,
+        v_off,
+        V_row,
+        chunk,
+        splits,
+        (1.0 / temperature) if sample else 1.0,
+        0 if row_seed else int(seed),
+        seeds,
+        token,
+        prob,
+        margin,
+        entropy,
+        part,
+        part.view(torch.int32),
+        FINAL=splits == 1 and stats is not None,
+        SUPPRESS=tuple(suppress_ids),
+        SAMPLE=sample,
+        ROW_SEED=sample and row_seed,
+        CONTIG=x3.stride(2) == 1,
+        BLOCK=block,
+        STAGES=_GPU_STAGES,
         num_warps=_GPU_WARPS,
-    )  # fmt: skip
+    )
     if splits > 1:
         out = partial if partial is not None else prob
         _token_stats_combine_kernel[(R,)](
-            part, part.view(torch.int32), splits * PARTIAL_WORDS, PARTIAL_WORDS, splits,
-            token, prob, margin, entropy, out, out.view(torch.int32),
-            FINAL=stats is not None, SAMPLE=sample, NS_P2=next_pow2(splits), num_warps=1,
-        )  # fmt: skip
+            part,
+            part.view(torch.int32),
+            splits * PARTIAL_WORDS,
+            PARTIAL_WORDS,
+            splits,
+            token,
+            prob,
+            margin,
+            entropy,
+            out,
+            out.view(torch.int32),
+            FINAL=stats is not None,
+            SAMPLE=sample,
+            NS_P2=next_pow2(splits),
+            num_warps=1,
+        )
 
 
 def _stats_buffers(R: int, device: torch.device):
@@ -365,8 +398,17 @@ def token_stats(
     check_launchable("token_stats", logits)
     lead, V = logits.shape[:-1], logits.shape[-1]
     stats = _stats_buffers(lead.numel(), logits.device)
-    _launch(logits, v_off=0, V_row=V, temperature=temperature, seed=seed, suppress_ids=suppress_ids,
-            num_splits=num_splits, stats=stats, partial=None)  # fmt: skip
+    _launch(
+        logits,
+        v_off=0,
+        V_row=V,
+        temperature=temperature,
+        seed=seed,
+        suppress_ids=suppress_ids,
+        num_splits=num_splits,
+        stats=stats,
+        partial=None,
+    )
     return tuple(t.view(lead) for t in stats)
 
 
@@ -384,8 +426,17 @@ def token_stats_partial(
     check_launchable("token_stats_partial", logits)
     lead = logits.shape[:-1]
     out = _utils.empty(lead.numel(), PARTIAL_WORDS, dtype=torch.float32, device=logits.device)
-    _launch(logits, v_off=vocab_start, V_row=vocab_size, temperature=temperature, seed=seed,
-            suppress_ids=suppress_ids, num_splits=num_splits, stats=None, partial=out)  # fmt: skip
+    _launch(
+        logits,
+        v_off=vocab_start,
+        V_row=vocab_size,
+        temperature=temperature,
+        seed=seed,
+        suppress_ids=suppress_ids,
+        num_splits=num_splits,
+        stats=None,
+        partial=out,
+    )
     return out.view(*lead, PARTIAL_WORDS)
 
 
@@ -401,10 +452,19 @@ def merge_token_stats(partials: torch.Tensor):
     stats = _stats_buffers(R, partials.device)
     if R > 0:
         _token_stats_combine_kernel[(R,)](
-            part, part.view(torch.int32), part.stride(1), part.stride(0), S,
-            *stats, stats[1], stats[0].view(torch.int32),
-            FINAL=True, SAMPLE=True, NS_P2=next_pow2(S), num_warps=1 if S <= 64 else 4,
-        )  # fmt: skip
+            part,
+            part.view(torch.int32),
+            part.stride(1),
+            part.stride(0),
+            S,
+            *stats,
+            stats[1],
+            stats[0].view(torch.int32),
+            FINAL=True,
+            SAMPLE=True,
+            NS_P2=next_pow2(S),
+            num_warps=1 if S <= 64 else 4,
+        )
     return tuple(t.view(lead) for t in stats)
 
 
@@ -421,19 +481,52 @@ def _aot_specs_token_stats():
                             f"suppress={len(suppress)}]",
                             kernel=_token_stats_kernel,
                             signature={
-                                "x_ptr": f"*{ty}", "stride_b": "i64", "stride_l": "i64", "stride_v": "i32",
-                                "L": "i32", "V": "i32", "v_off": "i32", "V_row": "i32", "chunk": "i32",
-                                "n_splits": "i32", "inv_t": "fp32", "seed": "i64", "seed_ptr": "*i64",
-                                "token_ptr": "*i64", "prob_ptr": "*fp32", "margin_ptr": "*fp32",
-                                "entropy_ptr": "*fp32", "part_f_ptr": "*fp32", "part_i_ptr": "*i32",
-                            },  # fmt: skip
-                            constexprs={"FINAL": final, "SUPPRESS": suppress, "SAMPLE": sample, "ROW_SEED": row_seed,
-                                        "CONTIG": True, "BLOCK": block, "STAGES": _GPU_STAGES},  # fmt: skip
+                                "x_ptr": f"*{ty}",
+                                "stride_b": "i64",
+                                "stride_l": "i64",
+                                "stride_v": "i32",
+                                "L": "i32",
+                                "V": "i32",
+                                "v_off": "i32",
+                                "V_row": "i32",
+                                "chunk": "i32",
+                                "n_splits": "i32",
+                                "inv_t": "fp32",
+                                "seed": "i64",
+                                "seed_ptr": "*i64",
+                                "token_ptr": "*i64",
+                                "prob_ptr": "*fp32",
+                                "margin_ptr": "*fp32",
+                                "entropy_ptr": "*fp32",
+                                "part_f_ptr": "*fp32",
+                                "part_i_ptr": "*i32",
+                            },
+                            constexprs={
+                                "FINAL": final,
+                                "SUPPRESS": suppress,
+                                "SAMPLE": sample,
+                                "ROW_SEED": row_seed,
+                                "CONTIG": True,
+                                "BLOCK": block,
+                                "STAGES": _GPU_STAGES,
+                            },
                             num_warps=_GPU_WARPS,
                             # the models' logits: vocabularies (126464, 152064) and chunks are
                             # multiples of 16, rows start 16-byte aligned
-                            aligned=("x_ptr", "stride_b", "stride_l", "V", "chunk", "seed_ptr", "token_ptr", "prob_ptr",
-                                     "margin_ptr", "entropy_ptr", "part_f_ptr", "part_i_ptr"),  # fmt: skip
+                            aligned=(
+                                "x_ptr",
+                                "stride_b",
+                                "stride_l",
+                                "V",
+                                "chunk",
+                                "seed_ptr",
+                                "token_ptr",
+                                "prob_ptr",
+                                "margin_ptr",
+                                "entropy_ptr",
+                                "part_f_ptr",
+                                "part_i_ptr",
+                            ),
                         )
                     )
     for sample in (False, True):
@@ -444,10 +537,18 @@ def _aot_specs_token_stats():
                         name=f"token_stats_combine[sample={sample},final={final},NS_P2={2**ns}]",
                         kernel=_token_stats_combine_kernel,
                         signature={
-                            "part_f_ptr": "*fp32", "part_i_ptr": "*i32", "stride_r": "i64", "stride_s": "i64",
-                            "n_splits": "i32", "token_ptr": "*i64", "prob_ptr": "*fp32", "margin_ptr": "*fp32",
-                            "entropy_ptr": "*fp32", "out_f_ptr": "*fp32", "out_i_ptr": "*i32",
-                        },  # fmt: skip
+                            "part_f_ptr": "*fp32",
+                            "part_i_ptr": "*i32",
+                            "stride_r": "i64",
+                            "stride_s": "i64",
+                            "n_splits": "i32",
+                            "token_ptr": "*i64",
+                            "prob_ptr": "*fp32",
+                            "margin_ptr": "*fp32",
+                            "entropy_ptr": "*fp32",
+                            "out_f_ptr": "*fp32",
+                            "out_i_ptr": "*i32",
+                        },
                         constexprs={"FINAL": final, "SAMPLE": sample, "NS_P2": 2**ns},
                         num_warps=1,
                     )
@@ -516,9 +617,19 @@ def window_confidence(conf: torch.Tensor, decided: torch.Tensor, window: int, ma
     block_l = min(next_pow2(L), _window_block_l(window) if not IS_INTERPRET else 4096)
     if B * L > 0:
         _window_confidence_kernel[(B, cdiv(L, block_l))](
-            conf, decided, out, conf.stride(0), conf.stride(1), decided.stride(0), decided.stride(1),
-            L, max_decided, W=window, BLOCK_L=block_l, num_warps=4,
-        )  # fmt: skip
+            conf,
+            decided,
+            out,
+            conf.stride(0),
+            conf.stride(1),
+            decided.stride(0),
+            decided.stride(1),
+            L,
+            max_decided,
+            W=window,
+            BLOCK_L=block_l,
+            num_warps=4,
+        )
     return out
 
 
@@ -528,9 +639,16 @@ def _aot_specs_window():
             name=f"window_confidence[W={w}]",
             kernel=_window_confidence_kernel,
             signature={
-                "conf_ptr": "*fp32", "dec_ptr": "*i1", "out_ptr": "*fp32", "stride_cb": "i32",
-                "stride_cl": "i32", "stride_db": "i32", "stride_dl": "i32", "L": "i32", "max_decided": "i32",
-            },  # fmt: skip
+                "conf_ptr": "*fp32",
+                "dec_ptr": "*i1",
+                "out_ptr": "*fp32",
+                "stride_cb": "i32",
+                "stride_cl": "i32",
+                "stride_db": "i32",
+                "stride_dl": "i32",
+                "L": "i32",
+                "max_decided": "i32",
+            },
             constexprs={"W": w, "BLOCK_L": _window_block_l(w)},
             num_warps=4,
             main=w <= 4,

@@ -36,13 +36,24 @@ def _refresh_kv_cache_kernel(
     new_start_ptr,  # [B] int, canvas position of k_new row 0 (NEW_START)
     cos_ptr,  # [B, Ln, D] (batch stride may be 0) (ROPE)
     sin_ptr,  # [B, Ln, D] (ROPE)
-    stride_kcb, stride_kcl, stride_kch,
-    stride_vcb, stride_vcl, stride_vch,
-    stride_knb, stride_knl, stride_knh,
-    stride_vnb, stride_vnl, stride_vnh,
-    stride_ib, stride_in,
-    stride_cb, stride_cl,
-    stride_sb, stride_sl,
+    stride_kcb,
+    stride_kcl,
+    stride_kch,
+    stride_vcb,
+    stride_vcl,
+    stride_vch,
+    stride_knb,
+    stride_knl,
+    stride_knh,
+    stride_vnb,
+    stride_vnl,
+    stride_vnh,
+    stride_ib,
+    stride_in,
+    stride_cb,
+    stride_cl,
+    stride_sb,
+    stride_sl,
     Hkv,
     Ln,
     Lmax,
@@ -52,7 +63,7 @@ def _refresh_kv_cache_kernel(
     ROPE: tl.constexpr,
     HEAD_DIM: tl.constexpr,
     BLOCK_RH: tl.constexpr,  # (row, head) pairs per program
-):  # fmt: skip
+):
     i_bj, i_t = tl.program_id(0), tl.program_id(1)
     i_b = i_bj // nb
     i_b64 = i_b.to(tl.int64)
@@ -142,19 +153,39 @@ def refresh_kv_cache(
     if grid[0] >= 2**31 or grid[1] >= 2**16:
         raise ValueError(
             f"refresh_kv_cache: launch grid {grid} exceeds the GPU's limits (2**31 - 1, 65535): "
-            f"B * block slots = {B} * {nb}, block rows x KV heads = {span} x {Hkv}; refresh fewer or smaller blocks per call"
+            f"B * block slots = {B} * {nb}, block rows x KV heads = {span} x {Hkv}; "
+            "refresh fewer or smaller blocks per call"
         )
     rope = rope_cos is not None
     cos, sin = (rope_cos, rope_sin) if rope else (k_new, k_new)  # never read without ROPE
     _refresh_kv_cache_kernel[grid](
-        k_cache, v_cache, k_new, v_new, block_ids, k_new if new_start is None else new_start, cos, sin,
-        *k_cache.stride()[:3], *v_cache.stride()[:3], *k_new.stride()[:3], *v_new.stride()[:3],
+        k_cache,
+        v_cache,
+        k_new,
+        v_new,
+        block_ids,
+        k_new if new_start is None else new_start,
+        cos,
+        sin,
+        *k_cache.stride()[:3],
+        *v_cache.stride()[:3],
+        *k_new.stride()[:3],
+        *v_new.stride()[:3],
         *block_ids.stride(),
-        *(cos.stride()[:2] if rope else (0, 0)), *(sin.stride()[:2] if rope else (0, 0)),
-        Hkv, Ln, Lmax, nb, block_size,
-        NEW_START=new_start is not None, ROPE=rope, HEAD_DIM=D, BLOCK_RH=block_rh,
-        num_warps=_GPU_WARPS, enable_fp_fusion=not rope,
-    )  # fmt: skip
+        *(cos.stride()[:2] if rope else (0, 0)),
+        *(sin.stride()[:2] if rope else (0, 0)),
+        Hkv,
+        Ln,
+        Lmax,
+        nb,
+        block_size,
+        NEW_START=new_start is not None,
+        ROPE=rope,
+        HEAD_DIM=D,
+        BLOCK_RH=block_rh,
+        num_warps=_GPU_WARPS,
+        enable_fp_fusion=not rope,
+    )
 
 
 def aot_specs():
@@ -162,7 +193,7 @@ def aot_specs():
     strides = [f"stride_{t}{d}" for t in ("kc", "vc", "kn", "vn") for d in ("b", "l", "h")]
     strides += ["stride_ib", "stride_in", "stride_cb", "stride_cl", "stride_sb", "stride_sl"]
     pointers = ["kc_ptr", "vc_ptr", "kn_ptr", "vn_ptr", "cos_ptr", "sin_ptr"]
-    for dtype, ty in TORCH_TO_TRITON.items():
+    for ty in TORCH_TO_TRITON.values():
         for D in (64, 128):
             for rope in (False, True):
                 specs.append(
@@ -170,11 +201,21 @@ def aot_specs():
                         name=f"refresh_kv_cache[{ty},D={D},rope={rope}]",
                         kernel=_refresh_kv_cache_kernel,
                         signature={
-                            "kc_ptr": f"*{ty}", "vc_ptr": f"*{ty}", "kn_ptr": f"*{ty}", "vn_ptr": f"*{ty}",
-                            "ids_ptr": "*i64", "new_start_ptr": "*i64", "cos_ptr": "*fp32", "sin_ptr": "*fp32",
+                            "kc_ptr": f"*{ty}",
+                            "vc_ptr": f"*{ty}",
+                            "kn_ptr": f"*{ty}",
+                            "vn_ptr": f"*{ty}",
+                            "ids_ptr": "*i64",
+                            "new_start_ptr": "*i64",
+                            "cos_ptr": "*fp32",
+                            "sin_ptr": "*fp32",
                             **{s: "i32" for s in strides},
-                            "Hkv": "i32", "Ln": "i32", "Lmax": "i32", "nb": "i32", "block_size": "i32",
-                        },  # fmt: skip
+                            "Hkv": "i32",
+                            "Ln": "i32",
+                            "Lmax": "i32",
+                            "nb": "i32",
+                            "block_size": "i32",
+                        },
                         constexprs={"NEW_START": True, "ROPE": rope, "HEAD_DIM": D, "BLOCK_RH": _GPU_ELEMS // D},
                         num_warps=_GPU_WARPS,
                         enable_fp_fusion=not rope,

@@ -8,5 +8,13 @@ from .commit import commit, num_transfer_schedule
 from .confidence import merge_token_stats, token_stats, token_stats_partial, window_confidence
 from .kv_cache import refresh_kv_cache
 
-__all__ = ["attention", "commit", "num_transfer_schedule", "refresh_kv_cache", "token_stats", "window_confidence",
-           "token_stats_partial", "merge_token_stats"]
+__all__ = [
+    "attention",
+    "commit",
+    "num_transfer_schedule",
+    "refresh_kv_cache",
+    "token_stats",
+    "window_confidence",
+    "token_stats_partial",
+    "merge_token_stats",
+]

@@ -124,7 +124,12 @@ def _token_cluster_rule(rule, live, token, conf, pos) -> torch.Tensor:
     length = per_run(live.to(torch.int64), "sum", 0)
     best_conf = per_run(torch.where(live, conf, float("-inf")), "amax", float("-inf"))
     first_best = per_run(torch.where(live & (conf == best_conf), pos.expand(B, L), L), "amin", L)
-    return live & (pos == first_best) & (length >= rule.cluster_min_len) & (best_conf > _fp32(rule.spatial_threshold, conf))
+    return (
+        live
+        & (pos == first_best)
+        & (length >= rule.cluster_min_len)
+        & (best_conf > _fp32(rule.spatial_threshold, conf))
+    )
 
 
 def _temporal_rule(rule, state: CommitState, active, token, conf) -> torch.Tensor:
@@ -175,7 +180,9 @@ def commit(
     Ls = stats.token.shape[1]
     device = x.device
     pos = torch.arange(L, device=device)[None, :]  # [1, L]
-    offset = torch.zeros(B, 1, dtype=torch.int64, device=device) if stats_offset is None else stats_offset[:, None].long()
+    offset = (
+        torch.zeros(B, 1, dtype=torch.int64, device=device) if stats_offset is None else stats_offset[:, None].long()
+    )
     # the active region, clipped to the canvas and to the stats window (the public op rejects
     # regions outside them; unchecked device tensors are clipped, exactly as the kernel does)
     start = torch.maximum(active_start[:, None].long(), offset).clamp(min=0)
@@ -210,7 +217,11 @@ def commit(
     forced = cand & (pos >= f_lo) & (pos < f_hi)
     starved = ~(forced & taken).any(dim=1, keepdim=True)
     taken = taken | (_best(score, forced) & starved)
-    edited = _token_edit_rule(rule, region & valid, x, mask_id, state, token, conf) if rule.token_edit else torch.zeros_like(taken)
+    edited = (
+        _token_edit_rule(rule, region & valid, x, mask_id, state, token, conf)
+        if rule.token_edit
+        else torch.zeros_like(taken)
+    )
 
     x.copy_(torch.where(taken | edited, token, x))
     if not isinstance(step, torch.Tensor):

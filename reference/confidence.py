@@ -13,7 +13,6 @@ from dllm_kernels._types import TokenStats
 
 from ._philox import philox_uniform
 
-
 _INT_MAX = 2**31 - 1
 _U_MIN = 2.0**-32  # uniforms of exactly 0 are raised to this, so the Gumbel noise is finite
 PARTIAL_WORDS = 8  # fp32 (m, s, u, v2, gumbel score, its logit), int32 (argmax id, sampled id)

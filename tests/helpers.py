@@ -17,7 +17,9 @@ def assert_stats_close(got, ref, *, exact_token=True):
     g_tok, r_tok = got.token.cpu(), ref.token.cpu()
     if exact_token:
         bad = (g_tok != r_tok).nonzero()
-        assert bad.numel() == 0, f"token mismatch at {bad[:5].tolist()}: {g_tok[tuple(bad[0])]} vs {r_tok[tuple(bad[0])]}"
+        assert bad.numel() == 0, (
+            f"token mismatch at {bad[:5].tolist()}: {g_tok[tuple(bad[0])]} vs {r_tok[tuple(bad[0])]}"
+        )
     for name in ("prob", "margin"):
         g, r = getattr(got, name).cpu(), getattr(ref, name).cpu()
         err = (g - r).abs().max().item() if g.numel() else 0.0
@@ -55,7 +57,9 @@ def assert_attention_close(got, ref, lowp):
 
 def assert_bitwise_equal(got, ref, name=""):
     """Exact equality of the bits (NaN poison included), for copies and scatters."""
-    assert got.shape == ref.shape and got.dtype == ref.dtype, f"{name}: {got.shape}/{got.dtype} vs {ref.shape}/{ref.dtype}"
+    assert got.shape == ref.shape and got.dtype == ref.dtype, (
+        f"{name}: {got.shape}/{got.dtype} vs {ref.shape}/{ref.dtype}"
+    )
     ints = {2: torch.int16, 4: torch.int32, 8: torch.int64}[got.element_size()]
     bad = (got.cpu().view(ints) != ref.cpu().view(ints)).nonzero()
     assert bad.numel() == 0, f"{name}: {bad.shape[0]} elements differ, first at {bad[0].tolist()}"

@@ -69,9 +69,19 @@ PREFIX_CASES = [
 @pytest.mark.parametrize("B, Lq, Hq, Hkv, Lk, Lmax, cache_len, kv_len, key_start", PREFIX_CASES)
 def test_prefix_cache(device, dtype, D, B, Lq, Hq, Hkv, Lk, Lmax, cache_len, kv_len, key_start):
     q, k, v, kw = make_inputs(
-        B, Lq, Hq, Hkv, D, Lk=Lk, Lmax=Lmax, cache_len=cache_len, kv_len=kv_len, key_start=key_start,
-        dtype=dtype, device=device,
-    )  # fmt: skip
+        B,
+        Lq,
+        Hq,
+        Hkv,
+        D,
+        Lk=Lk,
+        Lmax=Lmax,
+        cache_len=cache_len,
+        kv_len=kv_len,
+        key_start=key_start,
+        dtype=dtype,
+        device=device,
+    )
     check(q, k, v, **kw)
 
 
@@ -98,8 +108,19 @@ def test_split_keys_and_combine(device, num_splits):
     q, k, v, kw = make_inputs(
         3, 6, 4, 2, 64, Lk=21, Lmax=45, cache_len=[45, 0, 30], kv_len=[21, 9, 0], key_start=[0, 3, 40], device=device
     )
-    got = kernels.attention(q, k, v, kw["k_cache"], kw["v_cache"], kw["cache_len"], kw["kv_len"], kw["key_start"],
-                            0.125, num_splits=num_splits, block_n=16)  # fmt: skip
+    got = kernels.attention(
+        q,
+        k,
+        v,
+        kw["k_cache"],
+        kw["v_cache"],
+        kw["cache_len"],
+        kw["kv_len"],
+        kw["key_start"],
+        0.125,
+        num_splits=num_splits,
+        block_n=16,
+    )
     ref = reference.attention(q.cpu(), k.cpu(), v.cpu(), scale=0.125, **{n: t.cpu() for n, t in kw.items()})
     assert_attention_close(got, ref, ref)
 
@@ -108,8 +129,9 @@ def test_split_keys_and_combine(device, num_splits):
 def test_tiles_and_tails(device, block_n):
     """Full key tiles without masks, then a masked tail, in both the cache and the new part."""
     q, k, v, kw = make_inputs(2, 3, 2, 2, 64, Lk=37, Lmax=50, cache_len=[48, 17], kv_len=[37, 16], device=device)
-    got = kernels.attention(q, k, v, kw["k_cache"], kw["v_cache"], kw["cache_len"], kw["kv_len"], None, 0.125,
-                            block_n=block_n)  # fmt: skip
+    got = kernels.attention(
+        q, k, v, kw["k_cache"], kw["v_cache"], kw["cache_len"], kw["kv_len"], None, 0.125, block_n=block_n
+    )
     ref = reference.attention(q.cpu(), k.cpu(), v.cpu(), scale=0.125, **{n: t.cpu() for n, t in kw.items()})
     assert_attention_close(got, ref, ref)
 
@@ -126,11 +148,36 @@ PACKED_CASES = [
 @pytest.mark.parametrize("num_splits", [None, 2], ids=["one-split", "split2"])
 @pytest.mark.parametrize("B, Lq, Hq, Hkv", PACKED_CASES)
 def test_packed_query_heads(device, B, Lq, Hq, Hkv, num_splits):
-    q, k, v, kw = make_inputs(B, Lq, Hq, Hkv, 64, Lk=Lq, Lmax=40, cache_len=[40, 9], kv_len=[Lq, 5],
-                              key_start=[0, 2], dtype=torch.float16, device=device)  # fmt: skip
-    got = kernels.attention(q, k, v, kw["k_cache"], kw["v_cache"], kw["cache_len"], kw["kv_len"], kw["key_start"],
-                            0.125, num_splits=num_splits, block_n=16)  # fmt: skip
-    assert_attention_close(got, reference.attention(q, k, v, scale=0.125, **kw), attention_lowp(q, k, v, scale=0.125, **kw))
+    q, k, v, kw = make_inputs(
+        B,
+        Lq,
+        Hq,
+        Hkv,
+        64,
+        Lk=Lq,
+        Lmax=40,
+        cache_len=[40, 9],
+        kv_len=[Lq, 5],
+        key_start=[0, 2],
+        dtype=torch.float16,
+        device=device,
+    )
+    got = kernels.attention(
+        q,
+        k,
+        v,
+        kw["k_cache"],
+        kw["v_cache"],
+        kw["cache_len"],
+        kw["kv_len"],
+        kw["key_start"],
+        0.125,
+        num_splits=num_splits,
+        block_n=16,
+    )
+    assert_attention_close(
+        got, reference.attention(q, k, v, scale=0.125, **kw), attention_lowp(q, k, v, scale=0.125, **kw)
+    )
 
 
 H200_PROGRAMS = 4 * 132  # programs_target on an H100 / H200 (132 SMs)
@@ -161,8 +208,18 @@ def test_decode_plan_reads_kv_once(Hq, Hkv, block_m):
 def test_gpu_plans_are_compiled_configurations(D, Lq, Hq, Hkv, keys):
     """Every tile the launcher picks on a GPU is one that tests/test_compile_sm90.py compiles
     (same tile and SPLIT flag), including the 256-row tile, which exists only with SPLIT."""
-    compiled = {(s.constexprs["HEAD_DIM"], s.constexprs["BLOCK_M"], s.constexprs["BLOCK_N"], s.num_warps,
-                 s.num_stages, s.constexprs["SPLIT"]) for s in kernels.aot_specs() if s.name.startswith("attention_fwd[bf16")}  # fmt: skip
+    compiled = {
+        (
+            s.constexprs["HEAD_DIM"],
+            s.constexprs["BLOCK_M"],
+            s.constexprs["BLOCK_N"],
+            s.num_warps,
+            s.num_stages,
+            s.constexprs["SPLIT"],
+        )
+        for s in kernels.aot_specs()
+        if s.name.startswith("attention_fwd[bf16")
+    }
     for B in (1, 8, 64):
         plan = kernels._plan(B, Lq, Hq, Hkv, D, keys, torch.bfloat16, programs=H200_PROGRAMS, interpret=False)
         t = plan.tiles
@@ -170,8 +227,9 @@ def test_gpu_plans_are_compiled_configurations(D, Lq, Hq, Hkv, keys):
 
 
 def test_rows_without_keys_are_zero(device):
-    q, k, v, kw = make_inputs(3, 4, 2, 1, 64, Lk=6, Lmax=8, cache_len=[0, 8, 3], kv_len=[0, 6, 2],
-                              key_start=[0, 14, 2], device=device)  # fmt: skip
+    q, k, v, kw = make_inputs(
+        3, 4, 2, 1, 64, Lk=6, Lmax=8, cache_len=[0, 8, 3], kv_len=[0, 6, 2], key_start=[0, 14, 2], device=device
+    )
     got = check(q, k, v, **kw)
     # row 0 has no key at all, row 1 skips all 14 of its keys; row 2 keeps 3
     assert torch.equal(got[:2].cpu(), torch.zeros_like(got[:2].cpu()))
@@ -209,8 +267,9 @@ def test_strided_views(device):
 
 def test_strided_lengths(device):
     """Per-row lengths as columns of one packed [B, 3] table (how generate ships them)."""
-    q, k, v, kw = make_inputs(3, 4, 2, 1, 64, Lk=9, Lmax=12, cache_len=[3, 12, 0], kv_len=[9, 2, 5],
-                              key_start=[0, 4, 1], device=device)  # fmt: skip
+    q, k, v, kw = make_inputs(
+        3, 4, 2, 1, 64, Lk=9, Lmax=12, cache_len=[3, 12, 0], kv_len=[9, 2, 5], key_start=[0, 4, 1], device=device
+    )
     names = ("cache_len", "kv_len", "key_start")
     columns = torch.stack([kw[n] for n in names], 1).unbind(1)
     assert all(c.stride(0) == 3 for c in columns)
@@ -256,8 +315,9 @@ def test_backend_auto_and_reference_agree(device):
 
 
 def test_custom_op_registration(device):
-    q, k, v, kw = make_inputs(2, 4, 4, 2, 64, Lk=6, Lmax=9, cache_len=[9, 4], kv_len=[6, 3], key_start=[0, 1],
-                              device=device)  # fmt: skip
+    q, k, v, kw = make_inputs(
+        2, 4, 4, 2, 64, Lk=6, Lmax=9, cache_len=[9, 4], kv_len=[6, 3], key_start=[0, 1], device=device
+    )
     args = (q, k, v, kw["k_cache"], kw["v_cache"], kw["cache_len"], kw["kv_len"], kw["key_start"], 0.125)
     torch.library.opcheck(torch.ops.dllm_kernels.attention.default, args)
     q, k, v, _ = make_inputs(1, 33, 2, 2, 64, Lk=33, device=device)  # prefill
@@ -278,24 +338,64 @@ C = _t(2, 9, 2, 64)
     [
         ((_t(2, 4, 64), KV, KV), {}, ValueError, "q must be 4-D"),
         ((Q.long(), KV, KV), {}, TypeError, "q must have dtype float32/float16/bfloat16"),
-        ((_t(2, 4, 4, 96), _t(2, 6, 2, 96), _t(2, 6, 2, 96)), {}, ValueError, r"head dim \(q.shape\[-1\]\) must be one of \(16, 32, 64, 128\), got 96"),
-        ((Q, _t(2, 6, 2, 128), _t(2, 6, 2, 128)), {}, ValueError, r"k must have shape \[2, \*, \*, 64\], got \[2, 6, 2, 128\]"),
+        (
+            (_t(2, 4, 4, 96), _t(2, 6, 2, 96), _t(2, 6, 2, 96)),
+            {},
+            ValueError,
+            r"head dim \(q.shape\[-1\]\) must be one of \(16, 32, 64, 128\), got 96",
+        ),
+        (
+            (Q, _t(2, 6, 2, 128), _t(2, 6, 2, 128)),
+            {},
+            ValueError,
+            r"k must have shape \[2, \*, \*, 64\], got \[2, 6, 2, 128\]",
+        ),
         ((Q, _t(3, 6, 2, 64), _t(3, 6, 2, 64)), {}, ValueError, r"k must have shape \[2, \*, \*, 64\]"),
         ((Q, KV, _t(2, 5, 2, 64)), {}, ValueError, r"v must have shape \[2, 6, 2, 64\], got \[2, 5, 2, 64\]"),
         ((Q, KV.half(), KV.half()), {}, TypeError, "k must have q's dtype torch.float32, got torch.float16"),
         ((Q, KV.to("meta"), KV.to("meta")), {}, ValueError, "k must be on cpu"),
         ((Q, KV, None), {}, ValueError, "k and v must be given together, got only k"),
         ((Q,), {}, ValueError, "give the new keys"),
-        ((Q, _t(2, 6, 3, 64), _t(2, 6, 3, 64)), {}, ValueError, r"q's heads \(4\) must be a multiple of the KV heads \(3\)"),
+        (
+            (Q, _t(2, 6, 3, 64), _t(2, 6, 3, 64)),
+            {},
+            ValueError,
+            r"q's heads \(4\) must be a multiple of the KV heads \(3\)",
+        ),
         ((Q, KV, KV), {"k_cache": _t(2, 9, 4, 64), "v_cache": _t(2, 9, 4, 64)}, ValueError, "same number of KV heads"),
         ((Q, KV, KV), {"k_cache": C}, ValueError, "k_cache and v_cache must be given together"),
-        ((Q, KV, KV), {"k_cache": C, "v_cache": C, "cache_len": torch.tensor([9, 10])}, ValueError, r"cache_len values must lie in \[0, 9\], got min 9 and max 10"),
-        ((Q, KV, KV), {"k_cache": C, "v_cache": C, "cache_len": torch.tensor([-1, 3])}, ValueError, r"cache_len values must lie in \[0, 9\]"),
-        ((Q, KV, KV), {"k_cache": C, "v_cache": C, "cache_len": torch.tensor([1, 3, 4])}, ValueError, r"cache_len must have shape \[2\], got \[3\]"),
-        ((Q, KV, KV), {"k_cache": C, "v_cache": C, "cache_len": torch.tensor([1.0, 3.0])}, TypeError, "cache_len must have dtype int32/int64"),
+        (
+            (Q, KV, KV),
+            {"k_cache": C, "v_cache": C, "cache_len": torch.tensor([9, 10])},
+            ValueError,
+            r"cache_len values must lie in \[0, 9\], got min 9 and max 10",
+        ),
+        (
+            (Q, KV, KV),
+            {"k_cache": C, "v_cache": C, "cache_len": torch.tensor([-1, 3])},
+            ValueError,
+            r"cache_len values must lie in \[0, 9\]",
+        ),
+        (
+            (Q, KV, KV),
+            {"k_cache": C, "v_cache": C, "cache_len": torch.tensor([1, 3, 4])},
+            ValueError,
+            r"cache_len must have shape \[2\], got \[3\]",
+        ),
+        (
+            (Q, KV, KV),
+            {"k_cache": C, "v_cache": C, "cache_len": torch.tensor([1.0, 3.0])},
+            TypeError,
+            "cache_len must have dtype int32/int64",
+        ),
         ((Q, KV, KV), {"kv_len": torch.tensor([7, 1])}, ValueError, r"kv_len values must lie in \[0, 6\]"),
         ((Q, KV, KV), {"cache_len": torch.tensor([1, 1])}, ValueError, "cache_len needs k_cache, which is None"),
-        ((Q, None, None), {"k_cache": C, "v_cache": C, "kv_len": torch.tensor([1, 1])}, ValueError, "kv_len needs k, which is None"),
+        (
+            (Q, None, None),
+            {"k_cache": C, "v_cache": C, "kv_len": torch.tensor([1, 1])},
+            ValueError,
+            "kv_len needs k, which is None",
+        ),
         ((Q, KV, KV), {"key_start": torch.tensor([-2, 0])}, ValueError, "key_start values must lie in >= 0"),
         ((Q, KV, KV), {"scale": float("nan")}, ValueError, "scale must be a finite number"),
         ((Q, _t(2, 6, 64, 2).transpose(2, 3), KV), {}, ValueError, "k must have a contiguous last dimension"),
@@ -318,8 +418,20 @@ def test_bad_input(args, kw, exc, match):
 @pytest.mark.parametrize("Lq", [32, 97], ids=["block", "block+suffix"])
 def test_gpu_decode_shapes(dtype, Hq, Hkv, Lq):
     B, Lmax = 4, 1024
-    q, k, v, kw = make_inputs(B, Lq, Hq, Hkv, 128, Lk=Lq, Lmax=Lmax, cache_len=[1024, 0, 517, 800],
-                              kv_len=[Lq, Lq, Lq - 5, 1], key_start=[0, 0, 3, 100], dtype=dtype, device="cuda")  # fmt: skip
+    q, k, v, kw = make_inputs(
+        B,
+        Lq,
+        Hq,
+        Hkv,
+        128,
+        Lk=Lq,
+        Lmax=Lmax,
+        cache_len=[1024, 0, 517, 800],
+        kv_len=[Lq, Lq, Lq - 5, 1],
+        key_start=[0, 0, 3, 100],
+        dtype=dtype,
+        device="cuda",
+    )
     check(q, k, v, **kw)
 
 
@@ -336,8 +448,20 @@ def test_gpu_prefill(dtype, D, L):
 def test_gpu_bf16_small_shapes():
     for args in PREFIX_CASES:
         B, Lq, Hq, Hkv, Lk, Lmax, cache_len, kv_len, key_start = args.values
-        q, k, v, kw = make_inputs(B, Lq, Hq, Hkv, 128, Lk=Lk, Lmax=Lmax, cache_len=cache_len, kv_len=kv_len,
-                                  key_start=key_start, dtype=torch.bfloat16, device="cuda")  # fmt: skip
+        q, k, v, kw = make_inputs(
+            B,
+            Lq,
+            Hq,
+            Hkv,
+            128,
+            Lk=Lk,
+            Lmax=Lmax,
+            cache_len=cache_len,
+            kv_len=kv_len,
+            key_start=key_start,
+            dtype=torch.bfloat16,
+            device="cuda",
+        )
         check(q, k, v, **kw)
 
 

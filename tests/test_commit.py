@@ -31,12 +31,18 @@ FEATURE_RULES = {  # each switch and number of the rules on its own, at canvas-s
     "entropy": CommitRule(base="entropy"),
     "entropy_strict": CommitRule(base="entropy", entropy_threshold=0.4, entropy_strict=True, commit_best=False),
     "spatial": CommitRule(threshold=0.99, commit_best=False, spatial_window=3),
-    "spatial_w4_u2": CommitRule(threshold=0.99, commit_best=False, spatial_window=4, spatial_max_decided=2, spatial_threshold=0.75),
+    "spatial_w4_u2": CommitRule(
+        threshold=0.99, commit_best=False, spatial_window=4, spatial_max_decided=2, spatial_threshold=0.75
+    ),
     "token_cluster": CommitRule(threshold=0.99, commit_best=False, token_cluster=True),
-    "token_cluster_len3": CommitRule(threshold=0.99, commit_best=False, token_cluster=True, cluster_min_len=3, spatial_threshold=0.75),
+    "token_cluster_len3": CommitRule(
+        threshold=0.99, commit_best=False, token_cluster=True, cluster_min_len=3, spatial_threshold=0.75
+    ),
     "temporal_last": CommitRule(threshold=0.99, commit_best=False, temporal_steps=2),
     "temporal_mean": CommitRule(threshold=0.99, commit_best=False, temporal_steps=3, temporal_agg="mean"),
-    "temporal_max": CommitRule(threshold=0.99, commit_best=False, temporal_steps=2, temporal_agg="max", temporal_threshold=0.9),
+    "temporal_max": CommitRule(
+        threshold=0.99, commit_best=False, temporal_steps=2, temporal_agg="max", temporal_threshold=0.9
+    ),
     "streaming_w8": CommitRule(base="dynamic", alpha=0.3, suffix_window=8),
 }
 # and every rule the policies launch (the list the AOT compile check compiles), where not above
@@ -132,7 +138,9 @@ def check_guarantees(x0, x1, st0, st1, counts, region, force, step):
     assert torch.equal(st1.commit_step, torch.where(newly, step, st0.commit_step))
     untouched = ~(inside & (x0 == MASK))  # streaks live at the candidates only
     for name in ("last_id", "count", "conf_sum", "conf_max"):
-        assert torch.equal(getattr(st1, name)[untouched], getattr(st0, name)[untouched]), f"{name} changed off the candidates"
+        assert torch.equal(getattr(st1, name)[untouched], getattr(st0, name)[untouched]), (
+            f"{name} changed off the candidates"
+        )
     forced = inside & (pos >= torch.tensor(force[0])[:, None]) & (pos < torch.tensor(force[1])[:, None])
     starved = ((x0 == MASK) & forced).any(1) & ~(newly & forced).any(1)
     assert not starved.any(), f"rows {starved.nonzero().flatten().tolist()} made no progress in their force region"
@@ -141,7 +149,9 @@ def check_guarantees(x0, x1, st0, st1, counts, region, force, step):
 def assert_same(kernel, ref, what):
     kernel = kernel.cpu()
     bad = (kernel != ref).nonzero()
-    assert bad.numel() == 0, f"{what} differs at {bad[:5].tolist()}: kernel {kernel[tuple(bad[0])]}, reference {ref[tuple(bad[0])]}"
+    assert bad.numel() == 0, (
+        f"{what} differs at {bad[:5].tolist()}: kernel {kernel[tuple(bad[0])]}, reference {ref[tuple(bad[0])]}"
+    )
 
 
 @pytest.mark.parametrize("name, B, block, layout", list(_cases()))
@@ -197,9 +207,14 @@ def check_run(device, name, B, block, layout, max_prompt=None):
         vectors = [k for k, v in kw.items() if isinstance(v, torch.Tensor)]
         packed = torch.stack([kw[k] for k in vectors], 1).to(device).unbind(1)
         counts_dev = dk.commit(
-            x_dev, TokenStats(*(t.to(device) for t in stats)), state_dev, rule, step=step_dev, backend="triton",
+            x_dev,
+            TokenStats(*(t.to(device) for t in stats)),
+            state_dev,
+            rule,
+            step=step_dev,
+            backend="triton",
             **{**kw, **dict(zip(vectors, packed))},
-        )  # fmt: skip
+        )
 
         assert_same(counts_dev, counts, f"step {step}: counts")
         assert_same(x_dev, run.x, f"step {step}: x")

@@ -23,4 +23,7 @@ def test_commit_candidates_agree(device, policy):
         assert torch.equal(fn(got).cpu(), counts.cpu()), name
         assert torch.equal(got["x"].cpu(), want["x"].cpu()), name
         for f in dataclasses.fields(got["state"]):
-            assert torch.equal(getattr(got["state"], f.name).cpu(), getattr(want["state"], f.name).cpu()), (name, f.name)
+            assert torch.equal(getattr(got["state"], f.name).cpu(), getattr(want["state"], f.name).cpu()), (
+                name,
+                f.name,
+            )

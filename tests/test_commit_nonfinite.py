@@ -132,7 +132,10 @@ def test_backends_agree_on_non_finite_statistics(device, name):
     x = torch.full((B, L), M, dtype=torch.int64)
     x[torch.rand(B, L, generator=g) < 0.3] = 1
     state = CommitState.new(x)
-    runs = {"reference": (x.clone(), state), "triton": (x.to(device), CommitState(*(t.to(device, copy=True) for t in dataclasses.astuple(state))))}
+    runs = {
+        "reference": (x.clone(), state),
+        "triton": (x.to(device), CommitState(*(t.to(device, copy=True) for t in dataclasses.astuple(state)))),
+    }
     start = torch.randint(0, 4, (B,), generator=g)
     end = torch.maximum(start, torch.randint(4, L + 1, (B,), generator=g))
     values = torch.tensor([NAN, INF, -INF, 3e38, -3e38, 0.0, 0.5, 0.9, 0.95, 1.0])
@@ -145,17 +148,37 @@ def test_backends_agree_on_non_finite_statistics(device, name):
         for backend, (xb, st) in runs.items():
             dev = xb.device
             stats = TokenStats(*(t.to(dev) for t in (token, prob, prob, ent)))
-            cand = ((xb == M) & (stats.token >= 0) & (torch.arange(L, device=dev) >= start.to(dev)[:, None])
-                    & (torch.arange(L, device=dev) < end.to(dev)[:, None])).any(1).cpu()  # fmt: skip
-            counts = dk.commit(xb, stats, st, rule, active_start=start.to(dev), active_end=end.to(dev), mask_id=M,
-                               step=step, num_transfer=k.to(dev), backend=backend)  # fmt: skip
+            cand = (
+                (
+                    (xb == M)
+                    & (stats.token >= 0)
+                    & (torch.arange(L, device=dev) >= start.to(dev)[:, None])
+                    & (torch.arange(L, device=dev) < end.to(dev)[:, None])
+                )
+                .any(1)
+                .cpu()
+            )
+            counts = dk.commit(
+                xb,
+                stats,
+                st,
+                rule,
+                active_start=start.to(dev),
+                active_end=end.to(dev),
+                mask_id=M,
+                step=step,
+                num_transfer=k.to(dev),
+                backend=backend,
+            )
             assert (counts.cpu()[cand] >= 1).all(), f"{backend}: a row with candidates committed nothing"
             out[backend] = counts.cpu()
         assert torch.equal(out["triton"], out["reference"])
         assert torch.equal(runs["triton"][0].cpu(), runs["reference"][0])
         for f in dataclasses.fields(CommitState):
             a, b = getattr(runs["triton"][1], f.name).cpu(), getattr(runs["reference"][1], f.name)
-            assert torch.equal(a, b) or (a.is_floating_point() and torch.allclose(a, b, equal_nan=True, rtol=0, atol=0)), f.name
+            assert torch.equal(a, b) or (
+                a.is_floating_point() and torch.allclose(a, b, equal_nan=True, rtol=0, atol=0)
+            ), f.name
 
 
 # ---- the custom op's packed arguments and the unchecked entry ----------------------------------
@@ -181,16 +204,30 @@ def test_unchecked_entry_equals_the_public_op(backend, device):
     g = torch.Generator().manual_seed(3)
     B, L = 3, 10
     x = torch.full((B, L), M, dtype=torch.int64)
-    stats = TokenStats(torch.randint(0, 4, (B, L), generator=g), torch.rand(B, L, generator=g), torch.rand(B, L),
-                       torch.rand(B, L, generator=g))  # fmt: skip
+    stats = TokenStats(
+        torch.randint(0, 4, (B, L), generator=g),
+        torch.rand(B, L, generator=g),
+        torch.rand(B, L),
+        torch.rand(B, L, generator=g),
+    )
     s, e = torch.tensor([0, 2, 5]), torch.tensor([10, 6, 5])
     k = torch.tensor([2, 1, 0], dtype=torch.int32)
     rule = CommitRule(base="topk", spatial_window=2, temporal_steps=2)
     a, b = x.to(device, copy=True), x.to(device, copy=True)
     st_a, st_b = CommitState.new(a), CommitState.new(b)
     stats_d = TokenStats(*(t.to(device) for t in stats))
-    want = dk.commit(a, stats_d, st_a, rule, active_start=s.to(device), active_end=e.to(device), mask_id=M, step=1,
-                     num_transfer=k.to(device), backend=backend)  # fmt: skip
+    want = dk.commit(
+        a,
+        stats_d,
+        st_a,
+        rule,
+        active_start=s.to(device),
+        active_end=e.to(device),
+        mask_id=M,
+        step=1,
+        num_transfer=k.to(device),
+        backend=backend,
+    )
     rows = pack_rows(s.to(device), e.to(device), num_transfer=k.to(device))
     got = _commit_unchecked(b, stats_d, st_b, rule, rows, torch.tensor(1, device=device), M, backend=backend)
     assert torch.equal(got, want) and torch.equal(a, b)
@@ -203,5 +240,14 @@ def test_bad_vocab_size(vocab_size):
     x = torch.full((1, 4), M, dtype=torch.int64)
     stats = TokenStats(torch.zeros(1, 4, dtype=torch.int64), torch.zeros(1, 4), torch.zeros(1, 4), torch.zeros(1, 4))
     with pytest.raises(ValueError, match=r"vocab_size must be None or an int in \[1, 2\*\*63\)"):
-        dk.commit(x, stats, CommitState.new(x), CommitRule(), active_start=torch.tensor([0]),
-                  active_end=torch.tensor([4]), mask_id=M, step=0, vocab_size=vocab_size)  # fmt: skip
+        dk.commit(
+            x,
+            stats,
+            CommitState.new(x),
+            CommitRule(),
+            active_start=torch.tensor([0]),
+            active_end=torch.tensor([4]),
+            mask_id=M,
+            step=0,
+            vocab_size=vocab_size,
+        )

@@ -27,8 +27,22 @@ def f32(v):
     return torch.tensor(v, dtype=torch.float32)
 
 
-def run(backend, device, x, token=None, prob=None, entropy=None, rule=CommitRule(), *, region=None, force=None,
-        k=None, offset=None, state=None, step=0):  # fmt: skip
+def run(
+    backend,
+    device,
+    x,
+    token=None,
+    prob=None,
+    entropy=None,
+    rule=CommitRule(),
+    *,
+    region=None,
+    force=None,
+    k=None,
+    offset=None,
+    state=None,
+    step=0,
+):
     """One commit on rows given as lists; stats default to the whole canvas. Returns the new
     canvas as lists, the counts as a list and the state (on the CPU)."""
     x = torch.tensor(x, dtype=torch.int64, device=device)
@@ -45,8 +59,10 @@ def run(backend, device, x, token=None, prob=None, entropy=None, rule=CommitRule
 
     kw = dict(active_start=idx(region[0]), active_end=idx(region[1]), mask_id=M, step=step)
     if force is not None:
-        kw.update(force_start=idx(force[0] * B if len(force[0]) < B else force[0]),
-                  force_end=idx(force[1] * B if len(force[1]) < B else force[1]))  # fmt: skip
+        kw.update(
+            force_start=idx(force[0] * B if len(force[0]) < B else force[0]),
+            force_end=idx(force[1] * B if len(force[1]) < B else force[1]),
+        )
     if k is not None:
         kw["num_transfer"] = idx(k)
     if offset is not None:
@@ -178,8 +194,11 @@ def test_d3llm_forced_progress_in_the_first_active_block(backend, device, llada)
     # two active blocks [0, 4) and [4, 8); only the second one has confident positions
     x = [[M] * 8]
     entropy = [[0.9, 0.8, 0.9, 0.95, 0.1, 0.9, 0.2, 0.9]]
-    rule = CommitRule(base="entropy", entropy_threshold=0.5) if llada else CommitRule(
-        base="entropy", entropy_threshold=0.4, entropy_strict=True, commit_best=False)  # fmt: skip
+    rule = (
+        CommitRule(base="entropy", entropy_threshold=0.5)
+        if llada
+        else CommitRule(base="entropy", entropy_threshold=0.4, entropy_strict=True, commit_best=False)
+    )
     new, counts, _ = run(backend, device, x, entropy=entropy, rule=rule, force=([0], [4]))
     assert committed(x, new) == [[1, 4, 6]]  # 1: the first block's lowest entropy, forced
     entropy[0][2] = 0.3  # now the first block commits by the rule: nothing is forced
@@ -259,8 +278,17 @@ def test_spatial_rule_is_window_confidence(W, U):
         rule = CommitRule(threshold=2.0, commit_best=False, spatial_window=W, spatial_max_decided=U)
         region = dict(active_start=torch.tensor([s]), active_end=torch.tensor([e]))
         x1 = x.clone()
-        dk.reference.commit(x1, TokenStats(torch.full((1, L), 7), prob, prob, prob), CommitState.new(x), rule,
-                            mask_id=M, step=0, force_start=torch.tensor([0]), force_end=torch.tensor([0]), **region)  # fmt: skip
+        dk.reference.commit(
+            x1,
+            TokenStats(torch.full((1, L), 7), prob, prob, prob),
+            CommitState.new(x),
+            rule,
+            mask_id=M,
+            step=0,
+            force_start=torch.tensor([0]),
+            force_end=torch.tensor([0]),
+            **region,
+        )
         score = dk.reference.window_confidence(prob[:, s:e], x[:, s:e] != M, W, U)
         assert torch.equal(x1[:, s:e] != x[:, s:e], score >= 0.8)
         assert torch.equal(x1[:, :s], x[:, :s]) and torch.equal(x1[:, e:], x[:, e:])
@@ -401,7 +429,12 @@ def test_stats_offset_maps_columns_to_positions(backend, device):
 def test_strided_canvas_is_updated_in_place(device):
     big = torch.full((2, 12), M, dtype=torch.int64, device=device)
     x = big[:, 1::2]  # [2, 6], stride 2
-    stats = TokenStats(*(t.to(device) for t in (torch.arange(12).view(2, 6), torch.full((2, 6), 0.95), torch.zeros(2, 6), torch.zeros(2, 6))))
+    stats = TokenStats(
+        *(
+            t.to(device)
+            for t in (torch.arange(12).view(2, 6), torch.full((2, 6), 0.95), torch.zeros(2, 6), torch.zeros(2, 6))
+        )
+    )
     region = dict(active_start=torch.tensor([0, 2], device=device), active_end=torch.tensor([6, 4], device=device))
     dk.commit(x, stats, CommitState.new(x), CommitRule(), mask_id=M, step=0, backend="triton", **region)
     assert big[:, 0::2].eq(M).all()
@@ -425,8 +458,14 @@ def _op_args(device, rule):
     g = torch.Generator().manual_seed(0)
     stats = [torch.randint(0, 3, (2, 8), generator=g), torch.rand(2, 8, generator=g), torch.rand(2, 8, generator=g)]
     idx = [torch.tensor(v, device=device) for v in ([3, 0], [8, 5])]
-    return (x, [t.to(device) for t in stats], list(dataclasses.astuple(state)), pack_rows(*idx),
-            torch.tensor(1, device=device), _op_spec(rule, M, None))  # fmt: skip
+    return (
+        x,
+        [t.to(device) for t in stats],
+        list(dataclasses.astuple(state)),
+        pack_rows(*idx),
+        torch.tensor(1, device=device),
+        _op_spec(rule, M, None),
+    )
 
 
 def test_custom_op_registration(device):
@@ -436,8 +475,17 @@ def test_custom_op_registration(device):
 
 def test_compiles_without_graph_breaks(device):
     def decode_step(x, stats, state, s, e, step):
-        return dk.commit(x, stats, state, CommitRule(temporal_steps=2), active_start=s, active_end=e, mask_id=M,
-                         step=step, backend="triton")  # fmt: skip
+        return dk.commit(
+            x,
+            stats,
+            state,
+            CommitRule(temporal_steps=2),
+            active_start=s,
+            active_end=e,
+            mask_id=M,
+            step=step,
+            backend="triton",
+        )
 
     args = _op_args(device, CommitRule())
     x, stats, state = args[0], TokenStats(args[1][0], args[1][1], args[1][1], args[1][2]), CommitState(*args[2])
@@ -445,8 +493,17 @@ def test_compiles_without_graph_breaks(device):
     compiled = torch.compile(decode_step, backend="aot_eager", fullgraph=True)
     s, e = args[3][0], args[3][1]
     counts = compiled(x, stats, state, s, e, args[4])
-    want = dk.commit(x_ref, stats, state_ref, CommitRule(temporal_steps=2), active_start=s, active_end=e,
-                     mask_id=M, step=args[4], backend="reference")  # fmt: skip
+    want = dk.commit(
+        x_ref,
+        stats,
+        state_ref,
+        CommitRule(temporal_steps=2),
+        active_start=s,
+        active_end=e,
+        mask_id=M,
+        step=args[4],
+        backend="reference",
+    )
     assert torch.equal(counts, want) and torch.equal(x, x_ref)
     for f in dataclasses.fields(state):
         assert torch.equal(getattr(state, f.name), getattr(state_ref, f.name))
@@ -464,7 +521,11 @@ def _bad_inputs():
         ({"x": x.int()}, TypeError, "x must have dtype int64"),
         ({"x": x[0]}, ValueError, "x must be 2-D"),
         ({"stats": st[:3]}, TypeError, "stats must be a TokenStats"),
-        ({"stats": st._replace(token=st.token[:1])}, ValueError, r"stats.token must have shape \[2, \*\], got \[1, 6\]"),
+        (
+            {"stats": st._replace(token=st.token[:1])},
+            ValueError,
+            r"stats.token must have shape \[2, \*\], got \[1, 6\]",
+        ),
         ({"stats": st._replace(prob=st.prob.half())}, TypeError, "stats.prob must have dtype float32"),
         ({"stats": st._replace(entropy=torch.zeros(6, 2).t())}, ValueError, "stats.entropy must have the strides"),
         ({"state": dataclasses.astuple(state)}, TypeError, "state must be a CommitState"),
@@ -477,13 +538,29 @@ def _bad_inputs():
         ({"step": torch.tensor(1.0)}, TypeError, "step must have dtype int32/int64"),
         ({"active_start": s.float()}, TypeError, "active_start must have dtype int32/int64"),
         ({"active_end": torch.tensor([6, 4, 4])}, ValueError, r"active_end must have shape \[2\], got \[3\]"),
-        ({"active_end": torch.tensor([7, 4])}, ValueError, r"0 <= active_start <= active_end <= L = 6, got \[0, 7\) in row 0"),
+        (
+            {"active_end": torch.tensor([7, 4])},
+            ValueError,
+            r"0 <= active_start <= active_end <= L = 6, got \[0, 7\) in row 0",
+        ),
         ({"active_start": torch.tensor([0, 5])}, ValueError, r"got \[5, 4\) in row 1"),
-        ({"stats": TokenStats(*(t[:, :3] for t in st))}, ValueError, r"region \[0, 6\) of row 0 must lie inside the stats window \[0, 3\)"),
-        ({"stats_offset": torch.tensor([0, 3])}, ValueError, r"region \[1, 4\) of row 1 must lie inside the stats window \[3, 9\)"),
+        (
+            {"stats": TokenStats(*(t[:, :3] for t in st))},
+            ValueError,
+            r"region \[0, 6\) of row 0 must lie inside the stats window \[0, 3\)",
+        ),
+        (
+            {"stats_offset": torch.tensor([0, 3])},
+            ValueError,
+            r"region \[1, 4\) of row 1 must lie inside the stats window \[3, 9\)",
+        ),
         ({"stats_offset": torch.tensor([0, 7])}, ValueError, "stats_offset must lie in"),
         ({"rule": CommitRule(base="topk")}, ValueError, "rule.base 'topk' needs num_transfer"),
-        ({"rule": CommitRule(base="topk"), "num_transfer": torch.tensor([1, -1])}, ValueError, "num_transfer must be >= 0, got -1 in row 1"),
+        (
+            {"rule": CommitRule(base="topk"), "num_transfer": torch.tensor([1, -1])},
+            ValueError,
+            "num_transfer must be >= 0, got -1 in row 1",
+        ),
         ({"force_start": s}, ValueError, "force_start and force_end must be given together"),
         ({"force_start": s, "force_end": torch.tensor([7, 4])}, ValueError, "force region must satisfy"),
         ({"backend": "cuda"}, ValueError, "backend must be one of"),
@@ -558,7 +635,9 @@ def test_cuda_graph_capture_matches_reference():
         step += 1
     for i in range(4):
         graph.replay()
-        want = dk.commit(x_ref, stats, state_ref, rule, active_start=s, active_end=e, mask_id=M, step=i, backend="reference")
+        want = dk.commit(
+            x_ref, stats, state_ref, rule, active_start=s, active_end=e, mask_id=M, step=i, backend="reference"
+        )
         assert torch.equal(counts.cpu(), want) and torch.equal(xd.cpu(), x_ref)
         for f in dataclasses.fields(state):
             assert torch.equal(getattr(state, f.name).cpu(), getattr(state_ref, f.name))
@@ -589,8 +668,18 @@ def test_token_edit_skips_this_steps_commits_and_outside_the_region(backend, dev
     token = [[6, 6, 6, 6, 6]]
     prob = [[0.95, 0.9, 0.9, 0.2, 0.9]]
     # region [0, 4): position 0 commits this step (base rule), 1 and 2 are edited, 4 lies outside
-    new, counts, st = run(backend, device, x, token=token, prob=prob, rule=dataclasses.replace(EDIT, threshold=0.9),
-                          region=([0], [4]), state=state, force=NO_FORCE, step=3)  # fmt: skip
+    new, counts, st = run(
+        backend,
+        device,
+        x,
+        token=token,
+        prob=prob,
+        rule=dataclasses.replace(EDIT, threshold=0.9),
+        region=([0], [4]),
+        state=state,
+        force=NO_FORCE,
+        step=3,
+    )
     assert new == [[6, 6, 6, M, 5]]
     assert counts == [3]
     assert st.commit_step.tolist() == [[3, 0, 0, -1, 0]]
@@ -632,10 +721,22 @@ def test_token_edit_kernel_matches_reference_on_random_rows(device, seed):
     rule = CommitRule(threshold=0.7, token_edit=True, edit_threshold=0.5)
     outs = []
     for backend in ("triton", "reference"):
-        xb, st = x.clone().to(device), CommitState(*(getattr(state, f.name).clone().to(device) for f in dataclasses.fields(state)))
+        xb, st = (
+            x.clone().to(device),
+            CommitState(*(getattr(state, f.name).clone().to(device) for f in dataclasses.fields(state))),
+        )
         stats = TokenStats(token.to(device), prob.to(device), prob.to(device), prob.to(device))
-        counts = dk.commit(xb, stats, st, rule, active_start=start.to(device), active_end=end.to(device), mask_id=M,
-                           step=5, backend=backend)  # fmt: skip
+        counts = dk.commit(
+            xb,
+            stats,
+            st,
+            rule,
+            active_start=start.to(device),
+            active_end=end.to(device),
+            mask_id=M,
+            step=5,
+            backend=backend,
+        )
         outs.append((xb.cpu(), counts.cpu(), st.commit_step.cpu()))
     for got, ref in zip(outs[0], outs[1]):
         assert torch.equal(got, ref)

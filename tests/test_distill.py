@@ -9,7 +9,14 @@ import torch
 
 from dllm_kernels import generate
 from dllm_kernels.addition import default_model
-from dllm_kernels.addition.distill import DistillConfig, Trajectories, distill, distill_loss, pseudo_trajectory_masks, record_trajectories
+from dllm_kernels.addition.distill import (
+    DistillConfig,
+    Trajectories,
+    distill,
+    distill_loss,
+    pseudo_trajectory_masks,
+    record_trajectories,
+)
 from dllm_kernels.addition.task import AdditionTask, build_tokenizer
 from dllm_kernels.models import DiffusionLM, ModelConfig
 
@@ -17,8 +24,7 @@ from dllm_kernels.models import DiffusionLM, ModelConfig
 def test_masks_are_the_positions_the_teacher_committed_last():
     bl = 4
     # two blocks of 4; row 0: vanilla-like (one commit per step), row 1: several commits per step
-    order = torch.tensor([[2, 0, 3, 1, 6, 4, 7, 5],
-                          [0, 0, 1, 1, 2, 3, 3, 2]])  # fmt: skip
+    order = torch.tensor([[2, 0, 3, 1, 6, 4, 7, 5], [0, 0, 1, 1, 2, 3, 3, 2]])
     # row 0, block 0, r = 0.5: floor(0.5 * 4) = 2 kept (steps 0, 1: positions 1, 3), 0 and 2 masked
     # row 1, block 1, r = 0.6: floor(0.4 * 4) = 1 kept -> cut at the 2nd smallest step (2): the
     #   positions of steps >= 2 are masked, i.e. all four (steps 2, 3, 3, 2), as in the teacher's canvas
@@ -50,15 +56,16 @@ class FixedLogits(torch.nn.Module):
 
 
 def test_loss_terms_by_hand():
-    mask_id, V = 9, 3
+    mask_id = 9
     prompt = torch.tensor([[5, 6]])
     tokens = torch.tensor([[0, 1, 2]])
     masked = torch.tensor([[True, True, False]])
     shown = torch.tensor([[False, False, True]])
     later = torch.tensor([[False, False, False]])
     # rows: first canvas (masked positions 0, 1 scored), second canvas (position 2 scored)
-    lg = torch.tensor([[[2.0, 0.0, 0.0], [1.0, 0.0, 3.0], [0.0, 0.0, 0.0]],
-                       [[0.0, 0.0, 0.0], [0.0, 0.0, 0.0], [0.0, 1.0, 1.0]]])  # fmt: skip
+    lg = torch.tensor(
+        [[[2.0, 0.0, 0.0], [1.0, 0.0, 3.0], [0.0, 0.0, 0.0]], [[0.0, 0.0, 0.0], [0.0, 0.0, 0.0], [0.0, 1.0, 1.0]]]
+    )
     model = FixedLogits(lg, mask_id)
     loss, terms = distill_loss(model, prompt, tokens, masked, shown, later)
     # the canvases: the block's masked positions, then its complement, hidden
@@ -90,8 +97,18 @@ def _tiny_distill(seed):
     task = AdditionTask(n_digits=2, gen_length=8, block_length=4)
     tok = build_tokenizer()
     torch.manual_seed(0)
-    config = dict(vocab_size=15, d_model=32, n_layers=1, n_heads=2, n_kv_heads=2, head_dim=16, ffn_dim=32,
-                  mask_id=tok.mask_id, eos_id=tok.eos_id, max_seq_len=16)  # fmt: skip
+    config = dict(
+        vocab_size=15,
+        d_model=32,
+        n_layers=1,
+        n_heads=2,
+        n_kv_heads=2,
+        head_dim=16,
+        ffn_dim=32,
+        mask_id=tok.mask_id,
+        eos_id=tok.eos_id,
+        max_seq_len=16,
+    )
     model = DiffusionLM(ModelConfig(**config), attn_impl="sdpa")
     start = [p.detach().clone() for p in model.parameters()]
     problems = task.sample(8, rng=random.Random(0))
@@ -115,8 +132,8 @@ def test_tiny_distillation_is_deterministic():
 
 
 def test_shipped_distilled_model_is_small_and_solves_heldout_problems():
-    from dllm_kernels.addition.evaluate import evaluate
     from dllm_kernels.addition.default import DEFAULT_DISTILLED_DIR
+    from dllm_kernels.addition.evaluate import evaluate
 
     assert (DEFAULT_DISTILLED_DIR / "model.safetensors").stat().st_size < 4 * 2**20
     model, tok, task = default_model(attn_impl="sdpa", path=DEFAULT_DISTILLED_DIR)

@@ -1,7 +1,6 @@
 """AUP (hand-worked cases), evaluate() checked against generate(), the sweep / AUP / report plumbing."""
 
 import pytest
-import torch
 
 from dllm_kernels import generate
 from dllm_kernels.addition.evaluate import aup, aup_table, evaluate, sweep, write_results
@@ -80,7 +79,10 @@ def test_sweep_aup_and_files(tiny_addition, tmp_path):
     sweeps = {"vanilla": [dict(steps_per_block=4)], "fast_dllm": [dict(threshold=0.99), dict(threshold=0.5)]}
     rows = sweep({"a": model}, task, task.heldout(4, seed=9), tok, sweeps)
     assert [(r.model, r.policy, r.setting) for r in rows] == [
-        ("a", "vanilla", "steps/block=4"), ("a", "fast_dllm", "thr=0.99"), ("a", "fast_dllm", "thr=0.5")]
+        ("a", "vanilla", "steps/block=4"),
+        ("a", "fast_dllm", "thr=0.99"),
+        ("a", "fast_dllm", "thr=0.5"),
+    ]
     table = aup_table(rows)
     y_max = max(r.accuracy for r in rows)
     assert [(a.policy, a.points, a.y_max) for a in table] == [("vanilla", 1, y_max), ("fast_dllm", 2, y_max)]

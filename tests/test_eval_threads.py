@@ -4,8 +4,8 @@ import pytest
 import torch
 
 from dllm_kernels.addition import evaluate as ev
-from dllm_kernels.models import DiffusionLM, tiny
 from dllm_kernels.addition.task import AdditionTask, build_tokenizer
+from dllm_kernels.models import DiffusionLM, tiny
 
 
 class _Seen(Exception):

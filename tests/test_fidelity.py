@@ -32,8 +32,9 @@ POLICIES = {
     "fast_dllm_dual_cache": fast_dllm(cache="dual"),
     "r2_dual_cache_scripts": r2(),
     # R2's function with its own defaults: every R2 rule off, LLaDA's fixed schedule on the dual cache
-    "r2_dual_cache_function_defaults": Policy("r2_defaults", dk.CommitRule(base="topk", commit_best=False),
-                                              cache="dual", steps_per_block=32),  # fmt: skip
+    "r2_dual_cache_function_defaults": Policy(
+        "r2_defaults", dk.CommitRule(base="topk", commit_best=False), cache="dual", steps_per_block=32
+    ),
     "streaming_prefix_cache": streaming(window=32, alpha=0.3),
     "d3llm_multi_block": d3llm(cache="none"),
     "d3llm_multi_block_kv_cache": d3llm(cache="delayed", cache_delay=2, refresh_interval=3),
@@ -50,7 +51,9 @@ def model(tmp_path_factory):
     path = tmp_path_factory.mktemp("tiny_llada")
     write_tiny_llada(path, **DATA["checkpoint"]["kwargs"])
     for name, digest in DATA["checkpoint"]["sha256"].items():
-        assert hashlib.sha256((path / name).read_bytes()).hexdigest() == digest, f"{name} differs from the recorded checkpoint"
+        assert hashlib.sha256((path / name).read_bytes()).hexdigest() == digest, (
+            f"{name} differs from the recorded checkpoint"
+        )
     return load_pretrained(path, attn_impl="sdpa", backend="reference")
 
 
@@ -58,8 +61,14 @@ def model(tmp_path_factory):
 @pytest.mark.parametrize("run", sorted(POLICIES))
 def test_reproduces_peer(model, run, prompt):
     rec = DATA["runs"][run]["per_prompt"][prompt]
-    out = dk.generate(model, [DATA["prompts"][prompt]["ids"]], policy=POLICIES[run], gen_length=DATA["gen_length"],
-                      block_length=DATA["block_length"], backend="reference")  # fmt: skip
+    out = dk.generate(
+        model,
+        [DATA["prompts"][prompt]["ids"]],
+        policy=POLICIES[run],
+        gen_length=DATA["gen_length"],
+        block_length=DATA["block_length"],
+        backend="reference",
+    )
     assert out.generated[0].tolist() == rec["tokens"]
     assert out.nfe.item() == (rec["nfe"] if rec["nfe"] is not None else rec["forwards"])
     # the peers record the 1-based forward that unmasked each position; ours is 0-based
@@ -78,8 +87,10 @@ def _sure_model(n):
     forward that first sees it."""
     from scripted import ScriptedConfig, ScriptedModel, confident_table
 
-    return ScriptedModel(confident_table([p % 12 for p in range(n)], [0.99] * n, V_S),
-                         ScriptedConfig(vocab_size=V_S, mask_id=MASK_S, eos_id=EOS_S))  # fmt: skip
+    return ScriptedModel(
+        confident_table([p % 12 for p in range(n)], [0.99] * n, V_S),
+        ScriptedConfig(vocab_size=V_S, mask_id=MASK_S, eos_id=EOS_S),
+    )
 
 
 @pytest.mark.parametrize("cache", ["prefix", "dual"])
@@ -95,8 +106,16 @@ def test_fast_dllm_idle_forward_after_a_block_completes(cache, skip):
     P, gen, bs = 8, 24, 8
     L = P + gen
     m = _sure_model(L)
-    out = dk.generate(m, torch.arange(P)[None] % 10, policy="fast_dllm", cache=cache, skip_idle_forward=skip,
-                      gen_length=gen, block_length=bs, backend="reference")  # fmt: skip
+    out = dk.generate(
+        m,
+        torch.arange(P)[None] % 10,
+        policy="fast_dllm",
+        cache=cache,
+        skip_idle_forward=skip,
+        gen_length=gen,
+        block_length=bs,
+        backend="reference",
+    )
     assert out.generated[0].tolist() == [p % 12 for p in range(P, L)]
     per_block = 1 if skip else 2
     assert out.nfe.tolist() == [3 * per_block] and len(m.calls) == 3 * per_block
@@ -109,15 +128,23 @@ def test_fast_dllm_idle_forward_after_a_block_completes(cache, skip):
             assert calls[1] == [list(range(s, L if cache == "prefix" else s + bs))]
 
 
-@pytest.mark.parametrize("policy, kw", [("fast_dllm", dict(cache="none")), ("r2", {}), ("streaming", dict(window=8)),
-                                        ("vanilla", dict(steps_per_block=1))])  # fmt: skip
+@pytest.mark.parametrize(
+    "policy, kw",
+    [
+        ("fast_dllm", dict(cache="none")),
+        ("r2", {}),
+        ("streaming", dict(window=8)),
+        ("vanilla", dict(steps_per_block=1)),
+    ],
+)
 def test_no_idle_forward_where_the_published_loop_tests_first(policy, kw):
     """Fast-dLLM's ``generate`` (no cache) tests after each forward; R2-dLLM's
     ``generate_with_dual_cache``, Streaming-dLLM's ``generate_with_prefix_cache`` test before
     each cached forward; LLaDA runs exactly ``steps_per_block``: one forward per block here."""
     P, gen, bs = 8, 24, 8
     m = _sure_model(P + gen)
-    out = dk.generate(m, torch.arange(P)[None] % 10, policy=policy, gen_length=gen, block_length=bs,
-                      backend="reference", **kw)  # fmt: skip
+    out = dk.generate(
+        m, torch.arange(P)[None] % 10, policy=policy, gen_length=gen, block_length=bs, backend="reference", **kw
+    )
     assert out.nfe.tolist() == [3] and len(m.calls) == 3
     assert out.commit_step[0, P:].tolist() == [j for j in range(3) for _ in range(bs)]

@@ -189,7 +189,9 @@ POLICY_CASES = [
 ]
 
 
-@pytest.mark.parametrize("policy, kw", POLICY_CASES, ids=[f"{p}-{'-'.join(map(str, k.values()))}" for p, k in POLICY_CASES])
+@pytest.mark.parametrize(
+    "policy, kw", POLICY_CASES, ids=[f"{p}-{'-'.join(map(str, k.values()))}" for p, k in POLICY_CASES]
+)
 def test_batch_rows_match_single_rows(policy, kw):
     m = sharp_tiny_model("reference", attn_impl="sdpa")
     prompts = [[3, 4, 5], [7, 1, 2, 9, 4, 4, 2], [5] * 12]
@@ -221,14 +223,23 @@ def test_done_rows_leave_the_forward(policy, kw):
     than t forwards (the rows finish at different steps here), with the tokens they get alone
     (test_batch_rows_match_single_rows)."""
     m = _Shapes(sharp_tiny_model("reference", attn_impl="sdpa"))
-    out = generate(m, [[3, 4, 5], [7, 1, 2, 9, 4, 4, 2], [5] * 12, [1]], policy=policy, gen_length=24, block_length=8,
-                   backend="reference", **kw)  # fmt: skip
+    out = generate(
+        m,
+        [[3, 4, 5], [7, 1, 2, 9, 4, 4, 2], [5] * 12, [1]],
+        policy=policy,
+        gen_length=24,
+        block_length=8,
+        backend="reference",
+        **kw,
+    )
     nfe = out.nfe.tolist()
     assert len(set(nfe)) > 1
     assert [b for b, _, _ in m.widths] == [sum(n > t for n in nfe) for t in range(max(nfe))]
 
 
-@pytest.mark.parametrize("policy, kw", POLICY_CASES, ids=[f"{p}-{'-'.join(map(str, k.values()))}" for p, k in POLICY_CASES])
+@pytest.mark.parametrize(
+    "policy, kw", POLICY_CASES, ids=[f"{p}-{'-'.join(map(str, k.values()))}" for p, k in POLICY_CASES]
+)
 def test_triton_and_reference_backends_agree(device, policy, kw):
     prompts = [[3, 4, 5, 6], [7, 1, 2, 9, 4, 4]]
     outs = []
@@ -241,14 +252,25 @@ def test_triton_and_reference_backends_agree(device, policy, kw):
     assert torch.equal(tri.commit_step.cpu(), ref.commit_step)
 
 
-@pytest.mark.parametrize("policy, kw", POLICY_CASES, ids=[f"{p}-{'-'.join(map(str, k.values()))}" for p, k in POLICY_CASES])
+@pytest.mark.parametrize(
+    "policy, kw", POLICY_CASES, ids=[f"{p}-{'-'.join(map(str, k.values()))}" for p, k in POLICY_CASES]
+)
 def test_bucket_padding_changes_no_token(policy, kw):
     """The shapes a CUDA graph is captured for (every step padded to a power of two: forwarded
     width, logits width, written blocks; every commit rule launched) give the tokens, NFE and
     commit steps of the unpadded loop. Blocks of 6 make the widths non-powers of two."""
     prompts = [[3, 4, 5], [7, 1, 2, 9, 4, 4, 2]]
-    args = dict(policy=policy, gen_length=18, block_length=6, temperature=0.0, seed=None, backend="reference",
-                max_nfe=10000, progress=False, **kw)  # fmt: skip
+    args = dict(
+        policy=policy,
+        gen_length=18,
+        block_length=6,
+        temperature=0.0,
+        seed=None,
+        backend="reference",
+        max_nfe=10000,
+        progress=False,
+        **kw,
+    )
     runs = []
     for buckets in (False, True):
         m = _Shapes(sharp_tiny_model("reference", attn_impl="sdpa"))
@@ -279,10 +301,15 @@ def _vanilla_step_inputs(B, P, L, block, device):
     full = lambda v: torch.full((B,), v, device=device)  # noqa: E731
     rule = resolve_policy("vanilla").rule
     return StepInputs(
-        idx=torch.arange(L, device=device).expand(B, L), kv_len=full(L), cache_len=None, write=None,
-        logits_index=torch.arange(P, P + block, device=device).expand(B, block), stats_offset=full(P),
-        fill_after=None, groups=[(rule, full(P), full(P + block), full(0), full(0), full(1))],
-    )  # fmt: skip
+        idx=torch.arange(L, device=device).expand(B, L),
+        kv_len=full(L),
+        cache_len=None,
+        write=None,
+        logits_index=torch.arange(P, P + block, device=device).expand(B, block),
+        stats_offset=full(P),
+        fill_after=None,
+        groups=[(rule, full(P), full(P + block), full(0), full(0), full(1))],
+    )
 
 
 @pytest.mark.gpu
@@ -356,14 +383,21 @@ def test_tokens_per_forward_counts_up_to_the_first_eos():
     """d3LLM's TPF: generated tokens up to and including the first EOS (all without one) / NFE."""
     eos = 7
     tokens = torch.tensor([[1, 1, 5, 7, 5, 5], [1, 1, 5, 5, 5, 5], [1, 1, 7, 5, 7, 7]])
-    out = GenerateResult(tokens, torch.tensor([4, 2, 1]), torch.zeros_like(tokens, dtype=torch.int32),
-                         torch.zeros(3, dtype=torch.long), gen_start=2)  # fmt: skip
+    out = GenerateResult(
+        tokens,
+        torch.tensor([4, 2, 1]),
+        torch.zeros_like(tokens, dtype=torch.int32),
+        torch.zeros(3, dtype=torch.long),
+        gen_start=2,
+    )
     assert out.tokens_until_eos(eos).tolist() == [2, 4, 1]
     assert out.tokens_per_forward(eos).tolist() == [0.5, 2.0, 1.0]
 
 
 @pytest.mark.gpu
-@pytest.mark.parametrize("policy, kw", POLICY_CASES, ids=[f"{p}-{'-'.join(map(str, k.values()))}" for p, k in POLICY_CASES])
+@pytest.mark.parametrize(
+    "policy, kw", POLICY_CASES, ids=[f"{p}-{'-'.join(map(str, k.values()))}" for p, k in POLICY_CASES]
+)
 def test_gpu_cuda_graph_replay_equals_eager(policy, kw, monkeypatch):
     """``cuda_graph=True`` gives the eager tokens; each step with a forward is one graph replay,
     and the model runs only while a bucket is recorded (warm-up + capture)."""

@@ -27,8 +27,15 @@ def test_generate_finishes_on_non_finite_logits(device, policy, kind):
     outs = {}
     for backend in ("reference", "triton"):
         model = ScriptedModel(_table(kind).to(device), ScriptedConfig(vocab_size=V, mask_id=MASK, eos_id=EOS))
-        out = dk.generate(model, torch.tensor([[1, 2, 3]], device=device), policy=policy, gen_length=16,
-                          block_length=8, backend=backend, max_nfe=200)  # fmt: skip
+        out = dk.generate(
+            model,
+            torch.tensor([[1, 2, 3]], device=device),
+            policy=policy,
+            gen_length=16,
+            block_length=8,
+            backend=backend,
+            max_nfe=200,
+        )
         assert not (out.tokens == MASK).any(), f"{backend}: masks left"
         assert int(out.nfe.max()) <= 16, f"{backend}: {out.nfe.tolist()} forwards for 16 tokens"
         outs[backend] = out.tokens.cpu()

@@ -25,8 +25,14 @@ def cpu_run(tmp_path_factory):
     out = tmp_path_factory.mktemp("gpu_check")
     env = {k: v for k, v in os.environ.items() if k != "OUT"}
     env["PYTHON"] = sys.executable
-    proc = subprocess.run(["bash", str(ROOT / "scripts" / "gpu_check.sh"), "--cpu", "--out", str(out)], cwd=ROOT,
-                          env=env, capture_output=True, text=True, timeout=600)  # fmt: skip
+    proc = subprocess.run(
+        ["bash", str(ROOT / "scripts" / "gpu_check.sh"), "--cpu", "--out", str(out)],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
 
     def no_nan(c):
@@ -118,7 +124,8 @@ def test_runs_from_the_checkout_without_an_install():
     finder removed, so only the driver's mapping can resolve them."""
     code = (
         "import sys\n"
-        "sys.meta_path[:] = [f for f in sys.meta_path if not str(getattr(f, '__module__', '')).startswith('__editable__')]\n"
+        "sys.meta_path[:] = [f for f in sys.meta_path\n"
+        "                    if not str(getattr(f, '__module__', '')).startswith('__editable__')]\n"
         "sys.path_hooks[:] = [h for h in sys.path_hooks if '__editable__' not in repr(h)]\n"
         f"sys.path.insert(0, {str(ROOT / 'bench')!r})\n"
         "import gpu_check\n"
@@ -130,4 +137,8 @@ def test_runs_from_the_checkout_without_an_install():
     proc = subprocess.run([sys.executable, "-c", code], cwd="/", env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     files = [pathlib.Path(p) for p in proc.stdout.split()]
-    assert files == [ROOT / "dllm_kernels" / "__init__.py", ROOT / "kernels" / "attention.py", ROOT / "reference" / "__init__.py"]
+    assert files == [
+        ROOT / "dllm_kernels" / "__init__.py",
+        ROOT / "kernels" / "attention.py",
+        ROOT / "reference" / "__init__.py",
+    ]

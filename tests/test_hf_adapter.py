@@ -21,8 +21,13 @@ class HFStyle:
         self.net = DiffusionLM(raw, backend=native.backend, attn_impl=native.attn_impl)
         self.net.load_state_dict(native.state_dict())
         self.net.eval()
-        self.config = SimpleNamespace(vocab_size=c.vocab_size, mask_token_id=c.mask_id, eos_token_id=c.eos_id,
-                                      pad_token_id=None, max_position_embeddings=c.max_seq_len)  # fmt: skip
+        self.config = SimpleNamespace(
+            vocab_size=c.vocab_size,
+            mask_token_id=c.mask_id,
+            eos_token_id=c.eos_id,
+            pad_token_id=None,
+            max_position_embeddings=c.max_seq_len,
+        )
         self.calls = []
 
     def __call__(self, input_ids):
@@ -73,8 +78,9 @@ def test_adapter_reads_the_hf_config_and_satisfies_the_protocol():
     assert adapted.device == torch.device("cpu")
 
 
-@pytest.mark.parametrize("policy, kw", [("fast_dllm", {}), ("fast_dllm", {"cache": "dual"}), ("streaming", {}),
-                                        ("r2", {}), ("d3llm", {})])  # fmt: skip
+@pytest.mark.parametrize(
+    "policy, kw", [("fast_dllm", {}), ("fast_dllm", {"cache": "dual"}), ("streaming", {}), ("r2", {}), ("d3llm", {})]
+)
 def test_cached_policies_are_refused_naming_cache(policy, kw):
     adapted = HFModelAdapter(HFStyle(native_model()))
     with pytest.raises(ValueError, match="cache"):

@@ -11,11 +11,21 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from dllm_kernels.models import (
-    dream_7b, llada_8b, load_pretrained, load_tokenizer, save_checkpoint, write_tiny_dream, write_tiny_llada,
-)  # fmt: skip
+    dream_7b,
+    llada_8b,
+    load_pretrained,
+    load_tokenizer,
+    save_checkpoint,
+    write_tiny_dream,
+    write_tiny_llada,
+)
 from dllm_kernels.models.hf import (
-    DREAM_7B_CONFIG, DREAM_SPECIAL_TOKENS, LLADA_8B_CONFIG, LLADA_SPECIAL_TOKENS, config_from_hf,
-)  # fmt: skip
+    DREAM_7B_CONFIG,
+    DREAM_SPECIAL_TOKENS,
+    LLADA_8B_CONFIG,
+    LLADA_SPECIAL_TOKENS,
+    config_from_hf,
+)
 
 WRITERS = {"llada": write_tiny_llada, "dream": write_tiny_dream}
 INDEX = "model.safetensors.index.json"
@@ -24,8 +34,11 @@ INDEX = "model.safetensors.index.json"
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory):
     """{(format, n_shards): TinyCheckpoint}, written once for the module."""
-    return {(fmt, n): w(tmp_path_factory.mktemp(f"{fmt}{n}"), n_shards=n, seed=n) for fmt, w in WRITERS.items()
-            for n in (1, 2)}  # fmt: skip
+    return {
+        (fmt, n): w(tmp_path_factory.mktemp(f"{fmt}{n}"), n_shards=n, seed=n)
+        for fmt, w in WRITERS.items()
+        for n in (1, 2)
+    }
 
 
 @pytest.mark.parametrize("n_shards", [1, 2], ids=["single", "sharded"])
@@ -65,9 +78,13 @@ def test_llada_tensor_names_and_shards(tiny):
 def test_dream_tensor_names(tiny):
     """The names of Dream-org/Dream-v0-Instruct-7B (Qwen2 style, q/k/v biases, untied lm_head)."""
     ck = tiny["dream", 1]
-    layer = ["input_layernorm.weight", "post_attention_layernorm.weight", "self_attn.o_proj.weight",
-             *(f"self_attn.{p}_proj.{w}" for p in "qkv" for w in ("weight", "bias")),
-             *(f"mlp.{p}_proj.weight" for p in ("gate", "up", "down"))]  # fmt: skip
+    layer = [
+        "input_layernorm.weight",
+        "post_attention_layernorm.weight",
+        "self_attn.o_proj.weight",
+        *(f"self_attn.{p}_proj.{w}" for p in "qkv" for w in ("weight", "bias")),
+        *(f"mlp.{p}_proj.weight" for p in ("gate", "up", "down")),
+    ]
     want = {"model.embed_tokens.weight", "model.norm.weight", "lm_head.weight"}
     want |= {f"model.layers.{i}.{n}" for i in range(2) for n in layer}
     assert _tensor_names(ck.path) == want
@@ -97,7 +114,9 @@ def test_tokenizer_round_trip(tiny, fmt):
     assert tok.decode(ids) == text
     assert tok.decode(ids, skip_special_tokens=True) == text.replace("<|endoftext|>", "")
     assert ids[-4] == tok.eos_id == ck.config.eos_id
-    assert tok.mask_id == ck.config.mask_id and tok.encode("<|mdm_mask|>" if fmt == "llada" else "<|mask|>") == [tok.mask_id]
+    assert tok.mask_id == ck.config.mask_id and tok.encode("<|mdm_mask|>" if fmt == "llada" else "<|mask|>") == [
+        tok.mask_id
+    ]
     assert len(tok.encode(" the")) == 1  # a merge applies
     assert tok.eot_id == (ck.config.eot_id if fmt == "llada" else tok.special_ids["<|im_end|>"])
 
@@ -154,13 +173,20 @@ MALFORMED = {
     "fused block": (_edit_config(block_type="sequential"), ValueError, "block_type='sequential' is not supported"),
     "flag missing": (_edit_config(rope=None), ValueError, "missing key 'rope'"),
     "no weights": (lambda p: [f.unlink() for f in p.glob("model*")], FileNotFoundError, "neither"),
-    "missing shard": (lambda p: (p / "model-00002-of-00002.safetensors").unlink(), FileNotFoundError,
-                      "shard model-00002-of-00002.safetensors listed"),
+    "missing shard": (
+        lambda p: (p / "model-00002-of-00002.safetensors").unlink(),
+        FileNotFoundError,
+        "shard model-00002-of-00002.safetensors listed",
+    ),
     "missing tensor": (_drop_tensor, ValueError, r"missing \[model.transformer.blocks.1.up_proj.weight\]"),
     "unexpected tensor": (_add_tensor, ValueError, r"unexpected \[model.transformer.blocks.0.q_norm.weight\]"),
     "misplaced tensor": (_misplace_tensor, ValueError, "places \\[model.transformer.wte.weight\\] here"),
-    "wrong shape": (_shrink_ffn, ValueError, "blocks.0.ff_proj.weight has shape \\[64, 32\\], config.json implies \\[48, 32\\]"),
-}  # fmt: skip
+    "wrong shape": (
+        _shrink_ffn,
+        ValueError,
+        "blocks.0.ff_proj.weight has shape \\[64, 32\\], config.json implies \\[48, 32\\]",
+    ),
+}
 
 
 @pytest.mark.parametrize("case", MALFORMED)

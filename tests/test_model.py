@@ -30,19 +30,29 @@ def test_cache_modes_match_full_forward(impl, shift):
     first = 1 if shift else 0
     # prefix cache: forward x[:, s:] against cache rows [0, s)
     pre = m(x[:, s:], torch.arange(s, L).expand(B, -1), cache=cache, cache_len=torch.full((B,), s))
-    torch.testing.assert_close(pre[:, first:], full[:, s + first:], **TOL)
+    torch.testing.assert_close(pre[:, first:], full[:, s + first :], **TOL)
     # dual cache: overwrite the block's rows, then attend the whole cache only
-    blk = m(x[:, s:e], torch.arange(s, e).expand(B, -1), cache=cache, cache_len=torch.full((B,), L), attend_new=False,
-            write=CacheWrite(torch.full((B, 1), s // bs), bs, new_start=torch.full((B,), s)))  # fmt: skip
+    blk = m(
+        x[:, s:e],
+        torch.arange(s, e).expand(B, -1),
+        cache=cache,
+        cache_len=torch.full((B,), L),
+        attend_new=False,
+        write=CacheWrite(torch.full((B, 1), s // bs), bs, new_start=torch.full((B,), s)),
+    )
     torch.testing.assert_close(blk[:, first:], full[:, s + first : e], **TOL)
     # logits of a sub-range only
     torch.testing.assert_close(m(x, logits_index=torch.arange(5, 9).expand(B, -1)), full[:, 5:9], **TOL)
     # ragged windows: row 1 forwards fewer real rows; padding rows are not keys
     n = torch.tensor([L - s, L - s - 5])
     rag = m(x[:, s:], torch.arange(s, L).expand(B, -1), cache=cache, cache_len=torch.full((B,), s), kv_len=n)
-    torch.testing.assert_close(rag[0, first:], full[0, s + first:], **TOL)
-    alone = m(x[1:, s:L - 5], torch.arange(s, L - 5)[None], cache=type(cache)([k[1:] for k in cache.k], [v[1:] for v in cache.v]),
-              cache_len=torch.tensor([s]))  # fmt: skip
+    torch.testing.assert_close(rag[0, first:], full[0, s + first :], **TOL)
+    alone = m(
+        x[1:, s : L - 5],
+        torch.arange(s, L - 5)[None],
+        cache=type(cache)([k[1:] for k in cache.k], [v[1:] for v in cache.v]),
+        cache_len=torch.tensor([s]),
+    )
     torch.testing.assert_close(rag[1, : L - s - 5], alone[0], **TOL)
 
 

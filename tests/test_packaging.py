@@ -25,17 +25,36 @@ def test_subpackages_come_from_the_top_level_folders():
 def test_wheel_contains_the_same_modules(tmp_path):
     """A regular (wheel) install ships the same module files under dllm_kernels/."""
     subprocess.run(
-        [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w", str(tmp_path), str(ROOT)],
-        check=True, capture_output=True,
-    )  # fmt: skip
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "wheel",
+            "--no-deps",
+            "--no-build-isolation",
+            "-q",
+            "-w",
+            str(tmp_path),
+            str(ROOT),
+        ],
+        check=True,
+        capture_output=True,
+    )
     (wheel,) = tmp_path.glob("dllm_kernels-*.whl")
     names = set(zipfile.ZipFile(wheel).namelist())
     expected = set()
-    for folder, package in (("dllm_kernels", "dllm_kernels"), ("kernels", "dllm_kernels/kernels"), ("reference", "dllm_kernels/reference")):
+    for folder, package in (
+        ("dllm_kernels", "dllm_kernels"),
+        ("kernels", "dllm_kernels/kernels"),
+        ("reference", "dllm_kernels/reference"),
+    ):
         for f in (ROOT / folder).rglob("*.py"):
             if "__pycache__" not in f.parts:
                 expected.add(f"{package}/{f.relative_to(ROOT / folder).as_posix()}")
-    expected |= {f"dllm_kernels/addition/assets/tiny-addition/{f}" for f in ("config.json", "model.safetensors", "tokenizer.json")}
+    expected |= {
+        f"dllm_kernels/addition/assets/tiny-addition/{f}"
+        for f in ("config.json", "model.safetensors", "tokenizer.json")
+    }
     missing = expected - names
     assert not missing, f"missing from the wheel: {sorted(missing)}"
 

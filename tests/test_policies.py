@@ -10,8 +10,7 @@ from scripted import ScriptedConfig, ScriptedModel, confident_table
 
 import dllm_kernels.loop as loop
 from dllm_kernels import generate
-from dllm_kernels.kernels import _aot
-from dllm_kernels.kernels import commit as kernels_commit
+from dllm_kernels.kernels import _aot, commit as kernels_commit
 from dllm_kernels.policies import POLICIES
 
 V, MASK, EOS = 16, 15, 14
@@ -44,8 +43,11 @@ def test_the_loop_launches_exactly_the_declared_rules(monkeypatch, name):
 
 
 def test_every_declared_rule_has_a_compiled_configuration():
-    compiled = [s.constexprs for s in _aot.all_specs()
-                if s.kernel is kernels_commit._commit_kernel and s.main and s.constexprs["BLOCK"] == 32]  # fmt: skip
+    compiled = [
+        s.constexprs
+        for s in _aot.all_specs()
+        if s.kernel is kernels_commit._commit_kernel and s.main and s.constexprs["BLOCK"] == 32
+    ]
     for name in POLICIES:
         for p in _variants(name):
             for role, rule in p.launched_rules().items():

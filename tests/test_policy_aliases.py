@@ -86,14 +86,17 @@ def test_alias_with_its_target_is_an_error(policy, kw, name):
         resolve_policy(policy, **kw)
 
 
-@pytest.mark.parametrize("policy, kw, name", [
-    ("r2", {"token_cluster": "mid"}, "token_cluster"),
-    ("r2", {"token_cluster": "random"}, "token_cluster"),
-    ("vanilla", {"remasking": "random"}, "remasking"),
-    ("fast_dllm", {"factor": 1.0}, "factor"),
-    ("fast_dllm", {"steps": 256}, "steps"),
-    ("fast_dllm", {"use_cache": 1}, "use_cache"),
-])  # fmt: skip
+@pytest.mark.parametrize(
+    "policy, kw, name",
+    [
+        ("r2", {"token_cluster": "mid"}, "token_cluster"),
+        ("r2", {"token_cluster": "random"}, "token_cluster"),
+        ("vanilla", {"remasking": "random"}, "remasking"),
+        ("fast_dllm", {"factor": 1.0}, "factor"),
+        ("fast_dllm", {"steps": 256}, "steps"),
+        ("fast_dllm", {"use_cache": 1}, "use_cache"),
+    ],
+)
 def test_public_values_without_an_equivalent_are_errors(policy, kw, name):
     with pytest.raises((ValueError, TypeError), match=name):
         resolve_policy(policy, **kw)

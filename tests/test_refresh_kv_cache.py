@@ -177,8 +177,9 @@ def test_launch_grid_beyond_the_gpu_limits_is_rejected(device, monkeypatch):
     k_cache = torch.zeros(1, 2**15, 2, 64, dtype=torch.float16, device=device)
     new = torch.zeros(1, 4, 2, 64, dtype=torch.float16, device=device)
     with pytest.raises(ValueError, match=r"launch grid \(1, 65536\) exceeds the GPU's limits"):
-        dk.refresh_kv_cache(k_cache, k_cache.clone(), new, new, torch.tensor([[0]], device=device), 2**15,
-                            backend="triton")  # fmt: skip
+        dk.refresh_kv_cache(
+            k_cache, k_cache.clone(), new, new, torch.tensor([[0]], device=device), 2**15, backend="triton"
+        )
 
 
 def test_custom_op_registration(device):
@@ -203,26 +204,76 @@ IDS = torch.tensor([[0], [1]])
 @pytest.mark.parametrize(
     "args, kw, exc, match",
     [
-        ((_t(2, 16, 2, 96), _t(2, 16, 2, 96), _t(2, 8, 2, 96), _t(2, 8, 2, 96), IDS, 4), {}, ValueError, r"head dim \(k_cache.shape\[-1\]\) must be one of"),
-        ((C, C.half(), N, N, IDS, 4), {}, TypeError, "v_cache must have k_cache's dtype torch.float32, got torch.float16"),
+        (
+            (_t(2, 16, 2, 96), _t(2, 16, 2, 96), _t(2, 8, 2, 96), _t(2, 8, 2, 96), IDS, 4),
+            {},
+            ValueError,
+            r"head dim \(k_cache.shape\[-1\]\) must be one of",
+        ),
+        (
+            (C, C.half(), N, N, IDS, 4),
+            {},
+            TypeError,
+            "v_cache must have k_cache's dtype torch.float32, got torch.float16",
+        ),
         ((C, C, N.half(), N.half(), IDS, 4), {}, TypeError, "k_new must have k_cache's dtype"),
-        ((C, C, _t(2, 8, 3, 64), _t(2, 8, 3, 64), IDS, 4), {}, ValueError, "k_new must have the caches' 2 KV heads, got 3"),
+        (
+            (C, C, _t(2, 8, 3, 64), _t(2, 8, 3, 64), IDS, 4),
+            {},
+            ValueError,
+            "k_new must have the caches' 2 KV heads, got 3",
+        ),
         ((C, C, N, _t(2, 7, 2, 64), IDS, 4), {}, ValueError, r"v_new must have shape \[2, 8, 2, 64\]"),
         ((C, C, N, N, IDS, 0), {}, ValueError, r"block_size must be an int in \[1, 2\*\*31\), got 0"),
         ((C, C, N, N, IDS, 2**31), {}, ValueError, r"block_size must be an int in \[1, 2\*\*31\), got 2147483648"),
         ((C, C, N, N, IDS, 4.0), {}, ValueError, r"block_size must be an int in \[1, 2\*\*31\), got 4.0"),
-        ((_t(1, 16, 2, 64).expand(2, 16, 2, 64), C, N, N, IDS, 4), {}, ValueError, "k_cache must not overlap itself in memory"),
-        ((C, _t(2, 1, 2, 64).expand(2, 16, 2, 64), N, N, IDS, 4), {}, ValueError, r"v_cache must not overlap itself in memory .* strides \(128, 0, 64, 1\)"),
-        ((C, C, N, N, torch.tensor([[0], [4]]), 4), {}, ValueError, r"block_ids values must lie in \[-1, 3\], got min 0 and max 4"),
+        (
+            (_t(1, 16, 2, 64).expand(2, 16, 2, 64), C, N, N, IDS, 4),
+            {},
+            ValueError,
+            "k_cache must not overlap itself in memory",
+        ),
+        (
+            (C, _t(2, 1, 2, 64).expand(2, 16, 2, 64), N, N, IDS, 4),
+            {},
+            ValueError,
+            r"v_cache must not overlap itself in memory .* strides \(128, 0, 64, 1\)",
+        ),
+        (
+            (C, C, N, N, torch.tensor([[0], [4]]), 4),
+            {},
+            ValueError,
+            r"block_ids values must lie in \[-1, 3\], got min 0 and max 4",
+        ),
         ((C, C, N, N, torch.tensor([[-2], [1]]), 4), {}, ValueError, r"block_ids values must lie in \[-1, 3\]"),
         ((C, C, N, N, torch.tensor([0, 1]), 4), {}, ValueError, "block_ids must be 2-D"),
         ((C, C, N, N, torch.tensor([[0.0], [1.0]]), 4), {}, TypeError, "block_ids must have dtype int32/int64"),
-        ((C, C, N, N, IDS, 4), {"new_start": torch.tensor([0, 17])}, ValueError, r"new_start values must lie in \[0, 16\]"),
+        (
+            (C, C, N, N, IDS, 4),
+            {"new_start": torch.tensor([0, 17])},
+            ValueError,
+            r"new_start values must lie in \[0, 16\]",
+        ),
         ((C, C, N, N, IDS, 4), {"rope_cos": _t(8, 64)}, ValueError, "rope_cos and rope_sin must be given together"),
-        ((C, C, N, N, IDS, 4), {"rope_cos": _t(9, 64), "rope_sin": _t(9, 64)}, ValueError, r"rope_cos must have shape \[8, 64\], got \[9, 64\]"),
-        ((C, C, N, N, IDS, 4), {"rope_cos": _t(8, 64, dtype=torch.float16), "rope_sin": _t(8, 64, dtype=torch.float16)}, TypeError, "rope_cos must have dtype float32"),
+        (
+            (C, C, N, N, IDS, 4),
+            {"rope_cos": _t(9, 64), "rope_sin": _t(9, 64)},
+            ValueError,
+            r"rope_cos must have shape \[8, 64\], got \[9, 64\]",
+        ),
+        (
+            (C, C, N, N, IDS, 4),
+            {"rope_cos": _t(8, 64, dtype=torch.float16), "rope_sin": _t(8, 64, dtype=torch.float16)},
+            TypeError,
+            "rope_cos must have dtype float32",
+        ),
         ((C, C, N, N, IDS.to("meta"), 4), {}, ValueError, "block_ids must be on cpu"),
-        ((C, C, _t(2, 8, 64, 2).transpose(2, 3), N, IDS, 4), {}, ValueError, "k_new must have a contiguous last dimension"),
+        (
+            (C, C, _t(2, 8, 64, 2).transpose(2, 3), N, IDS, 4),
+            {},
+            ValueError,
+            "k_new must have a contiguous last dimension",
+        ),
     ],
 )
 def test_bad_input(args, kw, exc, match):

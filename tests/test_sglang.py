@@ -71,8 +71,12 @@ def sizes(backend, blk):
 
 
 def config(block_size, algorithm_config=None, fdfo=False, mask_id=MASK):
-    return SimpleNamespace(block_size=block_size, mask_id=mask_id, algorithm_config=dict(algorithm_config or {}),
-                           first_done_first_out_mode=fdfo)  # fmt: skip
+    return SimpleNamespace(
+        block_size=block_size,
+        mask_id=mask_id,
+        algorithm_config=dict(algorithm_config or {}),
+        first_done_first_out_mode=fdfo,
+    )
 
 
 def batch(input_ids, prompt_mask, B):
@@ -132,7 +136,9 @@ def drive(ours, theirs, ids, pm, g, steps, make_logits=random_logits):
 def test_entry_point_registers_every_algorithm():
     from importlib.metadata import entry_points
 
-    eps = [ep for ep in entry_points(group="sglang.srt.plugins") if ep.value == "dllm_kernels.integrations.sglang:register"]
+    eps = [
+        ep for ep in entry_points(group="sglang.srt.plugins") if ep.value == "dllm_kernels.integrations.sglang:register"
+    ]
     assert len(eps) == 1, "dllm-kernels is not installed with its entry point (pip install -e .)"
     load_plugins()
     for cls in plugin.ALGORITHMS:
@@ -178,19 +184,24 @@ def test_joint_threshold_parity(backend, blk, vectorized):
         B = int(torch.randint(1, max_b + 1, (1,), generator=g))
         ids, pm = random_case(g, B, blk, prompt=case % 2 == 0)
         opts = {
-            "threshold": [0.5, 0.9][case % 2], "edit_threshold": [0.0, 0.6, 0.3][case % 3],
-            "max_post_edit_steps": [2, 0, 16][case % 3], "penalty_lambda": [0.0, 1.5][(case // 2) % 2],
-        }  # fmt: skip
+            "threshold": [0.5, 0.9][case % 2],
+            "edit_threshold": [0.0, 0.6, 0.3][case % 3],
+            "max_post_edit_steps": [2, 0, 16][case % 3],
+            "penalty_lambda": [0.0, 1.5][(case // 2) % 2],
+        }
         ours = plugin.DllmKernelsJointThreshold(config(blk, {**opts, "backend": backend}))
         theirs = JointThreshold(config(blk, {**opts, "vectorized_decoding": vectorized}))
-        edits += drive(ours, theirs, ids, pm, g, steps=min(ours.max_steps(blk), 3 * n_steps if max_b == 16 else n_steps + 1))[1]
+        edits += drive(
+            ours, theirs, ids, pm, g, steps=min(ours.max_steps(blk), 3 * n_steps if max_b == 16 else n_steps + 1)
+        )[1]
     assert edits > 0  # the cases exercise token editing
 
 
 def test_joint_threshold_edits_and_budget_by_hand():
     # block 4, prompt tail of 1: [p | a | M | M]; proposals [9, 5, 6, 6]
-    ours = plugin.DllmKernelsJointThreshold(config(4, {"threshold": 0.9, "edit_threshold": 0.5,
-                                                       "max_post_edit_steps": 1, "backend": "reference"}))  # fmt: skip
+    ours = plugin.DllmKernelsJointThreshold(
+        config(4, {"threshold": 0.9, "edit_threshold": 0.5, "max_post_edit_steps": 1, "backend": "reference"})
+    )
     fb = batch(torch.tensor([1, 2, MASK, MASK]), torch.tensor([[True, False, False, False]]), 1)
     states = ours.init_step_state(fb)
     z = torch.full((4, V), -5.0)
@@ -297,8 +308,9 @@ class ScriptedRunner:
         x = forward_batch.input_ids.view(-1, self.blk)
         left = torch.cat([x[:, :1], x[:, :-1]], dim=1)  # [B, blk]
         logits = self.bias[None] + self.table[torch.arange(self.blk)[None, :], left]  # [B, blk, V]
-        return SimpleNamespace(logits_output=SimpleNamespace(full_logits=logits.reshape(-1, V).float()),
-                               can_run_graph=False)  # fmt: skip
+        return SimpleNamespace(
+            logits_output=SimpleNamespace(full_logits=logits.reshape(-1, V).float()), can_run_graph=False
+        )
 
 
 def _blocks(g, n, blk):
@@ -309,8 +321,10 @@ def _blocks(g, n, blk):
     return ids, pm
 
 
-PAIRS = [("DllmKernelsLowConfidence", LowConfidence, {"threshold": 0.6}),
-         ("DllmKernelsJointThreshold", JointThreshold, {"threshold": 0.6, "max_post_edit_steps": 3})]  # fmt: skip
+PAIRS = [
+    ("DllmKernelsLowConfidence", LowConfidence, {"threshold": 0.6}),
+    ("DllmKernelsJointThreshold", JointThreshold, {"threshold": 0.6, "max_post_edit_steps": 3}),
+]
 
 
 @pytest.mark.parametrize("pair", PAIRS)
@@ -374,8 +388,14 @@ def test_r2_state_survives_fdfo_rounds(backend):
     blk, n, B = (8, 5, 3) if sizes(backend, 8)[0] == 16 else (6, 2, 2)
     g = torch.Generator().manual_seed(9)
     blocks, pms = _blocks(g, n, blk)
-    opts = {"threshold": 0.99, "spatial_window": 0, "token_cluster": False, "temporal_steps": 2,
-            "temporal_threshold": 0.3, "backend": backend}  # fmt: skip
+    opts = {
+        "threshold": 0.99,
+        "spatial_window": 0,
+        "token_cluster": False,
+        "temporal_steps": 2,
+        "temporal_threshold": 0.3,
+        "backend": backend,
+    }
     algo = plugin.DllmKernelsR2Dllm(config(blk, opts, fdfo=True))
     mixed = _fdfo_rounds(algo, ScriptedRunner(blk, sharp=1.5), blocks, pms, B=B, perm_seed=2)
     alone = {}
@@ -388,8 +408,9 @@ def test_r2_state_survives_fdfo_rounds(backend):
         def run(self, model_runner, forward_batch, algo_states=None):
             return super().run(model_runner, forward_batch, None)  # drops the carried states
 
-    forgetful = _fdfo_rounds(Forgetful(config(blk, opts, fdfo=True)), ScriptedRunner(blk, sharp=1.5), blocks, pms,
-                             B=B, perm_seed=2)  # fmt: skip
+    forgetful = _fdfo_rounds(
+        Forgetful(config(blk, opts, fdfo=True)), ScriptedRunner(blk, sharp=1.5), blocks, pms, B=B, perm_seed=2
+    )
     assert sum(r for _, r in forgetful.values()) > sum(r for _, r in mixed.values())  # streaks save rounds
 
 

@@ -3,10 +3,9 @@
 import random
 
 import pytest
-import torch
 
-from dllm_kernels.models import load_tokenizer
 from dllm_kernels.addition.task import EOS, MASK, PAD, SYMBOLS, AdditionTask, Problem, build_tokenizer
+from dllm_kernels.models import load_tokenizer
 
 TASK = AdditionTask()
 TOK = build_tokenizer()

@@ -401,11 +401,21 @@ def test_traces_under_torch_compile(device):
     [
         (lambda: torch.randn(10), {}, ValueError, "logits must be 2-D or 3-D, got shape"),
         (lambda: torch.randn(2, 2, 2, 2), {}, ValueError, "logits must be 2-D or 3-D"),
-        (lambda: torch.randint(0, 5, (2, 10)), {}, TypeError, "logits must have dtype float32/float16/bfloat16, got torch.int64"),
+        (
+            lambda: torch.randint(0, 5, (2, 10)),
+            {},
+            TypeError,
+            "logits must have dtype float32/float16/bfloat16, got torch.int64",
+        ),
         (lambda: torch.randn(2, 10, dtype=torch.float64), {}, TypeError, "got torch.float64"),
         (lambda: [[1.0, 2.0]], {}, TypeError, "logits must be a torch.Tensor, got list"),
         (lambda: torch.randn(2, 0), {}, ValueError, "non-empty vocabulary"),
-        (lambda: torch.randn(2, 10), {"suppress_ids": [3, 10]}, ValueError, r"suppress_ids must lie in \[0, 10\), got \[10\]"),
+        (
+            lambda: torch.randn(2, 10),
+            {"suppress_ids": [3, 10]},
+            ValueError,
+            r"suppress_ids must lie in \[0, 10\), got \[10\]",
+        ),
         (lambda: torch.randn(2, 10), {"suppress_ids": [-1]}, ValueError, "suppress_ids must lie in"),
         (lambda: torch.randn(2, 10), {"suppress_ids": [1.5]}, TypeError, "suppress_ids must hold ints"),
         (lambda: torch.randn(2, 10), {"suppress_ids": "abc"}, (TypeError, ValueError), "suppress_ids"),
@@ -413,16 +423,56 @@ def test_traces_under_torch_compile(device):
         (lambda: torch.randn(2, 10), {"temperature": -1.0}, ValueError, "temperature must be a finite number >= 0"),
         (lambda: torch.randn(2, 10), {"temperature": float("nan")}, ValueError, "temperature"),
         (lambda: torch.randn(2, 10), {"temperature": 1.0, "seed": -3}, ValueError, "seed must lie in"),
-        (lambda: torch.randn(2, 10), {"temperature": 1.0, "seed": 2**63}, ValueError, r"seed must lie in \[0, 2\*\*63\)"),
-        (lambda: torch.randn(2, 10), {"temperature": 1.0, "seed": True}, TypeError, "seed must be an int, None or an integer tensor, got bool"),
+        (
+            lambda: torch.randn(2, 10),
+            {"temperature": 1.0, "seed": 2**63},
+            ValueError,
+            r"seed must lie in \[0, 2\*\*63\)",
+        ),
+        (
+            lambda: torch.randn(2, 10),
+            {"temperature": 1.0, "seed": True},
+            TypeError,
+            "seed must be an int, None or an integer tensor, got bool",
+        ),
         (lambda: torch.randn(2, 10), {"temperature": 1.0, "seed": 1.5}, TypeError, "seed must be an int.*got float"),
-        (lambda: torch.randn(2, 10), {"temperature": 1.0, "seed": torch.ones(2)}, TypeError, "seed tensor must have an integer dtype.*float32"),
-        (lambda: torch.randn(2, 10), {"temperature": 1.0, "seed": torch.ones(2, dtype=torch.bool)}, TypeError, "seed tensor.*torch.bool"),
-        (lambda: torch.randn(2, 10), {"temperature": 1.0, "seed": torch.ones(3, dtype=torch.int64)}, ValueError, r"seed tensor must have the logits' row shape \[2\], got \[3\]"),
-        (lambda: torch.randn(2, 3, 10), {"temperature": 1.0, "seed": torch.ones(6, dtype=torch.int64)}, ValueError, "row shape"),
-        (lambda: torch.randn(2, 10), {"temperature": 1.0, "seed": torch.tensor([1, -1])}, ValueError, "seed values must lie in"),
+        (
+            lambda: torch.randn(2, 10),
+            {"temperature": 1.0, "seed": torch.ones(2)},
+            TypeError,
+            "seed tensor must have an integer dtype.*float32",
+        ),
+        (
+            lambda: torch.randn(2, 10),
+            {"temperature": 1.0, "seed": torch.ones(2, dtype=torch.bool)},
+            TypeError,
+            "seed tensor.*torch.bool",
+        ),
+        (
+            lambda: torch.randn(2, 10),
+            {"temperature": 1.0, "seed": torch.ones(3, dtype=torch.int64)},
+            ValueError,
+            r"seed tensor must have the logits' row shape \[2\], got \[3\]",
+        ),
+        (
+            lambda: torch.randn(2, 3, 10),
+            {"temperature": 1.0, "seed": torch.ones(6, dtype=torch.int64)},
+            ValueError,
+            "row shape",
+        ),
+        (
+            lambda: torch.randn(2, 10),
+            {"temperature": 1.0, "seed": torch.tensor([1, -1])},
+            ValueError,
+            "seed values must lie in",
+        ),
         (lambda: torch.randn(2, 10), {"temperature": True}, ValueError, "temperature must be a finite number"),
-        (lambda: torch.randn(2, 10), {"temperature": 1e-39}, ValueError, "temperature must be 0 .argmax. or at least 2.93874e-39"),
+        (
+            lambda: torch.randn(2, 10),
+            {"temperature": 1e-39},
+            ValueError,
+            "temperature must be 0 .argmax. or at least 2.93874e-39",
+        ),
         (lambda: torch.randn(2, 10), {"backend": "cuda"}, ValueError, "backend must be one of"),
     ],
 )
@@ -545,9 +595,11 @@ def test_sm90_loop_has_no_block_reduction():
     import subprocess
     import sys
 
-    names = ["token_stats[bf16,sample=False,row_seed=False,final=True,suppress=0]",
-             "token_stats[bf16,sample=True,row_seed=False,final=True,suppress=0]",
-             "token_stats[bf16,sample=True,row_seed=True,final=False,suppress=2]"]  # fmt: skip
+    names = [
+        "token_stats[bf16,sample=False,row_seed=False,final=True,suppress=0]",
+        "token_stats[bf16,sample=True,row_seed=False,final=True,suppress=0]",
+        "token_stats[bf16,sample=True,row_seed=True,final=False,suppress=2]",
+    ]
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
     code = f"NAMES = {names!r}\n" + _PTX_LOOP_BARRIERS
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=600)

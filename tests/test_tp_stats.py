@@ -144,7 +144,9 @@ def test_custom_op_registration(device):
     x = logits((2, 3, 100), device)
     torch.library.opcheck(torch.ops.dllm_kernels.token_stats_partial.default, (x, 100, 300, 0.0, 0, [150]))
     torch.library.opcheck(torch.ops.dllm_kernels.token_stats_partial.default, (x, 0, 300, 0.5, 3, []))
-    parts = torch.stack([dk.token_stats_partial(x, 0, backend="triton"), dk.token_stats_partial(x, 100, backend="triton")])
+    parts = torch.stack(
+        [dk.token_stats_partial(x, 0, backend="triton"), dk.token_stats_partial(x, 100, backend="triton")]
+    )
     torch.library.opcheck(torch.ops.dllm_kernels.merge_token_stats.default, (parts,))
 
 
@@ -153,17 +155,45 @@ def test_custom_op_registration(device):
     [
         (lambda x: dk.token_stats_partial(x, -1), ValueError, "vocab_start must be an int >= 0"),
         (lambda x: dk.token_stats_partial(x, 1.0), ValueError, "vocab_start must be an int"),
-        (lambda x: dk.token_stats_partial(x, 5, vocab_size=12), ValueError, r"vocab_start \+ shard width \(5 \+ 10\) exceeds vocab_size 12"),
+        (
+            lambda x: dk.token_stats_partial(x, 5, vocab_size=12),
+            ValueError,
+            r"vocab_start \+ shard width \(5 \+ 10\) exceeds vocab_size 12",
+        ),
         (lambda x: dk.token_stats_partial(x, 0, vocab_size=True), ValueError, "vocab_size must be an int"),
-        (lambda x: dk.token_stats_partial(x, 0, temperature=1.0, vocab_size=10), ValueError, "seed must be given at temperature > 0"),
+        (
+            lambda x: dk.token_stats_partial(x, 0, temperature=1.0, vocab_size=10),
+            ValueError,
+            "seed must be given at temperature > 0",
+        ),
         (lambda x: dk.token_stats_partial(x, 0, temperature=1.0, seed=3), ValueError, "vocab_size is required"),
-        (lambda x: dk.token_stats_partial(x, 0, vocab_size=10, suppress_ids=[10]), ValueError, "suppress_ids must lie in"),
-        (lambda x: dk.token_stats_partial(x, 0, temperature=1e-40, seed=1, vocab_size=10), ValueError, "temperature must be 0"),
+        (
+            lambda x: dk.token_stats_partial(x, 0, vocab_size=10, suppress_ids=[10]),
+            ValueError,
+            "suppress_ids must lie in",
+        ),
+        (
+            lambda x: dk.token_stats_partial(x, 0, temperature=1e-40, seed=1, vocab_size=10),
+            ValueError,
+            "temperature must be 0",
+        ),
         (lambda x: dk.token_stats_partial(x.long(), 0), TypeError, "logits_shard must have dtype"),
         (lambda x: dk.merge_token_stats([]), ValueError, "at least one state"),
-        (lambda x: dk.merge_token_stats(torch.zeros(2, 4, 7)), ValueError, r"partials must have shape \[S >= 1, \*lead, 8\]"),
-        (lambda x: dk.merge_token_stats(torch.zeros(2, 4, 8, dtype=torch.float64)), TypeError, "partials must have dtype float32"),
-        (lambda x: dk.merge_token_stats([torch.zeros(2, 8), torch.zeros(3, 8)]), ValueError, r"partials\[1\] must have shape"),
+        (
+            lambda x: dk.merge_token_stats(torch.zeros(2, 4, 7)),
+            ValueError,
+            r"partials must have shape \[S >= 1, \*lead, 8\]",
+        ),
+        (
+            lambda x: dk.merge_token_stats(torch.zeros(2, 4, 8, dtype=torch.float64)),
+            TypeError,
+            "partials must have dtype float32",
+        ),
+        (
+            lambda x: dk.merge_token_stats([torch.zeros(2, 8), torch.zeros(3, 8)]),
+            ValueError,
+            r"partials\[1\] must have shape",
+        ),
         (lambda x: dk.merge_token_stats(torch.zeros(1025, 2, 8)), ValueError, "at most 1024 partial states"),
     ],
 )
@@ -191,8 +221,9 @@ def _rank_main(rank, world, port, x, out_dir):
         a, b = shard_bounds(V, world, uneven=True)[rank]
         results = {}
         for temperature, backend in ((0.0, "triton"), (0.7, "reference")):
-            part = dk.token_stats_partial(x[..., a:b], a, temperature=temperature, seed=2024, vocab_size=V,
-                                          backend=backend)  # fmt: skip
+            part = dk.token_stats_partial(
+                x[..., a:b], a, temperature=temperature, seed=2024, vocab_size=V, backend=backend
+            )
             gathered = [torch.empty_like(part) for _ in range(world)]
             dist.all_gather(gathered, part)  # gloo has no all_gather_into_tensor
             results[temperature] = tuple(dk.merge_token_stats(gathered, backend=backend))
@@ -209,8 +240,9 @@ def test_gloo_all_gather_of_partials(world, tmp_path):
     V = 97
     x = logits((2, 3, V), "cpu")
     x[0, 1, [5, 90]] = 9.0  # a tie across ranks
-    mp.start_processes(_rank_main, args=(world, _free_port(), x, str(tmp_path)), nprocs=world, join=True,
-                       start_method="spawn")  # fmt: skip
+    mp.start_processes(
+        _rank_main, args=(world, _free_port(), x, str(tmp_path)), nprocs=world, join=True, start_method="spawn"
+    )
     for rank in range(world):
         results = torch.load(tmp_path / f"rank{rank}.pt")
         for temperature, got in results.items():

@@ -5,9 +5,9 @@ import random
 
 import torch
 
-from dllm_kernels.models import DiffusionLM, ModelConfig
 from dllm_kernels.addition.task import AdditionTask, build_tokenizer
 from dllm_kernels.addition.train import TrainConfig, masked_diffusion_loss, tiny_addition_config, train
+from dllm_kernels.models import DiffusionLM, ModelConfig
 
 TASK = AdditionTask(n_digits=4, gen_length=8, block_length=4)
 TOK = build_tokenizer()

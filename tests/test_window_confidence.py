@@ -75,13 +75,31 @@ def test_strided_inputs(device):
 @pytest.mark.parametrize(
     "conf, decided, kw, exc, match",
     [
-        (torch.rand(2, 4, dtype=torch.float64), torch.zeros(2, 4, dtype=torch.bool), {}, TypeError, "conf must have dtype float32"),
+        (
+            torch.rand(2, 4, dtype=torch.float64),
+            torch.zeros(2, 4, dtype=torch.bool),
+            {},
+            TypeError,
+            "conf must have dtype float32",
+        ),
         (torch.rand(4), torch.zeros(4, dtype=torch.bool), {}, ValueError, "conf must be 2-D"),
         (torch.rand(2, 4), torch.zeros(2, 4), {}, TypeError, "decided must have dtype bool"),
-        (torch.rand(2, 4), torch.zeros(2, 5, dtype=torch.bool), {}, ValueError, r"decided must have shape \[2, 4\], got \[2, 5\]"),
+        (
+            torch.rand(2, 4),
+            torch.zeros(2, 5, dtype=torch.bool),
+            {},
+            ValueError,
+            r"decided must have shape \[2, 4\], got \[2, 5\]",
+        ),
         (torch.rand(2, 4), torch.zeros(2, 4, dtype=torch.bool), {"window": 0}, ValueError, "window must be an int in"),
         (torch.rand(2, 4), torch.zeros(2, 4, dtype=torch.bool), {"window": 40}, ValueError, "window must be an int in"),
-        (torch.rand(2, 4), torch.zeros(2, 4, dtype=torch.bool), {"max_decided": -1}, ValueError, "max_decided must be an int >= 0"),
+        (
+            torch.rand(2, 4),
+            torch.zeros(2, 4, dtype=torch.bool),
+            {"max_decided": -1},
+            ValueError,
+            "max_decided must be an int >= 0",
+        ),
     ],
 )
 def test_bad_input(conf, decided, kw, exc, match):

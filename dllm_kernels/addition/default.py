@@ -19,8 +19,9 @@ DEFAULT_MODEL_DIR = pathlib.Path(__file__).resolve().parent / "assets" / "tiny-a
 DEFAULT_DISTILLED_DIR = DEFAULT_MODEL_DIR.with_name("tiny-addition-d3")
 
 
-def default_model(*, device="cpu", dtype=torch.float32, backend="auto", attn_impl="ops",
-                  path=DEFAULT_MODEL_DIR) -> tuple[DiffusionLM, Tokenizer, AdditionTask]:  # fmt: skip
+def default_model(
+    *, device="cpu", dtype=torch.float32, backend="auto", attn_impl="ops", path=DEFAULT_MODEL_DIR
+) -> tuple[DiffusionLM, Tokenizer, AdditionTask]:
     """``(model, tokenizer, task)`` of the shipped checkpoint (or of a checkpoint directory
     written by ``python -m dllm_kernels.addition.train``): the model in eval mode on ``device`` in
     ``dtype``, its tokenizer, and the task with the canvas layout (``prompt_length``,

@@ -80,15 +80,24 @@ class Trajectories:
 
 
 @torch.no_grad()
-def record_trajectories(model, task: AdditionTask, problems: Sequence[Problem], tokenizer, policy: str = "vanilla", *,
-                        batch_size: int = 256, **overrides) -> Trajectories:  # fmt: skip
+def record_trajectories(
+    model,
+    task: AdditionTask,
+    problems: Sequence[Problem],
+    tokenizer,
+    policy: str = "vanilla",
+    *,
+    batch_size: int = 256,
+    **overrides,
+) -> Trajectories:
     """Decode ``problems`` with the teacher ``model`` and ``policy``; keep the correct ones."""
     device = next(model.parameters()).device
     keep = []
     for i in range(0, len(problems), batch_size):
         prompt, target = (t.to(device) for t in task.encode(list(problems[i : i + batch_size]), tokenizer))
-        out = generate(model, prompt, policy=policy, gen_length=task.gen_length, block_length=task.block_length,
-                       **overrides)  # fmt: skip
+        out = generate(
+            model, prompt, policy=policy, gen_length=task.gen_length, block_length=task.block_length, **overrides
+        )
         ok = task.exact_match(out.generated, target, model.config.eos_id)
         order = out.commit_step[:, out.gen_start :].long()
         keep.append((prompt[ok], out.generated[ok], order[ok]))
@@ -119,8 +128,9 @@ def pseudo_trajectory_masks(order: torch.Tensor, block: torch.Tensor, ratio: tor
     return masked, in_block & ~masked, pos >= start + block_length
 
 
-def distill_loss(model, prompt, tokens, masked, shown, later, *, entropy_weight: float = 2.0,
-                 entropy_temperature: float = 0.5) -> tuple[torch.Tensor, dict]:  # fmt: skip
+def distill_loss(
+    model, prompt, tokens, masked, shown, later, *, entropy_weight: float = 2.0, entropy_temperature: float = 0.5
+) -> tuple[torch.Tensor, dict]:
     """d3LLM's objective on one batch (module docstring, step 3); returns the loss and its terms.
 
     ``prompt [B, P]``, ``tokens [B, G]`` the teacher's answers, the masks of
@@ -185,16 +195,28 @@ def distill(model, task: AdditionTask, traj: Trajectories, cfg: DistillConfig, *
             running[k] = running.get(k, 0.0) + v
         if (step + 1) % log_every == 0 or step + 1 == cfg.steps:
             n = (step % log_every) + 1
-            record = {"step": step + 1, "r_prog": round(r_prog, 3), **{k: v / n for k, v in running.items()},
-                      "wall_seconds": time.perf_counter() - wall, "cpu_seconds": time.process_time() - cpu}  # fmt: skip
+            record = {
+                "step": step + 1,
+                "r_prog": round(r_prog, 3),
+                **{k: v / n for k, v in running.items()},
+                "wall_seconds": time.perf_counter() - wall,
+                "cpu_seconds": time.process_time() - cpu,
+            }
             history.append(record)
             running = {}
             log(" ".join(f"{k} {v:.4g}" for k, v in record.items()))
     return model.eval(), history
 
 
-_ARG_TYPES = {"problems": positive_int, "steps": positive_int, "batch_size": positive_int, "lr": positive_float,
-              "entropy_weight": nonnegative_float, "seed": int, "threads": positive_int}  # fmt: skip
+_ARG_TYPES = {
+    "problems": positive_int,
+    "steps": positive_int,
+    "batch_size": positive_int,
+    "lr": positive_float,
+    "entropy_weight": nonnegative_float,
+    "seed": int,
+    "threads": positive_int,
+}
 
 
 def add_arguments(ap: argparse.ArgumentParser) -> None:
@@ -221,8 +243,12 @@ def run(args: argparse.Namespace, command: list[str]) -> int:
     """:func:`main` on parsed options (``command``: the command line recorded in distill.json)."""
     d = DistillConfig()
     if args.out is None:
-        args.out = DEFAULT_DISTILLED_DIR if args.variant == "d3" else DEFAULT_DISTILLED_DIR.with_name("tiny-addition-r2")
-    cfg = dataclasses.replace(d, **{f.name: getattr(args, f.name) for f in dataclasses.fields(d) if hasattr(args, f.name)})
+        args.out = (
+            DEFAULT_DISTILLED_DIR if args.variant == "d3" else DEFAULT_DISTILLED_DIR.with_name("tiny-addition-r2")
+        )
+    cfg = dataclasses.replace(
+        d, **{f.name: getattr(args, f.name) for f in dataclasses.fields(d) if hasattr(args, f.name)}
+    )
 
     torch.set_num_threads(cfg.threads)
     model, tok, task = default_model(attn_impl="sdpa", path=args.teacher)
@@ -241,8 +267,14 @@ def run(args: argparse.Namespace, command: list[str]) -> int:
     record = {
         "command": " ".join(command),
         "config": dataclasses.asdict(cfg),
-        "teacher": {"checkpoint": args.teacher.name, "policy": policy, "overrides": overrides,
-                    "problems": cfg.problems, "correct": len(traj), "seconds": round(teacher_s, 1)},  # fmt: skip
+        "teacher": {
+            "checkpoint": args.teacher.name,
+            "policy": policy,
+            "overrides": overrides,
+            "problems": cfg.problems,
+            "correct": len(traj),
+            "seconds": round(teacher_s, 1),
+        },
         "history": history,
     }
     (args.out / "distill.json").write_text(json.dumps(record, indent=2) + "\n")

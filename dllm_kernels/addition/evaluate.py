@@ -32,6 +32,7 @@ import torch
 from ..loop import generate
 from .task import AdditionTask, Problem
 
+
 # policy -> its sweep: constructor overrides, from the most careful setting to the most parallel.
 # R2-dLLM's spatial and temporal gates (0.8 by default) commit on their own, below tau: they
 # follow tau (at tau - 0.1) so that its curve spans careful to parallel too.
@@ -78,8 +79,13 @@ def intra_op_threads(n: int | None):
 
 
 # short names of the swept keywords in tables (d3LLM's "threshold" is an entropy threshold)
-_SHORT = {"threshold": "thr", "spatial_threshold": "spatial", "temporal_threshold": "temporal",
-          "steps_per_block": "steps/block"}  # fmt: skip
+_SHORT = {
+    "threshold": "thr",
+    "spatial_threshold": "spatial",
+    "temporal_threshold": "temporal",
+    "steps_per_block": "steps/block",
+}
+
 
 @dataclass(frozen=True)
 class EvalRow:
@@ -96,9 +102,19 @@ class EvalRow:
 
 
 @torch.no_grad()
-def evaluate(model, task: AdditionTask, problems: Sequence[Problem], tokenizer, policy: str = "vanilla", *,
-             batch_size: int = 256, backend: str = "auto", label: str = "model", threads: int | None = DEFAULT_THREADS,
-             **overrides) -> EvalRow:  # fmt: skip
+def evaluate(
+    model,
+    task: AdditionTask,
+    problems: Sequence[Problem],
+    tokenizer,
+    policy: str = "vanilla",
+    *,
+    batch_size: int = 256,
+    backend: str = "auto",
+    label: str = "model",
+    threads: int | None = DEFAULT_THREADS,
+    **overrides,
+) -> EvalRow:
     """Decode ``problems`` with ``policy`` (and its constructor's ``overrides``) and score them.
 
     Args:
@@ -120,8 +136,15 @@ def evaluate(model, task: AdditionTask, problems: Sequence[Problem], tokenizer, 
         t0 = time.perf_counter()
         for i in range(0, len(problems), batch_size):
             prompt, target = (t.to(device) for t in task.encode(list(problems[i : i + batch_size]), tokenizer))
-            out = generate(model, prompt, policy=policy, gen_length=task.gen_length, block_length=task.block_length,
-                           backend=backend, **overrides)  # fmt: skip
+            out = generate(
+                model,
+                prompt,
+                policy=policy,
+                gen_length=task.gen_length,
+                block_length=task.block_length,
+                backend=backend,
+                **overrides,
+            )
             toks = out.tokens_until_eos(eos)
             correct += int(task.exact_match(out.generated, target, eos).sum())
             nfe += out.nfe.sum().item()
@@ -129,8 +152,9 @@ def evaluate(model, task: AdditionTask, problems: Sequence[Problem], tokenizer, 
             tokens += int(toks.sum())
         seconds = time.perf_counter() - t0
     n = len(problems)
-    setting = " ".join(f"{_SHORT.get(k, k)}={v:g}" if isinstance(v, float) else f"{_SHORT.get(k, k)}={v}"
-                       for k, v in overrides.items())  # fmt: skip
+    setting = " ".join(
+        f"{_SHORT.get(k, k)}={v:g}" if isinstance(v, float) else f"{_SHORT.get(k, k)}={v}" for k, v in overrides.items()
+    )
     return EvalRow(label, policy, setting or "default", 100.0 * correct / n, nfe / n, tpf / n, tokens / seconds, n)
 
 
@@ -140,16 +164,26 @@ class Accuracy:
     n: int
 
 
-def evaluate_vanilla(model, task: AdditionTask, problems: Sequence[Problem], tokenizer, *,
-                     batch_size: int = 256) -> Accuracy:  # fmt: skip
+def evaluate_vanilla(
+    model, task: AdditionTask, problems: Sequence[Problem], tokenizer, *, batch_size: int = 256
+) -> Accuracy:
     """Exact-match accuracy (%) of LLaDA's vanilla decoding (one token per forward) on ``problems``."""
     row = evaluate(model, task, problems, tokenizer, "vanilla", batch_size=batch_size)
     return Accuracy(row.accuracy, row.n)
 
 
-def sweep(models: dict, task: AdditionTask, problems: Sequence[Problem], tokenizer, sweeps: dict = QUICK_SWEEPS, *,
-          batch_size: int = 256, backend: str = "auto", log=None,
-          threads: int | None = DEFAULT_THREADS) -> list[EvalRow]:  # fmt: skip
+def sweep(
+    models: dict,
+    task: AdditionTask,
+    problems: Sequence[Problem],
+    tokenizer,
+    sweeps: dict = QUICK_SWEEPS,
+    *,
+    batch_size: int = 256,
+    backend: str = "auto",
+    log=None,
+    threads: int | None = DEFAULT_THREADS,
+) -> list[EvalRow]:
     """:func:`evaluate` every model of ``models`` (name -> model) at every point of ``sweeps``
     (policy -> list of override dicts); ``log`` gets each row as it is measured; ``threads``: intra-op
     threads (:data:`DEFAULT_THREADS`, None: torch's setting)."""
@@ -157,8 +191,20 @@ def sweep(models: dict, task: AdditionTask, problems: Sequence[Problem], tokeniz
     for label, model in models.items():
         for policy, settings in sweeps.items():
             for overrides in settings:
-                rows.append(evaluate(model, task, problems, tokenizer, policy, batch_size=batch_size, backend=backend,
-                                     label=label, threads=threads, **overrides))  # fmt: skip
+                rows.append(
+                    evaluate(
+                        model,
+                        task,
+                        problems,
+                        tokenizer,
+                        policy,
+                        batch_size=batch_size,
+                        backend=backend,
+                        label=label,
+                        threads=threads,
+                        **overrides,
+                    )
+                )
                 if log:
                     log(format_row(rows[-1]))
     return rows
@@ -229,8 +275,10 @@ HEADER = f"{'model':<16} {'policy':<10} {'setting':<36} {'acc %':>6} {'NFE':>6} 
 
 
 def format_row(r: EvalRow) -> str:
-    return (f"{r.model:<16} {r.policy:<10} {r.setting:<36} {r.accuracy:>6.1f} {r.nfe:>6.2f} "
-            f"{r.tokens_per_forward:>5.2f} {r.tokens_per_s:>8.0f}")  # fmt: skip
+    return (
+        f"{r.model:<16} {r.policy:<10} {r.setting:<36} {r.accuracy:>6.1f} {r.nfe:>6.2f} "
+        f"{r.tokens_per_forward:>5.2f} {r.tokens_per_s:>8.0f}"
+    )
 
 
 def _tpf(v: float | None) -> str:
@@ -238,20 +286,34 @@ def _tpf(v: float | None) -> str:
 
 
 def format_aup(table: Sequence[AUPRow]) -> str:
-    lines = [f"AUP (alpha 3, y_max {table[0].y_max:.1f} = best accuracy of all rows; TPF@-1 = the most parallel "
-             "point within 1 point of y_max)", f"{'model':<16} {'policy':<10} {'AUP':>7} {'TPF@-1':>7}"]  # fmt: skip
+    lines = [
+        f"AUP (alpha 3, y_max {table[0].y_max:.1f} = best accuracy of all rows; TPF@-1 = the most parallel "
+        "point within 1 point of y_max)",
+        f"{'model':<16} {'policy':<10} {'AUP':>7} {'TPF@-1':>7}",
+    ]
     lines += [f"{a.model:<16} {a.policy:<10} {a.aup:>7.1f} {_tpf(a.best_tpf):>7}" for a in table]
     return "\n".join(lines)
 
 
 def markdown(rows: Sequence[EvalRow], table: Sequence[AUPRow]) -> str:
     n = rows[0].n
-    out = [f"Held-out problems: {n}. TPF = tokens up to the first EOS / NFE (d3LLM). tokens/s: CPU wall clock.", "",
-           "| model | policy | AUP | most parallel TPF within 1 pt of y_max |", "|---|---|---:|---:|"]  # fmt: skip
+    out = [
+        f"Held-out problems: {n}. TPF = tokens up to the first EOS / NFE (d3LLM). tokens/s: CPU wall clock.",
+        "",
+        "| model | policy | AUP | most parallel TPF within 1 pt of y_max |",
+        "|---|---|---:|---:|",
+    ]
     out += [f"| {a.model} | {a.policy} | {a.aup:.1f} | {_tpf(a.best_tpf)} |" for a in table]
-    out += ["", "| model | policy | setting | accuracy % | NFE | TPF | tokens/s (CPU) |", "|---|---|---|---:|---:|---:|---:|"]
-    out += [f"| {r.model} | {r.policy} | {r.setting} | {r.accuracy:.1f} | {r.nfe:.2f} | {r.tokens_per_forward:.2f} "
-            f"| {r.tokens_per_s:.0f} |" for r in rows]  # fmt: skip
+    out += [
+        "",
+        "| model | policy | setting | accuracy % | NFE | TPF | tokens/s (CPU) |",
+        "|---|---|---|---:|---:|---:|---:|",
+    ]
+    out += [
+        f"| {r.model} | {r.policy} | {r.setting} | {r.accuracy:.1f} | {r.nfe:.2f} | {r.tokens_per_forward:.2f} "
+        f"| {r.tokens_per_s:.0f} |"
+        for r in rows
+    ]
     return "\n".join(out) + "\n"
 
 
@@ -270,8 +332,14 @@ def plot(rows: Sequence[EvalRow], path) -> None:
     for ax, p in zip(axes.flat, policies):
         for i, m in enumerate(models):
             curve = sorted((r for r in rows if (r.model, r.policy) == (m, p)), key=lambda r: r.tokens_per_forward)
-            ax.plot([r.tokens_per_forward for r in curve], [r.accuracy for r in curve], "-o", color=f"C{i}",
-                    label=m, markersize=4)  # fmt: skip
+            ax.plot(
+                [r.tokens_per_forward for r in curve],
+                [r.accuracy for r in curve],
+                "-o",
+                color=f"C{i}",
+                label=m,
+                markersize=4,
+            )
         ax.set_title(p, fontsize=10)
         ax.set_xlabel("tokens per forward (up to EOS)", fontsize=8)
         ax.grid(alpha=0.3)

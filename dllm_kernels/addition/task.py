@@ -163,6 +163,6 @@ class AdditionTask:
         pathlib.Path(path).write_text(json.dumps({"task": "addition", **dataclasses.asdict(self)}, indent=2) + "\n")
 
     @classmethod
-    def load(cls, path) -> "AdditionTask":
+    def load(cls, path) -> AdditionTask:
         d = json.loads(pathlib.Path(path).read_text())
         return cls(**{f.name: d[f.name] for f in dataclasses.fields(cls)})

@@ -48,9 +48,19 @@ from .task import PAD, AdditionTask, build_tokenizer
 def tiny_addition_config(tokenizer) -> ModelConfig:
     """The shipped model: 4 layers, d_model 128, 2 heads of 64 (the smallest head dim with GPU tiles
     of its own), SwiGLU 384, LLaDA-style (no logit shift, no GQA, untied head): 0.86 M parameters."""
-    return ModelConfig(vocab_size=tokenizer.backend.get_vocab_size(), d_model=128, n_layers=4, n_heads=2,
-                       n_kv_heads=2, head_dim=64, ffn_dim=384, mask_id=tokenizer.mask_id, eos_id=tokenizer.eos_id,
-                       pad_id=tokenizer.special_ids[PAD], max_seq_len=128)  # fmt: skip
+    return ModelConfig(
+        vocab_size=tokenizer.backend.get_vocab_size(),
+        d_model=128,
+        n_layers=4,
+        n_heads=2,
+        n_kv_heads=2,
+        head_dim=64,
+        ffn_dim=384,
+        mask_id=tokenizer.mask_id,
+        eos_id=tokenizer.eos_id,
+        pad_id=tokenizer.special_ids[PAD],
+        max_seq_len=128,
+    )
 
 
 @dataclass(frozen=True)
@@ -69,8 +79,9 @@ class TrainConfig:
     bf16: bool = True  # autocast matmuls to bf16 (1.6x faster on AVX512-BF16 CPUs; use --no-bf16 on others)
 
 
-def masked_diffusion_loss(model: DiffusionLM, prompt: torch.Tensor, target: torch.Tensor, *, generator: torch.Generator,
-                          eps: float = 1e-3) -> torch.Tensor:  # fmt: skip
+def masked_diffusion_loss(
+    model: DiffusionLM, prompt: torch.Tensor, target: torch.Tensor, *, generator: torch.Generator, eps: float = 1e-3
+) -> torch.Tensor:
     """LLaDA's loss (module docstring) of one batch: ``prompt [B, P]``, ``target [B, G]`` int64.
     The mask draws come from the CPU ``generator`` (same draws on every device)."""
     B, P = prompt.shape
@@ -92,8 +103,15 @@ def _lr_factor(step: int, cfg: TrainConfig) -> float:
     return cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
 
 
-def train(task: AdditionTask, cfg: TrainConfig, *, model_config: ModelConfig | None = None, device: str = "cpu",
-          log_every: int = 100, log=print) -> tuple[DiffusionLM, list[dict]]:  # fmt: skip
+def train(
+    task: AdditionTask,
+    cfg: TrainConfig,
+    *,
+    model_config: ModelConfig | None = None,
+    device: str = "cpu",
+    log_every: int = 100,
+    log=print,
+) -> tuple[DiffusionLM, list[dict]]:
     """Train a fresh model on ``task``'s training split; returns it in eval mode and the history:
     every ``log_every`` steps ``{"step", "loss" (mean since the last record), "lr",
     "wall_seconds", "cpu_seconds"}`` (CPU time of all threads: on a shared machine the wall time
@@ -124,8 +142,13 @@ def train(task: AdditionTask, cfg: TrainConfig, *, model_config: ModelConfig | N
         sched.step()
         running += loss.item()
         if step % log_every == 0 or step == cfg.steps:
-            record = {"step": step, "loss": running / (step % log_every or log_every), "lr": sched.get_last_lr()[0],
-                      "wall_seconds": time.perf_counter() - wall, "cpu_seconds": time.process_time() - cpu}  # fmt: skip
+            record = {
+                "step": step,
+                "loss": running / (step % log_every or log_every),
+                "lr": sched.get_last_lr()[0],
+                "wall_seconds": time.perf_counter() - wall,
+                "cpu_seconds": time.process_time() - cpu,
+            }
             history.append(record)
             running = 0.0
             log(" ".join(f"{k} {v:.4g}" for k, v in record.items()))
@@ -160,8 +183,15 @@ def run(args: argparse.Namespace, command: list[str]) -> int:
     """:func:`main` on parsed options (``command``: the command line recorded in training.json)."""
     d = TrainConfig()
     task = AdditionTask()
-    cfg = dataclasses.replace(d, steps=args.steps, batch_size=args.batch_size, lr=args.lr, seed=args.seed,
-                              threads=args.threads, bf16=args.bf16)  # fmt: skip
+    cfg = dataclasses.replace(
+        d,
+        steps=args.steps,
+        batch_size=args.batch_size,
+        lr=args.lr,
+        seed=args.seed,
+        threads=args.threads,
+        bf16=args.bf16,
+    )
     model, history = train(task, cfg, device=args.device)
     last = history[-1]
     print(f"trained {cfg.steps} steps: {last['wall_seconds']:.0f} s wall, {last['cpu_seconds']:.0f} s CPU time")
@@ -183,12 +213,20 @@ def run(args: argparse.Namespace, command: list[str]) -> int:
         "train_wall_seconds": round(last["wall_seconds"], 1),
         "train_cpu_seconds": round(last["cpu_seconds"], 1),
         "final_loss": last["loss"],
-        "heldout": {"n": acc.n, "seed": args.heldout_seed, "decoding": "vanilla: 1 token per step, low confidence",
-                    "exact_match_percent": acc.accuracy},
-        "machine": {"device": args.device, "processor": platform.processor() or platform.machine(),
-                    "cpu_count": os.cpu_count(), "torch": torch.__version__},
+        "heldout": {
+            "n": acc.n,
+            "seed": args.heldout_seed,
+            "decoding": "vanilla: 1 token per step, low confidence",
+            "exact_match_percent": acc.accuracy,
+        },
+        "machine": {
+            "device": args.device,
+            "processor": platform.processor() or platform.machine(),
+            "cpu_count": os.cpu_count(),
+            "torch": torch.__version__,
+        },
         "history": history,
-    }  # fmt: skip
+    }
     (args.out / "training.json").write_text(json.dumps(record, indent=2) + "\n")
     return 0
 

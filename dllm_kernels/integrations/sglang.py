@@ -48,11 +48,10 @@ from __future__ import annotations
 
 import math
 import re
-from typing import Any, List
-
-import torch
+from typing import Any
 
 import sglang
+import torch
 from sglang.srt.dllm.algorithm.base import DllmAlgorithm
 
 from .._types import MAX_COMMIT_POSITIONS, MAX_SPATIAL_WINDOW, TEMPORAL_AGGS, CommitRule, CommitState, TokenStats
@@ -164,7 +163,7 @@ class RowState:
         return self.tensors[name][self.index]
 
 
-def _batch_of(states: List[Any], batch_size: int) -> dict:
+def _batch_of(states: list[Any], batch_size: int) -> dict:
     """The batched tensors of ``states`` (those of their common batch if the states are its rows
     in order, as in SGLang's synchronous loop; else stacked, and the states re-pointed)."""
     if len(states) != batch_size or not all(isinstance(s, RowState) for s in states):
@@ -198,10 +197,14 @@ class KernelAlgorithm(DllmAlgorithm):
         super().__init__(config)
         algo = type(self).__name__
         self.options = parse_options(algo, getattr(config, "algorithm_config", None), self.OPTIONS)
-        if isinstance(self.block_size, bool) or not isinstance(self.block_size, int) or not (
-            1 <= self.block_size <= MAX_COMMIT_POSITIONS
+        if (
+            isinstance(self.block_size, bool)
+            or not isinstance(self.block_size, int)
+            or not (1 <= self.block_size <= MAX_COMMIT_POSITIONS)
         ):
-            raise ValueError(f"{algo}: block_size must be an int in [1, {MAX_COMMIT_POSITIONS}], got {self.block_size!r}")
+            raise ValueError(
+                f"{algo}: block_size must be an int in [1, {MAX_COMMIT_POSITIONS}], got {self.block_size!r}"
+            )
         if isinstance(self.mask_id, bool) or not isinstance(self.mask_id, int) or self.mask_id < 0:
             raise ValueError(
                 f"{algo}: mask_id must be a token id >= 0, got {self.mask_id!r} (models without a MASK token, "
@@ -234,11 +237,15 @@ class KernelAlgorithm(DllmAlgorithm):
         B, blk = forward_batch.batch_size, self.block_size
         ids = forward_batch.input_ids
         if not isinstance(ids, torch.Tensor) or tuple(ids.shape) != (B * blk,):
-            raise ValueError(f"{algo}: forward_batch.input_ids must have shape [{B * blk}] (batch {B} x block "
-                             f"{blk}), got {list(getattr(ids, 'shape', []))}")  # fmt: skip
+            raise ValueError(
+                f"{algo}: forward_batch.input_ids must have shape [{B * blk}] (batch {B} x block "
+                f"{blk}), got {list(getattr(ids, 'shape', []))}"
+            )
         if not isinstance(full_logits, torch.Tensor) or full_logits.dim() != 2 or full_logits.shape[0] != B * blk:
-            raise ValueError(f"{algo}: full_logits must have shape [{B * blk}, V] (batch {B} x block {blk}, "
-                             f"request-major), got {list(getattr(full_logits, 'shape', []))}")  # fmt: skip
+            raise ValueError(
+                f"{algo}: full_logits must have shape [{B * blk}, V] (batch {B} x block {blk}, "
+                f"request-major), got {list(getattr(full_logits, 'shape', []))}"
+            )
         if not full_logits.dtype.is_floating_point:
             raise TypeError(f"{algo}: full_logits must be a float tensor, got {full_logits.dtype}")
         if full_logits.device != ids.device:
@@ -260,15 +267,19 @@ class KernelAlgorithm(DllmAlgorithm):
         if pm is None:
             return self._const(("zeros", B, device), lambda: torch.zeros(B, dtype=torch.int64, device=device))
         if tuple(pm.shape) != (B, self.block_size) or pm.dtype != torch.bool:
-            raise ValueError(f"{type(self).__name__}: forward_batch.dllm_prompt_mask must be bool [{B}, "
-                             f"{self.block_size}], got {pm.dtype} {list(pm.shape)}")  # fmt: skip
+            raise ValueError(
+                f"{type(self).__name__}: forward_batch.dllm_prompt_mask must be bool [{B}, "
+                f"{self.block_size}], got {pm.dtype} {list(pm.shape)}"
+            )
         return pm.sum(dim=1)
 
     def _positions(self, device):
         return self._const(("pos", device), lambda: torch.arange(self.block_size, device=device))
 
     def _block_end(self, B, device):
-        return self._const(("end", B, device), lambda: torch.full((B,), self.block_size, dtype=torch.int64, device=device))
+        return self._const(
+            ("end", B, device), lambda: torch.full((B,), self.block_size, dtype=torch.int64, device=device)
+        )
 
     def _step_index(self, device):
         return self._const(("step", device), lambda: torch.zeros((), dtype=torch.int32, device=device))
@@ -278,7 +289,7 @@ class KernelAlgorithm(DllmAlgorithm):
 
     # -- SGLang's interface --------------------------------------------------------------------
 
-    def init_step_state(self, forward_batch) -> List[Any]:
+    def init_step_state(self, forward_batch) -> list[Any]:
         if not self.STATEFUL:
             return [None] * forward_batch.batch_size
         B = forward_batch.batch_size
@@ -286,11 +297,11 @@ class KernelAlgorithm(DllmAlgorithm):
         tensors = self._fresh_state(x)
         return [RowState(tensors, i) for i in range(B)]
 
-    def step(self, forward_batch, full_logits: torch.Tensor, states: List[Any]) -> List[bool]:
+    def step(self, forward_batch, full_logits: torch.Tensor, states: list[Any]) -> list[bool]:
         """SGLang's step: :meth:`step_done`, then the done list (the step's one host sync)."""
         return self.step_done(forward_batch, full_logits, states).tolist()
 
-    def step_done(self, forward_batch, full_logits: torch.Tensor, states: List[Any]) -> torch.Tensor:
+    def step_done(self, forward_batch, full_logits: torch.Tensor, states: list[Any]) -> torch.Tensor:
         """Commit this step's positions of every request, in place, without a host sync (CUDA-graph
         capturable once the shapes have been seen); returns bool ``[B]`` on the device:
         ``done[b]``: request b had no MASK left in its region when this forward ran (so the forward
@@ -305,8 +316,17 @@ class KernelAlgorithm(DllmAlgorithm):
             state = CommitState(**{f: _batch_of(states, B)[f] for f in _STATE_FIELDS})
         else:  # the rule reads no state: one scratch state per batch size
             state = self._const(("scratch", B, device), lambda: CommitState.new(x))
-        commit(x, stats, state, self.commit_rule, active_start=start, active_end=self._block_end(B, device),
-               mask_id=self.mask_id, step=self._step_index(device), backend=self.backend)  # fmt: skip
+        commit(
+            x,
+            stats,
+            state,
+            self.commit_rule,
+            active_start=start,
+            active_end=self._block_end(B, device),
+            mask_id=self.mask_id,
+            step=self._step_index(device),
+            backend=self.backend,
+        )
         self._finish(forward_batch, x)
         return done
 
@@ -343,13 +363,19 @@ class DllmKernelsD3LLM(KernelAlgorithm):
     """d3LLM's entropy rule within the block."""
 
     OPTIONS = {
-        "entropy_threshold": (0.5, _number), "entropy_strict": (False, _bool), "commit_best": (True, _bool),
+        "entropy_threshold": (0.5, _number),
+        "entropy_strict": (False, _bool),
+        "commit_best": (True, _bool),
         "backend": _BACKEND,
-    }  # fmt: skip
+    }
 
     def rule(self, options):
-        return CommitRule(base="entropy", entropy_threshold=options["entropy_threshold"],
-                          entropy_strict=options["entropy_strict"], commit_best=options["commit_best"])  # fmt: skip
+        return CommitRule(
+            base="entropy",
+            entropy_threshold=options["entropy_threshold"],
+            entropy_strict=options["entropy_strict"],
+            commit_best=options["commit_best"],
+        )
 
 
 class DllmKernelsR2Dllm(KernelAlgorithm):
@@ -358,12 +384,17 @@ class DllmKernelsR2Dllm(KernelAlgorithm):
 
     STATEFUL = True
     OPTIONS = {
-        "threshold": (0.9, _number), "spatial_window": (3, _int(0, MAX_SPATIAL_WINDOW)),
-        "spatial_max_decided": (1, _int(0, 2**31 - 1)), "spatial_threshold": (0.8, _number),
-        "token_cluster": (True, _bool), "cluster_min_len": (2, _int(1, 2**31 - 1)),
-        "temporal_steps": (3, _int(0, 2**31 - 1)), "temporal_threshold": (0.8, _number),
-        "temporal_agg": ("last", _choice(TEMPORAL_AGGS)), "backend": _BACKEND,
-    }  # fmt: skip
+        "threshold": (0.9, _number),
+        "spatial_window": (3, _int(0, MAX_SPATIAL_WINDOW)),
+        "spatial_max_decided": (1, _int(0, 2**31 - 1)),
+        "spatial_threshold": (0.8, _number),
+        "token_cluster": (True, _bool),
+        "cluster_min_len": (2, _int(1, 2**31 - 1)),
+        "temporal_steps": (3, _int(0, 2**31 - 1)),
+        "temporal_threshold": (0.8, _number),
+        "temporal_agg": ("last", _choice(TEMPORAL_AGGS)),
+        "backend": _BACKEND,
+    }
 
     def rule(self, options):
         return CommitRule(base="threshold", **{k: v for k, v in options.items() if k != "backend"})
@@ -379,19 +410,27 @@ class DllmKernelsJointThreshold(KernelAlgorithm):
 
     STATEFUL = True
     OPTIONS = {
-        "threshold": (0.5, _number), "edit_threshold": (0.0, _number),
-        "max_post_edit_steps": (16, _int(0, 2**31 - 1)), "penalty_lambda": (0.0, _number),
-        "vectorized_decoding": (False, _bool), "backend": _BACKEND,
-    }  # fmt: skip
+        "threshold": (0.5, _number),
+        "edit_threshold": (0.0, _number),
+        "max_post_edit_steps": (16, _int(0, 2**31 - 1)),
+        "penalty_lambda": (0.0, _number),
+        "vectorized_decoding": (False, _bool),
+        "backend": _BACKEND,
+    }
 
     def rule(self, options):
-        return CommitRule(base="threshold", threshold=_strict(options["threshold"]), commit_best=False,
-                          token_edit=True, edit_threshold=options["edit_threshold"])  # fmt: skip
+        return CommitRule(
+            base="threshold",
+            threshold=_strict(options["threshold"]),
+            commit_best=False,
+            token_edit=True,
+            edit_threshold=options["edit_threshold"],
+        )
 
     def max_steps(self, block_size: int) -> int:
         return block_size + self.options["max_post_edit_steps"] + 1
 
-    def init_step_state(self, forward_batch) -> List[Any]:
+    def init_step_state(self, forward_batch) -> list[Any]:
         B = forward_batch.batch_size
         x = forward_batch.input_ids.view(B, self.block_size)
         device = x.device
@@ -404,18 +443,24 @@ class DllmKernelsJointThreshold(KernelAlgorithm):
         tensors["post_edit_steps"] = torch.zeros(B, dtype=torch.int32, device=device)
         return [RowState(tensors, i) for i in range(B)]
 
-    def step_done(self, forward_batch, full_logits: torch.Tensor, states: List[Any]) -> torch.Tensor:
+    def step_done(self, forward_batch, full_logits: torch.Tensor, states: list[Any]) -> torch.Tensor:
         B, blk = forward_batch.batch_size, self.block_size
         penalty = self.options["penalty_lambda"]
-        if penalty > 0 and isinstance(full_logits, torch.Tensor) and full_logits.dim() == 2 \
-                and full_logits.shape[0] == B * blk:  # fmt: skip
+        if (
+            penalty > 0
+            and isinstance(full_logits, torch.Tensor)
+            and full_logits.dim() == 2
+            and full_logits.shape[0] == B * blk
+        ):
             # SGLang's repetition penalty, in place: the logit of each position's left neighbour's
             # token drops by penalty_lambda
             prev = forward_batch.input_ids.view(B, blk)[:, :-1].long()
             full_logits.view(B, blk, -1)[:, 1:, :].scatter_(
-                2, prev.unsqueeze(-1), torch.full_like(prev.unsqueeze(-1), -penalty, dtype=full_logits.dtype),
+                2,
+                prev.unsqueeze(-1),
+                torch.full_like(prev.unsqueeze(-1), -penalty, dtype=full_logits.dtype),
                 reduce="add",
-            )  # fmt: skip
+            )
         x, stats = self._canvas(forward_batch, full_logits)
         device = x.device
         t = _batch_of(states, B)
@@ -435,18 +480,32 @@ class DllmKernelsJointThreshold(KernelAlgorithm):
         # passes the threshold (it has the row's top confidence: it passes iff any does)
         conf = torch.where(masked, stats.prob, float("-inf"))
         best = torch.topk(conf, k=1, dim=1).indices.squeeze(1)
-        changed = commit(x, stats, state, self.commit_rule, active_start=start, active_end=end, mask_id=self.mask_id,
-                         step=self._step_index(device), force_start=best, force_end=best + 1,
-                         backend=self.backend)  # fmt: skip
+        changed = commit(
+            x,
+            stats,
+            state,
+            self.commit_rule,
+            active_start=start,
+            active_end=end,
+            mask_id=self.mask_id,
+            step=self._step_index(device),
+            force_start=best,
+            force_end=best + 1,
+            backend=self.backend,
+        )
         finished |= eligible & (changed == 0)
         self._finish(forward_batch, x)
         return finished
 
 
 ALGORITHMS = (
-    DllmKernelsLowConfidence, DllmKernelsJointThreshold, DllmKernelsFastDllm, DllmKernelsStreamingDllm,
-    DllmKernelsD3LLM, DllmKernelsR2Dllm,
-)  # fmt: skip
+    DllmKernelsLowConfidence,
+    DllmKernelsJointThreshold,
+    DllmKernelsFastDllm,
+    DllmKernelsStreamingDllm,
+    DllmKernelsD3LLM,
+    DllmKernelsR2Dllm,
+)
 
 
 def register() -> None:

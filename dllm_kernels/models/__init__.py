@@ -9,8 +9,28 @@ from .tiny_checkpoints import TinyCheckpoint, write_tiny_dream, write_tiny_llada
 from .tokenizer import Tokenizer, load_tokenizer
 from .transformer import ATTN_IMPLS, DiffusionLM, KVCache
 
-__all__ = ["ATTN_IMPLS", "AdapterConfig", "CacheWrite", "CachedDiffusionModel", "DiffusionLM", "DiffusionModel",
-           "DiffusionModelConfig", "HFModelAdapter", "KVCache", "ModelConfig", "TinyCheckpoint", "Tokenizer",
-           "dream_7b", "llada_8b", "llada_8b_layer", "load_checkpoint", "load_pretrained",
-           "load_tokenizer", "model_device", "save_checkpoint", "tiny", "write_tiny_dream",
-           "write_tiny_llada"]  # fmt: skip
+__all__ = [
+    "ATTN_IMPLS",
+    "AdapterConfig",
+    "CacheWrite",
+    "CachedDiffusionModel",
+    "DiffusionLM",
+    "DiffusionModel",
+    "DiffusionModelConfig",
+    "HFModelAdapter",
+    "KVCache",
+    "ModelConfig",
+    "TinyCheckpoint",
+    "Tokenizer",
+    "dream_7b",
+    "llada_8b",
+    "llada_8b_layer",
+    "load_checkpoint",
+    "load_pretrained",
+    "load_tokenizer",
+    "model_device",
+    "save_checkpoint",
+    "tiny",
+    "write_tiny_dream",
+    "write_tiny_llada",
+]

@@ -94,8 +94,19 @@ class HFModelAdapter:
         self.config = AdapterConfig(**values)
         self.device = torch.device(device) if device is not None else model_device(model)
 
-    def __call__(self, tokens, positions, *, cache=None, cache_len=None, kv_len=None, attend_new=True, write=None,
-                 key_start=None, logits_index=None) -> torch.Tensor:  # fmt: skip
+    def __call__(
+        self,
+        tokens,
+        positions,
+        *,
+        cache=None,
+        cache_len=None,
+        kv_len=None,
+        attend_new=True,
+        write=None,
+        key_start=None,
+        logits_index=None,
+    ) -> torch.Tensor:
         """The protocol's forward (:mod:`dllm_kernels.models.protocol`) without a cache."""
         if cache is not None or write is not None or cache_len is not None:
             raise ValueError("HFModelAdapter: the wrapped model has no KV cache; run a policy with cache='none'")
@@ -112,13 +123,17 @@ class HFModelAdapter:
         for (s, e), rows in groups.items():
             sel = torch.tensor(rows, device=tokens.device)
             if not torch.equal(positions[sel, s:e], torch.arange(e - s, device=tokens.device).expand(len(rows), -1)):
-                raise ValueError("HFModelAdapter: the wrapped model takes no position ids: it needs whole canvases "
-                                 "(an uncached policy without suffix pruning)")  # fmt: skip
+                raise ValueError(
+                    "HFModelAdapter: the wrapped model takes no position ids: it needs whole canvases "
+                    "(an uncached policy without suffix pruning)"
+                )
             res = self.model(tokens[sel, s:e])
             logits = getattr(res, "logits", res)
             if logits.shape[:2] != (len(rows), e - s):
-                raise ValueError(f"HFModelAdapter: the model returned logits of shape {tuple(logits.shape)} for "
-                                 f"input_ids of shape {(len(rows), e - s)}")  # fmt: skip
+                raise ValueError(
+                    f"HFModelAdapter: the model returned logits of shape {tuple(logits.shape)} for "
+                    f"input_ids of shape {(len(rows), e - s)}"
+                )
             if self.config.logit_shift:  # Dream: position i is predicted by the hidden state at i - 1
                 logits = torch.cat([logits[:, :1], logits[:, :-1]], 1)
             rows_idx = (logits_index[sel] - s).clamp(0, e - s - 1)

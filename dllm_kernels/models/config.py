@@ -45,19 +45,44 @@ class ModelConfig:
         return json.dumps(dataclasses.asdict(self), indent=2)
 
     @classmethod
-    def from_dict(cls, d: dict) -> "ModelConfig":
+    def from_dict(cls, d: dict) -> ModelConfig:
         return cls(**{f.name: d[f.name] for f in dataclasses.fields(cls) if f.name in d})
 
 
 def llada_8b() -> ModelConfig:
-    return ModelConfig(vocab_size=126464, d_model=4096, n_layers=32, n_heads=32, n_kv_heads=32, head_dim=128,
-                       ffn_dim=12288, mask_id=126336, eos_id=126081, eot_id=126348, rope_theta=500000.0)  # fmt: skip
+    return ModelConfig(
+        vocab_size=126464,
+        d_model=4096,
+        n_layers=32,
+        n_heads=32,
+        n_kv_heads=32,
+        head_dim=128,
+        ffn_dim=12288,
+        mask_id=126336,
+        eos_id=126081,
+        eot_id=126348,
+        rope_theta=500000.0,
+    )
 
 
 def dream_7b() -> ModelConfig:
-    return ModelConfig(vocab_size=152064, d_model=3584, n_layers=28, n_heads=28, n_kv_heads=4, head_dim=128,
-                       ffn_dim=18944, mask_id=151666, eos_id=151643, pad_id=151643, rope_theta=1e6, rms_eps=1e-6,
-                       qkv_bias=True, logit_shift=True, max_seq_len=2048)  # fmt: skip
+    return ModelConfig(
+        vocab_size=152064,
+        d_model=3584,
+        n_layers=28,
+        n_heads=28,
+        n_kv_heads=4,
+        head_dim=128,
+        ffn_dim=18944,
+        mask_id=151666,
+        eos_id=151643,
+        pad_id=151643,
+        rope_theta=1e6,
+        rms_eps=1e-6,
+        qkv_bias=True,
+        logit_shift=True,
+        max_seq_len=2048,
+    )
 
 
 def llada_8b_layer(n_layers: int = 2) -> ModelConfig:
@@ -66,8 +91,22 @@ def llada_8b_layer(n_layers: int = 2) -> ModelConfig:
     return dataclasses.replace(llada_8b(), n_layers=n_layers)
 
 
-def tiny(vocab_size: int = 64, *, logit_shift: bool = False, n_kv_heads: int = 2, qkv_bias: bool = False) -> ModelConfig:
+def tiny(
+    vocab_size: int = 64, *, logit_shift: bool = False, n_kv_heads: int = 2, qkv_bias: bool = False
+) -> ModelConfig:
     """A test-sized model (2 layers, d_model 32, 4 query heads of 16)."""
-    return ModelConfig(vocab_size=vocab_size, d_model=32, n_layers=2, n_heads=4, n_kv_heads=n_kv_heads, head_dim=16,
-                       ffn_dim=64, mask_id=vocab_size - 1, eos_id=vocab_size - 2, eot_id=vocab_size - 3,
-                       qkv_bias=qkv_bias, logit_shift=logit_shift, max_seq_len=512)  # fmt: skip
+    return ModelConfig(
+        vocab_size=vocab_size,
+        d_model=32,
+        n_layers=2,
+        n_heads=4,
+        n_kv_heads=n_kv_heads,
+        head_dim=16,
+        ffn_dim=64,
+        mask_id=vocab_size - 1,
+        eos_id=vocab_size - 2,
+        eot_id=vocab_size - 3,
+        qkv_bias=qkv_bias,
+        logit_shift=logit_shift,
+        max_seq_len=512,
+    )

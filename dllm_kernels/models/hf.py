@@ -18,6 +18,7 @@ from __future__ import annotations
 import pathlib
 
 import torch
+
 from .checkpoint import MODEL_TYPE as NATIVE, _read_json, load_checkpoint, open_safetensors
 from .config import ModelConfig
 from .tokenizer import load_tokenizer
@@ -30,55 +31,148 @@ SINGLE = "model.safetensors"
 # config.json of GSAI-ML/LLaDA-8B-Instruct and Dream-org/Dream-v0-Instruct-7B (FORMATS.md), the
 # templates of the tiny checkpoints and the test data of the real-size mapping.
 LLADA_8B_CONFIG = {
-    "activation_type": "silu", "alibi": False, "alibi_bias_max": 8.0, "architectures": ["LLaDAModelLM"],
-    "attention_dropout": 0.0, "attention_layer_norm": False, "attention_layer_norm_with_affine": True,
-    "auto_map": {"AutoConfig": "configuration_llada.LLaDAConfig", "AutoModel": "modeling_llada.LLaDAModelLM",
-                 "AutoModelForCausalLM": "modeling_llada.LLaDAModelLM"},
-    "bias_for_layer_norm": False, "block_group_size": 1, "block_type": "llama", "d_model": 4096,
-    "embedding_dropout": 0.0, "embedding_size": 126464, "eos_token_id": 126081, "flash_attention": False,
-    "include_bias": False, "include_qkv_bias": False, "init_cutoff_factor": None, "init_device": "meta",
-    "init_fn": "mitchell", "init_std": 0.02, "input_emb_norm": False, "layer_norm_type": "rms",
-    "layer_norm_with_affine": True, "mask_token_id": 126336, "max_sequence_length": 4096, "mlp_hidden_size": 12288,
-    "mlp_ratio": 4, "model_type": "llada", "multi_query_attention": None, "n_heads": 32, "n_kv_heads": 32,
-    "n_layers": 32, "pad_token_id": 126081, "precision": "amp_bf16", "residual_dropout": 0.0, "rms_norm_eps": 1e-05,
-    "rope": True, "rope_full_precision": True, "rope_theta": 500000.0, "scale_logits": False,
-    "transformers_version": "4.46.3", "use_cache": False, "vocab_size": 126464, "weight_tying": False,
-}  # fmt: skip
+    "activation_type": "silu",
+    "alibi": False,
+    "alibi_bias_max": 8.0,
+    "architectures": ["LLaDAModelLM"],
+    "attention_dropout": 0.0,
+    "attention_layer_norm": False,
+    "attention_layer_norm_with_affine": True,
+    "auto_map": {
+        "AutoConfig": "configuration_llada.LLaDAConfig",
+        "AutoModel": "modeling_llada.LLaDAModelLM",
+        "AutoModelForCausalLM": "modeling_llada.LLaDAModelLM",
+    },
+    "bias_for_layer_norm": False,
+    "block_group_size": 1,
+    "block_type": "llama",
+    "d_model": 4096,
+    "embedding_dropout": 0.0,
+    "embedding_size": 126464,
+    "eos_token_id": 126081,
+    "flash_attention": False,
+    "include_bias": False,
+    "include_qkv_bias": False,
+    "init_cutoff_factor": None,
+    "init_device": "meta",
+    "init_fn": "mitchell",
+    "init_std": 0.02,
+    "input_emb_norm": False,
+    "layer_norm_type": "rms",
+    "layer_norm_with_affine": True,
+    "mask_token_id": 126336,
+    "max_sequence_length": 4096,
+    "mlp_hidden_size": 12288,
+    "mlp_ratio": 4,
+    "model_type": "llada",
+    "multi_query_attention": None,
+    "n_heads": 32,
+    "n_kv_heads": 32,
+    "n_layers": 32,
+    "pad_token_id": 126081,
+    "precision": "amp_bf16",
+    "residual_dropout": 0.0,
+    "rms_norm_eps": 1e-05,
+    "rope": True,
+    "rope_full_precision": True,
+    "rope_theta": 500000.0,
+    "scale_logits": False,
+    "transformers_version": "4.46.3",
+    "use_cache": False,
+    "vocab_size": 126464,
+    "weight_tying": False,
+}
 DREAM_7B_CONFIG = {
-    "architectures": ["DreamModel"], "attention_dropout": 0.0,
+    "architectures": ["DreamModel"],
+    "attention_dropout": 0.0,
     "auto_map": {"AutoConfig": "configuration_dream.DreamConfig", "AutoModel": "modeling_dream.DreamModel"},
-    "bos_token_id": 151643, "eos_token_id": 151643, "hidden_act": "silu", "hidden_size": 3584,
-    "initializer_range": 0.02, "intermediate_size": 18944, "mask_token_id": 151666,
-    "max_position_embeddings": 131072, "max_window_layers": 28, "model_type": "Dream", "num_attention_heads": 28,
-    "num_hidden_layers": 28, "num_key_value_heads": 4, "pad_token_id": 151643, "rms_norm_eps": 1e-06,
-    "rope_scaling": None, "rope_theta": 1000000.0, "sliding_window": None, "tie_word_embeddings": False,
-    "torch_dtype": "bfloat16", "transformers_version": "4.46.2", "use_cache": False, "use_sliding_window": False,
+    "bos_token_id": 151643,
+    "eos_token_id": 151643,
+    "hidden_act": "silu",
+    "hidden_size": 3584,
+    "initializer_range": 0.02,
+    "intermediate_size": 18944,
+    "mask_token_id": 151666,
+    "max_position_embeddings": 131072,
+    "max_window_layers": 28,
+    "model_type": "Dream",
+    "num_attention_heads": 28,
+    "num_hidden_layers": 28,
+    "num_key_value_heads": 4,
+    "pad_token_id": 151643,
+    "rms_norm_eps": 1e-06,
+    "rope_scaling": None,
+    "rope_theta": 1000000.0,
+    "sliding_window": None,
+    "tie_word_embeddings": False,
+    "torch_dtype": "bfloat16",
+    "transformers_version": "4.46.2",
+    "use_cache": False,
+    "use_sliding_window": False,
     "vocab_size": 152064,
-}  # fmt: skip
+}
 # special tokens of the two tokenizers (content -> id); LLaDA's <|eot_id|> is not in its config.json
-LLADA_SPECIAL_TOKENS = {"<|startoftext|>": 126080, "<|endoftext|>": 126081, "<|mdm_mask|>": 126336,
-                        "<|start_header_id|>": 126346, "<|end_header_id|>": 126347, "<|eot_id|>": 126348}  # fmt: skip
-DREAM_SPECIAL_TOKENS = {"<|endoftext|>": 151643, "<|im_start|>": 151644, "<|im_end|>": 151645,
-                        "<|beginoftext|>": 151665, "<|mask|>": 151666}  # fmt: skip
+LLADA_SPECIAL_TOKENS = {
+    "<|startoftext|>": 126080,
+    "<|endoftext|>": 126081,
+    "<|mdm_mask|>": 126336,
+    "<|start_header_id|>": 126346,
+    "<|end_header_id|>": 126347,
+    "<|eot_id|>": 126348,
+}
+DREAM_SPECIAL_TOKENS = {
+    "<|endoftext|>": 151643,
+    "<|im_start|>": 151644,
+    "<|im_end|>": 151645,
+    "<|beginoftext|>": 151665,
+    "<|mask|>": 151666,
+}
 
 # LLaDA config flags: the value our transformer implements (LLaDA-8B's); anything else is refused.
 # block_type "sequential" would mean one fused att_proj [q|k|v] and a fused ff_proj [up|gate]
 # (activation "swiglu"); "llama" means separate q/k/v_proj and ff_proj (gate) + up_proj.
-_LLADA_FLAGS = {"block_type": "llama", "activation_type": "silu", "rope": True, "rope_full_precision": True,
-                "alibi": False, "layer_norm_type": "rms", "layer_norm_with_affine": True,
-                "attention_layer_norm": False, "input_emb_norm": False, "scale_logits": False,
-                "include_bias": False, "block_group_size": 1}  # fmt: skip
+_LLADA_FLAGS = {
+    "block_type": "llama",
+    "activation_type": "silu",
+    "rope": True,
+    "rope_full_precision": True,
+    "alibi": False,
+    "layer_norm_type": "rms",
+    "layer_norm_with_affine": True,
+    "attention_layer_norm": False,
+    "input_emb_norm": False,
+    "scale_logits": False,
+    "include_bias": False,
+    "block_group_size": 1,
+}
 _DREAM_FLAGS = {"hidden_act": "silu", "rope_scaling": None, "use_sliding_window": False}
 
 # our per-layer module -> theirs; top-level module -> theirs
 _LAYER_PREFIX = {LLADA: "model.transformer.blocks.", DREAM: "model.layers."}
 _LAYER_NAMES = {
-    LLADA: {"attn_norm": "attn_norm", "q_proj": "q_proj", "k_proj": "k_proj", "v_proj": "v_proj", "o_proj": "attn_out",
-            "mlp_norm": "ff_norm", "gate_proj": "ff_proj", "up_proj": "up_proj", "down_proj": "ff_out"},
-    DREAM: {"attn_norm": "input_layernorm", "q_proj": "self_attn.q_proj", "k_proj": "self_attn.k_proj",
-            "v_proj": "self_attn.v_proj", "o_proj": "self_attn.o_proj", "mlp_norm": "post_attention_layernorm",
-            "gate_proj": "mlp.gate_proj", "up_proj": "mlp.up_proj", "down_proj": "mlp.down_proj"},
-}  # fmt: skip
+    LLADA: {
+        "attn_norm": "attn_norm",
+        "q_proj": "q_proj",
+        "k_proj": "k_proj",
+        "v_proj": "v_proj",
+        "o_proj": "attn_out",
+        "mlp_norm": "ff_norm",
+        "gate_proj": "ff_proj",
+        "up_proj": "up_proj",
+        "down_proj": "ff_out",
+    },
+    DREAM: {
+        "attn_norm": "input_layernorm",
+        "q_proj": "self_attn.q_proj",
+        "k_proj": "self_attn.k_proj",
+        "v_proj": "self_attn.v_proj",
+        "o_proj": "self_attn.o_proj",
+        "mlp_norm": "post_attention_layernorm",
+        "gate_proj": "mlp.gate_proj",
+        "up_proj": "mlp.up_proj",
+        "down_proj": "mlp.down_proj",
+    },
+}
 _TOP_NAMES = {
     LLADA: {"embed": "model.transformer.wte", "norm": "model.transformer.ln_f", "lm_head": "model.transformer.ff_out"},
     DREAM: {"embed": "model.embed_tokens", "norm": "model.norm", "lm_head": "lm_head"},
@@ -101,8 +195,10 @@ def _check_flags(config: dict, flags: dict, fmt: str) -> None:
     for key, want in flags.items():
         got = _require(config, key, fmt) if fmt == LLADA else config.get(key, want)
         if got != want:
-            raise ValueError(f"{fmt} config.json: {key}={got!r} is not supported (the {fmt} architecture here "
-                             f"implements {key}={want!r})")  # fmt: skip
+            raise ValueError(
+                f"{fmt} config.json: {key}={got!r} is not supported (the {fmt} architecture here "
+                f"implements {key}={want!r})"
+            )
 
 
 def _head_dim(d_model: int, n_heads: int, fmt: str) -> int:
@@ -131,28 +227,44 @@ def config_from_hf(config: dict, special_tokens: dict[str, int] | None = None) -
             n_kv = 1 if config.get("multi_query_attention") else nh
         return ModelConfig(
             vocab_size=_require(config, "embedding_size", fmt) or _require(config, "vocab_size", fmt),
-            d_model=d, n_layers=_require(config, "n_layers", fmt), n_heads=nh, n_kv_heads=n_kv,
-            head_dim=_head_dim(d, nh, fmt), ffn_dim=config.get("mlp_hidden_size") or config.get("mlp_ratio", 4) * d,
-            mask_id=_require(config, "mask_token_id", fmt), eos_id=_require(config, "eos_token_id", fmt),
-            eot_id=special_tokens.get("<|eot_id|>"), pad_id=config.get("pad_token_id"),
-            rope_theta=float(config.get("rope_theta", 10000.0)), rms_eps=config.get("rms_norm_eps", 1e-5),
-            qkv_bias=bool(config.get("include_qkv_bias")), logit_shift=False,
-            tie_embeddings=_require(config, "weight_tying", fmt), max_seq_len=_require(config, "max_sequence_length", fmt),
-        )  # fmt: skip
+            d_model=d,
+            n_layers=_require(config, "n_layers", fmt),
+            n_heads=nh,
+            n_kv_heads=n_kv,
+            head_dim=_head_dim(d, nh, fmt),
+            ffn_dim=config.get("mlp_hidden_size") or config.get("mlp_ratio", 4) * d,
+            mask_id=_require(config, "mask_token_id", fmt),
+            eos_id=_require(config, "eos_token_id", fmt),
+            eot_id=special_tokens.get("<|eot_id|>"),
+            pad_id=config.get("pad_token_id"),
+            rope_theta=float(config.get("rope_theta", 10000.0)),
+            rms_eps=config.get("rms_norm_eps", 1e-5),
+            qkv_bias=bool(config.get("include_qkv_bias")),
+            logit_shift=False,
+            tie_embeddings=_require(config, "weight_tying", fmt),
+            max_seq_len=_require(config, "max_sequence_length", fmt),
+        )
     if fmt == DREAM:
         _check_flags(config, _DREAM_FLAGS, fmt)
         d, nh = _require(config, "hidden_size", fmt), _require(config, "num_attention_heads", fmt)
         return ModelConfig(
-            vocab_size=_require(config, "vocab_size", fmt), d_model=d,
-            n_layers=_require(config, "num_hidden_layers", fmt), n_heads=nh,
-            n_kv_heads=config.get("num_key_value_heads") or nh, head_dim=_head_dim(d, nh, fmt),
-            ffn_dim=_require(config, "intermediate_size", fmt), mask_id=_require(config, "mask_token_id", fmt),
-            eos_id=_require(config, "eos_token_id", fmt), pad_id=config.get("pad_token_id"),
-            rope_theta=float(config.get("rope_theta", 10000.0)), rms_eps=config.get("rms_norm_eps", 1e-6),
-            qkv_bias=True, logit_shift=True,  # DreamAttention hard-codes q/k/v biases; DreamModel's logits are shifted
+            vocab_size=_require(config, "vocab_size", fmt),
+            d_model=d,
+            n_layers=_require(config, "num_hidden_layers", fmt),
+            n_heads=nh,
+            n_kv_heads=config.get("num_key_value_heads") or nh,
+            head_dim=_head_dim(d, nh, fmt),
+            ffn_dim=_require(config, "intermediate_size", fmt),
+            mask_id=_require(config, "mask_token_id", fmt),
+            eos_id=_require(config, "eos_token_id", fmt),
+            pad_id=config.get("pad_token_id"),
+            rope_theta=float(config.get("rope_theta", 10000.0)),
+            rms_eps=config.get("rms_norm_eps", 1e-6),
+            qkv_bias=True,
+            logit_shift=True,  # DreamAttention hard-codes q/k/v biases; DreamModel's logits are shifted
             tie_embeddings=bool(config.get("tie_word_embeddings", False)),
             max_seq_len=config.get("max_position_embeddings", 32768),
-        )  # fmt: skip
+        )
     raise ValueError(f"config.json: model_type {fmt!r} is not one of {LLADA!r}, {DREAM!r}, {NATIVE!r}")
 
 
@@ -195,8 +307,9 @@ def _read_tensors(path: pathlib.Path, expected: set[str], device) -> dict[str, t
         raise FileNotFoundError(f"{path}: neither {INDEX} nor {SINGLE}")
     missing, unexpected = expected - weight_map.keys(), weight_map.keys() - expected
     if missing or unexpected:
-        raise ValueError(f"{path}: the tensors do not match config.json: missing [{_few(missing)}], "
-                         f"unexpected [{_few(unexpected)}]")  # fmt: skip
+        raise ValueError(
+            f"{path}: the tensors do not match config.json: missing [{_few(missing)}], unexpected [{_few(unexpected)}]"
+        )
     tensors = {}
     for shard in sorted(set(weight_map.values())):
         if not (path / shard).is_file():
@@ -240,8 +353,10 @@ def load_pretrained(path, *, device="cpu", dtype=torch.float32, backend="auto", 
     shapes = {k: v.shape for k, v in model.state_dict().items()}
     for ours, theirs in names.items():
         if tensors[theirs].shape != shapes[ours]:
-            raise ValueError(f"{path}: tensor {theirs} has shape {list(tensors[theirs].shape)}, config.json implies "
-                             f"{list(shapes[ours])}")  # fmt: skip
+            raise ValueError(
+                f"{path}: tensor {theirs} has shape {list(tensors[theirs].shape)}, config.json implies "
+                f"{list(shapes[ours])}"
+            )
     state = {ours: tensors[theirs].to(dtype) for ours, theirs in names.items()}
     if config.tie_embeddings:
         state["lm_head.weight"] = state["embed.weight"]

@@ -13,9 +13,16 @@ from safetensors.torch import save_file
 
 from .config import ModelConfig
 from .hf import (
-    DREAM_7B_CONFIG, DREAM_SPECIAL_TOKENS, INDEX, LLADA, LLADA_8B_CONFIG, LLADA_SPECIAL_TOKENS, SINGLE, config_from_hf,
+    DREAM_7B_CONFIG,
+    DREAM_SPECIAL_TOKENS,
+    INDEX,
+    LLADA,
+    LLADA_8B_CONFIG,
+    LLADA_SPECIAL_TOKENS,
+    SINGLE,
+    config_from_hf,
     hf_parameter_names,
-)  # fmt: skip
+)
 from .tokenizer import _byte_alphabet, _byte_level_bpe
 from .transformer import DiffusionLM
 
@@ -44,8 +51,10 @@ def _special_ids(real: dict[str, int], real_vocab: int, vocab_size: int, first_f
     if vocab_size == real_vocab:
         return dict(real)
     if vocab_size < first_free + len(real):
-        raise ValueError(f"vocab_size must be >= {first_free + len(real)} (byte-level base vocabulary + "
-                         f"{len(real)} special tokens) or exactly {real_vocab}, got {vocab_size}")  # fmt: skip
+        raise ValueError(
+            f"vocab_size must be >= {first_free + len(real)} (byte-level base vocabulary + "
+            f"{len(real)} special tokens) or exactly {real_vocab}, got {vocab_size}"
+        )
     return {t: first_free + k for k, t in enumerate(real)}
 
 
@@ -115,9 +124,20 @@ def _write_json(file: pathlib.Path, obj: dict) -> None:
     file.write_text(json.dumps(obj, indent=2, sort_keys=True) + "\n")
 
 
-def write_tiny_llada(path, *, vocab_size: int = 320, d_model: int = 32, n_layers: int = 2, n_heads: int = 4,
-                     ffn_dim: int = 64, max_seq_len: int = 256, n_shards: int = 2, seed: int = 0,
-                     head_scale: float = 1.0, attn_scale: float = 1.0) -> TinyCheckpoint:  # fmt: skip
+def write_tiny_llada(
+    path,
+    *,
+    vocab_size: int = 320,
+    d_model: int = 32,
+    n_layers: int = 2,
+    n_heads: int = 4,
+    ffn_dim: int = 64,
+    max_seq_len: int = 256,
+    n_shards: int = 2,
+    seed: int = 0,
+    head_scale: float = 1.0,
+    attn_scale: float = 1.0,
+) -> TinyCheckpoint:
     """A random LLaDA checkpoint in the format of GSAI-ML/LLaDA-8B-Instruct, tiny.
 
     Writes ``config.json`` (all of LLaDA-8B's keys, tiny sizes), the weights under LLaDA's names
@@ -131,16 +151,38 @@ def write_tiny_llada(path, *, vocab_size: int = 320, d_model: int = 32, n_layers
     path = pathlib.Path(path)
     base = _base_vocab()
     special = _special_ids(LLADA_SPECIAL_TOKENS, LLADA_8B_CONFIG["vocab_size"], vocab_size, len(base))
-    hf = {**LLADA_8B_CONFIG, "d_model": d_model, "n_layers": n_layers, "n_heads": n_heads, "n_kv_heads": n_heads,
-          "mlp_hidden_size": ffn_dim, "vocab_size": vocab_size, "embedding_size": vocab_size,
-          "max_sequence_length": max_seq_len, "mask_token_id": special["<|mdm_mask|>"],
-          "eos_token_id": special["<|endoftext|>"], "pad_token_id": special["<|endoftext|>"]}  # fmt: skip
+    hf = {
+        **LLADA_8B_CONFIG,
+        "d_model": d_model,
+        "n_layers": n_layers,
+        "n_heads": n_heads,
+        "n_kv_heads": n_heads,
+        "mlp_hidden_size": ffn_dim,
+        "vocab_size": vocab_size,
+        "embedding_size": vocab_size,
+        "max_sequence_length": max_seq_len,
+        "mask_token_id": special["<|mdm_mask|>"],
+        "eos_token_id": special["<|endoftext|>"],
+        "pad_token_id": special["<|endoftext|>"],
+    }
     return _write_tiny(path, hf, special, n_shards, base, seed, head_scale, attn_scale)
 
 
-def write_tiny_dream(path, *, vocab_size: int = 320, d_model: int = 32, n_layers: int = 2, n_heads: int = 4,
-                     n_kv_heads: int = 2, ffn_dim: int = 64, max_seq_len: int = 256, n_shards: int = 2,
-                     seed: int = 0, head_scale: float = 1.0, attn_scale: float = 1.0) -> TinyCheckpoint:  # fmt: skip
+def write_tiny_dream(
+    path,
+    *,
+    vocab_size: int = 320,
+    d_model: int = 32,
+    n_layers: int = 2,
+    n_heads: int = 4,
+    n_kv_heads: int = 2,
+    ffn_dim: int = 64,
+    max_seq_len: int = 256,
+    n_shards: int = 2,
+    seed: int = 0,
+    head_scale: float = 1.0,
+    attn_scale: float = 1.0,
+) -> TinyCheckpoint:
     """A random Dream checkpoint in the format of Dream-org/Dream-v0-Instruct-7B, tiny.
 
     Writes ``config.json`` (Dream-7B's keys, tiny sizes), the weights under Dream's names (shards +
@@ -152,10 +194,21 @@ def write_tiny_dream(path, *, vocab_size: int = 320, d_model: int = 32, n_layers
     base = _base_vocab()
     special = _special_ids(DREAM_SPECIAL_TOKENS, DREAM_7B_CONFIG["vocab_size"], vocab_size, len(base))
     eos = special["<|endoftext|>"]
-    hf = {**DREAM_7B_CONFIG, "hidden_size": d_model, "num_hidden_layers": n_layers, "max_window_layers": n_layers,
-          "num_attention_heads": n_heads, "num_key_value_heads": n_kv_heads, "intermediate_size": ffn_dim,
-          "vocab_size": vocab_size, "max_position_embeddings": max_seq_len, "mask_token_id": special["<|mask|>"],
-          "bos_token_id": eos, "eos_token_id": eos, "pad_token_id": eos}  # fmt: skip
+    hf = {
+        **DREAM_7B_CONFIG,
+        "hidden_size": d_model,
+        "num_hidden_layers": n_layers,
+        "max_window_layers": n_layers,
+        "num_attention_heads": n_heads,
+        "num_key_value_heads": n_kv_heads,
+        "intermediate_size": ffn_dim,
+        "vocab_size": vocab_size,
+        "max_position_embeddings": max_seq_len,
+        "mask_token_id": special["<|mask|>"],
+        "bos_token_id": eos,
+        "eos_token_id": eos,
+        "pad_token_id": eos,
+    }
     return _write_tiny(path, hf, special, n_shards, base, seed, head_scale, attn_scale)
 
 
@@ -171,13 +224,33 @@ def _write_tiny(path, hf, special, n_shards, base, *init) -> TinyCheckpoint:
     else:
         (path / "vocab.json").write_text(json.dumps(base, ensure_ascii=False, indent=2) + "\n", encoding="utf-8")
         (path / "merges.txt").write_text("#version: 0.2\n" + "\n".join(_TINY_MERGES) + "\n", encoding="utf-8")
-        added = {str(i): {"content": t, "lstrip": False, "normalized": False, "rstrip": False, "single_word": False,
-                          "special": True} for t, i in special.items()}  # fmt: skip
+        added = {
+            str(i): {
+                "content": t,
+                "lstrip": False,
+                "normalized": False,
+                "rstrip": False,
+                "single_word": False,
+                "special": True,
+            }
+            for t, i in special.items()
+        }
         eos = "<|endoftext|>"
-        _write_json(path / "tokenizer_config.json", {
-            "added_tokens_decoder": added, "bos_token": "<|beginoftext|>", "eos_token": eos, "pad_token": eos,
-            "mask_token": "<|mask|>", "unk_token": None, "errors": "replace", "split_special_tokens": False,
-            "clean_up_tokenization_spaces": False, "model_max_length": hf["max_position_embeddings"],
-            "tokenizer_class": "DreamTokenizer",
-            "auto_map": {"AutoTokenizer": ["tokenization_dream.DreamTokenizer", None]}})  # fmt: skip
+        _write_json(
+            path / "tokenizer_config.json",
+            {
+                "added_tokens_decoder": added,
+                "bos_token": "<|beginoftext|>",
+                "eos_token": eos,
+                "pad_token": eos,
+                "mask_token": "<|mask|>",
+                "unk_token": None,
+                "errors": "replace",
+                "split_special_tokens": False,
+                "clean_up_tokenization_spaces": False,
+                "model_max_length": hf["max_position_embeddings"],
+                "tokenizer_class": "DreamTokenizer",
+                "auto_map": {"AutoTokenizer": ["tokenization_dream.DreamTokenizer", None]},
+            },
+        )
     return ckpt

@@ -13,9 +13,16 @@ import tokenizers
 from .checkpoint import _read_json
 
 # Qwen2's pre-tokenizer regex (Dream's tokenization_dream.py: PRETOKENIZE_REGEX)
-_QWEN2_SPLIT = r"""(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"""
-_ROLE_TOKENS = {"mask": ("<|mdm_mask|>", "<|mask|>"), "eos": ("<|endoftext|>",),
-                "bos": ("<|startoftext|>", "<|beginoftext|>"), "eot": ("<|eot_id|>", "<|im_end|>")}  # fmt: skip
+_QWEN2_SPLIT = (
+    r"""(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}"""
+    r"""| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"""
+)
+_ROLE_TOKENS = {
+    "mask": ("<|mdm_mask|>", "<|mask|>"),
+    "eos": ("<|endoftext|>",),
+    "bos": ("<|startoftext|>", "<|beginoftext|>"),
+    "eot": ("<|eot_id|>", "<|im_end|>"),
+}
 
 
 def _byte_alphabet() -> list[str]:
@@ -30,19 +37,46 @@ def _byte_level_bpe(vocab: dict[str, int], merges: list[str], special: dict[str,
     level) whose special tokens sit at the given ids (they enter the model vocab too, which is
     what makes ``tokenizers`` keep ids that do not follow the vocab contiguously)."""
     byte_level = {"type": "ByteLevel", "add_prefix_space": False, "trim_offsets": False, "use_regex": False}
-    added = [{"id": i, "content": t, "single_word": False, "lstrip": False, "rstrip": False, "normalized": False,
-              "special": True} for t, i in sorted(special.items(), key=lambda kv: kv[1])]  # fmt: skip
+    added = [
+        {
+            "id": i,
+            "content": t,
+            "single_word": False,
+            "lstrip": False,
+            "rstrip": False,
+            "normalized": False,
+            "special": True,
+        }
+        for t, i in sorted(special.items(), key=lambda kv: kv[1])
+    ]
     return {
-        "version": "1.0", "truncation": None, "padding": None, "added_tokens": added,
+        "version": "1.0",
+        "truncation": None,
+        "padding": None,
+        "added_tokens": added,
         "normalizer": {"type": "NFC"},
-        "pre_tokenizer": {"type": "Sequence", "pretokenizers": [
-            {"type": "Split", "pattern": {"Regex": _QWEN2_SPLIT}, "behavior": "Isolated", "invert": False},
-            byte_level]},
-        "post_processor": byte_level, "decoder": byte_level,
-        "model": {"type": "BPE", "dropout": None, "unk_token": None, "continuing_subword_prefix": "",
-                  "end_of_word_suffix": "", "fuse_unk": False, "byte_fallback": False, "ignore_merges": False,
-                  "vocab": {**vocab, **special}, "merges": merges},
-    }  # fmt: skip
+        "pre_tokenizer": {
+            "type": "Sequence",
+            "pretokenizers": [
+                {"type": "Split", "pattern": {"Regex": _QWEN2_SPLIT}, "behavior": "Isolated", "invert": False},
+                byte_level,
+            ],
+        },
+        "post_processor": byte_level,
+        "decoder": byte_level,
+        "model": {
+            "type": "BPE",
+            "dropout": None,
+            "unk_token": None,
+            "continuing_subword_prefix": "",
+            "end_of_word_suffix": "",
+            "fuse_unk": False,
+            "byte_fallback": False,
+            "ignore_merges": False,
+            "vocab": {**vocab, **special},
+            "merges": merges,
+        },
+    }
 
 
 @dataclass(frozen=True)

@@ -43,7 +43,7 @@ class KVCache:
     v: list[torch.Tensor]
 
     @classmethod
-    def empty(cls, config: ModelConfig, batch: int, max_len: int, *, device=None, dtype=torch.float32) -> "KVCache":
+    def empty(cls, config: ModelConfig, batch: int, max_len: int, *, device=None, dtype=torch.float32) -> KVCache:
         shape = (batch, max_len, config.n_kv_heads, config.head_dim)
         return cls(
             k=[torch.zeros(shape, device=device, dtype=dtype) for _ in range(config.n_layers)],
@@ -101,8 +101,17 @@ class Block(nn.Module):
         if attn_impl == "ops":
             from ..attention import attention
 
-            o = attention(q, kn, vn, k_cache=k_cache, v_cache=v_cache, cache_len=cache_len,
-                          kv_len=kv_len if attend_new else None, key_start=key_start, backend=backend)  # fmt: skip
+            o = attention(
+                q,
+                kn,
+                vn,
+                k_cache=k_cache,
+                v_cache=v_cache,
+                cache_len=cache_len,
+                kv_len=kv_len if attend_new else None,
+                key_start=key_start,
+                backend=backend,
+            )
         else:
             o = _sdpa_attention(q, kn, vn, k_cache, v_cache, cache_len, kv_len, key_start)
         h = h + self.o_proj(o.reshape(B, L, c.n_heads * c.head_dim))
@@ -116,8 +125,9 @@ def _write_cache(k_cache, v_cache, k, v, write: CacheWrite, backend, attn_impl):
     if attn_impl == "ops":
         from ..kv_cache import refresh_kv_cache
 
-        refresh_kv_cache(k_cache, v_cache, k, v, write.block_ids, write.block_size, new_start=write.new_start,
-                         backend=backend)  # fmt: skip
+        refresh_kv_cache(
+            k_cache, v_cache, k, v, write.block_ids, write.block_size, new_start=write.new_start, backend=backend
+        )
         return
     # the peers' way: gather the listed rows and scatter them with torch indexing
     B, Lmax = k_cache.shape[:2]
@@ -237,8 +247,19 @@ class DiffusionLM(nn.Module):
         cos, sin = self.rope_cos[positions], self.rope_sin[positions]  # [B, Lq, D]
         for i, layer in enumerate(self.layers):
             layer_cache = (cache.k[i], cache.v[i]) if cache is not None else None
-            h = layer(h, cos, sin, layer_cache=layer_cache, cache_len=cache_len, kv_len=kv_len, attend_new=attend_new,
-                      write=write, key_start=key_start, backend=self.backend, attn_impl=self.attn_impl)  # fmt: skip
+            h = layer(
+                h,
+                cos,
+                sin,
+                layer_cache=layer_cache,
+                cache_len=cache_len,
+                kv_len=kv_len,
+                attend_new=attend_new,
+                write=write,
+                key_start=key_start,
+                backend=self.backend,
+                attn_impl=self.attn_impl,
+            )
         if logits_index is None:
             logits_index = torch.arange(Lq, device=h.device).expand(B, Lq)
         rows = (logits_index - 1).clamp_min(0) if self.config.logit_shift else logits_index

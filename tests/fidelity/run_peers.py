@@ -39,8 +39,18 @@ import time
 # EoT 126348), tiny otherwise. head_scale / attn_scale make a random model confident at some
 # positions and not at others, with proposals that depend on the position and its neighbours:
 # about a quarter of the masked positions of a fresh block have max probability >= 0.9.
-CHECKPOINT = dict(vocab_size=126464, d_model=64, n_layers=2, n_heads=4, ffn_dim=128, max_seq_len=512, n_shards=2,
-                  seed=0, head_scale=8.0, attn_scale=3.0)  # fmt: skip
+CHECKPOINT = dict(
+    vocab_size=126464,
+    d_model=64,
+    n_layers=2,
+    n_heads=4,
+    ffn_dim=128,
+    max_seq_len=512,
+    n_shards=2,
+    seed=0,
+    head_scale=8.0,
+    attn_scale=3.0,
+)
 PROMPTS = ["The capital of France is", "def add(a, b):\n    return", "Q: 1 + 1 = ?\nA:"]
 MASK, EOS = 126336, 126081
 GEN, BLOCK = 96, 32  # three blocks of the usual size
@@ -55,32 +65,88 @@ PEERS = {
     "Streaming-dLLM": (["Streaming-dLLM/LLaDA-1.5"], "Streaming-dLLM/LLaDA-1.5/generate.py"),
     "d3LLM": (["d3LLM"], "d3LLM/d3llm/d3llm_LLaDA/d3llm_llada_generate_util.py"),
 }
-R2_SCRIPTS = dict(threshold=0.9, confidence_cluster_size=3, spatial_threshold=0.8, confidence_cluster_unmasked=1,
-                  token_cluster="confidence", temporal_steps=3, temporal_threshold=0.8, temporal_eval="last")  # fmt: skip
-D3LLM_EVAL = dict(steps=GEN, max_new_tokens=GEN, block_size=BLOCK, threshold=0.5, block_add_threshold=0.1,
-                  decoded_token_threshold=0.95, eos_token_id=EOS, early_stop=True)  # fmt: skip
+R2_SCRIPTS = dict(
+    threshold=0.9,
+    confidence_cluster_size=3,
+    spatial_threshold=0.8,
+    confidence_cluster_unmasked=1,
+    token_cluster="confidence",
+    temporal_steps=3,
+    temporal_threshold=0.8,
+    temporal_eval="last",
+)
+D3LLM_EVAL = dict(
+    steps=GEN,
+    max_new_tokens=GEN,
+    block_size=BLOCK,
+    threshold=0.5,
+    block_add_threshold=0.1,
+    decoded_token_threshold=0.95,
+    eos_token_id=EOS,
+    early_stop=True,
+)
 # (name, peer, function, keyword arguments besides model and prompt); temperature 0 everywhere
 RUNS = [
     ("llada_vanilla_k1", "LLaDA", "generate", dict(steps=GEN, gen_length=GEN, block_length=BLOCK)),
     ("llada_vanilla_k4", "LLaDA", "generate", dict(steps=GEN // 4, gen_length=GEN, block_length=BLOCK)),
-    ("llada_vanilla_k1_eos_eot_conf_inf", "LLaDA", "generate",
-     dict(steps=GEN, gen_length=GEN, block_length=BLOCK, confidence_eos_eot_inf=True)),
-    ("fast_dllm_threshold", "Fast-dLLM", "generate", dict(steps=GEN, gen_length=GEN, block_length=BLOCK, threshold=0.9)),
-    ("fast_dllm_prefix_cache", "Fast-dLLM", "generate_with_prefix_cache",
-     dict(steps=GEN, gen_length=GEN, block_length=BLOCK, threshold=0.9)),
-    ("fast_dllm_dual_cache", "Fast-dLLM", "generate_with_dual_cache",
-     dict(steps=GEN, gen_length=GEN, block_length=BLOCK, threshold=0.9)),
-    ("streaming_prefix_cache", "Streaming-dLLM", "generate_with_prefix_cache",
-     dict(steps=GEN // BLOCK, gen_length=GEN, block_length=BLOCK, threshold=0.9, window_size=32, confidence_alpha=0.3,
-          eos_id=EOS)),
-    ("r2_dual_cache_scripts", "R2-dLLM", "generate_with_dual_cache",
-     dict(steps=GEN, gen_length=GEN, block_length=BLOCK, **R2_SCRIPTS)),
-    ("r2_dual_cache_function_defaults", "R2-dLLM", "generate_with_dual_cache",
-     dict(steps=GEN, gen_length=GEN, block_length=BLOCK)),
+    (
+        "llada_vanilla_k1_eos_eot_conf_inf",
+        "LLaDA",
+        "generate",
+        dict(steps=GEN, gen_length=GEN, block_length=BLOCK, confidence_eos_eot_inf=True),
+    ),
+    (
+        "fast_dllm_threshold",
+        "Fast-dLLM",
+        "generate",
+        dict(steps=GEN, gen_length=GEN, block_length=BLOCK, threshold=0.9),
+    ),
+    (
+        "fast_dllm_prefix_cache",
+        "Fast-dLLM",
+        "generate_with_prefix_cache",
+        dict(steps=GEN, gen_length=GEN, block_length=BLOCK, threshold=0.9),
+    ),
+    (
+        "fast_dllm_dual_cache",
+        "Fast-dLLM",
+        "generate_with_dual_cache",
+        dict(steps=GEN, gen_length=GEN, block_length=BLOCK, threshold=0.9),
+    ),
+    (
+        "streaming_prefix_cache",
+        "Streaming-dLLM",
+        "generate_with_prefix_cache",
+        dict(
+            steps=GEN // BLOCK,
+            gen_length=GEN,
+            block_length=BLOCK,
+            threshold=0.9,
+            window_size=32,
+            confidence_alpha=0.3,
+            eos_id=EOS,
+        ),
+    ),
+    (
+        "r2_dual_cache_scripts",
+        "R2-dLLM",
+        "generate_with_dual_cache",
+        dict(steps=GEN, gen_length=GEN, block_length=BLOCK, **R2_SCRIPTS),
+    ),
+    (
+        "r2_dual_cache_function_defaults",
+        "R2-dLLM",
+        "generate_with_dual_cache",
+        dict(steps=GEN, gen_length=GEN, block_length=BLOCK),
+    ),
     ("d3llm_multi_block", "d3LLM", "generate_multi_block", D3LLM_EVAL),
-    ("d3llm_multi_block_kv_cache", "d3LLM", "generate_multi_block_kv_cache",
-     dict(D3LLM_EVAL, cache_delay_iter=2, refresh_interval=3)),
-]  # fmt: skip
+    (
+        "d3llm_multi_block_kv_cache",
+        "d3LLM",
+        "generate_multi_block_kv_cache",
+        dict(D3LLM_EVAL, cache_delay_iter=2, refresh_interval=3),
+    ),
+]
 
 
 # ----------------------------------------------------------------------------------------------
@@ -126,7 +192,9 @@ def worker(peer: str, peers: pathlib.Path, ckpt: str, prompts: list[list[int]], 
     spec = importlib.util.spec_from_file_location(f"peer_{peer.replace('-', '_')}", peers / module_file)
     gen = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(gen)
-    modeling = sys.modules.get("utils.utils_LLaDA.model.modeling_llada") or importlib.import_module("model.modeling_llada")
+    modeling = sys.modules.get("utils.utils_LLaDA.model.modeling_llada") or importlib.import_module(
+        "model.modeling_llada"
+    )
     model, info = modeling.LLaDAModelLM.from_pretrained(ckpt, torch_dtype=torch.float32, output_loading_info=True)
     model.eval()
     if any(info.values()):
@@ -151,11 +219,16 @@ def worker(peer: str, peers: pathlib.Path, ckpt: str, prompts: list[list[int]], 
             seconds = time.perf_counter() - t0
             handle.remove()
             rec.diff()
-            rows.append({
-                "tokens": x[0, len(prompt):].tolist(), "nfe": nfe if nfe is None else int(nfe), "forwards": rec.forwards,
-                "commit_step": rec.step[len(prompt):].tolist(), "canvas_tracked": bool(torch.equal(rec.canvas, x)),
-                "seconds": round(seconds, 2),
-            })  # fmt: skip
+            rows.append(
+                {
+                    "tokens": x[0, len(prompt) :].tolist(),
+                    "nfe": nfe if nfe is None else int(nfe),
+                    "forwards": rec.forwards,
+                    "commit_step": rec.step[len(prompt) :].tolist(),
+                    "canvas_tracked": bool(torch.equal(rec.canvas, x)),
+                    "seconds": round(seconds, 2),
+                }
+            )
         results[name] = {"peer": peer, "function": fn, "kwargs": kwargs, "per_prompt": rows}
     pathlib.Path(out).write_text(json.dumps({"model_check": check, "runs": results}))
 
@@ -190,13 +263,31 @@ def driver(args) -> None:
     doc = {
         "checkpoint": {"writer": "dllm_kernels.models.write_tiny_llada", "kwargs": CHECKPOINT, "sha256": _sha256(ckpt)},
         "prompts": [{"text": t, "ids": ids} for t, ids in zip(PROMPTS, prompts)],
-        "gen_length": GEN, "block_length": BLOCK, "mask_id": MASK, "dtype": "float32", "device": "cpu",
-        "model_check": {"ours": ours}, "peers": {}, "runs": {},
-    }  # fmt: skip
+        "gen_length": GEN,
+        "block_length": BLOCK,
+        "mask_id": MASK,
+        "dtype": "float32",
+        "device": "cpu",
+        "model_check": {"ours": ours},
+        "peers": {},
+        "runs": {},
+    }
     for peer in args.only or PEERS:
         with tempfile.NamedTemporaryFile(suffix=".json") as out:
-            cmd = [args.python, __file__, "--worker", peer, "--peers", str(peers), "--ckpt", str(ckpt),
-                   "--prompts", json.dumps(prompts), "--worker-out", out.name]  # fmt: skip
+            cmd = [
+                args.python,
+                __file__,
+                "--worker",
+                peer,
+                "--peers",
+                str(peers),
+                "--ckpt",
+                str(ckpt),
+                "--prompts",
+                json.dumps(prompts),
+                "--worker-out",
+                out.name,
+            ]
             t0 = time.perf_counter()
             r = subprocess.run(cmd, capture_output=True, text=True)
             if r.returncode:
