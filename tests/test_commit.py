@@ -109,7 +109,8 @@ class Run:
 def random_stats(run: Run, width: int, offset: list, prev_token, g: torch.Generator):
     """Statistics of ``width`` columns per row (column j = position offset[b] + j). Proposals
     keep last step's value with probability 0.7 (streaks) and repeat their left neighbour often
-    (runs); half of the confidences come from PROBS (ties, thresholds hit exactly)."""
+    (runs); half of the confidences come from PROBS (ties, thresholds hit exactly). Returns the
+    stats, and the proposals and confidences of every canvas position ([B, L])."""
     B, L = run.x.shape
     token = torch.randint(0, 3, (B, L), generator=g)
     token = torch.where(torch.rand(B, L, generator=g) < 0.5, token.roll(1, 1), token)
@@ -123,18 +124,28 @@ def random_stats(run: Run, width: int, offset: list, prev_token, g: torch.Genera
     # the columns of the stats window (positions past the canvas get arbitrary values)
     cols = (torch.tensor(offset)[:, None] + torch.arange(width)).clamp(max=L - 1)
     stats = TokenStats(token.gather(1, cols), prob.gather(1, cols), prob.gather(1, cols), entropy.gather(1, cols))
-    return stats, token
+    return stats, token, prob
 
 
-def check_guarantees(x0, x1, st0, st1, counts, region, force, step):
-    """The op's promises for one step (CPU tensors; proposals are never the mask id here)."""
+def check_guarantees(x0, x1, st0, st1, counts, region, force, step, rule, token, prob):
+    """The op's promises for one step (CPU tensors; proposals are never the mask id here).
+    ``token``, ``prob``: each canvas position's proposal and confidence (token editing)."""
     L = x0.shape[1]
     pos = torch.arange(L)
     inside = (pos >= torch.tensor(region[0])[:, None]) & (pos < torch.tensor(region[1])[:, None])
     newly = (x0 == MASK) & (x1 != MASK)
-    assert torch.equal(x1 == x0, ~newly), "a position changed without being committed (re-mask or overwrite)"
+    # token editing: exactly the positions committed by an earlier step (not the prompt) inside
+    # the region whose valid proposal differs and has conf > edit_threshold (fp32) take it
+    editable = inside & (x0 != MASK) & (st0.commit_step >= 0) & (token >= 0) & (token != MASK) & (token != x0)
+    edit = torch.zeros_like(editable)
+    if rule.token_edit:
+        edit = editable & (prob > torch.tensor(rule.edit_threshold, dtype=torch.float32))
+    edited = (x0 != MASK) & (x1 != x0)
+    assert not (x1[newly | edited] == MASK).any(), "a position was re-masked"
+    assert torch.equal(edited, edit), "a position changed without being committed or edited (overwrite)"
+    assert torch.equal(x1[edited], token[edited]), "an edited position does not hold its proposal"
     assert not (newly & ~inside).any(), "a position outside the active region was committed"
-    assert torch.equal(counts, newly.sum(1, dtype=torch.int32)), "counts != newly unmasked positions"
+    assert torch.equal(counts, (newly | edited).sum(1, dtype=torch.int32)), "counts != newly unmasked + edited"
     assert torch.equal(st1.commit_step, torch.where(newly, step, st0.commit_step))
     untouched = ~(inside & (x0 == MASK))  # streaks live at the candidates only
     for name in ("last_id", "count", "conf_sum", "conf_max"):
@@ -185,7 +196,7 @@ def check_run(device, name, B, block, layout, max_prompt=None):
             width, offset = block * (2 if name in MULTI_BLOCK else 1), [min(s, L - block) for s in start]
         else:
             width, offset = L - min(start), start
-        stats, prev_token = random_stats(run, width, offset, prev_token, g)
+        stats, prev_token, prev_prob = random_stats(run, width, offset, prev_token, g)
 
         def idx(v):
             return torch.tensor(v, dtype=index_dtype)
@@ -220,4 +231,6 @@ def check_run(device, name, B, block, layout, max_prompt=None):
         assert_same(x_dev, run.x, f"step {step}: x")
         for f in dataclasses.fields(state):
             assert_same(getattr(state_dev, f.name), getattr(state, f.name), f"step {step}: state.{f.name}")
-        check_guarantees(x0, run.x, st0, state, counts, (start, end), (f_start, f_end), step)
+        check_guarantees(
+            x0, run.x, st0, state, counts, (start, end), (f_start, f_end), step, rule, prev_token, prev_prob
+        )

@@ -9,8 +9,8 @@ GPU image has no sglang).
 
 What runs: entry-point discovery through SGLang's ``load_plugins()``; token-for-token parity
 of our LowConfidence and JointThreshold with SGLang's classes on random batches (B 1..16, blocks 4
-and 32, ragged masks, prompt masks, ties), on both backends (Triton under the interpreter on the
-CPU); the seeds' rules against independent formulas; SGLang's own ``run`` loop (synchronous and
+and 32, ragged masks, prompt masks, ties, MASK argmaxes), on both backends (Triton under the
+interpreter on the CPU); the seeds' rules against independent formulas; SGLang's own ``run`` loop (synchronous and
 first-done-first-out) driving our classes through a scripted model runner.
 """
 
@@ -172,6 +172,44 @@ def test_low_confidence_parity(backend, blk):
     assert steps >= cases
 
 
+def mask_heavy_logits(g, N):
+    """Logits whose argmax is MASK at about half the positions (often the most confident one)."""
+    z = random_logits(g, N)
+    boost = torch.rand(N, generator=g) < 0.5
+    z[boost, MASK] = z[boost].max(dim=1).values + torch.rand(int(boost.sum()), generator=g) * 4
+    return z
+
+
+@pytest.mark.parametrize("name", ["LowConfidence", "JointThreshold"])
+def test_mask_proposals_parity(backend, name):
+    """SGLang's argmax may be MASK: a no-op commit that still blocks its fallback and keeps the
+    request running, and (JointThreshold) an edit that re-masks a committed position."""
+    blk = 8
+    max_b = 4 if sizes(backend, blk)[0] == 16 else 2
+    g = torch.Generator().manual_seed(21)
+    edits = 0
+    for case in range(4 if max_b == 4 else 2):
+        B = int(torch.randint(1, max_b + 1, (1,), generator=g))
+        ids, pm = random_case(g, B, blk, prompt=case % 2 == 0)
+        if name == "LowConfidence":
+            opts = {"threshold": [0.5, 0.9][case % 2]}
+            ours, theirs = plugin.DllmKernelsLowConfidence, LowConfidence
+        else:
+            opts = {"threshold": [0.5, 0.9][case % 2], "edit_threshold": 0.3, "max_post_edit_steps": 2}
+            ours, theirs = plugin.DllmKernelsJointThreshold, JointThreshold
+        edits += drive(
+            ours(config(blk, {**opts, "backend": backend})),
+            theirs(config(blk, opts)),
+            ids,
+            pm,
+            g,
+            steps=4 if max_b == 4 else 2,
+            make_logits=mask_heavy_logits,
+        )[1]
+    if name == "JointThreshold":
+        assert edits > 0
+
+
 @pytest.mark.parametrize("vectorized", [False, True])
 @pytest.mark.parametrize("blk", [4, 32])
 def test_joint_threshold_parity(backend, blk, vectorized):
@@ -232,15 +270,20 @@ def test_joint_threshold_edits_and_budget_by_hand():
 
 
 def _oracle_stats(logits, B, blk):
-    p = torch.softmax(logits.double(), dim=-1)
+    """The seeds' statistics as the library's loop takes them: MASK is never proposed (its logit
+    counts as -inf; the other tokens' softmax)."""
+    logits = logits.double().clone()
+    logits[:, MASK] = -float("inf")
+    p = torch.softmax(logits, dim=-1)
     conf, tok = p.max(dim=-1)
     H = -(p * torch.log(p + 1e-12)).sum(-1)
     return tok.view(B, blk), conf.view(B, blk), H.view(B, blk)
 
 
 def _oracle(name, opts, ids, logits, B, blk, start):
-    """Fast-dLLM: {argmax} | {c >= tau}; Streaming: tau_t = tau0 (1 - alpha (1 - r_mask));
-    d3LLM: {argmin H} | {H <= tau_H}; all among the masked positions after the prompt tail."""
+    """Fast-dLLM: {argmax} | {c >= tau} (argmax over the tokens other than MASK); Streaming:
+    tau_t = tau0 (1 - alpha (1 - r_mask)); d3LLM: {argmin H} | {H <= tau_H}; all among the masked
+    positions after the prompt tail."""
     tok, conf, H = _oracle_stats(logits, B, blk)
     x = ids.view(B, blk).clone()
     region = torch.arange(blk)[None, :] >= start[:, None]

@@ -37,6 +37,23 @@ Every algorithm also takes ``backend`` [auto] (``auto`` | ``triton`` | ``referen
 itself reads ``block_size`` and ``capture_input_preparation`` from the same file; any other key
 is an error naming it.
 
+MASK proposals: SGLang's logits cover the whole vocabulary, the MASK id included, and its classes
+take the plain argmax, so a position may "commit" MASK; the commit op never commits an invalid
+proposal (see :func:`~dllm_kernels.commit`). The two drop-ins reproduce SGLang's outcome exactly
+on the device (no host sync): a MASK written into a masked position is a no-op on the canvas, but
+it still counts for SGLang's fallback and done flags. ``LowConfidence`` and ``JointThreshold``
+pass SGLang's own fallback position (``argmax`` / ``topk`` of the masked confidences, over every
+proposal) as a one-position force region, so a step whose best position proposes MASK commits
+only its valid threshold passers; ``JointThreshold`` counts a row with masks as "changed" (SGLang
+always selects a position there) and re-masks each editable position whose MASK proposal has
+``prob > edit_threshold`` (SGLang's edit writes it), which the commit op's edit leaves alone. The
+seeds' rules (``DllmKernelsFastDllm``, ``DllmKernelsStreamingDllm``, ``DllmKernelsD3LLM``,
+``DllmKernelsR2Dllm``) are the library's own rules, served as ``dllm_kernels.generate`` runs them:
+``token_stats`` suppresses the MASK id (its logit counts as ``-inf``, the statistics are those of
+the other tokens), so every step commits at least one position and a block finishes within
+SGLang's ``block_size`` steps. (The published Fast-dLLM and Streaming-dLLM code takes the plain
+argmax too; a MASK argmax there is a wasted step, never a different token.)
+
 Regions: a request's block is ``[prompt tail | generation]``. SGLang's ``dllm_prompt_mask`` (when
 set) marks the prompt tail, a prefix of the block (``position < prompt length``); its length is
 where the commit region starts. Without it the region is the whole block (the prompt tail holds no
@@ -192,6 +209,7 @@ class KernelAlgorithm(DllmAlgorithm):
     supported_architectures = SUPPORTED_ARCHITECTURES
     OPTIONS: dict = {}
     STATEFUL = False
+    SUPPRESS_MASK = True  # token_stats never proposes MASK (the seeds' rules); False: SGLang's plain argmax
 
     def __init__(self, config):
         super().__init__(config)
@@ -253,7 +271,8 @@ class KernelAlgorithm(DllmAlgorithm):
         x = ids.view(B, blk)
         if x.dtype != torch.int64:
             x = x.long()  # a copy, written back by _finish
-        stats = token_stats(full_logits, backend=self.backend)
+        suppress = [self.mask_id] if self.SUPPRESS_MASK and self.mask_id < full_logits.shape[1] else None
+        stats = token_stats(full_logits, suppress_ids=suppress, backend=self.backend)
         return x, TokenStats(*(t.view(B, blk) for t in stats))
 
     def _finish(self, forward_batch, x):
@@ -283,6 +302,10 @@ class KernelAlgorithm(DllmAlgorithm):
 
     def _step_index(self, device):
         return self._const(("step", device), lambda: torch.zeros((), dtype=torch.int32, device=device))
+
+    def _force(self, masked, stats):
+        """The force region ``(force_start, force_end)`` of the commit (``None``: the active region)."""
+        return None, None
 
     def _fresh_state(self, x) -> dict:
         return {f: getattr(CommitState.new(x), f) for f in _STATE_FIELDS}
@@ -316,6 +339,7 @@ class KernelAlgorithm(DllmAlgorithm):
             state = CommitState(**{f: _batch_of(states, B)[f] for f in _STATE_FIELDS})
         else:  # the rule reads no state: one scratch state per batch size
             state = self._const(("scratch", B, device), lambda: CommitState.new(x))
+        force_start, force_end = self._force(masked, stats)
         commit(
             x,
             stats,
@@ -325,6 +349,8 @@ class KernelAlgorithm(DllmAlgorithm):
             active_end=self._block_end(B, device),
             mask_id=self.mask_id,
             step=self._step_index(device),
+            force_start=force_start,
+            force_end=force_end,
             backend=self.backend,
         )
         self._finish(forward_batch, x)
@@ -333,12 +359,21 @@ class KernelAlgorithm(DllmAlgorithm):
 
 class DllmKernelsLowConfidence(KernelAlgorithm):
     """SGLang's ``LowConfidence`` on the kernels: ``prob > threshold`` (strict) among the masked
-    positions, else the most confident one (ties -> lowest position)."""
+    positions, else the most confident one (ties -> lowest position); a MASK proposal is a no-op
+    that still counts as selected (module doc)."""
 
     OPTIONS = {"threshold": (0.95, _number), "backend": _BACKEND}
+    SUPPRESS_MASK = False
 
     def rule(self, options):
-        return CommitRule(base="threshold", threshold=_strict(options["threshold"]), commit_best=True)
+        return CommitRule(base="threshold", threshold=_strict(options["threshold"]), commit_best=False)
+
+    def _force(self, masked, stats):
+        # SGLang's fallback: torch.argmax of the masked confidences over every proposal (MASK
+        # included). It has the row's top confidence, so it passes the threshold iff any position
+        # does; forced only if it holds a valid proposal (a MASK there commits nothing, as in SGLang)
+        best = torch.argmax(torch.where(masked, stats.prob, float("-inf")), dim=1)
+        return best, best + 1
 
 
 class DllmKernelsFastDllm(KernelAlgorithm):
@@ -404,8 +439,9 @@ class DllmKernelsJointThreshold(KernelAlgorithm):
     """SGLang's ``JointThreshold`` (LLaDA2.1) on the kernels: mask-to-token with
     ``prob > threshold`` (else the most confident masked position), token-to-token edits of the
     block's earlier commits with ``prob > edit_threshold`` (the commit op's ``token_edit``), and
-    SGLang's termination: a request is done after a step that changes nothing, or once it has
-    spent ``max_post_edit_steps`` steps without a mask (the step past the budget changes nothing).
+    SGLang's termination: a request is done after a step that selects nothing (no mask and no
+    edit), or once it has spent ``max_post_edit_steps`` steps without a mask (the step past the
+    budget changes nothing). MASK proposals as SGLang: no-op commits, re-masking edits (module doc).
     Per-request state (commit steps, edit budget, finished flag, prompt length) stays on the device."""
 
     STATEFUL = True
@@ -417,6 +453,7 @@ class DllmKernelsJointThreshold(KernelAlgorithm):
         "vectorized_decoding": (False, _bool),
         "backend": _BACKEND,
     }
+    SUPPRESS_MASK = False
 
     def rule(self, options):
         return CommitRule(
@@ -480,6 +517,7 @@ class DllmKernelsJointThreshold(KernelAlgorithm):
         # passes the threshold (it has the row's top confidence: it passes iff any does)
         conf = torch.where(masked, stats.prob, float("-inf"))
         best = torch.topk(conf, k=1, dim=1).indices.squeeze(1)
+        # (a best position that proposes MASK is no candidate: nothing is forced, as in SGLang)
         changed = commit(
             x,
             stats,
@@ -493,7 +531,14 @@ class DllmKernelsJointThreshold(KernelAlgorithm):
             force_end=best + 1,
             backend=self.backend,
         )
-        finished |= eligible & (changed == 0)
+        # SGLang's edit writes a MASK proposal too (the commit op edits to valid proposals only):
+        # an editable position (the op's: committed earlier, not masked at step start) re-masks
+        remask = (stats.token == self.mask_id) & (stats.prob > self.options["edit_threshold"]) & ~masked
+        remask &= (state.commit_step >= 0) & eligible[:, None]
+        x.masked_fill_(remask, self.mask_id)
+        # SGLang selects a position in every row with a mask, so only a mask-free row with no edit
+        # (valid or re-masking) finishes here
+        finished |= eligible & ~has_mask & (changed == 0) & ~remask.any(dim=1)
         self._finish(forward_batch, x)
         return finished
 
