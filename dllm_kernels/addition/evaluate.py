@@ -41,7 +41,7 @@ def _r2(*taus):
 
 
 QUICK_SWEEPS = {
-    "vanilla": [dict(steps_per_block=0), dict(steps_per_block=4)],
+    "vanilla": [dict(steps_per_block=4), dict(steps_per_block=2)],
     "fast_dllm": [dict(threshold=t) for t in (0.99, 0.9, 0.7)],
     "streaming": [dict(threshold=t) for t in (0.99, 0.9, 0.7)],
     "r2": _r2(0.99, 0.9, 0.7),
