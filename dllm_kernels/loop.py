@@ -14,13 +14,14 @@ and the batch runs as one step on the device::
     commit(x, stats, state, rule, active_start=..., ...)   # one fused launch per distinct rule
 
 A step has no host sync; between steps the loop reads the canvas back once (a few KB) to drive
-the schedulers. Rows that are done (or out of forwards) leave the batch at temperature 0 when the
+the schedulers. Rows that are done (or out of forwards) leave the batch when the
 cache can drop rows (no cache, or a dataclass of batch-first tensors such as the project's KV
 cache); otherwise they reach the model with ``kv_len == 0``, ``cache_len == 0`` and no cache
 write. With ``cuda_graph=True`` the device part of a step (index tables included) is captured once
 per padded shape bucket and replayed. Because a row's computation depends only on that row, a
 batch of ragged prompts (left-padded to a common, block-aligned length and masked with
-``key_start``) gives every row exactly the tokens it gets alone (at temperature 0).
+``key_start``) gives every row exactly the tokens it gets alone; at temperature > 0 too, since each
+logits row samples with a key derived from the row's own seed, forward index and position.
 
 Model protocol: what ``generate`` needs from a model is written down, as code and prose, in
 :mod:`dllm_kernels.models.protocol` (:class:`dllm_kernels.models.DiffusionLM` implements it;
@@ -31,6 +32,7 @@ policies).
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -39,9 +41,9 @@ import torch
 from ._checks import check_tensor
 from ._schedule import num_transfer_schedule
 from ._seeds import resolve_seed
-from ._validate import MaxNFEError, check_canvas_length, check_generate_args, step_seed
-from .commit import CommitRule, CommitState, commit
-from .confidence import token_stats
+from ._validate import MaxNFEError, check_canvas_length, check_generate_args, mix_seed, row_seeds
+from .commit import CommitRule, CommitState, _commit_unchecked
+from .confidence import _token_stats_unchecked
 from .models.protocol import CacheWrite, model_device
 from .policies import FIRST_TOKEN_RULE, Policy, resolve_policy
 from .policy_aliases import public_aliases
@@ -437,7 +439,7 @@ def generate(
     gen_length: int = 256,
     block_length: int = 32,
     temperature: float = 0.0,
-    seed: int | None = None,
+    seed: int | Sequence[int] | None = None,
     backend: str = "auto",
     max_nfe: int = 10000,
     progress: bool = False,
@@ -458,7 +460,11 @@ def generate(
         gen_length, block_length: the generation region and its block size
             (``gen_length % block_length == 0``).
         temperature, seed: proposal sampling (:func:`dllm_kernels.token_stats`); 0 = argmax.
-            ``seed`` in ``[0, 2**63)``; the i-th batched forward uses ``(seed + i) mod 2**63``.
+            ``seed``: an int in ``[0, 2**63)`` that every row uses, or a sequence of one such
+            int per prompt; ``None`` draws one int. Each logits row samples with its own seed
+            :func:`dllm_kernels._validate.mix_seed` ``(row seed, row's forward index, position
+            in the row's sequence)``, derived on the device, so a row gets the same tokens in
+            any batch as alone with its seed, at every temperature.
         backend: backend of the loop's ops (``token_stats``, ``commit``).
         max_nfe: safety bound on forwards per row (d3LLM's loop uses 10000); a row that reaches
             it with masks left raises :class:`dllm_kernels.loop.MaxNFEError` (partial result on
@@ -466,8 +472,8 @@ def generate(
         progress: show a progress bar (tqdm) over the generated tokens.
         cuda_graph: capture each step (index tables, forward, statistics, commits) in a CUDA
             graph, one per padded shape bucket (powers of two), and replay it: the host then
-            launches one graph per step. Needs a model on a CUDA device and temperature 0.
-            Padding to a bucket changes no token.
+            launches one graph per step. Needs a model on a CUDA device. Padding to a bucket
+            changes no token.
 
     Returns:
         :class:`GenerateResult` (tokens, nfe, commit_step, pad, gen_start).
@@ -476,8 +482,6 @@ def generate(
     if not isinstance(policy, (str, Policy)):
         raise TypeError(f"generate: policy must be a policy name or a Policy, got {type(policy).__name__}")
     overrides = public_aliases(policy, overrides, gen_length=gen_length, block_length=block_length)
-    if cuda_graph and temperature > 0:
-        raise ValueError("generate: cuda_graph needs temperature 0 (the sampling seed changes every step)")
     if cuda_graph and model_device(model).type != "cuda":
         raise ValueError(f"generate: cuda_graph needs a model on a CUDA device, got {model_device(model)}")
     return _generate(
@@ -539,22 +543,26 @@ def _generate(
     sched = _MultiBlockRows(pol, geo, B) if pol.scheduler == "multi_block" else _BlockRows(pol, geo, B)
     cache = model.new_cache(B, L) if pol.cache != "none" else None
     # the mask token is never a proposal: committing it would leave the position masked forever
-    suppress = [cfg.mask_id] + ([cfg.eos_id] if pol.suppress_eos else [])
-    base_seed = resolve_seed(seed) if (seed is None and temperature > 0) else (seed or 0)
-    runner = _StepRunner(model, x, state, pad, cache, pol, geo, sched.rules, suppress, backend, buckets, capture)
+    suppress = tuple(sorted({cfg.mask_id} | ({cfg.eos_id} if pol.suppress_eos else set())))
+    temperature = float(temperature)
+    seeds = row_seeds(seed, B, lambda: resolve_seed(None)) if temperature > 0 else [0] * B
+    seeds = torch.tensor(seeds, dtype=torch.int64).to(device)
+    runner = _StepRunner(
+        model, x, state, pad, cache, pol, geo, sched.rules, suppress, backend, buckets, capture, temperature, seeds
+    )
 
     bar = None
     if progress:
         from tqdm.auto import tqdm
 
         bar = tqdm(total=B * gen_length, desc=f"generate[{pol.name}]", unit="tok")
-    iteration, finished_tokens = 0, 0
+    finished_tokens = 0
     committed = torch.zeros_like(x, dtype=torch.bool)
-    # rows that are done leave the batch (at temperature 0, where a row's tokens do not depend on
-    # its place in the batch, and when the model's cache can drop rows): the final canvas and
-    # commit steps are kept here, ``rows`` maps the batch's rows to the caller's
+    # rows that are done leave the batch (a row's tokens do not depend on its place in the batch,
+    # at any temperature) when the model's cache can drop rows: the final canvas and commit
+    # steps are kept here, ``rows`` maps the batch's rows to the caller's
     out_x, out_step, out_nfe, rows = x, state.commit_step, np.zeros(B, np.int64), np.arange(B)
-    compact = temperature == 0 and _select_rows(cache, None) is not False
+    compact = _select_rows(cache, None) is not False
     if compact:
         out_x, out_step = x.clone(), state.commit_step.clone()
     while True:
@@ -573,20 +581,32 @@ def _generate(
             if not len(rows):
                 break
             keep_t = _ship_index(keep, device)
-            x, pad, committed = (t.index_select(0, keep_t) for t in (x, pad, committed))
+            x, pad, committed, seeds = (t.index_select(0, keep_t) for t in (x, pad, committed, seeds))
             state = CommitState(*(t.index_select(0, keep_t) for t in _fields(state)))
             cache = _select_rows(cache, keep_t)
             sched.select(keep)
             runner = _StepRunner(
-                model, x, state, pad, cache, pol, geo, sched.rules, suppress, backend, buckets, capture
+                model,
+                x,
+                state,
+                pad,
+                cache,
+                pol,
+                geo,
+                sched.rules,
+                suppress,
+                backend,
+                buckets,
+                capture,
+                temperature,
+                seeds,
             )
         if bar is not None:
             bar.n = finished_tokens + int((host[0][:, P:] != cfg.mask_id).sum())
             bar.refresh()
         if not (fwd.any() or fill.any()):
             break
-        committed = runner.step(plan, fwd, fill, temperature, step_seed(base_seed, iteration))
-        iteration += 1
+        committed = runner.step(plan, fwd, fill)
     if bar is not None:
         bar.close()
     if len(rows):
@@ -687,8 +707,9 @@ def _fill_eos(x, commit_step, fill_after: torch.Tensor, step, eos: int, keep: to
 class StepInputs:
     """Device tensors of one batched decoding step (see :func:`decode_step`). Row b forwards the
     canvas positions ``idx[b, :kv_len[b]]``; ``groups`` holds one entry per distinct commit rule:
-    ``(rule, active_start, active_end, force_start, force_end, num_transfer)``, rows outside the
-    group having empty regions."""
+    ``(rule, rows)``, ``rows`` the ``[6, B]`` table of :func:`dllm_kernels.commit.pack_rows`
+    (active start/end, force start/end, stats offset, k), rows outside the group having empty
+    regions."""
 
     idx: torch.Tensor  # [B, Lq] canvas positions forwarded (padded)
     kv_len: torch.Tensor  # [B]
@@ -727,10 +748,9 @@ def _device_inputs(
         w0, w1 = col[_W0], col[_W1]
         write = CacheWrite(torch.where(jw < (w1 - w0)[:, None], w0[:, None] + jw, -1), geo.bs, new_start=a)
     fwd = col[_FWD] > 0
-    groups = []
-    for rid, rule in rules:
-        sel = fwd & (col[_RULE] == rid)
-        groups.append((rule, *(torch.where(sel, col[i], 0) for i in (_S, _E, _FS, _FE, _K))))
+    # the commit op's packed per-row table (commit.ROW_FIELDS order), one per rule
+    table = plan[:, [_S, _E, _FS, _FE, _S, _K]].T
+    groups = [(rule, torch.where((fwd & (col[_RULE] == rid))[None, :], table, 0)) for rid, rule in rules]
     return StepInputs(
         idx=idx,
         kv_len=kv_len,
@@ -757,7 +777,7 @@ def decode_step(
     eot_id=None,
     attend_new: bool = True,
     temperature: float = 0.0,
-    seed: int = 0,
+    seed: int | torch.Tensor = 0,
     suppress_ids=None,
     confidence_eos_eot_inf: bool = False,
     backend: str = "auto",
@@ -767,6 +787,9 @@ def decode_step(
     No host sync and no host-to-device copy happen here (``step`` may be a 0-d device tensor),
     so a step with fixed shapes can be captured in a CUDA graph and replayed. Updates ``x``,
     ``state`` and the cache in place; returns the ``[B, L]`` positions the commit rules took.
+    The inputs are not validated (:func:`generate` checks its arguments once per call):
+    ``seed`` is an int in ``[0, 2**63)`` or an int64 ``[B, Lo]`` tensor (one seed per logits
+    row, see :func:`dllm_kernels.token_stats`).
     """
     before = state.commit_step.clone()
     tokens = x.gather(1, inp.idx)
@@ -784,26 +807,15 @@ def decode_step(
         key_start=pad,
         logits_index=inp.logits_index,
     )
-    stats = token_stats(logits, temperature=temperature, seed=seed, suppress_ids=suppress_ids, backend=backend)
+    ids = tuple(sorted(set(suppress_ids or ())))
+    stats = _token_stats_unchecked(logits, float(temperature), seed if temperature > 0 else 0, ids, backend)
     if confidence_eos_eot_inf:  # LLaDA: EOS / EoT proposals get confidence 0
         eos_or_eot = (stats.token == eos_id) | (stats.token == (eot_id if eot_id is not None else eos_id))
         stats = stats._replace(prob=torch.where(eos_or_eot, 0.0, stats.prob))
-    for rule, a_s, a_e, f_s, f_e, k in inp.groups:  # one launch per distinct rule
-        commit(
-            x,
-            stats,
-            state,
-            rule,
-            active_start=a_s,
-            active_end=a_e,
-            mask_id=mask_id,
-            step=step,
-            num_transfer=k,
-            force_start=f_s,
-            force_end=f_e,
-            stats_offset=inp.stats_offset,
-            backend=backend,
-        )
+    if not isinstance(step, torch.Tensor):
+        step = torch.full((), step, dtype=torch.int64, device=x.device)
+    for rule, rows in inp.groups:  # one launch per distinct rule
+        _commit_unchecked(x, stats, state, rule, rows, step, mask_id, backend=backend)
     return state.commit_step != before
 
 
@@ -827,8 +839,11 @@ class _StepRunner:
         backend,
         buckets: bool,
         capture: bool,
+        temperature: float = 0.0,
+        seeds: torch.Tensor | None = None,
     ):
         self.model, self.x, self.state, self.pad, self.cache = model, x, state, pad, cache
+        self.temperature, self.seeds = temperature, seeds  # seeds: [B] int64 row seeds (T > 0)
         self.pol, self.geo, self.suppress, self.backend = pol, geo, suppress, backend
         self.rules = list(enumerate(rules))
         self.buckets, self.capture = buckets or capture, capture
@@ -850,7 +865,7 @@ class _StepRunner:
             self.plan_dev.copy_(self.host, non_blocking=True)
         return self.plan_dev
 
-    def step(self, plan: np.ndarray, fwd: np.ndarray, fill: np.ndarray, temperature: float, seed: int) -> torch.Tensor:
+    def step(self, plan: np.ndarray, fwd: np.ndarray, fill: np.ndarray) -> torch.Tensor:
         """Run one batched step; returns the ``[B, L]`` positions the commit rules took."""
         geo, x, state = self.geo, self.x, self.state
         dev = self._ship(plan)
@@ -874,18 +889,22 @@ class _StepRunner:
             rules = [self.rules[i] for i in np.unique(p[:, _RULE])]
         key = (Lq, Lo, nw)
         if not self.capture:
-            return self._body(x, state, Lq, Lo, nw, rules, temperature, seed, post_fill=bool((fill & fwd).any()))
+            return self._body(x, state, Lq, Lo, nw, rules, post_fill=bool((fill & fwd).any()))
         graph = self.graphs.get(key)
         if graph is None:
             graph = self.graphs[key] = self._record(Lq, Lo, nw, rules)
         graph[0].replay()
         return graph[1]
 
-    def _body(self, x, state, Lq, Lo, nw, rules, temperature, seed, post_fill: bool) -> torch.Tensor:
+    def _body(self, x, state, Lq, Lo, nw, rules, post_fill: bool) -> torch.Tensor:
         """The device work of a step (no host sync, no copy: capturable)."""
-        geo, pol = self.geo, self.pol
-        inp = _device_inputs(self.plan_dev, Lq, Lo, nw, rules, geo, self.cache is not None, self.stale)
-        step = torch.where(self.plan_dev[:, _FWD] > 0, self.plan_dev[:, _STEP], 0).amax()
+        geo, pol, plan = self.geo, self.pol, self.plan_dev
+        inp = _device_inputs(plan, Lq, Lo, nw, rules, geo, self.cache is not None, self.stale)
+        step = torch.where(plan[:, _FWD] > 0, plan[:, _STEP], 0).amax()
+        seed = 0
+        if self.temperature > 0:  # logits row (b, j) is position stats_offset[b] + j of row b
+            pos = inp.stats_offset[:, None] - self.pad[:, None] + torch.arange(Lo, device=plan.device)[None, :]
+            seed = mix_seed(self.seeds[:, None], plan[:, _STEP : _STEP + 1], pos.clamp_min(0))
         committed = decode_step(
             self.model,
             x,
@@ -898,7 +917,7 @@ class _StepRunner:
             eos_id=geo.eos,
             eot_id=geo.eot,
             attend_new=pol.cache != "dual",
-            temperature=temperature,
+            temperature=self.temperature,
             seed=seed,
             suppress_ids=self.suppress,
             confidence_eos_eot_inf=pol.confidence_eos_eot_inf,
@@ -922,8 +941,6 @@ class _StepRunner:
                 Lo,
                 nw,
                 rules,
-                0.0,
-                0,
                 post_fill=self.stale,
             )
         torch.cuda.current_stream().wait_stream(side)
@@ -931,7 +948,7 @@ class _StepRunner:
             self.pool = torch.cuda.graph_pool_handle()
         graph = torch.cuda.CUDAGraph()
         with torch.cuda.graph(graph, pool=self.pool):
-            committed = self._body(x, state, Lq, Lo, nw, rules, 0.0, 0, post_fill=self.stale)
+            committed = self._body(x, state, Lq, Lo, nw, rules, post_fill=self.stale)
         return graph, committed
 
 
