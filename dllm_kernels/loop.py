@@ -42,7 +42,7 @@ from ._checks import check_tensor
 from ._schedule import num_transfer_schedule
 from ._seeds import resolve_seed
 from ._validate import MaxNFEError, check_canvas_length, check_generate_args, mix_seed, row_seeds
-from .commit import CommitRule, CommitState, _commit_unchecked
+from .commit import CommitState, _commit_unchecked
 from .confidence import _token_stats_unchecked
 from .models.protocol import CacheWrite, model_device
 from .policies import FIRST_TOKEN_RULE, Policy, resolve_policy
@@ -85,23 +85,6 @@ class GenerateResult:
         """``[B]`` float64: tokens per forward (TPF) as d3LLM counts them, per row:
         :meth:`tokens_until_eos` divided by the row's NFE."""
         return self.tokens_until_eos(eos_id).double() / self.nfe.double()
-
-
-@dataclass
-class _RowStep:
-    """One row's share of a batched step (canvas positions throughout)."""
-
-    step: int  # the row's 0-based forward index, written to commit_step
-    forward: bool = True  # False: no forward this step (a fill only)
-    window: tuple[int, int] = (0, 0)  # forwarded contiguous canvas window [a, c)
-    tail: bool = False  # also forward the canvas's last position (Streaming-dLLM)
-    cache_len: int = 0  # cache rows [0, cache_len) attended
-    write: tuple[int, int] | None = None  # canvas blocks [b0, b1) written into the cache
-    active: tuple[int, int] = (0, 0)  # commit candidates: masked positions in [s, e)
-    force: tuple[int, int] | None = None  # region that must get a commit
-    rule: CommitRule | None = None
-    num_transfer: int = 0  # k of the "topk" rule
-    fill_after: int | None = None  # early stop: positions after this one become EOS
 
 
 # ------------------------------------------------------------------------------------------------
@@ -224,156 +207,210 @@ class _BlockRows:
         return out
 
 
-@dataclass
-class _Block:
-    start: int
-    end: int
-    mask: int  # the scheduler's mask count (d3LLM's bookkeeping, see _MultiBlockRow)
-    total: int
-    active: bool  # "fully activated": receives forced progress
-    done_at: int | None = None  # NFE at which it was first seen complete (delayed cache)
-    cached: bool = False
-
-    def progress(self) -> float:
-        return 1 - self.mask / self.total
-
-
-class _MultiBlockRow:
+class _MultiBlockRows:
     """d3LLM's pipelined multi-block decoding (``generate_multi_block``) and its delayed KV cache
-    (``generate_multi_block_kv_cache``), step for step, including the bookkeeping the published
-    code keeps (block mask counts decremented by commits, clamped at 0 only in the cached
-    variant; an NFE counted for iterations that end the loop without a forward)."""
+    (``generate_multi_block_kv_cache``), step for step, every row of the batch at once (arrays
+    over rows and blocks), including the bookkeeping the published code keeps (block mask counts
+    decremented by commits, clamped at 0 only in the cached variant; an NFE counted for
+    iterations that end the loop without a forward).
 
-    def __init__(self, policy: Policy, geo: _Geometry):
+    Block 0 is the prompt ``[0, P)``, block ``i >= 1`` the generation block ``[P + (i-1) bs,
+    P + i bs)``; a row holds the blocks ``[0, next)``. Per block: the scheduler's mask count,
+    ``active`` ("fully activated": receives forced progress), ``done_at`` (the NFE at which it
+    was first seen complete, -1 for none; delayed cache) and ``cached``."""
+
+    def __init__(self, policy: Policy, geo: _Geometry, B: int):
         self.p, self.g = policy, geo
         self.kv = policy.cache == "delayed"
-        self.blocks = [_Block(0, geo.P, 0, max(geo.P, 1), True, done_at=0 if self.kv else None)]
-        self.next = 1
-        self.nfe = 0
-        self.cache_length = 0
-        self.has_cache = False
-        self.done = False
-        self.last_step: int | None = None
-        self._add(np.full(geo.L, geo.mask), active=1.0 >= policy.decoded_token_threshold)
-
-    def _add(self, xrow, active: bool, **kw):
-        g = self.g
-        s = g.P + (self.next - 1) * g.bs
-        e = min(s + g.bs, g.L)
-        mask = kw.pop("mask", int((xrow[s:e] == g.mask).sum()))
-        self.blocks.append(_Block(s, e, mask, e - s, active, **kw))
-        self.next += 1
-
-    def plan(self, xrow: np.ndarray, committed: np.ndarray) -> _RowStep | None:
-        """``committed``: the positions the last step's commit rules took (fills excluded)."""
-        p, g = self.p, self.g
-        if self.done:
-            return None
-        if self.last_step is not None:  # the published bookkeeping: subtract this step's commits
-            for b in self.blocks[1:]:
-                n = int(committed[b.start : b.end].sum())
-                if self.kv and n:
-                    b.mask = max(0, b.mask - n)
-                elif not self.kv and n and b.mask > 0:
-                    b.mask -= n
-            self.last_step = None
-        if not (xrow[g.P :] == g.mask).any() and self.next > g.nb:
-            self.done = True
-            return None
-        self.nfe += 1
-        step = self.nfe - 1
-
-        fill, has_eos = None, False
-        if p.early_stop:
-            eos = np.flatnonzero(xrow[g.P :] == g.eos)
-            if eos.size:
-                fill, has_eos = g.P + int(eos[0]), True
-                xrow = xrow.copy()
-                xrow[fill + 1 :] = g.eos
-                for b in self.blocks[1:]:
-                    if b.start > fill:
-                        if b.mask != 0:
-                            b.mask, b.active = 0, True
-                    elif b.end > fill:
-                        m = int((xrow[b.start : fill + 1] == g.mask).sum())
-                        if m != b.mask:
-                            b.mask = m
-                            b.active = b.active or m == 0
-                while self.next <= g.nb and g.P + (self.next - 1) * g.bs > fill:
-                    extra = dict(done_at=self.nfe, cached=True) if self.kv else {}
-                    self._add(xrow, active=True, mask=0, **extra)
-                if not (xrow[g.P :] == g.mask).any():
-                    self.done = True
-                    return _RowStep(step=step, forward=False, fill_after=fill)
-
-        for prev, b in zip(self.blocks, self.blocks[1:]):  # activation by the predecessor's progress
-            if not b.active and prev.progress() >= p.decoded_token_threshold:
-                b.active = True
-        last = self.blocks[-1]
-        if self.next <= g.nb and not has_eos and len(self.blocks) > 1:
-            if last.progress() >= p.block_add_threshold or last.mask == 0:
-                self._add(xrow, active=last.progress() >= p.decoded_token_threshold)
-        right = max(i for i, b in enumerate(self.blocks) if i == 0 or b.active or b.mask > 0)
-        if right == 0:
-            self.done = True
-            return None
-        active_end = self.blocks[right].end
-        force = next(((b.start, b.end) for b in self.blocks[1:] if b.active and b.mask > 0), None)
-
-        window, cache_len, write = (0, g.L), 0, None
+        self.rules = [policy.rule]
+        n = geo.nb + 1
+        self.start = np.array([0] + [geo.P + i * geo.bs for i in range(geo.nb)], np.int64)
+        self.end = np.array([geo.P] + [geo.P + (i + 1) * geo.bs for i in range(geo.nb)], np.int64)
+        self.total = np.array([max(geo.P, 1)] + [geo.bs] * geo.nb, np.float64)
+        self.mask = np.zeros((B, n), np.int64)
+        self.mask[:, 1] = geo.bs  # block 1 starts fully masked
+        self.active = np.zeros((B, n), bool)
+        self.active[:, 0] = True
+        self.active[:, 1] = 1.0 >= policy.decoded_token_threshold
+        self.done_at = np.full((B, n), -1, np.int64)
         if self.kv:
-            window, cache_len, write = self._delayed_cache_forward(active_end)
-            if window is None:
-                self.done = True
-                return None
-        self.last_step = step
-        active = (max(g.P, window[0]), active_end)
-        return _RowStep(
-            step=step,
-            window=window,
-            cache_len=cache_len,
-            write=write,
-            active=active,
-            force=force,
-            rule=p.rule,
-            fill_after=fill,
-        )
+            self.done_at[:, 0] = 0
+        self.cached = np.zeros((B, n), bool)
+        self.next = np.full(B, 2, np.int64)  # blocks [0, next) exist
+        self.nfe = np.zeros(B, np.int64)
+        self.cache_length = np.zeros(B, np.int64)
+        self.has_cache = np.zeros(B, bool)
+        self.done = np.zeros(B, bool)
+        self.pending = np.zeros(B, bool)  # the last step forwarded: its commits are still to count
 
-    def _delayed_cache_forward(self, active_end: int):
+    _ARRAYS = ("mask", "active", "done_at", "cached", "next", "nfe", "cache_length", "has_cache", "done", "pending")
+
+    def select(self, keep: np.ndarray) -> None:
+        """Keep only the rows ``keep`` (the others left the batch)."""
+        for name in self._ARRAYS:
+            setattr(self, name, getattr(self, name)[keep])
+
+    def _progress(self) -> np.ndarray:
+        """``[B, nb + 1]`` each block's decoded fraction, ``1 - mask / total`` (float64, as the
+        published code computes it in Python floats)."""
+        return 1 - self.mask / self.total
+
+    def plan(self, x: np.ndarray, committed: np.ndarray, live: np.ndarray) -> np.ndarray:
+        """As :meth:`_BlockRows.plan`; ``committed``: the positions the last step's commit rules
+        took (fills excluded)."""
+        p, g, B = self.p, self.g, x.shape[0]
+        n = g.nb + 1
+        out = np.zeros((B, _NCOL), np.int64)
+        out[:, _FILL] = g.L
+        act = live & ~self.done
+        exists = np.arange(n)[None, :] < self.next[:, None]  # [B, n]
+
+        # the published bookkeeping: subtract the last step's commits from the block counts
+        upd = act & self.pending
+        if upd.any():
+            cnt = np.zeros((B, n), np.int64)
+            cnt[:, 1:] = committed[:, g.P :].reshape(B, g.nb, g.bs).sum(2)
+            sel = upd[:, None] & exists & (cnt > 0) & (np.arange(n) > 0)[None, :]
+            if self.kv:
+                self.mask = np.where(sel, np.maximum(0, self.mask - cnt), self.mask)
+            else:
+                self.mask = np.where(sel & (self.mask > 0), self.mask - cnt, self.mask)
+            self.pending &= ~upd
+
+        finished = act & ~(x[:, g.P :] == g.mask).any(1) & (self.next > g.nb)
+        self.done |= finished
+        act &= ~finished
+        if not act.any():
+            return out
+        self.nfe[act] += 1
+        nfe = self.nfe
+        out[act, _STEP] = nfe[act] - 1
+
+        fill = np.full(B, -1, np.int64)
+        has_eos = np.zeros(B, bool)
+        xe = x
+        if p.early_stop:
+            is_eos = x[:, g.P :] == g.eos
+            has_eos = act & is_eos.any(1)
+            if has_eos.any():
+                fill = np.where(has_eos, g.P + is_eos.argmax(1), -1)
+                pos = np.arange(g.L)[None, :]
+                xe = np.where(has_eos[:, None] & (pos > fill[:, None]), g.eos, x)
+                after = has_eos[:, None] & exists & (self.start[None, :] > fill[:, None]) & (np.arange(n) > 0)
+                zero = after & (self.mask != 0)
+                self.mask[zero], self.active[zero] = 0, True
+                straddle = has_eos[:, None] & exists & (self.start[None, :] <= fill[:, None])
+                straddle &= (self.end[None, :] > fill[:, None]) & (np.arange(n) > 0)
+                m = ((xe[:, g.P :] == g.mask) & (pos[:, g.P :] <= fill[:, None])).reshape(B, g.nb, g.bs).sum(2)
+                m = np.concatenate([np.zeros((B, 1), np.int64), m], 1)
+                change = straddle & (m != self.mask)
+                self.mask[change] = m[change]
+                self.active |= change & (m == 0)
+                # every block that starts after the fill is added at once, complete
+                grow = has_eos & (self.next <= g.nb) & (g.P + (self.next - 1) * g.bs > fill)
+                add = grow[:, None] & (np.arange(n)[None, :] >= self.next[:, None])
+                self.mask[add], self.active[add] = 0, True
+                if self.kv:
+                    self.done_at[add] = np.broadcast_to(nfe[:, None], add.shape)[add]
+                    self.cached[add] = True
+                self.next = np.where(grow, n, self.next)
+                exists = np.arange(n)[None, :] < self.next[:, None]
+                stop = has_eos & ~(xe[:, g.P :] == g.mask).any(1)
+                if stop.any():
+                    self.done |= stop
+                    out[stop, _FILL] = fill[stop]
+                    act &= ~stop
+
+        # activation by the predecessor's progress (progress reads the counts only)
+        prog = self._progress()
+        self.active[:, 1:] |= act[:, None] & exists[:, 1:] & (prog[:, :-1] >= p.decoded_token_threshold)
+        # a new block when the last one is far enough (not after an EOS)
+        rows = np.arange(B)
+        last = self.next - 1
+        lp = prog[rows, last]
+        new = act & (self.next <= g.nb) & ~has_eos & (self.next > 1)
+        new &= (lp >= p.block_add_threshold) | (self.mask[rows, last] == 0)
+        if new.any():
+            nb_i = np.minimum(self.next, g.nb)
+            cnt = (xe[:, g.P :].reshape(B, g.nb, g.bs) == g.mask).sum(2)[rows, nb_i - 1]
+            r = rows[new]
+            self.mask[r, nb_i[new]] = cnt[new]
+            self.active[r, nb_i[new]] = lp[new] >= p.decoded_token_threshold
+            self.next = self.next + new
+            exists = np.arange(n)[None, :] < self.next[:, None]
+        # the rightmost block that is active or has masks bounds the commit region
+        cand = exists & (self.active | (self.mask > 0))
+        cand[:, 0] = True
+        right = n - 1 - cand[:, ::-1].argmax(1)
+        empty = act & (right == 0)
+        self.done |= empty
+        act &= ~empty
+        active_end = self.end[right]
+        forced = exists & self.active & (self.mask > 0)
+        forced[:, 0] = False
+        has_force = forced.any(1)
+        fi = forced.argmax(1)
+        fs, fe = np.where(has_force, self.start[fi], 0), np.where(has_force, self.end[fi], 0)
+
+        a, clen, w0, w1 = np.zeros(B, np.int64), np.zeros(B, np.int64), np.zeros(B, np.int64), np.zeros(B, np.int64)
+        if self.kv and act.any():
+            a, clen, w0, w1, stop = self._delayed_cache_forward(act, active_end, exists)
+            self.done |= stop
+            act &= ~stop
+        self.pending |= act
+        s = np.maximum(g.P, a)
+        cols = np.stack(
+            [np.ones(B, np.int64), a, np.full(B, g.L), np.zeros(B, np.int64), clen, w0, w1, s, active_end, fs, fe], 1
+        )
+        out[act, : _FE + 1] = cols[act]
+        fwd_fill = act & has_eos
+        out[fwd_fill, _FILL] = fill[fwd_fill]
+        # rows that ended without a forward keep their NFE but emit nothing (the published count)
+        ended = ~act & ~(out[:, _FILL] < g.L)
+        out[ended, _STEP] = 0
+        return out
+
+    def _delayed_cache_forward(self, act, active_end, exists):
         """d3LLM's choice among (a) append completed blocks, (b) read the cache, (c) refresh by a
-        full forward, (d) full forward without cache."""
-        p, g, nfe = self.p, self.g, self.nfe
-        cache_length = self.cache_length
-        to_cache = []
-        for b in self.blocks:
-            if b.end <= cache_length:
-                continue
-            if b.mask != 0:
-                break
-            if b.done_at is None:
-                b.done_at = nfe
-            delay = nfe - b.done_at
-            if delay >= p.cache_delay and not b.cached:
-                to_cache.append(b)
-                b.cached = True
-            elif delay < p.cache_delay:
-                break
-        update = to_cache[-1].end - cache_length if to_cache else 0
-        stabilizing = [b for b in self.blocks if b.mask == 0 and b.done_at is not None and not b.cached]
-        start = min([cache_length] + [b.start for b in stabilizing] + [b.start for b in self.blocks if b.mask > 0])
-        if start >= active_end:
-            return None, 0, None
+        full forward, (d) full forward without cache, for the rows ``act``. Returns the window
+        start, the cache rows read, the written blocks [w0, w1) and the rows that stop. The scan
+        for completed blocks loops over the block index (vectorised over rows), so its host work
+        grows with the number of blocks, not with the batch."""
+        p, g, B = self.p, self.g, act.shape[0]
+        n = g.nb + 1
+        nfe, cl = self.nfe, self.cache_length.copy()
+        going = act.copy()
+        last_end = np.full(B, -1, np.int64)  # end of the last block appended this step
+        for i in range(n):  # in block order, up to the first block that is not ready
+            look = going & exists[:, i] & (self.end[i] > cl)
+            going &= ~(look & (self.mask[:, i] != 0))
+            look &= self.mask[:, i] == 0
+            self.done_at[look & (self.done_at[:, i] < 0), i] = nfe[look & (self.done_at[:, i] < 0)]
+            delay = nfe - self.done_at[:, i]
+            app = look & (delay >= p.cache_delay) & ~self.cached[:, i]
+            self.cached[app, i] = True
+            last_end[app] = self.end[i]
+            going &= ~(look & (delay < p.cache_delay))
+        update = np.where(last_end >= 0, last_end - cl, 0)
+        stab = exists & (self.mask == 0) & (self.done_at >= 0) & ~self.cached
+        big = np.iinfo(np.int64).max
+        start = np.minimum(cl, np.where(stab | (exists & (self.mask > 0)), self.start[None, :], big).min(1))
+        stop = act & (start >= active_end)
+        act = act & ~stop
+        has_stab = stab.any(1)
+        last_stab = n - 1 - stab[:, ::-1].argmax(1)
+        appd = act & (update > 0)
+        read = act & ~appd & self.has_cache & ~has_stab & (nfe % p.refresh_interval != 0)
+        refresh = act & ~appd & ~read & self.has_cache
         bs = g.bs
-        if update > 0:  # (a)
-            self.cache_length += update
-            self.has_cache = True
-            return (cache_length, g.L), cache_length, (cache_length // bs, (cache_length + update) // bs)
-        if self.has_cache and not stabilizing and nfe % p.refresh_interval != 0:  # (b)
-            return (start, g.L), cache_length, None
-        if self.has_cache:  # (c) refresh: the full forward rebuilds the cache up to refresh_pos
-            refresh_pos = stabilizing[-1].start if stabilizing else cache_length
-            return (0, g.L), 0, (0, refresh_pos // bs)
-        return (0, g.L), 0, None  # (d)
+        a = np.where(appd, cl, np.where(read, start, 0))
+        clen = np.where(appd | read, cl, 0)
+        refresh_pos = np.where(has_stab, self.start[last_stab], cl)
+        w0 = np.where(appd, cl // bs, 0)
+        w1 = np.where(appd, (cl + update) // bs, np.where(refresh, refresh_pos // bs, 0))
+        self.cache_length = np.where(appd, cl + update, cl)
+        self.has_cache |= appd
+        return a, clen, w0, w1, stop
 
 
 # ------------------------------------------------------------------------------------------------
@@ -654,42 +691,6 @@ def _select_rows(cache, index: torch.Tensor | None):
         return v.index_select(0, index) if isinstance(v, torch.Tensor) else [t.index_select(0, index) for t in v]
 
     return dataclasses.replace(cache, **{f.name: pick(v) for f, v in zip(dataclasses.fields(cache), values)})
-
-
-class _MultiBlockRows:
-    """d3LLM's scheduler for every row (:class:`_MultiBlockRow` per row), as a step plan."""
-
-    def __init__(self, policy: Policy, geo: _Geometry, B: int):
-        self.rows = [_MultiBlockRow(policy, geo) for _ in range(B)]
-        self.g = geo
-        self.rules = [policy.rule]
-
-    @property
-    def nfe(self) -> np.ndarray:
-        return np.array([r.nfe for r in self.rows], np.int64)
-
-    @property
-    def done(self) -> np.ndarray:
-        return np.array([r.done for r in self.rows], bool)
-
-    def select(self, keep: np.ndarray) -> None:
-        self.rows = [self.rows[b] for b in keep]
-
-    def plan(self, x: np.ndarray, committed: np.ndarray, live: np.ndarray) -> np.ndarray:
-        out = np.zeros((len(self.rows), _NCOL), np.int64)
-        out[:, _FILL] = self.g.L
-        for b, r in enumerate(self.rows):
-            pl = r.plan(x[b], committed[b]) if live[b] else None
-            if pl is None:
-                continue
-            out[b, _STEP] = pl.step
-            if pl.fill_after is not None:
-                out[b, _FILL] = pl.fill_after
-            if pl.forward:
-                w0, w1 = pl.write or (0, 0)
-                fs, fe = pl.force or (0, 0)
-                out[b, : _RULE + 1] = (1, *pl.window, pl.tail, pl.cache_len, w0, w1, *pl.active, fs, fe, 0, 0)
-        return out
 
 
 def _fill_eos(x, commit_step, fill_after: torch.Tensor, step, eos: int, keep: torch.Tensor | None = None):
