@@ -7,6 +7,7 @@ from test_generate import POLICY_CASES, sharp_tiny_model
 
 from dllm_kernels import generate
 from dllm_kernels._validate import _M31, mix_seed
+from dllm_kernels.loop import _generate
 
 PROMPTS = [[3, 4, 5], [7, 1, 2, 9, 4, 4, 2, 6, 1], [5] * 12]  # padded to 8 or 16 alone: ragged
 SEEDS = [11, 2**63 - 1, 0]
@@ -104,3 +105,17 @@ def test_mix_seed_is_overflow_free_and_matches_python_ints():
     # step and position are taken mod 2**31; the seed's 63 bits all reach the key
     assert mix_seed(9, 2**31 + 3, 4) == mix_seed(9, 3, 4) and mix_seed(9, 3, 4) != mix_seed(9, 4, 3)
     assert mix_seed(2**62, 3, 4) == mix_seed(0, 3, 4) ^ 2**62 and _M31 == 2**31 - 1
+
+
+@pytest.mark.parametrize(
+    "policy, kw", [("fast_dllm", {"cache": "dual"}), ("d3llm", {})], ids=["fast_dllm-dual", "d3llm"]
+)
+def test_bucket_padding_changes_no_sampled_token(policy, kw):
+    """The padded shapes a CUDA graph replays (wider logits windows: more seed columns) sample the
+    tokens of the unpadded loop."""
+    args = dict(policy=policy, gen_length=18, block_length=6, temperature=T, seed=SEEDS, backend="reference")
+    args.update(max_nfe=10000, progress=False, **kw)
+    m = sharp_tiny_model("reference", attn_impl="sdpa")
+    plain, padded = (_generate(m, PROMPTS, buckets=b, capture=False, **args) for b in (False, True))
+    assert torch.equal(plain.tokens, padded.tokens) and torch.equal(plain.nfe, padded.nfe)
+    assert torch.equal(plain.commit_step, padded.commit_step)
