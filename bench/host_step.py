@@ -86,8 +86,9 @@ def _stub_kernels():
     def token_stats(logits, temperature, seed, suppress_ids):
         return tuple(reference.token_stats(logits, temperature=temperature, seed=seed, suppress_ids=list(suppress_ids)))
 
-    def commit(x, token, prob, entropy, state, rule, a_s, a_e, step, mask_id, k, f_s, f_e, off):
+    def commit(x, token, prob, entropy, state, rule, rows, step, mask_id, vocab_size):
         stats = dk.TokenStats(token, prob, torch.zeros_like(prob), entropy)
+        a_s, a_e, f_s, f_e, off, k = rows.unbind(0)
         return reference.commit(
             x,
             stats,
@@ -101,6 +102,7 @@ def _stub_kernels():
             force_start=f_s,
             force_end=f_e,
             stats_offset=off,
+            vocab_size=None if vocab_size < 0 else vocab_size,
         )
 
     kt.token_stats, kc.commit = token_stats, commit

@@ -24,7 +24,7 @@ from .backend import BACKENDS, interpreter_enabled
 from .commit import commit, num_transfer_schedule
 from .confidence import merge_token_stats, token_stats, token_stats_partial, window_confidence
 from .kv_cache import refresh_kv_cache
-from .loop import GenerateResult, generate
+from .loop import GenerateResult, MaxNFEError, generate
 from .policies import POLICIES, Policy
 
 __version__ = "0.1.0"
@@ -34,6 +34,7 @@ __all__ = [
     "CommitRule",
     "CommitState",
     "GenerateResult",
+    "MaxNFEError",
     "POLICIES",
     "Policy",
     "TokenStats",

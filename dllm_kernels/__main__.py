@@ -5,8 +5,9 @@ One subcommand per job: ``demo``, ``generate``, ``eval``, ``distill``, ``train``
 interpreter (set before any kernel import).
 
 Bad input ends the command with one line on stderr, ``dllm-kernels <command>: error: ...``, naming
-the option or argument, and exit status 2 (1 for an unexpected failure); ``--debug`` shows the
-traceback instead. An explicit value is never replaced by a default: ``--gen-length 0`` is an
+the option or argument, and exit status 2 (1 for an unexpected failure); a decode that reaches
+``max_nfe`` forwards with masks left (:class:`dllm_kernels.MaxNFEError`) is one line too, status 1;
+``--debug`` shows the traceback instead. An explicit value is never replaced by a default: ``--gen-length 0`` is an
 error, not "the default length".
 """
 
@@ -377,6 +378,11 @@ def main(argv=None) -> int:
         if isinstance(e, (CLIError, ValueError, TypeError, OSError)):
             print(prefix + _one_line(e), file=sys.stderr)
             return 2
+        from ._validate import MaxNFEError
+
+        if isinstance(e, MaxNFEError):  # the decode failed (no bad input): no traceback hint
+            print(prefix + _one_line(e), file=sys.stderr)
+            return 1
         print(f"{prefix}{type(e).__name__}: {_one_line(e)} (--debug shows the traceback)", file=sys.stderr)
         return 1
 

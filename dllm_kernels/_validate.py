@@ -1,11 +1,12 @@
 """Validation of ``generate``'s arguments and of :class:`~dllm_kernels.policies.Policy` numbers,
 done once per call, up front, each error one line naming the argument (the loop itself then runs
-unchecked), and the overflow-free per-step seed."""
+unchecked), and the overflow-free per-row, per-step sampling seed (:func:`mix_seed`)."""
 
 from __future__ import annotations
 
 import math
 import numbers
+from collections.abc import Sequence
 
 from .backend import BACKENDS
 
@@ -78,8 +79,7 @@ def check_generate_args(
     if gen_length % block_length:
         raise ValueError(f"{op}: gen_length ({gen_length}) must be a multiple of block_length ({block_length})")
     check_real(op, "temperature", temperature, low=0.0)
-    if seed is not None:
-        check_int(op, "seed", seed, low=0, high=SEED_LIMIT)
+    check_seed_arg(seed)
     check_int(op, "max_nfe", max_nfe, low=1)
     if backend not in BACKENDS:
         raise ValueError(f"{op}: backend must be one of {BACKENDS}, got {backend!r}")
@@ -102,10 +102,63 @@ def check_canvas_length(model, longest_prompt: int, gen_length: int) -> None:
         )
 
 
-def step_seed(base: int, step: int) -> int:
-    """The seed of the loop's ``step``-th batched forward: ``(base + step) mod 2**63``, always a
-    valid ``token_stats`` seed (a base seed near 2**63 wraps instead of overflowing)."""
-    return (base + step) % SEED_LIMIT
+def check_seed_arg(seed) -> None:
+    """``generate``'s ``seed``: None, an int in ``[0, 2**63)``, or a sequence of such ints (one
+    per prompt; the count is checked by :func:`row_seeds`)."""
+    op = "generate"
+    if seed is None or is_int(seed):
+        if seed is not None:
+            check_int(op, "seed", seed, low=0, high=SEED_LIMIT)
+        return
+    if isinstance(seed, (str, bytes)) or not (isinstance(seed, Sequence) or hasattr(seed, "tolist")):
+        raise TypeError(f"{op}: seed must be an int or a sequence of ints (one per prompt), got {type(seed).__name__}")
+    values = seed.tolist() if hasattr(seed, "tolist") else list(seed)
+    if not isinstance(values, list):  # a 0-d array or tensor
+        values = [values]
+    for i, v in enumerate(values):
+        check_int(op, f"seed[{i}]", v, low=0, high=SEED_LIMIT)
+
+
+def row_seeds(seed, B: int, draw) -> list[int]:
+    """The B rows' seeds (``seed`` already checked by :func:`check_seed_arg`): an int is every
+    row's, a sequence must hold exactly B, ``None`` calls ``draw()`` once for every row."""
+    if seed is None:
+        return [draw()] * B
+    if is_int(seed):
+        return [int(seed)] * B
+    values = seed.tolist() if hasattr(seed, "tolist") else list(seed)
+    if len(values) != B:
+        raise ValueError(f"generate: seed holds {len(values)} seeds for {B} prompts (give one int, or one per prompt)")
+    return [int(v) for v in values]
+
+
+_M31 = 2**31 - 1
+_ROUND_KEYS = (0x3C6EF372, 0x1B873593, 0x5851F42D)  # < 2**31: XOR keeps the halves in [0, 2**31)
+
+
+def _mix31(a):
+    """A bijection of ``[0, 2**31)`` (xor-shifts and multiplications by odd constants mod 2**31,
+    every product below 2**58)."""
+    a = ((a >> 16) ^ a) * 0x045D9F3B & _M31
+    a = ((a >> 16) ^ a) * 0x045D9F3B & _M31
+    return (a >> 16) ^ a
+
+
+def mix_seed(seed, step, pos):
+    """The sampling seed of one logits row of the decoding loop: ``seed ^ F(step, pos)``.
+
+    ``seed`` is the row's seed in ``[0, 2**63)``, ``step`` the row's 0-based forward index and
+    ``pos`` the position in the row's own sequence (canvas position minus its left padding);
+    both are taken mod ``2**31``. ``F`` is a 3-round Feistel network over two 31-bit halves
+    (round function :func:`_mix31`), so it is a bijection of ``[0, 2**62)``: one row never
+    reuses a key, and rows with different seeds collide only by chance (the key then feeds
+    ``token_stats``' Philox stream). Every intermediate stays below ``2**62`` (no int64
+    overflow, no negative value) and the result lies in ``[0, 2**63)``. Works alike on Python
+    ints and int64 tensors (the loop computes it on the device, broadcasting its arguments)."""
+    left, right = step & _M31, pos & _M31
+    for k in _ROUND_KEYS:
+        left, right = right, left ^ _mix31(right ^ k)
+    return seed ^ ((left << 31) | right)
 
 
 class MaxNFEError(RuntimeError):

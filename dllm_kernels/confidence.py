@@ -209,7 +209,14 @@ def token_stats(
     ids = _check_suppress(op, suppress_ids, V)
     temperature = _check_temperature(op, temperature)
     seed = _check_seed(op, seed, logits, temperature > 0.0)
-    if resolve_backend(backend, logits.device, op) == "reference":
+    return _token_stats_unchecked(logits, temperature, seed, ids, backend)
+
+
+def _token_stats_unchecked(logits, temperature: float, seed, ids: tuple[int, ...], backend: str) -> TokenStats:
+    """:func:`token_stats` without validation, for a decoding loop that validated once per call:
+    ``temperature`` a float (0 or >= MIN_TEMPERATURE), ``seed`` an int in ``[0, 2**63)`` or an
+    integer tensor of the logits' row shape (0 at T = 0), ``ids`` sorted distinct suppressed ids."""
+    if resolve_backend(backend, logits.device, "token_stats") == "reference":
         return reference.token_stats(logits, temperature=temperature, seed=seed, suppress_ids=ids)
     if isinstance(seed, torch.Tensor):
         return TokenStats(*_token_stats_op(logits, temperature, 0, list(ids), seed))

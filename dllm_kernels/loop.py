@@ -14,13 +14,14 @@ and the batch runs as one step on the device::
     commit(x, stats, state, rule, active_start=..., ...)   # one fused launch per distinct rule
 
 A step has no host sync; between steps the loop reads the canvas back once (a few KB) to drive
-the schedulers. Rows that are done (or out of forwards) leave the batch at temperature 0 when the
+the schedulers. Rows that are done (or out of forwards) leave the batch when the
 cache can drop rows (no cache, or a dataclass of batch-first tensors such as the project's KV
 cache); otherwise they reach the model with ``kv_len == 0``, ``cache_len == 0`` and no cache
 write. With ``cuda_graph=True`` the device part of a step (index tables included) is captured once
 per padded shape bucket and replayed. Because a row's computation depends only on that row, a
 batch of ragged prompts (left-padded to a common, block-aligned length and masked with
-``key_start``) gives every row exactly the tokens it gets alone (at temperature 0).
+``key_start``) gives every row exactly the tokens it gets alone; at temperature > 0 too, since each
+logits row samples with a key derived from the row's own seed, forward index and position.
 
 Model protocol: what ``generate`` needs from a model is written down, as code and prose, in
 :mod:`dllm_kernels.models.protocol` (:class:`dllm_kernels.models.DiffusionLM` implements it;
@@ -31,6 +32,7 @@ policies).
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -39,9 +41,9 @@ import torch
 from ._checks import check_tensor
 from ._schedule import num_transfer_schedule
 from ._seeds import resolve_seed
-from ._validate import MaxNFEError, check_canvas_length, check_generate_args, step_seed
-from .commit import CommitRule, CommitState, commit
-from .confidence import token_stats
+from ._validate import MaxNFEError, check_canvas_length, check_generate_args, mix_seed, row_seeds
+from .commit import CommitState, _commit_unchecked
+from .confidence import _token_stats_unchecked
 from .models.protocol import CacheWrite, model_device
 from .policies import FIRST_TOKEN_RULE, Policy, resolve_policy
 from .policy_aliases import public_aliases
@@ -83,23 +85,6 @@ class GenerateResult:
         """``[B]`` float64: tokens per forward (TPF) as d3LLM counts them, per row:
         :meth:`tokens_until_eos` divided by the row's NFE."""
         return self.tokens_until_eos(eos_id).double() / self.nfe.double()
-
-
-@dataclass
-class _RowStep:
-    """One row's share of a batched step (canvas positions throughout)."""
-
-    step: int  # the row's 0-based forward index, written to commit_step
-    forward: bool = True  # False: no forward this step (a fill only)
-    window: tuple[int, int] = (0, 0)  # forwarded contiguous canvas window [a, c)
-    tail: bool = False  # also forward the canvas's last position (Streaming-dLLM)
-    cache_len: int = 0  # cache rows [0, cache_len) attended
-    write: tuple[int, int] | None = None  # canvas blocks [b0, b1) written into the cache
-    active: tuple[int, int] = (0, 0)  # commit candidates: masked positions in [s, e)
-    force: tuple[int, int] | None = None  # region that must get a commit
-    rule: CommitRule | None = None
-    num_transfer: int = 0  # k of the "topk" rule
-    fill_after: int | None = None  # early stop: positions after this one become EOS
 
 
 # ------------------------------------------------------------------------------------------------
@@ -222,156 +207,210 @@ class _BlockRows:
         return out
 
 
-@dataclass
-class _Block:
-    start: int
-    end: int
-    mask: int  # the scheduler's mask count (d3LLM's bookkeeping, see _MultiBlockRow)
-    total: int
-    active: bool  # "fully activated": receives forced progress
-    done_at: int | None = None  # NFE at which it was first seen complete (delayed cache)
-    cached: bool = False
-
-    def progress(self) -> float:
-        return 1 - self.mask / self.total
-
-
-class _MultiBlockRow:
+class _MultiBlockRows:
     """d3LLM's pipelined multi-block decoding (``generate_multi_block``) and its delayed KV cache
-    (``generate_multi_block_kv_cache``), step for step, including the bookkeeping the published
-    code keeps (block mask counts decremented by commits, clamped at 0 only in the cached
-    variant; an NFE counted for iterations that end the loop without a forward)."""
+    (``generate_multi_block_kv_cache``), step for step, every row of the batch at once (arrays
+    over rows and blocks), including the bookkeeping the published code keeps (block mask counts
+    decremented by commits, clamped at 0 only in the cached variant; an NFE counted for
+    iterations that end the loop without a forward).
 
-    def __init__(self, policy: Policy, geo: _Geometry):
+    Block 0 is the prompt ``[0, P)``, block ``i >= 1`` the generation block ``[P + (i-1) bs,
+    P + i bs)``; a row holds the blocks ``[0, next)``. Per block: the scheduler's mask count,
+    ``active`` ("fully activated": receives forced progress), ``done_at`` (the NFE at which it
+    was first seen complete, -1 for none; delayed cache) and ``cached``."""
+
+    def __init__(self, policy: Policy, geo: _Geometry, B: int):
         self.p, self.g = policy, geo
         self.kv = policy.cache == "delayed"
-        self.blocks = [_Block(0, geo.P, 0, max(geo.P, 1), True, done_at=0 if self.kv else None)]
-        self.next = 1
-        self.nfe = 0
-        self.cache_length = 0
-        self.has_cache = False
-        self.done = False
-        self.last_step: int | None = None
-        self._add(np.full(geo.L, geo.mask), active=1.0 >= policy.decoded_token_threshold)
-
-    def _add(self, xrow, active: bool, **kw):
-        g = self.g
-        s = g.P + (self.next - 1) * g.bs
-        e = min(s + g.bs, g.L)
-        mask = kw.pop("mask", int((xrow[s:e] == g.mask).sum()))
-        self.blocks.append(_Block(s, e, mask, e - s, active, **kw))
-        self.next += 1
-
-    def plan(self, xrow: np.ndarray, committed: np.ndarray) -> _RowStep | None:
-        """``committed``: the positions the last step's commit rules took (fills excluded)."""
-        p, g = self.p, self.g
-        if self.done:
-            return None
-        if self.last_step is not None:  # the published bookkeeping: subtract this step's commits
-            for b in self.blocks[1:]:
-                n = int(committed[b.start : b.end].sum())
-                if self.kv and n:
-                    b.mask = max(0, b.mask - n)
-                elif not self.kv and n and b.mask > 0:
-                    b.mask -= n
-            self.last_step = None
-        if not (xrow[g.P :] == g.mask).any() and self.next > g.nb:
-            self.done = True
-            return None
-        self.nfe += 1
-        step = self.nfe - 1
-
-        fill, has_eos = None, False
-        if p.early_stop:
-            eos = np.flatnonzero(xrow[g.P :] == g.eos)
-            if eos.size:
-                fill, has_eos = g.P + int(eos[0]), True
-                xrow = xrow.copy()
-                xrow[fill + 1 :] = g.eos
-                for b in self.blocks[1:]:
-                    if b.start > fill:
-                        if b.mask != 0:
-                            b.mask, b.active = 0, True
-                    elif b.end > fill:
-                        m = int((xrow[b.start : fill + 1] == g.mask).sum())
-                        if m != b.mask:
-                            b.mask = m
-                            b.active = b.active or m == 0
-                while self.next <= g.nb and g.P + (self.next - 1) * g.bs > fill:
-                    extra = dict(done_at=self.nfe, cached=True) if self.kv else {}
-                    self._add(xrow, active=True, mask=0, **extra)
-                if not (xrow[g.P :] == g.mask).any():
-                    self.done = True
-                    return _RowStep(step=step, forward=False, fill_after=fill)
-
-        for prev, b in zip(self.blocks, self.blocks[1:]):  # activation by the predecessor's progress
-            if not b.active and prev.progress() >= p.decoded_token_threshold:
-                b.active = True
-        last = self.blocks[-1]
-        if self.next <= g.nb and not has_eos and len(self.blocks) > 1:
-            if last.progress() >= p.block_add_threshold or last.mask == 0:
-                self._add(xrow, active=last.progress() >= p.decoded_token_threshold)
-        right = max(i for i, b in enumerate(self.blocks) if i == 0 or b.active or b.mask > 0)
-        if right == 0:
-            self.done = True
-            return None
-        active_end = self.blocks[right].end
-        force = next(((b.start, b.end) for b in self.blocks[1:] if b.active and b.mask > 0), None)
-
-        window, cache_len, write = (0, g.L), 0, None
+        self.rules = [policy.rule]
+        n = geo.nb + 1
+        self.start = np.array([0] + [geo.P + i * geo.bs for i in range(geo.nb)], np.int64)
+        self.end = np.array([geo.P] + [geo.P + (i + 1) * geo.bs for i in range(geo.nb)], np.int64)
+        self.total = np.array([max(geo.P, 1)] + [geo.bs] * geo.nb, np.float64)
+        self.mask = np.zeros((B, n), np.int64)
+        self.mask[:, 1] = geo.bs  # block 1 starts fully masked
+        self.active = np.zeros((B, n), bool)
+        self.active[:, 0] = True
+        self.active[:, 1] = 1.0 >= policy.decoded_token_threshold
+        self.done_at = np.full((B, n), -1, np.int64)
         if self.kv:
-            window, cache_len, write = self._delayed_cache_forward(active_end)
-            if window is None:
-                self.done = True
-                return None
-        self.last_step = step
-        active = (max(g.P, window[0]), active_end)
-        return _RowStep(
-            step=step,
-            window=window,
-            cache_len=cache_len,
-            write=write,
-            active=active,
-            force=force,
-            rule=p.rule,
-            fill_after=fill,
-        )
+            self.done_at[:, 0] = 0
+        self.cached = np.zeros((B, n), bool)
+        self.next = np.full(B, 2, np.int64)  # blocks [0, next) exist
+        self.nfe = np.zeros(B, np.int64)
+        self.cache_length = np.zeros(B, np.int64)
+        self.has_cache = np.zeros(B, bool)
+        self.done = np.zeros(B, bool)
+        self.pending = np.zeros(B, bool)  # the last step forwarded: its commits are still to count
 
-    def _delayed_cache_forward(self, active_end: int):
+    _ARRAYS = ("mask", "active", "done_at", "cached", "next", "nfe", "cache_length", "has_cache", "done", "pending")
+
+    def select(self, keep: np.ndarray) -> None:
+        """Keep only the rows ``keep`` (the others left the batch)."""
+        for name in self._ARRAYS:
+            setattr(self, name, getattr(self, name)[keep])
+
+    def _progress(self) -> np.ndarray:
+        """``[B, nb + 1]`` each block's decoded fraction, ``1 - mask / total`` (float64, as the
+        published code computes it in Python floats)."""
+        return 1 - self.mask / self.total
+
+    def plan(self, x: np.ndarray, committed: np.ndarray, live: np.ndarray) -> np.ndarray:
+        """As :meth:`_BlockRows.plan`; ``committed``: the positions the last step's commit rules
+        took (fills excluded)."""
+        p, g, B = self.p, self.g, x.shape[0]
+        n = g.nb + 1
+        out = np.zeros((B, _NCOL), np.int64)
+        out[:, _FILL] = g.L
+        act = live & ~self.done
+        exists = np.arange(n)[None, :] < self.next[:, None]  # [B, n]
+
+        # the published bookkeeping: subtract the last step's commits from the block counts
+        upd = act & self.pending
+        if upd.any():
+            cnt = np.zeros((B, n), np.int64)
+            cnt[:, 1:] = committed[:, g.P :].reshape(B, g.nb, g.bs).sum(2)
+            sel = upd[:, None] & exists & (cnt > 0) & (np.arange(n) > 0)[None, :]
+            if self.kv:
+                self.mask = np.where(sel, np.maximum(0, self.mask - cnt), self.mask)
+            else:
+                self.mask = np.where(sel & (self.mask > 0), self.mask - cnt, self.mask)
+            self.pending &= ~upd
+
+        finished = act & ~(x[:, g.P :] == g.mask).any(1) & (self.next > g.nb)
+        self.done |= finished
+        act &= ~finished
+        if not act.any():
+            return out
+        self.nfe[act] += 1
+        nfe = self.nfe
+        out[act, _STEP] = nfe[act] - 1
+
+        fill = np.full(B, -1, np.int64)
+        has_eos = np.zeros(B, bool)
+        xe = x
+        if p.early_stop:
+            is_eos = x[:, g.P :] == g.eos
+            has_eos = act & is_eos.any(1)
+            if has_eos.any():
+                fill = np.where(has_eos, g.P + is_eos.argmax(1), -1)
+                pos = np.arange(g.L)[None, :]
+                xe = np.where(has_eos[:, None] & (pos > fill[:, None]), g.eos, x)
+                after = has_eos[:, None] & exists & (self.start[None, :] > fill[:, None]) & (np.arange(n) > 0)
+                zero = after & (self.mask != 0)
+                self.mask[zero], self.active[zero] = 0, True
+                straddle = has_eos[:, None] & exists & (self.start[None, :] <= fill[:, None])
+                straddle &= (self.end[None, :] > fill[:, None]) & (np.arange(n) > 0)
+                m = ((xe[:, g.P :] == g.mask) & (pos[:, g.P :] <= fill[:, None])).reshape(B, g.nb, g.bs).sum(2)
+                m = np.concatenate([np.zeros((B, 1), np.int64), m], 1)
+                change = straddle & (m != self.mask)
+                self.mask[change] = m[change]
+                self.active |= change & (m == 0)
+                # every block that starts after the fill is added at once, complete
+                grow = has_eos & (self.next <= g.nb) & (g.P + (self.next - 1) * g.bs > fill)
+                add = grow[:, None] & (np.arange(n)[None, :] >= self.next[:, None])
+                self.mask[add], self.active[add] = 0, True
+                if self.kv:
+                    self.done_at[add] = np.broadcast_to(nfe[:, None], add.shape)[add]
+                    self.cached[add] = True
+                self.next = np.where(grow, n, self.next)
+                exists = np.arange(n)[None, :] < self.next[:, None]
+                stop = has_eos & ~(xe[:, g.P :] == g.mask).any(1)
+                if stop.any():
+                    self.done |= stop
+                    out[stop, _FILL] = fill[stop]
+                    act &= ~stop
+
+        # activation by the predecessor's progress (progress reads the counts only)
+        prog = self._progress()
+        self.active[:, 1:] |= act[:, None] & exists[:, 1:] & (prog[:, :-1] >= p.decoded_token_threshold)
+        # a new block when the last one is far enough (not after an EOS)
+        rows = np.arange(B)
+        last = self.next - 1
+        lp = prog[rows, last]
+        new = act & (self.next <= g.nb) & ~has_eos & (self.next > 1)
+        new &= (lp >= p.block_add_threshold) | (self.mask[rows, last] == 0)
+        if new.any():
+            nb_i = np.minimum(self.next, g.nb)
+            cnt = (xe[:, g.P :].reshape(B, g.nb, g.bs) == g.mask).sum(2)[rows, nb_i - 1]
+            r = rows[new]
+            self.mask[r, nb_i[new]] = cnt[new]
+            self.active[r, nb_i[new]] = lp[new] >= p.decoded_token_threshold
+            self.next = self.next + new
+            exists = np.arange(n)[None, :] < self.next[:, None]
+        # the rightmost block that is active or has masks bounds the commit region
+        cand = exists & (self.active | (self.mask > 0))
+        cand[:, 0] = True
+        right = n - 1 - cand[:, ::-1].argmax(1)
+        empty = act & (right == 0)
+        self.done |= empty
+        act &= ~empty
+        active_end = self.end[right]
+        forced = exists & self.active & (self.mask > 0)
+        forced[:, 0] = False
+        has_force = forced.any(1)
+        fi = forced.argmax(1)
+        fs, fe = np.where(has_force, self.start[fi], 0), np.where(has_force, self.end[fi], 0)
+
+        a, clen, w0, w1 = np.zeros(B, np.int64), np.zeros(B, np.int64), np.zeros(B, np.int64), np.zeros(B, np.int64)
+        if self.kv and act.any():
+            a, clen, w0, w1, stop = self._delayed_cache_forward(act, active_end, exists)
+            self.done |= stop
+            act &= ~stop
+        self.pending |= act
+        s = np.maximum(g.P, a)
+        cols = np.stack(
+            [np.ones(B, np.int64), a, np.full(B, g.L), np.zeros(B, np.int64), clen, w0, w1, s, active_end, fs, fe], 1
+        )
+        out[act, : _FE + 1] = cols[act]
+        fwd_fill = act & has_eos
+        out[fwd_fill, _FILL] = fill[fwd_fill]
+        # rows that ended without a forward keep their NFE but emit nothing (the published count)
+        ended = ~act & ~(out[:, _FILL] < g.L)
+        out[ended, _STEP] = 0
+        return out
+
+    def _delayed_cache_forward(self, act, active_end, exists):
         """d3LLM's choice among (a) append completed blocks, (b) read the cache, (c) refresh by a
-        full forward, (d) full forward without cache."""
-        p, g, nfe = self.p, self.g, self.nfe
-        cache_length = self.cache_length
-        to_cache = []
-        for b in self.blocks:
-            if b.end <= cache_length:
-                continue
-            if b.mask != 0:
-                break
-            if b.done_at is None:
-                b.done_at = nfe
-            delay = nfe - b.done_at
-            if delay >= p.cache_delay and not b.cached:
-                to_cache.append(b)
-                b.cached = True
-            elif delay < p.cache_delay:
-                break
-        update = to_cache[-1].end - cache_length if to_cache else 0
-        stabilizing = [b for b in self.blocks if b.mask == 0 and b.done_at is not None and not b.cached]
-        start = min([cache_length] + [b.start for b in stabilizing] + [b.start for b in self.blocks if b.mask > 0])
-        if start >= active_end:
-            return None, 0, None
+        full forward, (d) full forward without cache, for the rows ``act``. Returns the window
+        start, the cache rows read, the written blocks [w0, w1) and the rows that stop. The scan
+        for completed blocks loops over the block index (vectorised over rows), so its host work
+        grows with the number of blocks, not with the batch."""
+        p, g, B = self.p, self.g, act.shape[0]
+        n = g.nb + 1
+        nfe, cl = self.nfe, self.cache_length.copy()
+        going = act.copy()
+        last_end = np.full(B, -1, np.int64)  # end of the last block appended this step
+        for i in range(n):  # in block order, up to the first block that is not ready
+            look = going & exists[:, i] & (self.end[i] > cl)
+            going &= ~(look & (self.mask[:, i] != 0))
+            look &= self.mask[:, i] == 0
+            self.done_at[look & (self.done_at[:, i] < 0), i] = nfe[look & (self.done_at[:, i] < 0)]
+            delay = nfe - self.done_at[:, i]
+            app = look & (delay >= p.cache_delay) & ~self.cached[:, i]
+            self.cached[app, i] = True
+            last_end[app] = self.end[i]
+            going &= ~(look & (delay < p.cache_delay))
+        update = np.where(last_end >= 0, last_end - cl, 0)
+        stab = exists & (self.mask == 0) & (self.done_at >= 0) & ~self.cached
+        big = np.iinfo(np.int64).max
+        start = np.minimum(cl, np.where(stab | (exists & (self.mask > 0)), self.start[None, :], big).min(1))
+        stop = act & (start >= active_end)
+        act = act & ~stop
+        has_stab = stab.any(1)
+        last_stab = n - 1 - stab[:, ::-1].argmax(1)
+        appd = act & (update > 0)
+        read = act & ~appd & self.has_cache & ~has_stab & (nfe % p.refresh_interval != 0)
+        refresh = act & ~appd & ~read & self.has_cache
         bs = g.bs
-        if update > 0:  # (a)
-            self.cache_length += update
-            self.has_cache = True
-            return (cache_length, g.L), cache_length, (cache_length // bs, (cache_length + update) // bs)
-        if self.has_cache and not stabilizing and nfe % p.refresh_interval != 0:  # (b)
-            return (start, g.L), cache_length, None
-        if self.has_cache:  # (c) refresh: the full forward rebuilds the cache up to refresh_pos
-            refresh_pos = stabilizing[-1].start if stabilizing else cache_length
-            return (0, g.L), 0, (0, refresh_pos // bs)
-        return (0, g.L), 0, None  # (d)
+        a = np.where(appd, cl, np.where(read, start, 0))
+        clen = np.where(appd | read, cl, 0)
+        refresh_pos = np.where(has_stab, self.start[last_stab], cl)
+        w0 = np.where(appd, cl // bs, 0)
+        w1 = np.where(appd, (cl + update) // bs, np.where(refresh, refresh_pos // bs, 0))
+        self.cache_length = np.where(appd, cl + update, cl)
+        self.has_cache |= appd
+        return a, clen, w0, w1, stop
 
 
 # ------------------------------------------------------------------------------------------------
@@ -437,7 +476,7 @@ def generate(
     gen_length: int = 256,
     block_length: int = 32,
     temperature: float = 0.0,
-    seed: int | None = None,
+    seed: int | Sequence[int] | None = None,
     backend: str = "auto",
     max_nfe: int = 10000,
     progress: bool = False,
@@ -458,7 +497,11 @@ def generate(
         gen_length, block_length: the generation region and its block size
             (``gen_length % block_length == 0``).
         temperature, seed: proposal sampling (:func:`dllm_kernels.token_stats`); 0 = argmax.
-            ``seed`` in ``[0, 2**63)``; the i-th batched forward uses ``(seed + i) mod 2**63``.
+            ``seed``: an int in ``[0, 2**63)`` that every row uses, or a sequence of one such
+            int per prompt; ``None`` draws one int. Each logits row samples with its own seed
+            :func:`dllm_kernels._validate.mix_seed` ``(row seed, row's forward index, position
+            in the row's sequence)``, derived on the device, so a row gets the same tokens in
+            any batch as alone with its seed, at every temperature.
         backend: backend of the loop's ops (``token_stats``, ``commit``).
         max_nfe: safety bound on forwards per row (d3LLM's loop uses 10000); a row that reaches
             it with masks left raises :class:`dllm_kernels.loop.MaxNFEError` (partial result on
@@ -466,8 +509,8 @@ def generate(
         progress: show a progress bar (tqdm) over the generated tokens.
         cuda_graph: capture each step (index tables, forward, statistics, commits) in a CUDA
             graph, one per padded shape bucket (powers of two), and replay it: the host then
-            launches one graph per step. Needs a model on a CUDA device and temperature 0.
-            Padding to a bucket changes no token.
+            launches one graph per step. Needs a model on a CUDA device. Padding to a bucket
+            changes no token.
 
     Returns:
         :class:`GenerateResult` (tokens, nfe, commit_step, pad, gen_start).
@@ -476,8 +519,6 @@ def generate(
     if not isinstance(policy, (str, Policy)):
         raise TypeError(f"generate: policy must be a policy name or a Policy, got {type(policy).__name__}")
     overrides = public_aliases(policy, overrides, gen_length=gen_length, block_length=block_length)
-    if cuda_graph and temperature > 0:
-        raise ValueError("generate: cuda_graph needs temperature 0 (the sampling seed changes every step)")
     if cuda_graph and model_device(model).type != "cuda":
         raise ValueError(f"generate: cuda_graph needs a model on a CUDA device, got {model_device(model)}")
     return _generate(
@@ -539,22 +580,26 @@ def _generate(
     sched = _MultiBlockRows(pol, geo, B) if pol.scheduler == "multi_block" else _BlockRows(pol, geo, B)
     cache = model.new_cache(B, L) if pol.cache != "none" else None
     # the mask token is never a proposal: committing it would leave the position masked forever
-    suppress = [cfg.mask_id] + ([cfg.eos_id] if pol.suppress_eos else [])
-    base_seed = resolve_seed(seed) if (seed is None and temperature > 0) else (seed or 0)
-    runner = _StepRunner(model, x, state, pad, cache, pol, geo, sched.rules, suppress, backend, buckets, capture)
+    suppress = tuple(sorted({cfg.mask_id} | ({cfg.eos_id} if pol.suppress_eos else set())))
+    temperature = float(temperature)
+    seeds = row_seeds(seed, B, lambda: resolve_seed(None)) if temperature > 0 else [0] * B
+    seeds = torch.tensor(seeds, dtype=torch.int64).to(device)
+    runner = _StepRunner(
+        model, x, state, pad, cache, pol, geo, sched.rules, suppress, backend, buckets, capture, temperature, seeds
+    )
 
     bar = None
     if progress:
         from tqdm.auto import tqdm
 
         bar = tqdm(total=B * gen_length, desc=f"generate[{pol.name}]", unit="tok")
-    iteration, finished_tokens = 0, 0
+    finished_tokens = 0
     committed = torch.zeros_like(x, dtype=torch.bool)
-    # rows that are done leave the batch (at temperature 0, where a row's tokens do not depend on
-    # its place in the batch, and when the model's cache can drop rows): the final canvas and
-    # commit steps are kept here, ``rows`` maps the batch's rows to the caller's
+    # rows that are done leave the batch (a row's tokens do not depend on its place in the batch,
+    # at any temperature) when the model's cache can drop rows: the final canvas and commit
+    # steps are kept here, ``rows`` maps the batch's rows to the caller's
     out_x, out_step, out_nfe, rows = x, state.commit_step, np.zeros(B, np.int64), np.arange(B)
-    compact = temperature == 0 and _select_rows(cache, None) is not False
+    compact = _select_rows(cache, None) is not False
     if compact:
         out_x, out_step = x.clone(), state.commit_step.clone()
     while True:
@@ -573,20 +618,32 @@ def _generate(
             if not len(rows):
                 break
             keep_t = _ship_index(keep, device)
-            x, pad, committed = (t.index_select(0, keep_t) for t in (x, pad, committed))
+            x, pad, committed, seeds = (t.index_select(0, keep_t) for t in (x, pad, committed, seeds))
             state = CommitState(*(t.index_select(0, keep_t) for t in _fields(state)))
             cache = _select_rows(cache, keep_t)
             sched.select(keep)
             runner = _StepRunner(
-                model, x, state, pad, cache, pol, geo, sched.rules, suppress, backend, buckets, capture
+                model,
+                x,
+                state,
+                pad,
+                cache,
+                pol,
+                geo,
+                sched.rules,
+                suppress,
+                backend,
+                buckets,
+                capture,
+                temperature,
+                seeds,
             )
         if bar is not None:
             bar.n = finished_tokens + int((host[0][:, P:] != cfg.mask_id).sum())
             bar.refresh()
         if not (fwd.any() or fill.any()):
             break
-        committed = runner.step(plan, fwd, fill, temperature, step_seed(base_seed, iteration))
-        iteration += 1
+        committed = runner.step(plan, fwd, fill)
     if bar is not None:
         bar.close()
     if len(rows):
@@ -636,42 +693,6 @@ def _select_rows(cache, index: torch.Tensor | None):
     return dataclasses.replace(cache, **{f.name: pick(v) for f, v in zip(dataclasses.fields(cache), values)})
 
 
-class _MultiBlockRows:
-    """d3LLM's scheduler for every row (:class:`_MultiBlockRow` per row), as a step plan."""
-
-    def __init__(self, policy: Policy, geo: _Geometry, B: int):
-        self.rows = [_MultiBlockRow(policy, geo) for _ in range(B)]
-        self.g = geo
-        self.rules = [policy.rule]
-
-    @property
-    def nfe(self) -> np.ndarray:
-        return np.array([r.nfe for r in self.rows], np.int64)
-
-    @property
-    def done(self) -> np.ndarray:
-        return np.array([r.done for r in self.rows], bool)
-
-    def select(self, keep: np.ndarray) -> None:
-        self.rows = [self.rows[b] for b in keep]
-
-    def plan(self, x: np.ndarray, committed: np.ndarray, live: np.ndarray) -> np.ndarray:
-        out = np.zeros((len(self.rows), _NCOL), np.int64)
-        out[:, _FILL] = self.g.L
-        for b, r in enumerate(self.rows):
-            pl = r.plan(x[b], committed[b]) if live[b] else None
-            if pl is None:
-                continue
-            out[b, _STEP] = pl.step
-            if pl.fill_after is not None:
-                out[b, _FILL] = pl.fill_after
-            if pl.forward:
-                w0, w1 = pl.write or (0, 0)
-                fs, fe = pl.force or (0, 0)
-                out[b, : _RULE + 1] = (1, *pl.window, pl.tail, pl.cache_len, w0, w1, *pl.active, fs, fe, 0, 0)
-        return out
-
-
 def _fill_eos(x, commit_step, fill_after: torch.Tensor, step, eos: int, keep: torch.Tensor | None = None):
     """Every position after ``fill_after[b]`` of row b becomes EOS (except where ``keep``);
     positions whose token changes record ``step`` (an int, or ``[B, 1]`` per row)."""
@@ -687,8 +708,9 @@ def _fill_eos(x, commit_step, fill_after: torch.Tensor, step, eos: int, keep: to
 class StepInputs:
     """Device tensors of one batched decoding step (see :func:`decode_step`). Row b forwards the
     canvas positions ``idx[b, :kv_len[b]]``; ``groups`` holds one entry per distinct commit rule:
-    ``(rule, active_start, active_end, force_start, force_end, num_transfer)``, rows outside the
-    group having empty regions."""
+    ``(rule, rows)``, ``rows`` the ``[6, B]`` table of :func:`dllm_kernels.commit.pack_rows`
+    (active start/end, force start/end, stats offset, k), rows outside the group having empty
+    regions."""
 
     idx: torch.Tensor  # [B, Lq] canvas positions forwarded (padded)
     kv_len: torch.Tensor  # [B]
@@ -727,10 +749,9 @@ def _device_inputs(
         w0, w1 = col[_W0], col[_W1]
         write = CacheWrite(torch.where(jw < (w1 - w0)[:, None], w0[:, None] + jw, -1), geo.bs, new_start=a)
     fwd = col[_FWD] > 0
-    groups = []
-    for rid, rule in rules:
-        sel = fwd & (col[_RULE] == rid)
-        groups.append((rule, *(torch.where(sel, col[i], 0) for i in (_S, _E, _FS, _FE, _K))))
+    # the commit op's packed per-row table (commit.ROW_FIELDS order), one per rule
+    table = plan[:, [_S, _E, _FS, _FE, _S, _K]].T
+    groups = [(rule, torch.where((fwd & (col[_RULE] == rid))[None, :], table, 0)) for rid, rule in rules]
     return StepInputs(
         idx=idx,
         kv_len=kv_len,
@@ -757,7 +778,7 @@ def decode_step(
     eot_id=None,
     attend_new: bool = True,
     temperature: float = 0.0,
-    seed: int = 0,
+    seed: int | torch.Tensor = 0,
     suppress_ids=None,
     confidence_eos_eot_inf: bool = False,
     backend: str = "auto",
@@ -767,6 +788,9 @@ def decode_step(
     No host sync and no host-to-device copy happen here (``step`` may be a 0-d device tensor),
     so a step with fixed shapes can be captured in a CUDA graph and replayed. Updates ``x``,
     ``state`` and the cache in place; returns the ``[B, L]`` positions the commit rules took.
+    The inputs are not validated (:func:`generate` checks its arguments once per call):
+    ``seed`` is an int in ``[0, 2**63)`` or an int64 ``[B, Lo]`` tensor (one seed per logits
+    row, see :func:`dllm_kernels.token_stats`).
     """
     before = state.commit_step.clone()
     tokens = x.gather(1, inp.idx)
@@ -784,26 +808,15 @@ def decode_step(
         key_start=pad,
         logits_index=inp.logits_index,
     )
-    stats = token_stats(logits, temperature=temperature, seed=seed, suppress_ids=suppress_ids, backend=backend)
+    ids = tuple(sorted(set(suppress_ids or ())))
+    stats = _token_stats_unchecked(logits, float(temperature), seed if temperature > 0 else 0, ids, backend)
     if confidence_eos_eot_inf:  # LLaDA: EOS / EoT proposals get confidence 0
         eos_or_eot = (stats.token == eos_id) | (stats.token == (eot_id if eot_id is not None else eos_id))
         stats = stats._replace(prob=torch.where(eos_or_eot, 0.0, stats.prob))
-    for rule, a_s, a_e, f_s, f_e, k in inp.groups:  # one launch per distinct rule
-        commit(
-            x,
-            stats,
-            state,
-            rule,
-            active_start=a_s,
-            active_end=a_e,
-            mask_id=mask_id,
-            step=step,
-            num_transfer=k,
-            force_start=f_s,
-            force_end=f_e,
-            stats_offset=inp.stats_offset,
-            backend=backend,
-        )
+    if not isinstance(step, torch.Tensor):
+        step = torch.full((), step, dtype=torch.int64, device=x.device)
+    for rule, rows in inp.groups:  # one launch per distinct rule
+        _commit_unchecked(x, stats, state, rule, rows, step, mask_id, backend=backend)
     return state.commit_step != before
 
 
@@ -827,8 +840,11 @@ class _StepRunner:
         backend,
         buckets: bool,
         capture: bool,
+        temperature: float = 0.0,
+        seeds: torch.Tensor | None = None,
     ):
         self.model, self.x, self.state, self.pad, self.cache = model, x, state, pad, cache
+        self.temperature, self.seeds = temperature, seeds  # seeds: [B] int64 row seeds (T > 0)
         self.pol, self.geo, self.suppress, self.backend = pol, geo, suppress, backend
         self.rules = list(enumerate(rules))
         self.buckets, self.capture = buckets or capture, capture
@@ -850,7 +866,7 @@ class _StepRunner:
             self.plan_dev.copy_(self.host, non_blocking=True)
         return self.plan_dev
 
-    def step(self, plan: np.ndarray, fwd: np.ndarray, fill: np.ndarray, temperature: float, seed: int) -> torch.Tensor:
+    def step(self, plan: np.ndarray, fwd: np.ndarray, fill: np.ndarray) -> torch.Tensor:
         """Run one batched step; returns the ``[B, L]`` positions the commit rules took."""
         geo, x, state = self.geo, self.x, self.state
         dev = self._ship(plan)
@@ -874,18 +890,22 @@ class _StepRunner:
             rules = [self.rules[i] for i in np.unique(p[:, _RULE])]
         key = (Lq, Lo, nw)
         if not self.capture:
-            return self._body(x, state, Lq, Lo, nw, rules, temperature, seed, post_fill=bool((fill & fwd).any()))
+            return self._body(x, state, Lq, Lo, nw, rules, post_fill=bool((fill & fwd).any()))
         graph = self.graphs.get(key)
         if graph is None:
             graph = self.graphs[key] = self._record(Lq, Lo, nw, rules)
         graph[0].replay()
         return graph[1]
 
-    def _body(self, x, state, Lq, Lo, nw, rules, temperature, seed, post_fill: bool) -> torch.Tensor:
+    def _body(self, x, state, Lq, Lo, nw, rules, post_fill: bool) -> torch.Tensor:
         """The device work of a step (no host sync, no copy: capturable)."""
-        geo, pol = self.geo, self.pol
-        inp = _device_inputs(self.plan_dev, Lq, Lo, nw, rules, geo, self.cache is not None, self.stale)
-        step = torch.where(self.plan_dev[:, _FWD] > 0, self.plan_dev[:, _STEP], 0).amax()
+        geo, pol, plan = self.geo, self.pol, self.plan_dev
+        inp = _device_inputs(plan, Lq, Lo, nw, rules, geo, self.cache is not None, self.stale)
+        step = torch.where(plan[:, _FWD] > 0, plan[:, _STEP], 0).amax()
+        seed = 0
+        if self.temperature > 0:  # logits row (b, j) is position stats_offset[b] + j of row b
+            pos = inp.stats_offset[:, None] - self.pad[:, None] + torch.arange(Lo, device=plan.device)[None, :]
+            seed = mix_seed(self.seeds[:, None], plan[:, _STEP : _STEP + 1], pos.clamp_min(0))
         committed = decode_step(
             self.model,
             x,
@@ -898,7 +918,7 @@ class _StepRunner:
             eos_id=geo.eos,
             eot_id=geo.eot,
             attend_new=pol.cache != "dual",
-            temperature=temperature,
+            temperature=self.temperature,
             seed=seed,
             suppress_ids=self.suppress,
             confidence_eos_eot_inf=pol.confidence_eos_eot_inf,
@@ -922,8 +942,6 @@ class _StepRunner:
                 Lo,
                 nw,
                 rules,
-                0.0,
-                0,
                 post_fill=self.stale,
             )
         torch.cuda.current_stream().wait_stream(side)
@@ -931,7 +949,7 @@ class _StepRunner:
             self.pool = torch.cuda.graph_pool_handle()
         graph = torch.cuda.CUDAGraph()
         with torch.cuda.graph(graph, pool=self.pool):
-            committed = self._body(x, state, Lq, Lo, nw, rules, 0.0, 0, post_fill=self.stale)
+            committed = self._body(x, state, Lq, Lo, nw, rules, post_fill=self.stale)
         return graph, committed
 
 

@@ -163,6 +163,22 @@ def test_library_errors_become_one_line(monkeypatch, capsys):
         main(["generate", "--problem", "1+2", "--debug"])
 
 
+def test_max_nfe_error_is_one_line(monkeypatch, capsys):
+    """A decode that runs out of forwards (generate's MaxNFEError, exported by the package) is one
+    line naming max_nfe, status 1, no traceback hint; --debug re-raises it."""
+    assert dllm_kernels.MaxNFEError is dllm_kernels.loop.MaxNFEError
+
+    def stuck(*args, **kwargs):
+        raise dllm_kernels.MaxNFEError("generate: rows [0] reached max_nfe (3) with masks left\n(partial)")
+
+    monkeypatch.setattr(dllm_kernels, "generate", stuck)
+    rc, _, err = _run(["generate", "--problem", "1+2"], capsys)
+    assert rc == 1 and len(err.strip().splitlines()) == 1 and "Traceback" not in err and "--debug" not in err
+    assert err.startswith("dllm-kernels generate: error: generate: rows [0] reached max_nfe (3)")
+    with pytest.raises(dllm_kernels.MaxNFEError):
+        main(["generate", "--problem", "1+2", "--debug"])
+
+
 def test_policy_choices_come_from_the_policy_table():
     parser = build_parser()
     sub = next(a for a in parser._actions if a.dest == "command").choices

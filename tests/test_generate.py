@@ -282,12 +282,11 @@ def test_bucket_padding_changes_no_token(policy, kw):
     assert len(w_plain) == len(w_padded) and w_plain != w_padded  # the padding was exercised
 
 
-def test_cuda_graph_needs_a_gpu_model_and_temperature_0():
+def test_cuda_graph_needs_a_gpu_model():
     m = sharp_tiny_model("reference", attn_impl="sdpa")
-    with pytest.raises(ValueError, match="cuda_graph needs a model on a CUDA device"):
-        generate(m, [[1, 2]], policy="vanilla", gen_length=8, block_length=8, cuda_graph=True)
-    with pytest.raises(ValueError, match="cuda_graph needs temperature 0"):
-        generate(m, [[1, 2]], policy="vanilla", gen_length=8, block_length=8, cuda_graph=True, temperature=0.5)
+    for t in (0.0, 0.5):  # any temperature: the per-step seeds are device tensors
+        with pytest.raises(ValueError, match="cuda_graph needs a model on a CUDA device"):
+            generate(m, [[1, 2]], policy="vanilla", gen_length=8, block_length=8, cuda_graph=True, temperature=t)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -308,7 +307,7 @@ def _vanilla_step_inputs(B, P, L, block, device):
         logits_index=torch.arange(P, P + block, device=device).expand(B, block),
         stats_offset=full(P),
         fill_after=None,
-        groups=[(rule, full(P), full(P + block), full(0), full(0), full(1))],
+        groups=[(rule, torch.stack([full(P), full(P + block), full(0), full(0), full(P), full(1)]))],
     )
 
 
@@ -398,11 +397,15 @@ def test_tokens_per_forward_counts_up_to_the_first_eos():
 @pytest.mark.parametrize(
     "policy, kw", POLICY_CASES, ids=[f"{p}-{'-'.join(map(str, k.values()))}" for p, k in POLICY_CASES]
 )
-def test_gpu_cuda_graph_replay_equals_eager(policy, kw, monkeypatch):
-    """``cuda_graph=True`` gives the eager tokens; each step with a forward is one graph replay,
-    and the model runs only while a bucket is recorded (warm-up + capture)."""
+@pytest.mark.parametrize("temperature, seed", [(0.0, None), (1.5, [3, 2**63 - 1])])
+def test_gpu_cuda_graph_replay_equals_eager(policy, kw, temperature, seed, monkeypatch):
+    """``cuda_graph=True`` gives the eager tokens (sampling too: the per-row, per-step seeds are
+    derived on the device inside the graph); each step with a forward is one graph replay, and
+    the model runs only while a bucket is recorded (warm-up + capture)."""
     prompts = [[3, 4, 5, 6], [7, 1, 2, 9, 4, 4]]
-    args = dict(policy=policy, gen_length=24, block_length=8, backend="triton", **kw)
+    args = dict(
+        policy=policy, gen_length=24, block_length=8, backend="triton", temperature=temperature, seed=seed, **kw
+    )
     eager_model = _Shapes(sharp_tiny_model("triton").cuda())
     eager = generate(eager_model, prompts, **args)
     replays = []
