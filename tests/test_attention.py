@@ -45,6 +45,13 @@ def make_inputs(
     return q, k, v, kw
 
 
+def launch(q, k, v, kw, **opts):
+    """The Triton launcher directly (no public-op checks), scale 0.125, on ``make_inputs``' tensors."""
+    return kernels.attention(
+        q, k, v, kw["k_cache"], kw["v_cache"], kw["cache_len"], kw["kv_len"], kw.get("key_start"), 0.125, **opts
+    )
+
+
 def check(q, k, v, **kw):
     """Kernel (public op) vs the fp32 reference, under the FlashAttention criterion."""
     got = dk.attention(q, k, v, backend="triton", **kw)
@@ -108,19 +115,7 @@ def test_split_keys_and_combine(device, num_splits):
     q, k, v, kw = make_inputs(
         3, 6, 4, 2, 64, Lk=21, Lmax=45, cache_len=[45, 0, 30], kv_len=[21, 9, 0], key_start=[0, 3, 40], device=device
     )
-    got = kernels.attention(
-        q,
-        k,
-        v,
-        kw["k_cache"],
-        kw["v_cache"],
-        kw["cache_len"],
-        kw["kv_len"],
-        kw["key_start"],
-        0.125,
-        num_splits=num_splits,
-        block_n=16,
-    )
+    got = launch(q, k, v, kw, num_splits=num_splits, block_n=16)
     ref = reference.attention(q.cpu(), k.cpu(), v.cpu(), scale=0.125, **{n: t.cpu() for n, t in kw.items()})
     assert_attention_close(got, ref, ref)
 
@@ -129,9 +124,7 @@ def test_split_keys_and_combine(device, num_splits):
 def test_tiles_and_tails(device, block_n):
     """Full key tiles without masks, then a masked tail, in both the cache and the new part."""
     q, k, v, kw = make_inputs(2, 3, 2, 2, 64, Lk=37, Lmax=50, cache_len=[48, 17], kv_len=[37, 16], device=device)
-    got = kernels.attention(
-        q, k, v, kw["k_cache"], kw["v_cache"], kw["cache_len"], kw["kv_len"], None, 0.125, block_n=block_n
-    )
+    got = launch(q, k, v, kw, block_n=block_n)
     ref = reference.attention(q.cpu(), k.cpu(), v.cpu(), scale=0.125, **{n: t.cpu() for n, t in kw.items()})
     assert_attention_close(got, ref, ref)
 
@@ -162,19 +155,7 @@ def test_packed_query_heads(device, B, Lq, Hq, Hkv, num_splits):
         dtype=torch.float16,
         device=device,
     )
-    got = kernels.attention(
-        q,
-        k,
-        v,
-        kw["k_cache"],
-        kw["v_cache"],
-        kw["cache_len"],
-        kw["kv_len"],
-        kw["key_start"],
-        0.125,
-        num_splits=num_splits,
-        block_n=16,
-    )
+    got = launch(q, k, v, kw, num_splits=num_splits, block_n=16)
     assert_attention_close(
         got, reference.attention(q, k, v, scale=0.125, **kw), attention_lowp(q, k, v, scale=0.125, **kw)
     )
