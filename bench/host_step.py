@@ -35,6 +35,7 @@ import torch  # noqa: E402
 
 import dllm_kernels as dk  # noqa: E402
 from dllm_kernels import reference  # noqa: E402
+from dllm_kernels.commit import _commit_unchecked  # noqa: E402
 
 V, MASK, EOS = 64, 63, 62
 PROMPT, GEN, BLOCK = 256, 128, 32
@@ -86,22 +87,10 @@ def _stub_kernels():
     def token_stats(logits, temperature, seed, suppress_ids):
         return tuple(reference.token_stats(logits, temperature=temperature, seed=seed, suppress_ids=list(suppress_ids)))
 
-    def commit(x, token, prob, entropy, state, rule, a_s, a_e, step, mask_id, k, f_s, f_e, off):
+    def commit(x, token, prob, entropy, state, rule, rows, step, mask_id, vocab_size):
         stats = dk.TokenStats(token, prob, torch.zeros_like(prob), entropy)
-        return reference.commit(
-            x,
-            stats,
-            state,
-            rule,
-            active_start=a_s,
-            active_end=a_e,
-            mask_id=mask_id,
-            step=step,
-            num_transfer=k,
-            force_start=f_s,
-            force_end=f_e,
-            stats_offset=off,
-        )
+        vocab = None if vocab_size < 0 else vocab_size  # the launcher's "no bound" is -1
+        return _commit_unchecked(x, stats, state, rule, rows, step, mask_id, vocab_size=vocab, backend="reference")
 
     kt.token_stats, kc.commit = token_stats, commit
 
