@@ -28,19 +28,7 @@ class ScriptedModel:
     def new_cache(self, batch, max_len):
         return object()  # nothing to cache: logits depend on positions only
 
-    def __call__(
-        self,
-        tokens,
-        positions,
-        *,
-        cache=None,
-        cache_len=None,
-        kv_len=None,
-        attend_new=True,
-        write=None,
-        key_start=None,
-        logits_index=None,
-    ):
+    def __call__(self, tokens, positions, *, kv_len=None, logits_index=None, **_):  # the cache arguments: unused
         B, Lq = tokens.shape
         n = torch.full((B,), Lq) if kv_len is None else kv_len.cpu()
         self.calls.append([positions[b, : n[b]].tolist() for b in range(B)])
