@@ -9,14 +9,10 @@ from dataclasses import dataclass, field
 
 import torch
 
+from dllm_kernels.models.adapter import AdapterConfig
 
-@dataclass
-class ScriptedConfig:
-    vocab_size: int
-    mask_id: int
-    eos_id: int
-    eot_id: int | None = None
-    pad_id: int | None = None
+# the protocol's config of a model without weights: the HF adapter's (vocab_size, mask_id, eos_id, ...)
+ScriptedConfig = AdapterConfig
 
 
 @dataclass
