@@ -56,7 +56,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from .._argtypes import nonnegative_float, positive_float, positive_int
+from .._argtypes import nonnegative_float, positive_float, positive_int, run_command
 from ..models import save_checkpoint
 from .default import DEFAULT_DISTILLED_DIR, DEFAULT_MODEL_DIR, default_model
 from .evaluate import decode_batches
@@ -228,10 +228,7 @@ def add_arguments(ap: argparse.ArgumentParser) -> None:
 def main(argv=None) -> int:
     """Record teacher trajectories with the shipped model, distill a copy, write it (fp16) with
     the tokenizer, task.json and distill.json."""
-    ap = argparse.ArgumentParser(prog="python -m dllm_kernels distill", description=main.__doc__)
-    add_arguments(ap)
-    command = ["python -m dllm_kernels distill", *(sys.argv[1:] if argv is None else argv)]
-    return run(ap.parse_args(argv), command)
+    return run_command("python -m dllm_kernels distill", main.__doc__, add_arguments, run, argv)
 
 
 def run(args: argparse.Namespace, command: list[str]) -> int:
