@@ -59,6 +59,26 @@ def check(q, k, v, **kw):
     return got
 
 
+def check_prefix_case(case, D, dtype, device):
+    """:func:`check` on the inputs of a :data:`PREFIX_CASES` row's values at head dim ``D``."""
+    B, Lq, Hq, Hkv, Lk, Lmax, cache_len, kv_len, key_start = case
+    q, k, v, kw = make_inputs(
+        B,
+        Lq,
+        Hq,
+        Hkv,
+        D,
+        Lk=Lk,
+        Lmax=Lmax,
+        cache_len=cache_len,
+        kv_len=kv_len,
+        key_start=key_start,
+        dtype=dtype,
+        device=device,
+    )
+    check(q, k, v, **kw)
+
+
 def dtype_id(d):
     return str(d).split(".")[-1]
 
@@ -75,21 +95,7 @@ PREFIX_CASES = [
 @pytest.mark.parametrize("D", [16, 64, 128])
 @pytest.mark.parametrize("B, Lq, Hq, Hkv, Lk, Lmax, cache_len, kv_len, key_start", PREFIX_CASES)
 def test_prefix_cache(device, dtype, D, B, Lq, Hq, Hkv, Lk, Lmax, cache_len, kv_len, key_start):
-    q, k, v, kw = make_inputs(
-        B,
-        Lq,
-        Hq,
-        Hkv,
-        D,
-        Lk=Lk,
-        Lmax=Lmax,
-        cache_len=cache_len,
-        kv_len=kv_len,
-        key_start=key_start,
-        dtype=dtype,
-        device=device,
-    )
-    check(q, k, v, **kw)
+    check_prefix_case((B, Lq, Hq, Hkv, Lk, Lmax, cache_len, kv_len, key_start), D, dtype, device)
 
 
 @pytest.mark.parametrize("dtype", CPU_DTYPES, ids=dtype_id)
@@ -428,22 +434,7 @@ def test_gpu_prefill(dtype, D, L):
 @GPU
 def test_gpu_bf16_small_shapes():
     for args in PREFIX_CASES:
-        B, Lq, Hq, Hkv, Lk, Lmax, cache_len, kv_len, key_start = args.values
-        q, k, v, kw = make_inputs(
-            B,
-            Lq,
-            Hq,
-            Hkv,
-            128,
-            Lk=Lk,
-            Lmax=Lmax,
-            cache_len=cache_len,
-            kv_len=kv_len,
-            key_start=key_start,
-            dtype=torch.bfloat16,
-            device="cuda",
-        )
-        check(q, k, v, **kw)
+        check_prefix_case(args.values, 128, torch.bfloat16, "cuda")
 
 
 @GPU
