@@ -35,6 +35,7 @@ import torch  # noqa: E402
 
 import dllm_kernels as dk  # noqa: E402
 from dllm_kernels import reference  # noqa: E402
+from dllm_kernels.commit import _commit_unchecked  # noqa: E402
 
 V, MASK, EOS = 64, 63, 62
 PROMPT, GEN, BLOCK = 256, 128, 32
@@ -88,22 +89,8 @@ def _stub_kernels():
 
     def commit(x, token, prob, entropy, state, rule, rows, step, mask_id, vocab_size):
         stats = dk.TokenStats(token, prob, torch.zeros_like(prob), entropy)
-        a_s, a_e, f_s, f_e, off, k = rows.unbind(0)
-        return reference.commit(
-            x,
-            stats,
-            state,
-            rule,
-            active_start=a_s,
-            active_end=a_e,
-            mask_id=mask_id,
-            step=step,
-            num_transfer=k,
-            force_start=f_s,
-            force_end=f_e,
-            stats_offset=off,
-            vocab_size=None if vocab_size < 0 else vocab_size,
-        )
+        vocab = None if vocab_size < 0 else vocab_size  # the launcher's "no bound" is -1
+        return _commit_unchecked(x, stats, state, rule, rows, step, mask_id, vocab_size=vocab, backend="reference")
 
     kt.token_stats, kc.commit = token_stats, commit
 

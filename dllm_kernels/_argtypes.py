@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import argparse
 import math
+import sys
+from collections.abc import Callable
 
 
 def positive_int(text: str) -> int:
@@ -52,3 +54,19 @@ def nonnegative_float(text: str) -> float:
     if value < 0:
         raise argparse.ArgumentTypeError(f"must be a finite number >= 0, got {text!r}")
     return value
+
+
+def run_command(
+    prog: str,
+    description: str,
+    add_arguments: Callable[[argparse.ArgumentParser], None],
+    run: Callable[[argparse.Namespace, list[str]], int],
+    argv: list[str] | None,
+) -> int:
+    """A stand-alone command's ``main``: parse ``argv`` (default ``sys.argv[1:]``) with the options
+    of ``add_arguments`` and call ``run(args, command)``, ``command`` the command line as typed
+    (``prog`` then the arguments), for the run's record."""
+    ap = argparse.ArgumentParser(prog=prog, description=description)
+    add_arguments(ap)
+    command = [prog, *(sys.argv[1:] if argv is None else argv)]
+    return run(ap.parse_args(argv), command)

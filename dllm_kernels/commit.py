@@ -453,22 +453,8 @@ def _commit_unchecked(
     it is copied), ``step`` a 0-d int32/int64 tensor on ``x``'s device. Wrong input here is
     undefined behaviour of the kernel (clipped regions at best), not an error."""
     if resolve_backend(backend, x.device, "commit") == "reference":
-        a_s, a_e, f_s, f_e, off, k = rows.unbind(0)
-        return reference.commit(
-            x,
-            stats,
-            state,
-            rule,
-            active_start=a_s,
-            active_end=a_e,
-            mask_id=mask_id,
-            step=step,
-            num_transfer=k,
-            force_start=f_s,
-            force_end=f_e,
-            stats_offset=off,
-            vocab_size=vocab_size,
-        )
+        regions = dict(zip(ROW_FIELDS, rows.unbind(0)))
+        return reference.commit(x, stats, state, rule, mask_id=mask_id, step=step, vocab_size=vocab_size, **regions)
     if min(x.shape[1], stats.token.shape[1]) > MAX_COMMIT_POSITIONS:
         raise ValueError(
             f"commit: the Triton kernel holds a row's region in one tile of at most {MAX_COMMIT_POSITIONS} "

@@ -125,17 +125,8 @@ def refresh_kv_cache(
                 f"{op}: rope_cos and rope_sin must have the same dtype, got {rope_cos.dtype} and {rope_sin.dtype}"
             )
         rope_cos, rope_sin = rope_cos.expand(B, Ln, D), rope_sin.expand(B, Ln, D)  # views, no copy
+    args = (k_cache, v_cache, k_new, v_new, block_ids, block_size)
     if resolve_backend(backend, k_cache.device, op) == "reference":
-        reference.refresh_kv_cache(
-            k_cache,
-            v_cache,
-            k_new,
-            v_new,
-            block_ids,
-            block_size,
-            new_start=new_start,
-            rope_cos=rope_cos,
-            rope_sin=rope_sin,
-        )
-        return
-    _refresh_kv_cache_op(k_cache, v_cache, k_new, v_new, block_ids, block_size, new_start, rope_cos, rope_sin)
+        reference.refresh_kv_cache(*args, new_start=new_start, rope_cos=rope_cos, rope_sin=rope_sin)
+    else:
+        _refresh_kv_cache_op(*args, new_start, rope_cos, rope_sin)

@@ -131,6 +131,18 @@ def _store_partial(p_f, p_i, m, s, u, v2, i1, gs, gz, gi):
     tl.store(p_i + 7, gi)
 
 
+@triton.jit
+def _emit(
+    row, m, s, u, v2, i1, gs, gz, gi, token_ptr, prob_ptr, margin_ptr, entropy_ptr, p_f, p_i, w, FINAL: tl.constexpr
+):
+    """Write a merged state: the row's statistics (``FINAL``), else the partial state at word
+    ``w`` of ``p_f`` (fp32 words) / ``p_i`` (the same memory as int32 words)."""
+    if FINAL:
+        _finalize(row, m, s, u, v2, gz, gi, token_ptr, prob_ptr, margin_ptr, entropy_ptr)
+    else:
+        _store_partial(p_f + w, p_i + w, m, s, u, v2, i1, gs, gz, gi)
+
+
 @triton.jit(do_not_specialize=["L", "V", "v_off", "V_row", "chunk", "n_splits", "seed"])
 def _token_stats_kernel(
     x_ptr,  # logits; element (b, l, v) at b * stride_b + l * stride_l + v * stride_v
@@ -182,6 +194,8 @@ def _token_stats_kernel(
         b_gs = tl.full([BLOCK], float("-inf"), tl.float32)  # best Gumbel score
         b_gz = tl.full([BLOCK], float("-inf"), tl.float32)  # its logit
         b_gi = tl.full([BLOCK], 2147483647, tl.int32)  # its id
+    else:  # no Gumbel state: _merge does not read these without SAMPLE
+        b_gs, b_gz, b_gi = b_m, b_m, b_i1
 
     for v0 in tl.range(v_start, v_end, BLOCK, num_stages=STAGES):
         o_v = v0 + o_lane  # [BLOCK] local ids
@@ -222,16 +236,11 @@ def _token_stats_kernel(
             b_gz = tl.where(take, b_z, b_gz)
             b_gi = tl.where(take, o_g, b_gi)
 
-    if SAMPLE:
-        m, s, u, v2, i1, gs, gz, gi = _merge(b_m, b_s, b_u, b_v2, b_i1, b_gs, b_gz, b_gi, SAMPLE)
-    else:
-        m, s, u, v2, i1, gs, gz, gi = _merge(b_m, b_s, b_u, b_v2, b_i1, b_m, b_m, b_i1, SAMPLE)
-
-    if FINAL:
-        _finalize(i_r, m, s, u, v2, gz, gi, token_ptr, prob_ptr, margin_ptr, entropy_ptr)
-    else:
-        w = (i_r.to(tl.int64) * n_splits + i_s) * 8
-        _store_partial(part_f_ptr + w, part_i_ptr + w, m, s, u, v2, i1, gs, gz, gi)
+    m, s, u, v2, i1, gs, gz, gi = _merge(b_m, b_s, b_u, b_v2, b_i1, b_gs, b_gz, b_gi, SAMPLE)
+    w = (i_r.to(tl.int64) * n_splits + i_s) * 8
+    _emit(
+        i_r, m, s, u, v2, i1, gs, gz, gi, token_ptr, prob_ptr, margin_ptr, entropy_ptr, part_f_ptr, part_i_ptr, w, FINAL
+    )
 
 
 @triton.jit(do_not_specialize=["n_splits", "stride_r", "stride_s"])
@@ -265,14 +274,13 @@ def _token_stats_combine_kernel(
         b_gs = tl.load(p_f + 4, mask=m_s, other=float("-inf"))
         b_gz = tl.load(p_f + 5, mask=m_s, other=float("-inf"))
         b_gi = tl.load(p_i + 7, mask=m_s, other=2147483647)
-        m, s, u, v2, i1, gs, gz, gi = _merge(b_m, b_s, b_u, b_v2, b_i1, b_gs, b_gz, b_gi, SAMPLE)
-    else:
-        m, s, u, v2, i1, gs, gz, gi = _merge(b_m, b_s, b_u, b_v2, b_i1, b_m, b_m, b_i1, SAMPLE)
-    if FINAL:
-        _finalize(i_r, m, s, u, v2, gz, gi, token_ptr, prob_ptr, margin_ptr, entropy_ptr)
-    else:
-        w_out = i_r.to(tl.int64) * 8
-        _store_partial(out_f_ptr + w_out, out_i_ptr + w_out, m, s, u, v2, i1, gs, gz, gi)
+    else:  # _merge does not read these without SAMPLE
+        b_gs, b_gz, b_gi = b_m, b_m, b_i1
+    m, s, u, v2, i1, gs, gz, gi = _merge(b_m, b_s, b_u, b_v2, b_i1, b_gs, b_gz, b_gi, SAMPLE)
+    w_o = i_r.to(tl.int64) * 8
+    _emit(
+        i_r, m, s, u, v2, i1, gs, gz, gi, token_ptr, prob_ptr, margin_ptr, entropy_ptr, out_f_ptr, out_i_ptr, w_o, FINAL
+    )
 
 
 # ------------------------------------------------------------------------------------------------

@@ -2,6 +2,8 @@
 
 import torch
 
+import dllm_kernels as dk
+
 # token_stats: fp32 accumulation of upcast inputs vs an fp64 reference (any input dtype, since
 # fp16/bf16 values upcast exactly). prob and margin: absolute; entropy: absolute * (1 + H).
 STATS_ATOL = {"prob": 4e-6, "margin": 4e-6}
@@ -63,3 +65,11 @@ def assert_bitwise_equal(got, ref, name=""):
     ints = {2: torch.int16, 4: torch.int32, 8: torch.int64}[got.element_size()]
     bad = (got.cpu().view(ints) != ref.cpu().view(ints)).nonzero()
     assert bad.numel() == 0, f"{name}: {bad.shape[0]} elements differ, first at {bad[0].tolist()}"
+
+
+def commit_region(x, stats, state, rule, start, end, *, mask_id, step, **kw):
+    """``dk.commit`` over the per-row regions ``[start, end)`` (host tensors, moved to ``x``'s device)."""
+    dev = x.device
+    return dk.commit(
+        x, stats, state, rule, active_start=start.to(dev), active_end=end.to(dev), mask_id=mask_id, step=step, **kw
+    )

@@ -9,14 +9,10 @@ from dataclasses import dataclass, field
 
 import torch
 
+from dllm_kernels.models.adapter import AdapterConfig
 
-@dataclass
-class ScriptedConfig:
-    vocab_size: int
-    mask_id: int
-    eos_id: int
-    eot_id: int | None = None
-    pad_id: int | None = None
+# the protocol's config of a model without weights: the HF adapter's (vocab_size, mask_id, eos_id, ...)
+ScriptedConfig = AdapterConfig
 
 
 @dataclass
@@ -28,19 +24,7 @@ class ScriptedModel:
     def new_cache(self, batch, max_len):
         return object()  # nothing to cache: logits depend on positions only
 
-    def __call__(
-        self,
-        tokens,
-        positions,
-        *,
-        cache=None,
-        cache_len=None,
-        kv_len=None,
-        attend_new=True,
-        write=None,
-        key_start=None,
-        logits_index=None,
-    ):
+    def __call__(self, tokens, positions, *, kv_len=None, logits_index=None, **_):  # the cache arguments: unused
         B, Lq = tokens.shape
         n = torch.full((B,), Lq) if kv_len is None else kv_len.cpu()
         self.calls.append([positions[b, : n[b]].tolist() for b in range(B)])

@@ -45,11 +45,38 @@ def make_inputs(
     return q, k, v, kw
 
 
+def launch(q, k, v, kw, **opts):
+    """The Triton launcher directly (no public-op checks), scale 0.125, on ``make_inputs``' tensors."""
+    return kernels.attention(
+        q, k, v, kw["k_cache"], kw["v_cache"], kw["cache_len"], kw["kv_len"], kw.get("key_start"), 0.125, **opts
+    )
+
+
 def check(q, k, v, **kw):
     """Kernel (public op) vs the fp32 reference, under the FlashAttention criterion."""
     got = dk.attention(q, k, v, backend="triton", **kw)
     assert_attention_close(got, reference.attention(q, k, v, **kw), attention_lowp(q, k, v, **kw))
     return got
+
+
+def check_prefix_case(case, D, dtype, device):
+    """:func:`check` on the inputs of a :data:`PREFIX_CASES` row's values at head dim ``D``."""
+    B, Lq, Hq, Hkv, Lk, Lmax, cache_len, kv_len, key_start = case
+    q, k, v, kw = make_inputs(
+        B,
+        Lq,
+        Hq,
+        Hkv,
+        D,
+        Lk=Lk,
+        Lmax=Lmax,
+        cache_len=cache_len,
+        kv_len=kv_len,
+        key_start=key_start,
+        dtype=dtype,
+        device=device,
+    )
+    check(q, k, v, **kw)
 
 
 def dtype_id(d):
@@ -68,21 +95,7 @@ PREFIX_CASES = [
 @pytest.mark.parametrize("D", [16, 64, 128])
 @pytest.mark.parametrize("B, Lq, Hq, Hkv, Lk, Lmax, cache_len, kv_len, key_start", PREFIX_CASES)
 def test_prefix_cache(device, dtype, D, B, Lq, Hq, Hkv, Lk, Lmax, cache_len, kv_len, key_start):
-    q, k, v, kw = make_inputs(
-        B,
-        Lq,
-        Hq,
-        Hkv,
-        D,
-        Lk=Lk,
-        Lmax=Lmax,
-        cache_len=cache_len,
-        kv_len=kv_len,
-        key_start=key_start,
-        dtype=dtype,
-        device=device,
-    )
-    check(q, k, v, **kw)
+    check_prefix_case((B, Lq, Hq, Hkv, Lk, Lmax, cache_len, kv_len, key_start), D, dtype, device)
 
 
 @pytest.mark.parametrize("dtype", CPU_DTYPES, ids=dtype_id)
@@ -108,19 +121,7 @@ def test_split_keys_and_combine(device, num_splits):
     q, k, v, kw = make_inputs(
         3, 6, 4, 2, 64, Lk=21, Lmax=45, cache_len=[45, 0, 30], kv_len=[21, 9, 0], key_start=[0, 3, 40], device=device
     )
-    got = kernels.attention(
-        q,
-        k,
-        v,
-        kw["k_cache"],
-        kw["v_cache"],
-        kw["cache_len"],
-        kw["kv_len"],
-        kw["key_start"],
-        0.125,
-        num_splits=num_splits,
-        block_n=16,
-    )
+    got = launch(q, k, v, kw, num_splits=num_splits, block_n=16)
     ref = reference.attention(q.cpu(), k.cpu(), v.cpu(), scale=0.125, **{n: t.cpu() for n, t in kw.items()})
     assert_attention_close(got, ref, ref)
 
@@ -129,9 +130,7 @@ def test_split_keys_and_combine(device, num_splits):
 def test_tiles_and_tails(device, block_n):
     """Full key tiles without masks, then a masked tail, in both the cache and the new part."""
     q, k, v, kw = make_inputs(2, 3, 2, 2, 64, Lk=37, Lmax=50, cache_len=[48, 17], kv_len=[37, 16], device=device)
-    got = kernels.attention(
-        q, k, v, kw["k_cache"], kw["v_cache"], kw["cache_len"], kw["kv_len"], None, 0.125, block_n=block_n
-    )
+    got = launch(q, k, v, kw, block_n=block_n)
     ref = reference.attention(q.cpu(), k.cpu(), v.cpu(), scale=0.125, **{n: t.cpu() for n, t in kw.items()})
     assert_attention_close(got, ref, ref)
 
@@ -162,19 +161,7 @@ def test_packed_query_heads(device, B, Lq, Hq, Hkv, num_splits):
         dtype=torch.float16,
         device=device,
     )
-    got = kernels.attention(
-        q,
-        k,
-        v,
-        kw["k_cache"],
-        kw["v_cache"],
-        kw["cache_len"],
-        kw["kv_len"],
-        kw["key_start"],
-        0.125,
-        num_splits=num_splits,
-        block_n=16,
-    )
+    got = launch(q, k, v, kw, num_splits=num_splits, block_n=16)
     assert_attention_close(
         got, reference.attention(q, k, v, scale=0.125, **kw), attention_lowp(q, k, v, scale=0.125, **kw)
     )
@@ -447,22 +434,7 @@ def test_gpu_prefill(dtype, D, L):
 @GPU
 def test_gpu_bf16_small_shapes():
     for args in PREFIX_CASES:
-        B, Lq, Hq, Hkv, Lk, Lmax, cache_len, kv_len, key_start = args.values
-        q, k, v, kw = make_inputs(
-            B,
-            Lq,
-            Hq,
-            Hkv,
-            128,
-            Lk=Lk,
-            Lmax=Lmax,
-            cache_len=cache_len,
-            kv_len=kv_len,
-            key_start=key_start,
-            dtype=torch.bfloat16,
-            device="cuda",
-        )
-        check(q, k, v, **kw)
+        check_prefix_case(args.values, 128, torch.bfloat16, "cuda")
 
 
 @GPU

@@ -9,6 +9,7 @@ import dataclasses
 
 import pytest
 import torch
+from helpers import commit_region
 
 import dllm_kernels as dk
 from dllm_kernels import CommitRule, CommitState, TokenStats
@@ -158,17 +159,8 @@ def test_backends_agree_on_non_finite_statistics(device, name):
                 .any(1)
                 .cpu()
             )
-            counts = dk.commit(
-                xb,
-                stats,
-                st,
-                rule,
-                active_start=start.to(dev),
-                active_end=end.to(dev),
-                mask_id=M,
-                step=step,
-                num_transfer=k.to(dev),
-                backend=backend,
+            counts = commit_region(
+                xb, stats, st, rule, start, end, mask_id=M, step=step, num_transfer=k.to(dev), backend=backend
             )
             assert (counts.cpu()[cand] >= 1).all(), f"{backend}: a row with candidates committed nothing"
             out[backend] = counts.cpu()
@@ -216,18 +208,7 @@ def test_unchecked_entry_equals_the_public_op(backend, device):
     a, b = x.to(device, copy=True), x.to(device, copy=True)
     st_a, st_b = CommitState.new(a), CommitState.new(b)
     stats_d = TokenStats(*(t.to(device) for t in stats))
-    want = dk.commit(
-        a,
-        stats_d,
-        st_a,
-        rule,
-        active_start=s.to(device),
-        active_end=e.to(device),
-        mask_id=M,
-        step=1,
-        num_transfer=k.to(device),
-        backend=backend,
-    )
+    want = commit_region(a, stats_d, st_a, rule, s, e, mask_id=M, step=1, num_transfer=k.to(device), backend=backend)
     rows = pack_rows(s.to(device), e.to(device), num_transfer=k.to(device))
     got = _commit_unchecked(b, stats_d, st_b, rule, rows, torch.tensor(1, device=device), M, backend=backend)
     assert torch.equal(got, want) and torch.equal(a, b)

@@ -8,6 +8,7 @@ import dataclasses
 
 import pytest
 import torch
+from helpers import commit_region
 
 import dllm_kernels as dk
 from dllm_kernels import CommitRule, CommitState, TokenStats
@@ -726,17 +727,7 @@ def test_token_edit_kernel_matches_reference_on_random_rows(device, seed):
             CommitState(*(getattr(state, f.name).clone().to(device) for f in dataclasses.fields(state))),
         )
         stats = TokenStats(token.to(device), prob.to(device), prob.to(device), prob.to(device))
-        counts = dk.commit(
-            xb,
-            stats,
-            st,
-            rule,
-            active_start=start.to(device),
-            active_end=end.to(device),
-            mask_id=M,
-            step=5,
-            backend=backend,
-        )
+        counts = commit_region(xb, stats, st, rule, start, end, mask_id=M, step=5, backend=backend)
         outs.append((xb.cpu(), counts.cpu(), st.commit_step.cpu()))
     for got, ref in zip(outs[0], outs[1]):
         assert torch.equal(got, ref)

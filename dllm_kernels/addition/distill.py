@@ -56,10 +56,10 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from .._argtypes import nonnegative_float, positive_float, positive_int
-from ..loop import generate
+from .._argtypes import nonnegative_float, positive_float, positive_int, run_command
 from ..models import save_checkpoint
 from .default import DEFAULT_DISTILLED_DIR, DEFAULT_MODEL_DIR, default_model
+from .evaluate import decode_batches
 from .task import AdditionTask, Problem
 
 # the teacher policy of each variant
@@ -91,13 +91,8 @@ def record_trajectories(
     **overrides,
 ) -> Trajectories:
     """Decode ``problems`` with the teacher ``model`` and ``policy``; keep the correct ones."""
-    device = next(model.parameters()).device
     keep = []
-    for i in range(0, len(problems), batch_size):
-        prompt, target = (t.to(device) for t in task.encode(list(problems[i : i + batch_size]), tokenizer))
-        out = generate(
-            model, prompt, policy=policy, gen_length=task.gen_length, block_length=task.block_length, **overrides
-        )
+    for prompt, target, out in decode_batches(model, task, problems, tokenizer, policy, batch_size, **overrides):
         ok = task.exact_match(out.generated, target, model.config.eos_id)
         order = out.commit_step[:, out.gen_start :].long()
         keep.append((prompt[ok], out.generated[ok], order[ok]))
@@ -233,10 +228,7 @@ def add_arguments(ap: argparse.ArgumentParser) -> None:
 def main(argv=None) -> int:
     """Record teacher trajectories with the shipped model, distill a copy, write it (fp16) with
     the tokenizer, task.json and distill.json."""
-    ap = argparse.ArgumentParser(prog="python -m dllm_kernels distill", description=main.__doc__)
-    add_arguments(ap)
-    command = ["python -m dllm_kernels distill", *(sys.argv[1:] if argv is None else argv)]
-    return run(ap.parse_args(argv), command)
+    return run_command("python -m dllm_kernels distill", main.__doc__, add_arguments, run, argv)
 
 
 def run(args: argparse.Namespace, command: list[str]) -> int:

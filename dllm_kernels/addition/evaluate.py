@@ -101,6 +101,21 @@ class EvalRow:
     n: int
 
 
+def decode_batches(
+    model, task: AdditionTask, problems: Sequence[Problem], tokenizer, policy: str, batch_size: int, **overrides
+):
+    """Decode ``problems`` ``batch_size`` at a time on ``model``'s device with ``policy`` (and its
+    constructor's ``overrides``): yields ``(prompt, target, out)`` per batch, ``out`` the
+    :func:`generate` result."""
+    device = next(model.parameters()).device
+    for i in range(0, len(problems), batch_size):
+        prompt, target = (t.to(device) for t in task.encode(list(problems[i : i + batch_size]), tokenizer))
+        out = generate(
+            model, prompt, policy=policy, gen_length=task.gen_length, block_length=task.block_length, **overrides
+        )
+        yield prompt, target, out
+
+
 @torch.no_grad()
 def evaluate(
     model,
@@ -129,22 +144,13 @@ def evaluate(
     """
     if not problems:
         raise ValueError("evaluate: problems must not be empty")
-    device = next(model.parameters()).device
     eos = model.config.eos_id
     correct, nfe, tpf, tokens = 0, 0.0, 0.0, 0
     with intra_op_threads(threads):
         t0 = time.perf_counter()
-        for i in range(0, len(problems), batch_size):
-            prompt, target = (t.to(device) for t in task.encode(list(problems[i : i + batch_size]), tokenizer))
-            out = generate(
-                model,
-                prompt,
-                policy=policy,
-                gen_length=task.gen_length,
-                block_length=task.block_length,
-                backend=backend,
-                **overrides,
-            )
+        for _, target, out in decode_batches(
+            model, task, problems, tokenizer, policy, batch_size, backend=backend, **overrides
+        ):
             toks = out.tokens_until_eos(eos)
             correct += int(task.exact_match(out.generated, target, eos).sum())
             nfe += out.nfe.sum().item()

@@ -38,7 +38,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from .._argtypes import positive_float, positive_int
+from .._argtypes import positive_float, positive_int, run_command
 from ..models import DiffusionLM, ModelConfig, save_checkpoint
 from .default import DEFAULT_MODEL_DIR, default_model
 from .evaluate import evaluate_vanilla
@@ -173,10 +173,7 @@ def add_arguments(ap: argparse.ArgumentParser) -> None:
 def main(argv=None) -> int:
     """Train the tiny model, write it as a checkpoint directory (fp16 weights, tokenizer.json,
     task.json, training.json), reload it and report its held-out vanilla accuracy."""
-    ap = argparse.ArgumentParser(prog="python -m dllm_kernels.addition.train", description=main.__doc__)
-    add_arguments(ap)
-    command = ["python -m dllm_kernels.addition.train", *(sys.argv[1:] if argv is None else argv)]
-    return run(ap.parse_args(argv), command)
+    return run_command("python -m dllm_kernels.addition.train", main.__doc__, add_arguments, run, argv)
 
 
 def run(args: argparse.Namespace, command: list[str]) -> int:
