@@ -240,9 +240,13 @@ POLICIES = {
 RULE_VARIANTS = {"r2_mean": ("r2", {"temporal_agg": "mean"})}
 
 # rules launched outside generate() that are compiled ahead of time too: the SGLang plugin's
-# JointThreshold (LLaDA2.1: strict threshold 0.5, i.e. the next fp32 above it, plus token editing;
-# dllm_kernels.integrations.sglang builds it from its YAML options)
-SERVING_RULES = {"llada21_edit": CommitRule(threshold=0.50000006, commit_best=False, token_edit=True)}
+# LowConfidence (strict threshold 0.95, its own fallback as the force region) and JointThreshold
+# (LLaDA2.1: strict threshold 0.5, i.e. the next fp32 above it, plus token editing);
+# dllm_kernels.integrations.sglang builds both from their YAML options
+SERVING_RULES = {
+    "low_confidence": CommitRule(threshold=0.95000005, commit_best=False),  # SGLang's LowConfidence
+    "llada21_edit": CommitRule(threshold=0.50000006, commit_best=False, token_edit=True),
+}
 
 
 def compiled_rules() -> dict[str, CommitRule]:
