@@ -30,9 +30,6 @@ CASES = int(os.environ.get("DLLM_FUZZ_CASES", "8"))
 GUARD = 64  # elements of sentinel on each side of an allocated output
 FLOATS = (torch.float32, torch.float16, torch.bfloat16)
 
-# ---- the one place for known defects fixed elsewhere ----------------------------------------------
-# token_stats: entropy is NaN when a whole vocabulary tile holds fp32 finfo.min (issue 16 item 1),
-# fixed on branch tstats; the lead removes this marker at merge.
 # ---- guarded allocations ----------------------------------------------------------------------
 
 
