@@ -1,4 +1,5 @@
-"""Pure-PyTorch reference of the block-sparse KV-cache refresh, one listed block at a time.
+"""Pure-PyTorch reference of the block-sparse KV-cache refresh: every listed block's rows as one
+indexed copy.
 
 Same name and signature as :func:`dllm_kernels.refresh_kv_cache` (minus ``backend``).
 """
@@ -38,13 +39,15 @@ def refresh_kv_cache(
         sin = rope_sin.float().expand(B, Ln, -1)[:, :, None, :]
         k32 = k_new.float()
         k_src = (k32 * cos + rotate_half(k32) * sin).to(k_cache.dtype)
-    starts = [0] * B if new_start is None else new_start.tolist()
-    for b, blocks in enumerate(block_ids.tolist()):
-        for blk in blocks:
-            if blk < 0:
-                continue
-            rows = torch.arange(blk * block_size, min((blk + 1) * block_size, Lmax), device=k_cache.device)
-            src = rows - starts[b]
-            keep = (src >= 0) & (src < Ln)
-            k_cache[b, rows[keep]] = k_src[b, src[keep]]
-            v_cache[b, rows[keep]] = v_new[b, src[keep]]
+    # every (row, listed block, offset in the block) at once: cache row r = blk * block_size + i
+    # takes source row r - new_start[b] where both exist (a block listed twice writes the same
+    # values twice)
+    span = min(block_size, Lmax)
+    blk = block_ids.long()[:, :, None]  # [B, nb, 1]
+    rows = blk * block_size + torch.arange(span, device=k_cache.device)  # [B, nb, span]
+    start = 0 if new_start is None else new_start.long()[:, None, None]
+    src = rows - start
+    keep = (blk >= 0) & (rows < Lmax) & (src >= 0) & (src < Ln)
+    b = torch.arange(B, device=k_cache.device)[:, None, None].expand_as(rows)[keep]
+    k_cache[b, rows[keep]] = k_src[b, src[keep]]
+    v_cache[b, rows[keep]] = v_new[b, src[keep]]
