@@ -27,6 +27,16 @@ def do_bench_ms(fn, warmup: int = 25, rep: int = 100) -> dict:
     return {"ms": p50, "ms_p20": p20, "ms_p80": p80}
 
 
+def graph_ms(fn) -> float | None:
+    """Median milliseconds of ``fn`` replayed from a CUDA graph, or None if it cannot be captured."""
+    from triton.testing import do_bench_cudagraph
+
+    try:
+        return do_bench_cudagraph(fn, rep=20, quantiles=[0.5, 0.2, 0.8])[0]
+    except RuntimeError:  # not capturable
+        return None
+
+
 def synchronised(fn):
     def run():
         fn()

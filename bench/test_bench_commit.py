@@ -11,7 +11,7 @@ host (None where a candidate cannot be captured).
 import pytest
 import torch
 from commit_cases import CANDIDATES, POLICIES, compiled_candidates, copy_case, make_case
-from common import add_speedups, do_bench_ms, plot_bars, synchronised, write_results
+from common import add_speedups, do_bench_ms, graph_ms, plot_bars, synchronised, write_results
 
 torch._dynamo.config.cache_size_limit = 1000  # one compile per shape and rule; never the eager fallback
 
@@ -38,15 +38,6 @@ def _write():
             plot_bars(f"commit_{policy}", rows, x="case", y="us", group="impl", ylabel="us per step (median)")
 
 
-def _graph_ms(fn):
-    from triton.testing import do_bench_cudagraph
-
-    try:
-        return do_bench_cudagraph(fn, rep=20, quantiles=[0.5, 0.2, 0.8])[0]
-    except RuntimeError:  # not capturable
-        return None
-
-
 @pytest.mark.parametrize("L", LENGTHS)
 @pytest.mark.parametrize("B", BATCH)
 @pytest.mark.parametrize("policy", list(POLICIES))
@@ -66,7 +57,7 @@ def test_commit(benchmark, impl, policy, B, L):
         "block": BLOCK,
         **t,
         "us": t["ms"] * 1e3,
-        "graph_ms": _graph_ms(lambda: fn(case)),
+        "graph_ms": graph_ms(lambda: fn(case)),
     }
     _rows.append(row)
     benchmark.extra_info.update(row)

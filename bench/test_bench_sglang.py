@@ -22,7 +22,7 @@ from types import SimpleNamespace
 
 import pytest
 import torch
-from common import do_bench_ms, write_results
+from common import do_bench_ms, graph_ms, write_results
 
 try:  # a full SGLang install (the GPU image of this project has none: then skipped)
     from sglang.srt.configs.bailing_hybrid import BailingHybridConfig
@@ -62,15 +62,6 @@ def _case(B):
     return ids.view(-1), prompt, logits
 
 
-def _graph_ms(fn):
-    from triton.testing import do_bench_cudagraph
-
-    try:
-        return do_bench_cudagraph(fn, rep=20, quantiles=[0.5, 0.2, 0.8])[0]
-    except RuntimeError:  # not capturable
-        return None
-
-
 @pytest.mark.parametrize("B", BATCH)
 @pytest.mark.parametrize("impl", ["sglang", "dllm_kernels"])
 @pytest.mark.parametrize("algo", list(PAIRS))
@@ -105,10 +96,10 @@ def test_step(benchmark, algo, impl, B):
                 states0[0].tensors["commit_step"].copy_(committed0)
             alg.step_done(fb, logits, states0)
 
-        graph = _graph_ms(device_step)
+        graph = graph_ms(device_step)
     elif algo == "JointThreshold":
         shared = states0[0]
-        graph = _graph_ms(
+        graph = graph_ms(
             lambda: (
                 fb.input_ids.copy_(ids0),
                 joint_threshold_update_step_vectorized(
