@@ -1,6 +1,7 @@
 """Trajectory distillation: the pseudo-trajectory masks built by hand from a known commit order,
 the loss terms by hand, teacher recording, and a bit-identical repeat of a tiny distillation."""
 
+import dataclasses
 import math
 import random
 
@@ -18,7 +19,8 @@ from dllm_kernels.addition.distill import (
     record_trajectories,
 )
 from dllm_kernels.addition.task import AdditionTask, build_tokenizer
-from dllm_kernels.models import DiffusionLM, ModelConfig
+from dllm_kernels.addition.train import tiny_addition_config
+from dllm_kernels.models import DiffusionLM
 
 
 def test_masks_are_the_positions_the_teacher_committed_last():
@@ -97,19 +99,11 @@ def _tiny_distill(seed):
     task = AdditionTask(n_digits=2, gen_length=8, block_length=4)
     tok = build_tokenizer()
     torch.manual_seed(0)
-    config = dict(
-        vocab_size=15,
-        d_model=32,
-        n_layers=1,
-        n_heads=2,
-        n_kv_heads=2,
-        head_dim=16,
-        ffn_dim=32,
-        mask_id=tok.mask_id,
-        eos_id=tok.eos_id,
-        max_seq_len=16,
+    # the shipped model's vocabulary and special ids, shrunk
+    config = dataclasses.replace(
+        tiny_addition_config(tok), d_model=32, n_layers=1, head_dim=16, ffn_dim=32, max_seq_len=16
     )
-    model = DiffusionLM(ModelConfig(**config), attn_impl="sdpa")
+    model = DiffusionLM(config, attn_impl="sdpa")
     start = [p.detach().clone() for p in model.parameters()]
     problems = task.sample(8, rng=random.Random(0))
     prompt, tokens = task.encode(problems, tok)
