@@ -85,60 +85,25 @@ D3LLM_EVAL = dict(
     eos_token_id=EOS,
     early_stop=True,
 )
+# LLaDA's generate() arguments (one token per step), which the other peers' calls extend
+LLADA = dict(steps=GEN, gen_length=GEN, block_length=BLOCK)
+FAST = dict(LLADA, threshold=0.9)
 # (name, peer, function, keyword arguments besides model and prompt); temperature 0 everywhere
 RUNS = [
-    ("llada_vanilla_k1", "LLaDA", "generate", dict(steps=GEN, gen_length=GEN, block_length=BLOCK)),
-    ("llada_vanilla_k4", "LLaDA", "generate", dict(steps=GEN // 4, gen_length=GEN, block_length=BLOCK)),
-    (
-        "llada_vanilla_k1_eos_eot_conf_inf",
-        "LLaDA",
-        "generate",
-        dict(steps=GEN, gen_length=GEN, block_length=BLOCK, confidence_eos_eot_inf=True),
-    ),
-    (
-        "fast_dllm_threshold",
-        "Fast-dLLM",
-        "generate",
-        dict(steps=GEN, gen_length=GEN, block_length=BLOCK, threshold=0.9),
-    ),
-    (
-        "fast_dllm_prefix_cache",
-        "Fast-dLLM",
-        "generate_with_prefix_cache",
-        dict(steps=GEN, gen_length=GEN, block_length=BLOCK, threshold=0.9),
-    ),
-    (
-        "fast_dllm_dual_cache",
-        "Fast-dLLM",
-        "generate_with_dual_cache",
-        dict(steps=GEN, gen_length=GEN, block_length=BLOCK, threshold=0.9),
-    ),
+    ("llada_vanilla_k1", "LLaDA", "generate", LLADA),
+    ("llada_vanilla_k4", "LLaDA", "generate", dict(LLADA, steps=GEN // 4)),
+    ("llada_vanilla_k1_eos_eot_conf_inf", "LLaDA", "generate", dict(LLADA, confidence_eos_eot_inf=True)),
+    ("fast_dllm_threshold", "Fast-dLLM", "generate", FAST),
+    ("fast_dllm_prefix_cache", "Fast-dLLM", "generate_with_prefix_cache", FAST),
+    ("fast_dllm_dual_cache", "Fast-dLLM", "generate_with_dual_cache", FAST),
     (
         "streaming_prefix_cache",
         "Streaming-dLLM",
         "generate_with_prefix_cache",
-        dict(
-            steps=GEN // BLOCK,
-            gen_length=GEN,
-            block_length=BLOCK,
-            threshold=0.9,
-            window_size=32,
-            confidence_alpha=0.3,
-            eos_id=EOS,
-        ),
+        dict(FAST, steps=GEN // BLOCK, window_size=32, confidence_alpha=0.3, eos_id=EOS),
     ),
-    (
-        "r2_dual_cache_scripts",
-        "R2-dLLM",
-        "generate_with_dual_cache",
-        dict(steps=GEN, gen_length=GEN, block_length=BLOCK, **R2_SCRIPTS),
-    ),
-    (
-        "r2_dual_cache_function_defaults",
-        "R2-dLLM",
-        "generate_with_dual_cache",
-        dict(steps=GEN, gen_length=GEN, block_length=BLOCK),
-    ),
+    ("r2_dual_cache_scripts", "R2-dLLM", "generate_with_dual_cache", dict(LLADA, **R2_SCRIPTS)),
+    ("r2_dual_cache_function_defaults", "R2-dLLM", "generate_with_dual_cache", LLADA),
     ("d3llm_multi_block", "d3LLM", "generate_multi_block", D3LLM_EVAL),
     (
         "d3llm_multi_block_kv_cache",
