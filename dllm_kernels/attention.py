@@ -21,29 +21,15 @@ from ._checks import (
     check_last_dim_contiguous,
     check_tensor,
 )
-from .backend import resolve_backend
+from .backend import launcher_op, resolve_backend
 
-
-@torch.library.custom_op("dllm_kernels::attention", mutates_args=())
-def _attention_op(
-    q: torch.Tensor,
-    k: torch.Tensor | None,
-    v: torch.Tensor | None,
-    k_cache: torch.Tensor | None,
-    v_cache: torch.Tensor | None,
-    cache_len: torch.Tensor | None,
-    kv_len: torch.Tensor | None,
-    key_start: torch.Tensor | None,
-    scale: float,
-) -> torch.Tensor:
-    from .kernels import attention as kernels
-
-    return kernels.attention(q, k, v, k_cache, v_cache, cache_len, kv_len, key_start, scale)
-
-
-@_attention_op.register_fake
-def _(q, k, v, k_cache, v_cache, cache_len, kv_len, key_start, scale):
-    return q.new_empty(q.shape)
+_attention_op = launcher_op(
+    "attention",
+    "attention",
+    "(Tensor q, Tensor? k, Tensor? v, Tensor? k_cache, Tensor? v_cache, Tensor? cache_len, Tensor? kv_len, "
+    "Tensor? key_start, float scale) -> Tensor",
+    fake=lambda q, *args: q.new_empty(q.shape),
+)
 
 
 def attention(

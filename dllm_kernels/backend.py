@@ -1,4 +1,5 @@
-"""Backend selection shared by every public op.
+"""Backend selection shared by every public op, and the registration of a launcher as the
+custom op that runs it.
 
 ``backend="auto"`` runs the Triton kernel on CUDA tensors and the PyTorch reference otherwise;
 ``"triton"`` forces the kernel (on CPU tensors this needs Triton's interpreter, i.e.
@@ -7,6 +8,9 @@ the reference.
 """
 
 from __future__ import annotations
+
+import importlib
+from collections.abc import Callable
 
 import torch
 
@@ -29,3 +33,23 @@ def resolve_backend(backend: str, device: torch.device, op: str) -> str:
         f"{op}: backend='triton' needs CUDA tensors, or CPU tensors with Triton's interpreter "
         f"(TRITON_INTERPRET=1 set before dllm_kernels.kernels is imported); got tensors on {device}"
     )
+
+
+def launcher_op(
+    family: str, launcher: str, schema: str, *, fake: Callable, mutates_args: tuple[str, ...] = ()
+) -> torch.library.CustomOpDef:
+    """Register the launcher ``dllm_kernels.kernels.<family>.<launcher>`` as the custom op
+    ``dllm_kernels::<launcher>`` with the fake implementation ``fake``; the op's arguments are
+    the launcher's positional arguments (DESIGN.md 2).
+
+    The kernels module is imported on the op's first call, so that ``TRITON_INTERPRET`` can
+    still be set after ``import dllm_kernels`` (Triton reads it when it decorates the kernels);
+    that is why ``schema`` is written out rather than inferred from the launcher's annotations.
+    """
+
+    def launch(*args):
+        return getattr(importlib.import_module(f"{__package__}.kernels.{family}"), launcher)(*args)
+
+    op = torch.library.custom_op(f"dllm_kernels::{launcher}", launch, mutates_args=mutates_args, schema=schema)
+    op.register_fake(fake)
+    return op

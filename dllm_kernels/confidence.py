@@ -16,7 +16,7 @@ from . import reference
 from ._checks import FLOAT_DTYPES, check_int_list, check_tensor
 from ._seeds import resolve_seed
 from ._types import TokenStats
-from .backend import resolve_backend
+from .backend import launcher_op, resolve_backend
 
 MAX_SUPPRESS_IDS = 16  # each id costs one compare per logit inside the kernel
 MAX_VOCAB = 2**31 - 1  # ids are int32 inside the kernels
@@ -80,28 +80,18 @@ def _(logits, vocab_start, vocab_size, temperature, seed, suppress_ids, seeds=No
     return logits.new_empty((*logits.shape[:-1], PARTIAL_WORDS), dtype=torch.float32)
 
 
-@torch.library.custom_op("dllm_kernels::merge_token_stats", mutates_args=())
-def _merge_token_stats_op(partials: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    from .kernels import confidence as kernels
-
-    return kernels.merge_token_stats(partials)
-
-
-@_merge_token_stats_op.register_fake
-def _(partials):
-    return _fake_stats(partials.shape[1:-1], partials)
-
-
-@torch.library.custom_op("dllm_kernels::window_confidence", mutates_args=())
-def _window_confidence_op(conf: torch.Tensor, decided: torch.Tensor, window: int, max_decided: int) -> torch.Tensor:
-    from .kernels import confidence as kernels
-
-    return kernels.window_confidence(conf, decided, window, max_decided)
-
-
-@_window_confidence_op.register_fake
-def _(conf, decided, window, max_decided):
-    return conf.new_empty(conf.shape, dtype=torch.float32)
+_merge_token_stats_op = launcher_op(
+    "confidence",
+    "merge_token_stats",
+    "(Tensor partials) -> (Tensor, Tensor, Tensor, Tensor)",
+    fake=lambda partials: _fake_stats(partials.shape[1:-1], partials),
+)
+_window_confidence_op = launcher_op(
+    "confidence",
+    "window_confidence",
+    "(Tensor conf, Tensor decided, SymInt window, SymInt max_decided) -> Tensor",
+    fake=lambda conf, *args: conf.new_empty(conf.shape, dtype=torch.float32),
+)
 
 
 # ------------------------------------------------------------------------------------------------

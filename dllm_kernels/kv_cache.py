@@ -19,29 +19,16 @@ from ._checks import (
     check_no_internal_overlap,
     check_tensor,
 )
-from .backend import resolve_backend
+from .backend import launcher_op, resolve_backend
 
-
-@torch.library.custom_op("dllm_kernels::refresh_kv_cache", mutates_args=("k_cache", "v_cache"))
-def _refresh_kv_cache_op(
-    k_cache: torch.Tensor,
-    v_cache: torch.Tensor,
-    k_new: torch.Tensor,
-    v_new: torch.Tensor,
-    block_ids: torch.Tensor,
-    block_size: int,
-    new_start: torch.Tensor | None,
-    rope_cos: torch.Tensor | None,
-    rope_sin: torch.Tensor | None,
-) -> None:
-    from .kernels import kv_cache as kernels
-
-    kernels.refresh_kv_cache(k_cache, v_cache, k_new, v_new, block_ids, block_size, new_start, rope_cos, rope_sin)
-
-
-@_refresh_kv_cache_op.register_fake
-def _(k_cache, v_cache, k_new, v_new, block_ids, block_size, new_start, rope_cos, rope_sin):
-    return None
+_refresh_kv_cache_op = launcher_op(
+    "kv_cache",
+    "refresh_kv_cache",
+    "(Tensor(a0!) k_cache, Tensor(a1!) v_cache, Tensor k_new, Tensor v_new, Tensor block_ids, SymInt block_size, "
+    "Tensor? new_start, Tensor? rope_cos, Tensor? rope_sin) -> ()",
+    fake=lambda *args: None,
+    mutates_args=("k_cache", "v_cache"),
+)
 
 
 def refresh_kv_cache(
