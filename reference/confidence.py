@@ -185,7 +185,7 @@ def merge_token_stats(partials) -> TokenStats:
     return TokenStats(*(t.view(lead) for t in out))
 
 
-def window_confidence(conf: torch.Tensor, decided: torch.Tensor, window: int, max_decided: int) -> torch.Tensor:
+def window_confidence(conf: torch.Tensor, decided: torch.Tensor, window: int = 3, max_decided: int = 1) -> torch.Tensor:
     """R2-dLLM's spatial aggregation (DESIGN.md 1.2, rule 5) as a per-position score.
 
     Windows of ``window`` consecutive positions slide over each row with stride 1. A window
