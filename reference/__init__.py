@@ -1,6 +1,9 @@
 """Pure-PyTorch references of every op, with the public ops' names and signatures.
 
-Written for clarity (fp32/fp64 math, plain loops allowed); the oracle of every kernel test.
+A reference takes its public op's parameters minus ``backend``: the same names, order, kinds and
+defaults (``tests/test_reference_signatures.py`` checks them), without type annotations: the
+typed signature and the contract have one home, the public op and its docstring. Written for
+clarity (fp32/fp64 math, plain loops allowed); the oracle of every kernel test.
 """
 
 from .attention import attention

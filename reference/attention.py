@@ -1,6 +1,7 @@
 """Pure-PyTorch reference of the decoding-step attention: plain math, one batch row at a time.
 
-Same name and signature as :func:`dllm_kernels.attention` (minus ``backend``). It builds each
+Same name and signature as :func:`dllm_kernels.attention` (minus ``backend``; the types are the
+public op's). It builds each
 row's key sequence explicitly (``cat(cache[:cache_len], new[:kv_len])[key_start:]``) and computes
 ``softmax(q k^T * scale) v`` with matmuls and ``torch.softmax``, never SDPA, so it is an
 independent oracle. ``attention`` computes in fp32; ``attention_lowp`` runs the same math in the
@@ -51,17 +52,8 @@ def _attention(
 
 
 def attention(
-    q: torch.Tensor,
-    k: torch.Tensor | None = None,
-    v: torch.Tensor | None = None,
-    *,
-    k_cache: torch.Tensor | None = None,
-    v_cache: torch.Tensor | None = None,
-    cache_len: torch.Tensor | None = None,
-    kv_len: torch.Tensor | None = None,
-    key_start: torch.Tensor | None = None,
-    scale: float | None = None,
-) -> torch.Tensor:
+    q, k=None, v=None, *, k_cache=None, v_cache=None, cache_len=None, kv_len=None, key_start=None, scale=None
+):
     """Bidirectional attention over ``[cache rows | new rows]``, in fp32, returned in q's dtype.
 
     See :func:`dllm_kernels.attention` for the contract: row ``b`` attends to cache rows
@@ -72,7 +64,7 @@ def attention(
     return _attention(q, k, v, dtype=torch.float32, **kw).to(q.dtype)
 
 
-def attention_lowp(q: torch.Tensor, k: torch.Tensor | None = None, v: torch.Tensor | None = None, **kwargs):
+def attention_lowp(q, k=None, v=None, **kwargs):
     """:func:`attention`'s math (same arguments) run in q's dtype, matmuls and softmax included:
     its error against the fp32 result is what FlashAttention's test criterion allows a kernel twice."""
     return _attention(q, k, v, dtype=q.dtype, **kwargs)

@@ -1,5 +1,8 @@
 """Pure-PyTorch reference of the token-commit op (DESIGN.md 1.2), written for clarity.
 
+Same name and signature as :func:`dllm_kernels.commit` (minus ``backend``; the types are the
+public op's).
+
 Every rule is a function of ``[B, L]`` boolean masks in canvas coordinates, applied in R2-dLLM's
 order. The code is vectorised over the batch (no loop over rows, no ``.item()``), so the same
 function serves as the eager and ``torch.compile`` baseline of the benchmark. Floats are
@@ -13,7 +16,7 @@ import torch
 import torch.nn.functional as F
 
 from dllm_kernels._schedule import num_transfer_schedule
-from dllm_kernels._types import CommitRule, CommitState, TokenStats
+from dllm_kernels._types import CommitState
 
 __all__ = ["commit", "num_transfer_schedule"]
 
@@ -157,21 +160,21 @@ def _token_edit_rule(rule, region, x, mask_id: int, state: CommitState, token, c
 
 
 def commit(
-    x: torch.Tensor,
-    stats: TokenStats,
-    state: CommitState,
-    rule: CommitRule,
+    x,
+    stats,
+    state,
+    rule,
     *,
-    active_start: torch.Tensor,
-    active_end: torch.Tensor,
-    mask_id: int,
+    active_start,
+    active_end,
+    mask_id,
     step,
-    num_transfer: torch.Tensor | None = None,
-    force_start: torch.Tensor | None = None,
-    force_end: torch.Tensor | None = None,
-    stats_offset: torch.Tensor | None = None,
-    vocab_size: int | None = None,
-) -> torch.Tensor:
+    num_transfer=None,
+    force_start=None,
+    force_end=None,
+    stats_offset=None,
+    vocab_size=None,
+):
     """One decoding step's commit; see :func:`dllm_kernels.commit` for the contract.
 
     Updates ``x`` and ``state`` in place; returns int32 ``[B]``, the positions committed per row.

@@ -1,7 +1,7 @@
 """Pure-PyTorch references of the confidence ops, written for clarity (fp64 where it matters).
 
-Same names and signatures as the public ops in ``dllm_kernels`` (minus ``backend``); they are the
-oracle of every kernel test.
+Same names and signatures as the public ops in ``dllm_kernels`` (minus ``backend``; the types are
+the public ops'); they are the oracle of every kernel test.
 """
 
 from __future__ import annotations
@@ -63,7 +63,7 @@ def _softmax(z: torch.Tensor) -> torch.Tensor:
     return e / e.sum(dim=-1, keepdim=True)
 
 
-def token_stats(logits: torch.Tensor, *, temperature: float = 0.0, seed=None, suppress_ids=None) -> TokenStats:
+def token_stats(logits, *, temperature=0.0, seed=None, suppress_ids=None):
     """Proposal token, its probability, the top-1/top-2 margin and the entropy of each row.
 
     See :func:`dllm_kernels.token_stats` for the contract (NaN / inf semantics included).
@@ -95,15 +95,7 @@ def token_stats(logits: torch.Tensor, *, temperature: float = 0.0, seed=None, su
     return TokenStats(token.view(lead), prob.view(lead), margin.view(lead), entropy.view(lead))
 
 
-def token_stats_partial(
-    logits_shard: torch.Tensor,
-    vocab_start: int,
-    *,
-    temperature: float = 0.0,
-    seed=None,
-    suppress_ids=None,
-    vocab_size: int | None = None,
-) -> torch.Tensor:
+def token_stats_partial(logits_shard, vocab_start, *, temperature=0.0, seed=None, suppress_ids=None, vocab_size=None):
     """The per-row state of a vocabulary shard that :func:`merge_token_stats` merges exactly.
 
     See :func:`dllm_kernels.token_stats_partial`. Computed in fp64 and stored as the kernel's
@@ -140,7 +132,7 @@ def token_stats_partial(
     return out.view(*lead, PARTIAL_WORDS)
 
 
-def merge_token_stats(partials) -> TokenStats:
+def merge_token_stats(partials):
     """Merge the partial states of the shards of a vocabulary into the statistics of the whole.
 
     ``partials``: a sequence of ``[*lead, 8]`` tensors from :func:`token_stats_partial` (any
@@ -185,7 +177,7 @@ def merge_token_stats(partials) -> TokenStats:
     return TokenStats(*(t.view(lead) for t in out))
 
 
-def window_confidence(conf: torch.Tensor, decided: torch.Tensor, window: int = 3, max_decided: int = 1) -> torch.Tensor:
+def window_confidence(conf, decided, window=3, max_decided=1):
     """R2-dLLM's spatial aggregation (DESIGN.md 1.2, rule 5) as a per-position score.
 
     Windows of ``window`` consecutive positions slide over each row with stride 1. A window

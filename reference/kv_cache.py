@@ -1,7 +1,8 @@
 """Pure-PyTorch reference of the block-sparse KV-cache refresh: every listed block's rows as one
 indexed copy.
 
-Same name and signature as :func:`dllm_kernels.refresh_kv_cache` (minus ``backend``).
+Same name and signature as :func:`dllm_kernels.refresh_kv_cache` (minus ``backend``; the types are
+the public op's).
 """
 
 from __future__ import annotations
@@ -12,17 +13,8 @@ from dllm_kernels._rope import rotate_half
 
 
 def refresh_kv_cache(
-    k_cache: torch.Tensor,
-    v_cache: torch.Tensor,
-    k_new: torch.Tensor,
-    v_new: torch.Tensor,
-    block_ids: torch.Tensor,
-    block_size: int,
-    *,
-    new_start: torch.Tensor | None = None,
-    rope_cos: torch.Tensor | None = None,
-    rope_sin: torch.Tensor | None = None,
-) -> None:
+    k_cache, v_cache, k_new, v_new, block_ids, block_size, *, new_start=None, rope_cos=None, rope_sin=None
+):
     """Overwrite, in place, the cache rows of the listed blocks with the matching new rows.
 
     For each row ``b`` and each ``blk >= 0`` in ``block_ids[b]``, cache rows

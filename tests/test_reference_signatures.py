@@ -1,5 +1,6 @@
 """Every reference has its public op's signature minus ``backend`` (DESIGN.md 2): the same
-parameter names, kinds and defaults, so that a test calls either with the same arguments."""
+parameter names, kinds and defaults, so that a test calls either with the same arguments.
+Annotations are not compared: the references leave the types to the public op."""
 
 import inspect
 
