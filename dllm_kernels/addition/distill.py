@@ -29,7 +29,7 @@ What d3LLM does (``hao-ai-lab/d3LLM`` ``d3llm_LLaDA/distill_*``), and what is im
 
 Differences from d3LLM, all because the model and task are tiny: full fine-tuning in fp32 with
 bf16 autocast instead of LoRA r=256; a fixed block length (the task's 8) instead of the
-progressive window 16 -> 32; a constant learning rate of AdamW as d3LLM but 3e-4 (d3LLM: 2e-5
+progressive window 16 -> 32; a constant learning rate of AdamW as d3LLM but 1e-4 (d3LLM: 2e-5
 on LoRA); a fixed number of steps over resampled trajectories instead of 6 epochs.
 
 R2-style variant (``--variant r2``). R2-dLLM publishes no training code; its README says the
@@ -56,11 +56,12 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from .._argtypes import nonnegative_float, positive_float, positive_int, run_command
+from .._argtypes import nonnegative_float, positive_int, run_command
 from ..models import save_checkpoint
 from .default import DEFAULT_DISTILLED_DIR, DEFAULT_MODEL_DIR, default_model
 from .evaluate import decode_batches
 from .task import AdditionTask, Problem
+from .train import OptimConfig
 
 # the teacher policy of each variant
 TEACHERS = {"d3": ("vanilla", {}), "r2": ("r2", {})}
@@ -149,18 +150,17 @@ def distill_loss(
     return loss, {"ce": ce.item(), "ce_comp": ce_comp.item(), "entropy": entropy.item()}
 
 
-@dataclass(frozen=True)
-class DistillConfig:
+@dataclass(frozen=True, kw_only=True)
+class DistillConfig(OptimConfig):
+    """Distillation (module docstring): AdamW at a constant ``lr`` without weight decay, mask
+    ratios rising to ``max_ratio``, the loss's entropy term weighted by ``entropy_weight``."""
+
     variant: str = "d3"  # "d3": vanilla teacher; "r2": the efficient R2 decoder as teacher
     problems: int = 2048  # training-split problems decoded by the teacher
     steps: int = 300
-    batch_size: int = 128
     lr: float = 1e-4
     max_ratio: float = 0.8
     entropy_weight: float = 2.0
-    seed: int = 0
-    threads: int = 2
-    bf16: bool = True
 
 
 def distill(model, task: AdditionTask, traj: Trajectories, cfg: DistillConfig, *, log_every: int = 50, log=print):
@@ -168,7 +168,7 @@ def distill(model, task: AdditionTask, traj: Trajectories, cfg: DistillConfig, *
     torch.set_num_threads(cfg.threads)
     torch.manual_seed(cfg.seed)
     gen = torch.Generator().manual_seed(cfg.seed)
-    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, betas=(0.9, 0.98), weight_decay=0.0)
+    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, betas=cfg.betas, weight_decay=0.0)
     device = next(model.parameters()).device
     history, running = [], {}
     wall, cpu = time.perf_counter(), time.process_time()
@@ -184,7 +184,7 @@ def distill(model, task: AdditionTask, traj: Trajectories, cfg: DistillConfig, *
             loss, terms = distill_loss(model, *batch, entropy_weight=cfg.entropy_weight)
         opt.zero_grad(set_to_none=True)
         loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
         opt.step()
         for k, v in {"loss": loss.item(), **terms}.items():
             running[k] = running.get(k, 0.0) + v
@@ -203,26 +203,15 @@ def distill(model, task: AdditionTask, traj: Trajectories, cfg: DistillConfig, *
     return model.eval(), history
 
 
-_ARG_TYPES = {
-    "problems": positive_int,
-    "steps": positive_int,
-    "batch_size": positive_int,
-    "lr": positive_float,
-    "entropy_weight": nonnegative_float,
-    "seed": int,
-    "threads": positive_int,
-}
-
-
 def add_arguments(ap: argparse.ArgumentParser) -> None:
     """The options of ``python -m dllm_kernels distill`` (and of this module's :func:`main`)."""
     d = DistillConfig()
     ap.add_argument("--variant", default=d.variant, choices=sorted(TEACHERS))
     ap.add_argument("--teacher", type=pathlib.Path, default=DEFAULT_MODEL_DIR)
     ap.add_argument("--out", type=pathlib.Path, default=None, help=f"default: {DEFAULT_DISTILLED_DIR} (d3 variant)")
-    for f, kind in _ARG_TYPES.items():
-        ap.add_argument(f"--{f.replace('_', '-')}", type=kind, default=getattr(d, f))
-    ap.add_argument("--bf16", action=argparse.BooleanOptionalAction, default=d.bf16)
+    ap.add_argument("--problems", type=positive_int, default=d.problems)
+    ap.add_argument("--entropy-weight", type=nonnegative_float, default=d.entropy_weight)
+    DistillConfig.add_arguments(ap)
 
 
 def main(argv=None) -> int:
@@ -233,14 +222,11 @@ def main(argv=None) -> int:
 
 def run(args: argparse.Namespace, command: list[str]) -> int:
     """:func:`main` on parsed options (``command``: the command line recorded in distill.json)."""
-    d = DistillConfig()
     if args.out is None:
         args.out = (
             DEFAULT_DISTILLED_DIR if args.variant == "d3" else DEFAULT_DISTILLED_DIR.with_name("tiny-addition-r2")
         )
-    cfg = dataclasses.replace(
-        d, **{f.name: getattr(args, f.name) for f in dataclasses.fields(d) if hasattr(args, f.name)}
-    )
+    cfg = DistillConfig.from_args(args)
 
     torch.set_num_threads(cfg.threads)
     model, tok, task = default_model(attn_impl="sdpa", path=args.teacher)

@@ -63,20 +63,51 @@ def tiny_addition_config(tokenizer) -> ModelConfig:
     )
 
 
-@dataclass(frozen=True)
-class TrainConfig:
-    steps: int = 1000
+@dataclass(frozen=True, kw_only=True)
+class OptimConfig:
+    """What training and distillation (:class:`~dllm_kernels.addition.distill.DistillConfig`)
+    share: ``steps`` AdamW steps (``lr``, ``betas``) on batches of ``batch_size`` problems,
+    gradients clipped at norm ``grad_clip``, ``threads`` CPU threads, everything random drawn from
+    ``seed``; ``bf16`` autocasts the matmuls to bf16 (1.6x faster on AVX512-BF16 CPUs; use
+    ``--no-bf16`` on others)."""
+
+    steps: int
+    lr: float
     batch_size: int = 128
+    betas: tuple[float, float] = (0.9, 0.98)
+    grad_clip: float = 1.0
+    seed: int = 0
+    threads: int = 2
+    bf16: bool = True
+
+    @classmethod
+    def add_arguments(cls, ap: argparse.ArgumentParser) -> None:
+        """The command-line options of the shared settings, defaulting to ``cls``'s values."""
+        d = cls()
+        ap.add_argument("--steps", type=positive_int, default=d.steps)
+        ap.add_argument("--batch-size", type=positive_int, default=d.batch_size)
+        ap.add_argument("--lr", type=positive_float, default=d.lr)
+        ap.add_argument("--seed", type=int, default=d.seed)
+        ap.add_argument("--threads", type=positive_int, default=d.threads)
+        ap.add_argument("--bf16", action=argparse.BooleanOptionalAction, default=d.bf16)
+
+    @classmethod
+    def from_args(cls, args: argparse.Namespace):
+        """The config of parsed options: every field that ``args`` holds, the defaults elsewhere."""
+        return cls(**{f.name: getattr(args, f.name) for f in dataclasses.fields(cls) if hasattr(args, f.name)})
+
+
+@dataclass(frozen=True, kw_only=True)
+class TrainConfig(OptimConfig):
+    """Training from scratch (module docstring): ``warmup_steps`` of linear warm-up, cosine decay
+    to ``min_lr_ratio`` of the peak, AdamW ``weight_decay`` on matrices, LLaDA's ``mask_eps``."""
+
+    steps: int = 1000
     lr: float = 2e-3
     warmup_steps: int = 100
     min_lr_ratio: float = 0.1
     weight_decay: float = 0.1
-    betas: tuple[float, float] = (0.9, 0.98)
-    grad_clip: float = 1.0
     mask_eps: float = 1e-3
-    seed: int = 0
-    threads: int = 2
-    bf16: bool = True  # autocast matmuls to bf16 (1.6x faster on AVX512-BF16 CPUs; use --no-bf16 on others)
 
 
 def masked_diffusion_loss(
@@ -157,14 +188,8 @@ def train(
 
 def add_arguments(ap: argparse.ArgumentParser) -> None:
     """The options of ``python -m dllm_kernels train`` (and of this module's :func:`main`)."""
-    d = TrainConfig()
     ap.add_argument("--out", type=pathlib.Path, default=DEFAULT_MODEL_DIR)
-    ap.add_argument("--steps", type=positive_int, default=d.steps)
-    ap.add_argument("--batch-size", type=positive_int, default=d.batch_size)
-    ap.add_argument("--lr", type=positive_float, default=d.lr)
-    ap.add_argument("--seed", type=int, default=d.seed)
-    ap.add_argument("--threads", type=positive_int, default=d.threads)
-    ap.add_argument("--bf16", action=argparse.BooleanOptionalAction, default=d.bf16)
+    TrainConfig.add_arguments(ap)
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--heldout", type=positive_int, default=1000, help="held-out problems for the final accuracy")
     ap.add_argument("--heldout-seed", type=int, default=1234)
@@ -178,17 +203,8 @@ def main(argv=None) -> int:
 
 def run(args: argparse.Namespace, command: list[str]) -> int:
     """:func:`main` on parsed options (``command``: the command line recorded in training.json)."""
-    d = TrainConfig()
     task = AdditionTask()
-    cfg = dataclasses.replace(
-        d,
-        steps=args.steps,
-        batch_size=args.batch_size,
-        lr=args.lr,
-        seed=args.seed,
-        threads=args.threads,
-        bf16=args.bf16,
-    )
+    cfg = TrainConfig.from_args(args)
     model, history = train(task, cfg, device=args.device)
     last = history[-1]
     print(f"trained {cfg.steps} steps: {last['wall_seconds']:.0f} s wall, {last['cpu_seconds']:.0f} s CPU time")
