@@ -54,6 +54,20 @@ def test_round_trip_logits(tiny, fmt, n_shards):
     assert torch.equal(model(x), ck.model(attn_impl="sdpa")(x))
 
 
+@torch.no_grad()
+def test_kv_heads_default_per_release_and_grouped_llada_round_trips(tiny, tmp_path):
+    """n_kv_heads defaults to n_heads for LLaDA (as LLaDA-8B) and to 2 for Dream; a grouped
+    LLaDA checkpoint (config.json's n_kv_heads) loads to the written model."""
+    assert (tiny["llada", 1].config.n_heads, tiny["llada", 1].config.n_kv_heads) == (4, 4)
+    assert (tiny["dream", 1].config.n_heads, tiny["dream", 1].config.n_kv_heads) == (4, 2)
+    ck = write_tiny_llada(tmp_path, n_layers=1, n_kv_heads=2, n_shards=1)
+    assert json.loads((tmp_path / "config.json").read_text())["n_kv_heads"] == 2
+    model = load_pretrained(tmp_path, attn_impl="sdpa")
+    assert model.config == ck.config and ck.config.n_kv_heads == 2
+    x = torch.randint(0, ck.config.vocab_size, (2, 7))
+    assert torch.equal(model(x), ck.model(attn_impl="sdpa")(x))
+
+
 def _tensor_names(path):
     if (path / INDEX).exists():
         return set(json.loads((path / INDEX).read_text())["weight_map"])

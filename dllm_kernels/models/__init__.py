@@ -5,7 +5,7 @@ from .checkpoint import load_checkpoint, save_checkpoint
 from .config import ModelConfig, dream_7b, llada_8b, llada_8b_layer, tiny
 from .hf import load_pretrained
 from .protocol import CachedDiffusionModel, CacheWrite, DiffusionModel, DiffusionModelConfig, model_device
-from .tiny_checkpoints import TinyCheckpoint, write_tiny_dream, write_tiny_llada
+from .tiny_checkpoints import TinyCheckpoint, write_tiny_checkpoint, write_tiny_dream, write_tiny_llada
 from .tokenizer import Tokenizer, load_tokenizer
 from .transformer import ATTN_IMPLS, DiffusionLM, KVCache
 
@@ -31,6 +31,7 @@ __all__ = [
     "model_device",
     "save_checkpoint",
     "tiny",
+    "write_tiny_checkpoint",
     "write_tiny_dream",
     "write_tiny_llada",
 ]

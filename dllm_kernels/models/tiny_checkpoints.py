@@ -13,6 +13,7 @@ from safetensors.torch import save_file
 
 from .config import ModelConfig
 from .hf import (
+    DREAM,
     DREAM_7B_CONFIG,
     DREAM_SPECIAL_TOKENS,
     INDEX,
@@ -124,13 +125,65 @@ def _write_json(file: pathlib.Path, obj: dict) -> None:
     file.write_text(json.dumps(obj, indent=2, sort_keys=True) + "\n")
 
 
-def write_tiny_llada(
+@dataclass(frozen=True)
+class _Release:
+    """What a tiny writer takes from a release: its config.json and special tokens, the
+    config.json keys that each size argument sets, the special token behind each token-id key,
+    and the default ``n_kv_heads`` (None: ``n_heads``)."""
+
+    config: dict
+    special_tokens: dict[str, int]
+    size_keys: dict[str, tuple[str, ...]]
+    token_keys: dict[str, str]
+    n_kv_heads: int | None
+
+
+_RELEASES = {
+    LLADA: _Release(
+        LLADA_8B_CONFIG,
+        LLADA_SPECIAL_TOKENS,
+        size_keys={
+            "d_model": ("d_model",),
+            "n_layers": ("n_layers",),
+            "n_heads": ("n_heads",),
+            "n_kv_heads": ("n_kv_heads",),
+            "ffn_dim": ("mlp_hidden_size",),
+            "vocab_size": ("vocab_size", "embedding_size"),
+            "max_seq_len": ("max_sequence_length",),
+        },
+        token_keys={"mask_token_id": "<|mdm_mask|>", "eos_token_id": "<|endoftext|>", "pad_token_id": "<|endoftext|>"},
+        n_kv_heads=None,  # LLaDA-8B: no grouped-query attention
+    ),
+    DREAM: _Release(
+        DREAM_7B_CONFIG,
+        DREAM_SPECIAL_TOKENS,
+        size_keys={
+            "d_model": ("hidden_size",),
+            "n_layers": ("num_hidden_layers", "max_window_layers"),
+            "n_heads": ("num_attention_heads",),
+            "n_kv_heads": ("num_key_value_heads",),
+            "ffn_dim": ("intermediate_size",),
+            "vocab_size": ("vocab_size",),
+            "max_seq_len": ("max_position_embeddings",),
+        },
+        token_keys={
+            "mask_token_id": "<|mask|>",
+            **dict.fromkeys(("bos_token_id", "eos_token_id", "pad_token_id"), "<|endoftext|>"),
+        },
+        n_kv_heads=2,  # grouped, as Dream-7B (28 heads, 4 KV heads)
+    ),
+}
+
+
+def write_tiny_checkpoint(
     path,
+    model_type: str,
     *,
     vocab_size: int = 320,
     d_model: int = 32,
     n_layers: int = 2,
     n_heads: int = 4,
+    n_kv_heads: int | None = None,
     ffn_dim: int = 64,
     max_seq_len: int = 256,
     n_shards: int = 2,
@@ -138,87 +191,74 @@ def write_tiny_llada(
     head_scale: float = 1.0,
     attn_scale: float = 1.0,
 ) -> TinyCheckpoint:
-    """A random LLaDA checkpoint in the format of GSAI-ML/LLaDA-8B-Instruct, tiny.
+    """A random checkpoint in the format of the release whose config.json ``model_type`` is
+    ``model_type`` (``"llada"``: GSAI-ML/LLaDA-8B-Instruct; ``"Dream"``:
+    Dream-org/Dream-v0-Instruct-7B), tiny; :func:`write_tiny_llada` and :func:`write_tiny_dream`
+    say what each writes.
+
+    ``config.json`` holds all of the release's keys with the tiny sizes; the weights are written
+    under the release's names (``n_shards`` > 1: shards + ``model.safetensors.index.json``; 1:
+    ``model.safetensors``); the tokenizer is a byte-level BPE with the release's special tokens,
+    at the release's ids when ``vocab_size`` is the release's, else right after the 260-token
+    base vocabulary. ``n_kv_heads`` None: LLaDA's ``n_heads``, Dream's 2. ``head_scale`` and
+    ``attn_scale`` shape the random weights (:func:`_random_state`); the output is a
+    deterministic function of the arguments.
+    """
+    release = _RELEASES[model_type]
+    path = pathlib.Path(path)
+    base = _base_vocab()
+    special = _special_ids(release.special_tokens, release.config["vocab_size"], vocab_size, len(base))
+    if n_kv_heads is None:
+        n_kv_heads = release.n_kv_heads or n_heads
+    sizes = dict(
+        d_model=d_model,
+        n_layers=n_layers,
+        n_heads=n_heads,
+        n_kv_heads=n_kv_heads,
+        ffn_dim=ffn_dim,
+        vocab_size=vocab_size,
+        max_seq_len=max_seq_len,
+    )
+    hf = dict(release.config)
+    for size, keys in release.size_keys.items():
+        hf.update(dict.fromkeys(keys, sizes[size]))
+    hf.update({key: special[token] for key, token in release.token_keys.items()})
+    path.mkdir(parents=True, exist_ok=True)
+    config = config_from_hf(hf, special)
+    ckpt = TinyCheckpoint(path, config, _random_state(config, seed, head_scale, attn_scale))
+    _write_json(path / "config.json", hf)
+    _write_weights(path, model_type, ckpt, n_shards)
+    _write_tokenizer(path, model_type, base, special, max_seq_len)
+    return ckpt
+
+
+def write_tiny_llada(path, **sizes) -> TinyCheckpoint:
+    """A random LLaDA checkpoint in the format of GSAI-ML/LLaDA-8B-Instruct, tiny (``sizes``: the
+    keyword arguments of :func:`write_tiny_checkpoint`; ``n_kv_heads`` defaults to ``n_heads``).
 
     Writes ``config.json`` (all of LLaDA-8B's keys, tiny sizes), the weights under LLaDA's names
-    (``n_shards`` > 1: shards + ``model.safetensors.index.json``; 1: ``model.safetensors``) and a
-    byte-level BPE ``tokenizer.json`` with LLaDA's six special tokens. At ``vocab_size`` 126464
-    the special ids are LLaDA's own (mask 126336, EOS 126081, EoT 126348: the ids the public
-    decoders hard-code); otherwise they follow the 260-token base vocabulary.
-    ``head_scale`` and ``attn_scale`` shape the random weights (:func:`_random_state`); the
-    output is a deterministic function of the arguments.
+    and a byte-level BPE ``tokenizer.json`` with LLaDA's six special tokens. At ``vocab_size``
+    126464 the special ids are LLaDA's own (mask 126336, EOS 126081, EoT 126348: the ids the
+    public decoders hard-code); otherwise they follow the 260-token base vocabulary.
     """
-    path = pathlib.Path(path)
-    base = _base_vocab()
-    special = _special_ids(LLADA_SPECIAL_TOKENS, LLADA_8B_CONFIG["vocab_size"], vocab_size, len(base))
-    hf = {
-        **LLADA_8B_CONFIG,
-        "d_model": d_model,
-        "n_layers": n_layers,
-        "n_heads": n_heads,
-        "n_kv_heads": n_heads,
-        "mlp_hidden_size": ffn_dim,
-        "vocab_size": vocab_size,
-        "embedding_size": vocab_size,
-        "max_sequence_length": max_seq_len,
-        "mask_token_id": special["<|mdm_mask|>"],
-        "eos_token_id": special["<|endoftext|>"],
-        "pad_token_id": special["<|endoftext|>"],
-    }
-    return _write_tiny(path, hf, special, n_shards, base, seed, head_scale, attn_scale)
+    return write_tiny_checkpoint(path, LLADA, **sizes)
 
 
-def write_tiny_dream(
-    path,
-    *,
-    vocab_size: int = 320,
-    d_model: int = 32,
-    n_layers: int = 2,
-    n_heads: int = 4,
-    n_kv_heads: int = 2,
-    ffn_dim: int = 64,
-    max_seq_len: int = 256,
-    n_shards: int = 2,
-    seed: int = 0,
-    head_scale: float = 1.0,
-    attn_scale: float = 1.0,
-) -> TinyCheckpoint:
-    """A random Dream checkpoint in the format of Dream-org/Dream-v0-Instruct-7B, tiny.
+def write_tiny_dream(path, **sizes) -> TinyCheckpoint:
+    """A random Dream checkpoint in the format of Dream-org/Dream-v0-Instruct-7B, tiny (``sizes``:
+    the keyword arguments of :func:`write_tiny_checkpoint`; ``n_kv_heads`` defaults to 2).
 
-    Writes ``config.json`` (Dream-7B's keys, tiny sizes), the weights under Dream's names (shards +
-    index, or one file) and Dream's tokenizer files: ``vocab.json`` + ``merges.txt`` (a byte-level
-    BPE) and ``tokenizer_config.json`` whose ``added_tokens_decoder`` holds the special tokens (at
-    Dream's ids when ``vocab_size`` is 152064, else right after the base vocabulary, as in Dream).
+    Writes ``config.json`` (Dream-7B's keys, tiny sizes), the weights under Dream's names and
+    Dream's tokenizer files: ``vocab.json`` + ``merges.txt`` (a byte-level BPE) and
+    ``tokenizer_config.json`` whose ``added_tokens_decoder`` holds the special tokens (at Dream's
+    ids when ``vocab_size`` is 152064, else right after the base vocabulary, as in Dream).
     """
-    path = pathlib.Path(path)
-    base = _base_vocab()
-    special = _special_ids(DREAM_SPECIAL_TOKENS, DREAM_7B_CONFIG["vocab_size"], vocab_size, len(base))
-    eos = special["<|endoftext|>"]
-    hf = {
-        **DREAM_7B_CONFIG,
-        "hidden_size": d_model,
-        "num_hidden_layers": n_layers,
-        "max_window_layers": n_layers,
-        "num_attention_heads": n_heads,
-        "num_key_value_heads": n_kv_heads,
-        "intermediate_size": ffn_dim,
-        "vocab_size": vocab_size,
-        "max_position_embeddings": max_seq_len,
-        "mask_token_id": special["<|mask|>"],
-        "bos_token_id": eos,
-        "eos_token_id": eos,
-        "pad_token_id": eos,
-    }
-    return _write_tiny(path, hf, special, n_shards, base, seed, head_scale, attn_scale)
+    return write_tiny_checkpoint(path, DREAM, **sizes)
 
 
-def _write_tiny(path, hf, special, n_shards, base, *init) -> TinyCheckpoint:
-    path.mkdir(parents=True, exist_ok=True)
-    fmt = hf["model_type"]
-    config = config_from_hf(hf, special)
-    ckpt = TinyCheckpoint(path, config, _random_state(config, *init))
-    _write_json(path / "config.json", hf)
-    _write_weights(path, fmt, ckpt, n_shards)
+def _write_tokenizer(path: pathlib.Path, fmt: str, base: dict[str, int], special: dict[str, int], max_seq_len: int):
+    """LLaDA's ``tokenizer.json``, or Dream's ``vocab.json`` + ``merges.txt`` +
+    ``tokenizer_config.json``: the byte-level BPE ``base`` + :data:`_TINY_MERGES`, ``special``."""
     if fmt == LLADA:
         _write_json(path / "tokenizer.json", _byte_level_bpe(base, _TINY_MERGES, special))
     else:
@@ -248,9 +288,8 @@ def _write_tiny(path, hf, special, n_shards, base, *init) -> TinyCheckpoint:
                 "errors": "replace",
                 "split_special_tokens": False,
                 "clean_up_tokenization_spaces": False,
-                "model_max_length": hf["max_position_embeddings"],
+                "model_max_length": max_seq_len,
                 "tokenizer_class": "DreamTokenizer",
                 "auto_map": {"AutoTokenizer": ["tokenization_dream.DreamTokenizer", None]},
             },
         )
-    return ckpt
