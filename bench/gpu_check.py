@@ -90,55 +90,48 @@ def use_working_tree() -> None:
 # shapes of each mode
 # ------------------------------------------------------------------------------------------------
 
-GPU_CONFIG = {
-    "budget_s": 450,  # the whole run; scripts/gpu_check.sh kills it at 480 s
-    "tests_budget_s": 150,
-    "tests_per_test_timeout_s": 60,
-    "tests_workers": 4,
-    "tests": ["tests"],
-    "copy_bytes": 1 << 30,
-    "matmul_n": 8192,
-    "dtype": "bfloat16",
-    "token_stats_rows": [32, 1024],
-    "vocab": 126464,
-    "attn": {"B": 8, "Lq": 32, "cache": 2048, "D": 128, "models": {"llada": (32, 32), "dream": (28, 4)}},
-    "refresh": {"B": 8, "Lmax": 2048, "H": 32, "D": 128, "blocks": 8, "block": 32},
-    "commit": {"B": 64, "L": 1024, "block": 32, "policies": ["fast_dllm", "r2", "d3llm"]},
-    "step": {
-        "layers": 2,
-        "batches": [1, 8],
-        "prompt": 256,
-        "gen": 64,
-        "block": 32,
-        "policy": "fast_dllm",
-        "repeats": 3,
-    },
-    "compile_backend": "inductor",
-    "graph_calls": 20,  # calls captured per CUDA graph (replay time / calls)
-    "host_calls": 200,
-    "warm": True,
+# every setting as (GPU value, CPU value): the CPU mode runs the same phases on Triton's
+# interpreter with tiny shapes
+MODES = {
+    # GPU: the whole run (scripts/gpu_check.sh kills it at 480 s); CPU: a safety net only, the CPU
+    # mode takes seconds of CPU time
+    "budget_s": (450, 600),
+    "tests_budget_s": (150, 60),
+    "tests_per_test_timeout_s": (60, 60),
+    "tests_workers": (4, 1),
+    # CPU: collected and skipped without CUDA: the plumbing only
+    "tests": (["tests"], ["tests/test_refresh_kv_cache.py"]),
+    "copy_bytes": (1 << 30, 1 << 20),
+    "matmul_n": (8192, 64),
+    "dtype": ("bfloat16", "float32"),
+    "token_stats_rows": ([32, 1024], [1, 2]),
+    "vocab": (126464, 256),
+    "attn": (
+        {"B": 8, "Lq": 32, "cache": 2048, "D": 128, "models": {"llada": (32, 32), "dream": (28, 4)}},
+        {"B": 1, "Lq": 4, "cache": 24, "D": 16, "models": {"llada": (2, 2), "dream": (4, 1)}},
+    ),
+    "refresh": (
+        {"B": 8, "Lmax": 2048, "H": 32, "D": 128, "blocks": 8, "block": 32},
+        {"B": 1, "Lmax": 32, "H": 2, "D": 16, "blocks": 2, "block": 4},
+    ),
+    "commit": (
+        {"B": 64, "L": 1024, "block": 32, "policies": ["fast_dllm", "r2", "d3llm"]},
+        {"B": 2, "L": 32, "block": 8, "policies": ["fast_dllm"]},
+    ),
+    "step": (
+        {"layers": 2, "batches": [1, 8], "prompt": 256, "gen": 64, "block": 32, "policy": "fast_dllm", "repeats": 3},
+        {"layers": None, "batches": [2], "prompt": 6, "gen": 2, "block": 2, "policy": "fast_dllm", "repeats": 1},
+    ),
+    # CPU: dynamo traces the same code; no C++ toolchain needed
+    "compile_backend": ("inductor", "eager"),
+    # calls captured per CUDA graph (replay time / calls)
+    "graph_calls": (20, 1),
+    "host_calls": (200, 1),
+    # CPU: the one timed call is the first (GPU: a warm-up call first, its time kept)
+    "warm": (True, False),
 }
-
-CPU_CONFIG = {
-    "budget_s": 600,  # a safety net only: the CPU mode takes seconds of CPU time
-    "tests_budget_s": 60,
-    "tests_per_test_timeout_s": 60,
-    "tests_workers": 1,
-    "tests": ["tests/test_refresh_kv_cache.py"],  # collected and skipped without CUDA: the plumbing only
-    "copy_bytes": 1 << 20,
-    "matmul_n": 64,
-    "dtype": "float32",
-    "token_stats_rows": [1, 2],
-    "vocab": 256,
-    "attn": {"B": 1, "Lq": 4, "cache": 24, "D": 16, "models": {"llada": (2, 2), "dream": (4, 1)}},
-    "refresh": {"B": 1, "Lmax": 32, "H": 2, "D": 16, "blocks": 2, "block": 4},
-    "commit": {"B": 2, "L": 32, "block": 8, "policies": ["fast_dllm"]},
-    "step": {"layers": None, "batches": [2], "prompt": 6, "gen": 2, "block": 2, "policy": "fast_dllm", "repeats": 1},
-    "compile_backend": "eager",  # dynamo traces the same code; no C++ toolchain needed
-    "graph_calls": 1,
-    "host_calls": 1,
-    "warm": False,  # the one timed call is the first (GPU: a warm-up call first, its time kept)
-}
+GPU_CONFIG = {key: gpu for key, (gpu, _) in MODES.items()}
+CPU_CONFIG = {key: cpu for key, (_, cpu) in MODES.items()}
 
 
 # ------------------------------------------------------------------------------------------------
