@@ -73,9 +73,9 @@ def refresh_kv_cache(
 
     All tensors may be strided views with a unit-stride last dimension; the caches must not
     overlap themselves in memory (a stride-0, expanded dimension is rejected: a write would land
-    in every aliased row). Index values are checked
-    when they live on the CPU; on the GPU they are never read by the host (no sync): negative ids
-    are empty slots and rows outside the cache or the source are masked.
+    in every aliased row; checked in eager calls, not while ``torch.compile`` traces the op).
+    Index values are checked when they live on the CPU; on the GPU they are never read by the host
+    (no sync): negative ids are empty slots and rows outside the cache or the source are masked.
 
     Exactness: copies are bit-exact and the rotated keys are bit-equal to the reference's (fp32
     arithmetic with separate roundings, same op order).
