@@ -188,6 +188,32 @@ def ratios(rows: list[dict]) -> dict:
     return out
 
 
+def markdown(doc: dict) -> str:
+    """The README's table: µs per step, peers' B=1 and B=8, ours per path and B, the two ratios."""
+    us = {(r["path"], r["name"], r["B"]): round(r["us_per_step"]) if "us_per_step" in r else "n/a" for r in doc["rows"]}
+    fn = {r["name"]: f"{r['peer']} `{r['function']}`" for r in doc["rows"] if r["path"] == "peer"}
+    lines = [
+        "| policy | peer function | peer B=1 | peer B=8 | stubbed B=1 | B=8 | B=64 | reference B=1 | B=8 | B=64 "
+        "| ours/peer B=1 (stubbed, reference) | B=64 / B=1 (stubbed, reference) |",
+        "|---|---|" + "---:|" * 8 + "---|---|",
+    ]
+    for name in POLICIES:
+        cells = [us.get(("peer", name, B), "-") for B in (1, 8)]
+        cells += [us.get((path, name, B), "-") for path in ("stubbed", "reference") for B in (1, 8, 64)]
+        ratio = [
+            [doc["ratios"].get(p, {}).get(name, {}).get(k, "-") for p in ("stubbed", "reference")]
+            for k in ("ours_B1/peer_B1", "ours_B64/ours_B1")
+        ]
+        lines.append(
+            f"| {name} | {fn.get(name, '-')} | "
+            + " | ".join(map(str, cells))
+            + " | "
+            + " | ".join(f"{a}, {b}" for a, b in ratio)
+            + " |"
+        )
+    return "\n".join(lines)
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--repeats", type=int, default=3)
@@ -245,7 +271,7 @@ def main():
     )
     doc = dict(meta=meta, rows=rows, ratios=ratios(rows))
     pathlib.Path(args.out).write_text(json.dumps(doc, indent=1) + "\n")
-    print(json.dumps(doc["ratios"]))
+    print(markdown(doc))
     print(f"wrote {args.out}")
 
 

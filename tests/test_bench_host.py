@@ -130,6 +130,24 @@ def test_load_with_stubbed_modeling_and_restored_imports(tmp_path):
     assert peers_host.available(None)[0] is None
 
 
+def test_ratios_and_table():
+    rows = [
+        dict(path="reference", name="r2", B=1, us_per_step=100.0),
+        dict(path="reference", name="r2", B=64, us_per_step=160.0),
+        dict(path="peer", name="r2", B=1, us_per_step=250.0, peer="R2-dLLM", function="generate_with_dual_cache"),
+        dict(path="peer", name="r2", B=8, peer="R2-dLLM", function="generate_with_dual_cache", error="batch 1 only"),
+        dict(path="stubbed", name="vanilla", B=1, us_per_step=90.0),
+    ]
+    got = host_step.ratios(rows)
+    assert got == {
+        "reference": {"r2": {"ours_B1/peer_B1": 0.4, "met_B1": True, "ours_B64/ours_B1": 1.6, "met_B64": False}}
+    }
+    line = next(x for x in host_step.markdown(dict(rows=rows, ratios=got)).splitlines() if x.startswith("| r2"))
+    assert (
+        line == "| r2 | R2-dLLM `generate_with_dual_cache` | 250 | n/a | - | - | - | 100 | - | 160 | -, 0.4 | -, 1.6 |"
+    )
+
+
 # ------------------------------------------------------------------------------------------------
 # the peers' own code, when present (not in CI: no peer code is part of this repository)
 # ------------------------------------------------------------------------------------------------
