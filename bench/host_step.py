@@ -197,7 +197,7 @@ def markdown(doc: dict) -> str:
         "| ours/peer B=1 (stubbed, reference) | B=64 / B=1 (stubbed, reference) |",
         "|---|---|" + "---:|" * 8 + "---|---|",
     ]
-    for name in POLICIES:
+    for name in dict.fromkeys(r["name"] for r in doc["rows"]):
         cells = [us.get(("peer", name, B), "-") for B in (1, 8)]
         cells += [us.get((path, name, B), "-") for path in ("stubbed", "reference") for B in (1, 8, 64)]
         ratio = [
@@ -228,34 +228,33 @@ def main():
     torch.set_num_threads(1)
     _stub_kernels()
     load_start, t_start = os.getloadavg(), time.perf_counter()
-    rows, ours = [], {}
-    for path in args.paths:
-        for name in args.policies:
-            policy, kw = POLICIES[name]
-            for B in args.batches:
-                r, tokens = measure(path, policy, kw, B, args.repeats)
-                ours[(path, name, B)] = r, tokens
-                r["name"] = name
-                rows.append(r)
-                print(
-                    f"{path:9s} {name:16s} B={B:3d} steps={r['steps']:4d} {r['us_per_step']:9.1f} us/step", flush=True
-                )
     peers, why = peers_host.available(args.peers)
     if peers is None:
         print(f"peers: skipped ({why})")
         peers_meta = f"skipped: {why}"
     else:
         peers_meta = dict(dir=str(peers), commits=peers_host.commits(peers), layers=args.layers)
-        for name in args.policies:
-            for B in args.peer_batches:
-                path = "reference" if "reference" in args.paths else args.paths[0]
-                r = measure_peer(peers, name, B, args.repeats, args.layers, ours.get((path, name, B)))
+    rows = []
+    for name in args.policies:  # policy by policy, so that the two sides of a ratio run close in time
+        policy, kw = POLICIES[name]
+        ours = {}
+        for path in args.paths:
+            for B in args.batches:
+                r, tokens = measure(path, policy, kw, B, args.repeats)
+                ours.setdefault(B, (r, tokens))
+                r["name"] = name
                 rows.append(r)
-                said = r.get("error") or (
-                    f"steps={r['steps']:4d} {r['us_per_step']:9.1f} us/step"
-                    f" same tokens/NFE as ours: {r.get('same_tokens_as_ours')}/{r.get('same_nfe_as_ours')}"
+                print(
+                    f"{path:9s} {name:16s} B={B:3d} steps={r['steps']:4d} {r['us_per_step']:9.1f} us/step", flush=True
                 )
-                print(f"peer      {name:16s} B={B:3d} {r['peer']}.{r['function']}: {said}", flush=True)
+        for B in args.peer_batches if peers else ():
+            r = measure_peer(peers, name, B, args.repeats, args.layers, ours.get(B))
+            rows.append(r)
+            said = r.get("error") or (
+                f"steps={r['steps']:4d} {r['us_per_step']:9.1f} us/step"
+                f" same tokens/NFE as ours: {r.get('same_tokens_as_ours')}/{r.get('same_nfe_as_ours')}"
+            )
+            print(f"peer      {name:16s} B={B:3d} {r['peer']}.{r['function']}: {said}", flush=True)
     meta = dict(
         machine=f"{platform.machine()} {platform.processor() or ''}".strip(),
         cpu_count=os.cpu_count(),
