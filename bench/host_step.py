@@ -15,8 +15,10 @@ index tables, the token statistics and the commit. Shapes: prompt 256, 128 new t
   plus the small reference compute.
 
 The metric is the median over ``--repeats`` runs (after one warm-up run) of wall time / loop
-steps (forwards). On a CPU the "device" work runs on the host too, so these are upper bounds of
-the host time. One intra-op thread.
+steps (forwards); the rows also hold the same median of this process's CPU time
+(``cpu_us_per_step``, ratios in ``ratios_cpu_time``), which a loaded machine disturbs less. On a
+CPU the "device" work runs on the host too, so these are upper bounds of the host time. One
+intra-op thread.
 
 The ``peer`` rows (``--peers DIR`` or ``$DLLM_PEERS``: the checkouts, see ``peers_host.py`` for
 how to make them; skipped with a line saying why when absent) time the function each policy
@@ -109,15 +111,22 @@ def _prompt(B: int) -> torch.Tensor:
 
 
 def _per_step(call, model, repeats: int):
-    """Median over ``repeats`` runs of ``call()`` (after one warm-up run) of wall time / the
-    model's forwards: (seconds per step, forwards, the last run's result)."""
-    times = []
+    """Medians over ``repeats`` runs of ``call()`` (after one warm-up run) of wall time and of
+    this process's CPU time, per forward of the model, in µs: ({"us_per_step", "cpu_us_per_step"},
+    forwards, the last run's result). The CPU time leaves out the waits for a core that other
+    processes hold (one intra-op thread: the two agree on an idle machine)."""
+    wall, cpu = [], []
     for _ in range(repeats + 1):
         model.calls = 0
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         out = call()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times[1:]) / model.calls, model.calls, out
+        wall.append(time.perf_counter() - t0)
+        cpu.append(time.process_time() - c0)
+    us = {
+        k: round(statistics.median(t[1:]) / model.calls * 1e6, 1)
+        for k, t in (("us_per_step", wall), ("cpu_us_per_step", cpu))
+    }
+    return us, model.calls, out
 
 
 def measure(path: str, policy: str, kw: dict, B: int, repeats: int):
@@ -125,20 +134,12 @@ def measure(path: str, policy: str, kw: dict, B: int, repeats: int):
     model = FreeModel(PROMPT + GEN)
     prompt = _prompt(B)
     backend = "reference" if path == "reference" else "triton"
-    per_step, steps, out = _per_step(
+    us, steps, out = _per_step(
         lambda: dk.generate(model, prompt, policy=policy, gen_length=GEN, block_length=BLOCK, backend=backend, **kw),
         model,
         repeats,
     )
-    row = dict(
-        path=path,
-        policy=policy,
-        kw=kw,
-        B=B,
-        steps=steps,
-        nfe_mean=float(out.nfe.float().mean()),
-        us_per_step=round(per_step * 1e6, 1),
-    )
+    row = dict(path=path, policy=policy, kw=kw, B=B, steps=steps, nfe_mean=float(out.nfe.float().mean()), **us)
     return row, out.generated
 
 
@@ -157,21 +158,20 @@ def measure_peer(peers, name: str, B: int, repeats: int, layers: int, ours: tupl
     kwargs = peer_kwargs(name, GEN, BLOCK)
     row = dict(path="peer", name=name, peer=peer, function=fn, kwargs=kwargs, B=B)
     try:
-        per_step, steps, (tokens, nfe) = _per_step(
-            lambda: peers_host.run(peers, name, model, prompt, kwargs), model, repeats
-        )
+        us, steps, (tokens, nfe) = _per_step(lambda: peers_host.run(peers, name, model, prompt, kwargs), model, repeats)
     except Exception as e:  # e.g. a function that only takes batch 1
         return dict(row, error=f"{type(e).__name__}: {e}".splitlines()[0][:200])
-    row.update(steps=steps, nfe=nfe, us_per_step=round(per_step * 1e6, 1))
+    row.update(steps=steps, nfe=nfe, **us)
     if ours is not None:
         row["same_tokens_as_ours"] = bool(torch.equal(tokens, ours[1]))
         row["same_nfe_as_ours"] = steps == ours[0]["steps"] and nfe in (None, steps)
     return row
 
 
-def ratios(rows: list[dict]) -> dict:
-    """Per path and policy: ours B=1 / peer B=1 (target <= 0.5) and ours B=64 / ours B=1 (<= 1.5)."""
-    us = {(r["path"], r["name"], r["B"]): r.get("us_per_step") for r in rows}
+def ratios(rows: list[dict], key: str = "us_per_step") -> dict:
+    """Per path and policy: ours B=1 / peer B=1 (target <= 0.5) and ours B=64 / ours B=1 (<= 1.5),
+    of the rows' ``key``."""
+    us = {(r["path"], r["name"], r["B"]): r.get(key) for r in rows}
     out = {}
     for path in ("stubbed", "reference"):
         for name in POLICIES:
@@ -268,7 +268,7 @@ def main():
         repeats=args.repeats,
         peers=peers_meta,
     )
-    doc = dict(meta=meta, rows=rows, ratios=ratios(rows))
+    doc = dict(meta=meta, rows=rows, ratios=ratios(rows), ratios_cpu_time=ratios(rows, "cpu_us_per_step"))
     pathlib.Path(args.out).write_text(json.dumps(doc, indent=1) + "\n")
     print(markdown(doc))
     print(f"wrote {args.out}")
