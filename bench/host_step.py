@@ -233,7 +233,7 @@ def main():
         print(f"peers: skipped ({why})")
         peers_meta = f"skipped: {why}"
     else:
-        peers_meta = dict(dir=str(peers), commits=peers_host.commits(peers), layers=args.layers)
+        peers_meta = dict(commits=peers_host.commits(peers), layers=args.layers)
     rows = []
     for name in args.policies:  # policy by policy, so that the two sides of a ratio run close in time
         policy, kw = POLICIES[name]
