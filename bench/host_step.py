@@ -1,6 +1,8 @@
-"""Host time per decoding step of ``generate``, every policy, batch 1, 8 and 64 (CPU benchmark).
+"""Host time per decoding step of ``generate``, every policy, batch 1, 8 and 64, beside the public
+decoders' own generate functions (CPU benchmark).
 
-    .venv/bin/python bench/host_step.py [--repeats 3] [--out bench/results/host_step.json]
+    .venv/bin/python bench/host_step.py [--peers DIR] [--repeats 3] [--batches 1 8 64]
+        [--paths stubbed reference] [--policies ROW ...] [--out bench/results/host_step.json]
 
 The model is nearly free: its logits are a fixed table indexed by position (vocabulary 64), so a
 step's time is the loop's own work: planning the step on the host, shipping it, building the
@@ -12,10 +14,18 @@ index tables, the token statistics and the commit. Shapes: prompt 256, 128 new t
   references (the interpreter would dominate otherwise), i.e. the host cost the GPU path pays
   plus the small reference compute.
 
-The metric is the median over ``--repeats`` runs of wall time / loop steps (forwards). On a CPU
-the "device" work runs on the host too, so these are upper bounds of the host time. The public
-repositories' own generate functions are not available in this repository (no peer code ships
-here), so the peers' column is skipped. One intra-op thread.
+The metric is the median over ``--repeats`` runs (after one warm-up run) of wall time / loop
+steps (forwards); the rows also hold the same median of this process's CPU time
+(``cpu_us_per_step``, ratios in ``ratios_cpu_time``), which a loaded machine disturbs less. On a
+CPU the "device" work runs on the host too, so these are upper bounds of the host time. One
+intra-op thread.
+
+The ``peer`` rows (``--peers DIR`` or ``$DLLM_PEERS``: the checkouts, see ``peers_host.py`` for
+how to make them; skipped with a line saying why when absent) time the function each policy
+reproduces, from the peer's own source, on the same table (``peers_host.PeerModel``), at
+``--peer-batches`` (Fast-dLLM's and d3LLM's functions take batch 1 only: recorded as an error),
+with the same metric, and check its tokens and forwards against ours. ``ratios`` in the JSON:
+ours B=1 / peer B=1 (the target: at most 0.5) and ours B=64 / ours B=1 (at most 1.5), per path.
 """
 
 from __future__ import annotations
@@ -31,6 +41,7 @@ from dataclasses import dataclass
 
 os.environ.setdefault("TRITON_INTERPRET", "1")  # the stubbed path dispatches to "triton" on CPU tensors
 
+import peers_host  # noqa: E402  (bench/, beside this file)
 import torch  # noqa: E402
 
 import dllm_kernels as dk  # noqa: E402
@@ -95,58 +106,171 @@ def _stub_kernels():
     kt.token_stats, kc.commit = token_stats, commit
 
 
-def measure(path: str, policy: str, kw: dict, B: int, repeats: int) -> dict:
-    model = FreeModel(PROMPT + GEN)
-    prompt = torch.arange(B * PROMPT).reshape(B, PROMPT) % (V - 2)
-    backend = "reference" if path == "reference" else "triton"
-    times, steps, out = [], None, None
-    for _ in range(repeats + 1):  # the first run warms up
+def _prompt(B: int) -> torch.Tensor:
+    return torch.arange(B * PROMPT).reshape(B, PROMPT) % (V - 2)
+
+
+def _per_step(call, model, repeats: int):
+    """Medians over ``repeats`` runs of ``call()`` (after one warm-up run) of wall time and of
+    this process's CPU time, per forward of the model, in µs: ({"us_per_step", "cpu_us_per_step"},
+    forwards, the last run's result). The CPU time leaves out the waits for a core that other
+    processes hold (one intra-op thread: the two agree on an idle machine)."""
+    wall, cpu = [], []
+    for _ in range(repeats + 1):
         model.calls = 0
-        t0 = time.perf_counter()
-        out = dk.generate(model, prompt, policy=policy, gen_length=GEN, block_length=BLOCK, backend=backend, **kw)
-        times.append(time.perf_counter() - t0)
-        steps = model.calls
-    per_step = statistics.median(times[1:]) / steps
-    return dict(
-        path=path,
-        policy=policy,
-        kw=kw,
-        B=B,
-        steps=steps,
-        nfe_mean=float(out.nfe.float().mean()),
-        us_per_step=round(per_step * 1e6, 1),
+        t0, c0 = time.perf_counter(), time.process_time()
+        out = call()
+        wall.append(time.perf_counter() - t0)
+        cpu.append(time.process_time() - c0)
+    us = {
+        k: round(statistics.median(t[1:]) / model.calls * 1e6, 1)
+        for k, t in (("us_per_step", wall), ("cpu_us_per_step", cpu))
+    }
+    return us, model.calls, out
+
+
+def measure(path: str, policy: str, kw: dict, B: int, repeats: int):
+    """Our side: the row and the generated tokens ``[B, GEN]``."""
+    model = FreeModel(PROMPT + GEN)
+    prompt = _prompt(B)
+    backend = "reference" if path == "reference" else "triton"
+    us, steps, out = _per_step(
+        lambda: dk.generate(model, prompt, policy=policy, gen_length=GEN, block_length=BLOCK, backend=backend, **kw),
+        model,
+        repeats,
     )
+    row = dict(path=path, policy=policy, kw=kw, B=B, steps=steps, nfe_mean=float(out.nfe.float().mean()), **us)
+    return row, out.generated
+
+
+def peer_kwargs(name: str, gen: int, block: int) -> dict:
+    """The peer call's keyword arguments for row ``name`` (Streaming-dLLM's window: our row's)."""
+    window = dk.policies.streaming(**POLICIES["streaming"][1]).suffix_window
+    return peers_host.call_kwargs(peers_host.ROWS[name], gen, block, MASK, EOS, window)
+
+
+def measure_peer(peers, name: str, B: int, repeats: int, layers: int, ours: tuple | None) -> dict:
+    """The peer function of row ``name`` on the same free model (``peers_host``); ``ours``: our
+    (row, tokens) at this B, if measured, to compare tokens and forwards with."""
+    model = peers_host.PeerModel(FreeModel(PROMPT + GEN).table, layers=layers)
+    prompt = _prompt(B)
+    peer, fn, _ = peers_host.RUNS_BY_NAME[peers_host.ROWS[name]]
+    kwargs = peer_kwargs(name, GEN, BLOCK)
+    row = dict(path="peer", name=name, peer=peer, function=fn, kwargs=kwargs, B=B)
+    try:
+        us, steps, (tokens, nfe) = _per_step(lambda: peers_host.run(peers, name, model, prompt, kwargs), model, repeats)
+    except Exception as e:  # e.g. a function that only takes batch 1
+        return dict(row, error=f"{type(e).__name__}: {e}".splitlines()[0][:200])
+    row.update(steps=steps, nfe=nfe, **us)
+    if ours is not None:
+        row["same_tokens_as_ours"] = bool(torch.equal(tokens, ours[1]))
+        row["same_nfe_as_ours"] = steps == ours[0]["steps"] and nfe in (None, steps)
+    return row
+
+
+def ratios(rows: list[dict], key: str = "us_per_step") -> dict:
+    """Per path and policy: ours B=1 / peer B=1 (target <= 0.5) and ours B=64 / ours B=1 (<= 1.5),
+    of the rows' ``key``."""
+    us = {(r["path"], r["name"], r["B"]): r.get(key) for r in rows}
+    out = {}
+    for path in ("stubbed", "reference"):
+        for name in POLICIES:
+            one, peer, big = us.get((path, name, 1)), us.get(("peer", name, 1)), us.get((path, name, 64))
+            r = {}
+            if one and peer:
+                r["ours_B1/peer_B1"] = round(one / peer, 2)
+                r["met_B1"] = r["ours_B1/peer_B1"] <= 0.5
+            if one and big:
+                r["ours_B64/ours_B1"] = round(big / one, 2)
+                r["met_B64"] = r["ours_B64/ours_B1"] <= 1.5
+            if r:
+                out.setdefault(path, {})[name] = r
+    return out
+
+
+def markdown(doc: dict) -> str:
+    """The README's table: µs per step, peers' B=1 and B=8, ours per path and B, the two ratios."""
+    us = {(r["path"], r["name"], r["B"]): round(r["us_per_step"]) if "us_per_step" in r else "n/a" for r in doc["rows"]}
+    fn = {r["name"]: f"{r['peer']} `{r['function']}`" for r in doc["rows"] if r["path"] == "peer"}
+    lines = [
+        "| policy | peer function | peer B=1 | peer B=8 | stubbed B=1 | B=8 | B=64 | reference B=1 | B=8 | B=64 "
+        "| ours/peer B=1 (stubbed, reference) | B=64 / B=1 (stubbed, reference) |",
+        "|---|---|" + "---:|" * 8 + "---|---|",
+    ]
+    for name in dict.fromkeys(r["name"] for r in doc["rows"]):
+        cells = [us.get(("peer", name, B), "-") for B in (1, 8)]
+        cells += [us.get((path, name, B), "-") for path in ("stubbed", "reference") for B in (1, 8, 64)]
+        ratio = [
+            [doc["ratios"].get(p, {}).get(name, {}).get(k, "-") for p in ("stubbed", "reference")]
+            for k in ("ours_B1/peer_B1", "ours_B64/ours_B1")
+        ]
+        lines.append(
+            f"| {name} | {fn.get(name, '-')} | "
+            + " | ".join(map(str, cells))
+            + " | "
+            + " | ".join(f"{a}, {b}" for a, b in ratio)
+            + " |"
+        )
+    return "\n".join(lines)
 
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--batches", type=int, nargs="+", default=[1, 8, 64])
+    ap.add_argument("--paths", nargs="+", choices=["stubbed", "reference"], default=["stubbed", "reference"])
+    ap.add_argument("--policies", nargs="+", choices=list(POLICIES), default=list(POLICIES), metavar="ROW")
+    ap.add_argument("--peers", default=os.environ.get("DLLM_PEERS"), help="directory of the peer checkouts")
+    ap.add_argument("--peer-batches", type=int, nargs="+", default=[1, 8])
+    ap.add_argument("--layers", type=int, default=32, help="layers of the peers' KV cache (LLaDA-8B: 32)")
     ap.add_argument("--out", default=str(pathlib.Path(__file__).parent / "results" / "host_step.json"))
     args = ap.parse_args()
     torch.set_num_threads(1)
     _stub_kernels()
+    load_start, t_start = os.getloadavg(), time.perf_counter()
+    peers, why = peers_host.available(args.peers)
+    if peers is None:
+        print(f"peers: skipped ({why})")
+        peers_meta = f"skipped: {why}"
+    else:
+        peers_meta = dict(commits=peers_host.commits(peers), layers=args.layers)
     rows = []
-    for path in ("stubbed", "reference"):
-        for name, (policy, kw) in POLICIES.items():
+    for name in args.policies:  # policy by policy, so that the two sides of a ratio run close in time
+        policy, kw = POLICIES[name]
+        ours = {}
+        for path in args.paths:
             for B in args.batches:
-                r = measure(path, policy, kw, B, args.repeats)
+                r, tokens = measure(path, policy, kw, B, args.repeats)
+                ours.setdefault(B, (r, tokens))
                 r["name"] = name
                 rows.append(r)
                 print(
                     f"{path:9s} {name:16s} B={B:3d} steps={r['steps']:4d} {r['us_per_step']:9.1f} us/step", flush=True
                 )
+        for B in args.peer_batches if peers else ():
+            r = measure_peer(peers, name, B, args.repeats, args.layers, ours.get(B))
+            rows.append(r)
+            said = r.get("error") or (
+                f"steps={r['steps']:4d} {r['us_per_step']:9.1f} us/step"
+                f" same tokens/NFE as ours: {r.get('same_tokens_as_ours')}/{r.get('same_nfe_as_ours')}"
+            )
+            print(f"peer      {name:16s} B={B:3d} {r['peer']}.{r['function']}: {said}", flush=True)
     meta = dict(
         machine=f"{platform.machine()} {platform.processor() or ''}".strip(),
         cpu_count=os.cpu_count(),
+        load_start=load_start,
+        load_end=os.getloadavg(),
+        wall_s=round(time.perf_counter() - t_start),
         torch=torch.__version__,
         python=platform.python_version(),
         threads=torch.get_num_threads(),
         shapes=dict(vocab=V, prompt=PROMPT, gen=GEN, block=BLOCK),
         repeats=args.repeats,
-        peers="skipped: the public repositories' generate functions are not available locally",
+        peers=peers_meta,
     )
-    pathlib.Path(args.out).write_text(json.dumps(dict(meta=meta, rows=rows), indent=1) + "\n")
+    doc = dict(meta=meta, rows=rows, ratios=ratios(rows), ratios_cpu_time=ratios(rows, "cpu_us_per_step"))
+    pathlib.Path(args.out).write_text(json.dumps(doc, indent=1) + "\n")
+    print(markdown(doc))
     print(f"wrote {args.out}")
 
 
