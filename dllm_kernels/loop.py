@@ -436,12 +436,15 @@ class _Geometry:
 
 
 def _canvas(prompt, gen_length: int, block_length: int, config, device):
-    """Left-pad the prompts to a common block-aligned length and append the masks."""
+    """Left-pad the prompts to a common block-aligned length and append the masks (a fixed number
+    of tensor ops whatever the batch; a list prompt is read row by row once)."""
     if isinstance(prompt, torch.Tensor):
         check_tensor("generate", "prompt", prompt, ndim=2)
         if prompt.dtype not in (torch.int64, torch.int32):
             raise TypeError(f"generate: prompt must be an integer tensor, got {prompt.dtype}")
-        rows = [r.tolist() for r in prompt.cpu()]
+        tokens = prompt.cpu().to(torch.int64)
+        lengths = torch.full((tokens.shape[0],), tokens.shape[1], dtype=torch.int64)
+        tokens = tokens.flatten()
     else:
         rows = []
         for r in prompt:
@@ -451,19 +454,24 @@ def _canvas(prompt, gen_length: int, block_length: int, config, device):
                 raise TypeError(
                     f"generate: prompt must hold 1-D integer token id sequences, got {t.dtype} {list(t.shape)}"
                 )
-            rows.append(t.tolist())
-    if not rows or any(len(r) == 0 for r in rows):
+            rows.append(t.cpu().to(torch.int64))
+        lengths = torch.tensor([len(t) for t in rows], dtype=torch.int64)
+        tokens = torch.cat(rows) if rows else torch.zeros(0, dtype=torch.int64)
+    if not len(lengths) or bool((lengths == 0).any()):
         raise ValueError("generate: every prompt needs at least one token")
-    bad = [t for r in rows for t in r if not 0 <= t < config.vocab_size]
-    if bad:
-        raise ValueError(f"generate: prompt token ids must lie in [0, {config.vocab_size}), got {bad[:5]}")
-    P = -(-max(map(len, rows)) // block_length) * block_length
+    bad = tokens[(tokens < 0) | (tokens >= config.vocab_size)]
+    if len(bad):
+        raise ValueError(f"generate: prompt token ids must lie in [0, {config.vocab_size}), got {bad[:5].tolist()}")
+    B = len(lengths)
+    P = -(-int(lengths.max()) // block_length) * block_length
     pad_id = config.pad_id if getattr(config, "pad_id", None) is not None else config.eos_id
-    x = torch.full((len(rows), P + gen_length), config.mask_id, dtype=torch.int64)
-    pad = torch.tensor([P - len(r) for r in rows], dtype=torch.int64)
-    for b, r in enumerate(rows):
-        x[b, : pad[b]] = pad_id
-        x[b, pad[b] : P] = torch.tensor(r)
+    pad = P - lengths
+    x = torch.full((B, P + gen_length), config.mask_id, dtype=torch.int64)
+    x[:, :P] = pad_id
+    # token i of the concatenation belongs to row b and goes to column pad[b] + (its index in b)
+    row = torch.repeat_interleave(torch.arange(B), lengths)
+    first = torch.cumsum(lengths, 0) - lengths
+    x[row, pad[row] + torch.arange(len(tokens)) - first[row]] = tokens
     return x.to(device), pad.to(device), P
 
 
