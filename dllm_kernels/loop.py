@@ -596,23 +596,27 @@ def _generate(
     temperature = float(temperature)
     seeds = row_seeds(seed, B, lambda: resolve_seed(None)) if temperature > 0 else [0] * B
     seeds = torch.tensor(seeds, dtype=torch.int64).to(device)
-    runner = _StepRunner(
-        model,
-        x,
-        state,
-        pad,
-        cache,
-        pol,
-        geo,
-        sched.rules,
-        suppress,
-        backend,
-        buckets,
-        capture,
-        temperature,
-        seeds,
-        commits=sched.reads_commits,
-    )
+
+    def runner_for(x, state, pad, cache, seeds):  # the step runner of the batch's current rows
+        return _StepRunner(
+            model,
+            x,
+            state,
+            pad,
+            cache,
+            pol,
+            geo,
+            sched.rules,
+            suppress,
+            backend,
+            buckets,
+            capture,
+            temperature,
+            seeds,
+            commits=sched.reads_commits,
+        )
+
+    runner = runner_for(x, state, pad, cache, seeds)
 
     bar = None
     if progress:
@@ -650,23 +654,7 @@ def _generate(
             state = CommitState(*(t.index_select(0, keep_t) for t in _fields(state)))
             cache = _select_rows(cache, keep_t)
             sched.select(keep)
-            runner = _StepRunner(
-                model,
-                x,
-                state,
-                pad,
-                cache,
-                pol,
-                geo,
-                sched.rules,
-                suppress,
-                backend,
-                buckets,
-                capture,
-                temperature,
-                seeds,
-                commits=sched.reads_commits,
-            )
+            runner = runner_for(x, state, pad, cache, seeds)
         if bar is not None:
             bar.n = finished_tokens + int((host[0][:, P:] != cfg.mask_id).sum())
             bar.refresh()
