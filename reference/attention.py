@@ -36,7 +36,7 @@ def _attention(
     for b, key in enumerate(zip(cl, kl, ks)):
         groups.setdefault(key, []).append(b)
     for (n_cache, n_new, start), rows in groups.items():
-        idx = torch.tensor(rows, device=q.device)
+        idx = slice(None) if len(rows) == B else torch.tensor(rows, device=q.device)  # all rows: views
         keys, values = [], []
         if k_cache is not None:
             keys.append(k_cache[idx, :n_cache])
@@ -50,8 +50,10 @@ def _attention(
             continue  # no valid key: output 0
         R, N, G = len(rows), kb.shape[1], Hq // kb.shape[2]
         # [rows * Hq, ., D] batches of per-head matrices, as torch.bmm runs them for one row
-        kb = kb.repeat_interleave(G, dim=2).transpose(1, 2).reshape(R * Hq, N, D)
-        vb = vb.repeat_interleave(G, dim=2).transpose(1, 2).reshape(R * Hq, N, D)
+        if G > 1:
+            kb, vb = kb.repeat_interleave(G, dim=2), vb.repeat_interleave(G, dim=2)
+        kb = kb.transpose(1, 2).reshape(R * Hq, N, D)
+        vb = vb.transpose(1, 2).reshape(R * Hq, N, D)
         qb = q[idx].to(dtype).transpose(1, 2).reshape(R * Hq, Lq, D)
         p = torch.softmax(torch.bmm(qb, kb.transpose(1, 2)) * scale, dim=-1)  # [rows * Hq, Lq, N]
         out[idx] = torch.bmm(p, vb).view(R, Hq, Lq, D).transpose(1, 2)
