@@ -29,9 +29,9 @@ def keep_freed_memory() -> bool:
     A forward's activations (a few MB each at the evaluation's batch of 64) lie above malloc's
     mmap threshold, so by default each one is mapped, zero-filled by the kernel page by page and
     unmapped again: on this project's 2-core VM the ``eval`` command spent a quarter of its time
-    in the kernel (36 s -> 26 s with this setting, identical results). Sets ``M_MMAP_THRESHOLD``
-    to 32 MiB (its maximum) and ``M_TRIM_THRESHOLD`` to 1 GiB for this process, so the memory
-    stays at its peak. For the command-line tools; returns False where there is no glibc
+    in the kernel (38 s -> 25 s with this setting at a load average of 1.5, identical results).
+    Sets ``M_MMAP_THRESHOLD`` to 32 MiB (its maximum) and ``M_TRIM_THRESHOLD`` to 1 GiB for this
+    process, so the memory stays at its peak. For the command-line tools; returns False where there is no glibc
     ``mallopt`` (nothing changed).
     """
     import ctypes
