@@ -360,9 +360,10 @@ def _one_line(text: str) -> str:
 
 def main(argv=None) -> int:
     """Run one command; returns its exit status (bad input: one line on stderr, status 2)."""
-    from ._env import use_interpreter_without_gpu
+    from ._env import keep_freed_memory, use_interpreter_without_gpu
 
     use_interpreter_without_gpu()  # before anything imports the kernels
+    keep_freed_memory()
     argv = sys.argv[1:] if argv is None else [str(a) for a in argv]
     args = None
     try:

@@ -106,6 +106,8 @@ class _BlockRows:
     ``idle_forward`` (Fast-dLLM's cached loops) the block is tested only after its second
     forward."""
 
+    reads_commits = False  # plan() does not read the last step's commits
+
     def __init__(self, policy: Policy, geo: _Geometry, B: int):
         self.p, self.g = policy, geo
         self.spb = policy.steps_per_block or (geo.bs if policy.rule.base == "topk" else 0)
@@ -124,7 +126,7 @@ class _BlockRows:
             a[keep] for a in (self.k, self.i, self.nfe, self.done, self.schedule)
         )
 
-    def plan(self, x: np.ndarray, _committed: np.ndarray, live: np.ndarray) -> np.ndarray:
+    def plan(self, x: np.ndarray, _committed: np.ndarray | None, live: np.ndarray) -> np.ndarray:
         """``x``: the canvas ``[B, L]``; ``live``: rows below ``max_nfe``. Returns the ``[B, _NCOL]``
         plan (rows with neither a forward nor a fill are all zero)."""
         p, g, B = self.p, self.g, x.shape[0]
@@ -218,6 +220,8 @@ class _MultiBlockRows:
     P + i bs)``; a row holds the blocks ``[0, next)``. Per block: the scheduler's mask count,
     ``active`` ("fully activated": receives forced progress), ``done_at`` (the NFE at which it
     was first seen complete, -1 for none; delayed cache) and ``cached``."""
+
+    reads_commits = True  # plan() counts the last step's commits per block
 
     def __init__(self, policy: Policy, geo: _Geometry, B: int):
         self.p, self.g = policy, geo
@@ -436,12 +440,15 @@ class _Geometry:
 
 
 def _canvas(prompt, gen_length: int, block_length: int, config, device):
-    """Left-pad the prompts to a common block-aligned length and append the masks."""
+    """Left-pad the prompts to a common block-aligned length and append the masks (a fixed number
+    of tensor ops whatever the batch; a list prompt is read row by row once)."""
     if isinstance(prompt, torch.Tensor):
         check_tensor("generate", "prompt", prompt, ndim=2)
         if prompt.dtype not in (torch.int64, torch.int32):
             raise TypeError(f"generate: prompt must be an integer tensor, got {prompt.dtype}")
-        rows = [r.tolist() for r in prompt.cpu()]
+        tokens = prompt.cpu().to(torch.int64)
+        lengths = torch.full((tokens.shape[0],), tokens.shape[1], dtype=torch.int64)
+        tokens = tokens.flatten()
     else:
         rows = []
         for r in prompt:
@@ -451,19 +458,24 @@ def _canvas(prompt, gen_length: int, block_length: int, config, device):
                 raise TypeError(
                     f"generate: prompt must hold 1-D integer token id sequences, got {t.dtype} {list(t.shape)}"
                 )
-            rows.append(t.tolist())
-    if not rows or any(len(r) == 0 for r in rows):
+            rows.append(t.cpu().to(torch.int64))
+        lengths = torch.tensor([len(t) for t in rows], dtype=torch.int64)
+        tokens = torch.cat(rows) if rows else torch.zeros(0, dtype=torch.int64)
+    if not len(lengths) or bool((lengths == 0).any()):
         raise ValueError("generate: every prompt needs at least one token")
-    bad = [t for r in rows for t in r if not 0 <= t < config.vocab_size]
-    if bad:
-        raise ValueError(f"generate: prompt token ids must lie in [0, {config.vocab_size}), got {bad[:5]}")
-    P = -(-max(map(len, rows)) // block_length) * block_length
+    bad = tokens[(tokens < 0) | (tokens >= config.vocab_size)]
+    if len(bad):
+        raise ValueError(f"generate: prompt token ids must lie in [0, {config.vocab_size}), got {bad[:5].tolist()}")
+    B = len(lengths)
+    P = -(-int(lengths.max()) // block_length) * block_length
     pad_id = config.pad_id if getattr(config, "pad_id", None) is not None else config.eos_id
-    x = torch.full((len(rows), P + gen_length), config.mask_id, dtype=torch.int64)
-    pad = torch.tensor([P - len(r) for r in rows], dtype=torch.int64)
-    for b, r in enumerate(rows):
-        x[b, : pad[b]] = pad_id
-        x[b, pad[b] : P] = torch.tensor(r)
+    pad = P - lengths
+    x = torch.full((B, P + gen_length), config.mask_id, dtype=torch.int64)
+    x[:, :P] = pad_id
+    # token i of the concatenation belongs to row b and goes to column pad[b] + (its index in b)
+    row = torch.repeat_interleave(torch.arange(B), lengths)
+    first = torch.cumsum(lengths, 0) - lengths
+    x[row, pad[row] + torch.arange(len(tokens)) - first[row]] = tokens
     return x.to(device), pad.to(device), P
 
 
@@ -584,9 +596,27 @@ def _generate(
     temperature = float(temperature)
     seeds = row_seeds(seed, B, lambda: resolve_seed(None)) if temperature > 0 else [0] * B
     seeds = torch.tensor(seeds, dtype=torch.int64).to(device)
-    runner = _StepRunner(
-        model, x, state, pad, cache, pol, geo, sched.rules, suppress, backend, buckets, capture, temperature, seeds
-    )
+
+    def runner_for(x, state, pad, cache, seeds):  # the step runner of the batch's current rows
+        return _StepRunner(
+            model,
+            x,
+            state,
+            pad,
+            cache,
+            pol,
+            geo,
+            sched.rules,
+            suppress,
+            backend,
+            buckets,
+            capture,
+            temperature,
+            seeds,
+            commits=sched.reads_commits,
+        )
+
+    runner = runner_for(x, state, pad, cache, seeds)
 
     bar = None
     if progress:
@@ -594,7 +624,7 @@ def _generate(
 
         bar = tqdm(total=B * gen_length, desc=f"generate[{pol.name}]", unit="tok")
     finished_tokens = 0
-    committed = torch.zeros_like(x, dtype=torch.bool)
+    committed = torch.zeros_like(x, dtype=torch.bool) if sched.reads_commits else None
     # rows that are done leave the batch (a row's tokens do not depend on its place in the batch,
     # at any temperature) when the model's cache can drop rows: the final canvas and commit
     # steps are kept here, ``rows`` maps the batch's rows to the caller's
@@ -603,8 +633,9 @@ def _generate(
     if compact:
         out_x, out_step = x.clone(), state.commit_step.clone()
     while True:
-        host = torch.stack([x, committed.to(x.dtype)]).cpu().numpy()  # the one sync per step
-        plan = sched.plan(host[0], host[1], sched.nfe < max_nfe)
+        # the one sync per step (without commits to read, on the CPU a view of x: read before the step)
+        host = (x[None] if committed is None else torch.stack([x, committed.to(x.dtype)])).cpu().numpy()
+        plan = sched.plan(host[0], None if committed is None else host[1], sched.nfe < max_nfe)
         fwd, fill = plan[:, _FWD] > 0, plan[:, _FILL] < L
         gone = ~(fwd | fill)  # done, or out of forwards: idle from now on
         if compact and gone.any() and 8 * gone.sum() >= len(rows):
@@ -618,26 +649,12 @@ def _generate(
             if not len(rows):
                 break
             keep_t = _ship_index(keep, device)
-            x, pad, committed, seeds = (t.index_select(0, keep_t) for t in (x, pad, committed, seeds))
+            x, pad, seeds = (t.index_select(0, keep_t) for t in (x, pad, seeds))
+            committed = None if committed is None else committed.index_select(0, keep_t)
             state = CommitState(*(t.index_select(0, keep_t) for t in _fields(state)))
             cache = _select_rows(cache, keep_t)
             sched.select(keep)
-            runner = _StepRunner(
-                model,
-                x,
-                state,
-                pad,
-                cache,
-                pol,
-                geo,
-                sched.rules,
-                suppress,
-                backend,
-                buckets,
-                capture,
-                temperature,
-                seeds,
-            )
+            runner = runner_for(x, state, pad, cache, seeds)
         if bar is not None:
             bar.n = finished_tokens + int((host[0][:, P:] != cfg.mask_id).sum())
             bar.refresh()
@@ -738,9 +755,11 @@ def _device_inputs(
     n = c - a
     kv_len = n + tail
     j = torch.arange(Lq, device=plan.device)[None, :]
-    # the window [a, c), then the canvas's last position where ``tail``; padding reads position 0
-    last = torch.where((j == n[:, None]) & (tail[:, None] > 0), geo.L - 1, 0)
-    idx = torch.where(j < n[:, None], a[:, None] + j, last)
+    # the window [a, c), then the canvas's last position where ``tail`` (column n < Lq, written
+    # per row); padding reads position 0
+    idx = torch.where(j < n[:, None], a[:, None] + j, 0)
+    at = n.clamp(max=Lq - 1)[:, None]
+    idx.scatter_(1, at, torch.where(tail[:, None] > 0, geo.L - 1, idx.gather(1, at)))
     jo = torch.arange(Lo, device=plan.device)[None, :]
     logits_index = torch.minimum((s - a)[:, None] + jo, (kv_len - 1).clamp_min(0)[:, None]).clamp_min(0)
     write = None
@@ -782,17 +801,19 @@ def decode_step(
     suppress_ids=None,
     confidence_eos_eot_inf: bool = False,
     backend: str = "auto",
-) -> torch.Tensor:
+    commits: bool = True,
+) -> torch.Tensor | None:
     """One batched decoding step on the device: forward, token statistics, commits.
 
     No host sync and no host-to-device copy happen here (``step`` may be a 0-d device tensor),
     so a step with fixed shapes can be captured in a CUDA graph and replayed. Updates ``x``,
-    ``state`` and the cache in place; returns the ``[B, L]`` positions the commit rules took.
+    ``state`` and the cache in place; returns the ``[B, L]`` positions the commit rules took
+    (``commits=False``: None, sparing a copy of ``state.commit_step``).
     The inputs are not validated (:func:`generate` checks its arguments once per call):
     ``seed`` is an int in ``[0, 2**63)`` or an int64 ``[B, Lo]`` tensor (one seed per logits
     row, see :func:`dllm_kernels.token_stats`).
     """
-    before = state.commit_step.clone()
+    before = state.commit_step.clone() if commits else None
     tokens = x.gather(1, inp.idx)
     if inp.fill_after is not None:  # d3LLM: the forward sees this step's early-stop fill
         tokens = torch.where(inp.idx > inp.fill_after[:, None], eos_id, tokens)
@@ -817,14 +838,15 @@ def decode_step(
         step = torch.full((), step, dtype=torch.int64, device=x.device)
     for rule, rows in inp.groups:  # one launch per distinct rule
         _commit_unchecked(x, stats, state, rule, rows, step, mask_id, backend=backend)
-    return state.commit_step != before
+    return state.commit_step != before if commits else None
 
 
 class _StepRunner:
     """Runs the batched steps of one :func:`generate` call: ships each step's plan to the device
     in one copy, builds the index tables there and runs :func:`decode_step`; with ``buckets`` the
     shapes are padded to powers of two, with ``capture`` each bucket's step is recorded once in a
-    CUDA graph and replayed."""
+    CUDA graph and replayed; ``commits``: the steps return the positions the commit rules took
+    (else None)."""
 
     def __init__(
         self,
@@ -842,12 +864,14 @@ class _StepRunner:
         capture: bool,
         temperature: float = 0.0,
         seeds: torch.Tensor | None = None,
+        *,
+        commits: bool = True,
     ):
         self.model, self.x, self.state, self.pad, self.cache = model, x, state, pad, cache
         self.temperature, self.seeds = temperature, seeds  # seeds: [B] int64 row seeds (T > 0)
         self.pol, self.geo, self.suppress, self.backend = pol, geo, suppress, backend
         self.rules = list(enumerate(rules))
-        self.buckets, self.capture = buckets or capture, capture
+        self.buckets, self.capture, self.commits = buckets or capture, capture, commits
         # d3LLM: a forwarding row's early-stop fill lands after the commit (the forward sees it)
         self.stale = pol.d3_stale_candidates and pol.early_stop
         self.plan_dev = torch.zeros(x.shape[0], _NCOL, dtype=torch.int64, device=x.device)
@@ -866,8 +890,9 @@ class _StepRunner:
             self.plan_dev.copy_(self.host, non_blocking=True)
         return self.plan_dev
 
-    def step(self, plan: np.ndarray, fwd: np.ndarray, fill: np.ndarray) -> torch.Tensor:
-        """Run one batched step; returns the ``[B, L]`` positions the commit rules took."""
+    def step(self, plan: np.ndarray, fwd: np.ndarray, fill: np.ndarray) -> torch.Tensor | None:
+        """Run one batched step; returns the ``[B, L]`` positions the commit rules took (None
+        without ``commits``)."""
         geo, x, state = self.geo, self.x, self.state
         dev = self._ship(plan)
         if (fill & ~(fwd & self.stale)).any():  # fills that the commit must see: before the forward
@@ -876,7 +901,7 @@ class _StepRunner:
             now = dev[:, _FILL] if not self.stale else torch.where(dev[:, _FWD] > 0, geo.L, dev[:, _FILL])
             _fill_eos(x, state.commit_step, now, dev[:, _STEP : _STEP + 1], geo.eos)
         if not fwd.any():
-            return torch.zeros_like(x, dtype=torch.bool)
+            return torch.zeros_like(x, dtype=torch.bool) if self.commits else None
         p = plan[fwd]
         Lq = max(1, int((p[:, _C] - p[:, _A] + p[:, _TAIL]).max()))
         Lo = max(1, int((p[:, _E] - p[:, _S]).max()))
@@ -897,7 +922,7 @@ class _StepRunner:
         graph[0].replay()
         return graph[1]
 
-    def _body(self, x, state, Lq, Lo, nw, rules, post_fill: bool) -> torch.Tensor:
+    def _body(self, x, state, Lq, Lo, nw, rules, post_fill: bool) -> torch.Tensor | None:
         """The device work of a step (no host sync, no copy: capturable)."""
         geo, pol, plan = self.geo, self.pol, self.plan_dev
         inp = _device_inputs(plan, Lq, Lo, nw, rules, geo, self.cache is not None, self.stale)
@@ -923,6 +948,7 @@ class _StepRunner:
             suppress_ids=self.suppress,
             confidence_eos_eot_inf=pol.confidence_eos_eot_inf,
             backend=self.backend,
+            commits=self.commits,
         )
         if self.stale and post_fill:  # d3LLM: the fill lands after the commit, sparing this step's commits
             _fill_eos(x, state.commit_step, inp.fill_after, step, geo.eos, keep=state.commit_step == step)

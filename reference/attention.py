@@ -1,10 +1,11 @@
-"""Pure-PyTorch reference of the decoding-step attention: plain math, one batch row at a time.
+"""Pure-PyTorch reference of the decoding-step attention: plain math, per batch row.
 
 Same name and signature as :func:`dllm_kernels.attention` (minus ``backend``; the types are the
 public op's). It builds each
 row's key sequence explicitly (``cat(cache[:cache_len], new[:kv_len])[key_start:]``) and computes
 ``softmax(q k^T * scale) v`` with matmuls and ``torch.softmax``, never SDPA, so it is an
-independent oracle. ``attention`` computes in fp32; ``attention_lowp`` runs the same math in the
+independent oracle. Rows with the same three lengths run together, as one ``torch.bmm`` batch of
+the per-row, per-head matrices. ``attention`` computes in fp32; ``attention_lowp`` runs the same math in the
 inputs' dtype, the "PyTorch low-precision path" whose error bounds the kernel's in the tests.
 """
 
@@ -30,24 +31,33 @@ def _attention(
     kl = _row_lengths(kv_len, Lk, B)
     ks = _row_lengths(key_start, 0, B)
     out = torch.zeros(B, Lq, Hq, D, dtype=dtype, device=q.device)
-    for b in range(B):
+    # rows with the same (cache_len, kv_len, key_start) have keys of one length: they run as one
+    # batch of the same per-row matmuls and softmax (a row's result does not depend on its group)
+    groups: dict[tuple[int, int, int], list[int]] = {}
+    for b, key in enumerate(zip(cl, kl, ks)):
+        groups.setdefault(key, []).append(b)
+    for (n_cache, n_new, start), rows in groups.items():
+        idx = slice(None) if len(rows) == B else torch.tensor(rows, device=q.device)  # all rows: views
         keys, values = [], []
         if k_cache is not None:
-            keys.append(k_cache[b, : cl[b]])
-            values.append(v_cache[b, : cl[b]])
+            keys.append(k_cache[idx, :n_cache])
+            values.append(v_cache[idx, :n_cache])
         if k is not None:
-            keys.append(k[b, : kl[b]])
-            values.append(v[b, : kl[b]])
-        kb = torch.cat(keys)[max(ks[b], 0) :].to(dtype)  # [N, Hkv, D]: the row's valid keys
-        vb = torch.cat(values)[max(ks[b], 0) :].to(dtype)
-        if kb.shape[0] == 0:
+            keys.append(k[idx, :n_new])
+            values.append(v[idx, :n_new])
+        kb = torch.cat(keys, 1)[:, max(start, 0) :].to(dtype)  # [rows, N, Hkv, D]: the rows' valid keys
+        vb = torch.cat(values, 1)[:, max(start, 0) :].to(dtype)
+        if kb.shape[1] == 0:
             continue  # no valid key: output 0
-        G = Hq // kb.shape[1]
-        kb = kb.repeat_interleave(G, dim=1).transpose(0, 1)  # [Hq, N, D]
-        vb = vb.repeat_interleave(G, dim=1).transpose(0, 1)
-        qb = q[b].to(dtype).transpose(0, 1)  # [Hq, Lq, D]
-        p = torch.softmax((qb @ kb.transpose(1, 2)) * scale, dim=-1)  # [Hq, Lq, N]
-        out[b] = (p @ vb).transpose(0, 1)
+        R, N, G = len(rows), kb.shape[1], Hq // kb.shape[2]
+        # [rows * Hq, ., D] batches of per-head matrices, as torch.bmm runs them for one row
+        if G > 1:
+            kb, vb = kb.repeat_interleave(G, dim=2), vb.repeat_interleave(G, dim=2)
+        kb = kb.transpose(1, 2).reshape(R * Hq, N, D)
+        vb = vb.transpose(1, 2).reshape(R * Hq, N, D)
+        qb = q[idx].to(dtype).transpose(1, 2).reshape(R * Hq, Lq, D)
+        p = torch.softmax(torch.bmm(qb, kb.transpose(1, 2)) * scale, dim=-1)  # [rows * Hq, Lq, N]
+        out[idx] = torch.bmm(p, vb).view(R, Hq, Lq, D).transpose(1, 2)
     return out
 
 

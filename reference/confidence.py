@@ -56,9 +56,9 @@ def _gumbel_choice(z: torch.Tensor, u: torch.Tensor, temperature: float):
     return index, best[:, 0]
 
 
-def _softmax(z: torch.Tensor) -> torch.Tensor:
-    """softmax of fp64 logits in which ``+inf`` entries share all the mass (the softmax's limit)."""
-    m = z.max(dim=-1, keepdim=True).values
+def _softmax(z: torch.Tensor, m: torch.Tensor) -> torch.Tensor:
+    """softmax of fp64 logits ``z`` with row maxima ``m [R, 1]``, in which ``+inf`` entries share
+    all the mass (the softmax's limit)."""
     e = torch.exp(torch.where(z == m, 0.0, z - m))  # z == m: 0 also for a +inf maximum
     return e / e.sum(dim=-1, keepdim=True)
 
@@ -73,7 +73,8 @@ def token_stats(logits, *, temperature=0.0, seed=None, suppress_ids=None):
     """
     lead, V = logits.shape[:-1], logits.shape[-1]
     z = _clean_logits(logits.cpu(), 0, suppress_ids)
-    valid = z.max(dim=-1).values > float("-inf")  # rows holding at least one logit above -inf
+    m = z.max(dim=-1).values
+    valid = m > float("-inf")  # rows holding at least one logit above -inf
 
     if temperature > 0.0:
         u = _uniforms(resolve_seed(seed), z.shape[0], torch.arange(V, dtype=torch.int64), V)
@@ -81,10 +82,12 @@ def token_stats(logits, *, temperature=0.0, seed=None, suppress_ids=None):
     else:
         token = z.argmax(dim=-1)  # first index among ties
 
-    p = _softmax(z)
+    p = _softmax(z, m[:, None])
     prob = p.gather(-1, token[:, None])[:, 0]
-    top = torch.cat([p, torch.zeros_like(p[:, :1])], dim=-1).topk(2, dim=-1).values
-    margin = top[:, 0] - top[:, 1]
+    # the two largest probabilities: the largest, then the largest of the others and 0 (one
+    # occurrence of the largest set to 0; the second is 0 for a vocabulary of one)
+    p1, i1 = p.max(dim=-1)
+    margin = p1 - p.scatter(-1, i1[:, None], 0.0).amax(dim=-1)
     entropy = -torch.xlogy(p, p).sum(dim=-1)
 
     device = logits.device

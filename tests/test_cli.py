@@ -228,3 +228,13 @@ def test_as_a_process(tmp_path):
     ]
     r = subprocess.run([*cmd[:4], "--prompt", "", "--debug"], cwd=tmp_path, capture_output=True, text=True, timeout=300)
     assert r.returncode == 1 and "Traceback" in r.stderr and "every prompt needs at least one token" in r.stderr
+
+
+def test_commands_keep_freed_memory_on_glibc():
+    """The commands let glibc's malloc keep freed memory (``_env.keep_freed_memory``); elsewhere
+    nothing changes."""
+    import platform
+
+    from dllm_kernels._env import keep_freed_memory
+
+    assert keep_freed_memory() is (platform.libc_ver()[0] == "glibc")

@@ -203,6 +203,23 @@ def test_batch_rows_match_single_rows(policy, kw):
         assert torch.equal(batch.commit_step[b, batch.gen_start :], alone.commit_step[0, alone.gen_start :])
 
 
+@pytest.mark.parametrize("pad_id", [None, 11])
+def test_ragged_prompts_are_left_padded_to_a_block_multiple(pad_id):
+    cfg = ScriptedConfig(vocab_size=V, mask_id=MASK, eos_id=EOS, pad_id=pad_id)
+    prompts = [[3, 4, 5], [7, 1, 2, 9, 4], [5]]
+    for prompt in (prompts, [torch.tensor(p, dtype=torch.int32) for p in prompts]):
+        out = generate(
+            ScriptedModel(confident_table(plain(24), [0.99] * 24, V), cfg),
+            prompt,
+            policy="vanilla",
+            gen_length=8,
+            block_length=4,
+        )
+        assert out.gen_start == 8 and out.pad.tolist() == [5, 3, 7]
+        fill = EOS if pad_id is None else pad_id
+        assert out.tokens[:, :8].tolist() == [[fill] * (8 - len(p)) + p for p in prompts]
+
+
 class _Shapes:
     """A model wrapper that records the shape of every call: (rows, forwarded width, logits width)."""
 

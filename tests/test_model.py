@@ -69,6 +69,59 @@ def test_left_padding_matches_unpadded_row(impl):
     torch.testing.assert_close(padded[:, pad:], alone, **TOL)
 
 
+@pytest.mark.parametrize("impl", IMPLS)
+@pytest.mark.parametrize("shift", [False, True], ids=["llada", "dream"])
+@torch.no_grad()
+def test_cpu_forward_skips_padding_rows_exactly(impl, shift, monkeypatch):
+    """On the CPU the per-token layers run on the rows before kv_len only: the real rows' logits and
+    cache writes are exactly those of the padded forward (rows that are done: kv_len 0)."""
+    from dllm_kernels.models import transformer
+
+    m = make(shift, impl)
+    B, L, bs = 3, 16, 8
+    x = torch.randint(0, m.config.vocab_size, (B, L))
+    kw = dict(
+        cache_len=torch.tensor([8, 3, 0]),
+        kv_len=torch.tensor([16, 9, 0]),
+        key_start=torch.tensor([0, 2, 0]),
+        write=CacheWrite(torch.tensor([[1], [1], [-1]]), bs, new_start=torch.full((B,), 8)),
+        logits_index=torch.tensor([[0, 5, 15], [0, 4, 8], [0, 0, 0]]),
+    )
+    results = []
+    for packed in (True, False):
+        if not packed:
+            monkeypatch.setattr(transformer, "_real_rows", lambda *args: None)
+        cache = m.new_cache(B, 24)
+        for t in cache.k + cache.v:
+            t.copy_(torch.randn(t.shape, generator=torch.Generator().manual_seed(1)))
+        logits = m(x, torch.arange(8, 8 + L).expand(B, -1), cache=cache, **kw)
+        results.append((logits[:2], [t[:2] for t in cache.k + cache.v]))
+    (got, got_cache), (want, want_cache) = results
+    assert torch.equal(got, want)
+    assert all(torch.equal(a, b) for a, b in zip(got_cache, want_cache))
+
+
+@pytest.mark.parametrize("impl", IMPLS)
+@pytest.mark.parametrize("shift", [False, True], ids=["llada", "dream"])
+@torch.no_grad()
+def test_logits_of_some_rows_keep_every_rows_cache_write(impl, shift):
+    """With logits_index the last layer runs its queries and MLP on those rows only: the logits
+    are the full forward's rows and the cache write still holds every forwarded row's K/V."""
+    m = make(shift, impl)
+    B, L, bs = 2, 16, 8
+    x = torch.randint(0, m.config.vocab_size, (B, L))
+    out = []
+    for index in (torch.tensor([[3, 9, 10], [0, 15, 15]]), None):
+        cache = m.new_cache(B, L)
+        logits = m(x, cache=cache, write=CacheWrite(torch.arange(L // bs).expand(B, -1), bs), logits_index=index)
+        out.append((logits, cache))
+    (some, some_cache), (every, every_cache) = out
+    torch.testing.assert_close(
+        some, every.gather(1, torch.tensor([[3, 9, 10], [0, 15, 15]])[..., None].expand(-1, -1, every.shape[-1])), **TOL
+    )
+    assert all(torch.equal(a, b) for a, b in zip(some_cache.k + some_cache.v, every_cache.k + every_cache.v))
+
+
 def test_checkpoint_round_trip(tmp_path):
     m = make(True, "sdpa")
     save_checkpoint(m, tmp_path)

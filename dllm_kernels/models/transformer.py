@@ -68,9 +68,9 @@ class RMSNorm(nn.Module):
 
 
 def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    """``x [B, L, H, D]`` rotated by per-position ``cos/sin [B, L, D]`` (HF rotate_half), in fp32."""
+    """``x [..., H, D]`` rotated by per-position ``cos/sin [..., D]`` (HF rotate_half), in fp32."""
     xf = x.float()
-    return (xf * cos[:, :, None] + rotate_half(xf) * sin[:, :, None]).to(x.dtype)
+    return (xf * cos[..., None, :] + rotate_half(xf) * sin[..., None, :]).to(x.dtype)
 
 
 class Block(nn.Module):
@@ -87,13 +87,37 @@ class Block(nn.Module):
         self.up_proj = nn.Linear(c.d_model, c.ffn_dim, bias=False)
         self.down_proj = nn.Linear(c.ffn_dim, c.d_model, bias=False)
 
-    def forward(self, h, cos, sin, *, layer_cache, cache_len, kv_len, attend_new, write, key_start, backend, attn_impl):
+    def forward(
+        self,
+        h,
+        cos,
+        sin,
+        *,
+        layer_cache,
+        cache_len,
+        kv_len,
+        attend_new,
+        write,
+        key_start,
+        backend,
+        attn_impl,
+        real,
+        out_rows=None,
+    ):
+        """``h [B, L, d]``, or ``[N, d]``: the rows ``real`` (a :class:`_Rows`) of the flattened
+        ``[B * L]`` token axis, when the per-token layers skip the padding. ``out_rows [B, Lo]``
+        (the last layer): every row gives its K/V, but only these rows are queries and go on
+        (returns ``[B, Lo, d]``)."""
         c = self.c
-        B, L, _ = h.shape
         x = self.attn_norm(h)
-        q = apply_rope(self.q_proj(x).view(B, L, c.n_heads, c.head_dim), cos, sin)
-        k = apply_rope(self.k_proj(x).view(B, L, c.n_kv_heads, c.head_dim), cos, sin)
-        v = self.v_proj(x).view(B, L, c.n_kv_heads, c.head_dim)
+        k = apply_rope(self.k_proj(x).unflatten(-1, (c.n_kv_heads, c.head_dim)), cos, sin)
+        v = self.v_proj(x).unflatten(-1, (c.n_kv_heads, c.head_dim))
+        if out_rows is not None:
+            h, x, cos, sin = (_take_rows(t, out_rows, real) for t in (h, x, cos, sin))
+        q = apply_rope(self.q_proj(x).unflatten(-1, (c.n_heads, c.head_dim)), cos, sin)
+        if real is not None:  # attention and the cache write see the padded [B, L] layout
+            k, v = real.unpack(k), real.unpack(v)
+            q = real.unpack(q) if out_rows is None else q
         k_cache, v_cache = layer_cache if layer_cache is not None else (None, None)
         if write is not None:
             _write_cache(k_cache, v_cache, k, v, write, backend, attn_impl)
@@ -114,9 +138,47 @@ class Block(nn.Module):
             )
         else:
             o = _sdpa_attention(q, kn, vn, k_cache, v_cache, cache_len, kv_len, key_start)
-        h = h + self.o_proj(o.reshape(B, L, c.n_heads * c.head_dim))
+        o = o.flatten(2)
+        h = h + self.o_proj(real.pack(o) if real is not None and out_rows is None else o)
         x = self.mlp_norm(h)
         return h + self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))
+
+
+class _Rows:
+    """The real rows of a ragged forward: ``index`` the positions of the flattened ``[B * L]``
+    token axis with ``j < kv_len[b]``. The per-token layers (norms, projections, RoPE, MLP) run
+    on ``[N, ...]`` packed rows, exactly the values they compute on the padded layout; attention
+    and the cache write get the padded layout back, padding rows zero (never attended)."""
+
+    def __init__(self, index: torch.Tensor, B: int, L: int):
+        self.index, self.B, self.L = index, B, L
+
+    def pack(self, t: torch.Tensor) -> torch.Tensor:
+        """``[B, L, ...]`` -> ``[N, ...]``."""
+        return t.flatten(0, 1).index_select(0, self.index)
+
+    def unpack(self, t: torch.Tensor) -> torch.Tensor:
+        """``[N, ...]`` -> ``[B, L, ...]`` (zeros at the padding)."""
+        out = t.new_zeros(self.B * self.L, *t.shape[1:])
+        return out.index_copy_(0, self.index, t).unflatten(0, (self.B, self.L))
+
+
+def _take_rows(t: torch.Tensor, rows: torch.Tensor, real: _Rows | None) -> torch.Tensor:
+    """The rows ``rows [B, Lo]`` of ``t [B, L, ...]`` (or of ``t [N, ...]`` packed by ``real``)."""
+    if real is not None:
+        t = real.unpack(t)
+    return t[torch.arange(t.shape[0], device=t.device)[:, None], rows]
+
+
+def _real_rows(kv_len: torch.Tensor | None, B: int, L: int, device) -> _Rows | None:
+    """The packing of a forward whose rows past ``kv_len`` are padding, on the CPU only (finding
+    the rows reads ``kv_len``, a host sync on an accelerator); None when nothing is padding."""
+    if kv_len is None or torch.device(device).type != "cpu":
+        return None
+    real = (torch.arange(L, device=device)[None, :] < kv_len[:, None]).flatten()
+    if bool(real.all()):
+        return None
+    return _Rows(real.nonzero().flatten(), B, L)
 
 
 def _write_cache(k_cache, v_cache, k, v, write: CacheWrite, backend, attn_impl):
@@ -226,12 +288,15 @@ class DiffusionLM(nn.Module):
             cache: the loop's :class:`KVCache` (None: attend the forwarded positions only).
             cache_len: ``[B]`` cache rows ``[0, cache_len)`` are attended (default: all).
             kv_len: ``[B]`` forwarded rows ``[0, kv_len)`` are real (ragged windows); the rest are
-                padding, never attended as keys (their own outputs are garbage).
+                padding, never attended as keys (their own outputs are garbage; on the CPU the
+                per-token layers skip them, the real rows' values unchanged).
             attend_new: also attend the forwarded positions' own K/V (False: cache only).
             write: cache rows to (over)write with this forward's K/V, before attending.
             key_start: ``[B]`` left padding: keys before this logical index are ignored.
             logits_index: ``[B, Lo]`` forwarded rows whose logits are wanted (default: all); the
-                LM head is the most expensive matmul at a large vocabulary. With ``logit_shift``
+                LM head is the most expensive matmul at a large vocabulary. The last layer's
+                queries, output projection and MLP run on these rows only (every row still gives
+                its K/V to attention and to the cache write). With ``logit_shift``
                 the logits of row i come from the hidden state of row ``i - 1`` (row 0: itself),
                 shifted within the forwarded window as the Dream code does.
 
@@ -243,8 +308,19 @@ class DiffusionLM(nn.Module):
             positions = torch.arange(Lq, device=tokens.device).expand(B, Lq)
         if positions.shape != tokens.shape:
             raise ValueError(f"positions must have shape {list(tokens.shape)}, got {list(positions.shape)}")
+        # on the CPU the per-token layers skip the padding rows past kv_len (rows that are done
+        # have kv_len 0): the real rows get exactly the values of the padded forward
+        real = _real_rows(kv_len, B, Lq, tokens.device)
+        if real is not None:
+            tokens, positions = real.pack(tokens), real.pack(positions)
+        if logits_index is None:
+            logits_index = torch.arange(Lq, device=tokens.device).expand(B, Lq)
+        rows = (logits_index - 1).clamp_min(0) if self.config.logit_shift else logits_index
+        # the last layer's queries, output projection and MLP run on the logits rows only (their
+        # values unchanged; the other rows' outputs would feed nothing)
+        prune = rows.shape[1] < Lq and len(self.layers) > 0
         h = self.embed(tokens)
-        cos, sin = self.rope_cos[positions], self.rope_sin[positions]  # [B, Lq, D]
+        cos, sin = self.rope_cos[positions], self.rope_sin[positions]  # [B, Lq, D] (or [N, D])
         for i, layer in enumerate(self.layers):
             layer_cache = (cache.k[i], cache.v[i]) if cache is not None else None
             h = layer(
@@ -259,9 +335,9 @@ class DiffusionLM(nn.Module):
                 key_start=key_start,
                 backend=self.backend,
                 attn_impl=self.attn_impl,
+                real=real,
+                out_rows=rows if prune and i == len(self.layers) - 1 else None,
             )
-        if logits_index is None:
-            logits_index = torch.arange(Lq, device=h.device).expand(B, Lq)
-        rows = (logits_index - 1).clamp_min(0) if self.config.logit_shift else logits_index
-        h = h.gather(1, rows[:, :, None].expand(-1, -1, h.shape[-1]))
+        if not prune:  # padding rows: 0, their logits are ignored
+            h = _take_rows(h, rows, real)
         return self.lm_head(self.norm(h))

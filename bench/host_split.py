@@ -1,0 +1,201 @@
+"""A decoding step's host work, separated from the kernels' compute (CPU benchmark, batch 1 and 64).
+
+    .venv/bin/python bench/host_split.py [--repeats 3] [--batches 1 64] [--out bench/results/host_split.json]
+
+On a CPU, ``bench/host_step.py``'s per-step time holds the "device" work too: on the stubbed path
+the references stand in for the Triton kernels, and at B = 64 their compute (the token statistics
+over ``64 x Lo x V`` logits, the commit over ``64 x L`` positions) dominates the step and evicts
+the caches that the host code then runs on. Here every policy runs twice on host_step's nearly
+free model, stubbed path (custom ops, launchers and all the loop's host code, as on a GPU):
+
+1. ``record``: the stubbed launches and the model run and their outputs are kept;
+2. ``replay`` (timed): the same ``generate`` call, in which the launches return the recorded
+   outputs (``commit`` copies the recorded canvas and state in place) and the model returns a
+   zero tensor of its logits' shape. Every host step runs exactly as before (same plans, shapes,
+   custom-op dispatches, index tables; the final canvas is checked against the record), but the
+   kernels' and the model's compute is gone.
+
+Reported per step: ``host_us``: the replay's wall time minus the time inside the replayed
+launches and the model (the host cost of the GPU path; the loop's own small tensor ops, which a
+GPU runs asynchronously, still count on the CPU, so an upper bound); ``ops``: the operators the
+host dispatches (a ``TorchDispatchMode`` count, views left out; a custom op counts once, what
+its launcher does is not seen), i.e. the launches a GPU step issues. Equal op counts at B = 1 and B = 64 mean that
+the dispatch work does not grow with the batch. One intra-op thread.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import pathlib
+import statistics
+import sys
+import time
+from collections import Counter
+
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
+import host_step as hs  # noqa: E402  (bench/, beside this file; sets TRITON_INTERPRET)
+import torch  # noqa: E402
+from torch.utils._python_dispatch import TorchDispatchMode  # noqa: E402
+
+import dllm_kernels as dk  # noqa: E402
+
+
+class _OpCount(TorchDispatchMode):
+    """Counts the operators dispatched while active (inside one, nothing is seen), views (which
+    launch nothing) left out."""
+
+    def __init__(self):
+        super().__init__()
+        self.n = Counter()
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        if not func.is_view:
+            self.n[str(func)] += 1
+        return func(*args, **(kwargs or {}))
+
+
+class _Replay:
+    """The stubbed launchers and the model, recording their outputs or replaying them."""
+
+    def __init__(self):
+        from dllm_kernels.kernels import commit as kc, confidence as kt
+
+        self.kc, self.kt = kc, kt
+        self.token_stats_impl, self.commit_impl = kt.token_stats, kc.commit
+        self.tapes: dict[str, list] = {"token_stats": [], "commit": []}
+        self.mode, self.pos, self.inside = "record", Counter(), 0.0
+        kt.token_stats, kc.commit = self.token_stats, self.commit
+
+    def restore(self):
+        self.kt.token_stats, self.kc.commit = self.token_stats_impl, self.commit_impl
+
+    def start(self, mode: str):
+        self.mode, self.pos, self.inside = mode, Counter(), 0.0
+        if mode == "record":
+            self.tapes = {"token_stats": [], "commit": []}
+
+    def _next(self, name):
+        i = self.pos[name]
+        self.pos[name] += 1
+        return self.tapes[name][i]
+
+    def token_stats(self, logits, *args):
+        if self.mode == "record":
+            out = self.token_stats_impl(logits, *args)
+            self.tapes["token_stats"].append(tuple(t.clone() for t in out))
+            return out
+        t0 = time.perf_counter()
+        out = tuple(t.clone() for t in self._next("token_stats"))
+        self.inside += time.perf_counter() - t0
+        return out
+
+    def commit(self, x, token, prob, entropy, state, *args):
+        fields = [getattr(state, f) for f in type(state).__dataclass_fields__]
+        if self.mode == "record":
+            n = self.commit_impl(x, token, prob, entropy, state, *args)
+            self.tapes["commit"].append((x.clone(), [t.clone() for t in fields], n.clone()))
+            return n
+        t0 = time.perf_counter()
+        x_after, fields_after, n = self._next("commit")
+        x.copy_(x_after)
+        for t, v in zip(fields, fields_after):
+            t.copy_(v)
+        self.inside += time.perf_counter() - t0
+        return n.clone()
+
+
+class _ReplayModel(hs.FreeModel):
+    """host_step's model; in replay it returns zeros of its logits' shape."""
+
+    def __init__(self, replay: _Replay):
+        super().__init__(hs.PROMPT + hs.GEN)
+        self.replay = replay
+
+    def __call__(self, tokens, positions, *, logits_index=None, **kw):
+        if self.replay.mode == "record":
+            return super().__call__(tokens, positions, logits_index=logits_index, **kw)
+        t0 = time.perf_counter()
+        self.calls += 1
+        out = torch.zeros(*logits_index.shape, hs.V)
+        self.replay.inside += time.perf_counter() - t0
+        return out
+
+
+def measure(replay: _Replay, name: str, B: int, repeats: int) -> dict:
+    policy, kw = hs.POLICIES[name]
+    model = _ReplayModel(replay)
+    prompt = torch.arange(B * hs.PROMPT).reshape(B, hs.PROMPT) % (hs.V - 2)
+
+    def run():
+        model.calls = 0
+        return dk.generate(
+            model, prompt, policy=policy, gen_length=hs.GEN, block_length=hs.BLOCK, backend="triton", **kw
+        )
+
+    replay.start("record")
+    want = run().tokens
+    host, walls = [], []
+    for _ in range(repeats + 1):  # the first replay warms up
+        replay.start("replay")
+        t0 = time.perf_counter()
+        got = run().tokens
+        wall = time.perf_counter() - t0
+        if not torch.equal(got, want):
+            raise RuntimeError(f"{name} B={B}: the replay diverged from the recorded run")
+        walls.append(wall / model.calls)
+        host.append((wall - replay.inside) / model.calls)
+    replay.start("replay")
+    count = _OpCount()
+    with count:
+        run()
+    steps = model.calls
+    return dict(
+        name=name,
+        B=B,
+        steps=steps,
+        host_us_per_step=round(statistics.median(host[1:]) * 1e6, 1),
+        replay_us_per_step=round(statistics.median(walls[1:]) * 1e6, 1),
+        ops_per_step=round(sum(count.n.values()) / steps, 2),
+    )
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--batches", type=int, nargs="+", default=[1, 64])
+    ap.add_argument("--policies", nargs="+", default=list(hs.POLICIES), choices=list(hs.POLICIES))
+    ap.add_argument("--out", default=str(pathlib.Path(__file__).parent / "results" / "host_split.json"))
+    args = ap.parse_args()
+    torch.set_num_threads(1)
+    hs._stub_kernels()
+    replay = _Replay()
+    load_before = os.getloadavg()
+    rows = []
+    try:
+        for name in args.policies:
+            for B in args.batches:
+                r = measure(replay, name, B, args.repeats)
+                rows.append(r)
+                print(
+                    f"{name:16s} B={B:3d} steps={r['steps']:4d} host {r['host_us_per_step']:8.1f} us/step "
+                    f"(replay {r['replay_us_per_step']:8.1f}) ops/step {r['ops_per_step']:6.2f}",
+                    flush=True,
+                )
+    finally:
+        replay.restore()
+    meta = dict(
+        torch=torch.__version__,
+        threads=torch.get_num_threads(),
+        repeats=args.repeats,
+        path="stubbed",
+        cpu_count=os.cpu_count(),
+        load_average=[round(v, 2) for v in (*load_before[:1], *os.getloadavg()[:1])],  # 1-min, before / after
+    )
+    pathlib.Path(args.out).write_text(json.dumps(dict(meta=meta, rows=rows), indent=1) + "\n")
+    print(f"wrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()
