@@ -101,27 +101,6 @@ def test_cpu_forward_skips_padding_rows_exactly(impl, shift, monkeypatch):
     assert all(torch.equal(a, b) for a, b in zip(got_cache, want_cache))
 
 
-@pytest.mark.parametrize("impl", IMPLS)
-@pytest.mark.parametrize("shift", [False, True], ids=["llada", "dream"])
-@torch.no_grad()
-def test_logits_of_some_rows_keep_every_rows_cache_write(impl, shift):
-    """With logits_index the last layer runs its queries and MLP on those rows only: the logits
-    are the full forward's rows and the cache write still holds every forwarded row's K/V."""
-    m = make(shift, impl)
-    B, L, bs = 2, 16, 8
-    x = torch.randint(0, m.config.vocab_size, (B, L))
-    out = []
-    for index in (torch.tensor([[3, 9, 10], [0, 15, 15]]), None):
-        cache = m.new_cache(B, L)
-        logits = m(x, cache=cache, write=CacheWrite(torch.arange(L // bs).expand(B, -1), bs), logits_index=index)
-        out.append((logits, cache))
-    (some, some_cache), (every, every_cache) = out
-    torch.testing.assert_close(
-        some, every.gather(1, torch.tensor([[3, 9, 10], [0, 15, 15]])[..., None].expand(-1, -1, every.shape[-1])), **TOL
-    )
-    assert all(torch.equal(a, b) for a, b in zip(some_cache.k + some_cache.v, every_cache.k + every_cache.v))
-
-
 def test_checkpoint_round_trip(tmp_path):
     m = make(True, "sdpa")
     save_checkpoint(m, tmp_path)

@@ -88,36 +88,18 @@ class Block(nn.Module):
         self.down_proj = nn.Linear(c.ffn_dim, c.d_model, bias=False)
 
     def forward(
-        self,
-        h,
-        cos,
-        sin,
-        *,
-        layer_cache,
-        cache_len,
-        kv_len,
-        attend_new,
-        write,
-        key_start,
-        backend,
-        attn_impl,
-        real,
-        out_rows=None,
+        self, h, cos, sin, *, layer_cache, cache_len, kv_len, attend_new, write, key_start, backend, attn_impl, real
     ):
         """``h [B, L, d]``, or ``[N, d]``: the rows ``real`` (a :class:`_Rows`) of the flattened
-        ``[B * L]`` token axis, when the per-token layers skip the padding. ``out_rows [B, Lo]``
-        (the last layer): every row gives its K/V, but only these rows are queries and go on
-        (returns ``[B, Lo, d]``)."""
+        ``[B * L]`` token axis, when the per-token layers skip the padding."""
         c = self.c
+        B, L = (real.B, real.L) if real is not None else h.shape[:2]
         x = self.attn_norm(h)
+        q = apply_rope(self.q_proj(x).unflatten(-1, (c.n_heads, c.head_dim)), cos, sin)
         k = apply_rope(self.k_proj(x).unflatten(-1, (c.n_kv_heads, c.head_dim)), cos, sin)
         v = self.v_proj(x).unflatten(-1, (c.n_kv_heads, c.head_dim))
-        if out_rows is not None:
-            h, x, cos, sin = (_take_rows(t, out_rows, real) for t in (h, x, cos, sin))
-        q = apply_rope(self.q_proj(x).unflatten(-1, (c.n_heads, c.head_dim)), cos, sin)
         if real is not None:  # attention and the cache write see the padded [B, L] layout
-            k, v = real.unpack(k), real.unpack(v)
-            q = real.unpack(q) if out_rows is None else q
+            q, k, v = real.unpack(q), real.unpack(k), real.unpack(v)
         k_cache, v_cache = layer_cache if layer_cache is not None else (None, None)
         if write is not None:
             _write_cache(k_cache, v_cache, k, v, write, backend, attn_impl)
@@ -138,8 +120,8 @@ class Block(nn.Module):
             )
         else:
             o = _sdpa_attention(q, kn, vn, k_cache, v_cache, cache_len, kv_len, key_start)
-        o = o.flatten(2)
-        h = h + self.o_proj(real.pack(o) if real is not None and out_rows is None else o)
+        o = o.reshape(B, L, c.n_heads * c.head_dim)
+        h = h + self.o_proj(real.pack(o) if real is not None else o)
         x = self.mlp_norm(h)
         return h + self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))
 
@@ -161,13 +143,6 @@ class _Rows:
         """``[N, ...]`` -> ``[B, L, ...]`` (zeros at the padding)."""
         out = t.new_zeros(self.B * self.L, *t.shape[1:])
         return out.index_copy_(0, self.index, t).unflatten(0, (self.B, self.L))
-
-
-def _take_rows(t: torch.Tensor, rows: torch.Tensor, real: _Rows | None) -> torch.Tensor:
-    """The rows ``rows [B, Lo]`` of ``t [B, L, ...]`` (or of ``t [N, ...]`` packed by ``real``)."""
-    if real is not None:
-        t = real.unpack(t)
-    return t[torch.arange(t.shape[0], device=t.device)[:, None], rows]
 
 
 def _real_rows(kv_len: torch.Tensor | None, B: int, L: int, device) -> _Rows | None:
@@ -294,9 +269,7 @@ class DiffusionLM(nn.Module):
             write: cache rows to (over)write with this forward's K/V, before attending.
             key_start: ``[B]`` left padding: keys before this logical index are ignored.
             logits_index: ``[B, Lo]`` forwarded rows whose logits are wanted (default: all); the
-                LM head is the most expensive matmul at a large vocabulary. The last layer's
-                queries, output projection and MLP run on these rows only (every row still gives
-                its K/V to attention and to the cache write). With ``logit_shift``
+                LM head is the most expensive matmul at a large vocabulary. With ``logit_shift``
                 the logits of row i come from the hidden state of row ``i - 1`` (row 0: itself),
                 shifted within the forwarded window as the Dream code does.
 
@@ -313,12 +286,6 @@ class DiffusionLM(nn.Module):
         real = _real_rows(kv_len, B, Lq, tokens.device)
         if real is not None:
             tokens, positions = real.pack(tokens), real.pack(positions)
-        if logits_index is None:
-            logits_index = torch.arange(Lq, device=tokens.device).expand(B, Lq)
-        rows = (logits_index - 1).clamp_min(0) if self.config.logit_shift else logits_index
-        # the last layer's queries, output projection and MLP run on the logits rows only (their
-        # values unchanged; the other rows' outputs would feed nothing)
-        prune = rows.shape[1] < Lq and len(self.layers) > 0
         h = self.embed(tokens)
         cos, sin = self.rope_cos[positions], self.rope_sin[positions]  # [B, Lq, D] (or [N, D])
         for i, layer in enumerate(self.layers):
@@ -336,8 +303,11 @@ class DiffusionLM(nn.Module):
                 backend=self.backend,
                 attn_impl=self.attn_impl,
                 real=real,
-                out_rows=rows if prune and i == len(self.layers) - 1 else None,
             )
-        if not prune:  # padding rows: 0, their logits are ignored
-            h = _take_rows(h, rows, real)
+        if real is not None:
+            h = real.unpack(h)  # padding rows: 0, their logits are ignored
+        if logits_index is None:
+            logits_index = torch.arange(Lq, device=h.device).expand(B, Lq)
+        rows = (logits_index - 1).clamp_min(0) if self.config.logit_shift else logits_index
+        h = h.gather(1, rows[:, :, None].expand(-1, -1, h.shape[-1]))
         return self.lm_head(self.norm(h))
