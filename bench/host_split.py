@@ -44,16 +44,44 @@ import dllm_kernels as dk  # noqa: E402
 
 class _OpCount(TorchDispatchMode):
     """Counts the operators dispatched while active (inside one, nothing is seen), views (which
-    launch nothing) left out."""
+    launch nothing) left out; none while ``paused``."""
 
     def __init__(self):
         super().__init__()
         self.n = Counter()
+        self.paused = False
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        if not func.is_view:
+        if not func.is_view and not self.paused:
             self.n[str(func)] += 1
         return func(*args, **(kwargs or {}))
+
+
+class _BodyClock:
+    """Times :meth:`dllm_kernels.loop._StepRunner._body` (the device work that a CUDA graph
+    replays) and pauses an op counter while inside it."""
+
+    def __init__(self):
+        self.runner = dk.loop._StepRunner
+        self.impl = self.runner._body
+        self.inside, self.count = 0.0, None
+        clock = self
+
+        def body(runner, *args, **kwargs):
+            t0 = time.perf_counter()
+            if clock.count is not None:
+                clock.count.paused = True
+            try:
+                return clock.impl(runner, *args, **kwargs)
+            finally:
+                if clock.count is not None:
+                    clock.count.paused = False
+                clock.inside += time.perf_counter() - t0
+
+        self.runner._body = body
+
+    def restore(self):
+        self.runner._body = self.impl
 
 
 class _Replay:
@@ -123,22 +151,28 @@ class _ReplayModel(hs.FreeModel):
         return out
 
 
-def measure(replay: _Replay, name: str, B: int, repeats: int) -> dict:
+def _split(replay: _Replay, clock: _BodyClock, name: str, B: int, repeats: int, buckets: bool):
+    """Medians per step over ``repeats`` replays (after one warm-up) of (wall time minus the
+    replayed launches and model, wall time minus the whole of ``_body``, wall time), the op
+    counts (all, outside ``_body``) and the steps; ``buckets``: the padded path that graph
+    replay runs."""
     policy, kw = hs.POLICIES[name]
     model = _ReplayModel(replay)
     prompt = torch.arange(B * hs.PROMPT).reshape(B, hs.PROMPT) % (hs.V - 2)
+    args = dict(temperature=0.0, seed=None, max_nfe=10000, progress=False, buckets=buckets, capture=False)
 
     def run():
         model.calls = 0
-        return dk.generate(
-            model, prompt, policy=policy, gen_length=hs.GEN, block_length=hs.BLOCK, backend="triton", **kw
+        return dk.loop._generate(
+            model, prompt, policy=policy, gen_length=hs.GEN, block_length=hs.BLOCK, backend="triton", **args, **kw
         )
 
     replay.start("record")
     want = run().tokens
-    host, walls = [], []
+    host, outside, walls = [], [], []
     for _ in range(repeats + 1):  # the first replay warms up
         replay.start("replay")
+        clock.inside = 0.0
         t0 = time.perf_counter()
         got = run().tokens
         wall = time.perf_counter() - t0
@@ -146,18 +180,35 @@ def measure(replay: _Replay, name: str, B: int, repeats: int) -> dict:
             raise RuntimeError(f"{name} B={B}: the replay diverged from the recorded run")
         walls.append(wall / model.calls)
         host.append((wall - replay.inside) / model.calls)
-    replay.start("replay")
-    count = _OpCount()
-    with count:
-        run()
-    steps = model.calls
+        outside.append((wall - clock.inside) / model.calls)
+    ops = []
+    for pause in (False, True):  # every operator, then those outside ``_body``
+        replay.start("replay")
+        count = _OpCount()
+        clock.count = count if pause else None
+        with count:
+            run()
+        clock.count = None
+        ops.append(round(sum(count.n.values()) / model.calls, 2))
+    med = [round(statistics.median(t[1:]) * 1e6, 1) for t in (host, outside, walls)]
+    return med, ops, model.calls
+
+
+def measure(replay: _Replay, clock: _BodyClock, name: str, B: int, repeats: int) -> dict:
+    """One policy at batch B: the eager step's host work, and the host work around ``_body`` on
+    the bucketed path (what a step costs the host when ``_body`` is one CUDA-graph replay)."""
+    (host, _, wall), (ops, _), steps = _split(replay, clock, name, B, repeats, buckets=False)
+    (_, graph_host, _), (_, graph_ops), graph_steps = _split(replay, clock, name, B, repeats, buckets=True)
+    assert graph_steps == steps
     return dict(
         name=name,
         B=B,
         steps=steps,
-        host_us_per_step=round(statistics.median(host[1:]) * 1e6, 1),
-        replay_us_per_step=round(statistics.median(walls[1:]) * 1e6, 1),
-        ops_per_step=round(sum(count.n.values()) / steps, 2),
+        host_us_per_step=host,
+        replay_us_per_step=wall,
+        ops_per_step=ops,
+        graph_host_us_per_step=graph_host,
+        graph_ops_per_step=graph_ops,
     )
 
 
@@ -170,21 +221,23 @@ def main():
     args = ap.parse_args()
     torch.set_num_threads(1)
     hs._stub_kernels()
-    replay = _Replay()
+    replay, clock = _Replay(), _BodyClock()
     load_before = os.getloadavg()
     rows = []
     try:
         for name in args.policies:
             for B in args.batches:
-                r = measure(replay, name, B, args.repeats)
+                r = measure(replay, clock, name, B, args.repeats)
                 rows.append(r)
                 print(
                     f"{name:16s} B={B:3d} steps={r['steps']:4d} host {r['host_us_per_step']:8.1f} us/step "
-                    f"(replay {r['replay_us_per_step']:8.1f}) ops/step {r['ops_per_step']:6.2f}",
+                    f"(replay {r['replay_us_per_step']:8.1f}) ops/step {r['ops_per_step']:6.2f}; graph path: host "
+                    f"{r['graph_host_us_per_step']:7.1f} us/step, ops/step {r['graph_ops_per_step']:6.2f}",
                     flush=True,
                 )
     finally:
         replay.restore()
+        clock.restore()
     meta = dict(
         torch=torch.__version__,
         threads=torch.get_num_threads(),
