@@ -97,6 +97,10 @@ class GenerateResult:
 # step; the forward's index tables are built from it there (:func:`_device_inputs`).
 _FWD, _A, _C, _TAIL, _CLEN, _W0, _W1, _S, _E, _FS, _FE, _K, _RULE, _FILL, _STEP = range(15)
 _NCOL = 15
+# plan @ _EXTENT: per row, the forwarded columns (window + tail), the logits rows and the written
+# blocks of its step
+_EXTENT = np.zeros((_NCOL, 3), np.int64)
+_EXTENT[[_C, _TAIL, _A, _E, _S, _W1, _W0], [0, 0, 0, 1, 1, 2, 2]] = [1, 1, -1, 1, -1, 1, -1]
 
 
 class _BlockRows:
@@ -119,6 +123,8 @@ class _BlockRows:
         self.schedule = np.zeros((B, max(self.spb, 1)), np.int64)
         start = FIRST_TOKEN_RULE if policy.ar_first_token else policy.block_start_rule
         self.rules = [policy.rule] + ([start] if start is not None and start != policy.rule else [])
+        self._table = self._columns()
+        self._base = self._rows = None  # the empty plan and the row numbers, per batch size
 
     def select(self, keep: np.ndarray) -> None:
         """Keep only the rows ``keep`` (the others left the batch)."""
@@ -126,86 +132,88 @@ class _BlockRows:
             a[keep] for a in (self.k, self.i, self.nfe, self.done, self.schedule)
         )
 
-    def plan(self, x: np.ndarray, _committed: np.ndarray | None, live: np.ndarray) -> np.ndarray:
-        """``x``: the canvas ``[B, L]``; ``live``: rows below ``max_nfe``. Returns the ``[B, _NCOL]``
-        plan (rows with neither a forward nor a fill are all zero)."""
-        p, g, B = self.p, self.g, x.shape[0]
-        out = np.zeros((B, _NCOL), np.int64)
-        out[:, _FILL] = g.L
-        rows = np.arange(B)
-        blocks = x[:, g.P :].reshape(B, g.nb, g.bs)
-        act = live & ~self.done
-        blk = blocks[rows, np.minimum(self.k, g.nb - 1)]
-        if self.spb:
-            complete = act & (self.i > 0) & (self.i >= self.spb)
-        else:
-            complete = act & (self.i >= self.min_forwards) & ~(blk == g.mask).any(1)
-        stop = complete & p.early_exit & (blk == g.eos).any(1)  # Streaming-dLLM: EOS in a completed block
-        if stop.any():
-            self.done |= stop
-            out[stop, _FILL] = g.P + (self.k[stop] + 1) * g.bs - 1
-            out[stop, _STEP] = self.nfe[stop] - 1
-        nxt = complete & ~stop
-        self.k[nxt] += 1
-        self.i[nxt] = 0
-        self.done |= nxt & (self.k == g.nb)
-        fwd = act & ~self.done
-        if not fwd.any():
-            return out
-        k = np.minimum(self.k, g.nb - 1)
+    def _columns(self) -> np.ndarray:
+        """``[2 nb, _RULE + 1]`` the plan's columns ``_FWD`` to ``_RULE`` of a forwarding row in
+        block k, row ``2 k + first`` (first: the block's first forward). They change only at
+        block boundaries, so :meth:`plan` looks them up; ``_K`` holds Dream's first-token 1 (the
+        LLaDA schedule's count is added per step)."""
+        p, g = self.p, self.g
+        k = np.repeat(np.arange(g.nb, dtype=np.int64), 2)
+        first = np.tile(np.array([False, True]), g.nb)
+        n = len(k)
         s = g.P + k * g.bs
         e = s + g.bs
-        first = self.i == 0
-        if self.spb:  # LLaDA: m masks over spb steps, the first m % spb get one more
-            new = fwd & first
-            m = (blocks[rows, k] == g.mask).sum(1)[new]
-            self.schedule[new] = num_transfer_schedule(torch.from_numpy(m), self.spb).numpy()
-
-        cache, zero = p.cache, np.zeros(B, np.int64)
+        cache, zero = p.cache, np.zeros(n, np.int64)
         if cache == "dual":
             a, c, tail = np.where(first, 0, s), np.where(first, g.L, e), zero
         else:
             a = np.where(first, 0, s) if cache == "prefix" else zero
             if p.suffix_window is None:
-                c, tail = np.full(B, g.L), zero
+                c, tail = np.full(n, g.L), zero
             else:  # the block, the first W positions after it, and the canvas's last position
                 c, tail = np.minimum(e + p.suffix_window, g.L), (g.L - e > p.suffix_window).astype(np.int64)
-        clen = {"none": zero, "prefix": np.where(first, 0, s), "dual": np.full(B, g.L)}[cache]
+        clen = {"none": zero, "prefix": np.where(first, 0, s), "dual": np.full(n, g.L)}[cache]
         w0 = w1 = zero
         if cache == "prefix":  # a block's first forward caches the prefix its later forwards read
             w1 = np.where(first, s // g.bs, 0)
         elif cache == "dual":
             w0, w1 = np.where(first, 0, s // g.bs), np.where(first, g.L // g.bs, e // g.bs)
-
         start = first & (len(self.rules) > 1)
         ae = np.where(first & p.ar_first_token, s + 1, e)  # Dream: the block's first position only
-        kk = self.schedule[rows, np.minimum(self.i, self.schedule.shape[1] - 1)] if self.spb else zero
-        kk = np.where(first & p.ar_first_token, 1, kk)
+        kk = (first & p.ar_first_token).astype(np.int64)
         # LLaDA's schedule decides the count of a "topk" step (it may be 0 when a block holds fewer
         # masks than steps); every other rule guarantees progress in the block
         topk = np.array([r.base == "topk" for r in self.rules])[start.astype(np.int64)]
-        cols = np.stack(
-            [
-                np.ones(B, np.int64),
-                a,
-                c,
-                tail,
-                clen,
-                w0,
-                w1,
-                s,
-                ae,
-                np.where(topk, 0, s),
-                np.where(topk, 0, ae),
-                kk,
-                start,
-            ],
-            1,
-        )
-        out[fwd, : _RULE + 1] = cols[fwd]
-        self.nfe[fwd] += 1
-        self.i[fwd] += 1
-        out[fwd, _STEP] = self.nfe[fwd] - 1
+        fs, fe = np.where(topk, 0, s), np.where(topk, 0, ae)
+        return np.stack([np.ones(n, np.int64), a, c, tail, clen, w0, w1, s, ae, fs, fe, kk, start], 1)
+
+    def plan(self, x: np.ndarray, _committed: np.ndarray | None, live: np.ndarray) -> np.ndarray:
+        """``x``: the canvas ``[B, L]``; ``live``: rows below ``max_nfe``. Returns the ``[B, _NCOL]``
+        plan (rows with neither a forward nor a fill are all zero)."""
+        p, g, B = self.p, self.g, x.shape[0]
+        if self._base is None or len(self._base) != B:
+            self._base = np.zeros((B, _NCOL), np.int64)
+            self._base[:, _FILL] = g.L
+            self._rows = np.arange(B)
+        out, rows = self._base.copy(), self._rows
+        blocks = x[:, g.P :].reshape(B, g.nb, g.bs)
+        act = live & ~self.done
+        kc = np.minimum(self.k, g.nb - 1)
+        if self.spb:
+            complete = act & (self.i >= self.spb)  # spb > 0: also a forward in the block
+        else:
+            complete = act & (self.i >= self.min_forwards) & ~(blocks[rows, kc] == g.mask).any(1)
+        fwd = act
+        if complete.any():  # a block boundary
+            stop = np.zeros(B, bool)
+            if p.early_exit:  # Streaming-dLLM: EOS in a completed block
+                stop = complete & (blocks[rows, kc] == g.eos).any(1)
+                self.done |= stop
+                out[stop, _FILL] = g.P + (self.k[stop] + 1) * g.bs - 1
+                out[stop, _STEP] = self.nfe[stop] - 1
+            nxt = complete & ~stop
+            self.k[nxt] += 1
+            self.i[nxt] = 0
+            self.done |= nxt & (self.k == g.nb)
+            fwd = act & ~self.done
+            if not fwd.any():
+                return out
+            kc = np.minimum(self.k, g.nb - 1)
+        elif not fwd.any():
+            return out
+        first = self.i == 0
+        cols = self._table[2 * kc + first]
+        if self.spb:  # LLaDA: m masks over spb steps, the first m % spb get one more
+            new = fwd & first
+            if new.any():
+                m = (blocks[rows, kc] == g.mask).sum(1)[new]
+                self.schedule[new] = num_transfer_schedule(torch.from_numpy(m), self.spb).numpy()
+            kk = self.schedule[rows, np.minimum(self.i, self.spb - 1)]
+            cols[:, _K] = np.where(first, 1, kk) if p.ar_first_token else kk
+        np.multiply(cols, fwd[:, None], out=out[:, : _RULE + 1])  # rows that do not forward: zero
+        self.nfe += fwd
+        self.i += fwd
+        np.copyto(out[:, _STEP], self.nfe - 1, where=fwd)
         return out
 
 
@@ -877,6 +885,7 @@ class _StepRunner:
         self.plan_dev = torch.zeros(x.shape[0], _NCOL, dtype=torch.int64, device=x.device)
         self.host = self.plan_dev.cpu().pin_memory() if x.device.type == "cuda" else None
         self.graphs: dict = {}
+        self.shapes: dict = {}  # the step's (Lq, Lo, nw) extents -> its (bucketed) shapes
         self.pool = None
 
     def _ship(self, plan: np.ndarray) -> torch.Tensor:
@@ -895,27 +904,32 @@ class _StepRunner:
         without ``commits``)."""
         geo, x, state = self.geo, self.x, self.state
         dev = self._ship(plan)
-        if (fill & ~(fwd & self.stale)).any():  # fills that the commit must see: before the forward
+        if (fill & ~fwd if self.stale else fill).any():  # fills that the commit must see: before the forward
             # a fill-only step may carry an earlier step number than the batch's forwards (a
             # Streaming-dLLM early exit is dated by the forward that completed the block)
             now = dev[:, _FILL] if not self.stale else torch.where(dev[:, _FWD] > 0, geo.L, dev[:, _FILL])
             _fill_eos(x, state.commit_step, now, dev[:, _STEP : _STEP + 1], geo.eos)
         if not fwd.any():
             return torch.zeros_like(x, dtype=torch.bool) if self.commits else None
-        p = plan[fwd]
-        Lq = max(1, int((p[:, _C] - p[:, _A] + p[:, _TAIL]).max()))
-        Lo = max(1, int((p[:, _E] - p[:, _S]).max()))
-        writes = self.cache is not None and (p[:, _W1] > p[:, _W0]).any()
-        nw = max(1, int((p[:, _W1] - p[:, _W0]).max())) if writes else None
+        # the widest window, logits range and cache write over the rows (rows that do not forward
+        # have zero extents)
+        Lq, Lo, nw = (plan @ _EXTENT).max(0).tolist()
+        key = (Lq, Lo, nw)
+        shape = self.shapes.get(key)
+        if shape is None:
+            Lq, Lo = max(1, Lq), max(1, Lo)
+            nw = nw if self.cache is not None and nw > 0 else None
+            if self.buckets:
+                Lq, Lo = _bucket(Lq, geo.L), _bucket(Lo, geo.L)
+                nw = None if nw is None else _bucket(nw, geo.L // geo.bs)
+            shape = self.shapes[key] = (Lq, Lo, nw)
         if self.buckets:
-            Lq, Lo = _bucket(Lq, geo.L), _bucket(Lo, geo.L)
-            nw = None if nw is None else _bucket(nw, geo.L // geo.bs)
             rules = self.rules  # a fixed set of launches per bucket
         else:
-            rules = [self.rules[i] for i in np.unique(p[:, _RULE])]
-        key = (Lq, Lo, nw)
+            rules = [self.rules[i] for i in np.unique(plan[fwd, _RULE])]
+        Lq, Lo, nw = key = shape
         if not self.capture:
-            return self._body(x, state, Lq, Lo, nw, rules, post_fill=bool((fill & fwd).any()))
+            return self._body(x, state, Lq, Lo, nw, rules, post_fill=self.stale and bool((fill & fwd).any()))
         graph = self.graphs.get(key)
         if graph is None:
             graph = self.graphs[key] = self._record(Lq, Lo, nw, rules)
