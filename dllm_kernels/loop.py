@@ -120,17 +120,21 @@ class _BlockRows:
         self.i = np.zeros(B, np.int64)  # forwards run in the current block
         self.nfe = np.zeros(B, np.int64)
         self.done = np.zeros(B, bool)
-        self.schedule = np.zeros((B, max(self.spb, 1)), np.int64)
+        # per row, the k of each step of the block; a last column of 0 for rows past it
+        self.schedule = np.zeros((B, self.spb + 1), np.int64)
         start = FIRST_TOKEN_RULE if policy.ar_first_token else policy.block_start_rule
         self.rules = [policy.rule] + ([start] if start is not None and start != policy.rule else [])
         self._table = self._columns()
         self._base = self._rows = None  # the empty plan and the row numbers, per batch size
+        self._kc = np.zeros(B, np.int64)  # the block index, clamped to the last block
+        self._cols = None  # the rows' table columns while no block starts (None: look them up)
 
     def select(self, keep: np.ndarray) -> None:
         """Keep only the rows ``keep`` (the others left the batch)."""
-        self.k, self.i, self.nfe, self.done, self.schedule = (
-            a[keep] for a in (self.k, self.i, self.nfe, self.done, self.schedule)
+        self.k, self.i, self.nfe, self.done, self.schedule, self._kc = (
+            a[keep] for a in (self.k, self.i, self.nfe, self.done, self.schedule, self._kc)
         )
+        self._cols = None
 
     def _columns(self) -> np.ndarray:
         """``[2 nb, _RULE + 1]`` the plan's columns ``_FWD`` to ``_RULE`` of a forwarding row in
@@ -169,25 +173,25 @@ class _BlockRows:
 
     def plan(self, x: np.ndarray, _committed: np.ndarray | None, live: np.ndarray) -> np.ndarray:
         """``x``: the canvas ``[B, L]``; ``live``: rows below ``max_nfe``. Returns the ``[B, _NCOL]``
-        plan (rows with neither a forward nor a fill are all zero)."""
+        plan (rows with neither a forward nor a fill are all zero), the rows that forward and the
+        rows with a fill (bool ``[B]``)."""
         p, g, B = self.p, self.g, x.shape[0]
         if self._base is None or len(self._base) != B:
             self._base = np.zeros((B, _NCOL), np.int64)
             self._base[:, _FILL] = g.L
             self._rows = np.arange(B)
         out, rows = self._base.copy(), self._rows
-        blocks = x[:, g.P :].reshape(B, g.nb, g.bs)
         act = live & ~self.done
-        kc = np.minimum(self.k, g.nb - 1)
         if self.spb:
             complete = act & (self.i >= self.spb)  # spb > 0: also a forward in the block
         else:
-            complete = act & (self.i >= self.min_forwards) & ~(blocks[rows, kc] == g.mask).any(1)
+            blk = x[:, g.P :].reshape(B, g.nb, g.bs)[rows, self._kc]
+            complete = act & (self.i >= self.min_forwards) & ~(blk == g.mask).any(1)
         fwd = act
         if complete.any():  # a block boundary
             stop = np.zeros(B, bool)
             if p.early_exit:  # Streaming-dLLM: EOS in a completed block
-                stop = complete & (blocks[rows, kc] == g.eos).any(1)
+                stop = complete & (x[:, g.P :].reshape(B, g.nb, g.bs)[rows, self._kc] == g.eos).any(1)
                 self.done |= stop
                 out[stop, _FILL] = g.P + (self.k[stop] + 1) * g.bs - 1
                 out[stop, _STEP] = self.nfe[stop] - 1
@@ -195,26 +199,30 @@ class _BlockRows:
             self.k[nxt] += 1
             self.i[nxt] = 0
             self.done |= nxt & (self.k == g.nb)
+            self._kc, self._cols = np.minimum(self.k, g.nb - 1), None
             fwd = act & ~self.done
-            if not fwd.any():
-                return out
-            kc = np.minimum(self.k, g.nb - 1)
-        elif not fwd.any():
-            return out
-        first = self.i == 0
-        cols = self._table[2 * kc + first]
-        if self.spb:  # LLaDA: m masks over spb steps, the first m % spb get one more
+        if not fwd.any():
+            return out, fwd, out[:, _FILL] < g.L
+        cols = self._cols
+        if cols is None:  # the columns change at a block's first forward and at the one after it
+            first = self.i == 0
+            cols = self._table[2 * self._kc + first]
             new = fwd & first
-            if new.any():
-                m = (blocks[rows, kc] == g.mask).sum(1)[new]
-                self.schedule[new] = num_transfer_schedule(torch.from_numpy(m), self.spb).numpy()
-            kk = self.schedule[rows, np.minimum(self.i, self.spb - 1)]
-            cols[:, _K] = np.where(first, 1, kk) if p.ar_first_token else kk
+            if not new.any():
+                self._cols = cols
+            elif self.spb:  # LLaDA: m masks over spb steps, the first m % spb get one more
+                m = (x[:, g.P :].reshape(B, g.nb, g.bs)[rows, self._kc] == g.mask).sum(1)[new]
+                self.schedule[new, : self.spb] = num_transfer_schedule(torch.from_numpy(m), self.spb).numpy()
         np.multiply(cols, fwd[:, None], out=out[:, : _RULE + 1])  # rows that do not forward: zero
+        if self.spb:
+            kk = self.schedule[rows, self.i]
+            if p.ar_first_token:
+                kk = np.where(self.i == 0, 1, kk)
+            np.multiply(kk, fwd, out=out[:, _K])
         self.nfe += fwd
         self.i += fwd
         np.copyto(out[:, _STEP], self.nfe - 1, where=fwd)
-        return out
+        return out, fwd, out[:, _FILL] < g.L
 
 
 class _MultiBlockRows:
@@ -293,7 +301,7 @@ class _MultiBlockRows:
         self.done |= finished
         act &= ~finished
         if not act.any():
-            return out
+            return out, act, out[:, _FILL] < g.L
         self.nfe[act] += 1
         nfe = self.nfe
         out[act, _STEP] = nfe[act] - 1
@@ -380,7 +388,7 @@ class _MultiBlockRows:
         # rows that ended without a forward keep their NFE but emit nothing (the published count)
         ended = ~act & ~(out[:, _FILL] < g.L)
         out[ended, _STEP] = 0
-        return out
+        return out, act, out[:, _FILL] < g.L
 
     def _delayed_cache_forward(self, act, active_end, exists):
         """d3LLM's choice among (a) append completed blocks, (b) read the cache, (c) refresh by a
@@ -643,8 +651,7 @@ def _generate(
     while True:
         # the one sync per step (without commits to read, on the CPU a view of x: read before the step)
         host = (x[None] if committed is None else torch.stack([x, committed.to(x.dtype)])).cpu().numpy()
-        plan = sched.plan(host[0], None if committed is None else host[1], sched.nfe < max_nfe)
-        fwd, fill = plan[:, _FWD] > 0, plan[:, _FILL] < L
+        plan, fwd, fill = sched.plan(host[0], None if committed is None else host[1], sched.nfe < max_nfe)
         gone = ~(fwd | fill)  # done, or out of forwards: idle from now on
         if compact and gone.any() and 8 * gone.sum() >= len(rows):
             keep, drop = np.flatnonzero(~gone), np.flatnonzero(gone)
