@@ -20,7 +20,18 @@ launches and the model (the host cost of the GPU path; the loop's own small tens
 GPU runs asynchronously, still count on the CPU, so an upper bound); ``ops``: the operators the
 host dispatches (a ``TorchDispatchMode`` count, views left out; a custom op counts once, what
 its launcher does is not seen), i.e. the launches a GPU step issues. Equal op counts at B = 1 and B = 64 mean that
-the dispatch work does not grow with the batch. One intra-op thread.
+the dispatch work does not grow with the batch.
+
+``graph_host_us``: the host work of a step on the CUDA-graph path (``generate(cuda_graph=True)``),
+where the step's device work (``_StepRunner._body``: index tables, forward, statistics, commits)
+is one graph replay. Capture needs CUDA, so the bucketed path (the shapes the graphs are captured
+at) runs with ``_body`` recorded once and then replayed as a graph would: the canvas, the commit
+state and the returned positions it left are put in place (checked against the record: same
+tokens, same steps). The figure is the wall time outside ``_body`` per step: the planner, the one
+plan copy, bucket selection, the read-back, the loop's bookkeeping and ``generate``'s setup spread
+over the steps. The replay call itself (a few µs on a GPU) is not included and not measured.
+``graph_ops``: the operators dispatched outside ``_body`` per step (they run on the host with
+graphs too). One intra-op thread.
 """
 
 from __future__ import annotations
@@ -58,27 +69,48 @@ class _OpCount(TorchDispatchMode):
 
 
 class _BodyClock:
-    """Times :meth:`dllm_kernels.loop._StepRunner._body` (the device work that a CUDA graph
-    replays) and pauses an op counter while inside it."""
+    """Stands in for :meth:`dllm_kernels.loop._StepRunner._body` (the device work that a CUDA
+    graph replays): ``record`` runs it and keeps what it leaves (canvas, commit state, returned
+    positions), ``replay`` puts that in place instead of running it, as a graph replay would
+    (timed apart: ``inside``; an op counter is paused meanwhile); ``calls``: the steps."""
 
     def __init__(self):
         self.runner = dk.loop._StepRunner
         self.impl = self.runner._body
-        self.inside, self.count = 0.0, None
+        self.mode, self.tape, self.pos = "pass", [], 0
+        self.inside, self.count, self.calls = 0.0, None, 0
         clock = self
 
-        def body(runner, *args, **kwargs):
+        def body(runner, x, state, *args, **kwargs):
             t0 = time.perf_counter()
+            clock.calls += 1
             if clock.count is not None:
                 clock.count.paused = True
             try:
-                return clock.impl(runner, *args, **kwargs)
+                if clock.mode == "pass":
+                    return clock.impl(runner, x, state, *args, **kwargs)
+                fields = [getattr(state, f) for f in type(state).__dataclass_fields__]
+                if clock.mode == "record":
+                    out = clock.impl(runner, x, state, *args, **kwargs)
+                    clock.tape.append((x.clone(), [t.clone() for t in fields], None if out is None else out.clone()))
+                    return out
+                x_after, fields_after, out = clock.tape[clock.pos]
+                clock.pos += 1
+                x.copy_(x_after)
+                for t, v in zip(fields, fields_after):
+                    t.copy_(v)
+                return None if out is None else out.clone()
             finally:
                 if clock.count is not None:
                     clock.count.paused = False
                 clock.inside += time.perf_counter() - t0
 
         self.runner._body = body
+
+    def start(self, mode: str):
+        self.mode, self.pos, self.inside, self.calls = mode, 0, 0.0, 0
+        if mode == "record":
+            self.tape = []
 
     def restore(self):
         self.runner._body = self.impl
@@ -151,28 +183,40 @@ class _ReplayModel(hs.FreeModel):
         return out
 
 
-def _split(replay: _Replay, clock: _BodyClock, name: str, B: int, repeats: int, buckets: bool):
-    """Medians per step over ``repeats`` replays (after one warm-up) of (wall time minus the
-    replayed launches and model, wall time minus the whole of ``_body``, wall time), the op
-    counts (all, outside ``_body``) and the steps; ``buckets``: the padded path that graph
-    replay runs."""
+def _run(model, name: str, B: int, buckets: bool):
     policy, kw = hs.POLICIES[name]
-    model = _ReplayModel(replay)
     prompt = torch.arange(B * hs.PROMPT).reshape(B, hs.PROMPT) % (hs.V - 2)
     args = dict(temperature=0.0, seed=None, max_nfe=10000, progress=False, buckets=buckets, capture=False)
+    return lambda: dk.loop._generate(
+        model, prompt, policy=policy, gen_length=hs.GEN, block_length=hs.BLOCK, backend="triton", **args, **kw
+    )
 
-    def run():
-        model.calls = 0
-        return dk.loop._generate(
-            model, prompt, policy=policy, gen_length=hs.GEN, block_length=hs.BLOCK, backend="triton", **args, **kw
-        )
 
+def _ops_per_step(run, steps, clock: _BodyClock | None = None) -> float:
+    """Operators dispatched per step by ``run()`` (outside ``_body`` with ``clock``)."""
+    count = _OpCount()
+    if clock is not None:
+        clock.count = count
+    with count:
+        run()
+    if clock is not None:
+        clock.count = None
+    return round(sum(count.n.values()) / steps(), 2)
+
+
+def measure(replay: _Replay, clock: _BodyClock, name: str, B: int, repeats: int) -> dict:
+    """One policy at batch B: the eager step's host work (launches and model replayed), and the
+    host work around ``_body`` on the bucketed path, with ``_body`` replayed as a CUDA graph
+    would (what a step costs the host then, less the replay call itself). Medians per step over
+    ``repeats`` replays after one warm-up."""
+    model = _ReplayModel(replay)
+    run = _run(model, name, B, buckets=False)
     replay.start("record")
     want = run().tokens
-    host, outside, walls = [], [], []
+    host, walls = [], []
     for _ in range(repeats + 1):  # the first replay warms up
         replay.start("replay")
-        clock.inside = 0.0
+        model.calls = 0
         t0 = time.perf_counter()
         got = run().tokens
         wall = time.perf_counter() - t0
@@ -180,34 +224,37 @@ def _split(replay: _Replay, clock: _BodyClock, name: str, B: int, repeats: int, 
             raise RuntimeError(f"{name} B={B}: the replay diverged from the recorded run")
         walls.append(wall / model.calls)
         host.append((wall - replay.inside) / model.calls)
-        outside.append((wall - clock.inside) / model.calls)
-    ops = []
-    for pause in (False, True):  # every operator, then those outside ``_body``
-        replay.start("replay")
-        count = _OpCount()
-        clock.count = count if pause else None
-        with count:
-            run()
-        clock.count = None
-        ops.append(round(sum(count.n.values()) / model.calls, 2))
-    med = [round(statistics.median(t[1:]) * 1e6, 1) for t in (host, outside, walls)]
-    return med, ops, model.calls
+    replay.start("replay")
+    model.calls = 0
+    ops = _ops_per_step(run, lambda: model.calls)
+    steps = model.calls
 
-
-def measure(replay: _Replay, clock: _BodyClock, name: str, B: int, repeats: int) -> dict:
-    """One policy at batch B: the eager step's host work, and the host work around ``_body`` on
-    the bucketed path (what a step costs the host when ``_body`` is one CUDA-graph replay)."""
-    (host, _, wall), (ops, _), steps = _split(replay, clock, name, B, repeats, buckets=False)
-    (_, graph_host, _), (_, graph_ops), graph_steps = _split(replay, clock, name, B, repeats, buckets=True)
-    assert graph_steps == steps
+    run = _run(hs.FreeModel(hs.PROMPT + hs.GEN), name, B, buckets=True)
+    replay.start("record")  # the launches run
+    clock.start("record")
+    if not torch.equal(run().tokens, want):
+        raise RuntimeError(f"{name} B={B}: the bucketed path's tokens differ")
+    graph = []
+    for _ in range(repeats + 1):
+        clock.start("replay")
+        t0 = time.perf_counter()
+        got = run().tokens
+        wall = time.perf_counter() - t0
+        if not torch.equal(got, want) or clock.calls != steps:
+            raise RuntimeError(f"{name} B={B}: the replayed steps diverged from the recorded run")
+        graph.append((wall - clock.inside) / steps)
+    clock.start("replay")
+    graph_ops = _ops_per_step(run, lambda: clock.calls, clock)
+    clock.start("pass")
+    med = [round(statistics.median(t[1:]) * 1e6, 1) for t in (host, walls, graph)]
     return dict(
         name=name,
         B=B,
         steps=steps,
-        host_us_per_step=host,
-        replay_us_per_step=wall,
+        host_us_per_step=med[0],
+        replay_us_per_step=med[1],
         ops_per_step=ops,
-        graph_host_us_per_step=graph_host,
+        graph_host_us_per_step=med[2],
         graph_ops_per_step=graph_ops,
     )
 
