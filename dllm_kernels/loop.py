@@ -97,10 +97,10 @@ class GenerateResult:
 # step; the forward's index tables are built from it there (:func:`_device_inputs`).
 _FWD, _A, _C, _TAIL, _CLEN, _W0, _W1, _S, _E, _FS, _FE, _K, _RULE, _FILL, _STEP = range(15)
 _NCOL = 15
-# plan @ _EXTENT: per row, the forwarded columns (window + tail), the logits rows and the written
-# blocks of its step
-_EXTENT = np.zeros((_NCOL, 3), np.int64)
-_EXTENT[[_C, _TAIL, _A, _E, _S, _W1, _W0], [0, 0, 0, 1, 1, 2, 2]] = [1, 1, -1, 1, -1, 1, -1]
+# plan[:, _A : _E + 1] @ _EXTENT: per row, the forwarded columns (window + tail), the logits rows
+# and the written blocks of its step
+_EXTENT = np.zeros((_E + 1 - _A, 3), np.int64)
+_EXTENT[np.array([_C, _TAIL, _A, _E, _S, _W1, _W0]) - _A, [0, 0, 0, 1, 1, 2, 2]] = [1, 1, -1, 1, -1, 1, -1]
 
 
 class _BlockRows:
@@ -462,11 +462,11 @@ def _canvas(prompt, gen_length: int, block_length: int, config, device):
         check_tensor("generate", "prompt", prompt, ndim=2)
         if prompt.dtype not in (torch.int64, torch.int32):
             raise TypeError(f"generate: prompt must be an integer tensor, got {prompt.dtype}")
-        tokens = prompt.cpu().to(torch.int64)
+        rect = tokens = prompt.cpu().to(torch.int64)
         lengths = torch.full((tokens.shape[0],), tokens.shape[1], dtype=torch.int64)
         tokens = tokens.flatten()
     else:
-        rows = []
+        rect, rows = None, []
         for r in prompt:
             t = torch.as_tensor(r)
             bad_dtype = t.dtype.is_floating_point or t.dtype.is_complex or t.dtype == torch.bool
@@ -488,10 +488,12 @@ def _canvas(prompt, gen_length: int, block_length: int, config, device):
     pad = P - lengths
     x = torch.full((B, P + gen_length), config.mask_id, dtype=torch.int64)
     x[:, :P] = pad_id
-    # token i of the concatenation belongs to row b and goes to column pad[b] + (its index in b)
-    row = torch.repeat_interleave(torch.arange(B), lengths)
-    first = torch.cumsum(lengths, 0) - lengths
-    x[row, pad[row] + torch.arange(len(tokens)) - first[row]] = tokens
+    if rect is not None:  # rows of one length: one block
+        x[:, P - rect.shape[1] : P] = rect
+    else:  # token i of the concatenation belongs to row b and goes to column pad[b] + (its index in b)
+        row = torch.repeat_interleave(torch.arange(B), lengths)
+        first = torch.cumsum(lengths, 0) - lengths
+        x[row, pad[row] + torch.arange(len(tokens)) - first[row]] = tokens
     return x.to(device), pad.to(device), P
 
 
@@ -655,7 +657,8 @@ def _generate(
         gone = ~(fwd | fill)  # done, or out of forwards: idle from now on
         if compact and gone.any() and 8 * gone.sum() >= len(rows):
             keep, drop = np.flatnonzero(~gone), np.flatnonzero(gone)
-            finished_tokens += int((host[0][drop, P:] != cfg.mask_id).sum())
+            if bar is not None:
+                finished_tokens += int((host[0][drop, P:] != cfg.mask_id).sum())
             drop_t, orig_t = _ship_index(drop, device), _ship_index(rows[drop], device)
             out_x.index_copy_(0, orig_t, x.index_select(0, drop_t))
             out_step.index_copy_(0, orig_t, state.commit_step.index_select(0, drop_t))
@@ -686,7 +689,9 @@ def _generate(
         out_nfe[rows] = sched.nfe
     nfe = torch.tensor(out_nfe, dtype=torch.int64, device=device)
     result = GenerateResult(tokens=out_x, nfe=nfe, commit_step=out_step, pad=pad0, gen_start=P)
-    stuck = ((out_x[:, P:] == cfg.mask_id).any(1) & (nfe >= max_nfe)).nonzero().flatten().tolist()
+    stuck = []
+    if (out_nfe >= max_nfe).any():
+        stuck = ((out_x[:, P:] == cfg.mask_id).any(1) & (nfe >= max_nfe)).nonzero().flatten().tolist()
     if stuck:
         raise MaxNFEError(
             f"generate: rows {stuck[:8]} reached max_nfe ({max_nfe}) with masks left "
@@ -920,7 +925,7 @@ class _StepRunner:
             return torch.zeros_like(x, dtype=torch.bool) if self.commits else None
         # the widest window, logits range and cache write over the rows (rows that do not forward
         # have zero extents)
-        Lq, Lo, nw = (plan @ _EXTENT).max(0).tolist()
+        Lq, Lo, nw = (plan[:, _A : _E + 1] @ _EXTENT).max(0).tolist()
         key = (Lq, Lo, nw)
         shape = self.shapes.get(key)
         if shape is None:
