@@ -259,12 +259,79 @@ def measure(replay: _Replay, clock: _BodyClock, name: str, B: int, repeats: int)
     )
 
 
+def peer_us(path) -> dict:
+    """``{policy row: the peer function's B=1 µs per step}`` from ``bench/host_step.py``'s JSON
+    (its peer rows: wall time, essentially the peer's host work on the free model); {} without
+    the file or its peer rows."""
+    try:
+        doc = json.loads(pathlib.Path(path).read_text())
+    except (OSError, ValueError):
+        return {}
+    return {
+        r["name"]: r["us_per_step"]
+        for r in doc.get("rows", [])
+        if r.get("path") == "peer" and r.get("B") == 1 and "us_per_step" in r
+    }
+
+
+def ratios(rows: list[dict], peers: dict) -> dict:
+    """Per policy: our host time at B=1 over the peer's (eager and graph path; target <= 0.5) and
+    ours at B=64 over ours at B=1 (target <= 1.5)."""
+    us = {(r["name"], r["B"]): r for r in rows}
+    out = {}
+    for name in dict.fromkeys(r["name"] for r in rows):
+        one, big, peer, r = us.get((name, 1)), us.get((name, 64)), peers.get(name), {}
+        for key, label in (("host_us_per_step", "eager"), ("graph_host_us_per_step", "graph")):
+            if one and peer:
+                r[f"{label}_B1/peer_B1"] = round(one[key] / peer, 2)
+                r[f"met_{label}_B1"] = r[f"{label}_B1/peer_B1"] <= 0.5
+            if one and big:
+                r[f"{label}_B64/B1"] = round(big[key] / one[key], 2)
+                r[f"met_{label}_B64"] = r[f"{label}_B64/B1"] <= 1.5
+        if r:
+            out[name] = r
+    return out
+
+
+def markdown(doc: dict) -> str:
+    """The README's table: peer B=1 µs per step, ours (eager host work, graph path host work)
+    per B, ops per step and the ratios to the targets."""
+    us = {(r["name"], r["B"]): r for r in doc["rows"]}
+    peers, rat = doc.get("peer_us_per_step_B1", {}), doc.get("ratios", {})
+    lines = [
+        "| policy | peer B=1 | eager ops/step | eager host B=1 | B=64 | eager B=1 / peer | graph ops/step "
+        "| graph host B=1 | B=64 | graph B=1 / peer | graph B=64 / B=1 |",
+        "|---|" + "---:|" * 10,
+    ]
+    for name in dict.fromkeys(r["name"] for r in doc["rows"]):
+        one, big, r = us.get((name, 1), {}), us.get((name, 64), {}), rat.get(name, {})
+        cells = [
+            round(peers[name]) if name in peers else "-",
+            one.get("ops_per_step", "-"),
+            round(one["host_us_per_step"]) if one else "-",
+            round(big["host_us_per_step"]) if big else "-",
+            r.get("eager_B1/peer_B1", "-"),
+            one.get("graph_ops_per_step", "-"),
+            round(one["graph_host_us_per_step"]) if one else "-",
+            round(big["graph_host_us_per_step"]) if big else "-",
+            r.get("graph_B1/peer_B1", "-"),
+            r.get("graph_B64/B1", "-"),
+        ]
+        lines.append(f"| {name} | " + " | ".join(map(str, cells)) + " |")
+    return "\n".join(lines)
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--batches", type=int, nargs="+", default=[1, 64])
     ap.add_argument("--policies", nargs="+", default=list(hs.POLICIES), choices=list(hs.POLICIES))
     ap.add_argument("--out", default=str(pathlib.Path(__file__).parent / "results" / "host_split.json"))
+    ap.add_argument(
+        "--peers-json",
+        default=str(pathlib.Path(__file__).parent / "results" / "host_step.json"),
+        help="bench/host_step.py's results, for the peers' B=1 figures (run it first)",
+    )
     args = ap.parse_args()
     torch.set_num_threads(1)
     hs._stub_kernels()
@@ -293,7 +360,11 @@ def main():
         cpu_count=os.cpu_count(),
         load_average=[round(v, 2) for v in (*load_before[:1], *os.getloadavg()[:1])],  # 1-min, before / after
     )
-    pathlib.Path(args.out).write_text(json.dumps(dict(meta=meta, rows=rows), indent=1) + "\n")
+    peers = peer_us(args.peers_json)
+    meta["peers_from"] = args.peers_json if peers else f"none ({args.peers_json}: no peer rows)"
+    doc = dict(meta=meta, rows=rows, peer_us_per_step_B1=peers, ratios=ratios(rows, peers))
+    pathlib.Path(args.out).write_text(json.dumps(doc, indent=1) + "\n")
+    print(markdown(doc))
     print(f"wrote {args.out}")
 
 
