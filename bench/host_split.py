@@ -299,19 +299,19 @@ def markdown(doc: dict) -> str:
     us = {(r["name"], r["B"]): r for r in doc["rows"]}
     peers, rat = doc.get("peer_us_per_step_B1", {}), doc.get("ratios", {})
     lines = [
-        "| policy | peer B=1 | eager ops/step | eager host B=1 | B=64 | eager B=1 / peer | graph ops/step "
-        "| graph host B=1 | B=64 | graph B=1 / peer | graph B=64 / B=1 |",
+        "| policy | peer B=1 | eager ops/step B=1, B=64 | eager host B=1 | B=64 | eager B=1 / peer "
+        "| graph ops/step B=1, B=64 | graph host B=1 | B=64 | graph B=1 / peer | graph B=64 / B=1 |",
         "|---|" + "---:|" * 10,
     ]
     for name in dict.fromkeys(r["name"] for r in doc["rows"]):
         one, big, r = us.get((name, 1), {}), us.get((name, 64), {}), rat.get(name, {})
         cells = [
             round(peers[name]) if name in peers else "-",
-            one.get("ops_per_step", "-"),
+            f"{one.get('ops_per_step', '-')}, {big.get('ops_per_step', '-')}",
             round(one["host_us_per_step"]) if one else "-",
             round(big["host_us_per_step"]) if big else "-",
             r.get("eager_B1/peer_B1", "-"),
-            one.get("graph_ops_per_step", "-"),
+            f"{one.get('graph_ops_per_step', '-')}, {big.get('graph_ops_per_step', '-')}",
             round(one["graph_host_us_per_step"]) if one else "-",
             round(big["graph_host_us_per_step"]) if big else "-",
             r.get("graph_B1/peer_B1", "-"),
