@@ -70,9 +70,11 @@ class _OpCount(TorchDispatchMode):
 
 class _BodyClock:
     """Stands in for :meth:`dllm_kernels.loop._StepRunner._body` (the device work that a CUDA
-    graph replays): ``record`` runs it and keeps what it leaves (canvas, commit state, returned
-    positions), ``replay`` puts that in place instead of running it, as a graph replay would
-    (timed apart: ``inside``; an op counter is paused meanwhile); ``calls``: the steps."""
+    graph replays): ``record`` runs it and keeps what it changes (the canvas' and the commit
+    state's changed positions and values, the returned positions), ``replay`` writes those
+    positions instead of running it, touching little host memory, as a graph replay would (timed
+    apart: ``inside``; an op counter is paused meanwhile), ``pass`` runs it; ``calls``: the
+    steps."""
 
     def __init__(self):
         self.runner = dk.loop._StepRunner
@@ -89,17 +91,21 @@ class _BodyClock:
             try:
                 if clock.mode == "pass":
                     return clock.impl(runner, x, state, *args, **kwargs)
-                fields = [getattr(state, f) for f in type(state).__dataclass_fields__]
-                if clock.mode == "record":
+                tensors = [x] + [getattr(state, f) for f in type(state).__dataclass_fields__]
+                if clock.mode == "record":  # keep what changed: (flat positions, values) per tensor
+                    before = [t.clone() for t in tensors]
                     out = clock.impl(runner, x, state, *args, **kwargs)
-                    clock.tape.append((x.clone(), [t.clone() for t in fields], None if out is None else out.clone()))
+                    changes = []
+                    for t, b in zip(tensors, before):
+                        at = (t != b).flatten().nonzero().flatten()
+                        changes.append((at, t.flatten()[at]))
+                    clock.tape.append((changes, None if out is None else out.clone()))
                     return out
-                x_after, fields_after, out = clock.tape[clock.pos]
+                changes, out = clock.tape[clock.pos]
                 clock.pos += 1
-                x.copy_(x_after)
-                for t, v in zip(fields, fields_after):
-                    t.copy_(v)
-                return None if out is None else out.clone()
+                for t, (at, values) in zip(tensors, changes):
+                    t.view(-1)[at] = values
+                return out
             finally:
                 if clock.count is not None:
                     clock.count.paused = False
