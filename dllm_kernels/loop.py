@@ -898,6 +898,7 @@ class _StepRunner:
         self.host = self.plan_dev.cpu().pin_memory() if x.device.type == "cuda" else None
         self.graphs: dict = {}
         self.shapes: dict = {}  # the step's (Lq, Lo, nw) extents -> its (bucketed) shapes
+        self.last_cols = self.last_inp = None  # eager: the last step's plan (less the step) and tables
         self.pool = None
 
     def _ship(self, plan: np.ndarray) -> torch.Tensor:
@@ -941,17 +942,25 @@ class _StepRunner:
             rules = [self.rules[i] for i in np.unique(plan[fwd, _RULE])]
         Lq, Lo, nw = key = shape
         if not self.capture:
-            return self._body(x, state, Lq, Lo, nw, rules, post_fill=self.stale and bool((fill & fwd).any()))
+            # a plan equal to the last step's but for the step number has the last step's index
+            # tables (a block's later forwards on the threshold policies)
+            cols, last = plan[:, :_STEP], self.last_cols
+            inp = self.last_inp if last is not None and (cols == last).all() else None
+            self.last_cols = cols
+            return self._body(x, state, Lq, Lo, nw, rules, self.stale and bool((fill & fwd).any()), inp)
         graph = self.graphs.get(key)
         if graph is None:
             graph = self.graphs[key] = self._record(Lq, Lo, nw, rules)
         graph[0].replay()
         return graph[1]
 
-    def _body(self, x, state, Lq, Lo, nw, rules, post_fill: bool) -> torch.Tensor | None:
-        """The device work of a step (no host sync, no copy: capturable)."""
+    def _body(self, x, state, Lq, Lo, nw, rules, post_fill: bool, inp: StepInputs | None = None) -> torch.Tensor | None:
+        """The device work of a step (no host sync, no copy: capturable); ``inp``: the index
+        tables when they are the last step's (built from the plan otherwise)."""
         geo, pol, plan = self.geo, self.pol, self.plan_dev
-        inp = _device_inputs(plan, Lq, Lo, nw, rules, geo, self.cache is not None, self.stale)
+        if inp is None:
+            inp = _device_inputs(plan, Lq, Lo, nw, rules, geo, self.cache is not None, self.stale)
+        self.last_inp = inp
         step = torch.where(plan[:, _FWD] > 0, plan[:, _STEP], 0).amax()
         seed = 0
         if self.temperature > 0:  # logits row (b, j) is position stats_offset[b] + j of row b
