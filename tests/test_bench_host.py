@@ -158,31 +158,14 @@ def test_host_split_ratios_and_table(tmp_path):
     (tmp_path / "host_step.json").write_text(json.dumps(doc))
     peers = host_split.peer_us(tmp_path / "host_step.json")
     assert peers == {"r2": 200.0} and host_split.peer_us(tmp_path / "missing.json") == {}
+    keys = ("name", "B", "host_us_per_step", "ops_per_step", "graph_host_us_per_step", "graph_ops_per_step")
     rows = [
-        dict(
-            name="r2",
-            B=1,
-            host_us_per_step=300.0,
-            ops_per_step=37.5,
-            graph_host_us_per_step=80.0,
-            graph_ops_per_step=1.5,
-        ),
-        dict(
-            name="r2",
-            B=64,
-            host_us_per_step=330.0,
-            ops_per_step=37.5,
-            graph_host_us_per_step=128.0,
-            graph_ops_per_step=1.5,
-        ),
-        dict(
-            name="vanilla",
-            B=1,
-            host_us_per_step=50.0,
-            ops_per_step=40.0,
-            graph_host_us_per_step=20.0,
-            graph_ops_per_step=1,
-        ),
+        dict(zip(keys, values))
+        for values in (
+            ("r2", 1, 300.0, 37.5, 80.0, 1.5),
+            ("r2", 64, 330.0, 37.5, 128.0, 1.5),
+            ("vanilla", 1, 50.0, 40.0, 20.0, 1),
+        )
     ]
     got = host_split.ratios(rows, peers)
     assert got == {
