@@ -652,7 +652,7 @@ def _generate(
         out_x, out_step = x.clone(), state.commit_step.clone()
     while True:
         # the one sync per step (without commits to read, on the CPU a view of x: read before the step)
-        host = (x[None] if committed is None else torch.stack([x, committed.to(x.dtype)])).cpu().numpy()
+        host = runner.read_back(committed)
         plan, fwd, fill = sched.plan(host[0], None if committed is None else host[1], sched.nfe < max_nfe)
         gone = ~(fwd | fill)  # done, or out of forwards: idle from now on
         if compact and gone.any() and 8 * gone.sum() >= len(rows):
@@ -896,10 +896,22 @@ class _StepRunner:
         self.stale = pol.d3_stale_candidates and pol.early_stop
         self.plan_dev = torch.zeros(x.shape[0], _NCOL, dtype=torch.int64, device=x.device)
         self.host = self.plan_dev.cpu().pin_memory() if x.device.type == "cuda" else None
+        # on a GPU the canvas (and the commits) come back into one reused pinned buffer
+        rows = (2 if commits else 1, *x.shape)
+        self.readback = torch.empty(rows, dtype=x.dtype, pin_memory=True) if self.host is not None else None
         self.graphs: dict = {}
         self.shapes: dict = {}  # the step's (Lq, Lo, nw) extents -> its (bucketed) shapes
         self.last_cols = self.last_inp = None  # eager: the last step's plan (less the step) and tables
         self.pool = None
+
+    def read_back(self, committed: torch.Tensor | None) -> np.ndarray:
+        """The step's one sync: ``[1, B, L]`` the canvas, or ``[2, B, L]`` with the last step's
+        commits (without commits to read, on the CPU a view of the canvas)."""
+        x = self.x
+        src = x[None] if committed is None else torch.stack([x, committed.to(x.dtype)])
+        if self.readback is None:
+            return src.cpu().numpy()
+        return self.readback.copy_(src).numpy()
 
     def _ship(self, plan: np.ndarray) -> torch.Tensor:
         """The step's only host-to-device copy (pinned, asynchronous on a GPU)."""
