@@ -171,7 +171,7 @@ class _BlockRows:
         fs, fe = np.where(topk, 0, s), np.where(topk, 0, ae)
         return np.stack([np.ones(n, np.int64), a, c, tail, clen, w0, w1, s, ae, fs, fe, kk, start], 1)
 
-    def plan(self, x: np.ndarray, _committed: np.ndarray | None, live: np.ndarray) -> np.ndarray:
+    def plan(self, x: np.ndarray, _committed: np.ndarray | None, live: np.ndarray) -> tuple[np.ndarray, ...]:
         """``x``: the canvas ``[B, L]``; ``live``: rows below ``max_nfe``. Returns the ``[B, _NCOL]``
         plan (rows with neither a forward nor a fill are all zero), the rows that forward and the
         rows with a fill (bool ``[B]``)."""
@@ -275,7 +275,7 @@ class _MultiBlockRows:
         published code computes it in Python floats)."""
         return 1 - self.mask / self.total
 
-    def plan(self, x: np.ndarray, committed: np.ndarray, live: np.ndarray) -> np.ndarray:
+    def plan(self, x: np.ndarray, committed: np.ndarray, live: np.ndarray) -> tuple[np.ndarray, ...]:
         """As :meth:`_BlockRows.plan`; ``committed``: the positions the last step's commit rules
         took (fills excluded)."""
         p, g, B = self.p, self.g, x.shape[0]
@@ -955,7 +955,7 @@ class _StepRunner:
         Lq, Lo, nw = key = shape
         if not self.capture:
             # a plan equal to the last step's but for the step number has the last step's index
-            # tables (a block's later forwards on the threshold policies)
+            # tables (a block's later forwards)
             cols, last = plan[:, :_STEP], self.last_cols
             inp = self.last_inp if last is not None and (cols == last).all() else None
             self.last_cols = cols
