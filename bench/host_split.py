@@ -20,7 +20,18 @@ launches and the model (the host cost of the GPU path; the loop's own small tens
 GPU runs asynchronously, still count on the CPU, so an upper bound); ``ops``: the operators the
 host dispatches (a ``TorchDispatchMode`` count, views left out; a custom op counts once, what
 its launcher does is not seen), i.e. the launches a GPU step issues. Equal op counts at B = 1 and B = 64 mean that
-the dispatch work does not grow with the batch. One intra-op thread.
+the dispatch work does not grow with the batch.
+
+``graph_host_us``: the host work of a step on the CUDA-graph path (``generate(cuda_graph=True)``),
+where the step's device work (``_StepRunner._body``: index tables, forward, statistics, commits)
+is one graph replay. Capture needs CUDA, so the bucketed path (the shapes the graphs are captured
+at) runs with ``_body`` recorded once and then replayed as a graph would: the canvas, the commit
+state and the returned positions it left are put in place (checked against the record: same
+tokens, same steps). The figure is the wall time outside ``_body`` per step: the planner, the one
+plan copy, bucket selection, the read-back, the loop's bookkeeping and ``generate``'s setup spread
+over the steps. The replay call itself (a few µs on a GPU) is not included and not measured.
+``graph_ops``: the operators dispatched outside ``_body`` per step (they run on the host with
+graphs too). One intra-op thread.
 """
 
 from __future__ import annotations
@@ -44,16 +55,72 @@ import dllm_kernels as dk  # noqa: E402
 
 class _OpCount(TorchDispatchMode):
     """Counts the operators dispatched while active (inside one, nothing is seen), views (which
-    launch nothing) left out."""
+    launch nothing) left out; none while ``paused``."""
 
     def __init__(self):
         super().__init__()
         self.n = Counter()
+        self.paused = False
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        if not func.is_view:
+        if not func.is_view and not self.paused:
             self.n[str(func)] += 1
         return func(*args, **(kwargs or {}))
+
+
+class _BodyClock:
+    """Stands in for :meth:`dllm_kernels.loop._StepRunner._body` (the device work that a CUDA
+    graph replays): ``record`` runs it and keeps what it changes (the canvas' and the commit
+    state's changed positions and values, the returned positions), ``replay`` writes those
+    positions instead of running it, touching little host memory, as a graph replay would (timed
+    apart: ``inside``; an op counter is paused meanwhile), ``pass`` runs it; ``calls``: the
+    steps."""
+
+    def __init__(self):
+        self.runner = dk.loop._StepRunner
+        self.impl = self.runner._body
+        self.mode, self.tape, self.pos = "pass", [], 0
+        self.inside, self.inside_cpu, self.count, self.calls = 0.0, 0.0, None, 0
+        clock = self
+
+        def body(runner, x, state, *args, **kwargs):
+            t0, c0 = time.perf_counter(), time.process_time()
+            clock.calls += 1
+            if clock.count is not None:
+                clock.count.paused = True
+            try:
+                if clock.mode == "pass":
+                    return clock.impl(runner, x, state, *args, **kwargs)
+                tensors = [x] + [getattr(state, f) for f in type(state).__dataclass_fields__]
+                if clock.mode == "record":  # keep what changed: (flat positions, values) per tensor
+                    before = [t.clone() for t in tensors]
+                    out = clock.impl(runner, x, state, *args, **kwargs)
+                    changes = []
+                    for t, b in zip(tensors, before):
+                        at = (t != b).flatten().nonzero().flatten()
+                        changes.append((at, t.flatten()[at]))
+                    clock.tape.append((changes, None if out is None else out.clone()))
+                    return out
+                changes, out = clock.tape[clock.pos]
+                clock.pos += 1
+                for t, (at, values) in zip(tensors, changes):
+                    t.view(-1)[at] = values
+                return out
+            finally:
+                if clock.count is not None:
+                    clock.count.paused = False
+                clock.inside += time.perf_counter() - t0
+                clock.inside_cpu += time.process_time() - c0
+
+        self.runner._body = body
+
+    def start(self, mode: str):
+        self.mode, self.pos, self.inside, self.inside_cpu, self.calls = mode, 0, 0.0, 0.0, 0
+        if mode == "record":
+            self.tape = []
+
+    def restore(self):
+        self.runner._body = self.impl
 
 
 class _Replay:
@@ -123,22 +190,40 @@ class _ReplayModel(hs.FreeModel):
         return out
 
 
-def measure(replay: _Replay, name: str, B: int, repeats: int) -> dict:
+def _run(model, name: str, B: int, buckets: bool):
     policy, kw = hs.POLICIES[name]
-    model = _ReplayModel(replay)
     prompt = torch.arange(B * hs.PROMPT).reshape(B, hs.PROMPT) % (hs.V - 2)
+    args = dict(temperature=0.0, seed=None, max_nfe=10000, progress=False, buckets=buckets, capture=False)
+    return lambda: dk.loop._generate(
+        model, prompt, policy=policy, gen_length=hs.GEN, block_length=hs.BLOCK, backend="triton", **args, **kw
+    )
 
-    def run():
-        model.calls = 0
-        return dk.generate(
-            model, prompt, policy=policy, gen_length=hs.GEN, block_length=hs.BLOCK, backend="triton", **kw
-        )
 
+def _ops_per_step(run, steps, clock: _BodyClock | None = None) -> float:
+    """Operators dispatched per step by ``run()`` (outside ``_body`` with ``clock``)."""
+    count = _OpCount()
+    if clock is not None:
+        clock.count = count
+    with count:
+        run()
+    if clock is not None:
+        clock.count = None
+    return round(sum(count.n.values()) / steps(), 2)
+
+
+def measure(replay: _Replay, clock: _BodyClock, name: str, B: int, repeats: int) -> dict:
+    """One policy at batch B: the eager step's host work (launches and model replayed), and the
+    host work around ``_body`` on the bucketed path, with ``_body`` replayed as a CUDA graph
+    would (what a step costs the host then, less the replay call itself). Medians per step over
+    ``repeats`` replays after one warm-up."""
+    model = _ReplayModel(replay)
+    run = _run(model, name, B, buckets=False)
     replay.start("record")
     want = run().tokens
     host, walls = [], []
     for _ in range(repeats + 1):  # the first replay warms up
         replay.start("replay")
+        model.calls = 0
         t0 = time.perf_counter()
         got = run().tokens
         wall = time.perf_counter() - t0
@@ -147,18 +232,102 @@ def measure(replay: _Replay, name: str, B: int, repeats: int) -> dict:
         walls.append(wall / model.calls)
         host.append((wall - replay.inside) / model.calls)
     replay.start("replay")
-    count = _OpCount()
-    with count:
-        run()
+    model.calls = 0
+    ops = _ops_per_step(run, lambda: model.calls)
     steps = model.calls
+
+    run = _run(hs.FreeModel(hs.PROMPT + hs.GEN), name, B, buckets=True)
+    replay.start("record")  # the launches run
+    clock.start("record")
+    if not torch.equal(run().tokens, want):
+        raise RuntimeError(f"{name} B={B}: the bucketed path's tokens differ")
+    graph, graph_cpu = [], []
+    for _ in range(repeats + 1):
+        clock.start("replay")
+        t0, c0 = time.perf_counter(), time.process_time()
+        got = run().tokens
+        wall, cpu = time.perf_counter() - t0, time.process_time() - c0
+        if not torch.equal(got, want) or clock.calls != steps:
+            raise RuntimeError(f"{name} B={B}: the replayed steps diverged from the recorded run")
+        graph.append((wall - clock.inside) / steps)
+        graph_cpu.append((cpu - clock.inside_cpu) / steps)
+    clock.start("replay")
+    graph_ops = _ops_per_step(run, lambda: clock.calls, clock)
+    clock.start("pass")
+    med = [round(statistics.median(t[1:]) * 1e6, 1) for t in (host, walls, graph, graph_cpu)]
     return dict(
         name=name,
         B=B,
         steps=steps,
-        host_us_per_step=round(statistics.median(host[1:]) * 1e6, 1),
-        replay_us_per_step=round(statistics.median(walls[1:]) * 1e6, 1),
-        ops_per_step=round(sum(count.n.values()) / steps, 2),
+        host_us_per_step=med[0],
+        replay_us_per_step=med[1],
+        ops_per_step=ops,
+        graph_host_us_per_step=med[2],
+        graph_host_cpu_us_per_step=med[3],  # the same in this process's CPU time (less disturbed by others)
+        graph_ops_per_step=graph_ops,
     )
+
+
+def peer_us(path) -> dict:
+    """``{policy row: the peer function's B=1 µs per step}`` from ``bench/host_step.py``'s JSON
+    (its peer rows: wall time, essentially the peer's host work on the free model); {} without
+    the file or its peer rows."""
+    try:
+        doc = json.loads(pathlib.Path(path).read_text())
+    except (OSError, ValueError):
+        return {}
+    return {
+        r["name"]: r["us_per_step"]
+        for r in doc.get("rows", [])
+        if r.get("path") == "peer" and r.get("B") == 1 and "us_per_step" in r
+    }
+
+
+def ratios(rows: list[dict], peers: dict) -> dict:
+    """Per policy: our host time at B=1 over the peer's (eager and graph path; target <= 0.5) and
+    ours at B=64 over ours at B=1 (target <= 1.5)."""
+    us = {(r["name"], r["B"]): r for r in rows}
+    out = {}
+    for name in dict.fromkeys(r["name"] for r in rows):
+        one, big, peer, r = us.get((name, 1)), us.get((name, 64)), peers.get(name), {}
+        for key, label in (("host_us_per_step", "eager"), ("graph_host_us_per_step", "graph")):
+            if one and peer:
+                r[f"{label}_B1/peer_B1"] = round(one[key] / peer, 2)
+                r[f"met_{label}_B1"] = r[f"{label}_B1/peer_B1"] <= 0.5
+            if one and big:
+                r[f"{label}_B64/B1"] = round(big[key] / one[key], 2)
+                r[f"met_{label}_B64"] = r[f"{label}_B64/B1"] <= 1.5
+        if r:
+            out[name] = r
+    return out
+
+
+def markdown(doc: dict) -> str:
+    """The README's table: peer B=1 µs per step, ours (eager host work, graph path host work)
+    per B, ops per step and the ratios to the targets."""
+    us = {(r["name"], r["B"]): r for r in doc["rows"]}
+    peers, rat = doc.get("peer_us_per_step_B1", {}), doc.get("ratios", {})
+    lines = [
+        "| policy | peer B=1 | eager ops/step B=1, B=64 | eager host B=1 | B=64 | eager B=1 / peer "
+        "| graph ops/step B=1, B=64 | graph host B=1 | B=64 | graph B=1 / peer | graph B=64 / B=1 |",
+        "|---|" + "---:|" * 10,
+    ]
+    for name in dict.fromkeys(r["name"] for r in doc["rows"]):
+        one, big, r = us.get((name, 1), {}), us.get((name, 64), {}), rat.get(name, {})
+        cells = [
+            round(peers[name]) if name in peers else "-",
+            f"{one.get('ops_per_step', '-')}, {big.get('ops_per_step', '-')}",
+            round(one["host_us_per_step"]) if one else "-",
+            round(big["host_us_per_step"]) if big else "-",
+            r.get("eager_B1/peer_B1", "-"),
+            f"{one.get('graph_ops_per_step', '-')}, {big.get('graph_ops_per_step', '-')}",
+            round(one["graph_host_us_per_step"]) if one else "-",
+            round(big["graph_host_us_per_step"]) if big else "-",
+            r.get("graph_B1/peer_B1", "-"),
+            r.get("graph_B64/B1", "-"),
+        ]
+        lines.append(f"| {name} | " + " | ".join(map(str, cells)) + " |")
+    return "\n".join(lines)
 
 
 def main():
@@ -167,24 +336,32 @@ def main():
     ap.add_argument("--batches", type=int, nargs="+", default=[1, 64])
     ap.add_argument("--policies", nargs="+", default=list(hs.POLICIES), choices=list(hs.POLICIES))
     ap.add_argument("--out", default=str(pathlib.Path(__file__).parent / "results" / "host_split.json"))
+    ap.add_argument(
+        "--peers-json",
+        default=str(pathlib.Path(__file__).parent / "results" / "host_step.json"),
+        help="bench/host_step.py's results, for the peers' B=1 figures (run it first)",
+    )
     args = ap.parse_args()
     torch.set_num_threads(1)
     hs._stub_kernels()
-    replay = _Replay()
+    replay, clock = _Replay(), _BodyClock()
     load_before = os.getloadavg()
     rows = []
     try:
         for name in args.policies:
             for B in args.batches:
-                r = measure(replay, name, B, args.repeats)
+                r = measure(replay, clock, name, B, args.repeats)
                 rows.append(r)
                 print(
                     f"{name:16s} B={B:3d} steps={r['steps']:4d} host {r['host_us_per_step']:8.1f} us/step "
-                    f"(replay {r['replay_us_per_step']:8.1f}) ops/step {r['ops_per_step']:6.2f}",
+                    f"(replay {r['replay_us_per_step']:8.1f}) ops/step {r['ops_per_step']:6.2f}; graph path: host "
+                    f"{r['graph_host_us_per_step']:7.1f} us/step (CPU time {r['graph_host_cpu_us_per_step']:7.1f}), "
+                    f"ops/step {r['graph_ops_per_step']:6.2f}",
                     flush=True,
                 )
     finally:
         replay.restore()
+        clock.restore()
     meta = dict(
         torch=torch.__version__,
         threads=torch.get_num_threads(),
@@ -193,7 +370,11 @@ def main():
         cpu_count=os.cpu_count(),
         load_average=[round(v, 2) for v in (*load_before[:1], *os.getloadavg()[:1])],  # 1-min, before / after
     )
-    pathlib.Path(args.out).write_text(json.dumps(dict(meta=meta, rows=rows), indent=1) + "\n")
+    peers = peer_us(args.peers_json)
+    meta["peers_from"] = args.peers_json if peers else f"none ({args.peers_json}: no peer rows)"
+    doc = dict(meta=meta, rows=rows, peer_us_per_step_B1=peers, ratios=ratios(rows, peers))
+    pathlib.Path(args.out).write_text(json.dumps(doc, indent=1) + "\n")
+    print(markdown(doc))
     print(f"wrote {args.out}")
 
 

@@ -97,6 +97,10 @@ class GenerateResult:
 # step; the forward's index tables are built from it there (:func:`_device_inputs`).
 _FWD, _A, _C, _TAIL, _CLEN, _W0, _W1, _S, _E, _FS, _FE, _K, _RULE, _FILL, _STEP = range(15)
 _NCOL = 15
+# plan[:, _A : _E + 1] @ _EXTENT: per row, the forwarded columns (window + tail), the logits rows
+# and the written blocks of its step
+_EXTENT = np.zeros((_E + 1 - _A, 3), np.int64)
+_EXTENT[np.array([_C, _TAIL, _A, _E, _S, _W1, _W0]) - _A, [0, 0, 0, 1, 1, 2, 2]] = [1, 1, -1, 1, -1, 1, -1]
 
 
 class _BlockRows:
@@ -116,97 +120,109 @@ class _BlockRows:
         self.i = np.zeros(B, np.int64)  # forwards run in the current block
         self.nfe = np.zeros(B, np.int64)
         self.done = np.zeros(B, bool)
-        self.schedule = np.zeros((B, max(self.spb, 1)), np.int64)
+        # per row, the k of each step of the block; a last column of 0 for rows past it
+        self.schedule = np.zeros((B, self.spb + 1), np.int64)
         start = FIRST_TOKEN_RULE if policy.ar_first_token else policy.block_start_rule
         self.rules = [policy.rule] + ([start] if start is not None and start != policy.rule else [])
+        self._table = self._columns()
+        self._base = self._rows = None  # the empty plan and the row numbers, per batch size
+        self._kc = np.zeros(B, np.int64)  # the block index, clamped to the last block
+        self._cols = None  # the rows' table columns while no block starts (None: look them up)
 
     def select(self, keep: np.ndarray) -> None:
         """Keep only the rows ``keep`` (the others left the batch)."""
-        self.k, self.i, self.nfe, self.done, self.schedule = (
-            a[keep] for a in (self.k, self.i, self.nfe, self.done, self.schedule)
+        self.k, self.i, self.nfe, self.done, self.schedule, self._kc = (
+            a[keep] for a in (self.k, self.i, self.nfe, self.done, self.schedule, self._kc)
         )
+        self._cols = None
 
-    def plan(self, x: np.ndarray, _committed: np.ndarray | None, live: np.ndarray) -> np.ndarray:
-        """``x``: the canvas ``[B, L]``; ``live``: rows below ``max_nfe``. Returns the ``[B, _NCOL]``
-        plan (rows with neither a forward nor a fill are all zero)."""
-        p, g, B = self.p, self.g, x.shape[0]
-        out = np.zeros((B, _NCOL), np.int64)
-        out[:, _FILL] = g.L
-        rows = np.arange(B)
-        blocks = x[:, g.P :].reshape(B, g.nb, g.bs)
-        act = live & ~self.done
-        blk = blocks[rows, np.minimum(self.k, g.nb - 1)]
-        if self.spb:
-            complete = act & (self.i > 0) & (self.i >= self.spb)
-        else:
-            complete = act & (self.i >= self.min_forwards) & ~(blk == g.mask).any(1)
-        stop = complete & p.early_exit & (blk == g.eos).any(1)  # Streaming-dLLM: EOS in a completed block
-        if stop.any():
-            self.done |= stop
-            out[stop, _FILL] = g.P + (self.k[stop] + 1) * g.bs - 1
-            out[stop, _STEP] = self.nfe[stop] - 1
-        nxt = complete & ~stop
-        self.k[nxt] += 1
-        self.i[nxt] = 0
-        self.done |= nxt & (self.k == g.nb)
-        fwd = act & ~self.done
-        if not fwd.any():
-            return out
-        k = np.minimum(self.k, g.nb - 1)
+    def _columns(self) -> np.ndarray:
+        """``[2 nb, _RULE + 1]`` the plan's columns ``_FWD`` to ``_RULE`` of a forwarding row in
+        block k, row ``2 k + first`` (first: the block's first forward). They change only at
+        block boundaries, so :meth:`plan` looks them up; ``_K`` holds Dream's first-token 1 (the
+        LLaDA schedule's count is added per step)."""
+        p, g = self.p, self.g
+        k = np.repeat(np.arange(g.nb, dtype=np.int64), 2)
+        first = np.tile(np.array([False, True]), g.nb)
+        n = len(k)
         s = g.P + k * g.bs
         e = s + g.bs
-        first = self.i == 0
-        if self.spb:  # LLaDA: m masks over spb steps, the first m % spb get one more
-            new = fwd & first
-            m = (blocks[rows, k] == g.mask).sum(1)[new]
-            self.schedule[new] = num_transfer_schedule(torch.from_numpy(m), self.spb).numpy()
-
-        cache, zero = p.cache, np.zeros(B, np.int64)
+        cache, zero = p.cache, np.zeros(n, np.int64)
         if cache == "dual":
             a, c, tail = np.where(first, 0, s), np.where(first, g.L, e), zero
         else:
             a = np.where(first, 0, s) if cache == "prefix" else zero
             if p.suffix_window is None:
-                c, tail = np.full(B, g.L), zero
+                c, tail = np.full(n, g.L), zero
             else:  # the block, the first W positions after it, and the canvas's last position
                 c, tail = np.minimum(e + p.suffix_window, g.L), (g.L - e > p.suffix_window).astype(np.int64)
-        clen = {"none": zero, "prefix": np.where(first, 0, s), "dual": np.full(B, g.L)}[cache]
+        clen = {"none": zero, "prefix": np.where(first, 0, s), "dual": np.full(n, g.L)}[cache]
         w0 = w1 = zero
         if cache == "prefix":  # a block's first forward caches the prefix its later forwards read
             w1 = np.where(first, s // g.bs, 0)
         elif cache == "dual":
             w0, w1 = np.where(first, 0, s // g.bs), np.where(first, g.L // g.bs, e // g.bs)
-
         start = first & (len(self.rules) > 1)
         ae = np.where(first & p.ar_first_token, s + 1, e)  # Dream: the block's first position only
-        kk = self.schedule[rows, np.minimum(self.i, self.schedule.shape[1] - 1)] if self.spb else zero
-        kk = np.where(first & p.ar_first_token, 1, kk)
+        kk = (first & p.ar_first_token).astype(np.int64)
         # LLaDA's schedule decides the count of a "topk" step (it may be 0 when a block holds fewer
         # masks than steps); every other rule guarantees progress in the block
         topk = np.array([r.base == "topk" for r in self.rules])[start.astype(np.int64)]
-        cols = np.stack(
-            [
-                np.ones(B, np.int64),
-                a,
-                c,
-                tail,
-                clen,
-                w0,
-                w1,
-                s,
-                ae,
-                np.where(topk, 0, s),
-                np.where(topk, 0, ae),
-                kk,
-                start,
-            ],
-            1,
-        )
-        out[fwd, : _RULE + 1] = cols[fwd]
-        self.nfe[fwd] += 1
-        self.i[fwd] += 1
-        out[fwd, _STEP] = self.nfe[fwd] - 1
-        return out
+        fs, fe = np.where(topk, 0, s), np.where(topk, 0, ae)
+        return np.stack([np.ones(n, np.int64), a, c, tail, clen, w0, w1, s, ae, fs, fe, kk, start], 1)
+
+    def plan(self, x: np.ndarray, _committed: np.ndarray | None, live: np.ndarray) -> tuple[np.ndarray, ...]:
+        """``x``: the canvas ``[B, L]``; ``live``: rows below ``max_nfe``. Returns the ``[B, _NCOL]``
+        plan (rows with neither a forward nor a fill are all zero), the rows that forward and the
+        rows with a fill (bool ``[B]``)."""
+        p, g, B = self.p, self.g, x.shape[0]
+        if self._base is None or len(self._base) != B:
+            self._base = np.zeros((B, _NCOL), np.int64)
+            self._base[:, _FILL] = g.L
+            self._rows = np.arange(B)
+        out, rows = self._base.copy(), self._rows
+        act = live & ~self.done
+        if self.spb:
+            complete = act & (self.i >= self.spb)  # spb > 0: also a forward in the block
+        else:
+            blk = x[:, g.P :].reshape(B, g.nb, g.bs)[rows, self._kc]
+            complete = act & (self.i >= self.min_forwards) & ~(blk == g.mask).any(1)
+        fwd = act
+        if complete.any():  # a block boundary
+            stop = np.zeros(B, bool)
+            if p.early_exit:  # Streaming-dLLM: EOS in a completed block
+                stop = complete & (x[:, g.P :].reshape(B, g.nb, g.bs)[rows, self._kc] == g.eos).any(1)
+                self.done |= stop
+                out[stop, _FILL] = g.P + (self.k[stop] + 1) * g.bs - 1
+                out[stop, _STEP] = self.nfe[stop] - 1
+            nxt = complete & ~stop
+            self.k[nxt] += 1
+            self.i[nxt] = 0
+            self.done |= nxt & (self.k == g.nb)
+            self._kc, self._cols = np.minimum(self.k, g.nb - 1), None
+            fwd = act & ~self.done
+        if not fwd.any():
+            return out, fwd, out[:, _FILL] < g.L
+        cols = self._cols
+        if cols is None:  # the columns change at a block's first forward and at the one after it
+            first = self.i == 0
+            cols = self._table[2 * self._kc + first]
+            new = fwd & first
+            if not new.any():
+                self._cols = cols
+            elif self.spb:  # LLaDA: m masks over spb steps, the first m % spb get one more
+                m = (x[:, g.P :].reshape(B, g.nb, g.bs)[rows, self._kc] == g.mask).sum(1)[new]
+                self.schedule[new, : self.spb] = num_transfer_schedule(torch.from_numpy(m), self.spb).numpy()
+        np.multiply(cols, fwd[:, None], out=out[:, : _RULE + 1])  # rows that do not forward: zero
+        if self.spb:
+            kk = self.schedule[rows, self.i]
+            if p.ar_first_token:
+                kk = np.where(self.i == 0, 1, kk)
+            np.multiply(kk, fwd, out=out[:, _K])
+        self.nfe += fwd
+        self.i += fwd
+        np.copyto(out[:, _STEP], self.nfe - 1, where=fwd)
+        return out, fwd, out[:, _FILL] < g.L
 
 
 class _MultiBlockRows:
@@ -259,7 +275,7 @@ class _MultiBlockRows:
         published code computes it in Python floats)."""
         return 1 - self.mask / self.total
 
-    def plan(self, x: np.ndarray, committed: np.ndarray, live: np.ndarray) -> np.ndarray:
+    def plan(self, x: np.ndarray, committed: np.ndarray, live: np.ndarray) -> tuple[np.ndarray, ...]:
         """As :meth:`_BlockRows.plan`; ``committed``: the positions the last step's commit rules
         took (fills excluded)."""
         p, g, B = self.p, self.g, x.shape[0]
@@ -285,7 +301,7 @@ class _MultiBlockRows:
         self.done |= finished
         act &= ~finished
         if not act.any():
-            return out
+            return out, act, out[:, _FILL] < g.L
         self.nfe[act] += 1
         nfe = self.nfe
         out[act, _STEP] = nfe[act] - 1
@@ -372,7 +388,7 @@ class _MultiBlockRows:
         # rows that ended without a forward keep their NFE but emit nothing (the published count)
         ended = ~act & ~(out[:, _FILL] < g.L)
         out[ended, _STEP] = 0
-        return out
+        return out, act, out[:, _FILL] < g.L
 
     def _delayed_cache_forward(self, act, active_end, exists):
         """d3LLM's choice among (a) append completed blocks, (b) read the cache, (c) refresh by a
@@ -446,11 +462,11 @@ def _canvas(prompt, gen_length: int, block_length: int, config, device):
         check_tensor("generate", "prompt", prompt, ndim=2)
         if prompt.dtype not in (torch.int64, torch.int32):
             raise TypeError(f"generate: prompt must be an integer tensor, got {prompt.dtype}")
-        tokens = prompt.cpu().to(torch.int64)
+        rect = tokens = prompt.cpu().to(torch.int64)
         lengths = torch.full((tokens.shape[0],), tokens.shape[1], dtype=torch.int64)
         tokens = tokens.flatten()
     else:
-        rows = []
+        rect, rows = None, []
         for r in prompt:
             t = torch.as_tensor(r)
             bad_dtype = t.dtype.is_floating_point or t.dtype.is_complex or t.dtype == torch.bool
@@ -472,10 +488,12 @@ def _canvas(prompt, gen_length: int, block_length: int, config, device):
     pad = P - lengths
     x = torch.full((B, P + gen_length), config.mask_id, dtype=torch.int64)
     x[:, :P] = pad_id
-    # token i of the concatenation belongs to row b and goes to column pad[b] + (its index in b)
-    row = torch.repeat_interleave(torch.arange(B), lengths)
-    first = torch.cumsum(lengths, 0) - lengths
-    x[row, pad[row] + torch.arange(len(tokens)) - first[row]] = tokens
+    if rect is not None:  # rows of one length: one block
+        x[:, P - rect.shape[1] : P] = rect
+    else:  # token i of the concatenation belongs to row b and goes to column pad[b] + (its index in b)
+        row = torch.repeat_interleave(torch.arange(B), lengths)
+        first = torch.cumsum(lengths, 0) - lengths
+        x[row, pad[row] + torch.arange(len(tokens)) - first[row]] = tokens
     return x.to(device), pad.to(device), P
 
 
@@ -634,13 +652,13 @@ def _generate(
         out_x, out_step = x.clone(), state.commit_step.clone()
     while True:
         # the one sync per step (without commits to read, on the CPU a view of x: read before the step)
-        host = (x[None] if committed is None else torch.stack([x, committed.to(x.dtype)])).cpu().numpy()
-        plan = sched.plan(host[0], None if committed is None else host[1], sched.nfe < max_nfe)
-        fwd, fill = plan[:, _FWD] > 0, plan[:, _FILL] < L
+        host = runner.read_back(committed)
+        plan, fwd, fill = sched.plan(host[0], None if committed is None else host[1], sched.nfe < max_nfe)
         gone = ~(fwd | fill)  # done, or out of forwards: idle from now on
         if compact and gone.any() and 8 * gone.sum() >= len(rows):
             keep, drop = np.flatnonzero(~gone), np.flatnonzero(gone)
-            finished_tokens += int((host[0][drop, P:] != cfg.mask_id).sum())
+            if bar is not None:
+                finished_tokens += int((host[0][drop, P:] != cfg.mask_id).sum())
             drop_t, orig_t = _ship_index(drop, device), _ship_index(rows[drop], device)
             out_x.index_copy_(0, orig_t, x.index_select(0, drop_t))
             out_step.index_copy_(0, orig_t, state.commit_step.index_select(0, drop_t))
@@ -671,7 +689,9 @@ def _generate(
         out_nfe[rows] = sched.nfe
     nfe = torch.tensor(out_nfe, dtype=torch.int64, device=device)
     result = GenerateResult(tokens=out_x, nfe=nfe, commit_step=out_step, pad=pad0, gen_start=P)
-    stuck = ((out_x[:, P:] == cfg.mask_id).any(1) & (nfe >= max_nfe)).nonzero().flatten().tolist()
+    stuck = []
+    if (out_nfe >= max_nfe).any():
+        stuck = ((out_x[:, P:] == cfg.mask_id).any(1) & (nfe >= max_nfe)).nonzero().flatten().tolist()
     if stuck:
         raise MaxNFEError(
             f"generate: rows {stuck[:8]} reached max_nfe ({max_nfe}) with masks left "
@@ -876,8 +896,22 @@ class _StepRunner:
         self.stale = pol.d3_stale_candidates and pol.early_stop
         self.plan_dev = torch.zeros(x.shape[0], _NCOL, dtype=torch.int64, device=x.device)
         self.host = self.plan_dev.cpu().pin_memory() if x.device.type == "cuda" else None
+        # on a GPU the canvas (and the commits) come back into one reused pinned buffer
+        rows = (2 if commits else 1, *x.shape)
+        self.readback = torch.empty(rows, dtype=x.dtype, pin_memory=True) if self.host is not None else None
         self.graphs: dict = {}
+        self.shapes: dict = {}  # the step's (Lq, Lo, nw) extents -> its (bucketed) shapes
+        self.last_cols = self.last_inp = None  # eager: the last step's plan (less the step) and tables
         self.pool = None
+
+    def read_back(self, committed: torch.Tensor | None) -> np.ndarray:
+        """The step's one sync: ``[1, B, L]`` the canvas, or ``[2, B, L]`` with the last step's
+        commits (without commits to read, on the CPU a view of the canvas)."""
+        x = self.x
+        src = x[None] if committed is None else torch.stack([x, committed.to(x.dtype)])
+        if self.readback is None:
+            return src.cpu().numpy()
+        return self.readback.copy_(src).numpy()
 
     def _ship(self, plan: np.ndarray) -> torch.Tensor:
         """The step's only host-to-device copy (pinned, asynchronous on a GPU)."""
@@ -895,37 +929,50 @@ class _StepRunner:
         without ``commits``)."""
         geo, x, state = self.geo, self.x, self.state
         dev = self._ship(plan)
-        if (fill & ~(fwd & self.stale)).any():  # fills that the commit must see: before the forward
+        if (fill & ~fwd if self.stale else fill).any():  # fills that the commit must see: before the forward
             # a fill-only step may carry an earlier step number than the batch's forwards (a
             # Streaming-dLLM early exit is dated by the forward that completed the block)
             now = dev[:, _FILL] if not self.stale else torch.where(dev[:, _FWD] > 0, geo.L, dev[:, _FILL])
             _fill_eos(x, state.commit_step, now, dev[:, _STEP : _STEP + 1], geo.eos)
         if not fwd.any():
             return torch.zeros_like(x, dtype=torch.bool) if self.commits else None
-        p = plan[fwd]
-        Lq = max(1, int((p[:, _C] - p[:, _A] + p[:, _TAIL]).max()))
-        Lo = max(1, int((p[:, _E] - p[:, _S]).max()))
-        writes = self.cache is not None and (p[:, _W1] > p[:, _W0]).any()
-        nw = max(1, int((p[:, _W1] - p[:, _W0]).max())) if writes else None
+        # the widest window, logits range and cache write over the rows (rows that do not forward
+        # have zero extents)
+        Lq, Lo, nw = (plan[:, _A : _E + 1] @ _EXTENT).max(0).tolist()
+        key = (Lq, Lo, nw)
+        shape = self.shapes.get(key)
+        if shape is None:
+            Lq, Lo = max(1, Lq), max(1, Lo)
+            nw = nw if self.cache is not None and nw > 0 else None
+            if self.buckets:
+                Lq, Lo = _bucket(Lq, geo.L), _bucket(Lo, geo.L)
+                nw = None if nw is None else _bucket(nw, geo.L // geo.bs)
+            shape = self.shapes[key] = (Lq, Lo, nw)
         if self.buckets:
-            Lq, Lo = _bucket(Lq, geo.L), _bucket(Lo, geo.L)
-            nw = None if nw is None else _bucket(nw, geo.L // geo.bs)
             rules = self.rules  # a fixed set of launches per bucket
         else:
-            rules = [self.rules[i] for i in np.unique(p[:, _RULE])]
-        key = (Lq, Lo, nw)
+            rules = [self.rules[i] for i in np.unique(plan[fwd, _RULE])]
+        Lq, Lo, nw = key = shape
         if not self.capture:
-            return self._body(x, state, Lq, Lo, nw, rules, post_fill=bool((fill & fwd).any()))
+            # a plan equal to the last step's but for the step number has the last step's index
+            # tables (a block's later forwards)
+            cols, last = plan[:, :_STEP], self.last_cols
+            inp = self.last_inp if last is not None and (cols == last).all() else None
+            self.last_cols = cols
+            return self._body(x, state, Lq, Lo, nw, rules, self.stale and bool((fill & fwd).any()), inp)
         graph = self.graphs.get(key)
         if graph is None:
             graph = self.graphs[key] = self._record(Lq, Lo, nw, rules)
         graph[0].replay()
         return graph[1]
 
-    def _body(self, x, state, Lq, Lo, nw, rules, post_fill: bool) -> torch.Tensor | None:
-        """The device work of a step (no host sync, no copy: capturable)."""
+    def _body(self, x, state, Lq, Lo, nw, rules, post_fill: bool, inp: StepInputs | None = None) -> torch.Tensor | None:
+        """The device work of a step (no host sync, no copy: capturable); ``inp``: the index
+        tables when they are the last step's (built from the plan otherwise)."""
         geo, pol, plan = self.geo, self.pol, self.plan_dev
-        inp = _device_inputs(plan, Lq, Lo, nw, rules, geo, self.cache is not None, self.stale)
+        if inp is None:
+            inp = _device_inputs(plan, Lq, Lo, nw, rules, geo, self.cache is not None, self.stale)
+        self.last_inp = inp
         step = torch.where(plan[:, _FWD] > 0, plan[:, _STEP], 0).amax()
         seed = 0
         if self.temperature > 0:  # logits row (b, j) is position stats_offset[b] + j of row b

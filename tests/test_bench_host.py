@@ -2,6 +2,7 @@
 functions on the free model (``bench/peers_host.py``), and, when the peers' checkouts are at
 ``$DLLM_PEERS``, a toy run of each peer function against our policy (same tokens, same NFE)."""
 
+import json
 import os
 import pathlib
 import sys
@@ -146,6 +147,42 @@ def test_ratios_and_table():
     assert (
         line == "| r2 | R2-dLLM `generate_with_dual_cache` | 250 | n/a | - | - | - | 100 | - | 160 | -, 0.4 | -, 1.6 |"
     )
+
+
+def test_host_split_ratios_and_table(tmp_path):
+    """host_split's targets: the host work at B=1 over the peer's B=1 time (from host_step's
+    JSON), B=64 over B=1, for the eager and the graph path."""
+    import host_split
+
+    doc = dict(rows=[dict(path="peer", name="r2", B=1, us_per_step=200.0), dict(path="stubbed", name="r2", B=1)])
+    (tmp_path / "host_step.json").write_text(json.dumps(doc))
+    peers = host_split.peer_us(tmp_path / "host_step.json")
+    assert peers == {"r2": 200.0} and host_split.peer_us(tmp_path / "missing.json") == {}
+    keys = ("name", "B", "host_us_per_step", "ops_per_step", "graph_host_us_per_step", "graph_ops_per_step")
+    rows = [
+        dict(zip(keys, values))
+        for values in (
+            ("r2", 1, 300.0, 37.5, 80.0, 1.5),
+            ("r2", 64, 330.0, 37.5, 128.0, 1.5),
+            ("vanilla", 1, 50.0, 40.0, 20.0, 1),
+        )
+    ]
+    got = host_split.ratios(rows, peers)
+    assert got == {
+        "r2": {
+            "eager_B1/peer_B1": 1.5,
+            "met_eager_B1": False,
+            "eager_B64/B1": 1.1,
+            "met_eager_B64": True,
+            "graph_B1/peer_B1": 0.4,
+            "met_graph_B1": True,
+            "graph_B64/B1": 1.6,
+            "met_graph_B64": False,
+        }
+    }
+    table = host_split.markdown(dict(rows=rows, peer_us_per_step_B1=peers, ratios=got)).splitlines()
+    assert table[2] == "| r2 | 200 | 37.5, 37.5 | 300 | 330 | 1.5 | 1.5, 1.5 | 80 | 128 | 0.4 | 1.6 |"
+    assert table[3] == "| vanilla | - | 40.0, - | 50 | - | - | 1, - | 20 | - | - | - |"
 
 
 # ------------------------------------------------------------------------------------------------
