@@ -6,19 +6,19 @@ On a CPU, ``bench/host_step.py``'s per-step time holds the "device" work too: on
 the references stand in for the Triton kernels, and at B = 64 their compute (the token statistics
 over ``64 x Lo x V`` logits, the commit over ``64 x L`` positions) dominates the step and evicts
 the caches that the host code then runs on. Here every policy runs twice on host_step's nearly
-free model, stubbed path (custom ops, launchers and all the loop's host code, as on a GPU):
+free model, stubbed path (launchers and all the loop's host code, as on a GPU):
 
 1. ``record``: the stubbed launches and the model run and their outputs are kept;
 2. ``replay`` (timed): the same ``generate`` call, in which the launches return the recorded
    outputs (``commit`` copies the recorded canvas and state in place) and the model returns a
    zero tensor of its logits' shape. Every host step runs exactly as before (same plans, shapes,
-   custom-op dispatches, index tables; the final canvas is checked against the record), but the
+   launches, index tables; the final canvas is checked against the record), but the
    kernels' and the model's compute is gone.
 
 Reported per step: ``host_us``: the replay's wall time minus the time inside the replayed
 launches and the model (the host cost of the GPU path; the loop's own small tensor ops, which a
 GPU runs asynchronously, still count on the CPU, so an upper bound); ``ops``: the operators the
-host dispatches (a ``TorchDispatchMode`` count, views left out; a custom op counts once, what
+host dispatches (a ``TorchDispatchMode`` count, views left out; a launch counts once, what
 its launcher does is not seen), i.e. the launches a GPU step issues. Equal op counts at B = 1 and B = 64 mean that
 the dispatch work does not grow with the batch.
 
@@ -133,6 +133,7 @@ class _Replay:
         self.token_stats_impl, self.commit_impl = kt.token_stats, kc.commit
         self.tapes: dict[str, list] = {"token_stats": [], "commit": []}
         self.mode, self.pos, self.inside = "record", Counter(), 0.0
+        self.count: _OpCount | None = None  # a replayed launch counts as one operator
         kt.token_stats, kc.commit = self.token_stats, self.commit
 
     def restore(self):
@@ -146,7 +147,15 @@ class _Replay:
     def _next(self, name):
         i = self.pos[name]
         self.pos[name] += 1
+        if self.count is not None:  # the launch itself; what the stand-in does is not counted
+            self.count.n[f"launch {name}"] += 1
+            self.count.paused = True
         return self.tapes[name][i]
+
+    def _done(self, t0):
+        if self.count is not None:
+            self.count.paused = False
+        self.inside += time.perf_counter() - t0
 
     def token_stats(self, logits, *args):
         if self.mode == "record":
@@ -155,7 +164,7 @@ class _Replay:
             return out
         t0 = time.perf_counter()
         out = tuple(t.clone() for t in self._next("token_stats"))
-        self.inside += time.perf_counter() - t0
+        self._done(t0)
         return out
 
     def commit(self, x, token, prob, entropy, state, *args):
@@ -169,8 +178,9 @@ class _Replay:
         x.copy_(x_after)
         for t, v in zip(fields, fields_after):
             t.copy_(v)
-        self.inside += time.perf_counter() - t0
-        return n.clone()
+        n = n.clone()
+        self._done(t0)
+        return n
 
 
 class _ReplayModel(hs.FreeModel):
@@ -199,8 +209,9 @@ def _run(model, name: str, B: int, buckets: bool):
     )
 
 
-def _ops_per_step(run, steps, clock: _BodyClock | None = None) -> float:
-    """Operators dispatched per step by ``run()`` (outside ``_body`` with ``clock``)."""
+def _ops_per_step(run, steps, clock: _BodyClock | _Replay | None = None) -> float:
+    """Operators dispatched per step by ``run()``; with ``clock``, none inside what it stands in
+    for (``_body``; a replayed launch counts once)."""
     count = _OpCount()
     if clock is not None:
         clock.count = count
@@ -233,7 +244,7 @@ def measure(replay: _Replay, clock: _BodyClock, name: str, B: int, repeats: int)
         host.append((wall - replay.inside) / model.calls)
     replay.start("replay")
     model.calls = 0
-    ops = _ops_per_step(run, lambda: model.calls)
+    ops = _ops_per_step(run, lambda: model.calls, replay)
     steps = model.calls
 
     run = _run(hs.FreeModel(hs.PROMPT + hs.GEN), name, B, buckets=True)

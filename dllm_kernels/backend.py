@@ -35,12 +35,29 @@ def resolve_backend(backend: str, device: torch.device, op: str) -> str:
     )
 
 
+def eager_call(op: torch.library.CustomOpDef, impl: Callable) -> Callable:
+    """``op`` while torch.compile traces (its fake implementation gives the shapes), ``impl``,
+    the op's own function, called directly otherwise (DESIGN.md 2).
+
+    A custom op's eager dispatch runs in Python (the autograd wrapper, the guard that keeps
+    dynamo out, the schema's defaults): some 20-40 µs of host time per call, about what the rest
+    of a decoding step's host work costs, and it buys nothing in eager mode (the ops have no
+    autograd formula). Both paths run the same launcher.
+    """
+
+    def call(*args):
+        return op(*args) if torch.compiler.is_compiling() else impl(*args)
+
+    return call
+
+
 def launcher_op(
     family: str, launcher: str, schema: str, *, fake: Callable, mutates_args: tuple[str, ...] = ()
-) -> torch.library.CustomOpDef:
+) -> Callable:
     """Register the launcher ``dllm_kernels.kernels.<family>.<launcher>`` as the custom op
     ``dllm_kernels::<launcher>`` with the fake implementation ``fake``; the op's arguments are
-    the launcher's positional arguments (DESIGN.md 2).
+    the launcher's positional arguments (DESIGN.md 2). Returns the callable of
+    :func:`eager_call`: the op under torch.compile, the launcher itself in eager mode.
 
     The kernels module is imported on the op's first call, so that ``TRITON_INTERPRET`` can
     still be set after ``import dllm_kernels`` (Triton reads it when it decorates the kernels);
@@ -52,4 +69,4 @@ def launcher_op(
 
     op = torch.library.custom_op(f"dllm_kernels::{launcher}", launch, mutates_args=mutates_args, schema=schema)
     op.register_fake(fake)
-    return op
+    return eager_call(op, launch)

@@ -24,7 +24,7 @@ from . import reference
 from ._checks import check_tensor
 from ._schedule import num_transfer_schedule
 from ._types import MAX_COMMIT_POSITIONS, CommitRule, CommitState, TokenStats
-from .backend import resolve_backend
+from .backend import eager_call, resolve_backend
 
 INDEX_DTYPES = (torch.int32, torch.int64)
 _STATE_DTYPES = {
@@ -108,7 +108,8 @@ def _parse_spec(spec: str) -> tuple[CommitRule, int, int | None]:
 
 
 # ------------------------------------------------------------------------------------------------
-# custom op (the Triton path); the kernels module is imported on first use, so that
+# custom op (the Triton path; what torch.compile traces, while eager mode calls _commit_launch
+# directly: backend.eager_call); the kernels module is imported on first use, so that
 # TRITON_INTERPRET can still be set after `import dllm_kernels`. Six arguments on purpose: a
 # custom op's dispatch costs host time per argument (torch >= 2.12 fills the schema's defaults
 # at a cost that grows with the square of the argument count, and converts every int of an
@@ -117,8 +118,7 @@ def _parse_spec(spec: str) -> tuple[CommitRule, int, int | None]:
 # ------------------------------------------------------------------------------------------------
 
 
-@torch.library.custom_op("dllm_kernels::commit", mutates_args=("x", "state"))
-def _commit_op(
+def _commit_launch(
     x: torch.Tensor,
     stats: list[torch.Tensor],
     state: list[torch.Tensor],
@@ -146,9 +146,15 @@ def _commit_op(
     )
 
 
-@_commit_op.register_fake
+_commit_custom_op = torch.library.custom_op("dllm_kernels::commit", _commit_launch, mutates_args=("x", "state"))
+
+
+@_commit_custom_op.register_fake
 def _(x, *args):
     return x.new_empty(x.shape[0], dtype=torch.int32)
+
+
+_commit_op = eager_call(_commit_custom_op, _commit_launch)
 
 
 # ------------------------------------------------------------------------------------------------

@@ -16,7 +16,7 @@ from . import reference
 from ._checks import FLOAT_DTYPES, check_int_list, check_tensor
 from ._seeds import resolve_seed
 from ._types import TokenStats
-from .backend import launcher_op, resolve_backend
+from .backend import eager_call, launcher_op, resolve_backend
 
 MAX_SUPPRESS_IDS = 16  # each id costs one compare per logit inside the kernel
 MAX_VOCAB = 2**31 - 1  # ids are int32 inside the kernels
@@ -35,8 +35,7 @@ MAX_WINDOW = 16
 # ------------------------------------------------------------------------------------------------
 
 
-@torch.library.custom_op("dllm_kernels::token_stats", mutates_args=())
-def _token_stats_op(
+def _token_stats_launch(
     logits: torch.Tensor, temperature: float, seed: int, suppress_ids: list[int], seeds: torch.Tensor | None = None
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     from .kernels import confidence as kernels
@@ -53,13 +52,18 @@ def _fake_stats(lead, like):
     )
 
 
-@_token_stats_op.register_fake
+_token_stats_custom_op = torch.library.custom_op("dllm_kernels::token_stats", _token_stats_launch, mutates_args=())
+
+
+@_token_stats_custom_op.register_fake
 def _(logits, temperature, seed, suppress_ids, seeds=None):
     return _fake_stats(logits.shape[:-1], logits)
 
 
-@torch.library.custom_op("dllm_kernels::token_stats_partial", mutates_args=())
-def _token_stats_partial_op(
+_token_stats_op = eager_call(_token_stats_custom_op, _token_stats_launch)
+
+
+def _token_stats_partial_launch(
     logits: torch.Tensor,
     vocab_start: int,
     vocab_size: int,
@@ -75,9 +79,17 @@ def _token_stats_partial_op(
     )
 
 
-@_token_stats_partial_op.register_fake
+_token_stats_partial_custom_op = torch.library.custom_op(
+    "dllm_kernels::token_stats_partial", _token_stats_partial_launch, mutates_args=()
+)
+
+
+@_token_stats_partial_custom_op.register_fake
 def _(logits, vocab_start, vocab_size, temperature, seed, suppress_ids, seeds=None):
     return logits.new_empty((*logits.shape[:-1], PARTIAL_WORDS), dtype=torch.float32)
+
+
+_token_stats_partial_op = eager_call(_token_stats_partial_custom_op, _token_stats_partial_launch)
 
 
 _merge_token_stats_op = launcher_op(
