@@ -11,7 +11,9 @@
 Each checker is a plain function of a document's text, shown to fail on a synthetic bad document.
 """
 
+import ast
 import importlib
+import importlib.util
 import itertools
 import pathlib
 import re
@@ -53,6 +55,7 @@ FENCE = re.compile(r"^ *```.*?^ *```[^\n]*$", re.S | re.M)
 PATH = re.compile(r"^(?:\./)?([A-Za-z0-9_.-]+(?:/[A-Za-z0-9_.*<>{},-]+)*/?)$")
 EXTENSION = re.compile(r"\.(py|md|sh|json|toml|txt|png|yaml|yml|cfg|ini|safetensors)$")
 SYMBOL = re.compile(r"^((?:dllm_kernels|bench)(?:\.[A-Za-z_]\w*)+)(?:\(.*\))?$", re.S)
+ENTRY_POINT = re.compile(r"^(dllm_kernels(?:\.\w+)*):(\w+)$")  # an entry point's module:attribute
 LINK = re.compile(r"\[[^\]]*\]\(([^)\s]+)\)")
 
 
@@ -132,17 +135,39 @@ def _check(name: str) -> str | None:
 
 
 def symbol_problems(text: str) -> list[str]:
-    """Backticked ``dllm_kernels.`` / ``bench.`` dotted names that do not resolve, and, in the
+    """Backticked ``dllm_kernels.`` / ``bench.`` dotted names (and ``module:attribute`` entry
+    points) that do not resolve, and, in the
     Python examples, ``from dllm_kernels... import`` names and ``dk.NAME`` (``import dllm_kernels
     as dk``) that do not exist."""
     names = [m.group(1) for span in code_spans(text) if (m := SYMBOL.match(span))]
+    points = [m.groups() for span in code_spans(text) if (m := ENTRY_POINT.match(span))]
     for block in re.findall(r"^ *```python\n(.*?)^ *```", text, re.S | re.M):
         for module, imported in re.findall(r"^\s*from (dllm_kernels[\w.]*) import \(?([\w, ]+)", block, re.M):
             names += [f"{module}.{n.strip()}" for n in imported.split(",") if n.strip()]
         names += re.findall(r"^\s*import (dllm_kernels[\w.]*)", block, re.M)
         if re.search(r"\bdllm_kernels as dk\b", block):
             names += [f"dllm_kernels.{n}" for n in re.findall(r"\bdk\.(\w+)", block)]
-    return [p for n in dict.fromkeys(names) if (p := _check(n))]
+    problems = [p for n in dict.fromkeys(names) if (p := _check(n))]
+    return problems + [f"no such entry point: {m}:{a}" for m, a in points if not _defines(m, a)]
+
+
+def _defines(module: str, name: str) -> bool:
+    """``module``'s source defines ``name`` at its top level; read, not imported (an entry point's
+    module may import an optional package, e.g. SGLang)."""
+    try:
+        spec = importlib.util.find_spec(module)
+    except ModuleNotFoundError:
+        return False
+    if spec is None or not spec.origin:
+        return False
+    tree = ast.parse(pathlib.Path(spec.origin).read_text())
+    for node in tree.body:
+        if isinstance(node, ast.FunctionDef | ast.ClassDef) and node.name == name:
+            return True
+        targets = node.targets if isinstance(node, ast.Assign) else [getattr(node, "target", None)]
+        if any(isinstance(t, ast.Name) and t.id == name for t in targets):
+            return True
+    return False
 
 
 def slug(heading: str) -> str:
@@ -278,14 +303,14 @@ def test_symbol_check_fails_on_missing_names():
     good = (
         "`dllm_kernels.token_stats`, `dllm_kernels.models.HFModelAdapter`, `dllm_kernels.kernels`,"
         " `dllm_kernels.addition.evaluate.evaluate(model, task,\n problems)`, `bench.host_step.markdown`,"
-        " `dllm_kernels.generate(...)` and `dllm_kernels` alone\n"
+        " `dllm_kernels.generate(...)`, `dllm_kernels.integrations.sglang:register` and `dllm_kernels` alone\n"
         "```python\nimport dllm_kernels as dk\nfrom dllm_kernels.models import load_pretrained, HFModelAdapter\n"
         "stats = dk.token_stats(x)\n```\n"
     )
     assert symbol_problems(good) == []
     bad = (
         "`dllm_kernels.token_statz`, `dllm_kernels.nomodule.thing`, `dllm_kernels.models.Nope(x)`,"
-        " `bench.host_step.nope`\n"
+        " `bench.host_step.nope`, `dllm_kernels.integrations.sglang:registr`, `dllm_kernels.nopkg.mod:f`\n"
         "```python\nimport dllm_kernels as dk\nfrom dllm_kernels.models import load_pretrained, load_nothing\n"
         "import dllm_kernels.gone\ndk.generat(model)\n```\n"
     )
@@ -298,6 +323,8 @@ def test_symbol_check_fails_on_missing_names():
         "no such name: dllm_kernels.models.load_nothing",
         "no such name: dllm_kernels.gone",
         "no such name: dllm_kernels.generat",
+        "no such entry point: dllm_kernels.integrations.sglang:registr",
+        "no such entry point: dllm_kernels.nopkg.mod:f",
     ]
 
 
