@@ -8,7 +8,7 @@ rows, >= 1.5 TB/s at 32 rows, >= 10x the eager reference and >= 2.5x its torch.c
 
 import pytest
 import torch
-from common import do_bench_ms, plot_bars, synchronised, write_results
+from harness import add_speedups, do_bench_ms, plot_results, synchronised, write_results
 from token_stats_cases import CANDIDATES, compiled_candidates
 
 import dllm_kernels as dk
@@ -24,11 +24,10 @@ _rows: list[dict] = []
 def _write():
     yield
     if _rows:
-        for r in _rows:  # speedup of the kernel over each candidate at the same shape
-            tri = next((q for q in _rows if q["impl"] == "triton" and q["rows"] == r["rows"]), None)
-            r["triton_speedup"] = r["ms"] / tri["ms"] if tri else None
+        # speedup of the kernel over each candidate at the same shape
+        add_speedups(_rows, group="impl", base="triton", time="ms", same=("rows",), out="triton_speedup")
         write_results("token_stats", _rows, notes=f"V={VOCAB} bf16 logits; GB/s = logits bytes read / median time")
-        plot_bars("token_stats", _rows, x="rows", y="GBps", group="impl", ylabel="GB/s of logits read")
+        plot_results("token_stats", _rows, x="rows", y="GBps", group="impl", ylabel="GB/s of logits read")
 
 
 @pytest.mark.parametrize("rows", ROWS)
