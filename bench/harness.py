@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import pathlib
 
-import pytest
 import torch
 
 from dllm_kernels._bench import (  # noqa: F401  (re-exported for bench/)
@@ -59,6 +58,7 @@ def results_writer(name: str, rows: list[dict], *, notes: str, speedup: dict, pl
     """An autouse module fixture that, after the module's benchmarks, adds the speedups
     (:func:`add_speedups` keywords) to ``rows`` and writes them (:func:`write_results`) and their
     chart (:func:`plot_results` keywords). Assign it to a module-level name."""
+    import pytest
 
     @pytest.fixture(scope="module", autouse=True)
     def _write():
