@@ -25,10 +25,15 @@ what it measured:
    bf16 weights), kernel path vs the SDPA path of the public decoders, B 1 and 8: ms per forward.
 7. ``ceilings_end``; then a markdown table and one PNG (skipped with a message without matplotlib).
 
-Kernel times are ``triton.testing.do_bench`` medians (CUDA events, L2 flushed before every call)
-with p20/p80. The CPU mode (``--cpu``) runs the same phases on Triton's interpreter with tiny
-shapes in seconds: its numbers mean nothing, it only keeps this script from rotting
-(tests/test_gpu_check.py).
+Timing, the machine record and the JSON / PNG files come from the one harness
+(``dllm_kernels/_bench.py`` through ``bench/harness.py``, imported after the checkout mapping below):
+kernel times are ``do_bench_ms`` medians (CUDA events, L2 flushed before every call; 10 / 60 ms of
+warm-up / repetitions, ``DO_BENCH``) with p20/p80, graph times ``graph_ms`` (``graph_calls`` calls
+per CUDA graph), host times ``host_us``, the decoding step ``wall_ms``. Each phase is a function
+``phase(run, rec)`` filling its JSON section ``rec`` (``PHASE_FUNCS``).
+
+The CPU mode (``--cpu``) runs the same phases on Triton's interpreter with tiny shapes in
+seconds: its numbers mean nothing, it only keeps this script from rotting (tests/test_gpu_check.py).
 
 The driver runs from a plain checkout: it maps ``dllm_kernels.kernels`` -> ``kernels/`` and
 ``dllm_kernels.reference`` -> ``reference/`` itself, so no install (and no build backend) is needed.

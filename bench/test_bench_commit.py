@@ -4,8 +4,8 @@
 
 Writes bench/results/commit.json (+ .png). Target (the issue): one launch, under 10 us at B = 64
 (block 32). ``ms`` is the do_bench median (L2 flushed, host launch included as far as the flush
-does not hide it); ``graph_ms`` replays the call in a CUDA graph, i.e. GPU time without the
-host (None where a candidate cannot be captured).
+does not hide it); ``graph_ms`` replays 20 calls captured in one CUDA graph (the harness's
+``graph_ms``), i.e. GPU time per call without the host (None where a candidate cannot be captured).
 """
 
 import pytest
