@@ -87,3 +87,9 @@ def test_bench_results_writers(tmp_path, monkeypatch):
     assert doc["results"] == rows and doc["notes"] == "n" and doc["machine"]["torch"] == torch.__version__
     png = harness.plot_results("demo", rows, x="n", y="GBps", group="impl", ylabel="GB/s")
     assert png == tmp_path / "demo.png" and png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="the capture fails only without CUDA")
+def test_try_graph_ms_reports_a_failed_capture():
+    ms, err = _bench.try_graph_ms(lambda: None)
+    assert ms is None and err.startswith("RuntimeError: ") and "CUDA" in err
