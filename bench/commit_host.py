@@ -1,11 +1,13 @@
 """Host time per ``commit`` call on the CPU with the Triton launcher stubbed out: validation plus
 the custom op's dispatch, i.e. what a GPU step pays on the host around the launch. CPU time of
-this process (``time.process_time``), so the load of a shared machine does not count.
+this process (``time.process_time``, through the harness's ``host_us``), so the load of a shared
+machine does not count.
 
     python bench/commit_host.py
 
-Runs on older checkouts too (where validation was ``_validate`` and there was no unchecked entry),
-which is how the before/after figures of the packed custom op were taken.
+Runs against older versions of the ops too (where validation was ``_validate`` and there was no
+unchecked entry), which is how the before/after figures of the packed custom op were taken; a
+checkout older than the harness (``dllm_kernels/_bench.py``) needs that file copied in.
 """
 
 import os
@@ -15,6 +17,7 @@ import time
 os.environ["TRITON_INTERPRET"] = "1"  # the custom op path on CPU tensors (the launcher is stubbed)
 
 import torch  # noqa: E402
+from harness import host_us  # noqa: E402  (bench/, beside this file)
 
 import dllm_kernels as dk  # noqa: E402
 import dllm_kernels.kernels.commit as kernels  # noqa: E402
@@ -29,12 +32,7 @@ def _stub(x, *args, **kwargs):
 
 
 def _us(fn, n=2000) -> float:
-    for _ in range(n // 10):
-        fn()
-    t = time.process_time()
-    for _ in range(n):
-        fn()
-    return (time.process_time() - t) / n * 1e6
+    return host_us(fn, calls=n, warmup=n // 10, clock=time.process_time)
 
 
 def main():

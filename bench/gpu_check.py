@@ -25,10 +25,15 @@ what it measured:
    bf16 weights), kernel path vs the SDPA path of the public decoders, B 1 and 8: ms per forward.
 7. ``ceilings_end``; then a markdown table and one PNG (skipped with a message without matplotlib).
 
-Kernel times are ``triton.testing.do_bench`` medians (CUDA events, L2 flushed before every call)
-with p20/p80. The CPU mode (``--cpu``) runs the same phases on Triton's interpreter with tiny
-shapes in seconds: its numbers mean nothing, it only keeps this script from rotting
-(tests/test_gpu_check.py).
+Timing, the machine record and the JSON / PNG files come from the one harness
+(``dllm_kernels/_bench.py`` through ``bench/harness.py``, imported after the checkout mapping below):
+kernel times are ``do_bench_ms`` medians (CUDA events, L2 flushed before every call; 10 / 60 ms of
+warm-up / repetitions, ``DO_BENCH``) with p20/p80, graph times ``graph_ms`` (``graph_calls`` calls
+per CUDA graph), host times ``host_us``, the decoding step ``wall_ms``. Each phase is a function
+``phase(run, rec)`` filling its JSON section ``rec`` (``PHASE_FUNCS``).
+
+The CPU mode (``--cpu``) runs the same phases on Triton's interpreter with tiny shapes in
+seconds: its numbers mean nothing, it only keeps this script from rotting (tests/test_gpu_check.py).
 
 The driver runs from a plain checkout: it maps ``dllm_kernels.kernels`` -> ``kernels/`` and
 ``dllm_kernels.reference`` -> ``reference/`` itself, so no install (and no build backend) is needed.
@@ -39,17 +44,14 @@ from __future__ import annotations
 import argparse
 import importlib.abc
 import importlib.util
-import json
-import math
 import os
 import pathlib
-import platform
 import re
 import signal
-import statistics
 import subprocess
 import sys
 import time
+from dataclasses import dataclass, field
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 PHASES = ("ceilings", "tests", "token_stats", "attention", "refresh_commit", "step", "ceilings_end")
@@ -135,445 +137,426 @@ CPU_CONFIG = {key: cpu for key, (_, cpu) in MODES.items()}
 
 
 # ------------------------------------------------------------------------------------------------
-# timing
+# the run: its state, the budget, one measured row
 # ------------------------------------------------------------------------------------------------
 
-
-class Clock:
-    """GPU: do_bench medians (ms) with p20/p80; CPU: the perf_counter time of one call."""
-
-    def __init__(self, cuda: bool):
-        self.cuda = cuda
-
-    def sync(self):
-        if self.cuda:
-            import torch
-
-            torch.cuda.synchronize()
-
-    def bench(self, fn) -> dict:
-        if self.cuda:
-            from triton.testing import do_bench
-
-            p50, p20, p80 = do_bench(fn, warmup=10, rep=60, quantiles=[0.5, 0.2, 0.8])
-            return {"ms": p50, "ms_p20": p20, "ms_p80": p80}
-        t0 = time.perf_counter()  # one call: the interpreter's times mean nothing anyway
-        fn()
-        ms = (time.perf_counter() - t0) * 1e3
-        return {"ms": ms, "ms_p20": ms, "ms_p80": ms}
-
-    def host_us(self, fn, calls: int) -> float:
-        """Host microseconds per call: the time for the host to issue ``calls`` calls."""
-        self.sync()
-        t0 = time.perf_counter()
-        for _ in range(calls):
-            fn()
-        t1 = time.perf_counter()
-        self.sync()
-        return (t1 - t0) / calls * 1e6
-
-    def graph_us(self, fn, calls: int) -> float | None:
-        """GPU microseconds per call, from replays of a CUDA graph holding ``calls`` calls (None
-        without CUDA)."""
-        if not self.cuda:
-            return None
-        import torch
-
-        s = torch.cuda.Stream()
-        s.wait_stream(torch.cuda.current_stream())
-        with torch.cuda.stream(s):
-            fn()  # warm up on a side stream, as torch.cuda.graphs asks
-        torch.cuda.current_stream().wait_stream(s)
-        g = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(g):
-            for _ in range(calls):
-                fn()
-        g.replay()
-        return self.bench(g.replay)["ms"] * 1e3 / calls
+# do_bench settings of this run (ms of GPU time): shorter than triton's 25 / 100, to fit the budget
+DO_BENCH = {"warmup": 10, "rep": 60}
 
 
-# ------------------------------------------------------------------------------------------------
-# the run
-# ------------------------------------------------------------------------------------------------
-
-
+@dataclass
 class Run:
-    def __init__(self, args):
-        self.cpu = args.cpu
-        self.cfg = dict(CPU_CONFIG if args.cpu else GPU_CONFIG)
-        if args.budget is not None:
-            self.cfg["budget_s"] = args.budget
-        self.out = pathlib.Path(args.out)
-        self.out.mkdir(parents=True, exist_ok=True)
-        self.stem = "cpu-check" if args.cpu else "gpu-check"
-        self.t0 = time.monotonic()
-        self.only = args.phases or list(PHASES)
-        self.doc = {"mode": "cpu" if args.cpu else "gpu", "config": _jsonable(self.cfg), "machine": {}, "phases": {}}
+    """What the phases share: the settings of the mode, the document the JSON is written from, the
+    start of the budget and the ceilings measured so far."""
+
+    cfg: dict
+    cpu: bool
+    out: pathlib.Path
+    only: list
+    doc: dict
+    t0: float = field(default_factory=time.monotonic)
+    ceil: dict = field(default_factory=dict)
+
+    @property
+    def stem(self) -> str:
+        return "cpu-check" if self.cpu else "gpu-check"
+
+    @property
+    def dev(self) -> str:
+        return "cpu" if self.cpu else "cuda"
+
+    @property
+    def dtype(self):
         import torch
 
-        self.torch = torch
-        self.dtype = getattr(torch, self.cfg["dtype"])
-        self.dev = "cpu" if args.cpu else "cuda"
-        self.clock = Clock(cuda=not args.cpu)
-        self.ceil: dict = {}
-
-    # -- bookkeeping --------------------------------------------------------------------------
+        return getattr(torch, self.cfg["dtype"])
 
     def left(self) -> float:
         return self.cfg["budget_s"] - (time.monotonic() - self.t0)
 
-    def write(self):
-        path = self.out / f"{self.stem}.json"
-        tmp = path.with_suffix(".json.tmp")
-        tmp.write_text(json.dumps(_jsonable(self.doc), indent=2) + "\n")
-        tmp.replace(path)
+    def write(self) -> None:
+        from harness import write_json
 
-    def phase(self, name, fn):
-        if name not in self.only:
-            return
-        rec = {"status": "running", "rows": []}
-        self.doc["phases"][name] = rec
-        print(f"== {name} ({self.left():.0f} s of the budget left)", flush=True)
-        t = time.monotonic()
-        try:
-            fn(rec)
-            rec["status"] = "ok" if rec["status"] == "running" else rec["status"]
-        except Exception as e:  # noqa: BLE001 - a broken phase must not cost the later ones
-            rec["status"] = "error"
-            rec["error"] = f"{type(e).__name__}: {e}".splitlines()[0][:500]
-            print(f"   {name} failed: {rec['error']}", flush=True)
-        rec["seconds"] = time.monotonic() - t
-        self.write()
+        write_json(self.out / f"{self.stem}.json", self.doc)
 
-    def measure(self, rec, row: dict, fn, *, bytes_: int | None = None) -> dict:
-        """Time ``fn`` (a first call outside the timing compiles / warms it; its time is kept as
-        ``first_call_s``) and append the row, or an ``error`` row if the candidate refuses."""
-        if self.left() < 0:
-            rec["rows"].append({**row, "error": "skipped: time budget spent"})
-            rec["status"] = "partial"
-            return rec["rows"][-1]
-        try:
-            if self.cfg["warm"]:
-                t = time.perf_counter()
-                fn()
-                self.clock.sync()
-                row["first_call_s"] = time.perf_counter() - t
-            row.update(self.clock.bench(fn))
-        except Exception as e:  # noqa: BLE001 - e.g. an SDPA backend that refuses the shape
-            row["error"] = f"{type(e).__name__}: {e}".splitlines()[0][:300]
-            rec["rows"].append(row)
-            print(f"   {row.get('case')} {row.get('impl')}: {row['error']}", flush=True)
-            return row
-        if bytes_ is not None:
-            row["bytes"] = bytes_
-            row["TBps"] = bytes_ / (row["ms"] * 1e-3) / 1e12
-            if self.ceil.get("copy_TBps"):
-                row["frac_copy"] = row["TBps"] / self.ceil["copy_TBps"]
+
+def new_run(args) -> Run:
+    cfg = dict(CPU_CONFIG if args.cpu else GPU_CONFIG)
+    if args.budget is not None:
+        cfg["budget_s"] = args.budget
+    out = pathlib.Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    from harness import jsonable
+
+    doc = {"mode": "cpu" if args.cpu else "gpu", "config": jsonable(cfg), "machine": {}, "phases": {}}
+    return Run(cfg, args.cpu, out, args.phases or list(PHASES), doc)
+
+
+def run_phase(run: Run, name: str, fn) -> None:
+    """``fn(run, rec)`` fills ``rec`` (the phase's JSON section); the JSON is rewritten after it."""
+    from harness import error_line
+
+    if name not in run.only:
+        return
+    rec = {"status": "running", "rows": []}
+    run.doc["phases"][name] = rec
+    print(f"== {name} ({run.left():.0f} s of the budget left)", flush=True)
+    t = time.monotonic()
+    try:
+        fn(run, rec)
+        rec["status"] = "ok" if rec["status"] == "running" else rec["status"]
+    except Exception as e:  # noqa: BLE001 - a broken phase must not cost the later ones
+        rec["status"] = "error"
+        rec["error"] = error_line(e, 500)
+        print(f"   {name} failed: {rec['error']}", flush=True)
+    rec["seconds"] = time.monotonic() - t
+    run.write()
+
+
+def budget_spent(run: Run, rec: dict, row: dict) -> bool:
+    """When the budget is spent: the row is appended as skipped and the phase marked partial."""
+    if run.left() >= 0:
+        return False
+    rec["rows"].append({**row, "error": "skipped: time budget spent"})
+    rec["status"] = "partial"
+    return True
+
+
+def first_call_s(run: Run, fn) -> float:
+    """Seconds of one synchronised call (the first one: compile / warm-up)."""
+    from harness import wall_ms
+
+    return wall_ms(fn, repeats=1, cuda=not run.cpu)["ms"] / 1e3
+
+
+def time_ms(run: Run, fn) -> dict:
+    """GPU: do_bench median and p20/p80 (ms); CPU: one call's wall time (the interpreter's times
+    mean nothing anyway)."""
+    from harness import do_bench_ms, wall_ms
+
+    return wall_ms(fn, repeats=1, cuda=False) if run.cpu else do_bench_ms(fn, **DO_BENCH)
+
+
+def measure(run: Run, rec: dict, row: dict, fn, *, bytes_: int | None = None) -> dict:
+    """Time ``fn`` (a first call outside the timing compiles / warms it; its time is kept as
+    ``first_call_s``) and append the row, or an ``error`` row if the candidate refuses."""
+    from harness import error_line
+
+    if budget_spent(run, rec, row):
+        return rec["rows"][-1]
+    try:
+        if run.cfg["warm"]:
+            row["first_call_s"] = first_call_s(run, fn)
+        row.update(time_ms(run, fn))
+    except Exception as e:  # noqa: BLE001 - e.g. an SDPA backend that refuses the shape
+        row["error"] = error_line(e, 300)
         rec["rows"].append(row)
-        extra = f" {row['TBps']:.3f} TB/s" if "TBps" in row else ""
-        print(f"   {row.get('case', '')} {row.get('impl', '')}: {row['ms'] * 1e3:.1f} us{extra}", flush=True)
+        print(f"   {row.get('case')} {row.get('impl')}: {row['error']}", flush=True)
         return row
+    if bytes_ is not None:
+        row["bytes"] = bytes_
+        row["TBps"] = bytes_ / (row["ms"] * 1e-3) / 1e12
+        if run.ceil.get("copy_TBps"):
+            row["frac_copy"] = row["TBps"] / run.ceil["copy_TBps"]
+    rec["rows"].append(row)
+    extra = f" {row['TBps']:.3f} TB/s" if "TBps" in row else ""
+    print(f"   {row.get('case', '')} {row.get('impl', '')}: {row['ms'] * 1e3:.1f} us{extra}", flush=True)
+    return row
 
-    # -- phases -------------------------------------------------------------------------------
 
-    def machine(self):
-        import triton
+def graph_and_host(run: Run, row: dict, fn, *, capture: bool) -> None:
+    """``host_us``: host microseconds per eager call; ``graph_us`` (when ``capture``): GPU
+    microseconds per call replayed from a CUDA graph (None on a CPU or when capture fails)."""
+    from harness import host_us, try_graph_ms
 
-        torch = self.torch
-        info = {
-            "torch": torch.__version__,
-            "triton": triton.__version__,
-            "python": platform.python_version(),
-            "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-            "interpreter": os.environ.get("TRITON_INTERPRET") == "1",
+    if "error" in row:
+        return
+    row["host_us"] = host_us(fn, calls=run.cfg["host_calls"], cuda=not run.cpu)
+    if not capture:
+        return
+    row["graph_us"] = None
+    if not run.cpu:
+        ms, err = try_graph_ms(fn, calls=run.cfg["graph_calls"], **DO_BENCH)
+        if ms is not None:
+            row["graph_us"] = ms * 1e3
+        if err is not None:
+            row["graph_error"] = err
+
+
+def speedups(rows: list[dict], kernel_impl: str) -> None:
+    """Each candidate's time over the kernel's at the same case (> 1: the kernel is faster)."""
+    from harness import add_speedups
+
+    add_speedups(rows, group="impl", base=kernel_impl, time="ms", same=("case",), out="kernel_speedup")
+
+
+# ------------------------------------------------------------------------------------------------
+# the phases: each fills its JSON section ``rec``
+# ------------------------------------------------------------------------------------------------
+
+
+def ceilings(run: Run, rec: dict, *, first: bool = True) -> None:
+    import torch
+
+    n = run.cfg["copy_bytes"] // 2
+    src = torch.randn(n, device=run.dev).to(torch.bfloat16)
+    dst = torch.empty_like(src)
+    case = {"case": f"copy {2 * n / 2**20:.0f} MiB", "impl": "torch copy_"}
+    copy = measure(run, rec, case, lambda: dst.copy_(src), bytes_=4 * n)
+    src = dst = None  # free the memory before the next case
+    m = run.cfg["matmul_n"]
+    dt = torch.float32 if run.cpu else torch.bfloat16
+    a, b = torch.randn(m, m, device=run.dev, dtype=dt), torch.randn(m, m, device=run.dev, dtype=dt)
+    mm = measure(run, rec, {"case": f"matmul {m}^3 {str(dt).split('.')[-1]}", "impl": "torch mm"}, lambda: a @ b)
+    if "ms" in mm:
+        mm["TFLOPs"] = 2 * m**3 / (mm["ms"] * 1e-3) / 1e12
+    if first:
+        run.ceil = {"copy_TBps": copy.get("TBps"), "matmul_TFLOPs": mm.get("TFLOPs")}
+        rec["copy_TBps"], rec["matmul_TFLOPs"] = run.ceil["copy_TBps"], run.ceil["matmul_TFLOPs"]
+        run.doc["machine"]["copy_TBps"] = run.ceil["copy_TBps"]
+
+
+def ceilings_end(run: Run, rec: dict) -> None:
+    ceilings(run, rec, first=False)
+
+
+def tests(run: Run, rec: dict) -> None:
+    cfg = run.cfg
+    budget = max(10.0, min(cfg["tests_budget_s"], run.left() - 60))
+    args = ["-m", "gpu", "-v", "-rfE", "-p", "no:cacheprovider", *cfg["tests"]]
+    if importlib.util.find_spec("pytest_timeout"):
+        args += [f"--timeout={cfg['tests_per_test_timeout_s']}"]
+    if cfg["tests_workers"] > 1 and importlib.util.find_spec("xdist"):  # one GPU, several processes
+        args += ["-n", str(cfg["tests_workers"]), "--dist", "loadfile"]
+    cmd = [sys.executable, str(pathlib.Path(__file__).resolve()), "--pytest", *args]
+    log = run.out / f"{run.stem}-tests.log"
+    rec["command"] = "pytest " + " ".join(args)
+    rec["budget_s"] = budget
+    t = time.monotonic()
+    with open(log, "w") as f:
+        # its own session, so that a timeout ends the xdist workers too (not only pytest)
+        proc = subprocess.Popen(cmd, cwd=ROOT, stdout=f, stderr=subprocess.STDOUT, start_new_session=True)
+        try:
+            rc = proc.wait(timeout=budget)
+        except subprocess.TimeoutExpired:
+            rc = None
+        except Terminated:  # the global timeout: what finished still counts
+            rec["counts"] = _pytest_counts(log.read_text(errors="replace"))
+            raise
+        finally:
+            if proc.poll() is None:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait()
+    text = log.read_text(errors="replace")
+    rec["returncode"] = rc
+    rec["timed_out"] = rc is None
+    rec["wall_s"] = time.monotonic() - t
+    # per-test lines (-v), so a run cut by the budget still counts what it finished
+    rec["counts"] = _pytest_counts(text)
+    rec["summary"] = _pytest_summary(text)
+    rec["failures"] = [ln for ln in text.splitlines() if ln.startswith(("FAILED ", "ERROR "))][:40]
+    rec["log"] = log.name
+    if rc is None:
+        rec["status"] = "partial"
+    elif rc not in (0, 5):  # 5: nothing collected
+        rec["status"] = "failed"
+    print(f"   {rec['summary'] or rec['counts']} (rc {rc}, {rec['wall_s']:.0f} s, log {log})", flush=True)
+
+
+def token_stats(run: Run, rec: dict) -> None:
+    import token_stats_cases as tsc
+    import torch
+
+    V = run.cfg["vocab"]
+    for rows in run.cfg["token_stats_rows"]:
+        x = (torch.randn(rows, V, device=run.dev) * 3).to(run.dtype)
+        nbytes = x.numel() * x.element_size()
+        compiled = torch.compile(fast_dllm_fp32, dynamic=False, backend=run.cfg["compile_backend"])
+        cands = {
+            "kernel": lambda: tsc.kernel(x),
+            "reference_eager": lambda: tsc.reference_fp64(x),
+            "fast_dllm_fp32": lambda: fast_dllm_fp32(x),
+            "fast_dllm_fp32_compiled": lambda: compiled(x),
         }
-        if not self.cpu:
-            p = torch.cuda.get_device_properties(0)
-            info.update(
-                gpu=p.name, sms=p.multi_processor_count, memory_gib=p.total_memory / 2**30, cuda=torch.version.cuda
-            )
-            try:
-                q = "name,driver_version,clocks.sm,clocks.max.sm,clocks.mem,power.limit,temperature.gpu"
-                info["nvidia_smi"] = subprocess.run(
-                    ["nvidia-smi", f"--query-gpu={q}", "--format=csv"], capture_output=True, text=True, timeout=10
-                ).stdout.strip()
-            except (OSError, subprocess.SubprocessError):
-                pass
-        try:
-            info["commit"] = subprocess.run(
-                ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=ROOT, timeout=10
-            ).stdout.strip()
-        except (OSError, subprocess.SubprocessError):
-            pass
-        self.doc["machine"] = info
+        base = {"case": f"{rows}x{V} {run.cfg['dtype']}", "rows": rows, "V": V}
+        for impl, fn in cands.items():
+            measure(run, rec, {**base, "impl": impl}, fn, bytes_=nbytes)
+        speedups(rec["rows"], "kernel")
+        x = None  # free the memory before the next case
 
-    def ceilings(self, rec):
-        torch = self.torch
-        n = self.cfg["copy_bytes"] // 2
-        src = torch.randn(n, device=self.dev).to(torch.bfloat16)
-        dst = torch.empty_like(src)
-        copy = self.measure(
-            rec, {"case": f"copy {2 * n / 2**20:.0f} MiB", "impl": "torch copy_"}, lambda: dst.copy_(src), bytes_=4 * n
-        )
-        src = dst = None  # free the memory before the next case
-        m = self.cfg["matmul_n"]
-        dt = torch.bfloat16 if not self.cpu else torch.float32
-        a, b = torch.randn(m, m, device=self.dev, dtype=dt), torch.randn(m, m, device=self.dev, dtype=dt)
-        mm = self.measure(rec, {"case": f"matmul {m}^3 {str(dt).split('.')[-1]}", "impl": "torch mm"}, lambda: a @ b)
-        if "ms" in mm:
-            mm["TFLOPs"] = 2 * m**3 / (mm["ms"] * 1e-3) / 1e12
-        if rec is self.doc["phases"].get("ceilings"):
-            self.ceil = {"copy_TBps": copy.get("TBps"), "matmul_TFLOPs": mm.get("TFLOPs")}
-            rec["copy_TBps"], rec["matmul_TFLOPs"] = self.ceil["copy_TBps"], self.ceil["matmul_TFLOPs"]
 
-    def tests(self, rec):
-        cfg = self.cfg
-        budget = max(10.0, min(cfg["tests_budget_s"], self.left() - 60))
-        args = ["-m", "gpu", "-v", "-rfE", "-p", "no:cacheprovider", *cfg["tests"]]
-        if importlib.util.find_spec("pytest_timeout"):
-            args += [f"--timeout={cfg['tests_per_test_timeout_s']}"]
-        if cfg["tests_workers"] > 1 and importlib.util.find_spec("xdist"):  # one GPU, several processes
-            args += ["-n", str(cfg["tests_workers"]), "--dist", "loadfile"]
-        cmd = [sys.executable, str(pathlib.Path(__file__).resolve()), "--pytest", *args]
-        log = self.out / f"{self.stem}-tests.log"
-        rec["command"] = "pytest " + " ".join(args)
-        rec["budget_s"] = budget
-        t = time.monotonic()
-        with open(log, "w") as f:
-            # its own session, so that a timeout ends the xdist workers too (not only pytest)
-            proc = subprocess.Popen(cmd, cwd=ROOT, stdout=f, stderr=subprocess.STDOUT, start_new_session=True)
-            try:
-                rc = proc.wait(timeout=budget)
-            except subprocess.TimeoutExpired:
-                rc = None
-            except Terminated:  # the global timeout: what finished still counts
-                rec["counts"] = _pytest_counts(log.read_text(errors="replace"))
-                raise
-            finally:
-                if proc.poll() is None:
-                    os.killpg(proc.pid, signal.SIGKILL)
-                    proc.wait()
-        text = log.read_text(errors="replace")
-        rec["returncode"] = rc
-        rec["timed_out"] = rc is None
-        rec["wall_s"] = time.monotonic() - t
-        # per-test lines (-v), so a run cut by the budget still counts what it finished
-        rec["counts"] = _pytest_counts(text)
-        rec["summary"] = _pytest_summary(text)
-        rec["failures"] = [ln for ln in text.splitlines() if ln.startswith(("FAILED ", "ERROR "))][:40]
-        rec["log"] = log.name
-        if rc is None:
-            rec["status"] = "partial"
-        elif rc not in (0, 5):  # 5: nothing collected
-            rec["status"] = "failed"
-        print(f"   {rec['summary'] or rec['counts']} (rc {rc}, {rec['wall_s']:.0f} s, log {log})", flush=True)
+def attention(run: Run, rec: dict) -> None:
+    import attention_cases as ac
+    import torch
+    from torch.nn.attention import SDPBackend
 
-    def token_stats(self, rec):
-        import token_stats_cases as tsc
+    torch._dynamo.config.cache_size_limit = 1000  # one FlexAttention compile per shape, never the eager fallback
+    torch._dynamo.config.recompile_limit = 1000
+    a = run.cfg["attn"]
+    B, Lq, cache, D = a["B"], a["Lq"], a["cache"], a["D"]
+    for model, (Hq, Hkv) in a["models"].items():
+        q = torch.randn(B, Lq, Hq, D, device=run.dev, dtype=run.dtype)
+        k, v = (torch.randn(B, Lq, Hkv, D, device=run.dev, dtype=run.dtype) for _ in range(2))
+        kc, vc = (torch.randn(B, cache, Hkv, D, device=run.dev, dtype=run.dtype) for _ in range(2))
+        args = (q, k, v, kc, vc)
+        cands = {
+            "kernel": ac.kernel,
+            "sdpa_flash": ac.sdpa(SDPBackend.FLASH_ATTENTION),
+            "sdpa_cudnn": ac.sdpa(SDPBackend.CUDNN_ATTENTION),
+            # compiled per shape: a fresh torch.compile per model shape, its compile timed
+            "flex_compiled": ac.flex(compiled=not run.cpu),
+        }
+        base = {"case": f"{model} B{B} q{Lq} c{cache}+{Lq}", "model": model, "Hq": Hq, "Hkv": Hkv}
+        nbytes = ac.kv_bytes(k, kc)
+        for impl, fn in cands.items():
+            row = measure(run, rec, {**base, "impl": impl}, lambda: fn(*args), bytes_=nbytes)
+            if getattr(fn, "gqa", None):
+                row["gqa"] = fn.gqa
+        # the baselines again on K/V joined beforehand: the attention alone, without the
+        # per-step torch.cat that the decoders pay (same shapes: no recompile)
+        joined = (q, torch.cat([kc, k], 1), torch.cat([vc, v], 1), None, None)
+        for impl, fn in cands.items():
+            if impl != "kernel":
+                measure(run, rec, {**base, "impl": f"{impl}_prejoined"}, lambda: fn(*joined), bytes_=nbytes)
+        q = k = v = kc = vc = joined = None  # free the memory before the next case
+    speedups(rec["rows"], "kernel")
 
-        torch = self.torch
-        compile_ = lambda f: torch.compile(f, dynamic=False, backend=self.cfg["compile_backend"])  # noqa: E731
-        V = self.cfg["vocab"]
-        for rows in self.cfg["token_stats_rows"]:
-            x = (torch.randn(rows, V, device=self.dev) * 3).to(self.dtype)
-            nbytes = x.numel() * x.element_size()
-            cands = {
-                "kernel": lambda: tsc.kernel(x),
-                "reference_eager": lambda: tsc.reference_fp64(x),
-                "fast_dllm_fp32": lambda: fast_dllm_fp32(x),
-            }
-            compiled = compile_(fast_dllm_fp32)
-            cands["fast_dllm_fp32_compiled"] = lambda: compiled(x)
-            base = {"case": f"{rows}x{V} {self.cfg['dtype']}", "rows": rows, "V": V}
-            for impl, fn in cands.items():
-                self.measure(rec, {**base, "impl": impl}, fn, bytes_=nbytes)
-            _speedups(rec["rows"], "kernel", key="case")
-            x = None  # free the memory before the next case
 
-    def attention(self, rec):
-        import attention_cases as ac
-        from torch.nn.attention import SDPBackend
+def refresh_commit(run: Run, rec: dict) -> None:
+    import commit_cases as cc
+    import refresh_cases as rc
+    import torch
 
-        torch = self.torch
-        torch._dynamo.config.cache_size_limit = 1000  # one FlexAttention compile per shape, never the eager fallback
-        torch._dynamo.config.recompile_limit = 1000
-        a = self.cfg["attn"]
-        B, Lq, cache, D = a["B"], a["Lq"], a["cache"], a["D"]
-        for model, (Hq, Hkv) in a["models"].items():
-            q = torch.randn(B, Lq, Hq, D, device=self.dev, dtype=self.dtype)
-            k, v = (torch.randn(B, Lq, Hkv, D, device=self.dev, dtype=self.dtype) for _ in range(2))
-            kc, vc = (torch.randn(B, cache, Hkv, D, device=self.dev, dtype=self.dtype) for _ in range(2))
-            args = (q, k, v, kc, vc)
-            cands = {
-                "kernel": ac.kernel,
-                "sdpa_flash": ac.sdpa(SDPBackend.FLASH_ATTENTION),
-                "sdpa_cudnn": ac.sdpa(SDPBackend.CUDNN_ATTENTION),
-                # compiled per shape: a fresh torch.compile per model shape, its compile timed
-                "flex_compiled": ac.flex(compiled=not self.cpu),
-            }
-            base = {"case": f"{model} B{B} q{Lq} c{cache}+{Lq}", "model": model, "Hq": Hq, "Hkv": Hkv}
-            nbytes = ac.kv_bytes(k, kc)
-            for impl, fn in cands.items():
-                row = self.measure(rec, {**base, "impl": impl}, lambda: fn(*args), bytes_=nbytes)
-                if getattr(fn, "gqa", None):
-                    row["gqa"] = fn.gqa
-            # the baselines again on K/V joined beforehand: the attention alone, without the
-            # per-step torch.cat that the decoders pay (same shapes: no recompile)
-            joined = (q, torch.cat([kc, k], 1), torch.cat([vc, v], 1), None, None)
-            for impl, fn in cands.items():
-                if impl != "kernel":
-                    self.measure(rec, {**base, "impl": f"{impl}_prejoined"}, lambda: fn(*joined), bytes_=nbytes)
-            q = k = v = kc = vc = joined = None  # free the memory before the next case
-        _speedups(rec["rows"], "kernel", key="case")
+    r = run.cfg["refresh"]
+    B, Lmax, H, D, nb, blk = r["B"], r["Lmax"], r["H"], r["D"], r["blocks"], r["block"]
+    k_cache, v_cache, k_new, v_new = (torch.randn(B, Lmax, H, D, device=run.dev, dtype=run.dtype) for _ in range(4))
+    block_ids = torch.stack([torch.randperm(Lmax // blk, device=run.dev)[:nb] for _ in range(B)])
+    new_start = torch.zeros(B, dtype=torch.int64, device=run.dev)
+    args = (k_cache, v_cache, k_new, v_new, block_ids, blk, new_start, None, None)
+    moved = rc.bytes_moved(k_cache, block_ids, blk, rope=False)
+    case = {"case": f"refresh B{B} {nb}x{blk} rows H{H}", "op": "refresh_kv_cache"}
+    for impl, fn in rc.CANDIDATES.items():
+        row = measure(run, rec, {**case, "impl": impl}, lambda: fn(*args), bytes_=moved)
+        graph_and_host(run, row, lambda: fn(*args), capture=True)  # both candidates are sync-free
+    k_cache = v_cache = k_new = v_new = None  # free the memory before the next case
+    c = run.cfg["commit"]
+    for policy in c["policies"]:
+        data = cc.copy_case(cc.make_case(c["B"], c["L"], c["block"], policy, run.dev))
+        case = {"case": f"commit {policy} B{c['B']} L{c['L']}", "op": "commit"}
+        for impl, fn in cc.CANDIDATES.items():
+            row = measure(run, rec, {**case, "impl": impl}, lambda: fn(data))
+            # the reference syncs (a failed capture could leave the stream unusable): host time only
+            graph_and_host(run, row, lambda: fn(data), capture=impl == "triton")
+    speedups(rec["rows"], "triton")
 
-    def refresh_commit(self, rec):
-        import commit_cases as cc
-        import refresh_cases as rc
 
-        torch = self.torch
-        r = self.cfg["refresh"]
-        B, Lmax, H, D, nb, blk = r["B"], r["Lmax"], r["H"], r["D"], r["blocks"], r["block"]
-        k_cache, v_cache, k_new, v_new = (
-            torch.randn(B, Lmax, H, D, device=self.dev, dtype=self.dtype) for _ in range(4)
-        )
-        block_ids = torch.stack([torch.randperm(Lmax // blk, device=self.dev)[:nb] for _ in range(B)])
-        new_start = torch.zeros(B, dtype=torch.int64, device=self.dev)
-        args = (k_cache, v_cache, k_new, v_new, block_ids, blk, new_start, None, None)
-        moved = rc.bytes_moved(k_cache, block_ids, blk, rope=False)
-        for impl, fn in rc.CANDIDATES.items():
-            row = self.measure(
-                rec,
-                {"case": f"refresh B{B} {nb}x{blk} rows H{H}", "op": "refresh_kv_cache", "impl": impl},
-                lambda: fn(*args),
-                bytes_=moved,
-            )
-            self._graph_and_host(row, lambda: fn(*args), capture=True)  # both candidates are sync-free
-        k_cache = v_cache = k_new = v_new = None  # free the memory before the next case
-        c = self.cfg["commit"]
-        for policy in c["policies"]:
-            case = cc.copy_case(cc.make_case(c["B"], c["L"], c["block"], policy, self.dev))
-            for impl, fn in cc.CANDIDATES.items():
-                row = self.measure(
-                    rec,
-                    {"case": f"commit {policy} B{c['B']} L{c['L']}", "op": "commit", "impl": impl},
-                    lambda: fn(case),
-                )
-                # the reference syncs (a failed capture could leave the stream unusable): host time only
-                self._graph_and_host(row, lambda: fn(case), capture=impl == "triton")
-        _speedups(rec["rows"], "triton", key="case")
+def step(run: Run, rec: dict) -> None:
+    import torch
 
-    def _graph_and_host(self, row, fn, capture: bool):
-        if "error" in row:
-            return
-        row["host_us"] = self.clock.host_us(fn, self.cfg["host_calls"])
-        if not capture:
-            return
-        try:
-            row["graph_us"] = self.clock.graph_us(fn, self.cfg["graph_calls"])
-        except Exception as e:  # noqa: BLE001 - a candidate that cannot be captured
-            row["graph_us"] = None
-            row["graph_error"] = f"{type(e).__name__}: {e}".splitlines()[0][:200]
+    from dllm_kernels.benchmark import PATHS
+    from dllm_kernels.models import DiffusionLM
+    from dllm_kernels.models.config import llada_8b_layer, tiny
 
-    def step(self, rec):
-        from dllm_kernels import generate
-        from dllm_kernels.benchmark import PATHS
-        from dllm_kernels.models import DiffusionLM
-        from dllm_kernels.models.config import llada_8b_layer, tiny
-
-        torch = self.torch
-        s = self.cfg["step"]
-        torch.manual_seed(0)
-        cfg = llada_8b_layer(s["layers"]) if s["layers"] else tiny(64)
-        with torch.device(self.dev):
-            model = DiffusionLM(cfg).to(self.dtype).eval()
-        # bytes every forward must read at least: the layers' weights and the LM head (the
-        # embedding is a gather): a lower bound on a forward, as a fraction of the copy rate
-        weights = sum(p.numel() * p.element_size() for n, p in model.named_parameters() if "embed" not in n)
-        rec["weights_bytes"] = weights
-        rec["model"] = {"layers": cfg.n_layers, "d_model": cfg.d_model, "heads": cfg.n_heads, "vocab": cfg.vocab_size}
-        for B in s["batches"]:
-            g = torch.Generator().manual_seed(B)
-            prompts = [
-                torch.randint(0, cfg.vocab_size - 8, (s["prompt"] - (b % 4),), generator=g).tolist() for b in range(B)
-            ]
-            for path in ("kernels", "sdpa"):
+    s = run.cfg["step"]
+    torch.manual_seed(0)
+    cfg = llada_8b_layer(s["layers"]) if s["layers"] else tiny(64)
+    with torch.device(run.dev):
+        model = DiffusionLM(cfg).to(run.dtype).eval()
+    # bytes every forward must read at least: the layers' weights and the LM head (the
+    # embedding is a gather): a lower bound on a forward, as a fraction of the copy rate
+    weights = sum(p.numel() * p.element_size() for n, p in model.named_parameters() if "embed" not in n)
+    rec["weights_bytes"] = weights
+    rec["model"] = {"layers": cfg.n_layers, "d_model": cfg.d_model, "heads": cfg.n_heads, "vocab": cfg.vocab_size}
+    for B in s["batches"]:
+        g = torch.Generator().manual_seed(B)
+        prompts = [
+            torch.randint(0, cfg.vocab_size - 8, (s["prompt"] - (b % 4),), generator=g).tolist() for b in range(B)
+        ]
+        for path in ("kernels", "sdpa"):
+            row = {"case": f"{s['policy']} B{B} prompt {s['prompt']} gen {s['gen']}", "B": B, "impl": path}
+            if not budget_spent(run, rec, row):
                 model.attn_impl, model.backend = PATHS[path]
-                out = {}
+                step_row(run, rec, row, model, prompts, weights)
+    speedups(rec["rows"], "kernels")
 
-                def run():
-                    out["r"] = generate(
-                        model,
-                        prompts,
-                        policy=s["policy"],
-                        gen_length=s["gen"],
-                        block_length=s["block"],
-                        backend=model.backend,
-                    )
 
-                row = {"case": f"{s['policy']} B{B} prompt {s['prompt']} gen {s['gen']}", "B": B, "impl": path}
-                if self.left() < 0:
-                    rec["rows"].append({**row, "error": "skipped: time budget spent"})
-                    rec["status"] = "partial"
-                    continue
-                if self.cfg["warm"]:
-                    t = time.perf_counter()
-                    run()  # warm up / compile
-                    self.clock.sync()
-                    row["first_call_s"] = time.perf_counter() - t
-                times = []
-                for _ in range(s["repeats"]):
-                    self.clock.sync()
-                    t = time.perf_counter()
-                    run()
-                    self.clock.sync()
-                    times.append(time.perf_counter() - t)
-                nfe = int(out["r"].nfe.max())
-                row.update(seconds=statistics.median(times), forwards=nfe)
-                row["ms"] = 1e3 * row["seconds"] / max(nfe, 1)
-                if self.ceil.get("copy_TBps"):
-                    row["weights_floor_ms"] = weights / (self.ceil["copy_TBps"] * 1e12) * 1e3
-                    row["frac_floor"] = row["weights_floor_ms"] / row["ms"]
-                rec["rows"].append(row)
-                print(f"   {row['case']} {path}: {row['ms']:.2f} ms per forward ({nfe} forwards)", flush=True)
-        _speedups(rec["rows"], "kernels", key="case")
+def step_row(run: Run, rec: dict, row: dict, model, prompts, weights: int) -> None:
+    """Median wall time of ``generate`` over ``repeats`` calls, per forward of the batch."""
+    from harness import wall_ms
 
-    # -- the report ---------------------------------------------------------------------------
+    from dllm_kernels import generate
 
-    def report(self):
-        self.doc["targets"] = check_targets(self.doc)
-        md = render_markdown(self.doc)
-        (self.out / f"{self.stem}.md").write_text(md)
-        png = self.out / f"{self.stem}.png"
-        msg = render_png(self.doc, png)
-        self.doc["png"] = png.name if msg is None else None
-        if msg:
-            print(msg, flush=True)
-            self.doc["png_skipped"] = msg
-        self.doc["total_s"] = time.monotonic() - self.t0
-        self.write()
-        print(md, flush=True)
+    s = run.cfg["step"]
+    out = {}
 
-    def run(self):
-        self.machine()
-        self.write()
-        try:
-            self.phase("ceilings", self.ceilings)
-            self.phase("tests", self.tests)
-            self.phase("token_stats", self.token_stats)
-            self.phase("attention", self.attention)
-            self.phase("refresh_commit", self.refresh_commit)
-            self.phase("step", self.step)
-            self.phase("ceilings_end", self.ceilings)
-        except Terminated:  # the wrapper's global timeout: keep what was measured
-            for rec in self.doc["phases"].values():
-                if rec["status"] == "running":
-                    rec["status"] = "cut"
-            self.doc["cut"] = "terminated by the global timeout"
-            self.report()
-            return 124
-        self.report()
-        bad = [n for n, p in self.doc["phases"].items() if p["status"] in ("error", "failed")]
-        return 1 if bad else 0
+    def decode():
+        out["r"] = generate(
+            model, prompts, policy=s["policy"], gen_length=s["gen"], block_length=s["block"], backend=model.backend
+        )
+
+    if run.cfg["warm"]:
+        row["first_call_s"] = first_call_s(run, decode)  # warm up / compile
+    seconds = wall_ms(decode, repeats=s["repeats"], cuda=not run.cpu)["ms"] / 1e3
+    nfe = int(out["r"].nfe.max())
+    row.update(seconds=seconds, forwards=nfe)
+    row["ms"] = 1e3 * seconds / max(nfe, 1)
+    if run.ceil.get("copy_TBps"):
+        row["weights_floor_ms"] = weights / (run.ceil["copy_TBps"] * 1e12) * 1e3
+        row["frac_floor"] = row["weights_floor_ms"] / row["ms"]
+    rec["rows"].append(row)
+    print(f"   {row['case']} {row['impl']}: {row['ms']:.2f} ms per forward ({nfe} forwards)", flush=True)
+
+
+PHASE_FUNCS = {
+    "ceilings": ceilings,
+    "tests": tests,
+    "token_stats": token_stats,
+    "attention": attention,
+    "refresh_commit": refresh_commit,
+    "step": step,
+    "ceilings_end": ceilings_end,
+}
+
+
+# ------------------------------------------------------------------------------------------------
+# the whole run
+# ------------------------------------------------------------------------------------------------
+
+
+def report(run: Run) -> None:
+    run.doc["targets"] = check_targets(run.doc)
+    md = render_markdown(run.doc)
+    (run.out / f"{run.stem}.md").write_text(md)
+    png = run.out / f"{run.stem}.png"
+    msg = render_png(run.doc, png)
+    run.doc["png"] = png.name if msg is None else None
+    if msg:
+        print(msg, flush=True)
+        run.doc["png_skipped"] = msg
+    run.doc["total_s"] = time.monotonic() - run.t0
+    run.write()
+    print(md, flush=True)
+
+
+def run_all(run: Run) -> int:
+    """Every selected phase in order, then the report; 124 when the global timeout cut the run."""
+    from harness import machine
+
+    run.doc["machine"] = machine(cuda=not run.cpu)
+    run.write()
+    try:
+        for name in PHASES:
+            run_phase(run, name, PHASE_FUNCS[name])
+    except Terminated:  # the wrapper's global timeout: keep what was measured
+        for rec in run.doc["phases"].values():
+            if rec["status"] == "running":
+                rec["status"] = "cut"
+        run.doc["cut"] = "terminated by the global timeout"
+        report(run)
+        return 124
+    report(run)
+    bad = [n for n, p in run.doc["phases"].items() if p["status"] in ("error", "failed")]
+    return 1 if bad else 0
 
 
 class Terminated(BaseException):
@@ -594,14 +577,6 @@ def fast_dllm_fp32(logits):
     p = torch.softmax(logits.float(), dim=-1)
     x0_p = torch.gather(p, -1, x0[..., None])[..., 0]
     return x0, x0_p
-
-
-def _speedups(rows, kernel_impl: str, key: str):
-    """Each candidate's time over the kernel's at the same case (> 1: the kernel is faster)."""
-    for r in rows:
-        k = next((q for q in rows if q.get("impl") == kernel_impl and q[key] == r[key] and "ms" in q), None)
-        if k and "ms" in r:
-            r["kernel_speedup"] = r["ms"] / k["ms"]
 
 
 _VERBOSE_LINE = re.compile(  # "path::test PASSED [ 25%]", or with xdist "[gw0] [ 10%] PASSED path::test"
@@ -627,18 +602,6 @@ def _pytest_summary(text: str) -> str:
         if any(w in s for w in (" passed", " failed", " skipped", " error", " deselected", "no tests ran")):
             return s
     return ""
-
-
-def _jsonable(x):
-    if isinstance(x, dict):
-        return {str(k): _jsonable(v) for k, v in x.items()}
-    if isinstance(x, (list, tuple)):
-        return [_jsonable(v) for v in x]
-    if isinstance(x, float) and not math.isfinite(x):
-        return None
-    if isinstance(x, (str, int, float, bool)) or x is None:
-        return x
-    return str(x)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -675,7 +638,9 @@ def check_targets(doc: dict) -> list[dict]:
         k = next((r for r in at if r["model"] == model and r["impl"] == "kernel"), None)
         add(f"attention {model}: >= 80% of copy on K/V", k and k.get("frac_copy"), lambda v: v >= 0.8)
         base = [
-            r["kernel_speedup"] for r in at if r["model"] == model and r["impl"] != "kernel" and "kernel_speedup" in r
+            r["kernel_speedup"]
+            for r in at
+            if r["model"] == model and r["impl"] != "kernel" and r.get("kernel_speedup") is not None
         ]
         add(f"attention {model}: >= 1.2x the best baseline", min(base) if base else None, lambda v: v >= 1.2)
     k = next((r for r in rows("refresh_commit", op="refresh_kv_cache", impl="triton")), None)
@@ -750,13 +715,11 @@ def render_markdown(doc: dict) -> str:
 def render_png(doc: dict, path: pathlib.Path) -> str | None:
     """One figure: TB/s of every bandwidth-bound candidate with the measured copy rate. Returns a
     message instead when matplotlib is missing."""
-    try:
-        import matplotlib
+    from harness import pyplot, save_figure
 
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        return "matplotlib is not importable: no PNG"
+    plt = pyplot()
+    if isinstance(plt, str):
+        return plt
     ph = doc.get("phases", {})
     panels = [
         (n, [r for r in ph[n]["rows"] if "TBps" in r])
@@ -783,9 +746,7 @@ def render_png(doc: dict, path: pathlib.Path) -> str | None:
         ax.set_xlabel("TB/s")
         ax.set_title(name)
     fig.suptitle(f"{doc.get('machine', {}).get('gpu', 'CPU mode (meaningless numbers)')}", fontsize=9)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    save_figure(plt, fig, path, dpi=110)
     return None
 
 
@@ -823,7 +784,7 @@ def main(argv=None) -> int:
         print("no CUDA device: run with --cpu for the interpreter mode", file=sys.stderr)
         return 2
     signal.signal(signal.SIGTERM, _on_sigterm)
-    return Run(args).run()
+    return run_all(new_run(args))
 
 
 if __name__ == "__main__":

@@ -14,7 +14,7 @@ uniform cache lengths, so the baselines need no mask.
 import pytest
 import torch
 from attention_cases import flops, gpu_candidates, kv_bytes
-from common import add_speedups, do_bench_ms, plot_bars, synchronised, write_results
+from harness import add_speedups, do_bench_ms, plot_results, synchronised, write_results
 
 torch._dynamo.config.cache_size_limit = 1000  # one FlexAttention compile per shape, never the eager fallback
 torch._dynamo.config.recompile_limit = 1000
@@ -43,7 +43,7 @@ def _write():
             notes=f"{DTYPE} D={D}; decode: TB/s = cache + new K/V bytes / median time; "
             "prefill: TFLOP/s = 4 B Hq S^2 D / median time",
         )
-        plot_bars(name, [r for r in rows if metric in r], x="shape", y=metric, group="impl", ylabel=metric)
+        plot_results(name, [r for r in rows if metric in r], x="shape", y=metric, group="impl", ylabel=metric)
 
 
 def candidate(impl):

@@ -18,7 +18,7 @@ not per sequence. Writes bench/results/generate.json (+ .png).
 
 import pytest
 import torch
-from common import results_writer, synchronised
+from harness import results_writer, synchronised
 
 from dllm_kernels import generate
 from dllm_kernels.benchmark import DEFAULT_POLICIES, PATHS

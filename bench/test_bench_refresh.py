@@ -9,7 +9,7 @@ bytes moved (listed K/V rows read once and written once, plus cos/sin rows with 
 
 import pytest
 import torch
-from common import do_bench_ms, results_writer, synchronised
+from harness import do_bench_ms, results_writer, synchronised
 from refresh_cases import CANDIDATES, bytes_moved
 
 MODELS = {"llada": 32, "dream": 4}  # KV heads, head_dim 128

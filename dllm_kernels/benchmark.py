@@ -2,20 +2,16 @@
 
 Reports per policy and path: NFE (forwards per sequence), tokens per forward (generated tokens up
 to the first EOS, per forward, as d3LLM counts them), wall time per step and tokens per second.
-On a GPU the times are synchronised wall-clock medians over repeats; on a CPU the kernel path
-runs on Triton's interpreter, so only NFE and tokens per forward are meaningful there.
+The times are wall-clock medians over repeats (``_bench.wall_ms``: synchronised around every call
+on a GPU); on a CPU the kernel path runs on Triton's interpreter, so only NFE and tokens per
+forward are meaningful there.
 """
 
 from __future__ import annotations
 
-import json
-import pathlib
-import statistics
-import time
 from dataclasses import asdict, dataclass
 
-import torch
-
+from ._bench import wall_ms, write_json
 from .loop import generate
 from .policies import POLICIES
 
@@ -40,11 +36,6 @@ class BenchRow:
     tokens_per_s: float
 
 
-def _sync(device):
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
 def bench_policy(
     model,
     prompts,
@@ -59,12 +50,11 @@ def bench_policy(
     """Time ``generate`` of one policy on one path (the model is switched to the path in place)."""
     attn_impl, backend = PATHS[path]
     model.attn_impl, model.backend = attn_impl, backend
-    device = next(model.parameters()).device
-    times, out = [], None
-    for _ in range(repeats):
-        _sync(device)
-        t0 = time.perf_counter()
-        out = generate(
+    cuda = next(model.parameters()).device.type == "cuda"
+    result = {}
+
+    def run():
+        result["out"] = generate(
             model,
             prompts,
             policy=policy,
@@ -73,9 +63,9 @@ def bench_policy(
             backend=backend,
             **(overrides or {}),
         )
-        _sync(device)
-        times.append(time.perf_counter() - t0)
-    t = statistics.median(times)
+
+    t = wall_ms(run, repeats=repeats, cuda=cuda)["ms"] / 1e3  # median seconds
+    out = result["out"]
     nfe = out.nfe.double()
     eos = model.config.eos_id
     toks = out.tokens_until_eos(eos).double()
@@ -115,7 +105,7 @@ def run(
             printer(format_row(rows[-1]))
     printer(format_speedups(rows))
     if out:
-        pathlib.Path(out).write_text(json.dumps([asdict(r) for r in rows], indent=2) + "\n")
+        write_json(out, [asdict(r) for r in rows])
     return rows
 
 
