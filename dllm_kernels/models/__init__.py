@@ -1,4 +1,5 @@
-"""LLaDA/Dream-architecture masked-diffusion transformer, its configs and checkpoints."""
+"""Masked-diffusion transformers (LLaDA/Dream bidirectional; Qwen2 / Qwen3 block-diffusion layouts of
+Fast-dLLM v2 and SDAR), their configs and checkpoints."""
 
 from .adapter import AdapterConfig, HFModelAdapter
 from .checkpoint import load_checkpoint, save_checkpoint

@@ -1,4 +1,5 @@
-"""Model configuration of the LLaDA/Dream-architecture transformer."""
+"""Model configuration of the transformer: the LLaDA/Dream (bidirectional) and the Qwen2/Qwen3
+block-diffusion (Fast-dLLM v2, SDAR) layouts."""
 
 from __future__ import annotations
 
@@ -14,6 +15,11 @@ class ModelConfig:
     LLaDA-8B: 32 layers, d_model 4096, 32/32 heads of 128, FFN 12288, vocab 126464, RoPE theta
     500000, no biases, logits not shifted. Dream-7B: 28 layers, d_model 3584, 28/4 heads of 128,
     FFN 18944, vocab 152064, RoPE theta 1e6, QKV biases, logits shifted by one position.
+
+    Block-diffusion models (Fast-dLLM v2 on Qwen2.5, SDAR on Qwen3) set ``block_size``: their
+    attention is causal across blocks of ``block_size`` positions and bidirectional inside a
+    block (None: bidirectional everywhere, LLaDA/Dream). ``qk_norm``: Qwen3's RMSNorm over
+    ``head_dim`` on every query and key head, before RoPE (SDAR).
     """
 
     vocab_size: int
@@ -33,6 +39,8 @@ class ModelConfig:
     logit_shift: bool = False  # Dream: position i is predicted by the hidden state at i - 1
     tie_embeddings: bool = False
     max_seq_len: int = 4096
+    qk_norm: bool = False  # Qwen3 / SDAR: RMSNorm over head_dim on q and k, before RoPE
+    block_size: int | None = None  # block-causal attention over blocks of this size (None: bidirectional)
 
     def __post_init__(self):
         if self.n_heads % self.n_kv_heads:
@@ -40,6 +48,8 @@ class ModelConfig:
         for name in ("mask_id", "eos_id"):
             if not 0 <= getattr(self, name) < self.vocab_size:
                 raise ValueError(f"{name} {getattr(self, name)} outside the vocabulary [0, {self.vocab_size})")
+        if self.block_size is not None and self.block_size < 1:
+            raise ValueError(f"block_size must be a positive int or None, got {self.block_size}")
 
     def to_json(self) -> str:
         return json.dumps(dataclasses.asdict(self), indent=2)

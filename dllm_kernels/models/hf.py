@@ -1,6 +1,8 @@
-"""The public checkpoint formats of LLaDA-8B (``GSAI-ML/LLaDA-8B-*``) and Dream-7B
-(``Dream-org/Dream-v0-*-7B``): their config.json mapped to :class:`ModelConfig`, their parameter
-names mapped to :class:`DiffusionLM`'s, and loading them from a local directory. (Their tokenizers:
+"""The public checkpoint formats of LLaDA-8B (``GSAI-ML/LLaDA-8B-*``), Dream-7B
+(``Dream-org/Dream-v0-*-7B``), Fast-dLLM v2 (``Efficient-Large-Model/Fast_dLLM_v2_{1.5B,7B}``),
+SDAR (``JetLM/SDAR-*-Chat``) and plain Qwen2 / Qwen3 layouts: their config.json mapped to
+:class:`ModelConfig`, their parameter names mapped to :class:`DiffusionLM`'s, and loading them
+from a local directory. (Their tokenizers:
 :mod:`dllm_kernels.models.tokenizer`; tiny random checkpoints in these formats:
 :mod:`dllm_kernels.models.tiny_checkpoints`.)
 
@@ -8,8 +10,10 @@ A checkpoint directory holds ``config.json`` and the weights, either one ``model
 shards listed by ``model.safetensors.index.json`` (``{"metadata": {"total_size": bytes},
 "weight_map": {tensor name: shard file}}``). ``config.json["model_type"]`` says whose parameter
 names the shards use: ``"llada"`` (OLMo-style ``model.transformer.blocks.{i}.ff_proj``...),
-``"Dream"`` (Qwen2-style ``model.layers.{i}.self_attn.q_proj``...) or ``"dllm_kernels"`` (our own
-names, :mod:`dllm_kernels.models.checkpoint`). Every key, name, shape and special token id, with
+``"Dream"``, ``"Fast_dLLM_Qwen"`` (Fast-dLLM v2), ``"qwen2"`` (Qwen2-style
+``model.layers.{i}.self_attn.q_proj``...), ``"sdar"``, ``"qwen3"`` (the same plus
+``self_attn.q_norm`` / ``k_norm``) or ``"dllm_kernels"`` (our own names,
+:mod:`dllm_kernels.models.checkpoint`). Every key, name, shape and special token id, with
 its source, is in ``FORMATS.md`` beside this file. Nothing here touches the network.
 """
 
@@ -25,6 +29,11 @@ from .tokenizer import load_tokenizer
 from .transformer import DiffusionLM, rope_tables
 
 LLADA, DREAM = "llada", "Dream"  # config.json "model_type" of the two releases
+FAST_DLLM_V2, SDAR = "Fast_dLLM_Qwen", "sdar"  # ... of Fast-dLLM v2 and SDAR
+QWEN2, QWEN3 = "qwen2", "qwen3"  # ... of transformers' Qwen2 / Qwen2.5 and Qwen3 checkpoints
+_QWEN2_LAYOUT = (DREAM, FAST_DLLM_V2, QWEN2)  # Qwen2 parameter names, q/k/v biases
+_QWEN3_LAYOUT = (SDAR, QWEN3)  # Qwen3 parameter names, q/k RMSNorm, no biases
+GENERATION_CONFIG = "generation_config.json"
 INDEX = "model.safetensors.index.json"
 SINGLE = "model.safetensors"
 
@@ -128,6 +137,149 @@ DREAM_SPECIAL_TOKENS = {
     "<|mask|>": 151666,
 }
 
+# config.json of Efficient-Large-Model/Fast_dLLM_v2_7B and of JetLM's SDAR-4B-Chat (FORMATS.md;
+# "layer_types" is the 7B's list of 28 "full_attention" entries, one per layer)
+FAST_DLLM_V2_7B_CONFIG = {
+    "architectures": ["Fast_dLLM_QwenForCausalLM"],
+    "attention_dropout": 0.0,
+    "auto_map": {
+        "AutoConfig": "configuration.Fast_dLLM_QwenConfig",
+        "AutoModel": "modeling.Fast_dLLM_QwenModel",
+        "AutoModelForCausalLM": "modeling.Fast_dLLM_QwenForCausalLM",
+    },
+    "bd_size": 32,
+    "bos_token_id": 151643,
+    "conplemenrary_mask": True,  # sic
+    "eos_token_id": 151645,
+    "hidden_act": "silu",
+    "hidden_size": 3584,
+    "initializer_range": 0.02,
+    "intermediate_size": 18944,
+    "layer_types": ["full_attention"] * 28,
+    "max_position_embeddings": 32768,
+    "max_window_layers": 28,
+    "model_type": "Fast_dLLM_Qwen",
+    "num_attention_heads": 28,
+    "num_hidden_layers": 28,
+    "num_key_value_heads": 4,
+    "pad_token_id": 151645,
+    "rms_norm_eps": 1e-06,
+    "rope_scaling": None,
+    "rope_theta": 1000000.0,
+    "sliding_window": None,
+    "tie_word_embeddings": False,
+    "torch_dtype": "bfloat16",
+    "transformers_version": "4.53.1",
+    "use_cache": True,
+    "use_sliding_window": False,
+    "vocab_size": 152064,
+}
+SDAR_4B_CONFIG = {
+    "architectures": ["SDARForCausalLM"],
+    "auto_map": {
+        "AutoConfig": "configuration_sdar.SDARConfig",
+        "AutoModel": "modeling_sdar.SDARModel",
+        "AutoModelForCausalLM": "modeling_sdar.SDARForCausalLM",
+    },
+    "attention_bias": False,
+    "attention_dropout": 0.0,
+    "attn_implementation": "flex_attention",
+    "bos_token_id": 151643,
+    "debug": False,
+    "eos_token_id": 151643,
+    "block_size": 4,
+    "mask_token_id": 151669,
+    "ep_size": 1,
+    "fuse_cross_entropy": True,
+    "head_dim": 128,
+    "hidden_act": "silu",
+    "hidden_size": 2560,
+    "initializer_range": 0.02,
+    "intermediate_size": 9728,
+    "max_position_embeddings": 32768,
+    "max_window_layers": 36,
+    "micro_forward": False,
+    "model_type": "sdar",
+    "num_attention_heads": 32,
+    "num_hidden_layers": 36,
+    "num_key_value_heads": 8,
+    "rms_norm_eps": 1e-06,
+    "rope_scaling": None,
+    "rope_theta": 1000000,
+    "skip_checkpoint": False,
+    "sliding_window": None,
+    "tie_word_embeddings": False,
+    "torch_dtype": "bfloat16",
+    "transformers_version": "4.52.4",
+    "use_cache": False,
+    "use_deepep": False,
+    "use_sliding_window": False,
+    "vocab_size": 151936,
+}
+# transformers' Qwen2.5-1.5B-Instruct and Qwen3-1.7B config.json (the bases of Fast_dLLM_v2_1.5B
+# and SDAR-1.7B-Chat; FORMATS.md says what was checked)
+QWEN2_1_5B_CONFIG = {
+    "architectures": ["Qwen2ForCausalLM"],
+    "attention_dropout": 0.0,
+    "bos_token_id": 151643,
+    "eos_token_id": 151645,
+    "hidden_act": "silu",
+    "hidden_size": 1536,
+    "initializer_range": 0.02,
+    "intermediate_size": 8960,
+    "max_position_embeddings": 32768,
+    "max_window_layers": 21,
+    "model_type": "qwen2",
+    "num_attention_heads": 12,
+    "num_hidden_layers": 28,
+    "num_key_value_heads": 2,
+    "rms_norm_eps": 1e-06,
+    "rope_theta": 1000000.0,
+    "sliding_window": 32768,
+    "tie_word_embeddings": True,
+    "torch_dtype": "bfloat16",
+    "transformers_version": "4.43.1",
+    "use_cache": True,
+    "use_sliding_window": False,
+    "vocab_size": 151936,
+}
+QWEN3_1_7B_CONFIG = {
+    "architectures": ["Qwen3ForCausalLM"],
+    "attention_bias": False,
+    "attention_dropout": 0.0,
+    "bos_token_id": 151643,
+    "eos_token_id": 151645,
+    "head_dim": 128,
+    "hidden_act": "silu",
+    "hidden_size": 2048,
+    "initializer_range": 0.02,
+    "intermediate_size": 6144,
+    "max_position_embeddings": 40960,
+    "max_window_layers": 28,
+    "model_type": "qwen3",
+    "num_attention_heads": 16,
+    "num_hidden_layers": 28,
+    "num_key_value_heads": 8,
+    "rms_norm_eps": 1e-06,
+    "rope_scaling": None,
+    "rope_theta": 1000000,
+    "sliding_window": None,
+    "tie_word_embeddings": True,
+    "torch_dtype": "bfloat16",
+    "transformers_version": "4.51.0",
+    "use_cache": True,
+    "use_sliding_window": False,
+    "vocab_size": 151936,
+}
+# special tokens (content -> id) the loaders read; all four share Qwen's <|endoftext|>/<|im_*|>.
+# Fast-dLLM v2's mask is "|<MASK>|" (sic, tokenizer only); SDAR's "<|MASK|>" (also config.json
+# mask_token_id); a plain Qwen2/Qwen3 checkpoint has none: an A2D conversion adds "<|MASK|>".
+_QWEN_CHAT = {"<|endoftext|>": 151643, "<|im_start|>": 151644, "<|im_end|>": 151645}
+FAST_DLLM_V2_SPECIAL_TOKENS = {**_QWEN_CHAT, "|<MASK>|": 151665}
+SDAR_SPECIAL_TOKENS = {**_QWEN_CHAT, "<|MASK|>": 151669}
+QWEN_SPECIAL_TOKENS = {**_QWEN_CHAT, "<|MASK|>": 151669}
+MASK_TOKENS = ("<|MASK|>", "|<MASK>|", "<|mask|>", "<|mdm_mask|>")  # where config.json has no mask id
+
 # LLaDA config flags: the value our transformer implements (LLaDA-8B's); anything else is refused.
 # block_type "sequential" would mean one fused att_proj [q|k|v] and a fused ff_proj [up|gate]
 # (activation "swiglu"); "llama" means separate q/k/v_proj and ff_proj (gate) + up_proj.
@@ -146,9 +298,11 @@ _LLADA_FLAGS = {
     "block_group_size": 1,
 }
 _DREAM_FLAGS = {"hidden_act": "silu", "rope_scaling": None, "use_sliding_window": False}
+_QWEN2_FLAGS = _DREAM_FLAGS
+_QWEN3_FLAGS = {**_DREAM_FLAGS, "attention_bias": False}
 
 # our per-layer module -> theirs; top-level module -> theirs
-_LAYER_PREFIX = {LLADA: "model.transformer.blocks.", DREAM: "model.layers."}
+_LAYER_PREFIX = {LLADA: "model.transformer.blocks.", **dict.fromkeys(_QWEN2_LAYOUT + _QWEN3_LAYOUT, "model.layers.")}
 _LAYER_NAMES = {
     LLADA: {
         "attn_norm": "attn_norm",
@@ -173,9 +327,15 @@ _LAYER_NAMES = {
         "down_proj": "mlp.down_proj",
     },
 }
+_LAYER_NAMES.update(dict.fromkeys(_QWEN2_LAYOUT[1:], _LAYER_NAMES[DREAM]))
+_LAYER_NAMES.update(
+    dict.fromkeys(_QWEN3_LAYOUT, {**_LAYER_NAMES[DREAM], "q_norm": "self_attn.q_norm", "k_norm": "self_attn.k_norm"})
+)
 _TOP_NAMES = {
     LLADA: {"embed": "model.transformer.wte", "norm": "model.transformer.ln_f", "lm_head": "model.transformer.ff_out"},
-    DREAM: {"embed": "model.embed_tokens", "norm": "model.norm", "lm_head": "lm_head"},
+    **dict.fromkeys(
+        _QWEN2_LAYOUT + _QWEN3_LAYOUT, {"embed": "model.embed_tokens", "norm": "model.norm", "lm_head": "lm_head"}
+    ),
 }
 
 
@@ -207,16 +367,87 @@ def _head_dim(d_model: int, n_heads: int, fmt: str) -> int:
     return d_model // n_heads
 
 
-def config_from_hf(config: dict, special_tokens: dict[str, int] | None = None) -> ModelConfig:
-    """Map a LLaDA or Dream ``config.json`` (as a dict) to :class:`ModelConfig`.
+def _stop_ids(config: dict, generation_config: dict | None, fmt: str) -> tuple[int, int | None]:
+    """``(eos_id, eot_id)``: config.json's ``eos_token_id`` (the first, if a list), and the first
+    other stop id of its list or of ``generation_config.json``'s ``eos_token_id`` (None: none)."""
+    eos = _require(config, "eos_token_id", fmt)
+    ids = list(eos) if isinstance(eos, list) else [eos]
+    gen = (generation_config or {}).get("eos_token_id")
+    ids += gen if isinstance(gen, list) else [] if gen is None else [gen]
+    return ids[0], next((i for i in ids[1:] if i != ids[0]), None)
+
+
+def _mask_id(config: dict, special_tokens: dict[str, int], fmt: str) -> int:
+    """config.json's ``mask_token_id`` (SDAR), else the tokenizer's mask token (Fast-dLLM v2's
+    ``|<MASK>|``, an A2D conversion's ``<|MASK|>``)."""
+    if config.get("mask_token_id") is not None:
+        return config["mask_token_id"]
+    found = next((special_tokens[t] for t in MASK_TOKENS if t in special_tokens), None)
+    if found is None:
+        raise ValueError(
+            f"{fmt} config.json: no mask_token_id, and no tokenizer mask token ({', '.join(MASK_TOKENS)}) "
+            "was given: a masked-diffusion model needs a mask id"
+        )
+    return found
+
+
+def _qwen_config(config: dict, special_tokens: dict[str, int], generation_config: dict | None) -> ModelConfig:
+    """The Qwen2-layout (Fast-dLLM v2, Qwen2) and Qwen3-layout (SDAR, Qwen3) formats."""
+    fmt = config["model_type"]
+    qwen3 = fmt in _QWEN3_LAYOUT
+    _check_flags(config, _QWEN3_FLAGS if qwen3 else _QWEN2_FLAGS, fmt)
+    if any(t != "full_attention" for t in config.get("layer_types") or ()):
+        raise ValueError(f"{fmt} config.json: layer_types other than 'full_attention' are not supported")
+    d, nh = _require(config, "hidden_size", fmt), _require(config, "num_attention_heads", fmt)
+    head_dim = _require(config, "head_dim", fmt) if qwen3 else config.get("head_dim") or _head_dim(d, nh, fmt)
+    if fmt == FAST_DLLM_V2:
+        block_size = _require(config, "bd_size", fmt)
+    elif fmt == SDAR:
+        block_size = config.get("block_size", 4)  # SDAR's generate.py / SGLang default
+    else:  # a plain Qwen checkpoint: bidirectional (A2D), unless it names a block size
+        block_size = config.get("block_size") or config.get("bd_size")
+    eos, eot = _stop_ids(config, generation_config, fmt)
+    return ModelConfig(
+        vocab_size=_require(config, "vocab_size", fmt),
+        d_model=d,
+        n_layers=_require(config, "num_hidden_layers", fmt),
+        n_heads=nh,
+        n_kv_heads=config.get("num_key_value_heads") or nh,
+        head_dim=head_dim,
+        ffn_dim=_require(config, "intermediate_size", fmt),
+        mask_id=_mask_id(config, special_tokens, fmt),
+        eos_id=eos,
+        eot_id=eot,
+        pad_id=config.get("pad_token_id"),
+        rope_theta=float(config.get("rope_theta", 10000.0)),
+        rms_eps=config.get("rms_norm_eps", 1e-6),
+        qkv_bias=not qwen3,  # Qwen2Attention hard-codes q/k/v biases; Qwen3's follow attention_bias
+        logit_shift=fmt == FAST_DLLM_V2,  # Fast-dLLM v2's generate shifts; SDAR's does not
+        tie_embeddings=bool(config.get("tie_word_embeddings", False)),
+        max_seq_len=config.get("max_position_embeddings", 32768),
+        qk_norm=qwen3,
+        block_size=block_size,
+    )
+
+
+def config_from_hf(
+    config: dict, special_tokens: dict[str, int] | None = None, generation_config: dict | None = None
+) -> ModelConfig:
+    """Map a LLaDA, Dream, Fast-dLLM v2, SDAR, Qwen2 or Qwen3 ``config.json`` (as a dict) to
+    :class:`ModelConfig`.
 
     Args:
         config: the parsed ``config.json``; ``model_type`` picks the format.
         special_tokens: the tokenizer's special tokens (content -> id), the source of LLaDA's
-            ``<|eot_id|>`` (not in its config.json); None = no EoT id.
+            ``<|eot_id|>`` (not in its config.json) and of the mask id where config.json has none
+            (Fast-dLLM v2); None = none.
+        generation_config: the parsed ``generation_config.json`` (None: absent); the Qwen formats
+            take a second stop id (``eot_id``) from its ``eos_token_id`` list.
     """
     fmt = config.get("model_type")
     special_tokens = special_tokens or {}
+    if fmt in _QWEN2_LAYOUT[1:] + _QWEN3_LAYOUT:
+        return _qwen_config(config, special_tokens, generation_config)
     if fmt == LLADA:
         _check_flags(config, _LLADA_FLAGS, fmt)
         if config.get("bias_for_layer_norm"):
@@ -265,7 +496,8 @@ def config_from_hf(config: dict, special_tokens: dict[str, int] | None = None) -
             tie_embeddings=bool(config.get("tie_word_embeddings", False)),
             max_seq_len=config.get("max_position_embeddings", 32768),
         )
-    raise ValueError(f"config.json: model_type {fmt!r} is not one of {LLADA!r}, {DREAM!r}, {NATIVE!r}")
+    known = ", ".join(repr(f) for f in (LLADA, DREAM, FAST_DLLM_V2, SDAR, QWEN2, QWEN3, NATIVE))
+    raise ValueError(f"config.json: model_type {fmt!r} is not one of {known}")
 
 
 def hf_parameter_names(fmt: str, model: DiffusionLM) -> dict[str, str]:
@@ -324,12 +556,14 @@ def _read_tensors(path: pathlib.Path, expected: set[str], device) -> dict[str, t
 
 
 def load_pretrained(path, *, device="cpu", dtype=torch.float32, backend="auto", attn_impl="ops") -> DiffusionLM:
-    """Load a LLaDA, Dream or native checkpoint directory (format from ``config.json``).
+    """Load a LLaDA, Dream, Fast-dLLM v2, SDAR, Qwen2, Qwen3 or native checkpoint directory
+    (format from ``config.json``).
 
     Args:
         path: directory with ``config.json`` and ``model.safetensors`` or
             ``model.safetensors.index.json`` + shards; its tokenizer files (if any) supply LLaDA's
-            ``<|eot_id|>`` id.
+            ``<|eot_id|>`` id and Fast-dLLM v2's mask id, its ``generation_config.json`` (if any)
+            a second stop id of the Qwen formats.
         device, dtype: where and in which dtype the parameters live (tensors are read straight to
             ``device``; an 8B model in bf16 never exists in fp32).
         backend, attn_impl: passed to :class:`DiffusionLM`.
@@ -345,7 +579,8 @@ def load_pretrained(path, *, device="cpu", dtype=torch.float32, backend="auto", 
     if fmt == NATIVE:
         return load_checkpoint(path, device=device, dtype=dtype, backend=backend, attn_impl=attn_impl)
     has_tokenizer = (path / "tokenizer.json").is_file() or (path / "vocab.json").is_file()
-    config = config_from_hf(hf, load_tokenizer(path).special_ids if has_tokenizer else None)
+    generation = _read_json(path / GENERATION_CONFIG) if (path / GENERATION_CONFIG).is_file() else None
+    config = config_from_hf(hf, load_tokenizer(path).special_ids if has_tokenizer else None, generation)
     with torch.device("meta"):  # shapes only: the parameters come from the checkpoint
         model = DiffusionLM(config, backend=backend, attn_impl=attn_impl)
     names = hf_parameter_names(fmt, model)

@@ -1,5 +1,6 @@
-"""Tiny random checkpoints written in exactly the public LLaDA / Dream formats (config.json keys,
-parameter names, shards and index, tokenizer files): test and demo helpers."""
+"""Tiny random checkpoints written in exactly the public LLaDA / Dream / Fast-dLLM v2 / SDAR /
+Qwen2 / Qwen3 formats (config.json keys, parameter names, shards and index, tokenizer and
+generation-config files): test and demo helpers."""
 
 from __future__ import annotations
 
@@ -16,10 +17,22 @@ from .hf import (
     DREAM,
     DREAM_7B_CONFIG,
     DREAM_SPECIAL_TOKENS,
+    FAST_DLLM_V2,
+    FAST_DLLM_V2_7B_CONFIG,
+    FAST_DLLM_V2_SPECIAL_TOKENS,
+    GENERATION_CONFIG,
     INDEX,
     LLADA,
     LLADA_8B_CONFIG,
     LLADA_SPECIAL_TOKENS,
+    QWEN2,
+    QWEN2_1_5B_CONFIG,
+    QWEN3,
+    QWEN3_1_7B_CONFIG,
+    QWEN_SPECIAL_TOKENS,
+    SDAR,
+    SDAR_4B_CONFIG,
+    SDAR_SPECIAL_TOKENS,
     SINGLE,
     config_from_hf,
     hf_parameter_names,
@@ -74,7 +87,8 @@ def _random_state(config: ModelConfig, seed: int, head_scale: float, attn_scale:
     ~ N(0, head_scale^2 / d_model), so the logits of a normalised state have std ``head_scale``
     (larger: confident, max probabilities near 1). ``attn_scale`` multiplies q/k/o_proj: sharper,
     RoPE-position-dependent attention whose output outweighs the token's own embedding, so that
-    masked positions propose different tokens that depend on their decoded neighbours."""
+    masked positions propose different tokens that depend on their decoded neighbours. A tied LM
+    head is the embedding (``head_scale`` does not apply)."""
     g = torch.Generator().manual_seed(seed)
     with torch.device("meta"):
         shapes = {k: v.shape for k, v in DiffusionLM(config).state_dict().items()}
@@ -92,6 +106,8 @@ def _random_state(config: ModelConfig, seed: int, head_scale: float, attn_scale:
             if name.endswith(("q_proj.weight", "k_proj.weight", "o_proj.weight")):
                 x = x * attn_scale
         state[name] = x
+    if config.tie_embeddings:  # one tensor, stored once (the embedding), as in a tied release
+        state["lm_head.weight"] = state["embed.weight"]
     return state
 
 
@@ -129,13 +145,36 @@ def _write_json(file: pathlib.Path, obj: dict) -> None:
 class _Release:
     """What a tiny writer takes from a release: its config.json and special tokens, the
     config.json keys that each size argument sets, the special token behind each token-id key,
-    and the default ``n_kv_heads`` (None: ``n_heads``)."""
+    the default ``n_kv_heads`` (None: ``n_heads``), the tokenizer files (``"json"``:
+    ``tokenizer.json``; ``"vocab"``: ``vocab.json`` + ``merges.txt`` + ``tokenizer_config.json``),
+    and its ``generation_config.json`` (None: none written)."""
 
     config: dict
     special_tokens: dict[str, int]
     size_keys: dict[str, tuple[str, ...]]
     token_keys: dict[str, str]
     n_kv_heads: int | None
+    tokenizer: str = "json"
+    generation: dict | None = None
+
+
+_QWEN_SIZE_KEYS = {
+    "d_model": ("hidden_size",),
+    "n_layers": ("num_hidden_layers", "max_window_layers"),
+    "n_heads": ("num_attention_heads",),
+    "n_kv_heads": ("num_key_value_heads",),
+    "ffn_dim": ("intermediate_size",),
+    "vocab_size": ("vocab_size",),
+    "max_seq_len": ("max_position_embeddings",),
+}
+_QWEN3_SIZE_KEYS = {**_QWEN_SIZE_KEYS, "head_dim": ("head_dim",)}
+_CHAT_TOKEN_KEYS = {"bos_token_id": "<|endoftext|>", "eos_token_id": "<|im_end|>"}
+# generation_config.json: eos_token_id [<|im_end|>, <|endoftext|>], pad <|endoftext|>
+_CHAT_GENERATION = {
+    "bos_token_id": "<|endoftext|>",
+    "eos_token_id": ["<|im_end|>", "<|endoftext|>"],
+    "pad_token_id": "<|endoftext|>",
+}
 
 
 _RELEASES = {
@@ -171,8 +210,58 @@ _RELEASES = {
             **dict.fromkeys(("bos_token_id", "eos_token_id", "pad_token_id"), "<|endoftext|>"),
         },
         n_kv_heads=2,  # grouped, as Dream-7B (28 heads, 4 KV heads)
+        tokenizer="vocab",
+    ),
+    FAST_DLLM_V2: _Release(
+        FAST_DLLM_V2_7B_CONFIG,
+        FAST_DLLM_V2_SPECIAL_TOKENS,
+        size_keys={**_QWEN_SIZE_KEYS, "block_size": ("bd_size",)},
+        token_keys={**_CHAT_TOKEN_KEYS, "pad_token_id": "<|im_end|>"},
+        n_kv_heads=2,
+        tokenizer="vocab",  # vocab.json + merges.txt + tokenizer_config.json (Qwen2Tokenizer)
+        generation={
+            **_CHAT_GENERATION,
+            "do_sample": True,
+            "repetition_penalty": 1.05,
+            "temperature": 0.7,
+            "top_k": 20,
+            "top_p": 0.8,
+            "transformers_version": "4.53.1",
+        },
+    ),
+    SDAR: _Release(
+        SDAR_4B_CONFIG,
+        SDAR_SPECIAL_TOKENS,
+        size_keys={**_QWEN3_SIZE_KEYS, "block_size": ("block_size",)},
+        token_keys={"bos_token_id": "<|endoftext|>", "eos_token_id": "<|endoftext|>", "mask_token_id": "<|MASK|>"},
+        n_kv_heads=2,
+        generation={
+            **_CHAT_GENERATION,
+            "do_sample": True,
+            "temperature": 0.6,
+            "top_k": 20,
+            "top_p": 0.95,
+            "transformers_version": "4.51.0",
+        },
+    ),
+    QWEN2: _Release(
+        QWEN2_1_5B_CONFIG,
+        QWEN_SPECIAL_TOKENS,
+        size_keys=_QWEN_SIZE_KEYS,
+        token_keys=_CHAT_TOKEN_KEYS,
+        n_kv_heads=2,
+        generation=_CHAT_GENERATION,
+    ),
+    QWEN3: _Release(
+        QWEN3_1_7B_CONFIG,
+        QWEN_SPECIAL_TOKENS,
+        size_keys=_QWEN3_SIZE_KEYS,
+        token_keys=_CHAT_TOKEN_KEYS,
+        n_kv_heads=2,
+        generation=_CHAT_GENERATION,
     ),
 }
+_ALIASES = {"fast_dllm_v2": FAST_DLLM_V2}
 
 
 def write_tiny_checkpoint(
@@ -190,11 +279,25 @@ def write_tiny_checkpoint(
     seed: int = 0,
     head_scale: float = 1.0,
     attn_scale: float = 1.0,
+    head_dim: int | None = None,
+    block_size: int | None = None,
 ) -> TinyCheckpoint:
     """A random checkpoint in the format of the release whose config.json ``model_type`` is
     ``model_type`` (``"llada"``: GSAI-ML/LLaDA-8B-Instruct; ``"Dream"``:
-    Dream-org/Dream-v0-Instruct-7B), tiny; :func:`write_tiny_llada` and :func:`write_tiny_dream`
-    say what each writes.
+    Dream-org/Dream-v0-Instruct-7B; ``"Fast_dLLM_Qwen"``, alias ``"fast_dllm_v2"``:
+    Efficient-Large-Model/Fast_dLLM_v2_7B; ``"sdar"``: JetLM/SDAR-4B-Chat; ``"qwen2"``:
+    Qwen2.5-1.5B-Instruct; ``"qwen3"``: Qwen3-1.7B), tiny; :func:`write_tiny_llada` and
+    :func:`write_tiny_dream` say what those two write.
+
+    The Qwen formats: Qwen2 / Qwen3 parameter names (q/k/v biases; q/k norms), a
+    ``generation_config.json`` whose ``eos_token_id`` list is ``[<|im_end|>, <|endoftext|>]``,
+    the tokenizer files of the release (Fast-dLLM v2: ``vocab.json`` + ``merges.txt`` +
+    ``tokenizer_config.json`` with ``|<MASK>|``; SDAR, Qwen2, Qwen3: ``tokenizer.json``; Qwen2 and
+    Qwen3 get an A2D ``<|MASK|>`` token, since a plain Qwen checkpoint has no mask).
+    ``head_dim`` (None: ``d_model // n_heads``) is written by the Qwen3-layout formats, which
+    have the key, and must be ``d_model // n_heads`` elsewhere; ``block_size`` (None: the
+    release's, 32 / 4) sets Fast-dLLM v2's ``bd_size`` and SDAR's ``block_size`` and is refused
+    by the formats without such a key.
 
     ``config.json`` holds all of the release's keys with the tiny sizes; the weights are written
     under the release's names (``n_shards`` > 1: shards + ``model.safetensors.index.json``; 1:
@@ -204,12 +307,21 @@ def write_tiny_checkpoint(
     ``attn_scale`` shape the random weights (:func:`_random_state`); the output is a
     deterministic function of the arguments.
     """
+    model_type = _ALIASES.get(model_type, model_type)
+    if model_type not in _RELEASES:
+        raise ValueError(f"model_type must be one of {sorted(_RELEASES) + sorted(_ALIASES)}, got {model_type!r}")
     release = _RELEASES[model_type]
     path = pathlib.Path(path)
     base = _base_vocab()
     special = _special_ids(release.special_tokens, release.config["vocab_size"], vocab_size, len(base))
     if n_kv_heads is None:
         n_kv_heads = release.n_kv_heads or n_heads
+    if head_dim is None:
+        head_dim = d_model // n_heads
+    elif "head_dim" not in release.size_keys and head_dim * n_heads != d_model:
+        raise ValueError(f"head_dim must be d_model // n_heads in the {model_type} format (no head_dim key)")
+    if block_size is not None and "block_size" not in release.size_keys:
+        raise ValueError(f"block_size: the {model_type} format has no block size key")
     sizes = dict(
         d_model=d_model,
         n_layers=n_layers,
@@ -218,15 +330,26 @@ def write_tiny_checkpoint(
         ffn_dim=ffn_dim,
         vocab_size=vocab_size,
         max_seq_len=max_seq_len,
+        head_dim=head_dim,
+        block_size=block_size,
     )
     hf = dict(release.config)
     for size, keys in release.size_keys.items():
-        hf.update(dict.fromkeys(keys, sizes[size]))
+        if sizes[size] is not None:
+            hf.update(dict.fromkeys(keys, sizes[size]))
     hf.update({key: special[token] for key, token in release.token_keys.items()})
+    if "layer_types" in hf:  # Fast-dLLM v2: one entry per layer
+        hf["layer_types"] = ["full_attention"] * n_layers
+    generation = None
+    if release.generation is not None:
+        ids = lambda v: [special[t] for t in v] if isinstance(v, list) else special.get(v, v)  # noqa: E731
+        generation = {k: ids(v) if k.endswith("token_id") else v for k, v in release.generation.items()}
     path.mkdir(parents=True, exist_ok=True)
-    config = config_from_hf(hf, special)
+    config = config_from_hf(hf, special, generation)
     ckpt = TinyCheckpoint(path, config, _random_state(config, seed, head_scale, attn_scale))
     _write_json(path / "config.json", hf)
+    if generation is not None:
+        _write_json(path / GENERATION_CONFIG, generation)
     _write_weights(path, model_type, ckpt, n_shards)
     _write_tokenizer(path, model_type, base, special, max_seq_len)
     return ckpt
@@ -257,9 +380,10 @@ def write_tiny_dream(path, **sizes) -> TinyCheckpoint:
 
 
 def _write_tokenizer(path: pathlib.Path, fmt: str, base: dict[str, int], special: dict[str, int], max_seq_len: int):
-    """LLaDA's ``tokenizer.json``, or Dream's ``vocab.json`` + ``merges.txt`` +
-    ``tokenizer_config.json``: the byte-level BPE ``base`` + :data:`_TINY_MERGES`, ``special``."""
-    if fmt == LLADA:
+    """A ``tokenizer.json`` (LLaDA, SDAR, Qwen2, Qwen3), or ``vocab.json`` + ``merges.txt`` +
+    ``tokenizer_config.json`` (Dream, Fast-dLLM v2): the byte-level BPE ``base`` +
+    :data:`_TINY_MERGES`, ``special``."""
+    if _RELEASES[fmt].tokenizer == "json":
         _write_json(path / "tokenizer.json", _byte_level_bpe(base, _TINY_MERGES, special))
     else:
         (path / "vocab.json").write_text(json.dumps(base, ensure_ascii=False, indent=2) + "\n", encoding="utf-8")
@@ -276,6 +400,26 @@ def _write_tokenizer(path: pathlib.Path, fmt: str, base: dict[str, int], special
             for t, i in special.items()
         }
         eos = "<|endoftext|>"
+        if fmt == FAST_DLLM_V2:  # Qwen2.5-Instruct's tokenizer_config.json plus the mask token
+            _write_json(
+                path / "tokenizer_config.json",
+                {
+                    "add_bos_token": False,
+                    "add_prefix_space": False,
+                    "added_tokens_decoder": added,
+                    "additional_special_tokens": ["|<MASK>|"],
+                    "bos_token": None,
+                    "clean_up_tokenization_spaces": False,
+                    "eos_token": "<|im_end|>",
+                    "errors": "replace",
+                    "model_max_length": max_seq_len,
+                    "pad_token": eos,
+                    "split_special_tokens": False,
+                    "tokenizer_class": "Qwen2Tokenizer",
+                    "unk_token": None,
+                },
+            )
+            return
         _write_json(
             path / "tokenizer_config.json",
             {

@@ -18,7 +18,7 @@ _QWEN2_SPLIT = (
     r"""| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"""
 )
 _ROLE_TOKENS = {
-    "mask": ("<|mdm_mask|>", "<|mask|>"),
+    "mask": ("<|mdm_mask|>", "<|mask|>", "|<MASK>|", "<|MASK|>"),
     "eos": ("<|endoftext|>",),
     "bos": ("<|startoftext|>", "<|beginoftext|>"),
     "eot": ("<|eot_id|>", "<|im_end|>"),
@@ -97,7 +97,7 @@ class Tokenizer:
         return next((self.special_ids[t] for t in _ROLE_TOKENS[role] if t in self.special_ids), None)
 
     @property
-    def mask_id(self) -> int | None:  # <|mdm_mask|> (LLaDA) / <|mask|> (Dream)
+    def mask_id(self) -> int | None:  # <|mdm_mask|> (LLaDA) / <|mask|> (Dream) / |<MASK>| (Fast-dLLM v2)
         return self._role("mask")
 
     @property

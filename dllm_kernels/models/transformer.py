@@ -1,7 +1,15 @@
-"""A LLaDA/Dream-architecture masked-diffusion transformer built on the library's ops.
+"""A LLaDA/Dream/Qwen-architecture masked-diffusion transformer built on the library's ops.
 
-Pre-norm blocks of RMSNorm -> attention (RoPE, GQA, bidirectional) -> RMSNorm -> SwiGLU MLP,
-untied (or tied) LM head, optional QKV biases (Dream) and optional logit shift (Dream).
+Pre-norm blocks of RMSNorm -> attention (RoPE, GQA) -> RMSNorm -> SwiGLU MLP, untied (or tied)
+LM head, optional QKV biases (Dream, Qwen2 / Fast-dLLM v2), optional q/k RMSNorm over head_dim
+before RoPE (Qwen3 / SDAR) and optional logit shift (Dream, Fast-dLLM v2).
+
+Attention is bidirectional (LLaDA, Dream), or block-causal when ``config.block_size`` is set
+(Fast-dLLM v2, SDAR): a row attends to the rows of its own block and of every earlier block, with
+blocks counted in RoPE positions (block of a row = ``position // block_size``, as the published
+generate functions, which put the prompt at position 0, count them). With the completed blocks in
+the cache and one block forwarded, that is exactly the ``[cache | new rows]`` attention below
+(no mask inside the block), so the cache of a block-causal model is exact.
 
 Decoding against a KV cache. The cache holds, per layer, K (after RoPE) and V of canvas positions
 ``[0, Lmax)``. One forward takes any set of canvas positions (``tokens`` with their RoPE
@@ -18,6 +26,14 @@ Decoding against a KV cache. The cache holds, per layer, K (after RoPE) and V of
 ``attn_impl="sdpa"`` instead runs what the public dLLM repos run: concatenate cache and new K/V
 and call ``torch.nn.functional.scaled_dot_product_attention`` (also the differentiable path used
 for training). It is the baseline of the end-to-end benchmark, never a silent fallback.
+
+Which path runs the block-causal mask: the library's attention op takes no mask, so a forward of
+more than one row of a block-causal model (prefill, training, or a cached step) runs the masked
+SDPA path (explicit ``[B, Lq, cache + Lq]`` mask: validity as above, and among the forwarded rows
+``block(key) <= block(query)``) under either ``attn_impl``; a one-row forward, or one that attends
+the cache only (``attend_new=False``), takes ``attn_impl``'s path, where no mask is needed. The
+cache writes keep ``attn_impl``'s path. (A forward of exactly one block needs no mask either;
+routing it to the attention kernel is left to the round that adds the block-diffusion policy.)
 """
 
 from __future__ import annotations
@@ -81,6 +97,9 @@ class Block(nn.Module):
         self.q_proj = nn.Linear(c.d_model, c.n_heads * c.head_dim, bias=c.qkv_bias)
         self.k_proj = nn.Linear(c.d_model, c.n_kv_heads * c.head_dim, bias=c.qkv_bias)
         self.v_proj = nn.Linear(c.d_model, c.n_kv_heads * c.head_dim, bias=c.qkv_bias)
+        if c.qk_norm:  # Qwen3: per-head RMSNorm of q and k (weights [head_dim]), before RoPE
+            self.q_norm = RMSNorm(c.head_dim, c.rms_eps)
+            self.k_norm = RMSNorm(c.head_dim, c.rms_eps)
         self.o_proj = nn.Linear(c.n_heads * c.head_dim, c.d_model, bias=False)
         self.mlp_norm = RMSNorm(c.d_model, c.rms_eps)
         self.gate_proj = nn.Linear(c.d_model, c.ffn_dim, bias=False)
@@ -88,15 +107,34 @@ class Block(nn.Module):
         self.down_proj = nn.Linear(c.ffn_dim, c.d_model, bias=False)
 
     def forward(
-        self, h, cos, sin, *, layer_cache, cache_len, kv_len, attend_new, write, key_start, backend, attn_impl, real
+        self,
+        h,
+        cos,
+        sin,
+        *,
+        layer_cache,
+        cache_len,
+        kv_len,
+        attend_new,
+        write,
+        key_start,
+        backend,
+        attn_impl,
+        real,
+        new_mask=None,
     ):
         """``h [B, L, d]``, or ``[N, d]``: the rows ``real`` (a :class:`_Rows`) of the flattened
-        ``[B * L]`` token axis, when the per-token layers skip the padding."""
+        ``[B * L]`` token axis, when the per-token layers skip the padding. ``new_mask [B, L, L]``
+        (bool): which forwarded rows each forwarded row may attend (block-causal models); given,
+        attention runs the masked SDPA path."""
         c = self.c
         B, L = (real.B, real.L) if real is not None else h.shape[:2]
         x = self.attn_norm(h)
-        q = apply_rope(self.q_proj(x).unflatten(-1, (c.n_heads, c.head_dim)), cos, sin)
-        k = apply_rope(self.k_proj(x).unflatten(-1, (c.n_kv_heads, c.head_dim)), cos, sin)
+        q = self.q_proj(x).unflatten(-1, (c.n_heads, c.head_dim))
+        k = self.k_proj(x).unflatten(-1, (c.n_kv_heads, c.head_dim))
+        if c.qk_norm:
+            q, k = self.q_norm(q), self.k_norm(k)
+        q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
         v = self.v_proj(x).unflatten(-1, (c.n_kv_heads, c.head_dim))
         if real is not None:  # attention and the cache write see the padded [B, L] layout
             q, k, v = real.unpack(q), real.unpack(k), real.unpack(v)
@@ -104,7 +142,9 @@ class Block(nn.Module):
         if write is not None:
             _write_cache(k_cache, v_cache, k, v, write, backend, attn_impl)
         kn, vn = (k, v) if attend_new else (None, None)
-        if attn_impl == "ops":
+        if new_mask is not None:
+            o = _sdpa_attention(q, kn, vn, k_cache, v_cache, cache_len, kv_len, key_start, new_mask)
+        elif attn_impl == "ops":
             from ..attention import attention
 
             o = attention(
@@ -179,8 +219,10 @@ def _write_cache(k_cache, v_cache, k, v, write: CacheWrite, backend, attn_impl):
     v_cache[b[ok], rows[ok]] = v[b[ok], src[ok]]
 
 
-def _sdpa_attention(q, k, v, k_cache, v_cache, cache_len, kv_len, key_start):
-    """Concatenate cache rows and new rows, mask invalid keys, run torch SDPA (the peers' path)."""
+def _sdpa_attention(q, k, v, k_cache, v_cache, cache_len, kv_len, key_start, new_mask=None):
+    """Concatenate cache rows and new rows, mask invalid keys, run torch SDPA (the peers' path).
+    ``new_mask [B, Lq, Lk]`` (bool, with new rows ``k``): also hide new row j from query row i
+    where it is False (the block-causal mask)."""
     B, Lq, Hq, D = q.shape
     ar = lambda n: torch.arange(n, device=q.device)[None, :].expand(B, n)  # noqa: E731
     keys, vals, logical, valid = [], [], [], []
@@ -197,11 +239,17 @@ def _sdpa_attention(q, k, v, k_cache, v_cache, cache_len, kv_len, key_start):
     kk, vv, ok = torch.cat(keys, 1), torch.cat(vals, 1), torch.cat(valid, 1)
     if key_start is not None:  # logical key index: cache row j -> j, new row j -> cache_len + j
         ok = ok & (torch.cat(logical, 1) >= key_start.long()[:, None])
+    ok = ok[:, None, :]  # [B, 1 or Lq, keys]
+    if new_mask is not None:
+        if k is None:
+            raise ValueError("new_mask needs the new rows' keys (attend_new=True)")
+        n_cache = kk.shape[1] - k.shape[1]
+        ok = ok & torch.cat([new_mask.new_ones(B, Lq, n_cache), new_mask], dim=2)
     rep = Hq // kk.shape[2]
     kk = kk.repeat_interleave(rep, dim=2).transpose(1, 2)
     vv = vv.repeat_interleave(rep, dim=2).transpose(1, 2)
-    o = F.scaled_dot_product_attention(q.transpose(1, 2), kk, vv, attn_mask=ok[:, None, None, :])
-    o = torch.where(ok.any(-1)[:, None, None, None], o, 0.0)  # rows without a key: 0, not NaN
+    o = F.scaled_dot_product_attention(q.transpose(1, 2), kk, vv, attn_mask=ok[:, None])
+    o = torch.where(ok.any(-1)[:, None, :, None], o, 0.0)  # rows without a key: 0, not NaN
     return o.transpose(1, 2)
 
 
@@ -271,7 +319,13 @@ class DiffusionLM(nn.Module):
             logits_index: ``[B, Lo]`` forwarded rows whose logits are wanted (default: all); the
                 LM head is the most expensive matmul at a large vocabulary. With ``logit_shift``
                 the logits of row i come from the hidden state of row ``i - 1`` (row 0: itself),
-                shifted within the forwarded window as the Dream code does.
+                shifted within the forwarded window as the Dream and Fast-dLLM v2 code does.
+
+        With ``config.block_size`` set (block-causal models), the forwarded rows attend each
+        other block-causally by their ``positions`` (row j is hidden from row i when
+        ``positions[j] // block_size > positions[i] // block_size``); cache rows are attended as
+        above (the caller keeps only completed earlier blocks there). See the module docstring
+        for which attention path runs then.
 
         Returns:
             ``[B, Lo, V]`` logits in the model's dtype.
@@ -283,6 +337,10 @@ class DiffusionLM(nn.Module):
             raise ValueError(f"positions must have shape {list(tokens.shape)}, got {list(positions.shape)}")
         # on the CPU the per-token layers skip the padding rows past kv_len (rows that are done
         # have kv_len 0): the real rows get exactly the values of the padded forward
+        new_mask = None
+        if self.config.block_size is not None and attend_new and Lq > 1:
+            blk = torch.div(positions, self.config.block_size, rounding_mode="floor")
+            new_mask = blk[:, None, :] <= blk[:, :, None]  # [B, Lq (query), Lq (key)]
         real = _real_rows(kv_len, B, Lq, tokens.device)
         if real is not None:
             tokens, positions = real.pack(tokens), real.pack(positions)
@@ -303,6 +361,7 @@ class DiffusionLM(nn.Module):
                 backend=self.backend,
                 attn_impl=self.attn_impl,
                 real=real,
+                new_mask=new_mask,
             )
         if real is not None:
             h = real.unpack(h)  # padding rows: 0, their logits are ignored
