@@ -75,58 +75,48 @@ def pack_rows(
     )
 
 
-# The rule travels to the custom op as typed values, never as text: every CommitRule field in
-# dataclass order, ints and bools (as 0/1) and the string switches (as their index in
-# COMMIT_BASES / TEMPORAL_AGGS) in one int list that ends with the MASK id and the vocabulary
-# bound (-1: none), the float fields in one float list. Derived from the dataclass, so a new
-# CommitRule field of one of these types needs no change here. Two lists rather than one
-# argument per field on purpose: torch >= 2.12 fills a custom op's defaults per call at a cost
-# that grows with the square of the argument count.
+# The rule travels to the custom op as typed values, never as text: one ``Scalar[] rule`` list
+# of every CommitRule field in dataclass order (ints as ints, bools as bools, floats as floats,
+# the two string switches as their index in COMMIT_BASES / TEMPORAL_AGGS), then the MASK id and
+# the vocabulary bound (-1: none). A Scalar list keeps each value's type, also through
+# torch.compile, so the rebuilt rule gives the launcher the same Triton specialisations. Derived
+# from the dataclass, so a new CommitRule field of one of these types needs no change here. One
+# list rather than one argument per field on purpose: a custom op's dispatch costs some 5-10 us
+# of host time per argument (torch >= 2.12 fills the schema's defaults at a cost that grows with
+# the square of the argument count).
 _RULE_FIELDS = tuple((f.name, f.type) for f in dataclasses.fields(CommitRule))
 _CHOICES = {"base": COMMIT_BASES, "temporal_agg": TEMPORAL_AGGS}  # the str fields, by index
 if {t for _, t in _RULE_FIELDS} - {int, float, bool, str} or {n for n, t in _RULE_FIELDS if t is str} != set(_CHOICES):
     raise TypeError("commit: a CommitRule field of a type the custom op cannot carry; extend _rule_args")
 
 
-def _rule_args(rule: CommitRule, mask_id: int, vocab_size: int | None) -> tuple[list[int], list[float]]:
-    """The custom op's ``(ints, floats)`` for ``rule``, the MASK id and the vocabulary bound."""
-    ints, floats = [], []
-    for name, kind in _RULE_FIELDS:
-        v = getattr(rule, name)
-        if kind is float:
-            floats.append(float(v))
-        else:
-            ints.append(_CHOICES[name].index(v) if kind is str else int(v))
-    ints += [mask_id, _NO_VOCAB if vocab_size is None else vocab_size]
-    return ints, floats
+def _rule_args(rule: CommitRule, mask_id: int, vocab_size: int | None) -> tuple[list]:
+    """The custom op's ``(rule,)`` argument: the typed values of ``rule``, the MASK id and the
+    vocabulary bound. A float field that holds an int (``threshold=1``) travels as that int."""
+    values = [_CHOICES[name].index(v) if kind is str else v for (name, kind), v in zip(_RULE_FIELDS, _fields(rule))]
+    return (values + [mask_id, _NO_VOCAB if vocab_size is None else vocab_size],)
 
 
-_RULES: dict = {}  # (ints, floats) -> (rule, mask_id, vocab_size); rules are few
+_RULES: dict = {}  # typed values -> (rule, mask_id, vocab_size); rules are few
 
 
-def _rule_of(ints, floats) -> tuple[CommitRule, int, int | None]:
-    """The inverse of :func:`_rule_args` (the float fields come back as floats)."""
-    key = (tuple(ints), tuple(floats))
+def _rule_of(values) -> tuple[CommitRule, int, int | None]:
+    """The inverse of :func:`_rule_args`."""
+    key = tuple((type(v), v) for v in values)  # 1 and 1.0 are different rules to Triton (i32 / fp32)
     got = _RULES.get(key)
     if got is None:
-        it_i, it_f, kw = iter(ints), iter(floats), {}
-        for name, kind in _RULE_FIELDS:
-            if kind is float:
-                kw[name] = next(it_f)
-            else:
-                v = next(it_i)
-                kw[name] = _CHOICES[name][v] if kind is str else bool(v) if kind is bool else v
-        mask_id, vocab_size = next(it_i), next(it_i)
+        *fields, mask_id, vocab_size = values
+        kw = {name: _CHOICES[name][v] if kind is str else v for (name, kind), v in zip(_RULE_FIELDS, fields)}
         got = _RULES[key] = (CommitRule(**kw), mask_id, None if vocab_size == _NO_VOCAB else vocab_size)
     return got
 
 
 # ------------------------------------------------------------------------------------------------
 # custom op (the Triton path), wired by backend.register_op: torch.compile traces the custom op,
-# eager mode calls the launcher with the CommitRule itself (no encoding). Seven arguments on
+# eager mode calls the launcher with the CommitRule itself (no encoding). Six arguments on
 # purpose: a custom op's dispatch costs host time per argument (see _rule_args), so the
 # statistics and the state travel as tensor lists, the per-row vectors as one table
-# (pack_rows) and the rule with its scalars as one int list and one float list.
+# (pack_rows) and the rule with its scalars as one Scalar list.
 # ------------------------------------------------------------------------------------------------
 
 
@@ -140,15 +130,14 @@ def _commit_encode(x, token, prob, entropy, state, rows, step, rule, mask_id, vo
     return (x, [token, prob, entropy], _fields(state), rows, step, *_rule_args(rule, mask_id, vocab_size))
 
 
-def _commit_decode(x, stats, state, rows, step, ints, floats):
-    return (x, *stats, CommitState(*state), rows, step, *_rule_of(ints, floats))
+def _commit_decode(x, stats, state, rows, step, rule):
+    return (x, *stats, CommitState(*state), rows, step, *_rule_of(rule))
 
 
 _commit_op = register_op(
     "commit",
     "commit",
-    "(Tensor(a0!) x, Tensor[] stats, Tensor(a2!)[] state, Tensor rows, Tensor step, int[] ints, float[] floats) "
-    "-> Tensor",
+    "(Tensor(a0!) x, Tensor[] stats, Tensor(a2!)[] state, Tensor rows, Tensor step, Scalar[] rule) -> Tensor",
     fake=lambda x, *args: x.new_empty(x.shape[0], dtype=torch.int32),
     mutates_args=("x", "state"),
     launch=_commit_launch,
@@ -419,9 +408,9 @@ def commit(
     ``num_transfer >= 0``) run when they are on the CPU (outside ``torch.compile``); on a GPU
     they are not read back (no sync): the kernel clips the regions to the canvas and the stats
     window, and a negative k counts as 0. The custom op ``dllm_kernels::commit`` takes the rule's
-    fields as one int list and one float list and the per-row vectors as one table
-    (:func:`pack_rows`); a decoding loop that validated its inputs once may call
-    :func:`dllm_kernels.commit.commit_unchecked` directly.
+    fields, the MASK id and the vocabulary bound as one typed list (``Scalar[] rule``) and the
+    per-row vectors as one table (:func:`pack_rows`); a decoding loop that validated its inputs
+    once may call :func:`dllm_kernels.commit.commit_unchecked` directly.
     """
     op = "commit"
     vectors = (active_start, active_end, force_start, force_end, stats_offset, num_transfer)

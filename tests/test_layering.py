@@ -104,7 +104,18 @@ def test_every_op_is_registered_through_register_op():
 
 
 def test_the_commit_op_carries_no_text():
-    """The rule travels as typed values (an int list and a float list), never as a string."""
+    """The rule travels as typed values (a Scalar list), never as a string."""
     args = torch.ops.dllm_kernels.commit.default._schema.arguments
-    assert [str(a.type) for a in args[-2:]] == ["List[int]", "List[float]"]
+    assert str(args[-1].type) == "List[number]"  # Scalar[]
     assert not [a.name for a in args if str(a.type) == "str"]
+
+
+def test_the_commit_rule_keeps_its_types_through_the_op():
+    """Triton specialises on the Python type (i32 for 1, fp32 for 1.0): the custom op must hand the
+    launcher the rule's values with their own types, as eager mode does."""
+    from dllm_kernels.commit import _rule_args, _rule_of
+
+    for threshold in (1, 1.0):
+        rule, mask_id, vocab = _rule_of(*_rule_args(dk.CommitRule(threshold=threshold, token_edit=True), 7, None))
+        assert type(rule.threshold) is type(threshold) and rule.token_edit is True
+        assert (mask_id, vocab) == (7, None)
