@@ -60,9 +60,10 @@ def main():
 
             val = _us(validate)
         line = f"B={B}: public commit {full:.0f} us, of which validation {val:.0f} us"
-        if hasattr(ops, "_commit_unchecked"):
+        unchecked_entry = getattr(ops, "commit_unchecked", None) or getattr(ops, "_commit_unchecked", None)
+        if unchecked_entry is not None:  # _commit_unchecked before it was documented as commit_unchecked
             rows = ops.pack_rows(s, e, force_start=s, force_end=e, stats_offset=off)
-            unchecked = _us(lambda: ops._commit_unchecked(x, stats, state, rule, rows, step, MASK, backend="triton"))
+            unchecked = _us(lambda: unchecked_entry(x, stats, state, rule, rows, step, MASK, backend="triton"))
             line += f"; unchecked {unchecked:.0f} us"
         print(line)
     print(f"torch {torch.__version__}")

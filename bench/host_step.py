@@ -50,7 +50,7 @@ import torch  # noqa: E402
 
 import dllm_kernels as dk  # noqa: E402
 from dllm_kernels import reference  # noqa: E402
-from dllm_kernels.commit import _commit_unchecked  # noqa: E402
+from dllm_kernels.commit import commit_unchecked as _commit_unchecked  # noqa: E402
 
 V, MASK, EOS = 64, 63, 62
 PROMPT, GEN, BLOCK = 256, 128, 32

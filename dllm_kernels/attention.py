@@ -21,9 +21,9 @@ from ._checks import (
     check_last_dim_contiguous,
     check_tensor,
 )
-from .backend import launcher_op, resolve_backend
+from .backend import register_op, resolve_backend
 
-_attention_op = launcher_op(
+_attention_op = register_op(
     "attention",
     "attention",
     "(Tensor q, Tensor? k, Tensor? v, Tensor? k_cache, Tensor? v_cache, Tensor? cache_len, Tensor? kv_len, "

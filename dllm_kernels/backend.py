@@ -1,5 +1,5 @@
-"""Backend selection shared by every public op, and the registration of a launcher as the
-custom op that runs it.
+"""Backend selection shared by every public op, and :func:`register_op`, the one way an op's
+launcher is wired as a ``torch.library`` custom op (every op of ``dllm_kernels::`` goes through it).
 
 ``backend="auto"`` runs the Triton kernel on CUDA tensors and the PyTorch reference otherwise;
 ``"triton"`` forces the kernel (on CPU tensors this needs Triton's interpreter, i.e.
@@ -35,7 +35,7 @@ def resolve_backend(backend: str, device: torch.device, op: str) -> str:
     )
 
 
-def eager_call(op: torch.library.CustomOpDef, impl: Callable) -> Callable:
+def eager_call(op: Callable, impl: Callable) -> Callable:
     """``op`` while torch.compile traces (its fake implementation gives the shapes), ``impl``,
     the op's own function, called directly otherwise (DESIGN.md 2).
 
@@ -51,22 +51,56 @@ def eager_call(op: torch.library.CustomOpDef, impl: Callable) -> Callable:
     return call
 
 
-def launcher_op(
-    family: str, launcher: str, schema: str, *, fake: Callable, mutates_args: tuple[str, ...] = ()
+# every op registered through register_op, by name (``dllm_kernels::<name>``); tests/test_layering.py
+# checks that no op of the namespace is wired another way
+REGISTERED: dict[str, torch.library.CustomOpDef] = {}
+
+
+def register_op(
+    name: str,
+    family: str,
+    schema: str,
+    *,
+    fake: Callable,
+    mutates_args: tuple[str, ...] = (),
+    launch: Callable | None = None,
+    encode: Callable | None = None,
+    decode: Callable | None = None,
 ) -> Callable:
-    """Register the launcher ``dllm_kernels.kernels.<family>.<launcher>`` as the custom op
-    ``dllm_kernels::<launcher>`` with the fake implementation ``fake``; the op's arguments are
-    the launcher's positional arguments (DESIGN.md 2). Returns the callable of
-    :func:`eager_call`: the op under torch.compile, the launcher itself in eager mode.
+    """Wire one op: THE way every public op reaches its Triton launcher (DESIGN.md 2).
 
-    The kernels module is imported on the op's first call, so that ``TRITON_INTERPRET`` can
-    still be set after ``import dllm_kernels`` (Triton reads it when it decorates the kernels);
-    that is why ``schema`` is written out rather than inferred from the launcher's annotations.
+    Registers the custom op ``dllm_kernels::<name>`` with ``schema`` (written out once, with the
+    ``(a!)`` annotations of the ``mutates_args``) and its fake implementation ``fake`` (called
+    with the custom op's arguments), and returns the callable of :func:`eager_call`: the custom
+    op while torch.compile traces, the launcher directly in eager mode.
+
+    The launcher lives in ``dllm_kernels.kernels.<family>``, imported on the op's first call, so
+    that ``TRITON_INTERPRET`` can still be set after ``import dllm_kernels`` (Triton reads it when
+    it decorates the kernels); that is why ``schema`` is written out rather than inferred.
+
+    ``launch(kernels, *args)`` runs the launcher of the module ``kernels`` with the returned
+    callable's arguments; by default ``kernels.<name>(*args)``, i.e. the op's arguments are the
+    launcher's. ``encode`` and ``decode`` are for an op whose Python arguments hold a value that a
+    schema cannot type (commit's :class:`~dllm_kernels.CommitRule`): under torch.compile the call
+    passes ``encode(*args)`` (typed schema arguments) to the custom op, whose implementation runs
+    ``launch(kernels, *decode(*op_args))``; eager mode calls ``launch(kernels, *args)`` and
+    neither. Without them the returned callable's arguments are the custom op's.
     """
+    if (encode is None) != (decode is None):
+        raise ValueError(f"register_op({name!r}): encode and decode must be given together")
+    run = launch if launch is not None else (lambda kernels, *args: getattr(kernels, name)(*args))
+    module = None
 
-    def launch(*args):
-        return getattr(importlib.import_module(f"{__package__}.kernels.{family}"), launcher)(*args)
+    def impl(*args):
+        nonlocal module
+        if module is None:
+            module = importlib.import_module(f"{__package__}.kernels.{family}")
+        return run(module, *args)
 
-    op = torch.library.custom_op(f"dllm_kernels::{launcher}", launch, mutates_args=mutates_args, schema=schema)
+    op_impl = impl if decode is None else (lambda *op_args: impl(*decode(*op_args)))
+    op = torch.library.custom_op(f"dllm_kernels::{name}", op_impl, mutates_args=mutates_args, schema=schema)
     op.register_fake(fake)
-    return eager_call(op, launch)
+    REGISTERED[name] = op
+    if encode is None:
+        return eager_call(op, impl)
+    return eager_call(lambda *args: op(*encode(*args)), impl)

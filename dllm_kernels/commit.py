@@ -15,7 +15,6 @@ committed (they are no candidates).
 
 from __future__ import annotations
 
-import ast
 import dataclasses
 
 import torch
@@ -23,8 +22,8 @@ import torch
 from . import reference
 from ._checks import check_tensor
 from ._schedule import num_transfer_schedule
-from ._types import MAX_COMMIT_POSITIONS, CommitRule, CommitState, TokenStats
-from .backend import eager_call, resolve_backend
+from ._types import COMMIT_BASES, MAX_COMMIT_POSITIONS, TEMPORAL_AGGS, CommitRule, CommitState, TokenStats
+from .backend import register_op, resolve_backend
 
 INDEX_DTYPES = (torch.int32, torch.int64)
 _STATE_DTYPES = {
@@ -76,85 +75,75 @@ def pack_rows(
     )
 
 
-def _op_spec(rule: CommitRule, mask_id: int, vocab_size: int | None) -> str:
-    """The custom op's one scalar argument: ``repr`` of a dict of literals (every CommitRule field
-    by name, the MASK id, the vocabulary bound), read back with ``ast.literal_eval``. Generic over
-    the rule's fields (any literal type), so a new CommitRule field needs no change to the op;
-    deterministic text, so a compiled graph that holds it as a constant is valid in any process."""
-    fields = {f.name: getattr(rule, f.name) for f in dataclasses.fields(rule)}
-    return repr({"mask_id": mask_id, "vocab_size": vocab_size, "rule": fields})
+# The rule travels to the custom op as typed values, never as text: one ``Scalar[] rule`` list
+# of every CommitRule field in dataclass order (ints as ints, bools as bools, floats as floats,
+# the two string switches as their index in COMMIT_BASES / TEMPORAL_AGGS), then the MASK id and
+# the vocabulary bound (-1: none). A Scalar list keeps each value's type, also through
+# torch.compile, so the rebuilt rule gives the launcher the same Triton specialisations. Derived
+# from the dataclass, so a new CommitRule field of one of these types needs no change here. One
+# list rather than one argument per field on purpose: a custom op's dispatch costs some 5-10 us
+# of host time per argument (torch >= 2.12 fills the schema's defaults at a cost that grows with
+# the square of the argument count).
+_RULE_FIELDS = tuple((f.name, f.type) for f in dataclasses.fields(CommitRule))
+_CHOICES = {"base": COMMIT_BASES, "temporal_agg": TEMPORAL_AGGS}  # the str fields, by index
+if {t for _, t in _RULE_FIELDS} - {int, float, bool, str} or {n for n, t in _RULE_FIELDS if t is str} != set(_CHOICES):
+    raise TypeError("commit: a CommitRule field of a type the custom op cannot carry; extend _rule_args")
 
 
-_SPECS: dict = {}  # (rule, mask_id, vocab_size) -> spec; rules are few, frozen and hashable
-_PARSED: dict = {}  # spec -> (rule, mask_id, vocab_size)
+def _rule_args(rule: CommitRule, mask_id: int, vocab_size: int | None) -> tuple[list]:
+    """The custom op's ``(rule,)`` argument: the typed values of ``rule``, the MASK id and the
+    vocabulary bound. A float field that holds an int (``threshold=1``) travels as that int."""
+    values = [_CHOICES[name].index(v) if kind is str else v for (name, kind), v in zip(_RULE_FIELDS, _fields(rule))]
+    return (values + [mask_id, _NO_VOCAB if vocab_size is None else vocab_size],)
 
 
-def _spec(rule: CommitRule, mask_id: int, vocab_size: int | None) -> str:
-    if torch.compiler.is_compiling():
-        return _op_spec(rule, mask_id, vocab_size)
-    key = (rule, mask_id, vocab_size)
-    got = _SPECS.get(key)
+_RULES: dict = {}  # typed values -> (rule, mask_id, vocab_size); rules are few
+
+
+def _rule_of(values) -> tuple[CommitRule, int, int | None]:
+    """The inverse of :func:`_rule_args`."""
+    key = tuple((type(v), v) for v in values)  # 1 and 1.0 are different rules to Triton (i32 / fp32)
+    got = _RULES.get(key)
     if got is None:
-        got = _SPECS[key] = _op_spec(rule, mask_id, vocab_size)
-    return got
-
-
-def _parse_spec(spec: str) -> tuple[CommitRule, int, int | None]:
-    got = _PARSED.get(spec)
-    if got is None:
-        d = ast.literal_eval(spec)
-        got = _PARSED[spec] = (CommitRule(**d["rule"]), d["mask_id"], d["vocab_size"])
+        *fields, mask_id, vocab_size = values
+        kw = {name: _CHOICES[name][v] if kind is str else v for (name, kind), v in zip(_RULE_FIELDS, fields)}
+        got = _RULES[key] = (CommitRule(**kw), mask_id, None if vocab_size == _NO_VOCAB else vocab_size)
     return got
 
 
 # ------------------------------------------------------------------------------------------------
-# custom op (the Triton path; what torch.compile traces, while eager mode calls _commit_launch
-# directly: backend.eager_call); the kernels module is imported on first use, so that
-# TRITON_INTERPRET can still be set after `import dllm_kernels`. Six arguments on purpose: a
-# custom op's dispatch costs host time per argument (torch >= 2.12 fills the schema's defaults
-# at a cost that grows with the square of the argument count, and converts every int of an
-# int list), so the statistics and the state travel as tensor lists, the per-row vectors as one
-# table and the rule with its scalars as one string.
+# custom op (the Triton path), wired by backend.register_op: torch.compile traces the custom op,
+# eager mode calls the launcher with the CommitRule itself (no encoding). Six arguments on
+# purpose: a custom op's dispatch costs host time per argument (see _rule_args), so the
+# statistics and the state travel as tensor lists, the per-row vectors as one table
+# (pack_rows) and the rule with its scalars as one Scalar list.
 # ------------------------------------------------------------------------------------------------
 
 
-def _commit_launch(
-    x: torch.Tensor,
-    stats: list[torch.Tensor],
-    state: list[torch.Tensor],
-    rows: torch.Tensor,
-    step: torch.Tensor,
-    spec: str,
-) -> torch.Tensor:
-    """``stats = [token, prob, entropy]``, ``state``: the CommitState fields in order, ``rows``:
-    the table of :func:`pack_rows`, ``spec``: the rule, MASK id and vocabulary bound (_op_spec)."""
-    from .kernels import commit as kernels
-
-    rule, mask_id, vocab_size = _parse_spec(spec)
-    token, prob, entropy = stats
+def _commit_launch(kernels, x, token, prob, entropy, state, rows, step, rule, mask_id, vocab_size):
     return kernels.commit(
-        x,
-        token,
-        prob,
-        entropy,
-        CommitState(*state),
-        rule,
-        rows,
-        step,
-        mask_id,
-        _NO_VOCAB if vocab_size is None else vocab_size,
+        x, token, prob, entropy, state, rule, rows, step, mask_id, _NO_VOCAB if vocab_size is None else vocab_size
     )
 
 
-_commit_custom_op = torch.library.custom_op("dllm_kernels::commit", _commit_launch, mutates_args=("x", "state"))
+def _commit_encode(x, token, prob, entropy, state, rows, step, rule, mask_id, vocab_size):
+    return (x, [token, prob, entropy], _fields(state), rows, step, *_rule_args(rule, mask_id, vocab_size))
 
 
-@_commit_custom_op.register_fake
-def _(x, *args):
-    return x.new_empty(x.shape[0], dtype=torch.int32)
+def _commit_decode(x, stats, state, rows, step, rule):
+    return (x, *stats, CommitState(*state), rows, step, *_rule_of(rule))
 
 
-_commit_op = eager_call(_commit_custom_op, _commit_launch)
+_commit_op = register_op(
+    "commit",
+    "commit",
+    "(Tensor(a0!) x, Tensor[] stats, Tensor(a2!)[] state, Tensor rows, Tensor step, Scalar[] rule) -> Tensor",
+    fake=lambda x, *args: x.new_empty(x.shape[0], dtype=torch.int32),
+    mutates_args=("x", "state"),
+    launch=_commit_launch,
+    encode=_commit_encode,
+    decode=_commit_decode,
+)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -418,9 +407,10 @@ def commit(
     Range checks of the integer tensors (regions inside the canvas and the stats window,
     ``num_transfer >= 0``) run when they are on the CPU (outside ``torch.compile``); on a GPU
     they are not read back (no sync): the kernel clips the regions to the canvas and the stats
-    window, and a negative k counts as 0. The custom op ``dllm_kernels::commit`` takes the rule
-    as one string and the per-row vectors as one table (:func:`pack_rows`); a decoding loop
-    that validated its inputs once may call ``dllm_kernels.commit._commit_unchecked`` directly.
+    window, and a negative k counts as 0. The custom op ``dllm_kernels::commit`` takes the rule's
+    fields, the MASK id and the vocabulary bound as one typed list (``Scalar[] rule``) and the
+    per-row vectors as one table (:func:`pack_rows`); a decoding loop that validated its inputs
+    once may call :func:`dllm_kernels.commit.commit_unchecked` directly.
     """
     op = "commit"
     vectors = (active_start, active_end, force_start, force_end, stats_offset, num_transfer)
@@ -439,10 +429,10 @@ def commit(
         _check_values(op, x.shape[1], stats.token.shape[1], rows)
     if not isinstance(step, torch.Tensor):
         step = torch.full((), step, dtype=torch.int32, device=x.device)
-    return _commit_unchecked(x, stats, state, rule, rows, step, mask_id, vocab_size=vocab_size, backend=backend)
+    return commit_unchecked(x, stats, state, rule, rows, step, mask_id, vocab_size=vocab_size, backend=backend)
 
 
-def _commit_unchecked(
+def commit_unchecked(
     x: torch.Tensor,
     stats: TokenStats,
     state: CommitState,
@@ -454,10 +444,14 @@ def _commit_unchecked(
     vocab_size: int | None = None,
     backend: str = "auto",
 ) -> torch.Tensor:
-    """:func:`commit` without validation, for a decoding loop that validated its inputs once
-    per call: ``rows`` is the int32/int64 ``[6, B]`` table of :func:`pack_rows` (contiguous, or
-    it is copied), ``step`` a 0-d int32/int64 tensor on ``x``'s device. Wrong input here is
-    undefined behaviour of the kernel (clipped regions at best), not an error."""
+    """:func:`commit` without validation: the documented internal entry of a decoding loop that
+    validated its inputs once per call (``dllm_kernels.loop`` calls it every step).
+
+    ``rows`` is the int32/int64 ``[6, B]`` table of :func:`pack_rows` (contiguous, or it is
+    copied), ``step`` a 0-d int32/int64 tensor on ``x``'s device; the rest as in :func:`commit`.
+    Wrong input here is undefined behaviour of the kernel (clipped regions at best), not an
+    error. Not part of the public API (``dllm_kernels.__all__``); its signature changes only
+    with :func:`commit`'s."""
     if resolve_backend(backend, x.device, "commit") == "reference":
         regions = dict(zip(ROW_FIELDS, rows.unbind(0)))
         return reference.commit(x, stats, state, rule, mask_id=mask_id, step=step, vocab_size=vocab_size, **regions)
@@ -467,6 +461,4 @@ def _commit_unchecked(
             f"positions; got a canvas of {x.shape[1]} and stats of {stats.token.shape[1]} columns "
             f"(use backend='reference', or stats of a shorter window)"
         )
-    return _commit_op(
-        x, [stats.token, stats.prob, stats.entropy], _fields(state), rows, step, _spec(rule, mask_id, vocab_size)
-    )
+    return _commit_op(x, stats.token, stats.prob, stats.entropy, state, rows, step, rule, mask_id, vocab_size)

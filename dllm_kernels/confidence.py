@@ -16,7 +16,7 @@ from . import reference
 from ._checks import FLOAT_DTYPES, check_int_list, check_tensor
 from ._seeds import resolve_seed
 from ._types import TokenStats
-from .backend import eager_call, launcher_op, resolve_backend
+from .backend import register_op, resolve_backend
 
 MAX_SUPPRESS_IDS = 16  # each id costs one compare per logit inside the kernel
 MAX_VOCAB = 2**31 - 1  # ids are int32 inside the kernels
@@ -30,17 +30,10 @@ MAX_WINDOW = 16
 
 
 # ------------------------------------------------------------------------------------------------
-# custom ops (the Triton path); the kernels module is imported on first use, so that
+# custom ops (the Triton path), wired by backend.register_op: the op under torch.compile, the
+# launcher itself in eager mode; the kernels module is imported on first use, so that
 # TRITON_INTERPRET can still be set after `import dllm_kernels`
 # ------------------------------------------------------------------------------------------------
-
-
-def _token_stats_launch(
-    logits: torch.Tensor, temperature: float, seed: int, suppress_ids: list[int], seeds: torch.Tensor | None = None
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    from .kernels import confidence as kernels
-
-    return kernels.token_stats(logits, temperature, seed if seeds is None else seeds, tuple(suppress_ids))
 
 
 def _fake_stats(lead, like):
@@ -52,55 +45,36 @@ def _fake_stats(lead, like):
     )
 
 
-_token_stats_custom_op = torch.library.custom_op("dllm_kernels::token_stats", _token_stats_launch, mutates_args=())
-
-
-@_token_stats_custom_op.register_fake
-def _(logits, temperature, seed, suppress_ids, seeds=None):
-    return _fake_stats(logits.shape[:-1], logits)
-
-
-_token_stats_op = eager_call(_token_stats_custom_op, _token_stats_launch)
-
-
-def _token_stats_partial_launch(
-    logits: torch.Tensor,
-    vocab_start: int,
-    vocab_size: int,
-    temperature: float,
-    seed: int,
-    suppress_ids: list[int],
-    seeds: torch.Tensor | None = None,
-) -> torch.Tensor:
-    from .kernels import confidence as kernels
-
-    return kernels.token_stats_partial(
-        logits, vocab_start, vocab_size, temperature, seed if seeds is None else seeds, tuple(suppress_ids)
-    )
-
-
-_token_stats_partial_custom_op = torch.library.custom_op(
-    "dllm_kernels::token_stats_partial", _token_stats_partial_launch, mutates_args=()
-)
-
-
-@_token_stats_partial_custom_op.register_fake
-def _(logits, vocab_start, vocab_size, temperature, seed, suppress_ids, seeds=None):
-    return logits.new_empty((*logits.shape[:-1], PARTIAL_WORDS), dtype=torch.float32)
-
-
-_token_stats_partial_op = eager_call(_token_stats_partial_custom_op, _token_stats_partial_launch)
-
-
-_merge_token_stats_op = launcher_op(
+# the seed travels as an int (`seed`) or, per row, as a tensor (`seeds`, then seed is 0)
+_token_stats_op = register_op(
+    "token_stats",
     "confidence",
+    "(Tensor logits, float temperature, SymInt seed, SymInt[] suppress_ids, Tensor? seeds=None) "
+    "-> (Tensor, Tensor, Tensor, Tensor)",
+    fake=lambda logits, *args: _fake_stats(logits.shape[:-1], logits),
+    launch=lambda kernels, logits, temperature, seed, suppress_ids, seeds=None: kernels.token_stats(
+        logits, temperature, seed if seeds is None else seeds, tuple(suppress_ids)
+    ),
+)
+_token_stats_partial_op = register_op(
+    "token_stats_partial",
+    "confidence",
+    "(Tensor logits, SymInt vocab_start, SymInt vocab_size, float temperature, SymInt seed, "
+    "SymInt[] suppress_ids, Tensor? seeds=None) -> Tensor",
+    fake=lambda logits, *args: logits.new_empty((*logits.shape[:-1], PARTIAL_WORDS), dtype=torch.float32),
+    launch=lambda kernels, logits, start, size, temperature, seed, ids, seeds=None: kernels.token_stats_partial(
+        logits, start, size, temperature, seed if seeds is None else seeds, tuple(ids)
+    ),
+)
+_merge_token_stats_op = register_op(
     "merge_token_stats",
+    "confidence",
     "(Tensor partials) -> (Tensor, Tensor, Tensor, Tensor)",
     fake=lambda partials: _fake_stats(partials.shape[1:-1], partials),
 )
-_window_confidence_op = launcher_op(
-    "confidence",
+_window_confidence_op = register_op(
     "window_confidence",
+    "confidence",
     "(Tensor conf, Tensor decided, SymInt window, SymInt max_decided) -> Tensor",
     fake=lambda conf, *args: conf.new_empty(conf.shape, dtype=torch.float32),
 )
@@ -211,13 +185,18 @@ def token_stats(
     ids = _check_suppress(op, suppress_ids, V)
     temperature = _check_temperature(op, temperature)
     seed = _check_seed(op, seed, logits, temperature > 0.0)
-    return _token_stats_unchecked(logits, temperature, seed, ids, backend)
+    return token_stats_unchecked(logits, temperature, seed, ids, backend)
 
 
-def _token_stats_unchecked(logits, temperature: float, seed, ids: tuple[int, ...], backend: str) -> TokenStats:
-    """:func:`token_stats` without validation, for a decoding loop that validated once per call:
+def token_stats_unchecked(logits, temperature: float, seed, ids: tuple[int, ...], backend: str) -> TokenStats:
+    """:func:`token_stats` without validation: the documented internal entry of a decoding loop
+    that validated its arguments once per call (``dllm_kernels.loop`` calls it every step).
+
     ``temperature`` a float (0 or >= MIN_TEMPERATURE), ``seed`` an int in ``[0, 2**63)`` or an
-    integer tensor of the logits' row shape (0 at T = 0), ``ids`` sorted distinct suppressed ids."""
+    integer tensor of the logits' row shape (0 at T = 0), ``ids`` sorted distinct suppressed ids,
+    ``backend`` as in :func:`token_stats`. Wrong input here is undefined behaviour of the kernel,
+    not an error. Not part of the public API (``dllm_kernels.__all__``); its signature changes
+    only with :func:`token_stats`'s."""
     if resolve_backend(backend, logits.device, "token_stats") == "reference":
         return reference.token_stats(logits, temperature=temperature, seed=seed, suppress_ids=ids)
     if isinstance(seed, torch.Tensor):

@@ -19,11 +19,11 @@ from ._checks import (
     check_no_internal_overlap,
     check_tensor,
 )
-from .backend import launcher_op, resolve_backend
+from .backend import register_op, resolve_backend
 
-_refresh_kv_cache_op = launcher_op(
-    "kv_cache",
+_refresh_kv_cache_op = register_op(
     "refresh_kv_cache",
+    "kv_cache",
     "(Tensor(a0!) k_cache, Tensor(a1!) v_cache, Tensor k_new, Tensor v_new, Tensor block_ids, SymInt block_size, "
     "Tensor? new_start, Tensor? rope_cos, Tensor? rope_sin) -> ()",
     fake=lambda *args: None,

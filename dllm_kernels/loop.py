@@ -42,8 +42,8 @@ from ._checks import check_tensor
 from ._schedule import num_transfer_schedule
 from ._seeds import resolve_seed
 from ._validate import MaxNFEError, check_canvas_length, check_generate_args, mix_seed, row_seeds
-from .commit import CommitState, _commit_unchecked
-from .confidence import _token_stats_unchecked
+from .commit import CommitState, commit_unchecked as _commit_unchecked
+from .confidence import token_stats_unchecked as _token_stats_unchecked
 from .models.protocol import CacheWrite, model_device
 from .policies import FIRST_TOKEN_RULE, Policy, resolve_policy
 from .policy_aliases import public_aliases

@@ -250,7 +250,7 @@ SERVING_RULES = {
 
 
 def compiled_rules() -> dict[str, CommitRule]:
-    """The commit rules compiled ahead of time (``python -m dllm_kernels.kernels._aot``), one entry
+    """The commit rules compiled ahead of time (``python -m dllm_kernels.aot``), one entry
     per distinct rule: every rule that every policy of :data:`POLICIES` launches at its defaults,
     also with Dream's ``ar_first_token`` (labels ``name``, ``name.block_start``, ``first_token``),
     the :data:`RULE_VARIANTS` and the :data:`SERVING_RULES`."""

@@ -1,6 +1,8 @@
 """Compile every shipped kernel configuration for Hopper (sm_90a) without a GPU.
 
-    python -m dllm_kernels.kernels._aot [--json]
+Run it as ``python -m dllm_kernels.aot [--json]``: this module is the kernel layer's part and
+imports nothing above it, so the commit rules to compile (label -> rule) are handed in by the
+caller: ``dllm_kernels.aot`` passes ``dllm_kernels.policies.compiled_rules()``.
 
 Triton's own compiler lowers each configuration that the launchers can pick (see each module's
 ``aot_specs()``) to PTX and a cubin for ``GPUTarget("cuda", 90, 32)``; the ``ptxas`` bundled with
@@ -18,13 +20,16 @@ import re
 import subprocess
 import sys
 import tempfile
+from collections.abc import Mapping
 from concurrent.futures import ProcessPoolExecutor
+from functools import partial
 
 import triton
 from triton.backends.compiler import GPUTarget
 from triton.compiler import ASTSource
 
-from dllm_kernels._env import interpreter_enabled
+from . import AOT_MODULES
+from ._utils import IS_INTERPRET, CommitRule
 
 TARGET = GPUTarget("cuda", 90, 32)
 
@@ -33,20 +38,17 @@ def ptxas_path() -> str:
     return os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", "ptxas")
 
 
-def all_specs():
-    from dllm_kernels.policies import compiled_rules
-
-    from . import AOT_MODULES
-
+def all_specs(commit_rules: Mapping[str, CommitRule]):
+    """Every configuration of :data:`AOT_MODULES`, the commit kernel's for ``commit_rules``."""
     specs = []
     for name in AOT_MODULES:
         module = importlib.import_module(f"{__package__}.{name}")
-        specs.extend(module.aot_specs(compiled_rules()) if name == "commit" else module.aot_specs())
+        specs.extend(module.aot_specs(commit_rules) if name == "commit" else module.aot_specs())
     return specs
 
 
-def compile_spec(index: int) -> dict:
-    spec = all_specs()[index]
+def compile_spec(commit_rules: Mapping[str, CommitRule], index: int) -> dict:
+    spec = all_specs(commit_rules)[index]
     attrs = {(spec.kernel.arg_names.index(a),): [["tt.divisibility", 16]] for a in spec.aligned}
     src = ASTSource(
         fn=spec.kernel,
@@ -83,17 +85,18 @@ def compile_spec(index: int) -> dict:
     }
 
 
-def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def main(commit_rules: Mapping[str, CommitRule], argv=None) -> int:
+    """The command line of ``python -m dllm_kernels.aot`` (which passes ``commit_rules``)."""
+    parser = argparse.ArgumentParser(prog="python -m dllm_kernels.aot", description=__doc__.splitlines()[0])
     parser.add_argument("--json", action="store_true", help="one JSON object per line")
     parser.add_argument("--jobs", type=int, default=os.cpu_count() or 1)
     args = parser.parse_args(argv)
-    if interpreter_enabled():
+    if IS_INTERPRET:
         print("unset TRITON_INTERPRET: AOT compilation needs the real compiler", file=sys.stderr)
         return 2
-    n = len(all_specs())
+    n = len(all_specs(commit_rules))
     with ProcessPoolExecutor(max_workers=max(1, args.jobs)) as pool:
-        results = list(pool.map(compile_spec, range(n)))
+        results = list(pool.map(partial(compile_spec, dict(commit_rules)), range(n)))
     for r in results:
         if args.json:
             print(json.dumps(r))
@@ -103,7 +106,3 @@ def main(argv=None) -> int:
                 f"  smem {r['shared']:>6}  {'main' if r['main'] else ''}"
             )
     return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -1,21 +1,72 @@
-"""Helpers shared by the launchers: interpreter detection, device facts, AOT specs."""
+"""Helpers shared by the launchers: interpreter detection, device facts, AOT specs, and the
+facts the kernels share with the public layer.
+
+The kernel layer imports nothing from ``dllm_kernels`` outside ``dllm_kernels.kernels``
+(tests/test_layering.py): what it needs from above is handed in (the commit rules to compile,
+see ``dllm_kernels.aot``) or stated here and checked against the public layer's copy by that
+test (the interpreter switch, ``HEAD_DIMS``, ``MAX_COMMIT_POSITIONS``).
+"""
 
 from __future__ import annotations
 
 import functools
+import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 import torch
 import triton
 
-from dllm_kernels._env import interpreter_enabled
+
+def interpreter_enabled() -> bool:
+    """``TRITON_INTERPRET`` set to 1, true, on or yes (any case), as Triton reads it; the kernel
+    layer's copy of ``dllm_kernels._env.interpreter_enabled`` (tests/test_layering.py)."""
+    return os.environ.get("TRITON_INTERPRET", "0").lower() in ("1", "true", "on", "yes")
+
 
 # Decided once, like Triton itself decides at decoration time whether @triton.jit builds an
 # InterpretedFunction: the launchers pick interpreter-friendly meta-parameters (few programs,
 # large blocks) only when the kernels really are interpreted.
 IS_INTERPRET = interpreter_enabled()
+
+# head dims the attention kernels take (16 and 32 run on the D=64 tiles); = dllm_kernels._types.HEAD_DIMS
+HEAD_DIMS = (16, 32, 64, 128)
+# the commit kernel holds a row's region in one tile of at most this many positions;
+# = dllm_kernels._types.MAX_COMMIT_POSITIONS
+MAX_COMMIT_POSITIONS = 8192
+
+
+class CommitRule(Protocol):
+    """What the commit launcher reads of a rule (``dllm_kernels.CommitRule`` satisfies it)."""
+
+    base: str
+    threshold: float
+    alpha: float
+    suffix_window: int
+    entropy_threshold: float
+    entropy_strict: bool
+    commit_best: bool
+    spatial_window: int
+    spatial_max_decided: int
+    spatial_threshold: float
+    token_cluster: bool
+    cluster_min_len: int
+    temporal_steps: int
+    temporal_threshold: float
+    temporal_agg: str
+    token_edit: bool
+    edit_threshold: float
+
+
+class CommitState(Protocol):
+    """What the commit launcher reads of a state (``dllm_kernels.CommitState`` satisfies it)."""
+
+    commit_step: torch.Tensor
+    last_id: torch.Tensor
+    count: torch.Tensor
+    conf_sum: torch.Tensor
+    conf_max: torch.Tensor
 
 
 def next_pow2(n: int) -> int:

@@ -44,10 +44,18 @@ import torch
 import triton
 import triton.language as tl
 
-from dllm_kernels._types import HEAD_DIMS
-
 from . import _utils
-from ._utils import IS_INTERPRET, TORCH_TO_TRITON, AotSpec, cdiv, check_launchable, dense, next_pow2, programs_target
+from ._utils import (
+    HEAD_DIMS,
+    IS_INTERPRET,
+    TORCH_TO_TRITON,
+    AotSpec,
+    cdiv,
+    check_launchable,
+    dense,
+    next_pow2,
+    programs_target,
+)
 
 LOG2E = 1.4426950408889634
 _MAX_SPLITS = 64

@@ -46,10 +46,18 @@ import torch
 import triton
 import triton.language as tl
 
-from dllm_kernels._types import MAX_COMMIT_POSITIONS, CommitRule, CommitState
-
 from . import _utils
-from ._utils import IS_INTERPRET, AotSpec, cdiv, check_launchable, dense, next_pow2
+from ._utils import (
+    IS_INTERPRET,
+    MAX_COMMIT_POSITIONS,
+    AotSpec,
+    CommitRule,
+    CommitState,
+    cdiv,
+    check_launchable,
+    dense,
+    next_pow2,
+)
 
 BASES = {"topk": 0, "threshold": 1, "dynamic": 2, "entropy": 3}
 AGGS = {"last": 0, "mean": 1, "max": 2}

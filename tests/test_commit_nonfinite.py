@@ -176,12 +176,12 @@ def test_backends_agree_on_non_finite_statistics(device, name):
 # ---- the custom op's packed arguments and the unchecked entry ----------------------------------
 
 
-def test_op_spec_round_trips_every_rule_field():
-    from dllm_kernels.commit import _op_spec, _parse_spec
+def test_rule_args_round_trip_every_rule_field():
+    from dllm_kernels.commit import _rule_args, _rule_of
 
     for rule in RULES.values():
         for vocab in (None, 126464):
-            assert _parse_spec(_op_spec(rule, 126336, vocab)) == (rule, 126336, vocab)
+            assert _rule_of(*_rule_args(rule, 126336, vocab)) == (rule, 126336, vocab)
 
 
 def test_custom_op_takes_few_arguments():
@@ -191,7 +191,7 @@ def test_custom_op_takes_few_arguments():
 
 
 def test_unchecked_entry_equals_the_public_op(backend, device):
-    from dllm_kernels.commit import _commit_unchecked, pack_rows
+    from dllm_kernels.commit import commit_unchecked as _commit_unchecked, pack_rows
 
     g = torch.Generator().manual_seed(3)
     B, L = 3, 10

@@ -12,7 +12,7 @@ from helpers import commit_region
 
 import dllm_kernels as dk
 from dllm_kernels import CommitRule, CommitState, TokenStats
-from dllm_kernels.commit import _op_spec, pack_rows
+from dllm_kernels.commit import _rule_args, pack_rows
 
 M = 9
 NO_FORCE = ([0], [0])  # an empty force region: the rules alone decide
@@ -465,7 +465,7 @@ def _op_args(device, rule):
         list(dataclasses.astuple(state)),
         pack_rows(*idx),
         torch.tensor(1, device=device),
-        _op_spec(rule, M, None),
+        *_rule_args(rule, M, None),
     )
 
 

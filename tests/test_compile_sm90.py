@@ -18,7 +18,7 @@ import pytest
 def compiled():
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
     out = subprocess.run(
-        [sys.executable, "-m", "dllm_kernels.kernels._aot", "--json"],
+        [sys.executable, "-m", "dllm_kernels.aot", "--json"],
         env=env,
         capture_output=True,
         text=True,

@@ -1,6 +1,6 @@
 """Policies are the one source of the commit rules: the loop launches exactly the rules a policy
 declares (:meth:`Policy.launched_rules`), and every declared rule has an ahead-of-time compiled
-configuration (the list ``python -m dllm_kernels.kernels._aot`` compiles for sm_90a)."""
+configuration (the list ``python -m dllm_kernels.aot`` compiles for sm_90a)."""
 
 import dataclasses
 
@@ -9,8 +9,8 @@ import torch
 from scripted import ScriptedConfig, ScriptedModel, confident_table
 
 import dllm_kernels.loop as loop
-from dllm_kernels import generate
-from dllm_kernels.kernels import _aot, commit as kernels_commit
+from dllm_kernels import aot, generate
+from dllm_kernels.kernels import commit as kernels_commit
 from dllm_kernels.policies import POLICIES
 
 V, MASK, EOS = 16, 15, 14
@@ -45,7 +45,7 @@ def test_the_loop_launches_exactly_the_declared_rules(monkeypatch, name):
 def test_every_declared_rule_has_a_compiled_configuration():
     compiled = [
         s.constexprs
-        for s in _aot.all_specs()
+        for s in aot.all_specs()
         if s.kernel is kernels_commit._commit_kernel and s.main and s.constexprs["BLOCK"] == 32
     ]
     for name in POLICIES:
