@@ -53,6 +53,7 @@ from ._utils import IS_INTERPRET, AotSpec, cdiv, check_launchable, next_pow2, pr
 
 STATE_EXTRA = 4  # words after acc in a partial state: m, s, 1/T, 0
 _MAX_SPLITS = 64
+_FP32_MAX = float(torch.finfo(torch.float32).max)
 
 
 @triton.jit
@@ -102,7 +103,7 @@ def _soft_embedding_kernel(
     v_start = i_s * chunk
     v_end = tl.minimum(v_start + chunk, V)
     if ROW_T:
-        b_it = 1.0 / tl.load(t_ptr + o_n, mask=m_n, other=1.0)  # [BLOCK_N]; T = 0 -> +inf
+        b_it = tl.math.div_rn(1.0, tl.load(t_ptr + o_n, mask=m_n, other=1.0))  # [BLOCK_N]; T = 0 -> +inf
     else:
         b_it = tl.full([BLOCK_N], inv_t, tl.float32)
 
@@ -175,8 +176,8 @@ def _soft_embedding_combine_kernel(
     m = float("-inf")
     s = 0.0
     b_acc = tl.zeros([BLOCK_D], tl.float32)
-    for j in range(n_states):
-        p_j = p_r + j * stride_s
+    p_j = p_r
+    for _ in range(n_states):
         m_j = tl.load(p_j + D)
         mn = tl.maximum(m, m_j)
         a = _weight(m, mn, it)
@@ -184,6 +185,7 @@ def _soft_embedding_combine_kernel(
         s = s * a + tl.load(p_j + D + 1) * a_j
         b_acc = b_acc * a + tl.load(p_j + o_d, mask=m_d, other=0.0) * a_j
         m = mn
+        p_j += stride_s
     if FINAL:
         inv_s = tl.where(s > 0.0, 1.0 / s, 0.0)
         tl.store(out_ptr + i_r.to(tl.int64) * stride_or + o_d, (b_acc * inv_s).to(out_ptr.dtype.element_ty), mask=m_d)
@@ -250,7 +252,9 @@ def _launch(logits, embed, temperature, temperatures, out, *, final, num_splits)
     chunk = cdiv(cdiv(V, splits), bv) * bv
     splits = cdiv(V, chunk)
     row_t = temperatures is not None
-    inv_t = 1.0 / temperature if not row_t and temperature > 0.0 else float("inf")
+    # 1 / T as an fp32 kernel argument: +inf at T = 0 and where it overflows fp32 (the same limit)
+    inv_t = 1.0 / temperature if temperature > 0.0 else float("inf")
+    inv_t = inv_t if inv_t <= _FP32_MAX else float("inf")
     t = _utils.dense(temperatures.reshape(R)) if row_t else out
     direct = splits == 1  # the kernel writes `out` itself, else partial states for the combine
     dst = out if direct else _utils.empty(R, splits, D + STATE_EXTRA, dtype=torch.float32, device=device)
