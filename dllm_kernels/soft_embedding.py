@@ -1,5 +1,5 @@
 """Public soft-embedding ops: ``soft_embedding`` and its tensor-parallel pair
-``soft_embedding_partial`` + ``merge_soft_embedding`` (DESIGN.md 1.5, uniform-state models).
+``soft_embedding_partial`` + ``merge_soft_embedding`` (tensor parallelism: DESIGN.md 4).
 
 Each op validates its inputs, picks a backend (see :mod:`dllm_kernels.backend`) and runs either
 the Triton kernel, registered as a ``torch.library`` custom op with a fake implementation (so it
