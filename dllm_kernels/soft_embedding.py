@@ -121,7 +121,8 @@ def soft_embedding(
     Precision: fp32 accumulation. fp32 tables: within ~1e-5 (relative to ``max |E|``) of an fp64
     computation. bf16/fp16 tables: the probabilities enter the tensor-core dot in the table's
     dtype (as FlashAttention's ``P @ V``), within twice the error of the engines' path (fp32
-    softmax, probabilities cast to the table's dtype, matmul in it).
+    softmax, probabilities cast to the table's dtype, matmul in it) plus one rounding of the
+    output to the table's dtype. Under Triton's interpreter (CPU CI) both dot operands are fp32.
     """
     op = "soft_embedding"
     temperature, temperatures = _check_inputs(

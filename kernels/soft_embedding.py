@@ -2,8 +2,8 @@
 
 DiffusionGemma-style models self-condition on the expected embedding of the previous step's
 tempered distribution. The engines write the probabilities ``[rows, V]`` in the model dtype and
-multiply them with the embedding (vLLM 0.33: ~6 fp32 ``[rows, 256, 262144]`` temporaries, its
-issue 50699); here the probabilities are never materialised. The kernel is FlashAttention-shaped,
+multiply them with the embedding (vLLM 0.33, whose sampler's ``[rows, V]`` fp32 temporaries are
+its reported OOM, issue 50699); here the probabilities are never materialised. The kernel is FlashAttention-shaped,
 with the vocabulary in the role of the keys and the embedding in the role of the values::
 
     for each vocabulary tile [BLOCK_V]:            (online softmax, pivot m in RAW logit units)

@@ -134,11 +134,12 @@ def test_strided_inputs_and_3d_logits(device):
     assert_soft_close(got_c, x, E, T, vocab_start=7)
 
 
-@pytest.mark.parametrize("num_splits", [2, 3])
+@pytest.mark.parametrize("num_splits,D", [(2, 24), (3, 24), (3, 300)])
 @pytest.mark.parametrize("T", [0.0, 0.6, "row"])
-def test_vocabulary_splits(device, num_splits, T):
-    """The split path (partial states per split, merged by the combine kernel) equals the op."""
-    x, E = make(3, 2500, 24, F32, F32, device)
+def test_vocabulary_splits(device, num_splits, D, T):
+    """The split path (partial states per split, merged by the combine kernel) equals the op,
+    also with several column tiles (D = 300: the interpreter's tiles are 256 wide)."""
+    x, E = make(3, 2500, D, F32, F32, device)
     T = temperature_of(T, (3,), device)
     t_scalar, t_row = (1.0, T) if isinstance(T, torch.Tensor) else (T, None)
     got = kernels.soft_embedding(x, E, t_scalar, t_row, 0, num_splits)
