@@ -26,6 +26,7 @@ from .confidence import merge_token_stats, token_stats, token_stats_partial, win
 from .kv_cache import refresh_kv_cache
 from .loop import GenerateResult, MaxNFEError, generate
 from .policies import POLICIES, Policy
+from .soft_embedding import merge_soft_embedding, soft_embedding, soft_embedding_partial
 
 __version__ = "0.1.0"
 
@@ -42,10 +43,13 @@ __all__ = [
     "commit",
     "generate",
     "interpreter_enabled",
+    "merge_soft_embedding",
     "merge_token_stats",
     "num_transfer_schedule",
     "reference",
     "refresh_kv_cache",
+    "soft_embedding",
+    "soft_embedding_partial",
     "token_stats",
     "token_stats_partial",
     "window_confidence",

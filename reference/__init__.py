@@ -10,6 +10,7 @@ from .attention import attention
 from .commit import commit, num_transfer_schedule
 from .confidence import merge_token_stats, token_stats, token_stats_partial, window_confidence
 from .kv_cache import refresh_kv_cache
+from .soft_embedding import merge_soft_embedding, soft_embedding, soft_embedding_partial
 
 __all__ = [
     "attention",
@@ -20,4 +21,7 @@ __all__ = [
     "window_confidence",
     "token_stats_partial",
     "merge_token_stats",
+    "soft_embedding",
+    "soft_embedding_partial",
+    "merge_soft_embedding",
 ]
