@@ -14,28 +14,28 @@ import torch
 
 from . import reference
 from ._checks import FLOAT_DTYPES, check_tensor
-from .backend import launcher_op, resolve_backend
+from .backend import register_op, resolve_backend
 
 STATE_EXTRA = 4  # words after acc in a partial state: m, s, 1/T, 0
 MAX_MERGE = 1024  # partial states merge_soft_embedding reduces per row
 
-_soft_embedding_op = launcher_op(
+_soft_embedding_op = register_op(
     "soft_embedding",
     "soft_embedding",
     "(Tensor logits, Tensor embed, float temperature, Tensor? temperatures, SymInt vocab_start) -> Tensor",
     fake=lambda logits, embed, *args: logits.new_empty((*logits.shape[:-1], embed.shape[1]), dtype=embed.dtype),
 )
-_soft_embedding_partial_op = launcher_op(
-    "soft_embedding",
+_soft_embedding_partial_op = register_op(
     "soft_embedding_partial",
+    "soft_embedding",
     "(Tensor logits, Tensor embed, float temperature, Tensor? temperatures, SymInt vocab_start) -> Tensor",
     fake=lambda logits, embed, *args: logits.new_empty(
         (*logits.shape[:-1], embed.shape[1] + STATE_EXTRA), dtype=torch.float32
     ),
 )
-_merge_soft_embedding_op = launcher_op(
-    "soft_embedding",
+_merge_soft_embedding_op = register_op(
     "merge_soft_embedding",
+    "soft_embedding",
     "(Tensor states, ScalarType out_dtype) -> Tensor",
     fake=lambda states, out_dtype: states.new_empty(
         (*states.shape[1:-1], states.shape[-1] - STATE_EXTRA), dtype=out_dtype
