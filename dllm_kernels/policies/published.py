@@ -587,10 +587,6 @@ def compiled_rules() -> dict[str, CommitRule]:
     return out
 
 
-def _value(v) -> str:
-    return repr(v) if isinstance(v, str) else str(v)
-
-
 def markdown_table() -> str:
     """A markdown table of every published decoder and serving rule: its defaults, the public
     repo's option names it accepts (public -> ours) and its SGLang algorithm with its options
@@ -604,13 +600,12 @@ def markdown_table() -> str:
         if a is None:
             return "-"
         opts = ", ".join(
-            f"`{k}={_value(v)}`" + (f" ({a.keywords[k]})" if a.keywords.get(k, k) != k else "")
-            for k, v in a.options.items()
+            f"`{k}={v!r}`" + (f" ({a.keywords[k]})" if a.keywords.get(k, k) != k else "") for k, v in a.options.items()
         )
         return f"`{a.name}`: {opts}"
 
     for d in DECODERS.values():
-        defaults = ", ".join(f"`{k}={_value(v)}`" for k, v in d.defaults.items())
+        defaults = ", ".join(f"`{k}={v!r}`" for k, v in d.defaults.items())
         aliases = [
             f"`{a.public}` -> `{a.ours}`" + (f" ({a.note})" if a.note else "")
             if a.public != a.ours
