@@ -46,6 +46,12 @@ class CommitRule:
     ``token_cluster``, ``temporal_steps > 0``, ``temporal_agg``, ``token_edit``) become compile-time flags of the
     kernel; the thresholds are runtime fp32 numbers (rounded to fp32 like the statistics they are
     compared with). See :func:`dllm_kernels.commit` for what each rule does.
+
+    The defaults are each rule's number in the decoder it comes from (Fast-dLLM's threshold,
+    d3LLM's entropy threshold, R2-dLLM's gates); the published decoders' settings live in
+    ``dllm_kernels/policies/published.py``, whose constructors pass every number explicitly
+    (this module is imported before any policy module; tests/test_policy_facts.py checks the two
+    agree).
     """
 
     base: str = "threshold"  # "topk" (LLaDA) | "threshold" (Fast-dLLM) | "dynamic" (Streaming) | "entropy" (d3LLM)

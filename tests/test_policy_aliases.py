@@ -5,8 +5,7 @@ import pytest
 import torch
 
 from dllm_kernels import generate
-from dllm_kernels.policies import resolve_policy
-from dllm_kernels.policy_aliases import public_aliases
+from dllm_kernels.policies import public_aliases, resolve_policy
 
 # (policy, public keywords, our keywords): both must build the same Policy
 ALIASES = [

@@ -11,10 +11,11 @@ set (batched, ragged batches are fine) and reports
 * tokens/s: the same tokens over the wall time of the whole set (on a CPU the kernels run on
   Triton's interpreter or the references: a CPU number, not a GPU one).
 
-A sweep varies each policy's main knob (:data:`QUICK_SWEEPS`, :data:`FULL_SWEEPS`): the threshold
-tau of Fast-dLLM, Streaming-dLLM and R2-dLLM, d3LLM's entropy threshold, and vanilla's forwards
-per block (one token per step, then two, four). :func:`aup` scores each policy's curve with
-``y_max`` the best accuracy over every model and policy compared.
+A sweep varies each policy's main knob (:data:`QUICK_SWEEPS`, :data:`FULL_SWEEPS`, from
+:func:`dllm_kernels.policies.sweeps`): the threshold tau of Fast-dLLM, Streaming-dLLM and R2-dLLM,
+d3LLM's entropy threshold, and vanilla's forwards per block (one token per step, then two, four).
+:func:`aup` scores each policy's curve with ``y_max`` the best accuracy over every model and
+policy compared.
 """
 
 from __future__ import annotations
@@ -30,30 +31,13 @@ from dataclasses import asdict, dataclass
 import torch
 
 from ..loop import generate
+from ..policies import sweeps
 from .task import AdditionTask, Problem
 
-
-# policy -> its sweep: constructor overrides, from the most careful setting to the most parallel.
-# R2-dLLM's spatial and temporal gates (0.8 by default) commit on their own, below tau: they
-# follow tau (at tau - 0.1) so that its curve spans careful to parallel too.
-def _r2(*taus):
-    return [dict(threshold=t, spatial_threshold=round(t - 0.1, 3), temporal_threshold=round(t - 0.1, 3)) for t in taus]
-
-
-QUICK_SWEEPS = {
-    "vanilla": [dict(steps_per_block=4), dict(steps_per_block=2)],
-    "fast_dllm": [dict(threshold=t) for t in (0.99, 0.9, 0.7)],
-    "streaming": [dict(threshold=t) for t in (0.99, 0.9, 0.7)],
-    "r2": _r2(0.99, 0.9, 0.7),
-    "d3llm": [dict(threshold=h) for h in (0.05, 0.2, 0.5)],
-}
-FULL_SWEEPS = {
-    "vanilla": [dict(steps_per_block=k) for k in (0, 4, 2)],
-    "fast_dllm": [dict(threshold=t) for t in (0.999, 0.99, 0.95, 0.9, 0.8, 0.7)],
-    "streaming": [dict(threshold=t) for t in (0.999, 0.99, 0.95, 0.9, 0.8, 0.7)],
-    "r2": _r2(0.999, 0.99, 0.95, 0.9, 0.8, 0.7),
-    "d3llm": [dict(threshold=h) for h in (0.01, 0.02, 0.05, 0.1, 0.2, 0.5)],
-}
+# policy -> its sweep: constructor overrides, from the most careful setting to the most parallel
+# (each decoder's section of dllm_kernels.policies.published holds its sweep values)
+QUICK_SWEEPS = sweeps("quick")
+FULL_SWEEPS = sweeps("full")
 
 # intra-op threads of an evaluation (torch.set_num_threads): the tiny model's ops are too small to
 # split, so on a CPU extra threads mostly add synchronisation (quick sweep on a 2-core machine:

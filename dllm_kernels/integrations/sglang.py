@@ -75,6 +75,7 @@ from .._types import MAX_COMMIT_POSITIONS, MAX_SPATIAL_WINDOW, TEMPORAL_AGGS, Co
 from ..backend import BACKENDS
 from ..commit import commit
 from ..confidence import token_stats
+from ..policies import SGLangAlgorithm, sglang_algorithms
 
 SUPPORTED_SGLANG = ">=0.5.23,<0.6"
 SUPPORTED_ARCHITECTURES = ("LLaDA2MoeModelLM", "SDARForCausalLM", "SDARMoeForCausalLM")
@@ -153,11 +154,33 @@ def parse_options(algo: str, given, spec: dict) -> dict:
     return {name: check(algo, name, given.get(name, default)) for name, (default, check) in spec.items()}
 
 
-def _strict(threshold: float) -> float:
-    """The fp32 number t' with ``c >= t'`` exactly when ``c > fp32(threshold)`` for fp32 ``c``
-    (SGLang compares fp32 confidences with a strict ``>``; the commit op's threshold is ``>=``)."""
-    t = torch.tensor(threshold, dtype=torch.float32)
-    return torch.nextafter(t, torch.tensor(math.inf, dtype=torch.float32)).item()
+# each option's checker; the options' names and defaults are the decoders' facts
+# (dllm_kernels.policies.published: Decoder.sglang, ServingRule.sglang)
+_CHECKS = {
+    "threshold": _number,
+    "alpha": _number,
+    "entropy_threshold": _number,
+    "entropy_strict": _bool,
+    "commit_best": _bool,
+    "spatial_window": _int(0, MAX_SPATIAL_WINDOW),
+    "spatial_max_decided": _int(0, 2**31 - 1),
+    "spatial_threshold": _number,
+    "token_cluster": _bool,
+    "cluster_min_len": _int(1, 2**31 - 1),
+    "temporal_steps": _int(0, 2**31 - 1),
+    "temporal_threshold": _number,
+    "temporal_agg": _choice(TEMPORAL_AGGS),
+    "edit_threshold": _number,
+    "max_post_edit_steps": _int(0, 2**31 - 1),
+    "penalty_lambda": _number,
+    "vectorized_decoding": _bool,
+}
+
+
+def options_of(facts: SGLangAlgorithm) -> dict:
+    """An algorithm's ``OPTIONS`` (``name -> (default, checker)``): its published options and
+    defaults (``facts``, from :func:`dllm_kernels.policies.sglang_algorithms`), then ``backend``."""
+    return {name: (default, _CHECKS[name]) for name, default in facts.options.items()} | {"backend": _BACKEND}
 
 
 # ------------------------------------------------------------------------------------------------
@@ -202,11 +225,13 @@ def _batch_of(states: list[Any], batch_size: int) -> dict:
 class KernelAlgorithm(DllmAlgorithm):
     """Base of the algorithms: options, checks, statistics and the commit of one step.
 
-    Subclasses set ``OPTIONS`` (``name -> (default, checker)``) and ``rule(options)``; stateful
-    ones set ``STATEFUL`` (they keep a :class:`CommitState` per request).
+    Subclasses set ``FACTS`` (their published options and rule, :class:`SGLangAlgorithm`) and
+    ``OPTIONS = options_of(FACTS)`` (``name -> (default, checker)``); stateful ones set
+    ``STATEFUL`` (they keep a :class:`CommitState` per request).
     """
 
     supported_architectures = SUPPORTED_ARCHITECTURES
+    FACTS: SGLangAlgorithm
     OPTIONS: dict = {}
     STATEFUL = False
     SUPPRESS_MASK = True  # token_stats never proposes MASK (the seeds' rules); False: SGLang's plain argmax
@@ -238,7 +263,8 @@ class KernelAlgorithm(DllmAlgorithm):
         self._cache: dict = {}
 
     def rule(self, options: dict) -> CommitRule:
-        raise NotImplementedError
+        """The commit rule of the parsed ``options`` (the published builder, ``FACTS.rule``)."""
+        return self.FACTS.rule(options)
 
     # -- helpers (no host sync) ----------------------------------------------------------------
 
@@ -362,11 +388,9 @@ class DllmKernelsLowConfidence(KernelAlgorithm):
     positions, else the most confident one (ties -> lowest position); a MASK proposal is a no-op
     that still counts as selected (module doc)."""
 
-    OPTIONS = {"threshold": (0.95, _number), "backend": _BACKEND}
+    FACTS = sglang_algorithms()["DllmKernelsLowConfidence"]
+    OPTIONS = options_of(FACTS)
     SUPPRESS_MASK = False
-
-    def rule(self, options):
-        return CommitRule(base="threshold", threshold=_strict(options["threshold"]), commit_best=False)
 
     def _force(self, masked, stats):
         # SGLang's fallback: torch.argmax of the masked confidences over every proposal (MASK
@@ -379,38 +403,22 @@ class DllmKernelsLowConfidence(KernelAlgorithm):
 class DllmKernelsFastDllm(KernelAlgorithm):
     """Fast-dLLM's threshold rule: ``prob >= threshold`` plus the most confident position."""
 
-    OPTIONS = {"threshold": (0.9, _number), "backend": _BACKEND}
-
-    def rule(self, options):
-        return CommitRule(base="threshold", threshold=options["threshold"])
+    FACTS = sglang_algorithms()["DllmKernelsFastDllm"]
+    OPTIONS = options_of(FACTS)
 
 
 class DllmKernelsStreamingDllm(KernelAlgorithm):
     """Streaming-dLLM's dynamic threshold over the block's generation region."""
 
-    OPTIONS = {"threshold": (0.9, _number), "alpha": (0.3, _number), "backend": _BACKEND}
-
-    def rule(self, options):
-        return CommitRule(base="dynamic", threshold=options["threshold"], alpha=options["alpha"])
+    FACTS = sglang_algorithms()["DllmKernelsStreamingDllm"]
+    OPTIONS = options_of(FACTS)
 
 
 class DllmKernelsD3LLM(KernelAlgorithm):
     """d3LLM's entropy rule within the block."""
 
-    OPTIONS = {
-        "entropy_threshold": (0.5, _number),
-        "entropy_strict": (False, _bool),
-        "commit_best": (True, _bool),
-        "backend": _BACKEND,
-    }
-
-    def rule(self, options):
-        return CommitRule(
-            base="entropy",
-            entropy_threshold=options["entropy_threshold"],
-            entropy_strict=options["entropy_strict"],
-            commit_best=options["commit_best"],
-        )
+    FACTS = sglang_algorithms()["DllmKernelsD3LLM"]
+    OPTIONS = options_of(FACTS)
 
 
 class DllmKernelsR2Dllm(KernelAlgorithm):
@@ -418,21 +426,8 @@ class DllmKernelsR2Dllm(KernelAlgorithm):
     are per-request device state."""
 
     STATEFUL = True
-    OPTIONS = {
-        "threshold": (0.9, _number),
-        "spatial_window": (3, _int(0, MAX_SPATIAL_WINDOW)),
-        "spatial_max_decided": (1, _int(0, 2**31 - 1)),
-        "spatial_threshold": (0.8, _number),
-        "token_cluster": (True, _bool),
-        "cluster_min_len": (2, _int(1, 2**31 - 1)),
-        "temporal_steps": (3, _int(0, 2**31 - 1)),
-        "temporal_threshold": (0.8, _number),
-        "temporal_agg": ("last", _choice(TEMPORAL_AGGS)),
-        "backend": _BACKEND,
-    }
-
-    def rule(self, options):
-        return CommitRule(base="threshold", **{k: v for k, v in options.items() if k != "backend"})
+    FACTS = sglang_algorithms()["DllmKernelsR2Dllm"]
+    OPTIONS = options_of(FACTS)
 
 
 class DllmKernelsJointThreshold(KernelAlgorithm):
@@ -445,24 +440,9 @@ class DllmKernelsJointThreshold(KernelAlgorithm):
     Per-request state (commit steps, edit budget, finished flag, prompt length) stays on the device."""
 
     STATEFUL = True
-    OPTIONS = {
-        "threshold": (0.5, _number),
-        "edit_threshold": (0.0, _number),
-        "max_post_edit_steps": (16, _int(0, 2**31 - 1)),
-        "penalty_lambda": (0.0, _number),
-        "vectorized_decoding": (False, _bool),
-        "backend": _BACKEND,
-    }
+    FACTS = sglang_algorithms()["DllmKernelsJointThreshold"]
+    OPTIONS = options_of(FACTS)
     SUPPRESS_MASK = False
-
-    def rule(self, options):
-        return CommitRule(
-            base="threshold",
-            threshold=_strict(options["threshold"]),
-            commit_best=False,
-            token_edit=True,
-            edit_threshold=options["edit_threshold"],
-        )
 
     def max_steps(self, block_size: int) -> int:
         return block_size + self.options["max_post_edit_steps"] + 1

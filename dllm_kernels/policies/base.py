@@ -1,0 +1,130 @@
+"""The :class:`Policy` record and its checks: what the loop needs to know about a decoder.
+
+A :class:`Policy` says how a step's forward is laid out (cache mode, suffix pruning), how blocks
+are scheduled (one at a time, or d3LLM's pipelined multi-block), and which commit rule runs
+(:class:`dllm_kernels.commit.CommitRule`). The published decoders' settings live in
+:mod:`dllm_kernels.policies.published`.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+
+from .._validate import check_policy_numbers
+from ..commit import CommitRule
+
+CACHE_MODES = ("none", "prefix", "dual", "delayed")
+SCHEDULERS = ("blocks", "multi_block")
+# Dream's first forward of a block (``ar_first_token``): one token, at the block's first position
+FIRST_TOKEN_RULE = CommitRule(base="topk")
+
+
+@dataclass(frozen=True)
+class Policy:
+    """One decoding policy.
+
+    Attributes:
+        name: label used in tables.
+        rule: the commit rule of every step (:class:`CommitRule`).
+        scheduler: ``"blocks"``: one block at a time, forwards until it is complete (or exactly
+            ``steps_per_block`` forwards); ``"multi_block"``: d3LLM's pipelined blocks.
+        cache: ``"none"``: every forward sees the whole canvas; ``"prefix"`` (Fast-dLLM): a block's
+            first forward is full and fills the cache, later ones forward the block and everything
+            after it against the cached prefix; ``"dual"`` (Fast-dLLM): later forwards see only the
+            block, against the cached prefix and (stale) suffix; ``"delayed"`` (d3LLM): completed
+            blocks enter the cache ``cache_delay`` steps after completing, with a full refresh
+            forward every ``refresh_interval`` steps and while a block stabilises. Unlike the
+            published code, whose concatenated cache can hold a position twice after a refresh
+            while two blocks stabilise, the cache is indexed by position (tests/fidelity/README.md).
+        steps_per_block: > 0: LLaDA's fixed schedule, exactly this many forwards per block, each
+            committing its share of the block's masks (needs ``rule.base == "topk"``); 0 with
+            "topk" means one token per step (``block_length`` steps).
+        idle_forward: Fast-dLLM's published cached loops (``generate_with_prefix_cache`` /
+            ``generate_with_dual_cache``) run one cached forward after a block's first (full)
+            forward before they test the block for masks, so a block that its first forward
+            completes costs 2 forwards (the second commits nothing, its NFE counts). True runs and
+            counts that forward; False moves on after the first (the saving:
+            ``fast_dllm(skip_idle_forward=True)``). Streaming-dLLM, R2-dLLM and LLaDA test before
+            every forward, so they never run one.
+        block_start_rule: the rule at a block's first forward (Streaming-dLLM: the plain
+            threshold); None = ``rule``.
+        ar_first_token: a block's first forward commits only the block's first position
+            (Fast-dLLM / Streaming-dLLM for Dream's shifted logits).
+        suffix_window: Streaming-dLLM's pruning W: forwards see the block, the first W positions
+            after it and the canvas's last position (with their original positions). None = off.
+        early_exit: Streaming-dLLM: when a block completes and holds EOS, every later position
+            becomes EOS and the sequence stops.
+        early_stop: d3LLM: at every step, everything after the first EOS of the generation region
+            becomes EOS (also already decoded tokens); blocks after it count as complete.
+        block_add_threshold / decoded_token_threshold: d3LLM multi-block: a new block is added
+            once the last one is this far decoded; a block becomes fully active (forced progress)
+            once its predecessor is this far decoded.
+        cache_delay / refresh_interval: d3LLM delayed cache (see ``cache``).
+        suppress_eos: LLaDA's ``logits_eos_inf``: EOS is never proposed.
+        confidence_eos_eot_inf: LLaDA's option of that name: an EOS or EoT proposal gets
+            confidence 0 (it is committed only when nothing else is left to pick).
+        d3_stale_candidates: d3LLM quirk, on by default for fidelity: the candidates of a step are
+            the masks before that step's early-stop fill, so a position filled with EOS can still
+            take a proposal in the same step (the next step's fill overwrites it again).
+    """
+
+    name: str
+    rule: CommitRule
+    scheduler: str = "blocks"
+    cache: str = "none"
+    steps_per_block: int = 0
+    idle_forward: bool = False
+    block_start_rule: CommitRule | None = None
+    ar_first_token: bool = False
+    suffix_window: int | None = None
+    early_exit: bool = False
+    early_stop: bool = False
+    block_add_threshold: float = 1.0
+    decoded_token_threshold: float = 1.0
+    cache_delay: int = 2
+    refresh_interval: int = 3
+    suppress_eos: bool = False
+    confidence_eos_eot_inf: bool = False
+    d3_stale_candidates: bool = True
+
+    def __post_init__(self):
+        if self.cache not in CACHE_MODES:
+            raise ValueError(f"policy {self.name}: cache must be one of {CACHE_MODES}, got {self.cache!r}")
+        if self.scheduler not in SCHEDULERS:
+            raise ValueError(f"policy {self.name}: scheduler must be one of {SCHEDULERS}, got {self.scheduler!r}")
+        if self.cache == "delayed" and self.scheduler != "multi_block":
+            raise ValueError(f"policy {self.name}: the delayed cache belongs to the multi_block scheduler")
+        if self.scheduler == "multi_block" and self.cache in ("prefix", "dual"):
+            raise ValueError(f"policy {self.name}: multi_block decoding uses cache 'none' or 'delayed'")
+        if self.idle_forward and (self.scheduler != "blocks" or self.cache not in ("prefix", "dual")):
+            raise ValueError(
+                f"policy {self.name}: idle_forward belongs to the blocks scheduler with a prefix or dual cache"
+            )
+        if self.steps_per_block and self.rule.base != "topk":
+            raise ValueError(f"policy {self.name}: steps_per_block needs the 'topk' rule")
+        check_policy_numbers(self)
+        if self.suffix_window is not None and (self.suffix_window < 0 or self.cache == "dual"):
+            raise ValueError(f"policy {self.name}: suffix_window must be >= 0 and needs cache 'none' or 'prefix'")
+
+    def launched_rules(self) -> dict[str, CommitRule]:
+        """Every commit rule the loop launches for this policy, by role: ``"main"`` (every step but
+        a block's first forward where one of the others is set), ``"first_token"`` (a block's
+        first forward with ``ar_first_token``) or else ``"block_start"`` (``block_start_rule``);
+        the multi-block scheduler runs ``rule`` only."""
+        rules = {"main": self.rule}
+        if self.scheduler == "blocks" and self.ar_first_token:
+            rules["first_token"] = FIRST_TOKEN_RULE
+        elif self.scheduler == "blocks" and self.block_start_rule is not None:
+            rules["block_start"] = self.block_start_rule
+        return rules
+
+
+def strict_threshold(threshold: float) -> float:
+    """The fp32 number ``t'`` (the next fp32 above ``fp32(threshold)``) with ``c >= t'`` exactly
+    when ``c > fp32(threshold)`` for every fp32 ``c``: a strict ``>`` threshold (SGLang's) as the
+    commit op's ``>=``."""
+    t = torch.tensor(threshold, dtype=torch.float32)
+    return torch.nextafter(t, torch.tensor(math.inf, dtype=torch.float32)).item()

@@ -1,0 +1,231 @@
+"""A published decoder's facts are written once (dllm_kernels/policies/published.py): the policy
+constructors' defaults, the public repos' aliases, the SGLang algorithms' options and rules, the
+evaluation sweeps and the compiled serving rules all agree with its records."""
+
+import dataclasses
+import inspect
+import math
+import os
+import pathlib
+import sys
+
+import pytest
+import torch
+
+from dllm_kernels import CommitRule
+from dllm_kernels.addition import evaluate
+from dllm_kernels.policies import (
+    DECODERS,
+    POLICIES,
+    POLICY_FIELD_RENAMES,
+    RULE_VARIANTS,
+    SERVING,
+    SERVING_RULES,
+    Policy,
+    markdown_table,
+    resolve_policy,
+    sglang_algorithms,
+    strict_threshold,
+    sweeps,
+)
+
+
+def test_every_decoder_has_its_constructor():
+    assert list(POLICIES) == list(DECODERS)
+    assert all(make.__name__ == name for name, make in POLICIES.items())
+
+
+@pytest.mark.parametrize("name", [n for n in DECODERS if n != "d3llm_dream"])
+def test_constructor_defaults_are_the_published_ones(name):
+    params = inspect.signature(POLICIES[name]).parameters
+    assert {k: p.default for k, p in params.items()} == dict(DECODERS[name].defaults)
+    assert list(params) == list(DECODERS[name].defaults)  # the table lists them in signature order
+    assert POLICIES[name]() == POLICIES[name](**DECODERS[name].defaults)
+
+
+def test_d3llm_dream_defaults_are_the_published_ones():
+    want = dataclasses.replace(POLICIES["d3llm"](**DECODERS["d3llm_dream"].defaults), name="d3llm_dream")
+    assert POLICIES["d3llm_dream"]() == want
+    assert set(DECODERS["d3llm_dream"].defaults) == set(DECODERS["d3llm"].defaults)
+    rule = want.rule
+    assert (rule.entropy_threshold, rule.entropy_strict, rule.commit_best) == (0.4, True, False)
+    assert (want.cache_delay, want.refresh_interval) == (1, 10000)
+
+
+def test_the_decoders_rules_take_their_numbers_from_the_table():
+    # a constructor that ignored a keyword would build the same rule for two values of it
+    for name, d in DECODERS.items():
+        for key, value in d.defaults.items():
+            if isinstance(value, float) and not isinstance(value, bool):
+                other = POLICIES[name](**{key: value / 2})
+                assert other != POLICIES[name](), (name, key)
+
+
+def test_commit_rule_defaults_agree_with_the_published_decoders():
+    # CommitRule's own defaults (dllm_kernels._types, imported before any policy module) are the
+    # numbers of the decoder each rule comes from; the constructors pass every number explicitly
+    rule, fast, r2, d3 = CommitRule(), DECODERS["fast_dllm"], DECODERS["r2"], DECODERS["d3llm"]
+    assert rule.threshold == fast.defaults["threshold"]
+    assert rule.entropy_threshold == d3.defaults["threshold"]
+    assert rule.entropy_strict == d3.defaults["strict"] and rule.commit_best == d3.defaults["commit_best"]
+    assert rule.spatial_max_decided == r2.defaults["max_decided"]
+    for field in ("spatial_threshold", "temporal_threshold", "temporal_agg", "cluster_min_len"):
+        assert getattr(rule, field) == r2.defaults[field], field
+
+
+@pytest.mark.parametrize("name", list(DECODERS))
+def test_aliases_target_the_constructor_keywords(name):
+    d = DECODERS[name]
+    keywords = set(d.defaults)
+    for a in d.aliases:
+        assert a.ours in keywords, a
+        assert a.public == a.ours or a.public not in keywords, a  # a rename never shadows a keyword
+        if a.convert is not None:
+            assert a.note, a  # the docs table shows the value map
+    policy_fields = {f.name for f in dataclasses.fields(Policy)}
+    assert set(POLICY_FIELD_RENAMES.values()) <= policy_fields
+    assert POLICY_FIELD_RENAMES == {"logits_eos_inf": "suppress_eos", "cache_delay_iter": "cache_delay"}
+
+
+@pytest.mark.parametrize("name", list(DECODERS))
+def test_every_alias_is_applied_by_resolve_policy(name):
+    # each plain rename, given the default of its target, builds the default policy
+    for a in DECODERS[name].aliases:
+        if a.public != a.ours:
+            default = DECODERS[name].defaults[a.ours]
+            assert resolve_policy(name, **{a.public: default}) == POLICIES[name](), a
+
+
+def test_llada_steps_need_the_geometry_once():
+    assert resolve_policy("vanilla", steps=8, gen_length=32, block_length=8) == POLICIES["vanilla"](steps_per_block=2)
+    with pytest.raises(ValueError, match="steps.*gen_length"):
+        resolve_policy("vanilla", steps=8)
+
+
+def test_eval_sweeps_come_from_the_table():
+    for which, table in (("quick", evaluate.QUICK_SWEEPS), ("full", evaluate.FULL_SWEEPS)):
+        want = {n: [dict(kw) for kw in getattr(d, f"{which}_sweep")] for n, d in DECODERS.items()}
+        assert table == {n: points for n, points in want.items() if points}
+        assert list(table) == [n for n in want if want[n]]
+        assert sweeps(which) == table and sweeps(which) is not table  # fresh copies
+        for name, points in table.items():
+            assert points, name
+            for kw in points:
+                assert set(kw) <= set(DECODERS[name].defaults), (name, kw)
+                POLICIES[name](**kw)  # a valid setting
+    with pytest.raises(ValueError, match="which"):
+        sweeps("medium")
+
+
+def test_rule_variants_come_from_the_table():
+    assert RULE_VARIANTS == {"r2_mean": ("r2", {"temporal_agg": "mean"})}
+    for name, kw in RULE_VARIANTS.values():
+        assert POLICIES[name](**kw).rule != POLICIES[name]().rule
+
+
+@pytest.mark.parametrize("value", [0.95, 0.5, 0.0, 0.9, 1e-30, -0.5, 1.0])
+def test_strict_threshold_is_the_next_fp32(value):
+    t = strict_threshold(value)
+    f32 = torch.tensor(value, dtype=torch.float32)
+    assert torch.tensor(t, dtype=torch.float32).item() == t  # an fp32 number
+    assert t > f32.item()
+    # nothing in fp32 lies between fp32(value) and t: c >= t exactly when c > fp32(value)
+    below = torch.nextafter(torch.tensor(t, dtype=torch.float32), torch.tensor(-math.inf)).item()
+    assert below == f32.item()
+
+
+def test_serving_rules_are_the_sglang_rules_at_their_defaults():
+    assert set(SERVING_RULES) == {"low_confidence", "llada21_edit"}
+    low, joint = SERVING_RULES["low_confidence"], SERVING_RULES["llada21_edit"]
+    assert low == CommitRule(threshold=strict_threshold(0.95), commit_best=False)
+    assert joint == CommitRule(threshold=strict_threshold(0.5), commit_best=False, token_edit=True)
+    for s in SERVING.values():
+        assert SERVING_RULES[s.name] == s.sglang.rule(s.sglang.options)
+
+
+def test_markdown_table_lists_every_fact():
+    text = markdown_table()
+    rows = text.strip().splitlines()
+    assert len(rows) == 2 + len(DECODERS) + len(SERVING)
+    assert all(r.count("|") == rows[0].count("|") for r in rows)
+    for name, d in DECODERS.items():
+        row = next(r for r in rows if r.startswith(f"| `{name}` |"))
+        for key, value in d.defaults.items():
+            assert f"`{key}={value!r}`" in row, (name, key)
+        for a in d.aliases:
+            assert f"`{a.public}`" in row
+        if d.sglang:
+            assert d.sglang.name in row and all(f"`{k}=" in row for k in d.sglang.options)
+    for s in SERVING.values():
+        assert s.sglang.name in text
+
+
+# ------------------------------------------------------------------------------------------------
+# the SGLang plugin (needs sglang; tests/test_sglang.py decides whether it is required)
+# ------------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def sglang_plugin():
+    sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent / "stubs"))
+    import torchvision_stub
+
+    torchvision_stub.install()
+    environ = dict(os.environ)
+    try:
+        from sglang.srt.dllm.algorithm.joint_threshold import JointThreshold
+        from sglang.srt.dllm.algorithm.low_confidence import LowConfidence
+
+        from dllm_kernels.integrations import sglang as plugin
+    except ImportError as exc:
+        pytest.skip(f"sglang is not installed ({exc})")
+    finally:  # importing sglang points Triton's caches at its own folders: undo
+        os.environ.clear()
+        os.environ.update(environ)
+    return plugin, {"DllmKernelsLowConfidence": LowConfidence, "DllmKernelsJointThreshold": JointThreshold}
+
+
+def _config(algorithm_config=None):
+    from types import SimpleNamespace
+
+    return SimpleNamespace(
+        block_size=8, mask_id=7, algorithm_config=dict(algorithm_config or {}), first_done_first_out_mode=False
+    )
+
+
+def test_sglang_options_come_from_the_table(sglang_plugin):
+    plugin, _ = sglang_plugin
+    facts = sglang_algorithms()
+    assert sorted(cls.__name__ for cls in plugin.ALGORITHMS) == sorted(facts)
+    for cls in plugin.ALGORITHMS:
+        a = facts[cls.__name__]
+        assert cls.FACTS is a
+        assert list(cls.OPTIONS) == [*a.options, "backend"], cls.__name__
+        assert {k: v[0] for k, v in cls.OPTIONS.items()} == {**a.options, "backend": "auto"}, cls.__name__
+        assert cls(_config()).commit_rule == a.rule(a.options)
+    for d in DECODERS.values():
+        if d.sglang is not None:
+            for option, keyword in d.sglang.keywords.items():
+                assert d.sglang.options[option] == d.defaults[keyword], (d.name, option)
+
+
+def test_sglang_rules_are_the_policies_rules(sglang_plugin):
+    plugin, _ = sglang_plugin
+    rule = {cls.__name__: cls(_config()).commit_rule for cls in plugin.ALGORITHMS}
+    assert rule["DllmKernelsFastDllm"] == POLICIES["fast_dllm"]().rule
+    assert rule["DllmKernelsD3LLM"] == POLICIES["d3llm"]().rule
+    assert rule["DllmKernelsR2Dllm"] == POLICIES["r2"]().rule
+    # SGLang forwards no suffix: Streaming-dLLM's rule without its suffix window
+    assert rule["DllmKernelsStreamingDllm"] == dataclasses.replace(POLICIES["streaming"]().rule, suffix_window=0)
+    assert rule["DllmKernelsLowConfidence"] == SERVING_RULES["low_confidence"]
+    assert rule["DllmKernelsJointThreshold"] == SERVING_RULES["llada21_edit"]
+    strict = plugin.DllmKernelsLowConfidence(_config({"threshold": 0.8})).commit_rule
+    assert strict.threshold == strict_threshold(0.8)
+
+
+def test_serving_defaults_are_sglangs_own(sglang_plugin):
+    _, sglang_classes = sglang_plugin
+    for s in SERVING.values():
+        theirs = sglang_classes[s.sglang.name](_config())
+        for option, default in s.sglang.options.items():
+            assert getattr(theirs, option) == default, (s.name, option)
