@@ -25,6 +25,7 @@ import torch
 DATA_PATH = pathlib.Path(__file__).parent / "fidelity" / "data" / "block_tiny_peers.json"
 DATA = json.loads(DATA_PATH.read_text())
 MASK = {"fast_dllm_v2": 151665, "sdar": 151669}
+PAD = 151643  # Fast-dLLM v2's pad (the tokenizer's <|endoftext|>)
 FORMAT_OF_PEER = {"Fast-dLLM": "fast_dllm_v2", "SDAR": "sdar"}
 
 
@@ -114,11 +115,22 @@ def test_prompts_are_the_tokenizers_encoding(block_checkpoints):
         assert [tok.encode(p["text"]) for p in DATA["prompts"]] == [p["ids"] for p in DATA["prompts"]]
 
 
+def test_stop_runs_stop():
+    """The ``*_stop*`` runs pass a stop id that the model commits (for some prompts); the other
+    runs never commit one."""
+    for name, run in DATA["runs"].items():
+        kw = run["kwargs"]
+        stops = [kw["stop_token"]] if "stop_token" in kw else kw["stopping_criteria_idx"]
+        hit = [any(t in stops for t in row["tokens"]) for row in run["per_prompt"]]
+        assert any(hit) == ("stop" in name), name
+
+
 @pytest.mark.parametrize("call", recorded_calls(), ids=lambda c: f"{c.run}-{len(c.prompts[0])}")
 def test_rows_are_self_consistent(call):
     mask = MASK[call.fmt]
     for row in call.rows:
         assert row["canvas_tracked"] and row["rewrites"] == 0
+        assert row["padded"] == 0 or call.fmt == "fast_dllm_v2"
         assert row["nfe"] is None  # neither decoder returns one: the hook's count is the NFE
         assert len(row["tokens"]) == len(row["commit_step"])
         assert row["forwards"] == call.rows[0]["forwards"]
@@ -132,17 +144,31 @@ def test_rows_are_self_consistent(call):
 @pytest.mark.parametrize("call", recorded_calls("fast_dllm_v2"), ids=lambda c: f"{c.run}-{len(c.prompts[0])}")
 def test_fast_dllm_v2_rules(call):
     """Read off the record: the canvas ends at ``(max_new_tokens // 32 + max(seq_len) // 32) *
-    32`` plus the next block's inherited first token; sub-blocks of 8 are committed strictly in
-    order; every denoising forward commits at least one position of the row that still has
-    masks (all rows, batch 1), an update forward at most one (the inherited token); at
-    threshold 1 exactly one."""
+    32`` plus the next block's inherited first token, unless the row committed its stop token:
+    then it ends with its block (+ a pad if the batch ran the update forward), padded after the
+    first stop; sub-blocks of 8 are committed strictly in order; every denoising forward
+    commits at least one position of the row that still has masks (all rows, batch 1), an
+    update forward at most one (the inherited token); at threshold 1 exactly one."""
     kw = call.kwargs
     bs, sbs = kw["block_size"], kw["small_block_size"]
     n_blocks = kw["max_new_tokens"] // bs + max(len(p) for p in call.prompts) // bs
     kinds = call.rows[0]["forward_kinds"]
+    stopped = 0
     for prompt, row in zip(call.prompts, call.rows):
-        assert len(prompt) + len(row["tokens"]) == n_blocks * bs + 1
-        assert MASK[call.fmt] not in row["tokens"]  # no stop token: every block completes
+        assert MASK[call.fmt] not in row["tokens"]  # every block it reached completes
+        stop = kw["stop_token"]
+        if stop in row["tokens"]:
+            stopped += 1
+            end = len(prompt) + len(row["tokens"])
+            assert end % bs in (0, 1) and end <= n_blocks * bs + 1
+            first = row["tokens"].index(stop)
+            assert all(t == PAD for t in row["tokens"][first + 1 :])
+            # padded: seen as a token by a later forward, then padded (a position that the
+            # block's last forward committed is padded before any forward sees it)
+            assert 0 < row["padded"] <= len(row["tokens"]) - first - 1 - (end % bs)
+        else:
+            assert len(prompt) + len(row["tokens"]) == n_blocks * bs + 1
+            assert row["padded"] == 0
         steps = [None] * len(prompt) + row["commit_step"]
         for b0 in range(0, n_blocks * bs, bs):  # sub-blocks in order
             subs = [[s for s in steps[b0 + k : b0 + k + sbs] if s is not None] for k in range(0, bs, sbs)]
@@ -155,7 +181,8 @@ def test_fast_dllm_v2_rules(call):
                 assert n[f + 1] <= 1
             elif not call.batched:
                 assert n[f + 1] >= 1 and (n[f + 1] == 1 or kw["threshold"] < 1)
-    assert kinds[-1][2] == "update"  # the last block's cache update gives the appended token
+    # the last block's cache update gives the appended token; none once every row has stopped
+    assert (kinds[-1][2] == "update") == (stopped < len(call.rows))
     if not kw["use_block_cache"]:
         assert {k for _, _, k in kinds} <= {"update", "block"}
 
@@ -187,10 +214,15 @@ def test_sdar_rules(call):
             if kw["remasking_strategy"] in ("low_confidence_static", "sequential"):
                 assert n[f + 1] == 1
     assert max(denoise_in_block.values()) <= kw["denoising_steps"]
+    stops = [i for i, t in enumerate(row["tokens"]) if t in kw["stopping_criteria_idx"]]
+    if stops:  # the break after the stop's block: every later position stays a mask
+        end = -(-(len(prompt) + stops[0] + 1) // bl) * bl
+        assert all(s == -1 for s in row["commit_step"][end - len(prompt) :])
+        assert all(s > 0 for s in row["commit_step"][: end - len(prompt)])
     steps = [None] * len(prompt) + row["commit_step"]
     for b0 in range(0, total - bl, bl):
-        a = [s for s in steps[b0 : b0 + bl] if s is not None]
-        b = [s for s in steps[b0 + bl : b0 + 2 * bl] if s is not None]
+        a = [s for s in steps[b0 : b0 + bl] if s is not None and s > 0]
+        b = [s for s in steps[b0 + bl : b0 + 2 * bl] if s is not None and s > 0]
         if a and b:
             assert max(a) < min(b)
         if kw["remasking_strategy"] == "sequential":

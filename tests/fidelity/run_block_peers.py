@@ -91,6 +91,7 @@ FD_EVAL = dict(block_size=32, small_block_size=8, max_new_tokens=64, threshold=0
 # SDAR block_diffusion_generate: block 4, 4 denoising steps (the script defaults, generate.py
 # L217-233), gen_length 32 instead of 20480
 SDAR_BASE = dict(gen_length=32, block_length=4, denoising_steps=4, top_k=0, top_p=1.0)
+STOP_FD, STOP_SDAR = 57078, [35923, 50388]
 # (name, checkpoint, kwargs, batched): batched = all prompts in one ragged call
 RUNS = [
     ("fdv2_threshold", "fast_dllm_v2", FD_EVAL, False),
@@ -98,6 +99,12 @@ RUNS = [
     ("fdv2_threshold1", "fast_dllm_v2", dict(FD_EVAL, threshold=1.0), False),
     ("fdv2_threshold_ragged_batch", "fast_dllm_v2", FD_EVAL, True),
     ("fdv2_threshold_block_cache_ragged_batch", "fast_dllm_v2", dict(FD_EVAL, use_block_cache=True), True),
+    # a stop token that the model does commit (the real ones are never proposed): prompt 0
+    # commits 57078 in its second block, the others never; batch 1 (all rows finished: no cache
+    # update forward) and ragged (the finished row is padded after its stop, then dropped). A
+    # stop in the first block of a call without prefill crashes batch_sample (README).
+    ("fdv2_threshold_stop", "fast_dllm_v2", dict(FD_EVAL, stop_token=STOP_FD), False),
+    ("fdv2_threshold_stop_ragged_batch", "fast_dllm_v2", dict(FD_EVAL, stop_token=STOP_FD), True),
     (
         "sdar_dynamic",
         "sdar",
@@ -112,6 +119,18 @@ RUNS = [
     ),
     ("sdar_static", "sdar", dict(SDAR_BASE, remasking_strategy="low_confidence_static"), False),
     ("sdar_sequential", "sdar", dict(SDAR_BASE, remasking_strategy="sequential"), False),
+    # stop ids that the model does commit: 35923 (prompt 0's 9th block), 50388 (prompt 1)
+    (
+        "sdar_dynamic_stop",
+        "sdar",
+        dict(
+            SDAR_BASE,
+            remasking_strategy="low_confidence_dynamic",
+            confidence_threshold=0.85,
+            stopping_criteria_idx=STOP_SDAR,
+        ),
+        False,
+    ),
 ]
 CHECK_LENGTH = 96  # the model check: prompt 1 (58 tokens) + masks to 96 (three 32-blocks)
 
@@ -127,14 +146,17 @@ class Recorder:
     position that was a mask (or unseen) at the previous forward and holds a token now was
     committed by the previous forward. ``finish(rows)`` diffs the returned canvas the same way
     (commits of the last forward). A committed position that later changes is counted in
-    ``rewrites`` (never expected). ``kinds`` keeps, per forward, ``[start, length, kind]``."""
+    ``padded`` if it became ``pad`` (Fast-dLLM v2 pads a finished row after its stop token; the
+    position keeps its commit step), else in ``rewrites`` (never expected). ``kinds`` keeps, per
+    forward, ``[start, length, kind]``."""
 
-    def __init__(self, prompt_lengths: list[int], mask: int, stop: int | None = None):
-        self.plen, self.mask, self.stop = list(prompt_lengths), mask, stop
+    def __init__(self, prompt_lengths: list[int], mask: int, stop: int | None = None, pad: int | None = None):
+        self.plen, self.mask, self.stop, self.pad = list(prompt_lengths), mask, stop, pad
         self.rows = list(range(len(prompt_lengths)))  # original row of each live batch row
         self.canvas = [dict() for _ in prompt_lengths]  # position -> token (generated region)
         self.step = [dict() for _ in prompt_lengths]
         self.rewrites = [0 for _ in prompt_lengths]
+        self.padded = [0 for _ in prompt_lengths]
         self.forwards, self.kinds = 0, []
 
     def _take(self, r: int, tokens: list[int], start: int, step: int) -> None:
@@ -146,7 +168,10 @@ class Recorder:
             if t != self.mask and old == self.mask:
                 self.step[r][p] = step
             elif t != old and old != self.mask:
-                self.rewrites[r] += 1
+                if t == self.pad:
+                    self.padded[r] += 1
+                else:
+                    self.rewrites[r] += 1
             self.canvas[r][p] = t
 
     def observe(self, tokens, start: int, kind: str) -> None:
@@ -170,6 +195,7 @@ class Recorder:
             "canvas_tracked": all(self.canvas[r].get(self.plen[r] + i, self.mask) == t for i, t in enumerate(gen))
             and max(self.canvas[r], default=-1) < len(row),
             "rewrites": self.rewrites[r],
+            "padded": self.padded[r],
         }
 
 
@@ -293,7 +319,8 @@ def _run_fast_dllm_v2(torch, types, model, gen, prompts):
         rows = [None] * len(prompts)
         for group in groups:
             ps = [prompts[i] for i in group]
-            rec = Recorder([len(p) for p in ps], FD["mask"], FD["stop"])
+            stop = kwargs.get("stop_token", FD["stop"])
+            rec = Recorder([len(p) for p in ps], FD["mask"], stop, FD["pad"])
 
             def hook(module, args, kw, rec=rec):  # the inner Fast_dLLM_QwenModel: batch_sample calls self.forward
                 ids = kw["input_ids"] if "input_ids" in kw else args[0]
@@ -317,9 +344,7 @@ def _run_fast_dllm_v2(torch, types, model, gen, prompts):
                 tokenizer=tokenizer,
                 min_len=min(len(p) for p in ps),
                 seq_len=torch.tensor([len(p) for p in ps]),
-                mask_id=FD["mask"],
-                stop_token=FD["stop"],
-                **kwargs,
+                **dict(dict(mask_id=FD["mask"], stop_token=FD["stop"]), **kwargs),
             )
             seconds = time.perf_counter() - t0
             handle.remove()
@@ -333,7 +358,7 @@ def _run_fast_dllm_v2(torch, types, model, gen, prompts):
         results[name] = {
             "peer": "Fast-dLLM",
             "function": "v2/generation_functions.py:Fast_dLLM_QwenForCausalLM.batch_sample",
-            "kwargs": dict(kwargs, mask_id=FD["mask"], stop_token=FD["stop"], temperature=0.0, top_p=0.95),
+            "kwargs": dict(dict(mask_id=FD["mask"], stop_token=FD["stop"], temperature=0.0, top_p=0.95), **kwargs),
             "batched": batched,
             "per_prompt": rows,
         }
@@ -365,8 +390,7 @@ def _run_sdar(torch, model, gen, prompts):
                 prompt={"input_ids": torch.tensor([prompt])},
                 mask_id=SDAR["mask"],
                 temperature=1.0,
-                stopping_criteria_idx=SDAR["stops"],
-                **kwargs,
+                **dict(dict(stopping_criteria_idx=SDAR["stops"]), **kwargs),
             )
             seconds = time.perf_counter() - t0
             handle.remove()
@@ -375,7 +399,7 @@ def _run_sdar(torch, model, gen, prompts):
         results[name] = {
             "peer": "SDAR",
             "function": "generate.py:block_diffusion_generate",
-            "kwargs": dict(kwargs, mask_id=SDAR["mask"], stopping_criteria_idx=SDAR["stops"], temperature=1.0),
+            "kwargs": dict(dict(mask_id=SDAR["mask"], stopping_criteria_idx=SDAR["stops"], temperature=1.0), **kwargs),
             "sampler": "torch.multinomial replaced by argmax (greedy)",
             "batched": False,
             "per_prompt": rows,
