@@ -16,7 +16,7 @@ from dataclasses import asdict, dataclass
 
 import torch
 
-from .loop import generate
+from .decode import generate
 from .policies import POLICIES
 
 DEFAULT_POLICIES = tuple(POLICIES)

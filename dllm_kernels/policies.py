@@ -267,13 +267,16 @@ def compiled_rules() -> dict[str, CommitRule]:
     return out
 
 
-def resolve_policy(policy: str | Policy, **overrides) -> Policy:
+def resolve_policy(
+    policy: str | Policy, *, gen_length: int | None = None, block_length: int | None = None, **overrides
+) -> Policy:
     """A named policy with its constructor's keyword overrides, or a :class:`Policy` as is
     (then ``overrides`` replace its fields). The public repos' option names are accepted as
-    aliases (:mod:`dllm_kernels.policy_aliases`)."""
+    aliases (:mod:`dllm_kernels.policy_aliases`); ``gen_length`` / ``block_length`` turn LLaDA's
+    total ``steps`` into ``steps_per_block``."""
     from .policy_aliases import public_aliases
 
-    overrides = public_aliases(policy, overrides)
+    overrides = public_aliases(policy, overrides, gen_length=gen_length, block_length=block_length)
     if isinstance(policy, Policy):
         return dataclasses.replace(policy, **overrides) if overrides else policy
     if policy not in POLICIES:

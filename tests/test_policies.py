@@ -8,7 +8,7 @@ import pytest
 import torch
 from scripted import ScriptedConfig, ScriptedModel, confident_table
 
-import dllm_kernels.loop as loop
+import dllm_kernels.decode.step as loop  # the module that launches the commits
 from dllm_kernels import generate
 from dllm_kernels.kernels import _aot, commit as kernels_commit
 from dllm_kernels.policies import POLICIES

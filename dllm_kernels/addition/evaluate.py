@@ -29,7 +29,7 @@ from dataclasses import asdict, dataclass
 
 import torch
 
-from ..loop import generate
+from ..decode import generate
 from .task import AdditionTask, Problem
 
 
