@@ -44,9 +44,9 @@ class BlockRows:
         self._cols = None
 
     def _columns(self) -> np.ndarray:
-        """``[2 nb, Col.RULE + 1]`` the plan's columns ``Col.FWD`` to ``Col.RULE`` of a forwarding row in
+        """``[2 nb, Col.RULE + 1]`` the plan's columns ``FWD`` to ``RULE`` of a forwarding row in
         block k, row ``2 k + first`` (first: the block's first forward). They change only at
-        block boundaries, so :meth:`plan` looks them up; ``Col.K`` holds Dream's first-token 1 (the
+        block boundaries, so :meth:`plan` looks them up; ``K`` holds Dream's first-token 1 (the
         LLaDA schedule's count is added per step)."""
         p, g = self.p, self.g
         k = np.repeat(np.arange(g.nb, dtype=np.int64), 2)

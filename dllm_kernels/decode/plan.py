@@ -64,22 +64,23 @@ NCOL = len(Col)
 #   forwarded columns = (WIN_END - WIN_START) + TAIL
 #   logits rows       = ACTIVE_END - ACTIVE_START
 #   written blocks    = WRITE_END - WRITE_START
-_EXTENT_FIRST, _EXTENT_LAST = Col.WIN_START, Col.ACTIVE_END
 _EXTENT_TERMS = {
     0: {Col.WIN_END: 1, Col.TAIL: 1, Col.WIN_START: -1},
     1: {Col.ACTIVE_END: 1, Col.ACTIVE_START: -1},
     2: {Col.WRITE_END: 1, Col.WRITE_START: -1},
 }
-_EXTENT = np.zeros((_EXTENT_LAST + 1 - _EXTENT_FIRST, 3), np.int64)
+_EXTENT_COLUMNS = slice(int(Col.WIN_START), int(Col.ACTIVE_END) + 1)  # the columns the terms read
+_EXTENT = np.zeros((_EXTENT_COLUMNS.stop - _EXTENT_COLUMNS.start, 3), np.int64)
 for _j, _terms in _EXTENT_TERMS.items():
     for _c, _v in _terms.items():
-        _EXTENT[_c - _EXTENT_FIRST, _j] = _v
+        _EXTENT[_c - _EXTENT_COLUMNS.start, _j] = _v
 
 
 def step_extents(plan: np.ndarray) -> tuple[int, int, int]:
     """The widest extents of a step over its rows: ``(Lq, Lo, nw)``, the forwarded columns
     (window + tail), the logits rows (the commit region) and the written cache blocks."""
-    return tuple((plan[:, _EXTENT_FIRST : _EXTENT_LAST + 1] @ _EXTENT).max(0).tolist())
+    Lq, Lo, nw = (plan[:, _EXTENT_COLUMNS] @ _EXTENT).max(0).tolist()
+    return Lq, Lo, nw
 
 
 @dataclass(frozen=True)
