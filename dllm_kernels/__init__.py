@@ -23,7 +23,7 @@ from .attention import attention
 from .backend import BACKENDS, interpreter_enabled
 from .commit import commit, num_transfer_schedule
 from .confidence import merge_token_stats, token_stats, token_stats_partial, window_confidence
-from .decode import GenerateResult, MaxNFEError, generate
+from .decode.generate import GenerateResult, MaxNFEError, generate
 from .kv_cache import refresh_kv_cache
 from .policies import POLICIES, Policy
 

@@ -16,7 +16,7 @@ from dataclasses import asdict, dataclass
 
 import torch
 
-from .decode import generate
+from .decode.generate import generate
 from .policies import POLICIES
 
 DEFAULT_POLICIES = tuple(POLICIES)

@@ -29,7 +29,7 @@ from dataclasses import asdict, dataclass
 
 import torch
 
-from ..decode import generate
+from ..decode.generate import generate
 from .task import AdditionTask, Problem
 
 

@@ -35,7 +35,11 @@ once per call), :mod:`.plan` (the step plan's columns, :class:`~.plan.Col`; the 
 :mod:`.canvas` (the canvas, the batch's rows and their compaction).
 """
 
-from .generate import GenerateResult, MaxNFEError, generate
+# ``generate`` itself is imported from its module, ``dllm_kernels.decode.generate`` (or as
+# ``dllm_kernels.generate``): bound here, the function would hide the module of the same name
+# (``import dllm_kernels.decode.generate as m`` would give the function, and a monkeypatch of
+# ``"dllm_kernels.decode.generate.X"`` would land on it silently)
+from .generate import GenerateResult, MaxNFEError
 from .step import StepInputs, decode_step
 
-__all__ = ["GenerateResult", "MaxNFEError", "StepInputs", "decode_step", "generate"]
+__all__ = ["GenerateResult", "MaxNFEError", "StepInputs", "decode_step"]
