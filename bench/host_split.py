@@ -23,7 +23,7 @@ its launcher does is not seen), i.e. the launches a GPU step issues. Equal op co
 the dispatch work does not grow with the batch.
 
 ``graph_host_us``: the host work of a step on the CUDA-graph path (``generate(cuda_graph=True)``),
-where the step's device work (``_StepRunner._body``: index tables, forward, statistics, commits)
+where the step's device work (``StepRunner._body``: index tables, forward, statistics, commits)
 is one graph replay. Capture needs CUDA, so the bucketed path (the shapes the graphs are captured
 at) runs with ``_body`` recorded once and then replayed as a graph would: the canvas, the commit
 state and the returned positions it left are put in place (checked against the record: same
@@ -50,7 +50,8 @@ import host_step as hs  # noqa: E402  (bench/, beside this file; sets TRITON_INT
 import torch  # noqa: E402
 from torch.utils._python_dispatch import TorchDispatchMode  # noqa: E402
 
-import dllm_kernels as dk  # noqa: E402
+from dllm_kernels.decode.generate import _generate  # noqa: E402
+from dllm_kernels.decode.runner import StepRunner  # noqa: E402
 
 
 class _OpCount(TorchDispatchMode):
@@ -69,7 +70,7 @@ class _OpCount(TorchDispatchMode):
 
 
 class _BodyClock:
-    """Stands in for :meth:`dllm_kernels.loop._StepRunner._body` (the device work that a CUDA
+    """Stands in for :meth:`dllm_kernels.decode.runner.StepRunner._body` (the device work that a CUDA
     graph replays): ``record`` runs it and keeps what it changes (the canvas' and the commit
     state's changed positions and values, the returned positions), ``replay`` writes those
     positions instead of running it, touching little host memory, as a graph replay would (timed
@@ -77,7 +78,7 @@ class _BodyClock:
     steps."""
 
     def __init__(self):
-        self.runner = dk.loop._StepRunner
+        self.runner = StepRunner
         self.impl = self.runner._body
         self.mode, self.tape, self.pos = "pass", [], 0
         self.inside, self.inside_cpu, self.count, self.calls = 0.0, 0.0, None, 0
@@ -204,7 +205,7 @@ def _run(model, name: str, B: int, buckets: bool):
     policy, kw = hs.POLICIES[name]
     prompt = torch.arange(B * hs.PROMPT).reshape(B, hs.PROMPT) % (hs.V - 2)
     args = dict(temperature=0.0, seed=None, max_nfe=10000, progress=False, buckets=buckets, capture=False)
-    return lambda: dk.loop._generate(
+    return lambda: _generate(
         model, prompt, policy=policy, gen_length=hs.GEN, block_length=hs.BLOCK, backend="triton", **args, **kw
     )
 

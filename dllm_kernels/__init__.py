@@ -23,8 +23,8 @@ from .attention import attention
 from .backend import BACKENDS, interpreter_enabled
 from .commit import commit, num_transfer_schedule
 from .confidence import merge_token_stats, token_stats, token_stats_partial, window_confidence
+from .decode.generate import GenerateResult, MaxNFEError, generate
 from .kv_cache import refresh_kv_cache
-from .loop import GenerateResult, MaxNFEError, generate
 from .policies import POLICIES, Policy
 from .soft_embedding import merge_soft_embedding, soft_embedding, soft_embedding_partial
 

@@ -163,7 +163,7 @@ def mix_seed(seed, step, pos):
 
 class MaxNFEError(RuntimeError):
     """``generate`` reached ``max_nfe`` forwards on a row that still holds masks. ``result`` holds
-    the partial :class:`~dllm_kernels.loop.GenerateResult` (masks left in place)."""
+    the partial :class:`~dllm_kernels.decode.GenerateResult` (masks left in place)."""
 
     def __init__(self, message: str, result=None):
         super().__init__(message)

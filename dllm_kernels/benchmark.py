@@ -12,7 +12,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 
 from ._bench import wall_ms, write_json
-from .loop import generate
+from .decode.generate import generate
 from .policies import POLICIES
 
 DEFAULT_POLICIES = tuple(POLICIES)

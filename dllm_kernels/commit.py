@@ -445,7 +445,7 @@ def commit_unchecked(
     backend: str = "auto",
 ) -> torch.Tensor:
     """:func:`commit` without validation: the documented internal entry of a decoding loop that
-    validated its inputs once per call (``dllm_kernels.loop`` calls it every step).
+    validated its inputs once per call (``dllm_kernels.decode.step.decode_step`` calls it every step).
 
     ``rows`` is the int32/int64 ``[6, B]`` table of :func:`pack_rows` (contiguous, or it is
     copied), ``step`` a 0-d int32/int64 tensor on ``x``'s device; the rest as in :func:`commit`.

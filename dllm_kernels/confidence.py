@@ -190,7 +190,7 @@ def token_stats(
 
 def token_stats_unchecked(logits, temperature: float, seed, ids: tuple[int, ...], backend: str) -> TokenStats:
     """:func:`token_stats` without validation: the documented internal entry of a decoding loop
-    that validated its arguments once per call (``dllm_kernels.loop`` calls it every step).
+    that validated its arguments once per call (``dllm_kernels.decode.step.decode_step`` calls it every step).
 
     ``temperature`` a float (0 or >= MIN_TEMPERATURE), ``seed`` an int in ``[0, 2**63)`` or an
     integer tensor of the logits' row shape (0 at T = 0), ``ids`` sorted distinct suppressed ids,

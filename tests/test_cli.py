@@ -166,7 +166,7 @@ def test_library_errors_become_one_line(monkeypatch, capsys):
 def test_max_nfe_error_is_one_line(monkeypatch, capsys):
     """A decode that runs out of forwards (generate's MaxNFEError, exported by the package) is one
     line naming max_nfe, status 1, no traceback hint; --debug re-raises it."""
-    assert dllm_kernels.MaxNFEError is dllm_kernels.loop.MaxNFEError
+    assert dllm_kernels.MaxNFEError is dllm_kernels.decode.MaxNFEError
 
     def stuck(*args, **kwargs):
         raise dllm_kernels.MaxNFEError("generate: rows [0] reached max_nfe (3) with masks left\n(partial)")

@@ -8,7 +8,8 @@ import torch
 from scripted import ScriptedConfig, ScriptedModel, confident_table
 
 from dllm_kernels import CommitState, GenerateResult, generate
-from dllm_kernels.loop import StepInputs, _generate, decode_step
+from dllm_kernels.decode import StepInputs, decode_step
+from dllm_kernels.decode.generate import _generate
 from dllm_kernels.models import DiffusionLM, tiny
 from dllm_kernels.policies import POLICIES, Policy, resolve_policy
 

@@ -7,7 +7,7 @@ from test_generate import POLICY_CASES, sharp_tiny_model
 
 from dllm_kernels import generate
 from dllm_kernels._validate import _M31, mix_seed
-from dllm_kernels.loop import _generate
+from dllm_kernels.decode.generate import _generate
 
 PROMPTS = [[3, 4, 5], [7, 1, 2, 9, 4, 4, 2, 6, 1], [5] * 12]  # padded to 8 or 16 alone: ragged
 SEEDS = [11, 2**63 - 1, 0]

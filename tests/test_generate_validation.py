@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from dllm_kernels import generate
-from dllm_kernels.loop import MaxNFEError
+from dllm_kernels.decode import MaxNFEError
 from dllm_kernels.models import DiffusionLM, tiny
 
 

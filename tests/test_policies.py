@@ -8,7 +8,7 @@ import pytest
 import torch
 from scripted import ScriptedConfig, ScriptedModel, confident_table
 
-import dllm_kernels.loop as loop
+import dllm_kernels.decode.step as loop  # the module that launches the commits
 from dllm_kernels import aot, generate
 from dllm_kernels.kernels import commit as kernels_commit
 from dllm_kernels.policies import POLICIES
@@ -26,13 +26,13 @@ def _variants(name):
 
 @pytest.mark.parametrize("name", list(POLICIES))
 def test_the_loop_launches_exactly_the_declared_rules(monkeypatch, name):
-    commit, launched = loop._commit_unchecked, []
+    commit, launched = loop.commit_unchecked, []
 
     def spy(x, stats, state, rule, *args, **kw):
         launched.append(rule)
         return commit(x, stats, state, rule, *args, **kw)
 
-    monkeypatch.setattr(loop, "_commit_unchecked", spy)
+    monkeypatch.setattr(loop, "commit_unchecked", spy)
     # confident positions and unsure ones (every third): blocks take several forwards
     table = confident_table([p % 12 for p in range(40)], [0.5 if p % 3 == 0 else 0.97 for p in range(40)], V)
     model = ScriptedModel(table, ScriptedConfig(vocab_size=V, mask_id=MASK, eos_id=EOS))

@@ -30,7 +30,7 @@ from dataclasses import asdict, dataclass
 
 import torch
 
-from ..loop import generate
+from ..decode.generate import generate
 from ..policies import sweeps
 from .task import AdditionTask, Problem
 
