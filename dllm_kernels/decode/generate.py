@@ -87,7 +87,8 @@ def generate(
         policy: a name of :data:`dllm_kernels.policies.POLICIES` (``"vanilla"``, ``"fast_dllm"``,
             ``"streaming"``, ``"r2"``, ``"d3llm"``, ``"d3llm_dream"``) or a :class:`Policy`;
             ``overrides`` go to the named policy's constructor (e.g. ``threshold=0.8``); the public
-            repos' option names are accepted too (:mod:`dllm_kernels.policies.aliases`, each decoder's section of :mod:`dllm_kernels.policies.published`).
+            repos' option names are accepted too (each decoder's section of
+            :mod:`dllm_kernels.policies.published`).
         gen_length, block_length: the generation region and its block size
             (``gen_length % block_length == 0``).
         temperature, seed: proposal sampling (:func:`dllm_kernels.token_stats`); 0 = argmax.

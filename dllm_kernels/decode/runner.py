@@ -9,9 +9,10 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from .._types import CommitRule
 from .._validate import mix_seed
 from ..commit import CommitState
-from ..policies import CommitRule, Policy
+from ..policies import Policy
 from .canvas import Batch, fill_eos
 from .plan import NCOL, Col, Geometry, step_extents
 from .step import StepInputs, decode_step, device_inputs
