@@ -30,8 +30,6 @@ the commits the committed JSON was made with.
 
 from __future__ import annotations
 
-import argparse
-import hashlib
 import importlib.util
 import json
 import os
@@ -41,6 +39,8 @@ import subprocess
 import sys
 import tempfile
 import time
+
+from run_peers import _commit, _sha256, cli  # this directory: the script's sys.path[0]
 
 PINNED = {
     "Fast-dLLM": "6cf27228858eb57c445e1fad764003543e72a0db",
@@ -411,15 +411,6 @@ def _run_sdar(torch, model, gen, prompts):
 # driver (this project's venv)
 
 
-def _commit(repo: pathlib.Path) -> str | None:
-    r = subprocess.run(["git", "-C", str(repo), "rev-parse", "HEAD"], capture_output=True, text=True)
-    return r.stdout.strip() if r.returncode == 0 else None
-
-
-def _sha256(path: pathlib.Path) -> dict[str, str]:
-    return {f.name: hashlib.sha256(f.read_bytes()).hexdigest() for f in sorted(path.iterdir())}
-
-
 def _ours(ckpt: pathlib.Path, prompt: list[int]):
     import torch
 
@@ -495,22 +486,17 @@ def driver(args) -> None:
 
 
 def main(argv=None) -> None:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--peers", default=os.environ.get("DLLM_BLOCK_PEERS"), help="directory of the peer checkouts")
-    ap.add_argument("--python", default=sys.executable, help="interpreter of the peers' venv")
-    ap.add_argument("--out", default=str(pathlib.Path(__file__).parent / "data" / "block_tiny_peers.json"))
-    ap.add_argument("--ckpt", help="where to write the tiny checkpoints (default: a temporary directory)")
-    ap.add_argument("--only", nargs="*", choices=list(CHECKPOINTS), help="run these formats only")
-    ap.add_argument("--worker", choices=list(CHECKPOINTS), help=argparse.SUPPRESS)
-    ap.add_argument("--prompts", help=argparse.SUPPRESS)
-    ap.add_argument("--worker-out", help=argparse.SUPPRESS)
-    args = ap.parse_args(argv)
-    if not args.peers:
-        ap.error("give --peers or set DLLM_BLOCK_PEERS")
-    if args.worker:
-        worker(args.worker, pathlib.Path(args.peers), args.ckpt, json.loads(args.prompts), args.worker_out)
-    else:
-        driver(args)
+    cli(
+        argv,
+        description=__doc__.split("\n\n")[0],
+        env="DLLM_BLOCK_PEERS",
+        out="block_tiny_peers.json",
+        ckpt_help="where to write the tiny checkpoints (default: a temporary directory)",
+        names=CHECKPOINTS,
+        only_help="run these formats only",
+        worker=worker,
+        driver=driver,
+    )
 
 
 if __name__ == "__main__":

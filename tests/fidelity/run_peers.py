@@ -268,23 +268,41 @@ def driver(args) -> None:
     pathlib.Path(args.out).write_text(json.dumps(doc, indent=1) + "\n")
 
 
-def main(argv=None) -> None:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--peers", default=os.environ.get("DLLM_PEERS"), help="directory of the peer checkouts")
+def cli(argv, *, description: str, env: str, out: str, ckpt_help: str, names, only_help: str, worker, driver) -> None:
+    """The command line of this script and of ``run_block_peers.py``: ``driver(args)`` by default,
+    ``worker(name, peers, ckpt, prompts, worker_out)`` with ``--worker name`` (in the peers' venv).
+    ``env`` is the variable that may give ``--peers``; ``out`` the default JSON under ``data/``;
+    ``names`` the choices of ``--only`` and ``--worker``."""
+    ap = argparse.ArgumentParser(description=description)
+    ap.add_argument("--peers", default=os.environ.get(env), help="directory of the peer checkouts")
     ap.add_argument("--python", default=sys.executable, help="interpreter of the peers' venv")
-    ap.add_argument("--out", default=str(pathlib.Path(__file__).parent / "data" / "llada_tiny_peers.json"))
-    ap.add_argument("--ckpt", help="where to write the tiny checkpoint (default: a temporary directory)")
-    ap.add_argument("--only", nargs="*", choices=list(PEERS), help="run these peers only")
-    ap.add_argument("--worker", choices=list(PEERS), help=argparse.SUPPRESS)
+    ap.add_argument("--out", default=str(pathlib.Path(__file__).parent / "data" / out))
+    ap.add_argument("--ckpt", help=ckpt_help)
+    ap.add_argument("--only", nargs="*", choices=list(names), help=only_help)
+    ap.add_argument("--worker", choices=list(names), help=argparse.SUPPRESS)
     ap.add_argument("--prompts", help=argparse.SUPPRESS)
     ap.add_argument("--worker-out", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     if not args.peers:
-        ap.error("give --peers or set DLLM_PEERS")
+        ap.error(f"give --peers or set {env}")
     if args.worker:
         worker(args.worker, pathlib.Path(args.peers), args.ckpt, json.loads(args.prompts), args.worker_out)
     else:
         driver(args)
+
+
+def main(argv=None) -> None:
+    cli(
+        argv,
+        description=__doc__.split("\n\n")[0],
+        env="DLLM_PEERS",
+        out="llada_tiny_peers.json",
+        ckpt_help="where to write the tiny checkpoint (default: a temporary directory)",
+        names=PEERS,
+        only_help="run these peers only",
+        worker=worker,
+        driver=driver,
+    )
 
 
 if __name__ == "__main__":
