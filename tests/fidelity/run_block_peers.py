@@ -63,6 +63,8 @@ REMOTE_CODE = {
     ),
 }
 DECODER = {"fast_dllm_v2": ("Fast-dLLM", "v2/generation_functions.py"), "sdar": ("SDAR", "generate.py")}
+# the command line (run_peers.cli): $DLLM_BLOCK_PEERS, the JSON it writes by default, what --ckpt and --only name
+CLI = dict(env="DLLM_BLOCK_PEERS", out="block_tiny_peers.json", ckpt="tiny checkpoints", only="formats")
 
 # Tiny checkpoints at the releases' vocabulary sizes (so the special ids are the releases':
 # Fast-dLLM v2 mask 151665, <|im_end|> 151645, <|endoftext|> 151643; SDAR mask 151669), 2 layers
@@ -434,7 +436,7 @@ def _compare(torch, ours, theirs) -> dict:
     }
 
 
-def driver(args) -> None:
+def driver(args) -> dict:
     import torch
 
     from dllm_kernels.models import load_tokenizer, write_tiny_checkpoint
@@ -481,22 +483,11 @@ def driver(args) -> None:
         doc["model_check"][fmt] = cmp
         print(f"{fmt}: model check max |logit diff| {cmp['max_abs_logit_diff']:.3g}", file=sys.stderr)
         doc["runs"].update(got["runs"])
-    pathlib.Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    pathlib.Path(args.out).write_text(json.dumps(doc, indent=1) + "\n")
+    return doc
 
 
 def main(argv=None) -> None:
-    cli(
-        argv,
-        description=__doc__.split("\n\n")[0],
-        env="DLLM_BLOCK_PEERS",
-        out="block_tiny_peers.json",
-        ckpt_help="where to write the tiny checkpoints (default: a temporary directory)",
-        names=CHECKPOINTS,
-        only_help="run these formats only",
-        worker=worker,
-        driver=driver,
-    )
+    cli(argv, __doc__, CHECKPOINTS, worker, driver, **CLI)
 
 
 if __name__ == "__main__":

@@ -54,6 +54,8 @@ CHECKPOINT = dict(
 PROMPTS = ["The capital of France is", "def add(a, b):\n    return", "Q: 1 + 1 = ?\nA:"]
 MASK, EOS = 126336, 126081
 GEN, BLOCK = 96, 32  # three blocks of the usual size
+# the command line (cli): $DLLM_PEERS, the JSON it writes by default, what --ckpt and --only name
+CLI = dict(env="DLLM_PEERS", out="llada_tiny_peers.json", ckpt="tiny checkpoint", only="peers")
 
 # where each peer's code lives inside its checkout: (sys.path entries, generate module file)
 PEERS = {
@@ -211,7 +213,7 @@ def _sha256(path: pathlib.Path) -> dict[str, str]:
     return {f.name: hashlib.sha256(f.read_bytes()).hexdigest() for f in sorted(path.iterdir())}
 
 
-def driver(args) -> None:
+def driver(args) -> dict:
     import torch
 
     from dllm_kernels.models import load_pretrained, load_tokenizer, write_tiny_llada
@@ -264,21 +266,21 @@ def driver(args) -> None:
         doc["model_check"][peer] = got["model_check"]
         doc["runs"].update(got["runs"])
         print(f"{peer}: {len(got['runs'])} runs in {time.perf_counter() - t0:.0f} s", file=sys.stderr)
-    pathlib.Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    pathlib.Path(args.out).write_text(json.dumps(doc, indent=1) + "\n")
+    return doc
 
 
-def cli(argv, *, description: str, env: str, out: str, ckpt_help: str, names, only_help: str, worker, driver) -> None:
-    """The command line of this script and of ``run_block_peers.py``: ``driver(args)`` by default,
-    ``worker(name, peers, ckpt, prompts, worker_out)`` with ``--worker name`` (in the peers' venv).
-    ``env`` is the variable that may give ``--peers``; ``out`` the default JSON under ``data/``;
-    ``names`` the choices of ``--only`` and ``--worker``."""
-    ap = argparse.ArgumentParser(description=description)
+def cli(argv, doc: str, names, worker, driver, *, env: str, out: str, ckpt: str, only: str) -> None:
+    """The command line of this script and of ``run_block_peers.py`` (``doc``: the script's
+    docstring): ``--worker NAME`` (in the peers' venv) runs ``worker(name, peers, ckpt, prompts,
+    worker_out)``; without it ``driver(args)`` returns the JSON document, written to ``--out``
+    (default ``data/<out>``). ``names``: the choices of ``--only`` and ``--worker``; ``env``: the
+    variable that may give ``--peers``; ``ckpt`` / ``only``: what ``--ckpt`` / ``--only`` name."""
+    ap = argparse.ArgumentParser(description=doc.split("\n\n")[0])
     ap.add_argument("--peers", default=os.environ.get(env), help="directory of the peer checkouts")
     ap.add_argument("--python", default=sys.executable, help="interpreter of the peers' venv")
     ap.add_argument("--out", default=str(pathlib.Path(__file__).parent / "data" / out))
-    ap.add_argument("--ckpt", help=ckpt_help)
-    ap.add_argument("--only", nargs="*", choices=list(names), help=only_help)
+    ap.add_argument("--ckpt", help=f"where to write the {ckpt} (default: a temporary directory)")
+    ap.add_argument("--only", nargs="*", choices=list(names), help=f"run these {only} only")
     ap.add_argument("--worker", choices=list(names), help=argparse.SUPPRESS)
     ap.add_argument("--prompts", help=argparse.SUPPRESS)
     ap.add_argument("--worker-out", help=argparse.SUPPRESS)
@@ -287,22 +289,14 @@ def cli(argv, *, description: str, env: str, out: str, ckpt_help: str, names, on
         ap.error(f"give --peers or set {env}")
     if args.worker:
         worker(args.worker, pathlib.Path(args.peers), args.ckpt, json.loads(args.prompts), args.worker_out)
-    else:
-        driver(args)
+        return
+    doc = driver(args)
+    pathlib.Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    pathlib.Path(args.out).write_text(json.dumps(doc, indent=1) + "\n")
 
 
 def main(argv=None) -> None:
-    cli(
-        argv,
-        description=__doc__.split("\n\n")[0],
-        env="DLLM_PEERS",
-        out="llada_tiny_peers.json",
-        ckpt_help="where to write the tiny checkpoint (default: a temporary directory)",
-        names=PEERS,
-        only_help="run these peers only",
-        worker=worker,
-        driver=driver,
-    )
+    cli(argv, __doc__, PEERS, worker, driver, **CLI)
 
 
 if __name__ == "__main__":
