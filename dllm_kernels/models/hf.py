@@ -91,34 +91,38 @@ LLADA_8B_CONFIG = {
     "vocab_size": 126464,
     "weight_tying": False,
 }
-DREAM_7B_CONFIG = {
-    "architectures": ["DreamModel"],
+# Qwen2.5-7B's architecture, kept by both 7B releases built on it: Dream-7B and Fast_dLLM_v2_7B
+_QWEN25_7B_CONFIG = {
     "attention_dropout": 0.0,
-    "auto_map": {"AutoConfig": "configuration_dream.DreamConfig", "AutoModel": "modeling_dream.DreamModel"},
     "bos_token_id": 151643,
-    "eos_token_id": 151643,
     "hidden_act": "silu",
     "hidden_size": 3584,
     "initializer_range": 0.02,
     "intermediate_size": 18944,
-    "mask_token_id": 151666,
-    "max_position_embeddings": 131072,
     "max_window_layers": 28,
-    "model_type": "Dream",
     "num_attention_heads": 28,
     "num_hidden_layers": 28,
     "num_key_value_heads": 4,
-    "pad_token_id": 151643,
     "rms_norm_eps": 1e-06,
     "rope_scaling": None,
     "rope_theta": 1000000.0,
     "sliding_window": None,
     "tie_word_embeddings": False,
     "torch_dtype": "bfloat16",
-    "transformers_version": "4.46.2",
-    "use_cache": False,
     "use_sliding_window": False,
     "vocab_size": 152064,
+}
+DREAM_7B_CONFIG = {
+    **_QWEN25_7B_CONFIG,
+    "architectures": ["DreamModel"],
+    "auto_map": {"AutoConfig": "configuration_dream.DreamConfig", "AutoModel": "modeling_dream.DreamModel"},
+    "eos_token_id": 151643,
+    "mask_token_id": 151666,
+    "max_position_embeddings": 131072,
+    "model_type": "Dream",
+    "pad_token_id": 151643,
+    "transformers_version": "4.46.2",
+    "use_cache": False,
 }
 # special tokens of the two tokenizers (content -> id); LLaDA's <|eot_id|> is not in its config.json
 LLADA_SPECIAL_TOKENS = {
@@ -140,39 +144,22 @@ DREAM_SPECIAL_TOKENS = {
 # config.json of Efficient-Large-Model/Fast_dLLM_v2_7B and of JetLM's SDAR-4B-Chat (FORMATS.md;
 # "layer_types" is the 7B's list of 28 "full_attention" entries, one per layer)
 FAST_DLLM_V2_7B_CONFIG = {
+    **_QWEN25_7B_CONFIG,
     "architectures": ["Fast_dLLM_QwenForCausalLM"],
-    "attention_dropout": 0.0,
     "auto_map": {
         "AutoConfig": "configuration.Fast_dLLM_QwenConfig",
         "AutoModel": "modeling.Fast_dLLM_QwenModel",
         "AutoModelForCausalLM": "modeling.Fast_dLLM_QwenForCausalLM",
     },
     "bd_size": 32,
-    "bos_token_id": 151643,
     "conplemenrary_mask": True,  # sic
     "eos_token_id": 151645,
-    "hidden_act": "silu",
-    "hidden_size": 3584,
-    "initializer_range": 0.02,
-    "intermediate_size": 18944,
     "layer_types": ["full_attention"] * 28,
     "max_position_embeddings": 32768,
-    "max_window_layers": 28,
     "model_type": "Fast_dLLM_Qwen",
-    "num_attention_heads": 28,
-    "num_hidden_layers": 28,
-    "num_key_value_heads": 4,
     "pad_token_id": 151645,
-    "rms_norm_eps": 1e-06,
-    "rope_scaling": None,
-    "rope_theta": 1000000.0,
-    "sliding_window": None,
-    "tie_word_embeddings": False,
-    "torch_dtype": "bfloat16",
     "transformers_version": "4.53.1",
     "use_cache": True,
-    "use_sliding_window": False,
-    "vocab_size": 152064,
 }
 SDAR_4B_CONFIG = {
     "architectures": ["SDARForCausalLM"],

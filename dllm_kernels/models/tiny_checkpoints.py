@@ -196,15 +196,7 @@ _RELEASES = {
     DREAM: _Release(
         DREAM_7B_CONFIG,
         DREAM_SPECIAL_TOKENS,
-        size_keys={
-            "d_model": ("hidden_size",),
-            "n_layers": ("num_hidden_layers", "max_window_layers"),
-            "n_heads": ("num_attention_heads",),
-            "n_kv_heads": ("num_key_value_heads",),
-            "ffn_dim": ("intermediate_size",),
-            "vocab_size": ("vocab_size",),
-            "max_seq_len": ("max_position_embeddings",),
-        },
+        size_keys=_QWEN_SIZE_KEYS,  # Dream-7B's config.json uses Qwen2's keys
         token_keys={
             "mask_token_id": "<|mask|>",
             **dict.fromkeys(("bos_token_id", "eos_token_id", "pad_token_id"), "<|endoftext|>"),
