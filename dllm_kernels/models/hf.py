@@ -378,6 +378,24 @@ def _mask_id(config: dict, special_tokens: dict[str, int], fmt: str) -> int:
     return found
 
 
+def _qwen_fields(config: dict, fmt: str, d: int, nh: int) -> dict:
+    """The :class:`ModelConfig` fields that Dream's and the Qwen formats' config.json spell alike
+    (Qwen2's keys and defaults), given the width ``d`` and the ``nh`` query heads."""
+    return dict(
+        vocab_size=_require(config, "vocab_size", fmt),
+        d_model=d,
+        n_layers=_require(config, "num_hidden_layers", fmt),
+        n_heads=nh,
+        n_kv_heads=config.get("num_key_value_heads") or nh,
+        ffn_dim=_require(config, "intermediate_size", fmt),
+        pad_id=config.get("pad_token_id"),
+        rope_theta=float(config.get("rope_theta", 10000.0)),
+        rms_eps=config.get("rms_norm_eps", 1e-6),
+        tie_embeddings=bool(config.get("tie_word_embeddings", False)),
+        max_seq_len=config.get("max_position_embeddings", 32768),
+    )
+
+
 def _qwen_config(config: dict, special_tokens: dict[str, int], generation_config: dict | None) -> ModelConfig:
     """The Qwen2-layout (Fast-dLLM v2, Qwen2) and Qwen3-layout (SDAR, Qwen3) formats."""
     fmt = config["model_type"]
@@ -395,23 +413,13 @@ def _qwen_config(config: dict, special_tokens: dict[str, int], generation_config
         block_size = config.get("block_size") or config.get("bd_size")
     eos, eot = _stop_ids(config, generation_config, fmt)
     return ModelConfig(
-        vocab_size=_require(config, "vocab_size", fmt),
-        d_model=d,
-        n_layers=_require(config, "num_hidden_layers", fmt),
-        n_heads=nh,
-        n_kv_heads=config.get("num_key_value_heads") or nh,
+        **_qwen_fields(config, fmt, d, nh),
         head_dim=head_dim,
-        ffn_dim=_require(config, "intermediate_size", fmt),
         mask_id=_mask_id(config, special_tokens, fmt),
         eos_id=eos,
         eot_id=eot,
-        pad_id=config.get("pad_token_id"),
-        rope_theta=float(config.get("rope_theta", 10000.0)),
-        rms_eps=config.get("rms_norm_eps", 1e-6),
         qkv_bias=not qwen3,  # Qwen2Attention hard-codes q/k/v biases; Qwen3's follow attention_bias
         logit_shift=fmt == FAST_DLLM_V2,  # Fast-dLLM v2's generate shifts; SDAR's does not
-        tie_embeddings=bool(config.get("tie_word_embeddings", False)),
-        max_seq_len=config.get("max_position_embeddings", 32768),
         qk_norm=qwen3,
         block_size=block_size,
     )
@@ -465,23 +473,14 @@ def config_from_hf(
     if fmt == DREAM:
         _check_flags(config, _DREAM_FLAGS, fmt)
         d, nh = _require(config, "hidden_size", fmt), _require(config, "num_attention_heads", fmt)
+        head_dim = _head_dim(d, nh, fmt)
         return ModelConfig(
-            vocab_size=_require(config, "vocab_size", fmt),
-            d_model=d,
-            n_layers=_require(config, "num_hidden_layers", fmt),
-            n_heads=nh,
-            n_kv_heads=config.get("num_key_value_heads") or nh,
-            head_dim=_head_dim(d, nh, fmt),
-            ffn_dim=_require(config, "intermediate_size", fmt),
+            **_qwen_fields(config, fmt, d, nh),
+            head_dim=head_dim,
             mask_id=_require(config, "mask_token_id", fmt),
             eos_id=_require(config, "eos_token_id", fmt),
-            pad_id=config.get("pad_token_id"),
-            rope_theta=float(config.get("rope_theta", 10000.0)),
-            rms_eps=config.get("rms_norm_eps", 1e-6),
             qkv_bias=True,
             logit_shift=True,  # DreamAttention hard-codes q/k/v biases; DreamModel's logits are shifted
-            tie_embeddings=bool(config.get("tie_word_embeddings", False)),
-            max_seq_len=config.get("max_position_embeddings", 32768),
         )
     known = ", ".join(repr(f) for f in (LLADA, DREAM, FAST_DLLM_V2, SDAR, QWEN2, QWEN3, NATIVE))
     raise ValueError(f"config.json: model_type {fmt!r} is not one of {known}")
