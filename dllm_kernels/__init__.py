@@ -17,6 +17,7 @@ if any(importlib.util.find_spec(f"{__name__}.{sub}") is None for sub in ("kernel
     )
 del importlib
 
+from . import block_edit as _block_edit  # noqa: F401  (registers the internal op dllm_kernels::block_edit)
 from . import reference
 from ._types import CommitRule, CommitState, TokenStats
 from .attention import attention
