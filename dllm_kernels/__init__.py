@@ -17,11 +17,11 @@ if any(importlib.util.find_spec(f"{__name__}.{sub}") is None for sub in ("kernel
     )
 del importlib
 
-from . import block_edit as _block_edit  # noqa: F401  (registers the internal op dllm_kernels::block_edit)
 from . import reference
 from ._types import CommitRule, CommitState, TokenStats
 from .attention import attention
 from .backend import BACKENDS, interpreter_enabled
+from .block_edit import block_edit as _block_edit  # noqa: F401  (registers the internal op dllm_kernels::block_edit)
 from .commit import commit, num_transfer_schedule
 from .confidence import merge_token_stats, token_stats, token_stats_partial, window_confidence
 from .kv_cache import refresh_kv_cache
