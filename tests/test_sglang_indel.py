@@ -131,13 +131,14 @@ def assert_same_state(ours_states, theirs_states, where):
         assert torch.equal(o.row("is_orig_mask"), s["is_orig_mask"].bool()), (where, i)
 
 
-def drive(ours, theirs, ids, pm, g, steps):
+def drive(ours, theirs, ids, pm, g, steps, device="cpu"):
     B = ids.numel() // ours.block_size
+    ids, pm = ids.to(device), None if pm is None else pm.to(device)
     fb_o, fb_t = batch(ids.clone(), pm, B), batch(ids.clone(), pm, B)
     s_o, s_t = ours.init_step_state(fb_o), theirs.init_step_state(fb_t)
     ids_obj = fb_o.input_ids
     for n in range(steps):
-        logits = random_logits(g, B * ours.block_size, n)
+        logits = random_logits(g, B * ours.block_size, n).to(device)
         d_t = theirs.step(fb_t, logits.clone(), s_t)
         d_o = ours.step(fb_o, logits.clone(), s_o)
         assert fb_o.input_ids is ids_obj  # written in place
@@ -348,7 +349,7 @@ def test_block_edit_by_hand():
         assert flags.tolist() == [[True, False, True, False, True, False], [False] * 6]
 
 
-@pytest.mark.parametrize("L", [1, 4, 31, 32, 64])
+@pytest.mark.parametrize("L", [1, 4, 31, 32, 64, 200])
 def test_block_edit_kernel_matches_reference(L):
     g = torch.Generator().manual_seed(L)
     B = 5
@@ -405,3 +406,102 @@ def test_bad_options_and_ids():
     fb = batch(torch.full((4,), MASK), None, 1)
     with pytest.raises(ValueError, match="must be < the logits' vocabulary 12"):
         algo.step(fb, torch.zeros(4, V), algo.init_step_state(fb))
+
+
+# ---- the token ids reach the class through SGLang's DllmConfig ----------------------------------------
+
+
+@pytest.fixture
+def fake_checkpoint(monkeypatch):
+    """``DllmConfig.from_server_args`` with a LLaDA2 checkpoint's config (no files, no GPU):
+    ``ModelConfig.from_server_args`` and ``resolving_view`` replaced where SGLang and the hook
+    look them up; returns the hf_config to edit and the server_args maker."""
+    import sglang.srt.arg_groups.overrides as overrides
+    import sglang.srt.configs.model_config as model_config
+    import sglang.srt.dllm.config as dllm_config
+
+    hf = SimpleNamespace(architectures=["LLaDA2MoeModelLM"], delete_token_id=156930, split_token_id=156931)
+    fake = SimpleNamespace(from_server_args=lambda *a, **k: SimpleNamespace(hf_config=hf, vocab_size=157184))
+    for module in (dllm_config, model_config):
+        monkeypatch.setattr(module, "ModelConfig", fake)
+    for module in (dllm_config, overrides):
+        monkeypatch.setattr(module, "resolving_view", lambda server_args: server_args)
+
+    def server_args(algorithm):
+        return SimpleNamespace(
+            dllm_algorithm=algorithm,
+            dllm_algorithm_config=None,
+            dllm_fdfo=False,
+            model_path="inclusionAI/LLaDA2.2-flash",
+            revision=None,
+            max_running_requests=None,
+        )
+
+    return hf, server_args
+
+
+def test_token_ids_come_from_the_checkpoint(fake_checkpoint):
+    from sglang.srt.dllm.config import DllmConfig
+    from sglang.srt.plugins.hook_registry import HookRegistry
+
+    hf, server_args = fake_checkpoint
+    load_plugins()  # registers and applies the hook
+    assert any(h is plugin.indel_token_ids for _, h, _ in HookRegistry._hooks[plugin.INDEL_CONFIG_TARGET])
+    cfg = DllmConfig.from_server_args(server_args("DllmKernelsJointThresholdInDel"))
+    assert (cfg.delete_token_id, cfg.split_token_id, cfg.block_size, cfg.mask_id) == (156930, 156931, 32, 156895)
+    algo = OURS(cfg)
+    assert (algo.delete_token_id, algo.split_token_id) == (156930, 156931)
+    theirs = DllmConfig.from_server_args(server_args("JointThresholdInDel"))  # SGLang's own path, unchanged
+    assert (theirs.delete_token_id, theirs.split_token_id) == (156930, 156931)
+    other = DllmConfig.from_server_args(server_args("DllmKernelsJointThreshold"))
+    assert (other.delete_token_id, other.split_token_id) == (None, None)
+    del hf.split_token_id
+    with pytest.raises(RuntimeError, match="must declare both delete_token_id and split_token_id"):
+        DllmConfig.from_server_args(server_args("DllmKernelsJointThresholdInDel"))
+    hf.split_token_id = 157184
+    with pytest.raises(ValueError, match=r"split_token_id must be within the model vocabulary \[0, 157184\)"):
+        DllmConfig.from_server_args(server_args("DllmKernelsJointThresholdInDel"))
+
+
+# ---- GPU: both classes on CUDA tensors (SGLang's torch.topk there), and CUDA-graph replay -----------
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("blk", [4, 32])
+def test_parity_on_cuda(blk):
+    g = torch.Generator().manual_seed(50 + blk)
+    for case in range(20):
+        B = int(torch.randint(1, 9, (1,), generator=g))
+        ids, pm = random_case(g, B, blk, prompt=case % 2 == 1)
+        opts = {"threshold": [0.5, 0.9][case % 2], "max_post_edit_steps": [2, 0, 16][case % 3]}
+        ours = OURS(config(blk, {**opts, "backend": "triton"}))
+        drive(ours, JointThresholdInDel(config(blk, opts)), ids, pm, g, ours.max_steps(blk), device="cuda")
+
+
+@pytest.mark.gpu
+def test_step_done_replays_in_a_cuda_graph():
+    B, blk = 4, 32
+    g = torch.Generator().manual_seed(0)
+    ids, pm = random_case(g, B, blk, prompt=True)
+    logits = random_logits(g, B * blk, 0).cuda()
+    algo = OURS(config(blk, {"backend": "triton"}))
+
+    def fresh():
+        fb = batch(ids.clone().cuda(), pm.cuda(), B)
+        return fb, algo.init_step_state(fb)
+
+    fb_eager, st_eager = fresh()
+    done_eager = algo.step_done(fb_eager, logits.clone(), st_eager).clone()
+    fb_warm, st_warm = fresh()
+    algo.step_done(fb_warm, logits.clone(), st_warm)  # compiles the kernels, makes the constants
+    fb, st = fresh()
+    static_logits = logits.clone()
+    torch.cuda.synchronize()
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        done = algo.step_done(fb, static_logits, st)
+    graph.replay()
+    torch.cuda.synchronize()
+    assert torch.equal(fb.input_ids, fb_eager.input_ids)
+    assert torch.equal(done, done_eager)
+    assert torch.equal(st[0].tensors["is_orig_mask"], st_eager[0].tensors["is_orig_mask"])

@@ -20,6 +20,12 @@ Algorithms and their YAML options (the library's own names; defaults in brackets
   has no mask; ``penalty_lambda`` [0.0] subtracted from the logit of each position's left
   neighbour's token. (``vectorized_decoding``, an SGLang switch between two equivalent paths, is
   accepted and ignored.)
+- ``DllmKernelsJointThresholdInDel``: exact drop-in of SGLang's ``JointThresholdInDel``
+  (LLaDA2.2): JointThreshold's ``threshold`` [0.5], ``edit_threshold`` [0.0] and
+  ``max_post_edit_steps`` [16] (a cumulative budget), plus DELETE / SPLIT tokens that remove a
+  position or expand it to ``[MASK, old token]`` (the ``block_edit`` op); token ids from the
+  checkpoint (see :func:`indel_token_ids`). Its commit is computed with device tensor ops, not
+  the ``commit`` op (see the class).
 - ``DllmKernelsFastDllm``: Fast-dLLM threshold: ``prob >= threshold`` [0.9] plus the best.
 - ``DllmKernelsStreamingDllm``: Streaming-dLLM dynamic threshold
   ``threshold * (1 - alpha * (1 - r_mask))``, ``threshold`` [0.9], ``alpha`` [0.3]; r_mask is the
@@ -767,11 +773,52 @@ ALGORITHMS = (
 )
 
 
+INDEL_CONFIG_TARGET = "sglang.srt.dllm.config.DllmConfig.from_server_args"
+
+
+def indel_token_ids(config, server_args, *args, **kwargs):
+    """SGLang hook (after ``DllmConfig.from_server_args``): SGLang reads the checkpoint's
+    ``delete_token_id`` / ``split_token_id`` only for an algorithm named ``JointThresholdInDel``;
+    this reads them the same way (``config.json``, or ``--json-model-override-args``) for
+    ``DllmKernelsJointThresholdInDel``, with SGLang's checks and errors."""
+    if config is None or config.algorithm != DllmKernelsJointThresholdInDel.__name__:
+        return config
+    if config.delete_token_id is not None and config.split_token_id is not None:
+        return config
+    from sglang.srt.arg_groups.overrides import resolving_view
+    from sglang.srt.configs.model_config import ModelConfig
+
+    cfg = resolving_view(server_args)
+    model_config = ModelConfig.from_server_args(server_args, model_path=cfg.model_path, model_revision=cfg.revision)
+    ids = {name: getattr(model_config.hf_config, name, None) for name in ("delete_token_id", "split_token_id")}
+    if None in ids.values():
+        override_example = '{"delete_token_id": 156930, "split_token_id": 156931}'
+        raise RuntimeError(
+            f"{config.algorithm} is not supported for checkpoint {cfg.model_path!r}: the checkpoint must declare "
+            "both delete_token_id and split_token_id. Use a checkpoint with explicit Insert/Delete support. If you "
+            "are certain this checkpoint was trained for Insert/Delete decoding, declare the correct token IDs in "
+            f"config.json or pass them with `--json-model-override-args '{override_example}'`. Use the token IDs "
+            "defined by your checkpoint."
+        )
+    vocab_size = model_config.vocab_size
+    for name, token_id in ids.items():
+        if isinstance(token_id, bool) or not isinstance(token_id, int):
+            raise ValueError(f"{name} must be an integer token ID, got {token_id!r}")
+        if not 0 <= token_id < vocab_size:
+            raise ValueError(f"{name} must be within the model vocabulary [0, {vocab_size}), got {token_id}")
+    config.delete_token_id, config.split_token_id = ids["delete_token_id"], ids["split_token_id"]
+    return config
+
+
 def register() -> None:
     """Entry point (group ``sglang.srt.plugins``): add :data:`ALGORITHMS` to SGLang's registry, so
-    that ``--dllm-algorithm DllmKernelsLowConfidence`` (etc.) finds them."""
+    that ``--dllm-algorithm DllmKernelsLowConfidence`` (etc.) finds them, and hook
+    :func:`indel_token_ids` after ``DllmConfig.from_server_args``."""
     check_sglang_version()
     from sglang.srt.dllm.algorithm import algo_name_to_cls
+    from sglang.srt.plugins.hook_registry import HookRegistry, HookType
 
     for cls in ALGORITHMS:
         algo_name_to_cls[cls.__name__] = cls
+    if not any(hook is indel_token_ids for _, hook, _ in HookRegistry._hooks.get(INDEL_CONFIG_TARGET, ())):
+        HookRegistry.register(INDEL_CONFIG_TARGET, indel_token_ids, HookType.AFTER)
