@@ -21,6 +21,7 @@ from . import reference
 from ._types import CommitRule, CommitState, TokenStats
 from .attention import attention
 from .backend import BACKENDS, interpreter_enabled
+from .block_edit import block_edit as _block_edit  # noqa: F401  (registers the internal op dllm_kernels::block_edit)
 from .commit import commit, num_transfer_schedule
 from .confidence import merge_token_stats, token_stats, token_stats_partial, window_confidence
 from .decode.generate import GenerateResult, MaxNFEError, generate

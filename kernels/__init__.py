@@ -4,9 +4,9 @@ Importing this package decorates the kernels: set ``TRITON_INTERPRET=1`` before 
 run them on CPU tensors through Triton's interpreter.
 """
 
-from . import attention, commit, confidence, kv_cache, soft_embedding
+from . import attention, block_edit, commit, confidence, kv_cache, soft_embedding
 
 # modules whose ``aot_specs()`` list every configuration their launchers can pick
-AOT_MODULES = ("attention", "commit", "confidence", "kv_cache", "soft_embedding")
+AOT_MODULES = ("attention", "block_edit", "commit", "confidence", "kv_cache", "soft_embedding")
 
-__all__ = ["attention", "commit", "confidence", "kv_cache", "soft_embedding", "AOT_MODULES"]
+__all__ = ["attention", "block_edit", "commit", "confidence", "kv_cache", "soft_embedding", "AOT_MODULES"]

@@ -25,6 +25,7 @@ OPS = {
     "attention",
     "refresh_kv_cache",
     "commit",
+    "block_edit",
 }
 
 

@@ -7,6 +7,7 @@ import inspect
 import math
 import os
 import pathlib
+import re
 import sys
 
 import pytest
@@ -135,10 +136,11 @@ def test_strict_threshold_is_the_next_fp32(value):
 
 
 def test_serving_rules_are_the_sglang_rules_at_their_defaults():
-    assert set(SERVING_RULES) == {"low_confidence", "llada21_edit"}
+    assert set(SERVING_RULES) == {"low_confidence", "llada21_edit", "llada22_indel"}
     low, joint = SERVING_RULES["low_confidence"], SERVING_RULES["llada21_edit"]
     assert low == CommitRule(threshold=strict_threshold(0.95), commit_best=False)
     assert joint == CommitRule(threshold=strict_threshold(0.5), commit_best=False, token_edit=True)
+    assert SERVING_RULES["llada22_indel"] == joint  # InDel's thresholds at their defaults are JointThreshold's
     for s in SERVING.values():
         assert SERVING_RULES[s.name] == s.sglang.rule(s.sglang.options)
 
@@ -174,6 +176,7 @@ def sglang_plugin():
     environ = dict(os.environ)
     try:
         from sglang.srt.dllm.algorithm.joint_threshold import JointThreshold
+        from sglang.srt.dllm.algorithm.joint_threshold_indel import JointThresholdInDel
         from sglang.srt.dllm.algorithm.low_confidence import LowConfidence
 
         from dllm_kernels.integrations import sglang as plugin
@@ -182,14 +185,23 @@ def sglang_plugin():
     finally:  # importing sglang points Triton's caches at its own folders: undo
         os.environ.clear()
         os.environ.update(environ)
-    return plugin, {"DllmKernelsLowConfidence": LowConfidence, "DllmKernelsJointThreshold": JointThreshold}
+    return plugin, {
+        "DllmKernelsLowConfidence": LowConfidence,
+        "DllmKernelsJointThreshold": JointThreshold,
+        "DllmKernelsJointThresholdInDel": JointThresholdInDel,
+    }
 
 
 def _config(algorithm_config=None):
     from types import SimpleNamespace
 
     return SimpleNamespace(
-        block_size=8, mask_id=7, algorithm_config=dict(algorithm_config or {}), first_done_first_out_mode=False
+        block_size=8,
+        mask_id=7,
+        algorithm_config=dict(algorithm_config or {}),
+        first_done_first_out_mode=False,
+        delete_token_id=9,  # read by the InDel algorithms only
+        split_token_id=10,
     )
 
 
@@ -219,6 +231,7 @@ def test_sglang_rules_are_the_policies_rules(sglang_plugin):
     assert rule["DllmKernelsStreamingDllm"] == dataclasses.replace(POLICIES["streaming"]().rule, suffix_window=0)
     assert rule["DllmKernelsLowConfidence"] == SERVING_RULES["low_confidence"]
     assert rule["DllmKernelsJointThreshold"] == SERVING_RULES["llada21_edit"]
+    assert rule["DllmKernelsJointThresholdInDel"] == SERVING_RULES["llada22_indel"]
     strict = plugin.DllmKernelsLowConfidence(_config({"threshold": 0.8})).commit_rule
     assert strict.threshold == strict_threshold(0.8)
 
@@ -229,3 +242,7 @@ def test_serving_defaults_are_sglangs_own(sglang_plugin):
         theirs = sglang_classes[s.sglang.name](_config())
         for option, default in s.sglang.options.items():
             assert getattr(theirs, option) == default, (s.name, option)
+        # and no option of SGLang's class is missing: every algorithm_config key its __init__ reads
+        source = inspect.getsource(type(theirs).__init__)
+        read = set(re.findall(r"algorithm_config\.get\(\s*\"(\w+)\"", source))
+        assert read == set(s.sglang.options), (s.name, read)

@@ -76,6 +76,8 @@ def config(block_size, algorithm_config=None, fdfo=False, mask_id=MASK):
         mask_id=mask_id,
         algorithm_config=dict(algorithm_config or {}),
         first_done_first_out_mode=fdfo,
+        delete_token_id=9,  # read by DllmKernelsJointThresholdInDel only (tests/test_sglang_indel.py)
+        split_token_id=10,
     )
 
 

@@ -20,6 +20,12 @@ Algorithms and their YAML options (the library's own names; defaults in brackets
   has no mask; ``penalty_lambda`` [0.0] subtracted from the logit of each position's left
   neighbour's token. (``vectorized_decoding``, an SGLang switch between two equivalent paths, is
   accepted and ignored.)
+- ``DllmKernelsJointThresholdInDel``: exact drop-in of SGLang's ``JointThresholdInDel``
+  (LLaDA2.2): JointThreshold's ``threshold`` [0.5], ``edit_threshold`` [0.0] and
+  ``max_post_edit_steps`` [16] (a cumulative budget), plus DELETE / SPLIT tokens that remove a
+  position or expand it to ``[MASK, old token]`` (the ``block_edit`` op); token ids from the
+  checkpoint (see :func:`indel_token_ids`). Its commit is computed with device tensor ops, not
+  the ``commit`` op (see the class).
 - ``DllmKernelsFastDllm``: Fast-dLLM threshold: ``prob >= threshold`` [0.9] plus the best.
 - ``DllmKernelsStreamingDllm``: Streaming-dLLM dynamic threshold
   ``threshold * (1 - alpha * (1 - r_mask))``, ``threshold`` [0.9], ``alpha`` [0.3]; r_mask is the
@@ -73,6 +79,7 @@ from sglang.srt.dllm.algorithm.base import DllmAlgorithm
 
 from .._types import MAX_COMMIT_POSITIONS, MAX_SPATIAL_WINDOW, TEMPORAL_AGGS, CommitRule, CommitState, TokenStats
 from ..backend import BACKENDS
+from ..block_edit import MAX_BLOCK_EDIT, block_edit
 from ..commit import commit
 from ..confidence import token_stats
 from ..policies import SGLangAlgorithm, sglang_algorithms
@@ -523,6 +530,238 @@ class DllmKernelsJointThreshold(KernelAlgorithm):
         return finished
 
 
+class DllmKernelsJointThresholdInDel(KernelAlgorithm):
+    """SGLang's ``JointThresholdInDel`` (LLaDA2.2: JointThreshold with structural edits) on the
+    device: the same tokens, DELETE/SPLIT edits, ``is_orig_mask`` markers, done flags, post-edit
+    budget and update counts as SGLang's class, with no host sync but the done list.
+
+    One step, per request (SGLang's ``step``, vectorised over the batch):
+
+    - statistics: the plain argmax and its probability (``token_stats``), and the argmax without
+      MASK/DELETE/SPLIT (a second ``token_stats`` pass with those suppressed; the argmax without
+      MASK alone is the best of that token, DELETE and SPLIT);
+    - the cumulative post-edit budget (a step whose block holds no *original* mask spends one),
+      the final cleanup (budget spent, or ``max_post_edit_steps`` 0 and the last original masks
+      selected, or more than ``block_size + max_post_edit_steps`` updates);
+    - mask-to-token: at least ``1 + created masks`` transfers while original masks remain (the
+      ``prob > threshold`` positions if they are enough, else SGLang's ``torch.topk`` of that
+      many, called the same way so that its choice among tied confidences is the op's own), an
+      original mask's MASK proposal replaced by the best other token first; all masks once no
+      original mask remains or in the final cleanup (whose writes never hold MASK, DELETE or
+      SPLIT); token-to-token edits ``prob > edit_threshold`` elsewhere after the prompt;
+    - the anti-loop guard: if the block's input equals the input of an earlier step of the
+      request (SGLang's ``seen_input_keys``; here every earlier input block, kept in a device
+      tensor ``[B, block_size + max_post_edit_steps, block_size]``), the least confident changing
+      position takes its best token not yet written there (SGLang's ``sampled_history``: every
+      token any step wrote at that position index, a device tensor of the same size);
+    - the writes, then DELETE/SPLIT through :func:`dllm_kernels.block_edit.block_edit` (a
+      prefix sum and a scatter over each row; rows without DELETE/SPLIT pass unchanged).
+
+    Done: a request is done after a step that selects nothing, or after its final cleanup if that
+    changed no token (else after the next forward, which persists the cleaned block).
+    ``delete_token_id`` / ``split_token_id`` come from SGLang's ``DllmConfig`` (the checkpoint's
+    ``config.json``, see :func:`register`).
+    """
+
+    STATEFUL = True
+    FACTS = sglang_algorithms()["DllmKernelsJointThresholdInDel"]
+    OPTIONS = options_of(FACTS)
+    SUPPRESS_MASK = False
+
+    def __init__(self, config):
+        super().__init__(config)
+        algo = type(self).__name__
+        self.max_post_edit_steps = self.options["max_post_edit_steps"]
+        self.max_regular_update_steps = self.block_size + self.max_post_edit_steps
+        self.delete_token_id = getattr(config, "delete_token_id", None)
+        self.split_token_id = getattr(config, "split_token_id", None)
+        if self.delete_token_id is None or self.split_token_id is None:
+            raise RuntimeError(
+                f"JointThresholdInDel requires delete_token_id and split_token_id, "
+                f"got delete_token_id={self.delete_token_id}, "
+                f"split_token_id={self.split_token_id}"
+            )
+        for name in ("delete_token_id", "split_token_id"):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, int) or v < 0:
+                raise ValueError(f"{algo}: {name} must be a token id >= 0, got {v!r}")
+        if len({self.mask_id, self.delete_token_id, self.split_token_id}) != 3:
+            raise ValueError(
+                f"{algo}: mask_id, delete_token_id and split_token_id must be distinct, got {self.mask_id}, "
+                f"{self.delete_token_id}, {self.split_token_id}"
+            )
+        if self.block_size > MAX_BLOCK_EDIT:
+            raise ValueError(f"{algo}: block_size must be <= {MAX_BLOCK_EDIT} (block_edit), got {self.block_size}")
+        if self.max_regular_update_steps * self.block_size > 2**24:
+            raise ValueError(
+                f"{algo}: option max_post_edit_steps ({self.max_post_edit_steps}) is too large: the anti-loop "
+                f"history holds (block_size + max_post_edit_steps) * block_size <= 2**24 tokens per request"
+            )
+
+    def max_steps(self, block_size: int) -> int:
+        # regular updates, one final cleanup update, one forward that persists the cleaned block
+        return block_size + self.max_post_edit_steps + 2
+
+    def init_step_state(self, forward_batch) -> list[Any]:
+        B, blk = forward_batch.batch_size, self.block_size
+        x = forward_batch.input_ids.view(B, blk)
+        device = x.device
+        prompt = forward_batch.dllm_prompt_mask
+        if prompt is None:  # SGLang's: the contiguous non-MASK prefix
+            prompt = (x != self.mask_id).cumprod(dim=1).bool()
+        elif tuple(prompt.shape) != (B, blk) or prompt.dtype != torch.bool:
+            raise ValueError(
+                f"{type(self).__name__}: forward_batch.dllm_prompt_mask must be bool [{B}, {blk}], got "
+                f"{prompt.dtype} {list(prompt.shape)}"
+            )
+        K = self.max_regular_update_steps
+        tensors = {
+            "prompt": prompt.clone(),
+            "prompt_len": prompt.sum(dim=1),
+            "is_orig_mask": ~prompt & (x == self.mask_id),
+            "post_edit_steps": torch.zeros(B, dtype=torch.int64, device=device),
+            "num_update_steps": torch.zeros(B, dtype=torch.int64, device=device),
+            "finished": torch.zeros(B, dtype=torch.bool, device=device),
+            # seen_input_keys: the input block of each update step (slot = update index)
+            "seen": torch.zeros(B, K, blk, dtype=torch.int64, device=device),
+            "seen_valid": torch.zeros(B, K, dtype=torch.bool, device=device),
+            # sampled_history: the token each update step wrote at each position index (-1: none)
+            "sampled": torch.full((B, blk, K), -1, dtype=torch.int64, device=device),
+        }
+        return [RowState(tensors, i) for i in range(B)]
+
+    def _topk(self, conf, k, need):
+        """Row b: the positions ``torch.topk(conf[b], k[b])`` picks, where ``need[b]`` (else
+        none). One batched ``torch.topk`` per possible k: the op's own choice among tied
+        confidences, as SGLang's per-row call makes it."""
+        sel = torch.zeros_like(need[:, None].expand_as(conf))
+        for kk in range(1, conf.shape[1] + 1):
+            idx = torch.topk(conf, kk, dim=1).indices
+            hit = torch.zeros_like(sel).scatter_(1, idx, True)
+            sel = torch.where((need & (k == kk))[:, None], hit, sel)
+        return sel
+
+    def step_done(self, forward_batch, full_logits: torch.Tensor, states: list[Any]) -> torch.Tensor:
+        B, blk = forward_batch.batch_size, self.block_size
+        MASK, DEL, SPL = self.mask_id, self.delete_token_id, self.split_token_id
+        x, stats = self._canvas(forward_batch, full_logits)
+        V = full_logits.shape[1]
+        if max(MASK, DEL, SPL) >= V:
+            raise ValueError(
+                f"{type(self).__name__}: mask_id, delete_token_id and split_token_id ({MASK}, {DEL}, {SPL}) must "
+                f"be < the logits' vocabulary {V}"
+            )
+        device = x.device
+        t = _batch_of(states, B)
+        prompt, plen, orig_marker, finished = t["prompt"], t["prompt_len"], t["is_orig_mask"], t["finished"]
+        pos = self._positions(device)
+        rows = self._const(("rows", B, device), lambda: torch.arange(B, device=device))
+        logits = full_logits.view(B, blk, V)
+        x_in = x.clone()
+        active = ~finished
+        tok, p = stats.token.clone(), stats.prob.clone()
+        # the best token other than MASK/DELETE/SPLIT; the best other than MASK is the best of it,
+        # DELETE and SPLIT (equal logits: the lowest id, as torch.argmax)
+        clean = token_stats(full_logits, suppress_ids=[MASK, DEL, SPL], backend=self.backend).token.view(B, blk)
+        cands = torch.stack((clean, torch.full_like(clean, DEL), torch.full_like(clean, SPL)), dim=2)
+        cand_logit = logits.gather(2, cands)  # [B, blk, 3]
+        top = cand_logit.amax(dim=2, keepdim=True)
+        no_mask = torch.where(cand_logit == top, cands, V).amin(dim=2)
+
+        mask_index = ~prompt & (x_in == MASK)
+        orig = orig_marker & mask_index
+        n_orig, n_total = orig.sum(dim=1), mask_index.sum(dim=1)
+        n_created = n_total - n_orig
+        t["num_update_steps"] += active
+        t["post_edit_steps"] += active & (n_orig == 0)
+        npe = self.max_post_edit_steps
+        final = t["num_update_steps"] > self.max_regular_update_steps
+        if npe > 0:
+            final = final | (t["post_edit_steps"] >= npe)
+        else:
+            final = final | (n_orig == 0)
+
+        # an original mask whose proposal is MASK takes the best other token (not in the cleanup);
+        # its probability under the full softmax: p(MASK) * exp(logit - logit(MASK))
+        fallback = ~final[:, None] & orig & (tok == MASK)
+        l_mask = logits[:, :, MASK].double()
+        l_no = logits.gather(2, no_mask[:, :, None])[:, :, 0].double()
+        p_no = (p.double() * torch.exp(l_no - l_mask)).float()
+        tok = torch.where(fallback, no_mask, tok)
+        p = torch.where(fallback, p_no, p)
+
+        # mask to token
+        conf = torch.where(mask_index, p, float("-inf"))
+        required = 1 + n_created
+        high = (conf > self.options["threshold"]) & mask_index
+        enough = high.sum(dim=1) >= required
+        k = torch.minimum(required, n_total)
+        picked = self._topk(conf, k, ~final & (n_orig > 0) & ~enough)
+        m2t = torch.where((n_orig > 0)[:, None], torch.where(enough[:, None], high, picked), mask_index)
+        m2t = torch.where(final[:, None], mask_index, m2t)
+        if npe == 0:  # the update that selects the last original masks is the final cleanup
+            last = (n_orig > 0) & ~(orig & ~m2t).any(dim=1)
+            final = final | last
+            m2t = torch.where(last[:, None], mask_index, m2t)
+        # token to token
+        edit = ~mask_index & ~prompt & (p > self.options["edit_threshold"]) & (x_in != tok)
+        transfer = (m2t | edit) & active[:, None]
+        wrote = transfer.any(dim=1)
+        quiet = active & ~wrote  # selects nothing: finished, done now
+        writing = active & wrote
+
+        # the final cleanup writes no MASK, DELETE or SPLIT
+        scrub = final[:, None] & transfer & ((tok == MASK) | (tok == DEL) | (tok == SPL))
+        tok = torch.where(scrub, clean, tok)
+
+        # anti-loop guard: an input block seen before changes its least confident changing position
+        # to its best token not yet written there (nor MASK at an original mask)
+        seen = ((t["seen"] == x_in[:, None, :]).all(dim=2) & t["seen_valid"]).any(dim=1)
+        changing = transfer & (tok != x_in)
+        chosen = torch.where(changing, p, float("inf")).argmin(dim=1)  # [B]
+        row = torch.cat((logits[rows, chosen], logits.new_zeros(B, 1)), dim=1)  # [B, V + 1]
+        history = t["sampled"][rows, chosen]  # [B, K]
+        row.scatter_(1, torch.where(history >= 0, history, V), float("-inf"))
+        row[:, MASK] = torch.where(orig[rows, chosen], float("-inf"), row[:, MASK])
+        resampled = row[:, :V].argmax(dim=1)
+        guard = writing & seen & ~final & changing.any(dim=1)
+        tok_chosen = tok.gather(1, chosen[:, None])[:, 0]
+        tok.scatter_(1, chosen[:, None], torch.where(guard, resampled, tok_chosen)[:, None])
+
+        # record this update's input block and writes (slot = update index; the cleanup's are
+        # never read again, and its slot may lie past the end)
+        slot = t["num_update_steps"] - 1
+        record = writing & (slot < self.max_regular_update_steps)
+        slot = slot.clamp(0, self.max_regular_update_steps - 1)
+        t["seen"][rows, slot] = torch.where(record[:, None], x_in, t["seen"][rows, slot])
+        t["seen_valid"][rows, slot] |= record
+        cur = t["sampled"][rows[:, None], pos[None, :], slot[:, None]]  # [B, blk]
+        t["sampled"][rows[:, None], pos[None, :], slot[:, None]] = torch.where(transfer & record[:, None], tok, cur)
+
+        # the writes, then DELETE / SPLIT in the rows that wrote one (after the prompt)
+        block = torch.where(transfer, tok, x_in)
+        indel = (transfer & ((tok == DEL) | (tok == SPL))).any(dim=1)
+        changed = (transfer & (tok != x_in)).any(dim=1)
+        region = indel[:, None] & (pos[None, :] >= plen[:, None])
+        block = torch.where(indel[:, None] & ~region, x_in, block)  # SGLang copies the prompt back
+        new_x, new_marker = block_edit(
+            block,
+            x_in,
+            orig_marker,
+            region & (block == DEL),
+            region & (block == SPL),
+            mask_id=MASK,
+            backend=self.backend,
+        )
+        x.copy_(new_x)
+        orig_marker.copy_(new_marker)
+
+        done = finished | quiet | (writing & final & ~changed)
+        finished |= quiet | (writing & final)
+        self._finish(forward_batch, x)
+        return done
+
+
 ALGORITHMS = (
     DllmKernelsLowConfidence,
     DllmKernelsJointThreshold,
@@ -530,14 +769,56 @@ ALGORITHMS = (
     DllmKernelsStreamingDllm,
     DllmKernelsD3LLM,
     DllmKernelsR2Dllm,
+    DllmKernelsJointThresholdInDel,
 )
+
+
+INDEL_CONFIG_TARGET = "sglang.srt.dllm.config.DllmConfig.from_server_args"
+
+
+def indel_token_ids(config, server_args, *args, **kwargs):
+    """SGLang hook (after ``DllmConfig.from_server_args``): SGLang reads the checkpoint's
+    ``delete_token_id`` / ``split_token_id`` only for an algorithm named ``JointThresholdInDel``;
+    this reads them the same way (``config.json``, or ``--json-model-override-args``) for
+    ``DllmKernelsJointThresholdInDel``, with SGLang's checks and errors."""
+    if config is None or config.algorithm != DllmKernelsJointThresholdInDel.__name__:
+        return config
+    if config.delete_token_id is not None and config.split_token_id is not None:
+        return config
+    from sglang.srt.arg_groups.overrides import resolving_view
+    from sglang.srt.configs.model_config import ModelConfig
+
+    cfg = resolving_view(server_args)
+    model_config = ModelConfig.from_server_args(server_args, model_path=cfg.model_path, model_revision=cfg.revision)
+    ids = {name: getattr(model_config.hf_config, name, None) for name in ("delete_token_id", "split_token_id")}
+    if None in ids.values():
+        override_example = '{"delete_token_id": 156930, "split_token_id": 156931}'
+        raise RuntimeError(
+            f"{config.algorithm} is not supported for checkpoint {cfg.model_path!r}: the checkpoint must declare "
+            "both delete_token_id and split_token_id. Use a checkpoint with explicit Insert/Delete support. If you "
+            "are certain this checkpoint was trained for Insert/Delete decoding, declare the correct token IDs in "
+            f"config.json or pass them with `--json-model-override-args '{override_example}'`. Use the token IDs "
+            "defined by your checkpoint."
+        )
+    vocab_size = model_config.vocab_size
+    for name, token_id in ids.items():
+        if isinstance(token_id, bool) or not isinstance(token_id, int):
+            raise ValueError(f"{name} must be an integer token ID, got {token_id!r}")
+        if not 0 <= token_id < vocab_size:
+            raise ValueError(f"{name} must be within the model vocabulary [0, {vocab_size}), got {token_id}")
+    config.delete_token_id, config.split_token_id = ids["delete_token_id"], ids["split_token_id"]
+    return config
 
 
 def register() -> None:
     """Entry point (group ``sglang.srt.plugins``): add :data:`ALGORITHMS` to SGLang's registry, so
-    that ``--dllm-algorithm DllmKernelsLowConfidence`` (etc.) finds them."""
+    that ``--dllm-algorithm DllmKernelsLowConfidence`` (etc.) finds them, and hook
+    :func:`indel_token_ids` after ``DllmConfig.from_server_args``."""
     check_sglang_version()
     from sglang.srt.dllm.algorithm import algo_name_to_cls
+    from sglang.srt.plugins.hook_registry import HookRegistry, HookType
 
     for cls in ALGORITHMS:
         algo_name_to_cls[cls.__name__] = cls
+    if not any(hook is indel_token_ids for _, hook, _ in HookRegistry._hooks.get(INDEL_CONFIG_TARGET, ())):
+        HookRegistry.register(INDEL_CONFIG_TARGET, indel_token_ids, HookType.AFTER)

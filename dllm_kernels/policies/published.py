@@ -534,12 +534,34 @@ JOINT_THRESHOLD = ServingRule(
 )
 
 
+# SGLang's JointThresholdInDel (LLaDA2.2): JointThreshold's options (no penalty_lambda, no
+# vectorized_decoding) with its defaults. Its commit is not the commit op's (one more transfer
+# per created MASK, torch.topk's choice, MASK/DELETE/SPLIT writes, the final cleanup): the
+# plugin computes the selection with device tensor ops and applies DELETE/SPLIT with the
+# block_edit op. The rule below (JointThreshold's at these options) states its two thresholds.
+JOINT_THRESHOLD_INDEL = ServingRule(
+    name="llada22_indel",
+    title="SGLang JointThresholdInDel (LLaDA2.2)",
+    sglang=SGLangAlgorithm(
+        "DllmKernelsJointThresholdInDel",
+        {"threshold": 0.5, "edit_threshold": 0.0, "max_post_edit_steps": 16},
+        lambda o: CommitRule(
+            base="threshold",
+            threshold=strict_threshold(o["threshold"]),
+            commit_best=False,
+            token_edit=True,
+            edit_threshold=o["edit_threshold"],
+        ),
+    ),
+)
+
+
 # ------------------------------------------------------------------------------------------------
 # derived tables
 # ------------------------------------------------------------------------------------------------
 
 DECODERS: dict[str, Decoder] = {d.name: d for d in (VANILLA, FAST_DLLM, STREAMING, R2, D3LLM, D3LLM_DREAM)}
-SERVING: dict[str, ServingRule] = {s.name: s for s in (LOW_CONFIDENCE, JOINT_THRESHOLD)}
+SERVING: dict[str, ServingRule] = {s.name: s for s in (LOW_CONFIDENCE, JOINT_THRESHOLD, JOINT_THRESHOLD_INDEL)}
 
 POLICIES: dict[str, Callable[..., Policy]] = {
     f.__name__: f for f in (vanilla, fast_dllm, streaming, r2, d3llm, d3llm_dream)
