@@ -33,6 +33,13 @@ _STATE_DTYPES = {
     "conf_sum": torch.float32,
     "conf_max": torch.float32,
 }
+# the uniform-state rule's fields (all four or none): dtype, per position (True) or per row
+_UNIFORM_DTYPES = {
+    "argmax": (torch.int64, True),
+    "stable_steps": (torch.int32, True),
+    "steps": (torch.int32, False),
+    "converged": (torch.bool, False),
+}
 
 __all__ = ["commit", "num_transfer_schedule", "pack_rows"]
 
@@ -120,24 +127,40 @@ def _rule_of(values) -> tuple[CommitRule, int, int | None]:
 # ------------------------------------------------------------------------------------------------
 
 
-def _commit_launch(kernels, x, token, prob, entropy, state, rows, step, rule, mask_id, vocab_size):
+def _commit_launch(kernels, x, token, prob, entropy, state, rows, step, rule, mask_id, vocab_size, extras=None):
     return kernels.commit(
-        x, token, prob, entropy, state, rule, rows, step, mask_id, _NO_VOCAB if vocab_size is None else vocab_size
+        x,
+        token,
+        prob,
+        entropy,
+        state,
+        rule,
+        rows,
+        step,
+        mask_id,
+        _NO_VOCAB if vocab_size is None else vocab_size,
+        *(extras or ()),
     )
 
 
-def _commit_encode(x, token, prob, entropy, state, rows, step, rule, mask_id, vocab_size):
-    return (x, [token, prob, entropy], _fields(state), rows, step, *_rule_args(rule, mask_id, vocab_size))
+def _commit_encode(x, token, prob, entropy, state, rows, step, rule, mask_id, vocab_size, extras=None):
+    # stats: token, prob, entropy, then (pinned, argmax, seed) if any is given; state: the five
+    # fields of every rule, then the four uniform-state ones if the state has them
+    stats = [token, prob, entropy] + ([] if extras is None else list(extras))
+    fields = [t for t in _fields(state) if t is not None]
+    return (x, stats, fields, rows, step, *_rule_args(rule, mask_id, vocab_size))
 
 
 def _commit_decode(x, stats, state, rows, step, rule):
-    return (x, *stats, CommitState(*state), rows, step, *_rule_of(rule))
+    rule, mask_id, vocab_size = _rule_of(rule)
+    extras = tuple(stats[3:]) if len(stats) > 3 else None
+    return (x, *stats[:3], CommitState(*state), rows, step, rule, mask_id, vocab_size, extras)
 
 
 _commit_op = register_op(
     "commit",
     "commit",
-    "(Tensor(a0!) x, Tensor[] stats, Tensor(a2!)[] state, Tensor rows, Tensor step, Scalar[] rule) -> Tensor",
+    "(Tensor(a0!) x, Tensor?[] stats, Tensor(a2!)[] state, Tensor rows, Tensor step, Scalar[] rule) -> Tensor",
     fake=lambda x, *args: x.new_empty(x.shape[0], dtype=torch.int32),
     mutates_args=("x", "state"),
     launch=_commit_launch,
@@ -197,7 +220,7 @@ def _is_int(v, low: int, high: int) -> bool:
     return isinstance(v, int) and not isinstance(v, bool) and low <= v < high
 
 
-def _valid_fast(x, stats, state, rule, vectors, mask_id, step, vocab_size) -> bool:
+def _valid_fast(x, stats, state, rule, vectors, mask_id, step, vocab_size, extras) -> bool:
     """True if the inputs pass every check of :func:`_validate_slow`, which runs only when this
     says no and then raises the precise error (one pass of attribute reads instead of 16
     check_tensor calls on the common path)."""
@@ -225,8 +248,34 @@ def _valid_fast(x, stats, state, rule, vectors, mask_id, step, vocab_size) -> bo
                 return False
             if not t.is_contiguous() or t.device != device:
                 return False
+        uniform = _fields(state)[5:]
+        if any(t is not None for t in uniform):
+            for t, (dtype, per_position) in zip(uniform, _UNIFORM_DTYPES.values()):
+                if not isinstance(t, torch.Tensor) or t.dtype != dtype or t.device != device:
+                    return False
+                if t.shape != (shape if per_position else shape[:1]) or not t.is_contiguous():
+                    return False
         if not isinstance(rule, CommitRule) or not _is_int(mask_id, 0, 2**63):
             return False
+        pinned, argmax, seed = extras
+        if pinned is not None:
+            if not isinstance(pinned, torch.Tensor) or pinned.dtype != torch.bool or pinned.shape != shape:
+                return False
+            if not pinned.is_contiguous() or pinned.device != device:
+                return False
+        if rule.renoise:
+            if vocab_size is None or uniform[0] is None or seed is None:
+                return False
+            if argmax is not None:
+                if not isinstance(argmax, torch.Tensor) or argmax.dtype != torch.int64 or argmax.shape != s_shape:
+                    return False
+                if argmax.stride() != s_stride or argmax.device != device:
+                    return False
+            if isinstance(seed, torch.Tensor):
+                if seed.dtype != torch.int64 or seed.shape != shape[:1] or seed.device != device:
+                    return False
+            elif not _is_int(seed, -(2**63), 2**63):
+                return False
         if vocab_size is not None and not _is_int(vocab_size, 1, 2**63):
             return False
         if isinstance(step, torch.Tensor):
@@ -249,7 +298,7 @@ def _valid_fast(x, stats, state, rule, vectors, mask_id, step, vocab_size) -> bo
         return False
 
 
-def _validate_slow(op, x, stats, state, rule, vectors, mask_id, step, vocab_size) -> None:
+def _validate_slow(op, x, stats, state, rule, vectors, mask_id, step, vocab_size, extras) -> None:
     """Every structural check, one at a time, each raising a one-line error naming the argument."""
     check_tensor(op, "x", x, ndim=2, dtypes=(torch.int64,))
     B, L = x.shape
@@ -275,8 +324,47 @@ def _validate_slow(op, x, stats, state, rule, vectors, mask_id, step, vocab_size
         t = check_tensor(op, f"state.{name}", getattr(state, name), dtypes=(dtype,), device=device, shape=(B, L))
         if not t.is_contiguous():
             raise ValueError(f"{op}: state.{name} must be contiguous")
+    uniform = [getattr(state, name) for name in _UNIFORM_DTYPES]
+    if any(t is not None for t in uniform):
+        for name, (dtype, per_position) in _UNIFORM_DTYPES.items():
+            if getattr(state, name) is None:
+                raise ValueError(
+                    f"{op}: state.{name} is None while other uniform-state fields are set (all four or none)"
+                )
+            t = check_tensor(
+                op,
+                f"state.{name}",
+                getattr(state, name),
+                dtypes=(dtype,),
+                device=device,
+                shape=(B, L) if per_position else (B,),
+            )
+            if not t.is_contiguous():
+                raise ValueError(f"{op}: state.{name} must be contiguous")
     if not isinstance(rule, CommitRule):
         raise TypeError(f"{op}: rule must be a CommitRule, got {type(rule).__name__}")
+    pinned, argmax, seed = extras
+    if pinned is not None:
+        check_tensor(op, "pinned", pinned, dtypes=(torch.bool,), device=device, shape=(B, L))
+        if not pinned.is_contiguous():
+            raise ValueError(f"{op}: pinned must be contiguous")
+    if rule.renoise:
+        if vocab_size is None:
+            raise ValueError(f"{op}: rule.renoise needs vocab_size (random tokens are drawn from [0, vocab_size))")
+        if uniform[0] is None:
+            raise ValueError(f"{op}: rule.renoise needs the state's uniform-state fields (CommitState.new(x) has them)")
+        if seed is None:
+            raise ValueError(f"{op}: rule.renoise needs seed (an int, or int64 [B] per-row seeds)")
+        if isinstance(seed, torch.Tensor):
+            check_tensor(op, "seed", seed, dtypes=(torch.int64,), device=device, shape=(B,))
+        elif not _is_int(seed, -(2**63), 2**63):
+            raise ValueError(f"{op}: seed must be an int in [-2**63, 2**63) or an int64 [B] tensor, got {seed!r}")
+        if argmax is not None:
+            check_tensor(op, "argmax", argmax, dtypes=(torch.int64,), device=device, shape=(B, Ls))
+            if argmax.stride() != stats.token.stride():
+                raise ValueError(
+                    f"{op}: argmax must have the strides of stats.token {stats.token.stride()}, got {argmax.stride()}"
+                )
     if not _is_int(mask_id, 0, 2**63):
         raise ValueError(f"{op}: mask_id must be an int in [0, 2**63), got {mask_id!r}")
     if vocab_size is not None and not _is_int(vocab_size, 1, 2**63):
@@ -314,6 +402,9 @@ def commit(
     force_end: torch.Tensor | None = None,
     stats_offset: torch.Tensor | None = None,
     vocab_size: int | None = None,
+    pinned: torch.Tensor | None = None,
+    argmax: torch.Tensor | None = None,
+    seed: int | torch.Tensor | None = None,
     backend: str = "auto",
 ) -> torch.Tensor:
     """Commit the masked positions that a decoding step's rules select; updates ``x`` and
@@ -414,8 +505,9 @@ def commit(
     """
     op = "commit"
     vectors = (active_start, active_end, force_start, force_end, stats_offset, num_transfer)
-    if not _valid_fast(x, stats, state, rule, vectors, mask_id, step, vocab_size):
-        _validate_slow(op, x, stats, state, rule, vectors, mask_id, step, vocab_size)
+    extras = (pinned, argmax, seed)
+    if not _valid_fast(x, stats, state, rule, vectors, mask_id, step, vocab_size, extras):
+        _validate_slow(op, x, stats, state, rule, vectors, mask_id, step, vocab_size, extras)
     stats = TokenStats(*stats)
     rows = pack_rows(
         active_start,
@@ -429,7 +521,24 @@ def commit(
         _check_values(op, x.shape[1], stats.token.shape[1], rows)
     if not isinstance(step, torch.Tensor):
         step = torch.full((), step, dtype=torch.int32, device=x.device)
-    return commit_unchecked(x, stats, state, rule, rows, step, mask_id, vocab_size=vocab_size, backend=backend)
+    if not rule.renoise:
+        argmax = seed = None  # only the uniform-state rule reads them
+    elif not isinstance(seed, torch.Tensor):
+        seed = torch.full((x.shape[0],), seed, dtype=torch.int64, device=x.device)
+    return commit_unchecked(
+        x,
+        stats,
+        state,
+        rule,
+        rows,
+        step,
+        mask_id,
+        vocab_size=vocab_size,
+        pinned=pinned,
+        argmax=argmax,
+        seed=seed,
+        backend=backend,
+    )
 
 
 def commit_unchecked(
@@ -442,23 +551,40 @@ def commit_unchecked(
     mask_id: int,
     *,
     vocab_size: int | None = None,
+    pinned: torch.Tensor | None = None,
+    argmax: torch.Tensor | None = None,
+    seed: torch.Tensor | None = None,
     backend: str = "auto",
 ) -> torch.Tensor:
     """:func:`commit` without validation: the documented internal entry of a decoding loop that
     validated its inputs once per call (``dllm_kernels.loop`` calls it every step).
 
     ``rows`` is the int32/int64 ``[6, B]`` table of :func:`pack_rows` (contiguous, or it is
-    copied), ``step`` a 0-d int32/int64 tensor on ``x``'s device; the rest as in :func:`commit`.
+    copied), ``step`` a 0-d int32/int64 tensor on ``x``'s device, ``seed`` (renoise) an int64
+    ``[B]`` tensor; the rest as in :func:`commit`.
     Wrong input here is undefined behaviour of the kernel (clipped regions at best), not an
     error. Not part of the public API (``dllm_kernels.__all__``); its signature changes only
     with :func:`commit`'s."""
     if resolve_backend(backend, x.device, "commit") == "reference":
         regions = dict(zip(ROW_FIELDS, rows.unbind(0)))
-        return reference.commit(x, stats, state, rule, mask_id=mask_id, step=step, vocab_size=vocab_size, **regions)
+        return reference.commit(
+            x,
+            stats,
+            state,
+            rule,
+            mask_id=mask_id,
+            step=step,
+            vocab_size=vocab_size,
+            pinned=pinned,
+            argmax=argmax,
+            seed=seed,
+            **regions,
+        )
     if min(x.shape[1], stats.token.shape[1]) > MAX_COMMIT_POSITIONS:
         raise ValueError(
             f"commit: the Triton kernel holds a row's region in one tile of at most {MAX_COMMIT_POSITIONS} "
             f"positions; got a canvas of {x.shape[1]} and stats of {stats.token.shape[1]} columns "
             f"(use backend='reference', or stats of a shorter window)"
         )
-    return _commit_op(x, stats.token, stats.prob, stats.entropy, state, rows, step, rule, mask_id, vocab_size)
+    extras = None if pinned is None and argmax is None and seed is None else (pinned, argmax, seed)
+    return _commit_op(x, stats.token, stats.prob, stats.entropy, state, rows, step, rule, mask_id, vocab_size, extras)
