@@ -654,14 +654,23 @@ MAIN_MAX_BLOCK = 1024
 def _aot_configs(rules: Mapping[str, CommitRule]):
     seen = []
     for label, rule in rules.items():
-        flags = _flags(rule)
-        if flags in seen:  # the same compiled variant (rules differ only in runtime numbers)
-            continue
-        seen.append(flags)
-        yield label, flags, 32, "i32"
-        heavy = rule.spatial_window > 0 and rule.token_cluster and rule.temporal_steps > 0
-        for block in (32, 64, 128, 256, 512, 1024, 2048, 4096) if heavy else (32, 1024, 4096):
-            yield label, flags, block, "i64"
+        # uniform-state rules also with pinned positions (vLLM's diffusion_pinned infill)
+        for pinned in (False, True) if rule.renoise else (False,):
+            flags = _flags(rule, pinned)
+            if flags in seen:  # the same compiled variant (rules differ only in runtime numbers)
+                continue
+            seen.append(flags)
+            tag = f"{label},pinned" if pinned else label
+            yield tag, flags, 32, "i32"
+            heavy = rule.spatial_window > 0 and rule.token_cluster and rule.temporal_steps > 0
+            if heavy:
+                blocks = (32, 64, 128, 256, 512, 1024, 2048, 4096)
+            elif rule.renoise:  # DiffusionGemma's canvas: 256 positions
+                blocks = (32, 256, 1024, 4096)
+            else:
+                blocks = (32, 1024, 4096)
+            for block in blocks:
+                yield tag, flags, block, "i64"
 
 
 def aot_specs(rules: Mapping[str, CommitRule]):
@@ -688,6 +697,13 @@ def aot_specs(rules: Mapping[str, CommitRule]):
                     "sum_ptr": "*fp32",
                     "max_ptr": "*fp32",
                     "rows_ptr": f"*{index}",
+                    "pin_ptr": "*i1",
+                    "arg_ptr": "*i64",
+                    "seed_ptr": "*i64",
+                    "amax_ptr": "*i64",
+                    "run_ptr": "*i32",
+                    "steps_ptr": "*i32",
+                    "conv_ptr": "*i1",
                     "out_ptr": "*i32",
                     "B": "i32",
                     "L": "i32",
@@ -704,8 +720,12 @@ def aot_specs(rules: Mapping[str, CommitRule]):
                     "temporal_n": "i32",
                     "tau_t": "fp32",
                     "tau_e": "fp32",
+                    "eb_q": "i64",
+                    "conf_q": "i64",
+                    "stab_n": "i32",
+                    "max_steps": "i32",
                 },
-                constexprs={**flags, "ROWS": 1, "BLOCK": block},
+                constexprs={**flags, "ROWS": 1, "BLOCK": block, "CHUNK": _chunk(block)},
                 num_warps=_num_warps(block),
                 main=block <= MAIN_MAX_BLOCK,
             )
