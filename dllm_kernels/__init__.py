@@ -18,7 +18,7 @@ if any(importlib.util.find_spec(f"{__name__}.{sub}") is None for sub in ("kernel
 del importlib
 
 from . import reference
-from ._types import CommitRule, CommitState, TokenStats
+from ._types import CommitRule, CommitState, RenoiseState, TokenStats
 from .attention import attention
 from .backend import BACKENDS, interpreter_enabled
 from .commit import commit, num_transfer_schedule
@@ -38,6 +38,7 @@ __all__ = [
     "MaxNFEError",
     "POLICIES",
     "Policy",
+    "RenoiseState",
     "TokenStats",
     "attention",
     "commit",

@@ -143,9 +143,7 @@ class CommitRule:
 class CommitState:
     """Per-position decoding state that :func:`dllm_kernels.commit` updates in place.
 
-    The first five fields are contiguous ``[B, L]`` tensors on the canvas's device; the last four
-    belong to the uniform-state rule (``CommitRule(renoise=True)``), which needs them; the other
-    rules never read or write them, and a state may leave them ``None`` (all four or none).
+    All fields are contiguous ``[B, L]`` tensors on the canvas's device.
 
     commit_step: int32, the step at which the loop committed the position; -1 before (and for
                  the prompt).
@@ -153,13 +151,6 @@ class CommitState:
     count:       int32, length of that streak (consecutive steps with the same proposal).
     conf_sum:    fp32, sum of the streak's confidences.
     conf_max:    fp32, max of the streak's confidences.
-    argmax:      int64 ``[B, L]``, renoise: the latest step's argmax at each position; -1 = none.
-    stable_steps: int32 ``[B, L]``, renoise: consecutive steps (the latest included) whose argmax
-                 was ``argmax`` (saturates at 2**30).
-    steps:       int32 ``[B]``, renoise: the steps run on the row (the step cap's counter and the
-                 renoise stream's step).
-    converged:   bool ``[B]``, renoise: the row converged at its latest step (its region then holds
-                 the argmax canvas).
     """
 
     commit_step: torch.Tensor
@@ -167,14 +158,10 @@ class CommitState:
     count: torch.Tensor
     conf_sum: torch.Tensor
     conf_max: torch.Tensor
-    argmax: torch.Tensor | None = None
-    stable_steps: torch.Tensor | None = None
-    steps: torch.Tensor | None = None
-    converged: torch.Tensor | None = None
 
     @classmethod
     def new(cls, x: torch.Tensor) -> "CommitState":
-        """The state of a fresh canvas ``x [B, L]``: nothing committed, no streaks, no history."""
+        """The state of a fresh canvas ``x [B, L]``: nothing committed, no streaks."""
         shape, device = tuple(x.shape), x.device
         return cls(
             commit_step=torch.full(shape, -1, dtype=torch.int32, device=device),
@@ -182,6 +169,36 @@ class CommitState:
             count=torch.zeros(shape, dtype=torch.int32, device=device),
             conf_sum=torch.zeros(shape, dtype=torch.float32, device=device),
             conf_max=torch.zeros(shape, dtype=torch.float32, device=device),
+        )
+
+
+@dataclass
+class RenoiseState:
+    """The uniform-state rule's (``CommitRule(renoise=True)``) state on the device, which
+    :func:`dllm_kernels.commit` updates in place: the argmax stability and convergence test of
+    vLLM's / SGLang's DiffusionGemma sampler. Contiguous tensors on the canvas's device.
+
+    argmax:       int64 ``[B, L]``, the latest step's argmax at each position; -1 = none.
+    stable_steps: int32 ``[B, L]``, consecutive steps (the latest included) whose argmax was
+                  ``argmax`` (saturates at 2**30). vLLM keeps a ring of ST argmax canvases and calls
+                  a row stable when all ST rows are equal (after ST steps): that holds exactly when
+                  every position's streak is ``>= ST`` (L counters instead of ST x L tokens).
+    steps:        int32 ``[B]``, the steps run on the row: the step cap's counter and the renoise
+                  stream's step.
+    converged:    bool ``[B]``, the row converged at its latest step (its region then holds the
+                  argmax canvas); the loop reads it to stop the row.
+    """
+
+    argmax: torch.Tensor
+    stable_steps: torch.Tensor
+    steps: torch.Tensor
+    converged: torch.Tensor
+
+    @classmethod
+    def new(cls, x: torch.Tensor) -> "RenoiseState":
+        """The state of a fresh canvas ``x [B, L]``: no history, no steps, nothing converged."""
+        shape, device = tuple(x.shape), x.device
+        return cls(
             argmax=torch.full(shape, -1, dtype=torch.int64, device=device),
             stable_steps=torch.zeros(shape, dtype=torch.int32, device=device),
             steps=torch.zeros(shape[:1], dtype=torch.int32, device=device),

@@ -22,7 +22,15 @@ import torch
 from . import reference
 from ._checks import check_tensor
 from ._schedule import num_transfer_schedule
-from ._types import COMMIT_BASES, MAX_COMMIT_POSITIONS, TEMPORAL_AGGS, CommitRule, CommitState, TokenStats
+from ._types import (
+    COMMIT_BASES,
+    MAX_COMMIT_POSITIONS,
+    TEMPORAL_AGGS,
+    CommitRule,
+    CommitState,
+    RenoiseState,
+    TokenStats,
+)
 from .backend import register_op, resolve_backend
 
 INDEX_DTYPES = (torch.int32, torch.int64)
@@ -33,8 +41,8 @@ _STATE_DTYPES = {
     "conf_sum": torch.float32,
     "conf_max": torch.float32,
 }
-# the uniform-state rule's fields (all four or none): dtype, per position (True) or per row
-_UNIFORM_DTYPES = {
+# RenoiseState's fields: dtype, per position (True) or per row
+_RENOISE_DTYPES = {
     "argmax": (torch.int64, True),
     "stable_steps": (torch.int32, True),
     "steps": (torch.int32, False),
@@ -127,7 +135,9 @@ def _rule_of(values) -> tuple[CommitRule, int, int | None]:
 # ------------------------------------------------------------------------------------------------
 
 
-def _commit_launch(kernels, x, token, prob, entropy, state, rows, step, rule, mask_id, vocab_size, extras=None):
+def _commit_launch(
+    kernels, x, token, prob, entropy, state, rows, step, rule, mask_id, vocab_size, extras=None, renoise_state=None
+):
     return kernels.commit(
         x,
         token,
@@ -139,22 +149,29 @@ def _commit_launch(kernels, x, token, prob, entropy, state, rows, step, rule, ma
         step,
         mask_id,
         _NO_VOCAB if vocab_size is None else vocab_size,
-        *(extras or ()),
+        *(extras or (None, None, None)),
+        renoise_state,
     )
 
 
-def _commit_encode(x, token, prob, entropy, state, rows, step, rule, mask_id, vocab_size, extras=None):
-    # stats: token, prob, entropy, then (pinned, argmax, seed) if any is given; state: the five
-    # fields of every rule, then the four uniform-state ones if the state has them
+def _commit_encode(
+    x, token, prob, entropy, state, rows, step, rule, mask_id, vocab_size, extras=None, renoise_state=None
+):
+    # stats: token, prob, entropy, then (pinned, argmax, seed) if any is given; state: the
+    # CommitState's fields, then the RenoiseState's if given
     stats = [token, prob, entropy] + ([] if extras is None else list(extras))
-    fields = [t for t in _fields(state) if t is not None]
+    fields = _fields(state) + ([] if renoise_state is None else _fields(renoise_state))
     return (x, stats, fields, rows, step, *_rule_args(rule, mask_id, vocab_size))
+
+
+_N_STATE = len(dataclasses.fields(CommitState))
 
 
 def _commit_decode(x, stats, state, rows, step, rule):
     rule, mask_id, vocab_size = _rule_of(rule)
     extras = tuple(stats[3:]) if len(stats) > 3 else None
-    return (x, *stats[:3], CommitState(*state), rows, step, rule, mask_id, vocab_size, extras)
+    rs = RenoiseState(*state[_N_STATE:]) if len(state) > _N_STATE else None
+    return (x, *stats[:3], CommitState(*state[:_N_STATE]), rows, step, rule, mask_id, vocab_size, extras, rs)
 
 
 _commit_op = register_op(
@@ -220,7 +237,7 @@ def _is_int(v, low: int, high: int) -> bool:
     return isinstance(v, int) and not isinstance(v, bool) and low <= v < high
 
 
-def _valid_fast(x, stats, state, rule, vectors, mask_id, step, vocab_size, extras) -> bool:
+def _valid_fast(x, stats, state, rule, vectors, mask_id, step, vocab_size, extras, renoise_state) -> bool:
     """True if the inputs pass every check of :func:`_validate_slow`, which runs only when this
     says no and then raises the precise error (one pass of attribute reads instead of 16
     check_tensor calls on the common path)."""
@@ -248,13 +265,6 @@ def _valid_fast(x, stats, state, rule, vectors, mask_id, step, vocab_size, extra
                 return False
             if not t.is_contiguous() or t.device != device:
                 return False
-        uniform = _fields(state)[5:]
-        if any(t is not None for t in uniform):
-            for t, (dtype, per_position) in zip(uniform, _UNIFORM_DTYPES.values()):
-                if not isinstance(t, torch.Tensor) or t.dtype != dtype or t.device != device:
-                    return False
-                if t.shape != (shape if per_position else shape[:1]) or not t.is_contiguous():
-                    return False
         if not isinstance(rule, CommitRule) or not _is_int(mask_id, 0, 2**63):
             return False
         pinned, argmax, seed = extras
@@ -264,8 +274,13 @@ def _valid_fast(x, stats, state, rule, vectors, mask_id, step, vocab_size, extra
             if not pinned.is_contiguous() or pinned.device != device:
                 return False
         if rule.renoise:
-            if vocab_size is None or uniform[0] is None or seed is None:
+            if vocab_size is None or not isinstance(renoise_state, RenoiseState) or seed is None:
                 return False
+            for t, (dtype, per_position) in zip(_fields(renoise_state), _RENOISE_DTYPES.values()):
+                if not isinstance(t, torch.Tensor) or t.dtype != dtype or t.device != device:
+                    return False
+                if t.shape != (shape if per_position else shape[:1]) or not t.is_contiguous():
+                    return False
             if argmax is not None:
                 if not isinstance(argmax, torch.Tensor) or argmax.dtype != torch.int64 or argmax.shape != s_shape:
                     return False
@@ -298,7 +313,7 @@ def _valid_fast(x, stats, state, rule, vectors, mask_id, step, vocab_size, extra
         return False
 
 
-def _validate_slow(op, x, stats, state, rule, vectors, mask_id, step, vocab_size, extras) -> None:
+def _validate_slow(op, x, stats, state, rule, vectors, mask_id, step, vocab_size, extras, renoise_state) -> None:
     """Every structural check, one at a time, each raising a one-line error naming the argument."""
     check_tensor(op, "x", x, ndim=2, dtypes=(torch.int64,))
     B, L = x.shape
@@ -324,23 +339,6 @@ def _validate_slow(op, x, stats, state, rule, vectors, mask_id, step, vocab_size
         t = check_tensor(op, f"state.{name}", getattr(state, name), dtypes=(dtype,), device=device, shape=(B, L))
         if not t.is_contiguous():
             raise ValueError(f"{op}: state.{name} must be contiguous")
-    uniform = [getattr(state, name) for name in _UNIFORM_DTYPES]
-    if any(t is not None for t in uniform):
-        for name, (dtype, per_position) in _UNIFORM_DTYPES.items():
-            if getattr(state, name) is None:
-                raise ValueError(
-                    f"{op}: state.{name} is None while other uniform-state fields are set (all four or none)"
-                )
-            t = check_tensor(
-                op,
-                f"state.{name}",
-                getattr(state, name),
-                dtypes=(dtype,),
-                device=device,
-                shape=(B, L) if per_position else (B,),
-            )
-            if not t.is_contiguous():
-                raise ValueError(f"{op}: state.{name} must be contiguous")
     if not isinstance(rule, CommitRule):
         raise TypeError(f"{op}: rule must be a CommitRule, got {type(rule).__name__}")
     pinned, argmax, seed = extras
@@ -351,8 +349,22 @@ def _validate_slow(op, x, stats, state, rule, vectors, mask_id, step, vocab_size
     if rule.renoise:
         if vocab_size is None:
             raise ValueError(f"{op}: rule.renoise needs vocab_size (random tokens are drawn from [0, vocab_size))")
-        if uniform[0] is None:
-            raise ValueError(f"{op}: rule.renoise needs the state's uniform-state fields (CommitState.new(x) has them)")
+        if not isinstance(renoise_state, RenoiseState):
+            raise TypeError(
+                f"{op}: rule.renoise needs renoise_state, a RenoiseState (see RenoiseState.new), "
+                f"got {type(renoise_state).__name__}"
+            )
+        for name, (dtype, per_position) in _RENOISE_DTYPES.items():
+            t = check_tensor(
+                op,
+                f"renoise_state.{name}",
+                getattr(renoise_state, name),
+                dtypes=(dtype,),
+                device=device,
+                shape=(B, L) if per_position else (B,),
+            )
+            if not t.is_contiguous():
+                raise ValueError(f"{op}: renoise_state.{name} must be contiguous")
         if seed is None:
             raise ValueError(f"{op}: rule.renoise needs seed (an int, or int64 [B] per-row seeds)")
         if isinstance(seed, torch.Tensor):
@@ -405,6 +417,7 @@ def commit(
     pinned: torch.Tensor | None = None,
     argmax: torch.Tensor | None = None,
     seed: int | torch.Tensor | None = None,
+    renoise_state: RenoiseState | None = None,
     backend: str = "auto",
 ) -> torch.Tensor:
     """Commit the masked positions that a decoding step's rules select; updates ``x`` and
@@ -506,8 +519,8 @@ def commit(
     op = "commit"
     vectors = (active_start, active_end, force_start, force_end, stats_offset, num_transfer)
     extras = (pinned, argmax, seed)
-    if not _valid_fast(x, stats, state, rule, vectors, mask_id, step, vocab_size, extras):
-        _validate_slow(op, x, stats, state, rule, vectors, mask_id, step, vocab_size, extras)
+    if not _valid_fast(x, stats, state, rule, vectors, mask_id, step, vocab_size, extras, renoise_state):
+        _validate_slow(op, x, stats, state, rule, vectors, mask_id, step, vocab_size, extras, renoise_state)
     stats = TokenStats(*stats)
     rows = pack_rows(
         active_start,
@@ -522,7 +535,7 @@ def commit(
     if not isinstance(step, torch.Tensor):
         step = torch.full((), step, dtype=torch.int32, device=x.device)
     if not rule.renoise:
-        argmax = seed = None  # only the uniform-state rule reads them
+        argmax = seed = renoise_state = None  # only the uniform-state rule reads them
     elif not isinstance(seed, torch.Tensor):
         seed = torch.full((x.shape[0],), seed, dtype=torch.int64, device=x.device)
     return commit_unchecked(
@@ -537,6 +550,7 @@ def commit(
         pinned=pinned,
         argmax=argmax,
         seed=seed,
+        renoise_state=renoise_state,
         backend=backend,
     )
 
@@ -554,6 +568,7 @@ def commit_unchecked(
     pinned: torch.Tensor | None = None,
     argmax: torch.Tensor | None = None,
     seed: torch.Tensor | None = None,
+    renoise_state: RenoiseState | None = None,
     backend: str = "auto",
 ) -> torch.Tensor:
     """:func:`commit` without validation: the documented internal entry of a decoding loop that
@@ -578,6 +593,7 @@ def commit_unchecked(
             pinned=pinned,
             argmax=argmax,
             seed=seed,
+            renoise_state=renoise_state,
             **regions,
         )
     if min(x.shape[1], stats.token.shape[1]) > MAX_COMMIT_POSITIONS:
@@ -587,4 +603,6 @@ def commit_unchecked(
             f"(use backend='reference', or stats of a shorter window)"
         )
     extras = None if pinned is None and argmax is None and seed is None else (pinned, argmax, seed)
-    return _commit_op(x, stats.token, stats.prob, stats.entropy, state, rows, step, rule, mask_id, vocab_size, extras)
+    return _commit_op(
+        x, stats.token, stats.prob, stats.entropy, state, rows, step, rule, mask_id, vocab_size, extras, renoise_state
+    )

@@ -75,10 +75,15 @@ class CommitState(Protocol):
     count: torch.Tensor
     conf_sum: torch.Tensor
     conf_max: torch.Tensor
-    argmax: torch.Tensor | None
-    stable_steps: torch.Tensor | None
-    steps: torch.Tensor | None
-    converged: torch.Tensor | None
+
+
+class RenoiseState(Protocol):
+    """What the commit launcher reads of a renoise state (``dllm_kernels.RenoiseState``)."""
+
+    argmax: torch.Tensor
+    stable_steps: torch.Tensor
+    steps: torch.Tensor
+    converged: torch.Tensor
 
 
 def next_pow2(n: int) -> int:

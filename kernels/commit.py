@@ -57,6 +57,7 @@ from ._utils import (
     AotSpec,
     CommitRule,
     CommitState,
+    RenoiseState,
     cdiv,
     check_launchable,
     dense,
@@ -577,13 +578,14 @@ def commit(
     pinned: torch.Tensor | None = None,
     argmax: torch.Tensor | None = None,
     seed: torch.Tensor | None = None,
+    renoise_state: RenoiseState | None = None,
 ) -> torch.Tensor:
     """Launch the commit kernel (one launch). Inputs are assumed validated by the public op;
     ``token``, ``prob``, ``entropy`` (and ``argmax``) are the ``[B, Ls]`` statistics, sharing
     one layout; ``rows`` the ``[6, B]`` per-row table of ``dllm_kernels.commit.pack_rows`` (read
     densely: a strided view is copied); ``vocab_size < 0``: no upper bound on proposals;
     ``pinned`` a contiguous bool ``[B, L]``; with ``rule.renoise``, ``seed`` the int64 ``[B]``
-    seeds (``argmax`` defaults to ``token``) and the state's uniform-state fields are used."""
+    seeds (``argmax`` defaults to ``token``) and ``renoise_state`` is updated."""
     check_launchable("commit", x, token, state.commit_step)
     rows = dense(rows)
     B, L = x.shape
@@ -612,7 +614,11 @@ def commit(
         x if pinned is None else pinned,
         token if argmax is None else argmax,
         x if seed is None else dense(seed),
-        *((state.argmax, state.stable_steps, state.steps, state.converged) if rule.renoise else (x, x, x, x)),
+        *(
+            (renoise_state.argmax, renoise_state.stable_steps, renoise_state.steps, renoise_state.converged)
+            if rule.renoise
+            else (x, x, x, x)
+        ),
         counts,
         B,
         L,

@@ -208,6 +208,7 @@ def commit(
     pinned=None,
     argmax=None,
     seed=None,
+    renoise_state=None,
 ):
     """One decoding step's commit; see :func:`dllm_kernels.commit` for the contract.
 
@@ -242,7 +243,10 @@ def commit(
         free = region if pinned is None else region & ~pinned
         arg = token if argmax is None else argmax.gather(1, col)
         live = start < end
-        return _renoise(rule, x, state, region & valid, free, token, arg, entropy, score, live, vocab_size, seed, step)
+        rs = renoise_state
+        return _renoise(
+            rule, x, state, rs, region & valid, free, token, arg, entropy, score, live, vocab_size, seed, step
+        )
     cand = region & (x == mask_id) & valid
 
     dynamic_tau = _dynamic_threshold(rule, x, mask_id, pos, start, end) if rule.base == "dynamic" else None
@@ -279,7 +283,7 @@ def commit(
     return (taken | edited).sum(dim=1, dtype=torch.int32)
 
 
-def _renoise(rule, x, state: CommitState, cand, free, token, arg, entropy, score, live, vocab_size, seed, step):
+def _renoise(rule, x, state: CommitState, rs, cand, free, token, arg, entropy, score, live, vocab_size, seed, step):
     """The uniform-state rule (DiffusionGemma): every non-pinned region position is decided anew.
 
     The entropy-bound set of the candidates takes its proposals; every other free position a
@@ -293,26 +297,26 @@ def _renoise(rule, x, state: CommitState, cand, free, token, arg, entropy, score
     device = x.device
     pos = torch.arange(L, device=device)[None, :]
     taken = _entropy_bound_rule(rule, cand, entropy, score)
-    steps = state.steps.to(torch.int64)[:, None]
+    steps = rs.steps.to(torch.int64)[:, None]
     c0, c1, _, _ = philox_randint4x(seed.to(torch.int64)[:, None], (steps << 32) | pos)
     noise = ((c1 & 0x7FFFFFFF) << 32 | c0) % vocab_size
     # argmax streaks and the convergence test
-    same = state.argmax == arg
-    run = torch.where(same, state.stable_steps.clamp(max=2**30 - 1) + 1, 1)
+    same = rs.argmax == arg
+    run = torch.where(same, rs.stable_steps.clamp(max=2**30 - 1) + 1, 1)
     n_free = free.sum(1)
     unstable = (free & (run < rule.stability_steps)).any(1)
     huge = (free & (entropy >= ENTROPY_CAP)).any(1)
     total = torch.where(free, _fixed_entropy(entropy), 0).sum(1)
     confident = (n_free > 0) & ~huge & (total < n_free * fixed_bound(rule.confidence_threshold, ceil=True))
-    steps_after = state.steps + 1
+    steps_after = rs.steps + 1
     converged = (~unstable & confident) | (steps_after >= rule.max_steps)
     done = free & converged[:, None]
 
     x.copy_(torch.where(free, torch.where(converged[:, None], arg, torch.where(taken, token, noise)), x))
-    state.argmax.copy_(torch.where(free, arg, state.argmax))
-    state.stable_steps.copy_(torch.where(free, run, state.stable_steps).to(torch.int32))
-    state.steps.copy_(torch.where(live[:, 0], steps_after, state.steps))
-    state.converged.copy_(torch.where(live[:, 0], converged, state.converged))
+    rs.argmax.copy_(torch.where(free, arg, rs.argmax))
+    rs.stable_steps.copy_(torch.where(free, run, rs.stable_steps).to(torch.int32))
+    rs.steps.copy_(torch.where(live[:, 0], steps_after, rs.steps))
+    rs.converged.copy_(torch.where(live[:, 0], converged, rs.converged))
     if not isinstance(step, torch.Tensor):
         step = torch.full((), step, dtype=torch.int32, device=device)
     state.commit_step.copy_(torch.where(done, step.to(torch.int32), state.commit_step))
