@@ -428,10 +428,10 @@ def commit(
     ``!= mask_id`` and, if ``vocab_size`` is given, ``< vocab_size``); ``c`` their confidence
     ``stats.prob``, ``H`` their ``stats.entropy``. A masked position with an invalid proposal is
     never committed: it is no candidate of any rule (it still counts as a MASK in rule 3's
-    ``r_mask``). Thresholds are rounded to fp32, like the statistics they are compared with.
-    "Best" means the highest ``c`` (the lowest ``H`` for base ``"entropy"``), ties -> lowest
-    position. The rules run in R2-dLLM's order, each on the positions still masked after the
-    previous ones:
+    ``r_mask``); neither is a ``pinned`` position, which no rule ever writes. Thresholds are
+    rounded to fp32, like the statistics they are compared with. "Best" means the highest ``c``
+    (the lowest ``H`` for bases ``"entropy"`` and ``"entropy_bound"``), ties -> lowest position.
+    The rules run in R2-dLLM's order, each on the positions still masked after the previous ones:
 
     1. base ``"topk"`` (LLaDA): the ``min(k, #candidates)`` best, ``k = num_transfer[b]``.
     2. base ``"threshold"`` (Fast-dLLM): every candidate with ``c >= threshold``.
@@ -442,6 +442,14 @@ def commit(
        ``suffix_window`` positions after ``active_end`` and the canvas's last position.
     4. base ``"entropy"`` (d3LLM): every candidate with ``H <= entropy_threshold``
        (``H < entropy_threshold`` if ``entropy_strict``, Dream).
+    4b. base ``"entropy_bound"`` (EB-sampler, DiffusionGemma): rank the candidates by ``H``
+       ascending (ties -> lowest position); a candidate commits if the ``H`` of the candidates
+       ranked strictly before it sum to ``<= entropy_bound``, so the first always commits. The
+       sum is exact, in fixed point: ``H`` is taken as ``floor(clamp(H, 0, 8192) * 2**36) /
+       2**36`` (exact for ``H >= 2**-13``; ``+inf`` / NaN count as 8192, above every bound) and
+       the bound as ``fp32(entropy_bound)``. Without ties this is vLLM's / SGLang's
+       ``cumsum(sorted H) - sorted H <= bound`` (whose fp32 rounding differs by ~1 ulp of the
+       sum); with ties their ``torch.sort`` order is unspecified on CUDA, ours is by position.
        With ``commit_best`` (any base), the best candidate also commits (Fast-dLLM's and
        Streaming's argmax, d3LLM-LLaDA's lowest entropy).
     5. R2 spatial windows (``spatial_window = W > 0``): windows of W consecutive positions inside
@@ -482,6 +490,24 @@ def commit(
     Nothing outside the active region is read from the statistics or written; tokens are never
     re-masked; a row with an empty region or no candidates is left untouched.
 
+    Uniform-state decoding (``rule.renoise``, base ``"entropy_bound"``; DiffusionGemma, as
+    vLLM 0.33's and SGLang 0.5.23's samplers): there is no MASK; the free positions (the active
+    region minus ``pinned``) are decided anew every step, rules 5-9 do not apply. The
+    candidates are the free positions with a valid proposal (``stats.token``, the sample;
+    ``mask_id`` only invalidates one id: pass one outside the vocabulary); rule 4b's set takes
+    its proposals and every other free position a uniform random token ``r mod vocab_size``,
+    ``r`` 63 bits of Philox 4x32-10 under the key ``seed[b]`` at the counter ``(position,
+    renoise_state.steps[b])`` (the same in any batch). ``renoise_state`` then records each free
+    position's argmax streak (``argmax``, default ``stats.token``), counts the row's step and
+    sets ``converged[b]``: every free position's streak is ``>= stability_steps`` and the mean
+    ``H`` of the free positions is ``< confidence_threshold`` (fixed point as in 4b: the sum
+    ``< n * ceil(fp32(c) * 2**36)``, never with an ``H >= 8192`` / NaN, never over no positions),
+    or the row's step count reaches ``max_steps``. A converged row's free positions take the
+    argmax instead, and ``step`` as their ``commit_step`` (nothing else sets ``commit_step``).
+    The count returned is the accepted positions, or the free ones when the row converged.
+    Unlike the engines, pinned positions neither rank, nor count in the mean, nor in the
+    stability test, nor take the argmax.
+
     Args:
         x: ``[B, L]`` int64 canvas (any strides), updated in place.
         stats: :class:`TokenStats` of ``[B, Ls]`` tensors (``token``, ``prob`` and ``entropy``
@@ -501,7 +527,15 @@ def commit(
         force_start, force_end: int32/int64 ``[B]``, the force region of rule 8 (both or none).
         stats_offset: int32/int64 ``[B]``, canvas position of each row's stats column 0
             (default 0).
-        vocab_size: if given, proposals ``>= vocab_size`` are invalid (see the candidates).
+        vocab_size: if given, proposals ``>= vocab_size`` are invalid (see the candidates);
+            required by ``rule.renoise`` (random tokens lie in ``[0, vocab_size)``).
+        pinned: bool ``[B, L]`` (contiguous), positions no rule may change (infill seeds,
+            vLLM's ``diffusion_pinned``); none by default.
+        argmax: int64 ``[B, Ls]`` in the stats' layout, the argmax of each position's
+            distribution (``rule.renoise`` only; default ``stats.token``, right at temperature 0).
+        seed: int or int64 ``[B]`` per-row seeds of the renoise tokens (``rule.renoise`` only).
+        renoise_state: :class:`RenoiseState` (``RenoiseState.new(x)`` before the first step;
+            ``rule.renoise`` only), updated in place.
         backend: ``"auto"`` | ``"triton"`` | ``"reference"``.
 
     Returns:

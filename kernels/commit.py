@@ -5,7 +5,7 @@ region take their proposals. The public decoders spend 10-30 small PyTorch ops p
 (sorts, top-k, masks, Python loops over windows and runs, ``.item()`` syncs). Here one program
 holds a row's whole active region as one register tile and applies R2-dLLM's order::
 
-    base rule (top-k | threshold | dynamic threshold | entropy, + the best candidate)
+    base rule (top-k | threshold | dynamic threshold | entropy | entropy bound, + the best candidate)
       -> R2 spatial windows -> R2 token clusters -> R2 temporal stability -> forced progress
       (-> LLaDA2.1 token editing of positions committed by earlier steps, if enabled)
 
@@ -30,6 +30,15 @@ How the rules map onto a tile:
   The scans are log2(BLOCK) doubling steps of shifts; like the bisection they avoid
   ``tl.sort`` and custom-combine ``tl.associative_scan``, which Triton's interpreter runs
   element by element in Python (seconds per call), so the CPU tests can cover every rule.
+- Entropy bound (EB-sampler, DiffusionGemma): "the entropies ranked before i sum to <= bound"
+  is an exact rank-and-prefix-sum without a sort: entropies become int64 fixed point (2**-36
+  units, so sums are exact in any order) and each position adds up the candidates with larger
+  keys, CHUNK columns at a time (O(BLOCK^2) integer compare-adds; not timed on a GPU yet).
+- Renoise (uniform-state models, ``RENOISE``): the rest of the region draws ``r mod V`` from
+  ``tl.randint4x`` under the row's seed at ``(position, row step)``; the argmax streaks
+  (``RenoiseState``) give vLLM's all-history-rows-equal test as "every streak >= ST", and one
+  reduction per row the mean-entropy test and the ``converged`` flag.
+- Pinned positions (``HAS_PIN``) are removed from the candidates and never stored.
 - Exactness: floats are aggregated in the reference's fp32 order (window sums left to right,
   streak sums step by step), divisions are correctly rounded (``div_rn``) and no product feeds
   an addition, so FMA contraction on the GPU cannot change a decision.
