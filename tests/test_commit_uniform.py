@@ -582,11 +582,22 @@ def test_custom_op_and_compile_with_extras(device):
     args = (x, stats + extras, fields, rows, torch.tensor(1, device=device))
     torch.library.opcheck(torch.ops.dllm_kernels.commit.default, (*args, *_rule_args(RENOISE, M, 5)))
 
+    kw = dict(mask_id=M, step=1, vocab_size=5, seed=7)
+
     def step(x, stats, state, rs, s, e, pinned, argmax):
         return dk.commit(
-            x, stats, state, RENOISE, active_start=s, active_end=e, mask_id=M, step=1,
-            vocab_size=5, seed=7, pinned=pinned, argmax=argmax, renoise_state=rs, backend="triton",
-        )  # fmt: skip
+            x,
+            stats,
+            state,
+            RENOISE,
+            active_start=s,
+            active_end=e,
+            pinned=pinned,
+            argmax=argmax,
+            renoise_state=rs,
+            backend="triton",
+            **kw,
+        )
 
     st = TokenStats(stats[0], stats[1], stats[1], stats[2])
     x_ref, (state_ref, rs_ref) = x.clone(), _clone_state((state, rs), device)
@@ -594,9 +605,18 @@ def test_custom_op_and_compile_with_extras(device):
     compiled = torch.compile(step, backend="aot_eager", fullgraph=True)
     counts = compiled(x, st, state, rs, s, e, extras[0], extras[1])
     want = dk.commit(
-        x_ref, st, state_ref, RENOISE, active_start=s, active_end=e, mask_id=M, step=1,
-        vocab_size=5, seed=7, pinned=extras[0], argmax=extras[1], renoise_state=rs_ref, backend="reference",
-    )  # fmt: skip
+        x_ref,
+        st,
+        state_ref,
+        RENOISE,
+        active_start=s,
+        active_end=e,
+        pinned=extras[0],
+        argmax=extras[1],
+        renoise_state=rs_ref,
+        backend="reference",
+        **kw,
+    )
     assert torch.equal(counts, want) and torch.equal(x, x_ref)
     got, ref = _fields((state, rs)), _fields((state_ref, rs_ref))
     for name in got:
