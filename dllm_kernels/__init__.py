@@ -18,7 +18,7 @@ if any(importlib.util.find_spec(f"{__name__}.{sub}") is None for sub in ("kernel
 del importlib
 
 from . import reference
-from ._types import CommitRule, CommitState, TokenStats
+from ._types import CommitRule, CommitState, RenoiseState, TokenStats
 from .attention import attention
 from .backend import BACKENDS, interpreter_enabled
 from .block_edit import block_edit as _block_edit  # noqa: F401  (registers the internal op dllm_kernels::block_edit)
@@ -39,6 +39,7 @@ __all__ = [
     "MaxNFEError",
     "POLICIES",
     "Policy",
+    "RenoiseState",
     "TokenStats",
     "attention",
     "commit",

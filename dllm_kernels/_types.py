@@ -30,10 +30,15 @@ class TokenStats(NamedTuple):
     entropy: torch.Tensor
 
 
-COMMIT_BASES = ("topk", "threshold", "dynamic", "entropy")
+COMMIT_BASES = ("topk", "threshold", "dynamic", "entropy", "entropy_bound")
 TEMPORAL_AGGS = ("last", "mean", "max")
 MAX_SPATIAL_WINDOW = 16
 MAX_COMMIT_POSITIONS = 8192  # the Triton kernel holds a row's region in one tile of <= 8192 positions
+# base "entropy_bound" sums entropies in fixed point: q(H) = floor(clamp(H, 0, ENTROPY_CAP) * 2**ENTROPY_FRAC_BITS)
+# (exact for H >= 2**-13; a region's sum stays below 2**62); its bounds lie in [0, ENTROPY_BOUND_MAX]
+ENTROPY_FRAC_BITS = 36
+ENTROPY_CAP = 8192.0
+ENTROPY_BOUND_MAX = 4096.0
 # attention head dims; 16 and 32: small models (tests, tiny checkpoints), run on the D=64 tiles
 HEAD_DIMS = (16, 32, 64, 128)
 
@@ -43,9 +48,9 @@ class CommitRule:
     """The commit rules of one decoding step and their numbers (DESIGN.md 1.2); hashable.
 
     The switches (``base``, ``entropy_strict``, ``commit_best``, ``spatial_window > 0``,
-    ``token_cluster``, ``temporal_steps > 0``, ``temporal_agg``, ``token_edit``) become compile-time flags of the
-    kernel; the thresholds are runtime fp32 numbers (rounded to fp32 like the statistics they are
-    compared with). See :func:`dllm_kernels.commit` for what each rule does.
+    ``token_cluster``, ``temporal_steps > 0``, ``temporal_agg``, ``token_edit``, ``renoise``) become
+    compile-time flags of the kernel; the thresholds are runtime fp32 numbers (rounded to fp32 like
+    the statistics they are compared with). See :func:`dllm_kernels.commit` for what each rule does.
 
     The defaults are each rule's number in the decoder it comes from (Fast-dLLM's threshold,
     d3LLM's entropy threshold, R2-dLLM's gates); the published decoders' settings live in
@@ -54,7 +59,9 @@ class CommitRule:
     agree).
     """
 
-    base: str = "threshold"  # "topk" (LLaDA) | "threshold" (Fast-dLLM) | "dynamic" (Streaming) | "entropy" (d3LLM)
+    # "topk" (LLaDA) | "threshold" (Fast-dLLM) | "dynamic" (Streaming) | "entropy" (d3LLM)
+    # | "entropy_bound" (EB-sampler / DiffusionGemma)
+    base: str = "threshold"
     threshold: float = 0.9  # tau (threshold) / tau0 (dynamic): commit prob >= tau
     alpha: float = 0.0  # dynamic: tau_t = tau0 * (1 - alpha * (1 - r_mask))
     suffix_window: int = 0  # dynamic: kept suffix = first W positions after active_end + the last position
@@ -71,6 +78,12 @@ class CommitRule:
     temporal_agg: str = "last"  # "last" | "mean" | "max"
     token_edit: bool = False  # LLaDA2.1 token editing of already committed positions
     edit_threshold: float = 0.0  # token_edit: a committed position takes a differing proposal if prob > this (strict)
+    # base "entropy_bound": accept a candidate if the entropies ranked before it (ascending) sum to <= this
+    entropy_bound: float = 0.1
+    renoise: bool = False  # uniform-state model (DiffusionGemma): the rest of the region gets random tokens
+    confidence_threshold: float = 0.005  # renoise: a row converges when its mean entropy is < this (and stable)
+    stability_steps: int = 2  # renoise: ... and every position's argmax is unchanged for this many steps (vLLM's ST)
+    max_steps: int = 48  # renoise: a row converges after this many steps whatever its statistics
 
     def __post_init__(self):
         def fail(name, want):
@@ -90,11 +103,13 @@ class CommitRule:
             "spatial_threshold",
             "temporal_threshold",
             "edit_threshold",
+            "entropy_bound",
+            "confidence_threshold",
         ):
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
                 fail(name, "a finite number")
-        for name in ("entropy_strict", "commit_best", "token_cluster", "token_edit"):
+        for name in ("entropy_strict", "commit_best", "token_cluster", "token_edit", "renoise"):
             if not isinstance(getattr(self, name), bool):
                 fail(name, "a bool")
         for name, low in (
@@ -102,12 +117,26 @@ class CommitRule:
             ("spatial_max_decided", 0),
             ("cluster_min_len", 1),
             ("temporal_steps", 0),
+            ("stability_steps", 1),
+            ("max_steps", 1),
         ):
             v = getattr(self, name)
             if not is_int(v) or v < low or v >= 2**31:
                 fail(name, f"an int in [{low}, 2**31)")
         if not is_int(self.spatial_window) or not 0 <= self.spatial_window <= MAX_SPATIAL_WINDOW:
             fail("spatial_window", f"an int in [0, {MAX_SPATIAL_WINDOW}]")
+        for name in ("entropy_bound", "confidence_threshold"):
+            if not 0 <= getattr(self, name) <= ENTROPY_BOUND_MAX:
+                fail(name, f"a number in [0, {ENTROPY_BOUND_MAX:g}]")
+        if self.renoise:
+            if self.base != "entropy_bound":
+                fail("base", "'entropy_bound' with renoise=True")
+            for name in ("spatial_window", "temporal_steps"):
+                if getattr(self, name):
+                    fail(name, "0 with renoise=True (a masked-model rule)")
+            for name in ("token_cluster", "token_edit"):
+                if getattr(self, name):
+                    fail(name, "False with renoise=True (a masked-model rule)")
 
 
 @dataclass
@@ -140,4 +169,38 @@ class CommitState:
             count=torch.zeros(shape, dtype=torch.int32, device=device),
             conf_sum=torch.zeros(shape, dtype=torch.float32, device=device),
             conf_max=torch.zeros(shape, dtype=torch.float32, device=device),
+        )
+
+
+@dataclass
+class RenoiseState:
+    """The uniform-state rule's (``CommitRule(renoise=True)``) state on the device, which
+    :func:`dllm_kernels.commit` updates in place: the argmax stability and convergence test of
+    vLLM's / SGLang's DiffusionGemma sampler. Contiguous tensors on the canvas's device.
+
+    argmax:       int64 ``[B, L]``, the latest step's argmax at each position; -1 = none.
+    stable_steps: int32 ``[B, L]``, consecutive steps (the latest included) whose argmax was
+                  ``argmax`` (saturates at 2**30). vLLM keeps a ring of ST argmax canvases and calls
+                  a row stable when all ST rows are equal (after ST steps): that holds exactly when
+                  every position's streak is ``>= ST`` (L counters instead of ST x L tokens).
+    steps:        int32 ``[B]``, the steps run on the row: the step cap's counter and the renoise
+                  stream's step.
+    converged:    bool ``[B]``, the row converged at its latest step (its region then holds the
+                  argmax canvas); the loop reads it to stop the row.
+    """
+
+    argmax: torch.Tensor
+    stable_steps: torch.Tensor
+    steps: torch.Tensor
+    converged: torch.Tensor
+
+    @classmethod
+    def new(cls, x: torch.Tensor) -> "RenoiseState":
+        """The state of a fresh canvas ``x [B, L]``: no history, no steps, nothing converged."""
+        shape, device = tuple(x.shape), x.device
+        return cls(
+            argmax=torch.full(shape, -1, dtype=torch.int64, device=device),
+            stable_steps=torch.zeros(shape, dtype=torch.int32, device=device),
+            steps=torch.zeros(shape[:1], dtype=torch.int32, device=device),
+            converged=torch.zeros(shape[:1], dtype=torch.bool, device=device),
         )

@@ -22,7 +22,15 @@ import torch
 from . import reference
 from ._checks import check_tensor
 from ._schedule import num_transfer_schedule
-from ._types import COMMIT_BASES, MAX_COMMIT_POSITIONS, TEMPORAL_AGGS, CommitRule, CommitState, TokenStats
+from ._types import (
+    COMMIT_BASES,
+    MAX_COMMIT_POSITIONS,
+    TEMPORAL_AGGS,
+    CommitRule,
+    CommitState,
+    RenoiseState,
+    TokenStats,
+)
 from .backend import register_op, resolve_backend
 
 INDEX_DTYPES = (torch.int32, torch.int64)
@@ -32,6 +40,13 @@ _STATE_DTYPES = {
     "count": torch.int32,
     "conf_sum": torch.float32,
     "conf_max": torch.float32,
+}
+# RenoiseState's fields: dtype, per position (True) or per row
+_RENOISE_DTYPES = {
+    "argmax": (torch.int64, True),
+    "stable_steps": (torch.int32, True),
+    "steps": (torch.int32, False),
+    "converged": (torch.bool, False),
 }
 
 __all__ = ["commit", "num_transfer_schedule", "pack_rows"]
@@ -120,24 +135,49 @@ def _rule_of(values) -> tuple[CommitRule, int, int | None]:
 # ------------------------------------------------------------------------------------------------
 
 
-def _commit_launch(kernels, x, token, prob, entropy, state, rows, step, rule, mask_id, vocab_size):
+def _commit_launch(
+    kernels, x, token, prob, entropy, state, rows, step, rule, mask_id, vocab_size, extras=None, renoise_state=None
+):
     return kernels.commit(
-        x, token, prob, entropy, state, rule, rows, step, mask_id, _NO_VOCAB if vocab_size is None else vocab_size
+        x,
+        token,
+        prob,
+        entropy,
+        state,
+        rule,
+        rows,
+        step,
+        mask_id,
+        _NO_VOCAB if vocab_size is None else vocab_size,
+        *(extras or (None, None, None)),
+        renoise_state,
     )
 
 
-def _commit_encode(x, token, prob, entropy, state, rows, step, rule, mask_id, vocab_size):
-    return (x, [token, prob, entropy], _fields(state), rows, step, *_rule_args(rule, mask_id, vocab_size))
+def _commit_encode(
+    x, token, prob, entropy, state, rows, step, rule, mask_id, vocab_size, extras=None, renoise_state=None
+):
+    # stats: token, prob, entropy, then (pinned, argmax, seed) if any is given; state: the
+    # CommitState's fields, then the RenoiseState's if given
+    stats = [token, prob, entropy] + ([] if extras is None else list(extras))
+    fields = _fields(state) + ([] if renoise_state is None else _fields(renoise_state))
+    return (x, stats, fields, rows, step, *_rule_args(rule, mask_id, vocab_size))
+
+
+_N_STATE = len(dataclasses.fields(CommitState))
 
 
 def _commit_decode(x, stats, state, rows, step, rule):
-    return (x, *stats, CommitState(*state), rows, step, *_rule_of(rule))
+    rule, mask_id, vocab_size = _rule_of(rule)
+    extras = tuple(stats[3:]) if len(stats) > 3 else None
+    rs = RenoiseState(*state[_N_STATE:]) if len(state) > _N_STATE else None
+    return (x, *stats[:3], CommitState(*state[:_N_STATE]), rows, step, rule, mask_id, vocab_size, extras, rs)
 
 
 _commit_op = register_op(
     "commit",
     "commit",
-    "(Tensor(a0!) x, Tensor[] stats, Tensor(a2!)[] state, Tensor rows, Tensor step, Scalar[] rule) -> Tensor",
+    "(Tensor(a0!) x, Tensor?[] stats, Tensor(a2!)[] state, Tensor rows, Tensor step, Scalar[] rule) -> Tensor",
     fake=lambda x, *args: x.new_empty(x.shape[0], dtype=torch.int32),
     mutates_args=("x", "state"),
     launch=_commit_launch,
@@ -197,7 +237,7 @@ def _is_int(v, low: int, high: int) -> bool:
     return isinstance(v, int) and not isinstance(v, bool) and low <= v < high
 
 
-def _valid_fast(x, stats, state, rule, vectors, mask_id, step, vocab_size) -> bool:
+def _valid_fast(x, stats, state, rule, vectors, mask_id, step, vocab_size, extras, renoise_state) -> bool:
     """True if the inputs pass every check of :func:`_validate_slow`, which runs only when this
     says no and then raises the precise error (one pass of attribute reads instead of 16
     check_tensor calls on the common path)."""
@@ -227,6 +267,30 @@ def _valid_fast(x, stats, state, rule, vectors, mask_id, step, vocab_size) -> bo
                 return False
         if not isinstance(rule, CommitRule) or not _is_int(mask_id, 0, 2**63):
             return False
+        pinned, argmax, seed = extras
+        if pinned is not None:
+            if not isinstance(pinned, torch.Tensor) or pinned.dtype != torch.bool or pinned.shape != shape:
+                return False
+            if not pinned.is_contiguous() or pinned.device != device:
+                return False
+        if rule.renoise:
+            if vocab_size is None or not isinstance(renoise_state, RenoiseState) or seed is None:
+                return False
+            for t, (dtype, per_position) in zip(_fields(renoise_state), _RENOISE_DTYPES.values()):
+                if not isinstance(t, torch.Tensor) or t.dtype != dtype or t.device != device:
+                    return False
+                if t.shape != (shape if per_position else shape[:1]) or not t.is_contiguous():
+                    return False
+            if argmax is not None:
+                if not isinstance(argmax, torch.Tensor) or argmax.dtype != torch.int64 or argmax.shape != s_shape:
+                    return False
+                if argmax.stride() != s_stride or argmax.device != device:
+                    return False
+            if isinstance(seed, torch.Tensor):
+                if seed.dtype != torch.int64 or seed.shape != shape[:1] or seed.device != device:
+                    return False
+            elif not _is_int(seed, -(2**63), 2**63):
+                return False
         if vocab_size is not None and not _is_int(vocab_size, 1, 2**63):
             return False
         if isinstance(step, torch.Tensor):
@@ -249,7 +313,7 @@ def _valid_fast(x, stats, state, rule, vectors, mask_id, step, vocab_size) -> bo
         return False
 
 
-def _validate_slow(op, x, stats, state, rule, vectors, mask_id, step, vocab_size) -> None:
+def _validate_slow(op, x, stats, state, rule, vectors, mask_id, step, vocab_size, extras, renoise_state) -> None:
     """Every structural check, one at a time, each raising a one-line error naming the argument."""
     check_tensor(op, "x", x, ndim=2, dtypes=(torch.int64,))
     B, L = x.shape
@@ -277,6 +341,42 @@ def _validate_slow(op, x, stats, state, rule, vectors, mask_id, step, vocab_size
             raise ValueError(f"{op}: state.{name} must be contiguous")
     if not isinstance(rule, CommitRule):
         raise TypeError(f"{op}: rule must be a CommitRule, got {type(rule).__name__}")
+    pinned, argmax, seed = extras
+    if pinned is not None:
+        check_tensor(op, "pinned", pinned, dtypes=(torch.bool,), device=device, shape=(B, L))
+        if not pinned.is_contiguous():
+            raise ValueError(f"{op}: pinned must be contiguous")
+    if rule.renoise:
+        if vocab_size is None:
+            raise ValueError(f"{op}: rule.renoise needs vocab_size (random tokens are drawn from [0, vocab_size))")
+        if not isinstance(renoise_state, RenoiseState):
+            raise TypeError(
+                f"{op}: rule.renoise needs renoise_state, a RenoiseState (see RenoiseState.new), "
+                f"got {type(renoise_state).__name__}"
+            )
+        for name, (dtype, per_position) in _RENOISE_DTYPES.items():
+            t = check_tensor(
+                op,
+                f"renoise_state.{name}",
+                getattr(renoise_state, name),
+                dtypes=(dtype,),
+                device=device,
+                shape=(B, L) if per_position else (B,),
+            )
+            if not t.is_contiguous():
+                raise ValueError(f"{op}: renoise_state.{name} must be contiguous")
+        if seed is None:
+            raise ValueError(f"{op}: rule.renoise needs seed (an int, or int64 [B] per-row seeds)")
+        if isinstance(seed, torch.Tensor):
+            check_tensor(op, "seed", seed, dtypes=(torch.int64,), device=device, shape=(B,))
+        elif not _is_int(seed, -(2**63), 2**63):
+            raise ValueError(f"{op}: seed must be an int in [-2**63, 2**63) or an int64 [B] tensor, got {seed!r}")
+        if argmax is not None:
+            check_tensor(op, "argmax", argmax, dtypes=(torch.int64,), device=device, shape=(B, Ls))
+            if argmax.stride() != stats.token.stride():
+                raise ValueError(
+                    f"{op}: argmax must have the strides of stats.token {stats.token.stride()}, got {argmax.stride()}"
+                )
     if not _is_int(mask_id, 0, 2**63):
         raise ValueError(f"{op}: mask_id must be an int in [0, 2**63), got {mask_id!r}")
     if vocab_size is not None and not _is_int(vocab_size, 1, 2**63):
@@ -314,6 +414,10 @@ def commit(
     force_end: torch.Tensor | None = None,
     stats_offset: torch.Tensor | None = None,
     vocab_size: int | None = None,
+    pinned: torch.Tensor | None = None,
+    argmax: torch.Tensor | None = None,
+    seed: int | torch.Tensor | None = None,
+    renoise_state: RenoiseState | None = None,
     backend: str = "auto",
 ) -> torch.Tensor:
     """Commit the masked positions that a decoding step's rules select; updates ``x`` and
@@ -324,10 +428,10 @@ def commit(
     ``!= mask_id`` and, if ``vocab_size`` is given, ``< vocab_size``); ``c`` their confidence
     ``stats.prob``, ``H`` their ``stats.entropy``. A masked position with an invalid proposal is
     never committed: it is no candidate of any rule (it still counts as a MASK in rule 3's
-    ``r_mask``). Thresholds are rounded to fp32, like the statistics they are compared with.
-    "Best" means the highest ``c`` (the lowest ``H`` for base ``"entropy"``), ties -> lowest
-    position. The rules run in R2-dLLM's order, each on the positions still masked after the
-    previous ones:
+    ``r_mask``); neither is a ``pinned`` position, which no rule ever writes. Thresholds are
+    rounded to fp32, like the statistics they are compared with. "Best" means the highest ``c``
+    (the lowest ``H`` for bases ``"entropy"`` and ``"entropy_bound"``), ties -> lowest position.
+    The rules run in R2-dLLM's order, each on the positions still masked after the previous ones:
 
     1. base ``"topk"`` (LLaDA): the ``min(k, #candidates)`` best, ``k = num_transfer[b]``.
     2. base ``"threshold"`` (Fast-dLLM): every candidate with ``c >= threshold``.
@@ -338,6 +442,14 @@ def commit(
        ``suffix_window`` positions after ``active_end`` and the canvas's last position.
     4. base ``"entropy"`` (d3LLM): every candidate with ``H <= entropy_threshold``
        (``H < entropy_threshold`` if ``entropy_strict``, Dream).
+    4b. base ``"entropy_bound"`` (EB-sampler, DiffusionGemma): rank the candidates by ``H``
+       ascending (ties -> lowest position); a candidate commits if the ``H`` of the candidates
+       ranked strictly before it sum to ``<= entropy_bound``, so the first always commits. The
+       sum is exact, in fixed point: ``H`` is taken as ``floor(clamp(H, 0, 8192) * 2**36) /
+       2**36`` (exact for ``H >= 2**-13``; ``+inf`` / NaN count as 8192, above every bound) and
+       the bound as ``fp32(entropy_bound)``. Without ties this is vLLM's / SGLang's
+       ``cumsum(sorted H) - sorted H <= bound`` (whose fp32 rounding differs by ~1 ulp of the
+       sum); with ties their ``torch.sort`` order is unspecified on CUDA, ours is by position.
        With ``commit_best`` (any base), the best candidate also commits (Fast-dLLM's and
        Streaming's argmax, d3LLM-LLaDA's lowest entropy).
     5. R2 spatial windows (``spatial_window = W > 0``): windows of W consecutive positions inside
@@ -378,6 +490,24 @@ def commit(
     Nothing outside the active region is read from the statistics or written; tokens are never
     re-masked; a row with an empty region or no candidates is left untouched.
 
+    Uniform-state decoding (``rule.renoise``, base ``"entropy_bound"``; DiffusionGemma, as
+    vLLM 0.33's and SGLang 0.5.23's samplers): there is no MASK; the free positions (the active
+    region minus ``pinned``) are decided anew every step, rules 5-9 do not apply. The
+    candidates are the free positions with a valid proposal (``stats.token``, the sample;
+    ``mask_id`` only invalidates one id: pass one outside the vocabulary); rule 4b's set takes
+    its proposals and every other free position a uniform random token ``r mod vocab_size``,
+    ``r`` 63 bits of Philox 4x32-10 under the key ``seed[b]`` at the counter ``(position,
+    renoise_state.steps[b])`` (the same in any batch). ``renoise_state`` then records each free
+    position's argmax streak (``argmax``, default ``stats.token``), counts the row's step and
+    sets ``converged[b]``: every free position's streak is ``>= stability_steps`` and the mean
+    ``H`` of the free positions is ``< confidence_threshold`` (fixed point as in 4b: the sum
+    ``< n * ceil(fp32(c) * 2**36)``, never with an ``H >= 8192`` / NaN, never over no positions),
+    or the row's step count reaches ``max_steps``. A converged row's free positions take the
+    argmax instead, and ``step`` as their ``commit_step`` (nothing else sets ``commit_step``).
+    The count returned is the accepted positions, or the free ones when the row converged.
+    Unlike the engines, pinned positions neither rank, nor count in the mean, nor in the
+    stability test, nor take the argmax.
+
     Args:
         x: ``[B, L]`` int64 canvas (any strides), updated in place.
         stats: :class:`TokenStats` of ``[B, Ls]`` tensors (``token``, ``prob`` and ``entropy``
@@ -397,7 +527,15 @@ def commit(
         force_start, force_end: int32/int64 ``[B]``, the force region of rule 8 (both or none).
         stats_offset: int32/int64 ``[B]``, canvas position of each row's stats column 0
             (default 0).
-        vocab_size: if given, proposals ``>= vocab_size`` are invalid (see the candidates).
+        vocab_size: if given, proposals ``>= vocab_size`` are invalid (see the candidates);
+            required by ``rule.renoise`` (random tokens lie in ``[0, vocab_size)``).
+        pinned: bool ``[B, L]`` (contiguous), positions no rule may change (infill seeds,
+            vLLM's ``diffusion_pinned``); none by default.
+        argmax: int64 ``[B, Ls]`` in the stats' layout, the argmax of each position's
+            distribution (``rule.renoise`` only; default ``stats.token``, right at temperature 0).
+        seed: int or int64 ``[B]`` per-row seeds of the renoise tokens (``rule.renoise`` only).
+        renoise_state: :class:`RenoiseState` (``RenoiseState.new(x)`` before the first step;
+            ``rule.renoise`` only), updated in place.
         backend: ``"auto"`` | ``"triton"`` | ``"reference"``.
 
     Returns:
@@ -414,8 +552,9 @@ def commit(
     """
     op = "commit"
     vectors = (active_start, active_end, force_start, force_end, stats_offset, num_transfer)
-    if not _valid_fast(x, stats, state, rule, vectors, mask_id, step, vocab_size):
-        _validate_slow(op, x, stats, state, rule, vectors, mask_id, step, vocab_size)
+    extras = (pinned, argmax, seed)
+    if not _valid_fast(x, stats, state, rule, vectors, mask_id, step, vocab_size, extras, renoise_state):
+        _validate_slow(op, x, stats, state, rule, vectors, mask_id, step, vocab_size, extras, renoise_state)
     stats = TokenStats(*stats)
     rows = pack_rows(
         active_start,
@@ -429,7 +568,25 @@ def commit(
         _check_values(op, x.shape[1], stats.token.shape[1], rows)
     if not isinstance(step, torch.Tensor):
         step = torch.full((), step, dtype=torch.int32, device=x.device)
-    return commit_unchecked(x, stats, state, rule, rows, step, mask_id, vocab_size=vocab_size, backend=backend)
+    if not rule.renoise:
+        argmax = seed = renoise_state = None  # only the uniform-state rule reads them
+    elif not isinstance(seed, torch.Tensor):
+        seed = torch.full((x.shape[0],), seed, dtype=torch.int64, device=x.device)
+    return commit_unchecked(
+        x,
+        stats,
+        state,
+        rule,
+        rows,
+        step,
+        mask_id,
+        vocab_size=vocab_size,
+        pinned=pinned,
+        argmax=argmax,
+        seed=seed,
+        renoise_state=renoise_state,
+        backend=backend,
+    )
 
 
 def commit_unchecked(
@@ -442,23 +599,44 @@ def commit_unchecked(
     mask_id: int,
     *,
     vocab_size: int | None = None,
+    pinned: torch.Tensor | None = None,
+    argmax: torch.Tensor | None = None,
+    seed: torch.Tensor | None = None,
+    renoise_state: RenoiseState | None = None,
     backend: str = "auto",
 ) -> torch.Tensor:
     """:func:`commit` without validation: the documented internal entry of a decoding loop that
     validated its inputs once per call (``dllm_kernels.decode.step.decode_step`` calls it every step).
 
     ``rows`` is the int32/int64 ``[6, B]`` table of :func:`pack_rows` (contiguous, or it is
-    copied), ``step`` a 0-d int32/int64 tensor on ``x``'s device; the rest as in :func:`commit`.
+    copied), ``step`` a 0-d int32/int64 tensor on ``x``'s device, ``seed`` (renoise) an int64
+    ``[B]`` tensor; the rest as in :func:`commit`.
     Wrong input here is undefined behaviour of the kernel (clipped regions at best), not an
     error. Not part of the public API (``dllm_kernels.__all__``); its signature changes only
     with :func:`commit`'s."""
     if resolve_backend(backend, x.device, "commit") == "reference":
         regions = dict(zip(ROW_FIELDS, rows.unbind(0)))
-        return reference.commit(x, stats, state, rule, mask_id=mask_id, step=step, vocab_size=vocab_size, **regions)
+        return reference.commit(
+            x,
+            stats,
+            state,
+            rule,
+            mask_id=mask_id,
+            step=step,
+            vocab_size=vocab_size,
+            pinned=pinned,
+            argmax=argmax,
+            seed=seed,
+            renoise_state=renoise_state,
+            **regions,
+        )
     if min(x.shape[1], stats.token.shape[1]) > MAX_COMMIT_POSITIONS:
         raise ValueError(
             f"commit: the Triton kernel holds a row's region in one tile of at most {MAX_COMMIT_POSITIONS} "
             f"positions; got a canvas of {x.shape[1]} and stats of {stats.token.shape[1]} columns "
             f"(use backend='reference', or stats of a shorter window)"
         )
-    return _commit_op(x, stats.token, stats.prob, stats.entropy, state, rows, step, rule, mask_id, vocab_size)
+    extras = None if pinned is None and argmax is None and seed is None else (pinned, argmax, seed)
+    return _commit_op(
+        x, stats.token, stats.prob, stats.entropy, state, rows, step, rule, mask_id, vocab_size, extras, renoise_state
+    )

@@ -35,6 +35,9 @@ HEAD_DIMS = (16, 32, 64, 128)
 # the commit kernel holds a row's region in one tile of at most this many positions;
 # = dllm_kernels._types.MAX_COMMIT_POSITIONS
 MAX_COMMIT_POSITIONS = 8192
+# base "entropy_bound"'s fixed-point entropies; = dllm_kernels._types.ENTROPY_FRAC_BITS / ENTROPY_CAP
+ENTROPY_FRAC_BITS = 36
+ENTROPY_CAP = 8192.0
 
 
 class CommitRule(Protocol):
@@ -57,6 +60,11 @@ class CommitRule(Protocol):
     temporal_agg: str
     token_edit: bool
     edit_threshold: float
+    entropy_bound: float
+    renoise: bool
+    confidence_threshold: float
+    stability_steps: int
+    max_steps: int
 
 
 class CommitState(Protocol):
@@ -67,6 +75,15 @@ class CommitState(Protocol):
     count: torch.Tensor
     conf_sum: torch.Tensor
     conf_max: torch.Tensor
+
+
+class RenoiseState(Protocol):
+    """What the commit launcher reads of a renoise state (``dllm_kernels.RenoiseState``)."""
+
+    argmax: torch.Tensor
+    stable_steps: torch.Tensor
+    steps: torch.Tensor
+    converged: torch.Tensor
 
 
 def next_pow2(n: int) -> int:

@@ -5,7 +5,7 @@ region take their proposals. The public decoders spend 10-30 small PyTorch ops p
 (sorts, top-k, masks, Python loops over windows and runs, ``.item()`` syncs). Here one program
 holds a row's whole active region as one register tile and applies R2-dLLM's order::
 
-    base rule (top-k | threshold | dynamic threshold | entropy, + the best candidate)
+    base rule (top-k | threshold | dynamic threshold | entropy | entropy bound, + the best candidate)
       -> R2 spatial windows -> R2 token clusters -> R2 temporal stability -> forced progress
       (-> LLaDA2.1 token editing of positions committed by earlier steps, if enabled)
 
@@ -30,6 +30,15 @@ How the rules map onto a tile:
   The scans are log2(BLOCK) doubling steps of shifts; like the bisection they avoid
   ``tl.sort`` and custom-combine ``tl.associative_scan``, which Triton's interpreter runs
   element by element in Python (seconds per call), so the CPU tests can cover every rule.
+- Entropy bound (EB-sampler, DiffusionGemma): "the entropies ranked before i sum to <= bound"
+  is an exact rank-and-prefix-sum without a sort: entropies become int64 fixed point (2**-36
+  units, so sums are exact in any order) and each position adds up the candidates with larger
+  keys, CHUNK columns at a time (O(BLOCK^2) integer compare-adds; not timed on a GPU yet).
+- Renoise (uniform-state models, ``RENOISE``): the rest of the region draws ``r mod V`` from
+  ``tl.randint4x`` under the row's seed at ``(position, row step)``; the argmax streaks
+  (``RenoiseState``) give vLLM's all-history-rows-equal test as "every streak >= ST", and one
+  reduction per row the mean-entropy test and the ``converged`` flag.
+- Pinned positions (``HAS_PIN``) are removed from the candidates and never stored.
 - Exactness: floats are aggregated in the reference's fp32 order (window sums left to right,
   streak sums step by step), divisions are correctly rounded (``div_rn``) and no product feeds
   an addition, so FMA contraction on the GPU cannot change a decision.
@@ -40,6 +49,8 @@ is per op and program, not per element); on the GPU ``ROWS = 1``: one program pe
 
 from __future__ import annotations
 
+import math
+import struct
 from collections.abc import Mapping
 
 import torch
@@ -48,24 +59,29 @@ import triton.language as tl
 
 from . import _utils
 from ._utils import (
+    ENTROPY_CAP,
+    ENTROPY_FRAC_BITS,
     IS_INTERPRET,
     MAX_COMMIT_POSITIONS,
     AotSpec,
     CommitRule,
     CommitState,
+    RenoiseState,
     cdiv,
     check_launchable,
     dense,
     next_pow2,
 )
 
-BASES = {"topk": 0, "threshold": 1, "dynamic": 2, "entropy": 3}
+BASES = {"topk": 0, "threshold": 1, "dynamic": 2, "entropy": 3, "entropy_bound": 4}
 AGGS = {"last": 0, "mean": 1, "max": 2}
 _MAX_TILE = tl.constexpr(MAX_COMMIT_POSITIONS)
 _IDX_BITS = tl.constexpr(MAX_COMMIT_POSITIONS.bit_length() - 1)  # a key's low bits: the position
 _KEY_BIAS = tl.constexpr(1 << 44)  # |key| < 2**44; key + bias >= 0 fits in 45 bits
 _NONE = tl.constexpr(-(1 << 62))  # the key of a non-candidate, below every real key
 _INTERPRET_MAX_ROWS = 64
+_FIXED_SCALE = tl.constexpr(float(2**ENTROPY_FRAC_BITS))  # entropies in fixed point (entropy_bound)
+_CAP = tl.constexpr(ENTROPY_CAP)
 
 
 @triton.jit
@@ -204,8 +220,109 @@ def _token_edit_rule(m, m_mask, b_x, b_tok, b_conf, commit_step_ptr, p_state, ta
     return m_old & (b_cs >= 0) & (b_tok != b_x) & (b_conf > tau_e)
 
 
+@triton.jit
+def _fixed_entropy(b_ent):
+    """Entropies in fixed point, int64: ``floor(clamp(H, 0, cap) * 2**36)`` (exact for
+    ``H >= 2**-13``): their sums are exact whatever the order of addition."""
+    return tl.floor(tl.minimum(tl.maximum(b_ent, 0.0), _CAP) * _FIXED_SCALE).to(tl.int64)
+
+
+@triton.jit
+def _entropy_bound_rule(b_key, b_q, m_cand, eb_q, CHUNK: tl.constexpr, BLOCK: tl.constexpr):
+    """Base "entropy_bound": the candidates whose predecessors (larger keys = lower entropy, ties
+    -> lower position) have fixed-point entropies summing to ``<= eb_q``. An exact rank-and-sum,
+    no sort: for each CHUNK of columns j (gathered from the row tile), every position i adds
+    ``q_j`` where ``key_j > key_i``: O(BLOCK^2) integer compare-adds in [ROWS, BLOCK, CHUNK]
+    tiles; non-candidates carry the lowest key and q = 0, so they never rank first."""
+    ROWS: tl.constexpr = b_key.shape[0]
+    b_kc = tl.reshape(tl.where(m_cand, b_key, _NONE), [ROWS * BLOCK])
+    b_qc = tl.reshape(tl.where(m_cand, b_q, 0), [ROWS * BLOCK])
+    o_row = tl.arange(0, ROWS)[:, None] * BLOCK  # [ROWS, 1]
+    b_s = tl.zeros([ROWS, BLOCK], tl.int64)
+    for j0 in range(0, BLOCK, CHUNK):
+        o_c = tl.reshape(o_row + j0 + tl.arange(0, CHUNK)[None, :], [ROWS * CHUNK])
+        b_kj = tl.reshape(tl.gather(b_kc, o_c, 0), [ROWS, 1, CHUNK])
+        b_qj = tl.reshape(tl.gather(b_qc, o_c, 0), [ROWS, 1, CHUNK])
+        b_s += tl.sum(tl.where(b_kj > b_key[:, :, None], b_qj, 0), 2)  # [ROWS, BLOCK]
+    return m_cand & (b_s <= eb_q)
+
+
+@triton.jit
+def _renoise(
+    x_ptr,
+    p_x,
+    b_tok,
+    b_ent,
+    b_q,
+    m_take,
+    m_free,
+    o_r,
+    m_r,
+    o_p,
+    b_n,
+    p_s,
+    p_state,
+    step_ptr,
+    commit_step_ptr,
+    arg_ptr,
+    seed_ptr,
+    amax_ptr,
+    run_ptr,
+    steps_ptr,
+    conv_ptr,
+    out_ptr,
+    tok_hi,
+    conf_q,
+    stab_n,
+    max_steps,
+):
+    """The uniform-state rule (DiffusionGemma): the entropy-bound set ``m_take`` takes its
+    proposals, every other free (region, unpinned) position a uniform token ``r mod V`` from
+    63 bits of Philox under the row's seed at the counter ``(position, steps)``; the argmax
+    streaks, the row's convergence test and, for a converged row, the argmax canvas."""
+    b_seed = tl.load(seed_ptr + o_r, mask=m_r, other=0)  # [ROWS]
+    b_steps = tl.load(steps_ptr + o_r, mask=m_r, other=0)  # [ROWS] int32
+    c0, c1, _, _ = tl.randint4x(b_seed[:, None], (b_steps.to(tl.int64)[:, None] << 32) | o_p)
+    b_rand = (((c1.to(tl.int64) & 0x7FFFFFFF) << 32) | c0.to(tl.int64)) % tok_hi  # [ROWS, BLOCK]
+    # argmax streaks: all ST history rows of vLLM equal <=> every streak >= ST
+    b_arg = tl.load(arg_ptr + p_s, mask=m_free, other=0)
+    b_prev = tl.load(amax_ptr + p_state, mask=m_free, other=-1)
+    b_run = tl.load(run_ptr + p_state, mask=m_free, other=0)
+    b_run = tl.where(b_prev == b_arg, tl.minimum(b_run, (1 << 30) - 1) + 1, 1)
+    n_free = tl.sum(m_free.to(tl.int32), 1)  # [ROWS]
+    m_unstable = tl.sum((m_free & (b_run < stab_n)).to(tl.int32), 1) > 0
+    m_huge = tl.sum((m_free & (b_ent >= _CAP)).to(tl.int32), 1) > 0
+    b_total = tl.sum(tl.where(m_free, b_q, 0), 1)  # exact: fixed point
+    m_conf = (n_free > 0) & ~m_huge & (b_total < n_free.to(tl.int64) * conf_q)
+    b_steps = b_steps + 1
+    m_conv = (~m_unstable & m_conf) | (b_steps >= max_steps)  # [ROWS]
+    m_live = m_r & (b_n > 0)
+    b_new = tl.where(m_conv[:, None], b_arg, tl.where(m_take, b_tok, b_rand))
+    tl.store(p_x, b_new, mask=m_free)
+    tl.store(amax_ptr + p_state, b_arg, mask=m_free)
+    tl.store(run_ptr + p_state, b_run, mask=m_free)
+    tl.store(steps_ptr + o_r, b_steps, mask=m_live)
+    tl.store(conv_ptr + o_r, m_conv, mask=m_live)
+    step = tl.load(step_ptr).to(tl.int32)
+    tl.store(commit_step_ptr + p_state, tl.zeros(b_run.shape, tl.int32) + step, mask=m_free & m_conv[:, None])
+    n_take = tl.sum(m_take.to(tl.int32), 1)
+    tl.store(out_ptr + o_r, tl.where(m_conv, n_free, n_take), mask=m_r)
+
+
 @triton.jit(
-    do_not_specialize=["B", "L", "Ls", "mask_id", "tok_hi", "suffix_window", "max_decided", "min_len", "temporal_n"]
+    do_not_specialize=[
+        "B",
+        "L",
+        "Ls",
+        "mask_id",
+        "tok_hi",
+        "suffix_window",
+        "max_decided",
+        "min_len",
+        "temporal_n",
+        "stab_n",
+        "max_steps",
+    ]
 )
 def _commit_kernel(
     x_ptr,  # [B, L] int64 canvas, updated in place
@@ -223,6 +340,13 @@ def _commit_kernel(
     sum_ptr,  # [B, L] fp32 (TEMPORAL)
     max_ptr,  # [B, L] fp32 (TEMPORAL)
     rows_ptr,  # [6, B] contiguous: active start, end, force start, end, stats offset, top-k count
+    pin_ptr,  # [B, L] bool, contiguous: pinned positions (HAS_PIN)
+    arg_ptr,  # [B, Ls] int64 argmax, the stats' layout (RENOISE)
+    seed_ptr,  # [B] int64 renoise seeds (RENOISE)
+    amax_ptr,  # [B, L] int64 argmax history, contiguous (RENOISE)
+    run_ptr,  # [B, L] int32 argmax streaks (RENOISE)
+    steps_ptr,  # [B] int32 steps per row (RENOISE)
+    conv_ptr,  # [B] bool converged (RENOISE)
     out_ptr,  # [B] int32 positions committed per row
     B,
     L,
@@ -239,7 +363,11 @@ def _commit_kernel(
     temporal_n,
     tau_t,
     tau_e,  # token-edit threshold (TOKEN_EDIT)
-    BASE: tl.constexpr,  # 0 top-k, 1 threshold, 2 dynamic threshold, 3 entropy
+    eb_q,  # entropy bound in fixed point (BASE 4)
+    conf_q,  # renoise: confidence threshold in fixed point, rounded up
+    stab_n,  # renoise: argmax streak a stable position needs
+    max_steps,  # renoise: step cap
+    BASE: tl.constexpr,  # 0 top-k, 1 threshold, 2 dynamic threshold, 3 entropy, 4 entropy bound
     COMMIT_BEST: tl.constexpr,
     ENTROPY_STRICT: tl.constexpr,
     SPATIAL_W: tl.constexpr,  # 0 = off
@@ -247,8 +375,11 @@ def _commit_kernel(
     TEMPORAL: tl.constexpr,
     AGG: tl.constexpr,  # 0 last, 1 mean, 2 max
     TOKEN_EDIT: tl.constexpr,
+    HAS_PIN: tl.constexpr,
+    RENOISE: tl.constexpr,
     ROWS: tl.constexpr,
     BLOCK: tl.constexpr,
+    CHUNK: tl.constexpr,  # entropy bound: columns per compare-add step
 ):
     tl.static_assert(BLOCK <= _MAX_TILE)
     i_p = tl.program_id(0)
@@ -272,13 +403,21 @@ def _commit_kernel(
     p_s = o_r[:, None].to(tl.int64) * stride_sb + (o_p - b_off[:, None]) * stride_sl
     b_tok = tl.load(tok_ptr + p_s, mask=m, other=0)
     m_valid = (b_tok >= 0) & (b_tok < tok_hi) & (b_tok != mask_id)  # a proposal that may be written
-    m_cand = m_mask & m_valid
+    p_state = o_r[:, None].to(tl.int64) * L + o_p  # [ROWS, BLOCK] into the contiguous [B, L] state
+    m_free = m  # region positions the step may write
+    if HAS_PIN:  # a pinned position is no candidate of any rule and never written
+        m_free = m & (tl.load(pin_ptr + p_state, mask=m, other=0) == 0)
+        m_valid = m_valid & m_free
+    if RENOISE:
+        m_cand = m & m_valid  # uniform state: every position is decided anew
+    else:
+        m_cand = m_mask & m_valid
     # non-finite statistics: NaN confidence reads as -inf, NaN entropy as +inf (the reference's
     # order); every comparison below is then an IEEE comparison of non-NaN values
-    if BASE != 3 or SPATIAL_W > 0 or TOKEN_CLUSTER or TEMPORAL or TOKEN_EDIT:
+    if BASE < 3 or SPATIAL_W > 0 or TOKEN_CLUSTER or TEMPORAL or TOKEN_EDIT:
         b_conf = tl.load(conf_ptr + p_s, mask=m, other=0.0)
         b_conf = tl.where(b_conf == b_conf, b_conf, float("-inf"))
-    if BASE == 3:
+    if BASE >= 3:
         b_ent = tl.load(ent_ptr + p_s, mask=m, other=0.0)
         b_ent = tl.where(b_ent == b_ent, b_ent, float("inf"))
         b_key = _order_key(-b_ent, o_t, BLOCK)  # best = lowest entropy
@@ -288,6 +427,9 @@ def _commit_kernel(
     # ---- rules 1-4: the base rule ---------------------------------------------------------
     if BASE == 0:
         m_take = _top_k(b_key, m_cand, tl.load(rows_ptr + 5 * B + o_r, mask=m_r, other=0))
+    elif BASE == 4:
+        b_q = _fixed_entropy(b_ent)
+        m_take = _entropy_bound_rule(b_key, b_q, m_cand, eb_q, CHUNK, BLOCK)
     elif BASE == 3:
         if ENTROPY_STRICT:
             m_take = m_cand & (b_ent < tau_h)
@@ -310,8 +452,38 @@ def _commit_kernel(
     if TOKEN_CLUSTER:
         m_take |= _token_cluster_rule(m_cand & ~m_take, b_tok, b_conf, o_t, min_len, tau_s, BLOCK)
 
+    if RENOISE:
+        _renoise(
+            x_ptr,
+            p_x,
+            b_tok,
+            b_ent,
+            b_q,
+            m_take,
+            m_free,
+            o_r,
+            m_r,
+            o_p,
+            b_n,
+            p_s,
+            p_state,
+            step_ptr,
+            commit_step_ptr,
+            arg_ptr,
+            seed_ptr,
+            amax_ptr,
+            run_ptr,
+            steps_ptr,
+            conv_ptr,
+            out_ptr,
+            tok_hi,
+            conf_q,
+            stab_n,
+            max_steps,
+        )
+        return
+
     # ---- rule 7: R2 temporal stability of the positions masked at step start and still masked
-    p_state = o_r[:, None].to(tl.int64) * L + o_p  # [ROWS, BLOCK] into the contiguous [B, L] state
     if TEMPORAL:
         m_act = m_cand & ~m_take
         b_last = tl.load(last_ptr + p_state, mask=m_cand, other=-1)
@@ -371,7 +543,22 @@ def _num_warps(block: int) -> int:
     return max(1, min(16, block // 64))
 
 
-def _flags(rule: CommitRule) -> dict:
+def _chunk(block: int) -> int:
+    """Columns per compare-add step of the entropy bound: ~16 int64 per thread of the
+    ``[BLOCK, CHUNK]`` tile on the GPU; up to 64 columns under the interpreter (cost per op)."""
+    if IS_INTERPRET:
+        return min(block, 64)
+    return max(1, min(block, 16 * 32 * _num_warps(block) // block))
+
+
+def fixed_bound(value: float, ceil: bool = False) -> int:
+    """``floor`` (``ceil``) of ``fp32(value) * 2**36``: a rule's entropy number in the units of
+    :func:`_fixed_entropy` (= ``dllm_kernels.reference.commit.fixed_bound``)."""
+    scaled = struct.unpack("f", struct.pack("f", value))[0] * 2**ENTROPY_FRAC_BITS
+    return math.ceil(scaled) if ceil else math.floor(scaled)
+
+
+def _flags(rule: CommitRule, pinned: bool = False) -> dict:
     return dict(
         BASE=BASES[rule.base],
         COMMIT_BEST=rule.commit_best,
@@ -381,6 +568,8 @@ def _flags(rule: CommitRule) -> dict:
         TEMPORAL=rule.temporal_steps > 0,
         AGG=AGGS[rule.temporal_agg],
         TOKEN_EDIT=rule.token_edit,
+        HAS_PIN=pinned,
+        RENOISE=rule.renoise,
     )
 
 
@@ -395,11 +584,17 @@ def commit(
     step: torch.Tensor,
     mask_id: int,
     vocab_size: int,
+    pinned: torch.Tensor | None = None,
+    argmax: torch.Tensor | None = None,
+    seed: torch.Tensor | None = None,
+    renoise_state: RenoiseState | None = None,
 ) -> torch.Tensor:
     """Launch the commit kernel (one launch). Inputs are assumed validated by the public op;
-    ``token``, ``prob`` and ``entropy`` are the ``[B, Ls]`` statistics, sharing one layout;
-    ``rows`` the ``[6, B]`` per-row table of ``dllm_kernels.commit.pack_rows`` (read densely:
-    a strided view is copied); ``vocab_size < 0``: no upper bound on proposals."""
+    ``token``, ``prob``, ``entropy`` (and ``argmax``) are the ``[B, Ls]`` statistics, sharing
+    one layout; ``rows`` the ``[6, B]`` per-row table of ``dllm_kernels.commit.pack_rows`` (read
+    densely: a strided view is copied); ``vocab_size < 0``: no upper bound on proposals;
+    ``pinned`` a contiguous bool ``[B, L]``; with ``rule.renoise``, ``seed`` the int64 ``[B]``
+    seeds (``argmax`` defaults to ``token``) and ``renoise_state`` is updated."""
     check_launchable("commit", x, token, state.commit_step)
     rows = dense(rows)
     B, L = x.shape
@@ -425,6 +620,14 @@ def commit(
         state.conf_sum,
         state.conf_max,
         rows,
+        x if pinned is None else pinned,
+        token if argmax is None else argmax,
+        x if seed is None else dense(seed),
+        *(
+            (renoise_state.argmax, renoise_state.stable_steps, renoise_state.steps, renoise_state.converged)
+            if rule.renoise
+            else (x, x, x, x)
+        ),
         counts,
         B,
         L,
@@ -441,9 +644,14 @@ def commit(
         rule.temporal_steps,
         rule.temporal_threshold,
         rule.edit_threshold,
-        **_flags(rule),
+        fixed_bound(rule.entropy_bound),
+        fixed_bound(rule.confidence_threshold, ceil=True),
+        rule.stability_steps,
+        rule.max_steps,
+        **_flags(rule, pinned is not None),
         ROWS=rows_per_program,
         BLOCK=block,
+        CHUNK=_chunk(block),
         num_warps=_num_warps(block),
     )
     return counts
@@ -461,14 +669,23 @@ MAIN_MAX_BLOCK = 1024
 def _aot_configs(rules: Mapping[str, CommitRule]):
     seen = []
     for label, rule in rules.items():
-        flags = _flags(rule)
-        if flags in seen:  # the same compiled variant (rules differ only in runtime numbers)
-            continue
-        seen.append(flags)
-        yield label, flags, 32, "i32"
-        heavy = rule.spatial_window > 0 and rule.token_cluster and rule.temporal_steps > 0
-        for block in (32, 64, 128, 256, 512, 1024, 2048, 4096) if heavy else (32, 1024, 4096):
-            yield label, flags, block, "i64"
+        # uniform-state rules also with pinned positions (vLLM's diffusion_pinned infill)
+        for pinned in (False, True) if rule.renoise else (False,):
+            flags = _flags(rule, pinned)
+            if flags in seen:  # the same compiled variant (rules differ only in runtime numbers)
+                continue
+            seen.append(flags)
+            tag = f"{label},pinned" if pinned else label
+            yield tag, flags, 32, "i32"
+            heavy = rule.spatial_window > 0 and rule.token_cluster and rule.temporal_steps > 0
+            if heavy:
+                blocks = (32, 64, 128, 256, 512, 1024, 2048, 4096)
+            elif rule.renoise:  # DiffusionGemma's canvas: 256 positions
+                blocks = (32, 256, 1024, 4096)
+            else:
+                blocks = (32, 1024, 4096)
+            for block in blocks:
+                yield tag, flags, block, "i64"
 
 
 def aot_specs(rules: Mapping[str, CommitRule]):
@@ -495,6 +712,13 @@ def aot_specs(rules: Mapping[str, CommitRule]):
                     "sum_ptr": "*fp32",
                     "max_ptr": "*fp32",
                     "rows_ptr": f"*{index}",
+                    "pin_ptr": "*i1",
+                    "arg_ptr": "*i64",
+                    "seed_ptr": "*i64",
+                    "amax_ptr": "*i64",
+                    "run_ptr": "*i32",
+                    "steps_ptr": "*i32",
+                    "conv_ptr": "*i1",
                     "out_ptr": "*i32",
                     "B": "i32",
                     "L": "i32",
@@ -511,8 +735,12 @@ def aot_specs(rules: Mapping[str, CommitRule]):
                     "temporal_n": "i32",
                     "tau_t": "fp32",
                     "tau_e": "fp32",
+                    "eb_q": "i64",
+                    "conf_q": "i64",
+                    "stab_n": "i32",
+                    "max_steps": "i32",
                 },
-                constexprs={**flags, "ROWS": 1, "BLOCK": block},
+                constexprs={**flags, "ROWS": 1, "BLOCK": block, "CHUNK": _chunk(block)},
                 num_warps=_num_warps(block),
                 main=block <= MAIN_MAX_BLOCK,
             )

@@ -44,3 +44,22 @@ def philox_uniform(seed: int | torch.Tensor, offset: torch.Tensor) -> torch.Tens
     x = torch.where(c0 >= 2**31, c0 - 2**32, c0)  # bitcast to int32
     x = torch.where(x < 0, -x - 1, x)
     return x.to(torch.float32) * torch.tensor(4.6566127342e-10, dtype=torch.float32)
+
+
+def philox_randint4x(seed: torch.Tensor, offset: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    """``tl.randint4x(seed, offset)``: Philox 4x32-10 of the counter ``(offset mod 2**32,
+    offset >> 32, 0, 0)`` under the key ``seed`` (64 bits), as four int64 tensors of uint32
+    values. ``seed`` and ``offset`` are integer tensors that broadcast against each other."""
+    offset = offset.to(torch.int64)
+    seed = seed.to(torch.int64)
+    c0, seed = torch.broadcast_tensors(offset & _M32, seed)
+    c1 = ((offset >> 32) & _M32).expand_as(c0)
+    c2 = torch.zeros_like(c0)
+    c3 = torch.zeros_like(c0)
+    k0, k1 = seed & _M32, (seed >> 32) & _M32
+    for _ in range(10):
+        hi_b, lo_b = _mul32(_ROUND_B, c2)
+        hi_a, lo_a = _mul32(_ROUND_A, c0)
+        c0, c2, c1, c3 = hi_b ^ c1 ^ k0, hi_a ^ c3 ^ k1, lo_b, lo_a
+        k0, k1 = (k0 + _KEY_A) & _M32, (k1 + _KEY_B) & _M32
+    return c0, c1, c2, c3

@@ -12,11 +12,16 @@ by step, correctly rounded divisions), so kernel and reference agree exactly.
 
 from __future__ import annotations
 
+import math
+import struct
+
 import torch
 import torch.nn.functional as F
 
 from dllm_kernels._schedule import num_transfer_schedule
-from dllm_kernels._types import CommitState
+from dllm_kernels._types import ENTROPY_CAP, ENTROPY_FRAC_BITS, CommitState
+
+from ._philox import philox_randint4x
 
 __all__ = ["commit", "num_transfer_schedule"]
 
@@ -78,6 +83,8 @@ def _base_rule(rule, cand, conf, entropy, score, num_transfer, dynamic_tau) -> t
         take = conf >= _fp32(rule.threshold, conf)
     elif rule.base == "dynamic":
         take = conf >= dynamic_tau[:, None]
+    elif rule.base == "entropy_bound":
+        take = _entropy_bound_rule(rule, cand, entropy, score)
     elif rule.entropy_strict:
         take = entropy < _fp32(rule.entropy_threshold, entropy)
     else:
@@ -85,6 +92,30 @@ def _base_rule(rule, cand, conf, entropy, score, num_transfer, dynamic_tau) -> t
     if rule.commit_best:
         take = take | _best(score, cand)
     return cand & take
+
+
+def _fixed_entropy(entropy: torch.Tensor) -> torch.Tensor:
+    """Entropies in fixed point, int64: ``floor(clamp(H, 0, ENTROPY_CAP) * 2**36)`` (exact for
+    ``H >= 2**-13``); sums of them are exact and independent of the order of addition."""
+    return torch.floor(entropy.clamp(0.0, ENTROPY_CAP) * float(2**ENTROPY_FRAC_BITS)).to(torch.int64)
+
+
+def fixed_bound(value: float, ceil: bool = False) -> int:
+    """A rule's entropy number in the units of :func:`_fixed_entropy`: ``floor`` (``ceil``) of
+    ``fp32(value) * 2**36``, exact in Python integers (the kernel launcher computes the same)."""
+    scaled = struct.unpack("f", struct.pack("f", value))[0] * 2**ENTROPY_FRAC_BITS
+    return math.ceil(scaled) if ceil else math.floor(scaled)
+
+
+def _entropy_bound_rule(rule, cand, entropy, score) -> torch.Tensor:
+    """Base ``"entropy_bound"``: rank the candidates by entropy ascending (ties -> lowest index)
+    and accept the candidates whose predecessors' entropies sum to ``<= entropy_bound`` (in fixed
+    point, exactly); the first one always passes."""
+    rank = _rank(score, cand)  # candidates first, in entropy order
+    order = rank.argsort(dim=1)
+    q = torch.where(cand, _fixed_entropy(entropy), 0).gather(1, order)
+    before = (torch.cumsum(q, dim=1) - q).gather(1, rank)  # exclusive prefix sum, in canvas order
+    return cand & (before <= fixed_bound(rule.entropy_bound))
 
 
 def _spatial_rule(rule, undecided, conf, pos, start, end) -> torch.Tensor:
@@ -174,6 +205,10 @@ def commit(
     force_end=None,
     stats_offset=None,
     vocab_size=None,
+    pinned=None,
+    argmax=None,
+    seed=None,
+    renoise_state=None,
 ):
     """One decoding step's commit; see :func:`dllm_kernels.commit` for the contract.
 
@@ -196,13 +231,23 @@ def commit(
     conf = torch.where(conf.isnan(), float("-inf"), conf)
     entropy = torch.where(entropy.isnan(), float("inf"), entropy)
 
-    # candidates: masked at step start, with a valid proposal
+    # candidates: masked at step start (any position with renoise), with a valid proposal, not pinned
     valid = (token >= 0) & (token != mask_id)
     if vocab_size is not None:
         valid = valid & (token < vocab_size)
+    if pinned is not None:
+        valid = valid & ~pinned
     region = (pos >= start) & (pos < end)
+    score = -entropy if rule.base in ("entropy", "entropy_bound") else conf  # what "best" means: higher is better
+    if rule.renoise:
+        free = region if pinned is None else region & ~pinned
+        arg = token if argmax is None else argmax.gather(1, col)
+        live = start < end
+        rs = renoise_state
+        return _renoise(
+            rule, x, state, rs, region & valid, free, token, arg, entropy, score, live, vocab_size, seed, step
+        )
     cand = region & (x == mask_id) & valid
-    score = -entropy if rule.base == "entropy" else conf  # what "best" means: higher is better
 
     dynamic_tau = _dynamic_threshold(rule, x, mask_id, pos, start, end) if rule.base == "dynamic" else None
     taken = _base_rule(rule, cand, conf, entropy, score, num_transfer, dynamic_tau)
@@ -236,3 +281,43 @@ def commit(
         state.conf_sum.masked_fill_(taken, 0.0)
         state.conf_max.masked_fill_(taken, 0.0)
     return (taken | edited).sum(dim=1, dtype=torch.int32)
+
+
+def _renoise(rule, x, state: CommitState, rs, cand, free, token, arg, entropy, score, live, vocab_size, seed, step):
+    """The uniform-state rule (DiffusionGemma): every non-pinned region position is decided anew.
+
+    The entropy-bound set of the candidates takes its proposals; every other free position a
+    uniform random token ``r mod V`` with ``r`` 63 bits of Philox under the key ``seed[b]`` and
+    the counter ``(position, steps[b])``. Each free position's argmax streak is extended or
+    restarted; the row converges when every free position's streak is ``>= stability_steps`` and
+    the mean entropy of the free positions is ``< confidence_threshold`` (fixed point), or when
+    its step count reaches ``max_steps``; a converged row's free positions take the argmax and
+    ``step`` as their ``commit_step``. Rows with an empty region are left untouched."""
+    B, L = x.shape
+    device = x.device
+    pos = torch.arange(L, device=device)[None, :]
+    taken = _entropy_bound_rule(rule, cand, entropy, score)
+    steps = rs.steps.to(torch.int64)[:, None]
+    c0, c1, _, _ = philox_randint4x(seed.to(torch.int64)[:, None], (steps << 32) | pos)
+    noise = ((c1 & 0x7FFFFFFF) << 32 | c0) % vocab_size
+    # argmax streaks and the convergence test
+    same = rs.argmax == arg
+    run = torch.where(same, rs.stable_steps.clamp(max=2**30 - 1) + 1, 1)
+    n_free = free.sum(1)
+    unstable = (free & (run < rule.stability_steps)).any(1)
+    huge = (free & (entropy >= ENTROPY_CAP)).any(1)
+    total = torch.where(free, _fixed_entropy(entropy), 0).sum(1)
+    confident = (n_free > 0) & ~huge & (total < n_free * fixed_bound(rule.confidence_threshold, ceil=True))
+    steps_after = rs.steps + 1
+    converged = (~unstable & confident) | (steps_after >= rule.max_steps)
+    done = free & converged[:, None]
+
+    x.copy_(torch.where(free, torch.where(converged[:, None], arg, torch.where(taken, token, noise)), x))
+    rs.argmax.copy_(torch.where(free, arg, rs.argmax))
+    rs.stable_steps.copy_(torch.where(free, run, rs.stable_steps).to(torch.int32))
+    rs.steps.copy_(torch.where(live[:, 0], steps_after, rs.steps))
+    rs.converged.copy_(torch.where(live[:, 0], converged, rs.converged))
+    if not isinstance(step, torch.Tensor):
+        step = torch.full((), step, dtype=torch.int32, device=device)
+    state.commit_step.copy_(torch.where(done, step.to(torch.int32), state.commit_step))
+    return torch.where(converged, n_free, taken.sum(1)).to(torch.int32)

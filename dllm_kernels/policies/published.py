@@ -557,6 +557,57 @@ JOINT_THRESHOLD_INDEL = ServingRule(
 
 
 # ------------------------------------------------------------------------------------------------
+# uniform-state rules (engines' own samplers, compiled ahead of time; no SGLang algorithm of ours yet)
+# ------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, eq=False)
+class UniformStateRule:
+    """An engine's uniform-state sampler (no MASK token; rejected positions are re-noised), as the
+    commit rule ``rule(options)`` of its default ``options`` (the engine's option names).
+
+    ``engines``: engine -> where the numbers are read and how they map onto the rule's fields."""
+
+    name: str
+    title: str
+    options: Mapping[str, Any]
+    rule: Callable[[Mapping[str, Any]], CommitRule]
+    engines: Mapping[str, str] = dataclasses.field(default_factory=dict)
+
+
+# DiffusionGemma (DiffusionGemmaForBlockDiffusion): SGLang 0.5.23's Gemma4Renoise and vLLM 0.33's
+# DiffusionGemma sampler. Both accept where the entropies ranked before a position sum to
+# <= entropy_bound, re-noise the rest with randint(V), and stop when the argmax canvas is stable
+# and the mean entropy is < confidence_threshold, or after max_denoising_steps. SGLang's
+# stability_threshold S counts the previous steps that must equal the current argmax; vLLM passes
+# S + 1 as its history length ST (the current step included): our stability_steps is ST = S + 1.
+DIFFUSION_GEMMA = UniformStateRule(
+    name="diffusion_gemma",
+    title="DiffusionGemma renoise (SGLang Gemma4Renoise, vLLM DiffusionGemma sampler)",
+    options={
+        "entropy_bound": 0.1,
+        "confidence_threshold": 0.005,
+        "stability_threshold": 1,
+        "max_denoising_steps": 48,
+    },
+    rule=lambda o: CommitRule(
+        base="entropy_bound",
+        entropy_bound=o["entropy_bound"],
+        renoise=True,
+        confidence_threshold=o["confidence_threshold"],
+        stability_steps=o["stability_threshold"] + 1,
+        max_steps=o["max_denoising_steps"],
+    ),
+    engines={
+        "sglang": "Gemma4Renoise algorithm_config: sampler_config.entropy_bound, stopping_config."
+        "{confidence_threshold, stability_threshold}, max_denoising_steps (defaults as options)",
+        "vllm": "generation_config: sampler_config.entropy_bound, confidence_threshold, "
+        "stability_threshold (+1 -> ST), max_denoising_steps (default 48)",
+    },
+)
+
+
+# ------------------------------------------------------------------------------------------------
 # derived tables
 # ------------------------------------------------------------------------------------------------
 
@@ -574,6 +625,10 @@ RULE_VARIANTS = {label: (d.name, dict(kw)) for d in DECODERS.values() for label,
 # rules launched outside generate() that are compiled ahead of time too, at their default options
 # (dllm_kernels.integrations.sglang builds them from their YAML options)
 SERVING_RULES = {s.name: s.sglang.rule(s.sglang.options) for s in SERVING.values()}
+
+# the engines' uniform-state samplers, compiled ahead of time at their default options
+UNIFORM_STATE: dict[str, UniformStateRule] = {u.name: u for u in (DIFFUSION_GEMMA,)}
+UNIFORM_STATE_RULES = {u.name: u.rule(u.options) for u in UNIFORM_STATE.values()}
 
 
 def sglang_algorithms() -> dict[str, SGLangAlgorithm]:
@@ -594,7 +649,7 @@ def compiled_rules() -> dict[str, CommitRule]:
     """The commit rules compiled ahead of time (``python -m dllm_kernels.aot``), one entry
     per distinct rule: every rule that every policy of :data:`POLICIES` launches at its defaults,
     also with Dream's ``ar_first_token`` (labels ``name``, ``name.block_start``, ``first_token``),
-    the :data:`RULE_VARIANTS` and the :data:`SERVING_RULES`."""
+    the :data:`RULE_VARIANTS`, the :data:`SERVING_RULES` and the :data:`UNIFORM_STATE_RULES`."""
     policies = {name: make() for name, make in POLICIES.items()}
     policies.update({label: POLICIES[name](**kw) for label, (name, kw) in RULE_VARIANTS.items()})
     out: dict[str, CommitRule] = {}
@@ -605,6 +660,7 @@ def compiled_rules() -> dict[str, CommitRule]:
                 if rule not in out.values():
                     out[label] = rule
     out.update({label: rule for label, rule in SERVING_RULES.items() if rule not in out.values()})
+    out.update({label: rule for label, rule in UNIFORM_STATE_RULES.items() if rule not in out.values()})
     return out
 
 
