@@ -150,3 +150,19 @@ def test_shipped_block_diffusion_model_decodes_heldout_problems():
     # 20 problems keep it fast: allow 15 points under the 1000-problem record (3 of 20)
     acc = evaluate_vanilla(model, task, task.heldout(20, seed=7), tok)
     assert acc.accuracy >= record["heldout"]["exact_match_percent"] - 15.0
+
+
+@pytest.mark.parametrize(
+    "argv, name",
+    [
+        (["train", "--block-size", "0"], "--block-size"),
+        (["train", "--warmup-steps", "-1"], "--warmup-steps"),
+        (["train", "--init", "/nonexistent/checkpoint"], "--init"),
+    ],
+)
+def test_bad_train_options_are_one_line_errors(argv, name, capsys):
+    from dllm_kernels.__main__ import main
+
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err and name in err, err

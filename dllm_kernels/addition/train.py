@@ -321,6 +321,8 @@ def run(args: argparse.Namespace, command: list[str]) -> int:
     cfg = TrainConfig.from_args(args)
     if args.out is None:
         args.out = DEFAULT_MODEL_DIR if cfg.block_size is None else DEFAULT_BLOCK_DIFFUSION_DIR
+    if cfg.init is not None and not (pathlib.Path(cfg.init) / "config.json").is_file():
+        raise ValueError(f"--init {cfg.init}: no config.json (not a checkpoint directory?)")
     model, history = train(task, cfg, device=args.device, log_every=max(1, min(100, cfg.steps // 10)))
     last = history[-1]
     print(f"trained {cfg.steps} steps: {last['wall_seconds']:.0f} s wall, {last['cpu_seconds']:.0f} s CPU time")
