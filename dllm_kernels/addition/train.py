@@ -1,4 +1,4 @@
-"""Training of the tiny masked-diffusion model: LLaDA's objective on the addition task.
+"""Training of the tiny masked-diffusion model: LLaDA's objective on the addition task, or block diffusion.
 
 ``python -m dllm_kernels.addition.train`` trains the shipped default from scratch (7 minutes on the
 project's 2-core AVX512-BF16 CPU when its neighbours are quiet), evaluates it on the held-out set
