@@ -337,7 +337,12 @@ def build_parser() -> argparse.ArgumentParser:
     p = command("distill", cmd_distill, "d3LLM-style trajectory distillation of the embedded model")
     distill_arguments(p)
 
-    p = command("train", cmd_train, "train the tiny addition model from scratch and write its checkpoint")
+    p = command(
+        "train",
+        cmd_train,
+        "train the tiny addition model (from scratch, or fine-tune with --init; block diffusion with --block-size) "
+        "and write its checkpoint",
+    )
     train_arguments(p)
 
     p = command("bench", cmd_bench, "end-to-end decode benchmark of every policy: NFE, tokens/forward, tokens/s")

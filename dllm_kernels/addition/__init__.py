@@ -7,7 +7,14 @@ library (:mod:`dllm_kernels.models`, :func:`dllm_kernels.generate`); nothing in 
 imports it.
 """
 
-from .default import DEFAULT_DISTILLED_DIR, DEFAULT_MODEL_DIR, default_model
+from .default import DEFAULT_BLOCK_DIFFUSION_DIR, DEFAULT_DISTILLED_DIR, DEFAULT_MODEL_DIR, default_model
 from .task import AdditionTask, Problem
 
-__all__ = ["DEFAULT_DISTILLED_DIR", "DEFAULT_MODEL_DIR", "AdditionTask", "Problem", "default_model"]
+__all__ = [
+    "DEFAULT_BLOCK_DIFFUSION_DIR",
+    "DEFAULT_DISTILLED_DIR",
+    "DEFAULT_MODEL_DIR",
+    "AdditionTask",
+    "Problem",
+    "default_model",
+]

@@ -1,7 +1,8 @@
 """The embedded default model: the project's tiny masked-diffusion model trained on the addition
 task (:mod:`dllm_kernels.addition.task`), shipped under ``dllm_kernels/addition/assets/`` so that
 nothing needs downloading or training. Trained by ``python -m dllm_kernels.addition.train`` (see
-that module)."""
+that module). Beside it: its d3LLM-distilled copy (:data:`DEFAULT_DISTILLED_DIR`) and its
+block-diffusion adaptation (:data:`DEFAULT_BLOCK_DIFFUSION_DIR`), loaded with ``default_model(path=...)``."""
 
 from __future__ import annotations
 
@@ -17,6 +18,9 @@ from .task import AdditionTask
 DEFAULT_MODEL_DIR = pathlib.Path(__file__).resolve().parent / "assets" / "tiny-addition"
 # the same model after d3LLM-style trajectory distillation (python -m dllm_kernels.addition.distill)
 DEFAULT_DISTILLED_DIR = DEFAULT_MODEL_DIR.with_name("tiny-addition-d3")
+# the same model adapted to block diffusion (block-causal attention, blocks of 8 positions):
+# python -m dllm_kernels train --block-size 8 --init <DEFAULT_MODEL_DIR>, see its training.json
+DEFAULT_BLOCK_DIFFUSION_DIR = DEFAULT_MODEL_DIR.with_name("tiny-addition-bd")
 
 
 def default_model(

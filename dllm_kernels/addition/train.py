@@ -1,4 +1,4 @@
-"""Training of the tiny masked-diffusion model: LLaDA's objective on the addition task.
+"""Training of the tiny masked-diffusion model: LLaDA's objective on the addition task, or block diffusion.
 
 ``python -m dllm_kernels.addition.train`` trains the shipped default from scratch (7 minutes on the
 project's 2-core AVX512-BF16 CPU when its neighbours are quiet), evaluates it on the held-out set
@@ -12,6 +12,28 @@ positions, each divided by ``p_mask`` (the 1/t weight that makes the loss an upp
 negative log-likelihood) and by the length of its row's generation region, summed and divided by
 the batch size. Every row's generation region has the same length ``gen_length`` here, so that
 is ``sum(CE / p_mask) / (batch * gen_length)``.
+
+Block diffusion (``--block-size N``, :attr:`TrainConfig.block_size`). The model gets
+``ModelConfig.block_size = N``: block-causal attention, blocks of N positions counted from canvas
+position 0 (the convention of SDAR's and Fast-dLLM v2's generate functions, so the first
+generation block also holds the prompt's last ``prompt_length % N`` tokens). The objective is
+BD3-LM's (Arriola et al. 2025, "Block Diffusion", arXiv 2503.09573, ``kuleshov-group/bd3lms``):
+the sum over blocks of the masked-diffusion loss of block b given the clean blocks before it.
+BD3-LM, SDAR and Fast-dLLM v2 evaluate every block in one forward of a noisy+clean concatenation
+with a custom mask; here it is estimated with one block per sample instead, which needs nothing
+but the model's own block-causal mask (:func:`block_diffusion_noise`): pick a generation position
+j uniformly and take its block k (so a block is chosen in proportion to its generation
+positions); blocks before k are clean (the prompt always is); the generation positions of block k
+are masked independently with probability ``p_mask = (1 - eps) t + eps``, ``t ~ U(0, 1)``; the
+blocks after k are all MASK (as the canvas of a block decoder shows them; the block-causal mask
+hides them from block k anyway, a test checks the loss does not depend on them). The loss
+(:func:`block_diffusion_loss`) is the cross-entropy of block k's masked positions, each divided by
+``p_mask`` and by the number of block k's generation positions, averaged over the batch: in
+expectation over j and the masks, the per-token block-diffusion bound ``sum_i CE_i / gen_length``,
+normalised as LLaDA's loss above. ``--init DIR`` starts from a trained checkpoint's weights (the
+shipped block-diffusion model is adapted from the bidirectional one, as Fast-dLLM v2 adapts
+Qwen2.5: ``python -m dllm_kernels train --block-size 8 --init
+dllm_kernels/addition/assets/tiny-addition``, see its training.json for the exact command).
 
 Optimisation: AdamW (weight decay on matrices only), linear warm-up then cosine decay to
 ``min_lr_ratio`` of the peak, gradient clipping at norm 1, matmuls autocast to bf16 (fp32
@@ -38,9 +60,10 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from .._argtypes import positive_float, positive_int, run_command
+from .._argtypes import nonnegative_int, positive_float, positive_int, run_command
 from ..models import DiffusionLM, ModelConfig, save_checkpoint
-from .default import DEFAULT_MODEL_DIR, default_model
+from ..models.checkpoint import load_checkpoint
+from .default import DEFAULT_BLOCK_DIFFUSION_DIR, DEFAULT_MODEL_DIR, default_model
 from .evaluate import evaluate_vanilla
 from .task import PAD, AdditionTask, build_tokenizer
 
@@ -99,8 +122,11 @@ class OptimConfig:
 
 @dataclass(frozen=True, kw_only=True)
 class TrainConfig(OptimConfig):
-    """Training from scratch (module docstring): ``warmup_steps`` of linear warm-up, cosine decay
-    to ``min_lr_ratio`` of the peak, AdamW ``weight_decay`` on matrices, LLaDA's ``mask_eps``."""
+    """Training (module docstring): ``warmup_steps`` of linear warm-up, cosine decay to
+    ``min_lr_ratio`` of the peak, AdamW ``weight_decay`` on matrices, LLaDA's ``mask_eps``.
+    ``block_size``: train a block-diffusion model with blocks of this many positions (None: the
+    bidirectional masked-diffusion model); ``init``: a checkpoint directory whose weights the
+    model starts from (None: a fresh initialisation from ``seed``)."""
 
     steps: int = 1000
     lr: float = 2e-3
@@ -108,6 +134,12 @@ class TrainConfig(OptimConfig):
     min_lr_ratio: float = 0.1
     weight_decay: float = 0.1
     mask_eps: float = 1e-3
+    block_size: int | None = None
+    init: str | None = None
+
+    def __post_init__(self):
+        if self.block_size is not None and (isinstance(self.block_size, bool) or self.block_size < 1):
+            raise ValueError(f"block_size must be a positive int or None, got {self.block_size!r}")
 
 
 def masked_diffusion_loss(
@@ -127,6 +159,58 @@ def masked_diffusion_loss(
     return (ce / p_mask[masked]).sum() / (B * G)
 
 
+@dataclass(frozen=True)
+class BlockNoise:
+    """One batch's block-diffusion noise (:func:`block_diffusion_noise`), every field over the
+    generation region: ``chosen [B, G]`` the positions of each row's chosen block, ``masked
+    [B, G]`` those of them that are masked, ``later [B, G]`` the positions of later blocks (shown
+    as MASK), ``p_mask [B]`` the row's mask probability."""
+
+    chosen: torch.Tensor
+    masked: torch.Tensor
+    later: torch.Tensor
+    p_mask: torch.Tensor
+
+
+def block_diffusion_noise(
+    batch: int, prompt_length: int, gen_length: int, block_size: int, *, generator: torch.Generator, eps: float = 1e-3
+) -> BlockNoise:
+    """Draw the block-diffusion noise of ``batch`` rows (module docstring) on the CPU from
+    ``generator``: a generation position j per row (its block, counted in canvas positions from
+    0, is the chosen one), then ``t`` per row, then one uniform per generation position."""
+    if block_size < 1:
+        raise ValueError(f"block_size must be a positive int, got {block_size}")
+    j = torch.randint(gen_length, (batch,), generator=generator)
+    t = torch.rand(batch, generator=generator)
+    u = torch.rand(batch, gen_length, generator=generator)
+    p_mask = (1 - eps) * t + eps
+    block = torch.div(torch.arange(prompt_length, prompt_length + gen_length), block_size, rounding_mode="floor")
+    k = block[j][:, None]  # [B, 1] the chosen block
+    chosen = block[None, :] == k
+    return BlockNoise(chosen, chosen & (u < p_mask[:, None]), block[None, :] > k, p_mask)
+
+
+def block_diffusion_loss(
+    model: DiffusionLM, prompt: torch.Tensor, target: torch.Tensor, *, generator: torch.Generator, eps: float = 1e-3
+) -> torch.Tensor:
+    """The block-diffusion loss (module docstring) of one batch: ``prompt [B, P]``, ``target
+    [B, G]`` int64, ``model.config.block_size`` set. The noise comes from the CPU ``generator``
+    (:func:`block_diffusion_noise`)."""
+    block_size = model.config.block_size
+    if block_size is None:
+        raise ValueError("block_diffusion_loss: the model has no block_size (a bidirectional model)")
+    B, P = prompt.shape
+    G = target.shape[1]
+    noise = block_diffusion_noise(B, P, G, block_size, generator=generator, eps=eps)
+    chosen, masked, later, p_mask = (x.to(target.device) for x in dataclasses.astuple(noise))
+    noisy = torch.where(masked | later, model.config.mask_id, target)
+    answer_rows = torch.arange(P, P + G, device=target.device).expand(B, G)
+    logits = model(torch.cat([prompt, noisy], 1), logits_index=answer_rows)  # [B, G, V]
+    ce = F.cross_entropy(logits[masked].float(), target[masked], reduction="none")
+    weight = 1.0 / (p_mask[:, None] * chosen.sum(1, keepdim=True))  # [B, 1]: 1/t and 1/|block|
+    return (ce * weight.expand(B, G)[masked]).sum() / B
+
+
 def _lr_factor(step: int, cfg: TrainConfig) -> float:
     if step < cfg.warmup_steps:
         return (step + 1) / cfg.warmup_steps
@@ -143,7 +227,10 @@ def train(
     log_every: int = 100,
     log=print,
 ) -> tuple[DiffusionLM, list[dict]]:
-    """Train a fresh model on ``task``'s training split; returns it in eval mode and the history:
+    """Train a model on ``task``'s training split (a fresh one, or ``cfg.init``'s weights; with
+    ``cfg.block_size`` the block-diffusion objective on a block-causal model, else LLaDA's);
+    ``model_config``: the fresh model's shape (default :func:`tiny_addition_config`; its
+    ``block_size`` is replaced by ``cfg.block_size``). Returns the model in eval mode and the history:
     every ``log_every`` steps ``{"step", "loss" (mean since the last record), "lr",
     "wall_seconds", "cpu_seconds"}`` (CPU time of all threads: on a shared machine the wall time
     depends on the neighbours, the CPU time much less)."""
@@ -152,7 +239,19 @@ def train(
     rng = random.Random(cfg.seed)
     gen = torch.Generator().manual_seed(cfg.seed)
     tokenizer = build_tokenizer()
-    model = DiffusionLM(model_config or tiny_addition_config(tokenizer), attn_impl="sdpa").to(device)
+    if cfg.init is not None:
+        if model_config is not None:
+            raise ValueError("train: pass model_config or cfg.init, not both (init sets the shape)")
+        start = load_checkpoint(cfg.init, attn_impl="sdpa")  # fp32 master weights
+        model_config = start.config
+    model = DiffusionLM(
+        dataclasses.replace(model_config or tiny_addition_config(tokenizer), block_size=cfg.block_size),
+        attn_impl="sdpa",
+    )
+    if cfg.init is not None:
+        model.load_state_dict(start.state_dict())
+    model.to(device)
+    objective = masked_diffusion_loss if cfg.block_size is None else block_diffusion_loss
     groups = [
         {"params": [p for p in model.parameters() if p.dim() >= 2], "weight_decay": cfg.weight_decay},
         {"params": [p for p in model.parameters() if p.dim() < 2], "weight_decay": 0.0},  # norms
@@ -165,7 +264,7 @@ def train(
     for step in range(1, cfg.steps + 1):
         prompt, target = (t.to(device) for t in task.encode(task.sample(cfg.batch_size, rng=rng), tokenizer))
         with torch.autocast(device_type=torch.device(device).type, dtype=torch.bfloat16, enabled=cfg.bf16):
-            loss = masked_diffusion_loss(model, prompt, target, generator=gen, eps=cfg.mask_eps)
+            loss = objective(model, prompt, target, generator=gen, eps=cfg.mask_eps)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
@@ -188,16 +287,31 @@ def train(
 
 def add_arguments(ap: argparse.ArgumentParser) -> None:
     """The options of ``python -m dllm_kernels train`` (and of this module's :func:`main`)."""
-    ap.add_argument("--out", type=pathlib.Path, default=DEFAULT_MODEL_DIR)
+    d = TrainConfig()
+    ap.add_argument(
+        "--out",
+        type=pathlib.Path,
+        default=None,
+        help=f"default: {DEFAULT_MODEL_DIR}, with --block-size {DEFAULT_BLOCK_DIFFUSION_DIR}",
+    )
     TrainConfig.add_arguments(ap)
+    ap.add_argument("--warmup-steps", type=nonnegative_int, default=d.warmup_steps)
+    ap.add_argument(
+        "--block-size",
+        type=positive_int,
+        default=None,
+        help="train a block-diffusion model (block-causal attention, blocks of this many positions)",
+    )
+    ap.add_argument("--init", default=None, metavar="DIR", help="start from this checkpoint's weights (fine-tune)")
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--heldout", type=positive_int, default=1000, help="held-out problems for the final accuracy")
     ap.add_argument("--heldout-seed", type=int, default=1234)
 
 
 def main(argv=None) -> int:
-    """Train the tiny model, write it as a checkpoint directory (fp16 weights, tokenizer.json,
-    task.json, training.json), reload it and report its held-out vanilla accuracy."""
+    """Train (or with --init fine-tune) the tiny model, write it as a checkpoint directory (fp16
+    weights, tokenizer.json, task.json, training.json), reload it and report its held-out vanilla
+    accuracy."""
     return run_command("python -m dllm_kernels.addition.train", main.__doc__, add_arguments, run, argv)
 
 
@@ -205,7 +319,11 @@ def run(args: argparse.Namespace, command: list[str]) -> int:
     """:func:`main` on parsed options (``command``: the command line recorded in training.json)."""
     task = AdditionTask()
     cfg = TrainConfig.from_args(args)
-    model, history = train(task, cfg, device=args.device)
+    if args.out is None:
+        args.out = DEFAULT_MODEL_DIR if cfg.block_size is None else DEFAULT_BLOCK_DIFFUSION_DIR
+    if cfg.init is not None and not (pathlib.Path(cfg.init) / "config.json").is_file():
+        raise ValueError(f"--init {cfg.init}: no config.json (not a checkpoint directory?)")
+    model, history = train(task, cfg, device=args.device, log_every=max(1, min(100, cfg.steps // 10)))
     last = history[-1]
     print(f"trained {cfg.steps} steps: {last['wall_seconds']:.0f} s wall, {last['cpu_seconds']:.0f} s CPU time")
 
@@ -229,7 +347,13 @@ def run(args: argparse.Namespace, command: list[str]) -> int:
         "heldout": {
             "n": acc.n,
             "seed": args.heldout_seed,
-            "decoding": "vanilla: 1 token per step, low confidence",
+            "decoding": "vanilla: 1 token per step, low confidence"
+            + (
+                ""
+                if cfg.block_size is None
+                else f", blocks of {task.block_length} from the generation start; every step forwards the whole "
+                f"canvas and the model applies its block-causal mask (blocks of {cfg.block_size} positions from 0)"
+            ),
             "exact_match_percent": acc.accuracy,
         },
         "machine": {
