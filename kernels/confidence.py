@@ -45,6 +45,20 @@ Extreme values (one definition for the kernel and the reference):
   (``finfo.min`` logits at T < 1) is still a candidate (the lowest id wins a tie at ``-inf``),
   ``U == 0`` (probability 2**-31) is raised to 2**-32 so that the noise is always finite.
 
+Temperatures, tempered statistics, bitmask (constexpr-selected, off in the loop's launches):
+
+- ``ROW_TEMP``: one fp32 temperature per row; ``1 / T`` is computed in the kernel, rounded
+  correctly (``div_rn``, as the reference), and a T = 0 row scores its raw logits (its argmax).
+- ``TEMPERED``: ``(s, u)`` are sums over ``d = (z - m) * inv`` with the pivot ``m`` kept in raw
+  logit units (vLLM 0.33's remedy: scaling the row by 1e10 first makes ``exp(z - m)`` 0 or inf
+  for the maximum itself), so the statistics of ``softmax(z / T)`` stay finite as T -> 0; T = 0
+  takes ``inv = 1 / 1e-10``. Merges scale the pivot distances alike.
+- ``ALLOWED``: an int32 bitmask row (xgrammar's layout, bit ``v % 32`` of word ``v // 32`` for
+  global id ``v``); a zero bit makes the logit ``-inf`` before anything else reads it.
+- ``VLLM``: vLLM 0.33's ``_row_stats_kernel`` noise, term for term: ``U = max(tl.rand(seed, row *
+  V + v), 1e-20)``, score ``z * (1 / max(T, 1e-10)) + (-log(-log U)) * (T > 0)`` with Triton's
+  ``/``, strict ``>`` from ``-inf`` (a row whose scores are all ``-inf`` keeps no sample id).
+
 Error bound (fp32 accumulation, any input dtype, inputs upcast exactly): prob and margin are
 within about ``4e-6`` (absolute) of an fp64 reference and entropy within about ``1e-5 * (1 + H)``;
 the token is exact at temperature 0.

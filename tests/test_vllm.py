@@ -67,7 +67,8 @@ def vllm_sampler(tmp_path, monkeypatch):
 
 
 def random_batch(n_req, canvas_len, V, device, *, seed=0):
-    """Logits with ties, -inf columns (top-k style), a T = 0 request and per-request T."""
+    """Logits with ties, -inf columns (top-k style), a T = 0 request, a T = 1e-12 request and
+    per-request T."""
     g = torch.Generator().manual_seed(seed)
     rows = n_req * canvas_len
     x = torch.randn(rows, V, generator=g) * 3
@@ -77,6 +78,8 @@ def random_batch(n_req, canvas_len, V, device, *, seed=0):
     x[3] = torch.round(x[3])  # many ties
     temps = torch.rand(n_req, generator=g) * 1.5 + 0.05
     temps[0] = 0.0
+    if n_req > 3:
+        temps[3] = 1e-12  # below vLLM's 1e-10 clamp, still sampling
     return x.to(device), temps.to(device)
 
 
