@@ -232,7 +232,7 @@ def _fake_vllm(root: Path, version: str) -> None:
         (d / "__init__.py").write_text("")
     (pkg / "diffusion_gemma_sampler.py").write_text("def sample_row_stats(*args):\n    return 'vllm'\n")
     (pkg / "diffusion_gemma.py").write_text("from .diffusion_gemma_sampler import sample_row_stats\n")
-    info = root / f"vllm-{version}.dist-info"
+    info = root / f"vllm-{version.split('+')[0]}.dist-info"
     info.mkdir()
     (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: vllm\nVersion: {version}\n")
 
@@ -246,10 +246,16 @@ def clean_vllm_modules(monkeypatch):
         del sys.modules[name]
 
 
-def test_plugin_patches_vllm_033(tmp_path, monkeypatch, clean_vllm_modules):
-    _fake_vllm(tmp_path, "0.33.0")
+@pytest.mark.parametrize("model_first", [False, True])
+def test_plugin_patches_vllm_033(tmp_path, monkeypatch, clean_vllm_modules, model_first):
+    """The sampler module's function, and diffusion_gemma's name for it whether that module was
+    imported before the plugin ran or after."""
+    _fake_vllm(tmp_path, "0.33.0+cu128")
     monkeypatch.syspath_prepend(str(tmp_path))
+    if model_first:
+        import vllm.model_executor.models.diffusion_gemma  # noqa: F401
     dkv.register()
+    dkv.register()  # idempotent
     import vllm.model_executor.models.diffusion_gemma as model
     import vllm.model_executor.models.diffusion_gemma_sampler as sampler
 

@@ -138,16 +138,22 @@ def register() -> None:
     """The ``vllm.general_plugins`` entry point: install :func:`sample_row_stats` into vLLM 0.33.
 
     What it patches, exactly: the attribute ``sample_row_stats`` of the module
-    ``vllm.model_executor.models.diffusion_gemma_sampler`` and, if
-    ``vllm.model_executor.models.diffusion_gemma`` is already imported or importable, the name
-    ``sample_row_stats`` that module imported from it (vLLM's step calls it through that name).
-    Nothing else: ``_compiled_sample_step`` (the entropy-bound mask, renoise, history) stays vLLM's.
+    ``vllm.model_executor.models.diffusion_gemma_sampler`` (imported here; it needs only
+    ``vllm.triton_utils``), and, if ``vllm.model_executor.models.diffusion_gemma`` is already
+    imported, the name ``sample_row_stats`` it bound from there (its step calls it by that name;
+    imported later, it binds the patched function itself). Nothing else: the entropy-bound mask,
+    renoise and history of ``_compiled_sample_step`` stay vLLM's. Idempotent (vLLM loads general
+    plugins once per process, in several processes).
 
-    Without vLLM installed it logs one line and does nothing; with a vLLM outside
-    ``>=0.33,<0.34`` it raises ``RuntimeError`` with a one-line message.
+    Without vLLM installed it logs one line and does nothing. With a vLLM outside
+    ``>=0.33,<0.34`` it raises ``RuntimeError`` with a one-line message: vLLM calls general
+    plugins unguarded, so that stops the engine; to run another vLLM with dllm-kernels installed,
+    leave this plugin out with vLLM's ``VLLM_PLUGINS`` (a comma-separated allowlist of plugin
+    names).
     """
     import importlib
     import importlib.metadata
+    import sys
 
     try:
         version = importlib.metadata.version("vllm")
@@ -161,10 +167,7 @@ def register() -> None:
         )
     sampler = importlib.import_module(SAMPLER_MODULE)
     sampler.sample_row_stats = sample_row_stats
-    try:
-        model = importlib.import_module("vllm.model_executor.models.diffusion_gemma")
-    except ImportError:
-        model = None
-    if model is not None and hasattr(model, "sample_row_stats"):
+    model = sys.modules.get("vllm.model_executor.models.diffusion_gemma")
+    if model is not None:
         model.sample_row_stats = sample_row_stats
     logger.info("dllm_kernels vLLM plugin: patched %s.sample_row_stats (vllm %s)", SAMPLER_MODULE, version)
