@@ -240,7 +240,7 @@ def token_stats(
             :data:`MIN_TEMPERATURE` (~2.94e-39, where ``1 / T`` stops being a finite fp32).
             Or an fp32 tensor shaped like ``logits.shape[:-1]``: per-row temperatures (values
             checked for CPU tensors only), read as fp32 with ``1 / T`` rounded correctly in fp32
-            (so a row equals the float path when T is an fp32 number, e.g. 0.5 or 0.7 as fp32);
+            (a row equals the float path whenever T is an fp32 value, e.g. 0.5);
             rows with T = 0 propose their argmax. A tensor needs no seed per row.
         seed: for T > 0. An int in ``[0, 2**63)``: the uniform of row ``r`` (flattened), id
             ``v`` is ``tl.rand(seed, r * V + v)``. An integer tensor shaped like
