@@ -308,3 +308,16 @@ def test_sharded_tempered_row_temperatures_and_bitmask_merge_to_the_whole(device
     parts = [dk.token_stats_partial(x[..., a:b], a, temperature=0.0, tempered=True, backend=backend) for a, b in bounds]
     merged = dk.merge_token_stats(torch.stack(parts), temperature=0.0, tempered=True, backend=backend)
     assert_stats_close(merged, dk.token_stats(x, temperature=0.0, tempered=True, backend=backend))
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=["fp16", "bf16"])
+def test_low_precision_inputs(device, dtype):
+    """fp16/bf16 logits upcast exactly: the same tolerances with every new option at once."""
+    x = logits(2, 3, 2000, device=device).to(dtype)
+    temps = torch.tensor([[0.0, 0.4, 1.0], [1e-6, 2.0, 0.0]], device=device)
+    mask = bitmask(torch.rand(2, 3, 2000) > 0.25).to(device)
+    seeds = torch.arange(6, device=device).view(2, 3) * 1000
+    kw = dict(temperature=temps, seed=seeds, allowed=mask, tempered=True)
+    got = dk.token_stats(x, backend="triton", **kw)
+    ref = reference.token_stats(x.cpu(), **{k: v.cpu() if isinstance(v, torch.Tensor) else v for k, v in kw.items()})
+    assert_stats_close(got, ref)
