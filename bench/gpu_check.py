@@ -163,6 +163,9 @@ MODES = {
         {"canvas": 4, "batches": [1, 2], "vocab": 256, "hidden": 32, "temperature": 1.0},
     ),
     "soft_embedding_budget_s": (40, 600),
+    # the share of the card's memory vLLM leaves outside its default gpu_memory_utilization 0.9,
+    # where the sampler's temporaries land (vllm#50699): each row says whether its peak fits
+    "headroom_frac": (0.1, 0.1),
     # CPU: dynamo traces the same code; no C++ toolchain needed
     "compile_backend": ("inductor", "eager"),
     # calls captured per CUDA graph (replay time / calls)
@@ -612,6 +615,9 @@ def soft_embedding(run: Run, rec: dict) -> None:
     rec["hidden"] = D
     rec["hidden_note"] = "DiffusionGemma 26B-A4B's hidden size: assumed (not in the ecosystem notes)"
     embed = (torch.randn(V, D, device=run.dev) * 0.02).to(run.dtype)
+    if not run.cpu:
+        free, total = torch.cuda.mem_get_info()
+        rec.update(free_bytes=free, total_bytes=total, headroom_bytes=int(run.cfg["headroom_frac"] * total))
     for B in s["batches"]:
         rows = B * canvas
         x = (torch.randn(rows, V, device=run.dev) * 3).to(run.dtype)
@@ -627,6 +633,7 @@ def soft_embedding(run: Run, rec: dict) -> None:
             row = measure(run, rec, {**base, "impl": impl}, fn, flops=flops, memory=True)
             if row.get("peak_extra_bytes") is not None:
                 row["peak_extra_of_probs"] = row["peak_extra_bytes"] / probs_bytes
+                row["fits_headroom"] = row["peak_extra_bytes"] <= rec["headroom_bytes"]
         x = None  # free the memory before the next case
         if not run.cpu:
             torch.cuda.empty_cache()
@@ -973,6 +980,18 @@ def render_markdown(doc: dict) -> str:
         "peak extra: `torch.cuda.max_memory_allocated` over what was allocated before one call "
         "(outputs included).",
     ]
+    se = ph.get("soft_embedding")
+    if se and se.get("headroom_bytes"):
+        fits = ", ".join(
+            f"{r['impl']} B{r['B']} " + ("OOM" if r.get("oom") else "yes" if r.get("fits_headroom") else "no")
+            for r in se["rows"]
+            if "fits_headroom" in r or r.get("oom")
+        )
+        lines += [
+            "",
+            f"soft_embedding: peak extra within vLLM's {doc['config']['headroom_frac']:.0%} headroom "
+            f"({se['headroom_bytes'] / 2**30:.1f} GiB of {se['total_bytes'] / 2**30:.0f}): {fits}",
+        ]
     u = ph.get("uniform_stats")
     if u:
         where = u.get("vllm_kernel") or f"not timed: {u.get('vllm_skipped')}"

@@ -177,6 +177,35 @@ def test_phase_budget_share_and_oom(tmp_path):
     assert json.loads((tmp_path / "cpu-check.json").read_text())["phases"]["soft_embedding"]["status"] == "partial"
 
 
+def test_gpu_memory_fields_render(cpu_run, tmp_path):
+    """What only a GPU run fills (peak memory, the headroom, an out-of-memory row), rendered from
+    the CPU run's document with those fields set: the target is judged, the table and the PNG
+    written."""
+    _, doc, _ = cpu_run
+    doc = json.loads(json.dumps(doc))
+    se = doc["phases"]["soft_embedding"]
+    se.update(total_bytes=80 * 2**30, headroom_bytes=8 * 2**30)
+    big = max(r["B"] for r in se["rows"])
+    for r in se["rows"]:
+        probs = r["rows"] * r["V"] * 2
+        r["peak_extra_bytes"] = probs // 64 if r["impl"] == "kernel" else 5 * probs
+        r["peak_extra_of_probs"] = r["peak_extra_bytes"] / probs
+        r["fits_headroom"] = r["impl"] == "kernel"
+        if r["impl"] != "kernel" and r["B"] == big:
+            r.update(error="OutOfMemoryError: CUDA out of memory.", oom=True)
+            del r["fits_headroom"]
+    targets = {t["target"]: t for t in gpu_check.check_targets(doc)}
+    t = targets[f"soft_embedding B{big}: peak extra memory < 10% of a [rows, V] probs buffer"]
+    assert t["met"] is True and t["value"] == 1 / 64
+    md = gpu_check.render_markdown({**doc, "targets": list(targets.values())})
+    assert "| OutOfMemoryError: CUDA out of memory. (OOM) |" in md
+    assert f"engines_probs_matmul B{big} OOM" in md and f"kernel B{big} yes" in md and "8.0 GiB of 80" in md
+    kernel = next(r for r in se["rows"] if r["impl"] == "kernel" and r["B"] == big)
+    assert f"| {kernel['peak_extra_bytes'] / 2**20:.1f} |" in md
+    msg = gpu_check.render_png(doc, tmp_path / "g.png")
+    assert msg is None or "matplotlib" in msg
+
+
 def test_tests_phase_ran_pytest(cpu_run):
     out, doc, _ = cpu_run
     t = doc["phases"]["tests"]
