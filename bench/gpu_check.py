@@ -974,7 +974,7 @@ def render_markdown(doc: dict) -> str:
         lines.append(f"- {t['target']}: {mark} ({_fmt(t['value'], '.3g') or '-'})")
     lines += [
         "",
-        "of ceiling: TB/s over the copy rate of this run; soft_embedding rows: TFLOP/s over its bf16 "
+        "of ceiling: TB/s over the copy rate of this run; soft_embedding rows: TFLOP/s over its (GPU: bf16) "
         "matmul rate; step rows: median ms per forward of `generate`, and the weights-read floor "
         "(layers + LM head at the copy rate) over it. kernel speedup: candidate time / kernel time. "
         "peak extra: `torch.cuda.max_memory_allocated` over what was allocated before one call "
@@ -1012,7 +1012,7 @@ def render_png(doc: dict, path: pathlib.Path) -> str | None:
     # (phase, value key, axis label, ceiling line): bandwidth panels, then soft_embedding's rate
     specs = [(n, "TBps", "TB/s", c.get("copy_TBps"), "copy") for n in ("token_stats", "uniform_stats")]
     specs += [(n, "TBps", "TB/s", c.get("copy_TBps"), "copy") for n in ("attention", "refresh_commit")]
-    specs += [("soft_embedding", "TFLOPs", "TFLOP/s", c.get("matmul_TFLOPs"), "bf16 matmul")]
+    specs += [("soft_embedding", "TFLOPs", "TFLOP/s", c.get("matmul_TFLOPs"), "matmul")]
     panels = [(spec, [r for r in ph[spec[0]]["rows"] if spec[1] in r]) for spec in specs if spec[0] in ph]
     panels = [(spec, rows) for spec, rows in panels if rows]
     if not panels:
