@@ -16,14 +16,24 @@ what it measured:
    decoders' own fp32 code (argmax, softmax, gather of the argmax' probability, as Fast-dLLM
    writes it) and ``torch.compile`` of that code (compiled once per shape, the compile timed).
    TB/s of logits read.
-4. ``attention``: LLaDA (32/32 heads) and Dream (28/4) decode steps, B 8, 32 queries, 2048 cached
+4. ``uniform_stats``: DiffusionGemma's sampler statistics (issue 21), canvas 256, B 1 / 4 / 8,
+   V = 262144 (bf16): ``dllm_kernels.integrations.vllm.sample_row_stats`` vs vLLM 0.33's own
+   Triton kernel (from vLLM when importable, else from its sampler file or wheel, else skipped
+   with the reason: ``load_vllm_sampler``) vs vLLM's PyTorch form of the same statistics. TB/s of
+   logits read, and the peak extra memory of each.
+5. ``soft_embedding``: ``dllm_kernels.soft_embedding`` vs the engines' ``softmax(l / T)`` buffer in
+   the table's dtype + matmul, same shapes, hidden 2816 (DiffusionGemma 26B-A4B's hidden size, an
+   assumption): TFLOP/s of ``2 * rows * V * D`` as a fraction of the matmul rate, the peak extra
+   memory of each (``torch.cuda.max_memory_allocated`` deltas) and an out-of-memory recorded as
+   such (``oom``). Both phases have their own share of the budget (``*_budget_s``).
+6. ``attention``: LLaDA (32/32 heads) and Dream (28/4) decode steps, B 8, 32 queries, 2048 cached
    + 32 new keys, head_dim 128: the kernel vs SDPA (flash, cuDNN) and compiled FlexAttention on
    the concatenated K/V (what the public decoders run). TB/s of K/V read.
-5. ``refresh_commit``: ``refresh_kv_cache`` (TB/s of bytes moved) and ``commit`` (B 64): GPU time
+7. ``refresh_commit``: ``refresh_kv_cache`` (TB/s of bytes moved) and ``commit`` (B 64): GPU time
    per call from a CUDA-graph replay, and host microseconds per eager call.
-6. ``step``: ``generate`` on a model with LLaDA-8B's layer shape (``llada_8b_layer(2)``, random
+8. ``step``: ``generate`` on a model with LLaDA-8B's layer shape (``llada_8b_layer(2)``, random
    bf16 weights), kernel path vs the SDPA path of the public decoders, B 1 and 8: ms per forward.
-7. ``ceilings_end``; then a markdown table and one PNG (skipped with a message without matplotlib).
+9. ``ceilings_end``; then a markdown table and one PNG (skipped with a message without matplotlib).
 
 Timing, the machine record and the JSON / PNG files come from the one harness
 (``dllm_kernels/_bench.py`` through ``bench/harness.py``, imported after the checkout mapping below):
@@ -43,6 +53,7 @@ from __future__ import annotations
 
 import argparse
 import importlib.abc
+import importlib.metadata
 import importlib.util
 import os
 import pathlib
@@ -54,7 +65,17 @@ import time
 from dataclasses import dataclass, field
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
-PHASES = ("ceilings", "tests", "token_stats", "attention", "refresh_commit", "step", "ceilings_end")
+PHASES = (
+    "ceilings",
+    "tests",
+    "token_stats",
+    "uniform_stats",
+    "soft_embedding",
+    "attention",
+    "refresh_commit",
+    "step",
+    "ceilings_end",
+)
 # the part names of the earlier per-part script, still accepted
 PARTS = {
     "tests": "tests",
@@ -124,6 +145,27 @@ MODES = {
         {"layers": 2, "batches": [1, 8], "prompt": 256, "gen": 64, "block": 32, "policy": "fast_dllm", "repeats": 3},
         {"layers": None, "batches": [2], "prompt": 6, "gen": 2, "block": 2, "policy": "fast_dllm", "repeats": 1},
     ),
+    # DiffusionGemma's sampler (issue 21): canvas 256, V 262144, bf16 logits. GPU budget from the
+    # sizes: logits 128 / 512 / 1024 MiB (B 1 / 4 / 8); the kernels read them once (< 0.5 ms at
+    # 3 TB/s), the PyTorch reference makes ~8 fp32 passes (~15 ms and ~14 GiB of temporaries at
+    # B 8); do_bench is ~0.1 s per candidate and B, the Triton compiles ~5-10 s: ~20 s, 40 s given
+    "uniform_stats": (
+        {"canvas": 256, "batches": [1, 4, 8], "vocab": 262144, "seed": 1234},
+        {"canvas": 4, "batches": [1, 2], "vocab": 256, "seed": 1234},
+    ),
+    "uniform_stats_budget_s": (40, 600),
+    # the self-conditioning input softmax(l / T) @ E at DiffusionGemma 26B-A4B's hidden size (2816:
+    # an assumption, not stated in the ecosystem notes). GPU budget: 2 * rows * V * D = 0.38 / 1.5
+    # / 3.0 TFLOP (~0.6 / 2.2 / 4.5 ms at 700 TFLOP/s); the engines' path holds ~3 fp32 / bf16
+    # [rows, V] buffers (~5 GiB at B 8); compile ~10 s: ~20 s, 40 s given
+    "soft_embedding": (
+        {"canvas": 256, "batches": [1, 4, 8], "vocab": 262144, "hidden": 2816, "temperature": 1.0},
+        {"canvas": 4, "batches": [1, 2], "vocab": 256, "hidden": 32, "temperature": 1.0},
+    ),
+    "soft_embedding_budget_s": (40, 600),
+    # the share of the card's memory vLLM leaves outside its default gpu_memory_utilization 0.9,
+    # where the sampler's temporaries land (vllm#50699): each row says whether its peak fits
+    "headroom_frac": (0.1, 0.1),
     # CPU: dynamo traces the same code; no C++ toolchain needed
     "compile_backend": ("inductor", "eager"),
     # calls captured per CUDA graph (replay time / calls)
@@ -156,6 +198,8 @@ class Run:
     doc: dict
     t0: float = field(default_factory=time.monotonic)
     ceil: dict = field(default_factory=dict)
+    # the end of the running phase's own share of the budget (``{phase}_budget_s``), if it has one
+    phase_end: float | None = None
 
     @property
     def stem(self) -> str:
@@ -172,7 +216,10 @@ class Run:
         return getattr(torch, self.cfg["dtype"])
 
     def left(self) -> float:
-        return self.cfg["budget_s"] - (time.monotonic() - self.t0)
+        """Seconds left: of the whole run, or of the running phase's share if that ends first."""
+        now = time.monotonic()
+        left = self.cfg["budget_s"] - (now - self.t0)
+        return left if self.phase_end is None else min(left, self.phase_end - now)
 
     def write(self) -> None:
         from harness import write_json
@@ -202,6 +249,10 @@ def run_phase(run: Run, name: str, fn) -> None:
     run.doc["phases"][name] = rec
     print(f"== {name} ({run.left():.0f} s of the budget left)", flush=True)
     t = time.monotonic()
+    share = run.cfg.get(f"{name}_budget_s")
+    if share is not None:
+        rec["budget_s"] = share
+        run.phase_end = t + share
     try:
         fn(run, rec)
         rec["status"] = "ok" if rec["status"] == "running" else rec["status"]
@@ -209,6 +260,8 @@ def run_phase(run: Run, name: str, fn) -> None:
         rec["status"] = "error"
         rec["error"] = error_line(e, 500)
         print(f"   {name} failed: {rec['error']}", flush=True)
+    finally:
+        run.phase_end = None
     rec["seconds"] = time.monotonic() - t
     run.write()
 
@@ -217,7 +270,7 @@ def budget_spent(run: Run, rec: dict, row: dict) -> bool:
     """When the budget is spent: the row is appended as skipped and the phase marked partial."""
     if run.left() >= 0:
         return False
-    rec["rows"].append({**row, "error": "skipped: time budget spent"})
+    rec["rows"].append({**row, "error": "skipped: time budget spent"})  # the phase's share or the run's
     rec["status"] = "partial"
     return True
 
@@ -237,9 +290,14 @@ def time_ms(run: Run, fn) -> dict:
     return wall_ms(fn, repeats=1, cuda=False) if run.cpu else do_bench_ms(fn, **DO_BENCH)
 
 
-def measure(run: Run, rec: dict, row: dict, fn, *, bytes_: int | None = None) -> dict:
+def measure(
+    run: Run, rec: dict, row: dict, fn, *, bytes_: int | None = None, flops: int | None = None, memory: bool = False
+) -> dict:
     """Time ``fn`` (a first call outside the timing compiles / warms it; its time is kept as
-    ``first_call_s``) and append the row, or an ``error`` row if the candidate refuses."""
+    ``first_call_s``) and append the row, or an ``error`` row if the candidate refuses (``oom``:
+    True when it ran out of GPU memory). ``bytes_`` / ``flops``: also TB/s / TFLOP/s and their
+    fraction of the copy / matmul rate of this run; ``memory``: also ``peak_extra_bytes``."""
+    import torch
     from harness import error_line
 
     if budget_spent(run, rec, row):
@@ -248,8 +306,13 @@ def measure(run: Run, rec: dict, row: dict, fn, *, bytes_: int | None = None) ->
         if run.cfg["warm"]:
             row["first_call_s"] = first_call_s(run, fn)
         row.update(time_ms(run, fn))
+        if memory:
+            row["peak_extra_bytes"] = peak_extra_bytes(run, fn)
     except Exception as e:  # noqa: BLE001 - e.g. an SDPA backend that refuses the shape
         row["error"] = error_line(e, 300)
+        if isinstance(e, torch.OutOfMemoryError):
+            row["oom"] = True
+            torch.cuda.empty_cache()
         rec["rows"].append(row)
         print(f"   {row.get('case')} {row.get('impl')}: {row['error']}", flush=True)
         return row
@@ -258,10 +321,33 @@ def measure(run: Run, rec: dict, row: dict, fn, *, bytes_: int | None = None) ->
         row["TBps"] = bytes_ / (row["ms"] * 1e-3) / 1e12
         if run.ceil.get("copy_TBps"):
             row["frac_copy"] = row["TBps"] / run.ceil["copy_TBps"]
+    if flops is not None:
+        row["flops"] = flops
+        row["TFLOPs"] = flops / (row["ms"] * 1e-3) / 1e12
+        if run.ceil.get("matmul_TFLOPs"):
+            row["frac_matmul"] = row["TFLOPs"] / run.ceil["matmul_TFLOPs"]
     rec["rows"].append(row)
     extra = f" {row['TBps']:.3f} TB/s" if "TBps" in row else ""
+    extra += f" {row['TFLOPs']:.1f} TFLOP/s" if "TFLOPs" in row else ""
+    if row.get("peak_extra_bytes") is not None:
+        extra += f", peak extra {row['peak_extra_bytes'] / 2**20:.0f} MiB"
     print(f"   {row.get('case', '')} {row.get('impl', '')}: {row['ms'] * 1e3:.1f} us{extra}", flush=True)
     return row
+
+
+def peak_extra_bytes(run: Run, fn) -> int | None:
+    """Bytes of GPU memory one call of ``fn`` allocates at its peak above what was allocated before
+    it (``torch.cuda.max_memory_allocated`` delta; its outputs included); None on a CPU."""
+    import torch
+
+    if run.cpu:
+        return None
+    torch.cuda.synchronize()
+    base = torch.cuda.memory_allocated()
+    torch.cuda.reset_peak_memory_stats()
+    fn()
+    torch.cuda.synchronize()
+    return torch.cuda.max_memory_allocated() - base
 
 
 def graph_and_host(run: Run, row: dict, fn, *, capture: bool) -> None:
@@ -383,6 +469,175 @@ def token_stats(run: Run, rec: dict) -> None:
             measure(run, rec, {**base, "impl": impl}, fn, bytes_=nbytes)
         speedups(rec["rows"], "kernel")
         x = None  # free the memory before the next case
+
+
+# vLLM 0.33's sampler file: searched in this order when vLLM itself is not importable (the GPU image
+# has no vLLM; the wheel is ~0.5 GB, so a GPU session carries the one file, which git ignores:
+#   unzip -p vllm-0.33.0-*.whl vllm/model_executor/models/diffusion_gemma_sampler.py \
+#       > bench/vllm_diffusion_gemma_sampler.py
+SAMPLER_MODULE = "vllm.model_executor.models.diffusion_gemma_sampler"
+VLLM_SAMPLER_PATH = "vllm/model_executor/models/diffusion_gemma_sampler.py"
+VLLM_SAMPLER_FILES = ("$VLLM_SAMPLER", "bench/vllm_diffusion_gemma_sampler.py")
+VLLM_WHEELS = ("$VLLM_WHEEL", "bench/vllm-0.33.*.whl", "/work/wheels/vllm-0.33.0-*.whl")
+
+
+def _first_file(patterns) -> pathlib.Path | None:
+    import glob
+
+    for pat in patterns:
+        pat = os.environ.get(pat[1:], "") if pat.startswith("$") else str(ROOT / pat)
+        for f in sorted(glob.glob(pat)) if pat else []:
+            if os.path.isfile(f):
+                return pathlib.Path(f)
+    return None
+
+
+def load_vllm_sampler():
+    """``(module, where)``: vLLM's ``diffusion_gemma_sampler`` (its ``sample_row_stats`` Triton
+    kernel), from vLLM when importable, else from the sampler file or a vLLM 0.33 wheel
+    (``VLLM_SAMPLER_FILES``, ``VLLM_WHEELS``) with a stub ``vllm.triton_utils`` present only while
+    the file executes; ``(None, reason)`` when there is none."""
+    import tempfile
+    import types
+    import zipfile
+
+    from harness import error_line
+
+    if importlib.util.find_spec("vllm") is not None:
+        try:
+            mod = importlib.import_module(SAMPLER_MODULE)
+            return mod, f"vllm {importlib.metadata.version('vllm')} ({SAMPLER_MODULE})"
+        except Exception as e:  # noqa: BLE001 - another vLLM version: say so, time without it
+            return None, f"vLLM is importable but {SAMPLER_MODULE} is not: {error_line(e, 200)}"
+    source = _first_file(VLLM_SAMPLER_FILES)
+    where = str(source)
+    if source is None:
+        wheel = _first_file(VLLM_WHEELS)
+        if wheel is None:
+            return None, (
+                "vLLM not importable and no sampler file or wheel found "
+                f"({', '.join(VLLM_SAMPLER_FILES + VLLM_WHEELS)})"
+            )
+        # outside the results folder (its files are copied out and committed); kept for the
+        # process: Triton reads a kernel's source when it is decorated
+        source = pathlib.Path(tempfile.mkdtemp(prefix="gpu-check-vllm-")) / "diffusion_gemma_sampler.py"
+        with zipfile.ZipFile(wheel) as zf:
+            source.write_bytes(zf.read(VLLM_SAMPLER_PATH))
+        where = f"{wheel.name}:{VLLM_SAMPLER_PATH}"
+    import triton
+    import triton.language as tl
+
+    stub = types.ModuleType("vllm")
+    stub.__path__ = []
+    utils = types.ModuleType("vllm.triton_utils")
+    utils.tl, utils.triton = tl, triton
+    sys.modules.update({"vllm": stub, "vllm.triton_utils": utils})
+    try:
+        spec = importlib.util.spec_from_file_location("vllm_diffusion_gemma_sampler", source)
+        mod = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(mod)
+    finally:
+        for name in ("vllm", "vllm.triton_utils"):
+            sys.modules.pop(name, None)
+    return mod, where
+
+
+def vllm_reference_torch(logits, temps, canvas_len: int):
+    """vLLM 0.33's ``sample_row_stats_reference`` (its PyTorch form of the statistics, ``probs_dtype``
+    None), transcribed: fp32 scaled logits, ``torch.rand`` noise, log-softmax, entropy, argmaxes."""
+    import torch
+
+    temp = temps.repeat_interleave(canvas_len).float()[:, None]
+    scaled = logits.float() / temp.clamp(min=1e-10)
+    u = torch.rand_like(scaled).clamp(min=1e-20)
+    noisy = scaled + (-torch.log(-torch.log(u))) * (temp > 0).float()
+    log_probs = scaled.log_softmax(dim=-1)
+    probs = log_probs.exp()
+    entropy = -torch.where(probs > 0, probs * log_probs, 0.0).sum(dim=-1)
+    return scaled.argmax(dim=-1), noisy.argmax(dim=-1), entropy
+
+
+def uniform_stats(run: Run, rec: dict) -> None:
+    """``sample_row_stats`` (ours, vLLM's signature) vs vLLM's own kernel vs the PyTorch form, at
+    DiffusionGemma's canvas: TB/s of logits read (no probs written: ``probs_dtype`` None)."""
+    import torch
+
+    from dllm_kernels.integrations import vllm as dkv
+
+    u = run.cfg["uniform_stats"]
+    vllm_mod, where = load_vllm_sampler()
+    rec["vllm_kernel"] = where if vllm_mod is not None else None
+    if vllm_mod is None:
+        rec["vllm_skipped"] = where
+        print(f"   vllm_kernel skipped: {where}", flush=True)
+    V, canvas, seed = u["vocab"], u["canvas"], u["seed"]
+    for B in u["batches"]:
+        rows = B * canvas
+        x = (torch.randn(rows, V, device=run.dev) * 3).to(run.dtype)
+        temps = torch.linspace(0.5, 1.0, B, device=run.dev)
+        nbytes = x.numel() * x.element_size()
+        cands = {
+            # on a CPU sample_row_stats runs the library's reference (no backend argument)
+            "kernel": lambda: dkv.sample_row_stats(x, temps, canvas, seed, None),
+            "vllm_kernel": vllm_mod and (lambda: vllm_mod.sample_row_stats(x, temps, canvas, seed, None)),
+            "torch_reference": lambda: vllm_reference_torch(x, temps, canvas),
+        }
+        base = {"case": f"B{B} canvas {canvas} V {V} {run.cfg['dtype']}", "B": B, "rows": rows, "V": V}
+        for impl, fn in cands.items():
+            if fn is None:
+                rec["rows"].append({**base, "impl": impl, "error": f"skipped: {where}"})
+                continue
+            measure(run, rec, {**base, "impl": impl}, fn, bytes_=nbytes, memory=True)
+        x = temps = None  # free the memory before the next case
+        if not run.cpu:
+            torch.cuda.empty_cache()
+    speedups(rec["rows"], "kernel")
+
+
+def engines_soft_embedding(logits, embed, temperature: float):
+    """The engines' self-conditioning input: fp32 softmax, probabilities cast to the table's dtype
+    (a ``[rows, V]`` buffer), matmul in it."""
+    import torch
+
+    return torch.softmax(logits.float() / temperature, dim=-1).to(embed.dtype) @ embed
+
+
+def soft_embedding(run: Run, rec: dict) -> None:
+    """``soft_embedding`` vs the engines' probs buffer + matmul at DiffusionGemma's canvas and
+    vocabulary: TFLOP/s of ``2 * rows * V * D`` as a fraction of the matmul rate of this run, and
+    the peak extra memory of each (an OOM recorded as such)."""
+    import torch
+
+    import dllm_kernels as dk
+
+    s = run.cfg["soft_embedding"]
+    V, D, canvas, T = s["vocab"], s["hidden"], s["canvas"], s["temperature"]
+    rec["hidden"] = D
+    rec["hidden_note"] = "DiffusionGemma 26B-A4B's hidden size: assumed (not in the ecosystem notes)"
+    embed = (torch.randn(V, D, device=run.dev) * 0.02).to(run.dtype)
+    if not run.cpu:
+        free, total = torch.cuda.mem_get_info()
+        rec.update(free_bytes=free, total_bytes=total, headroom_bytes=int(run.cfg["headroom_frac"] * total))
+    for B in s["batches"]:
+        rows = B * canvas
+        x = (torch.randn(rows, V, device=run.dev) * 3).to(run.dtype)
+        flops = 2 * rows * V * D
+        cands = {
+            "kernel": lambda: dk.soft_embedding(x, embed, temperature=T, backend="triton"),
+            "engines_probs_matmul": lambda: engines_soft_embedding(x, embed, T),
+        }
+        base = {"case": f"B{B} canvas {canvas} V {V} D {D} {run.cfg['dtype']}", "B": B, "rows": rows, "V": V, "D": D}
+        # what a [rows, V] probability buffer in the table's dtype alone takes
+        probs_bytes = rows * V * embed.element_size()
+        for impl, fn in cands.items():
+            row = measure(run, rec, {**base, "impl": impl}, fn, flops=flops, memory=True)
+            if row.get("peak_extra_bytes") is not None:
+                row["peak_extra_of_probs"] = row["peak_extra_bytes"] / probs_bytes
+                row["fits_headroom"] = row["peak_extra_bytes"] <= rec["headroom_bytes"]
+        x = None  # free the memory before the next case
+        if not run.cpu:
+            torch.cuda.empty_cache()
+    speedups(rec["rows"], "kernel")
 
 
 def attention(run: Run, rec: dict) -> None:
@@ -511,6 +766,8 @@ PHASE_FUNCS = {
     "ceilings": ceilings,
     "tests": tests,
     "token_stats": token_stats,
+    "uniform_stats": uniform_stats,
+    "soft_embedding": soft_embedding,
     "attention": attention,
     "refresh_commit": refresh_commit,
     "step": step,
@@ -647,6 +904,14 @@ def check_targets(doc: dict) -> list[dict]:
     add("refresh_kv_cache: >= 80% of copy", k and k.get("frac_copy"), lambda v: v >= 0.8)
     for r in rows("refresh_commit", op="commit", impl="triton"):
         add(f"{r['case']}: < 10 us per launch from a graph", r.get("graph_us"), lambda v: v < 10)
+    se = rows("soft_embedding", impl="kernel")
+    if se:
+        k = max(se, key=lambda r: r["rows"])
+        add(
+            f"soft_embedding B{k['B']}: peak extra memory < 10% of a [rows, V] probs buffer",
+            k.get("peak_extra_of_probs"),
+            lambda v: v < 0.1,
+        )
     return out
 
 
@@ -677,38 +942,60 @@ def render_markdown(doc: dict) -> str:
         ]
         lines += [f"- {f}" for f in t.get("failures", [])] + ([""] if t.get("failures") else [])
     lines += [
-        "| phase | case | impl | median | TB/s | of copy | kernel speedup | graph us | host us |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "| phase | case | impl | median | TB/s | of ceiling | kernel speedup | graph us | host us | peak extra MiB |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for name in PHASES:
         if name in ("tests",) or name not in ph:
             continue
         for r in ph[name]["rows"]:
             if "error" in r:
-                lines.append(f"| {name} | {r.get('case', '')} | {r.get('impl', '')} | {r['error'][:80]} | | | | | |")
+                oom = " (OOM)" if r.get("oom") else ""
+                err = r["error"][:80] + oom
+                lines.append(f"| {name} | {r.get('case', '')} | {r.get('impl', '')} | {err} | | | | | | |")
                 continue
             med = f"{r['ms']:.3f} ms" if r["ms"] >= 1 else f"{r['ms'] * 1e3:.1f} us"
             tb = _fmt(r.get("TBps"), ".3f") or (f"{r['TFLOPs']:.0f} TFLOP/s" if "TFLOPs" in r else "")
-            frac = r.get("frac_copy", r.get("frac_floor"))
+            frac = r.get("frac_copy", r.get("frac_floor", r.get("frac_matmul")))
+            peak = r.get("peak_extra_bytes")
             lines.append(
                 f"| {name} | {r.get('case', '')} | {r.get('impl', '')} | {med} | {tb} "
                 f"| {_fmt(frac and 100 * frac, '.0f')}"
                 f"{'%' if frac else ''} | {_fmt(r.get('kernel_speedup'), '.2f')} | {_fmt(r.get('graph_us'), '.2f')} "
-                f"| {_fmt(r.get('host_us'), '.1f')} |"
+                f"| {_fmt(r.get('host_us'), '.1f')} | {_fmt(peak and peak / 2**20, '.1f')} |"
             )
         if ph[name].get("status") not in ("ok",):
             lines.append(
-                f"| {name} | status: {ph[name].get('status')} {ph[name].get('error', '')[:100]} | | | | | | | |"
+                f"| {name} | status: {ph[name].get('status')} {ph[name].get('error', '')[:100]} | | | | | | | | |"
             )
-    lines += ["", "Targets (issue 15):", ""]
+    lines += ["", "Targets (issues 15 and 21):", ""]
     for t in doc.get("targets", []):
         mark = {True: "met", False: "NOT met", None: "not measured"}[t["met"]]
         lines.append(f"- {t['target']}: {mark} ({_fmt(t['value'], '.3g') or '-'})")
     lines += [
         "",
-        "step rows: median ms per forward of `generate`; 'of copy' there is the weights-read floor "
-        "(layers + LM head at the copy rate) over it. kernel speedup: candidate time / kernel time.",
+        "of ceiling: TB/s over the copy rate of this run; soft_embedding rows: TFLOP/s over its (GPU: bf16) "
+        "matmul rate; step rows: median ms per forward of `generate`, and the weights-read floor "
+        "(layers + LM head at the copy rate) over it. kernel speedup: candidate time / kernel time. "
+        "peak extra: `torch.cuda.max_memory_allocated` over what was allocated before one call "
+        "(outputs included).",
     ]
+    se = ph.get("soft_embedding")
+    if se and se.get("headroom_bytes"):
+        fits = ", ".join(
+            f"{r['impl']} B{r['B']} " + ("OOM" if r.get("oom") else "yes" if r.get("fits_headroom") else "no")
+            for r in se["rows"]
+            if "fits_headroom" in r or r.get("oom")
+        )
+        lines += [
+            "",
+            f"soft_embedding: peak extra within vLLM's {doc['config']['headroom_frac']:.0%} headroom "
+            f"({se['headroom_bytes'] / 2**30:.1f} GiB of {se['total_bytes'] / 2**30:.0f}): {fits}",
+        ]
+    u = ph.get("uniform_stats")
+    if u:
+        where = u.get("vllm_kernel") or f"not timed: {u.get('vllm_skipped')}"
+        lines += ["", f"uniform_stats: vLLM's kernel from {where}"]
     return "\n".join(lines) + "\n"
 
 
@@ -721,29 +1008,29 @@ def render_png(doc: dict, path: pathlib.Path) -> str | None:
     if isinstance(plt, str):
         return plt
     ph = doc.get("phases", {})
-    panels = [
-        (n, [r for r in ph[n]["rows"] if "TBps" in r])
-        for n in ("token_stats", "attention", "refresh_commit")
-        if n in ph
-    ]
-    panels = [(n, rows) for n, rows in panels if rows]
+    c = ph.get("ceilings", {})
+    # (phase, value key, axis label, ceiling line): bandwidth panels, then soft_embedding's rate
+    specs = [(n, "TBps", "TB/s", c.get("copy_TBps"), "copy") for n in ("token_stats", "uniform_stats")]
+    specs += [(n, "TBps", "TB/s", c.get("copy_TBps"), "copy") for n in ("attention", "refresh_commit")]
+    specs += [("soft_embedding", "TFLOPs", "TFLOP/s", c.get("matmul_TFLOPs"), "matmul")]
+    panels = [(spec, [r for r in ph[spec[0]]["rows"] if spec[1] in r]) for spec in specs if spec[0] in ph]
+    panels = [(spec, rows) for spec, rows in panels if rows]
     if not panels:
         return "no bandwidth rows to plot: no PNG"
-    copy = ph.get("ceilings", {}).get("copy_TBps")
     fig, axes = plt.subplots(1, len(panels), figsize=(5 * len(panels), 4.5), squeeze=False)
-    for ax, (name, rows) in zip(axes[0], panels):
+    for ax, ((name, key, unit, ceiling, what), rows) in zip(axes[0], panels):
         labels = [f"{r['case']}\n{r['impl']}" for r in rows]
         ax.barh(
             range(len(rows)),
-            [r["TBps"] for r in rows],
+            [r[key] for r in rows],
             color=["C0" if r["impl"] in ("kernel", "triton") else "C7" for r in rows],
         )
         ax.set_yticks(range(len(rows)), labels, fontsize=6)
         ax.invert_yaxis()
-        if copy:
-            ax.axvline(copy, color="C3", ls="--", lw=1, label=f"copy {copy:.2f} TB/s")
+        if ceiling:
+            ax.axvline(ceiling, color="C3", ls="--", lw=1, label=f"{what} {ceiling:.2f} {unit}")
             ax.legend(fontsize=7)
-        ax.set_xlabel("TB/s")
+        ax.set_xlabel(unit)
         ax.set_title(name)
     fig.suptitle(f"{doc.get('machine', {}).get('gpu', 'CPU mode (meaningless numbers)')}", fontsize=9)
     save_figure(plt, fig, path, dpi=110)

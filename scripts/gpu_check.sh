@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
-# The GPU check in one command: the GPU tests, then token_stats, attention, refresh/commit and a
-# decoding step against their baselines, with the copy bandwidth and matmul rate measured in the
-# same run (bench/gpu_check.py says what each phase measures). At most 8 minutes on an H100/H200
-# image without network; runs from the checkout as it is (no install, no build backend).
+# The GPU check in one command: the GPU tests, then token_stats, DiffusionGemma's sampler
+# statistics and soft embedding (vLLM's kernel when vLLM, its sampler file or wheel is there:
+# docs/benchmarks.md), attention, refresh/commit and a decoding step against their baselines, with
+# the copy bandwidth and matmul rate measured in the same run (bench/gpu_check.py says what each
+# phase measures). At most 8 minutes on an H100/H200 image without network; runs from the checkout
+# as it is (no install, no build backend).
 #
 #   bash scripts/gpu_check.sh            # CUDA machine: bench/results/gpu-check.{json,md,png}, gpu-check-tests.log
 #   bash scripts/gpu_check.sh --cpu      # the same driver on Triton's interpreter, tiny shapes (seconds)
