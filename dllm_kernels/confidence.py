@@ -27,6 +27,7 @@ _FP32_MAX = float(torch.finfo(torch.float32).max)
 MIN_TEMPERATURE = 1.0 / _FP32_MAX
 SEED_DTYPES = (torch.int64, torch.int32, torch.int16, torch.int8, torch.uint8)
 MAX_WINDOW = 16
+NOISES = ("dllm", "vllm")  # Gumbel noise: this library's (U >= 2**-32), vLLM 0.33's (U >= 1e-20)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -45,32 +46,53 @@ def _fake_stats(lead, like):
     )
 
 
-# the seed travels as an int (`seed`) or, per row, as a tensor (`seeds`, then seed is 0)
+# the seed travels as an int (`seed`) or, per row, as a tensor (`seeds`, then seed is 0); the
+# temperature as a float or, per row, as an fp32 tensor (`temps`, then temperature is 0)
+def _launch_token_stats(
+    kernels, logits, t, seed, ids, seeds=None, temps=None, allowed=None, tempered=False, vllm=False
+):
+    t = t if temps is None else temps
+    seed = seed if seeds is None else seeds
+    return kernels.token_stats(logits, t, seed, tuple(ids), allowed=allowed, tempered=tempered, vllm=vllm)
+
+
+def _launch_partial(
+    kernels, x, start, size, t, seed, ids, seeds=None, temps=None, allowed=None, tempered=False, vllm=False
+):
+    t = t if temps is None else temps
+    seed = seed if seeds is None else seeds
+    return kernels.token_stats_partial(
+        x, start, size, t, seed, tuple(ids), allowed=allowed, tempered=tempered, vllm=vllm
+    )
+
+
 _token_stats_op = register_op(
     "token_stats",
     "confidence",
-    "(Tensor logits, float temperature, SymInt seed, SymInt[] suppress_ids, Tensor? seeds=None) "
+    "(Tensor logits, float temperature, SymInt seed, SymInt[] suppress_ids, Tensor? seeds=None, "
+    "Tensor? temps=None, Tensor? allowed=None, bool tempered=False, bool vllm=False) "
     "-> (Tensor, Tensor, Tensor, Tensor)",
     fake=lambda logits, *args: _fake_stats(logits.shape[:-1], logits),
-    launch=lambda kernels, logits, temperature, seed, suppress_ids, seeds=None: kernels.token_stats(
-        logits, temperature, seed if seeds is None else seeds, tuple(suppress_ids)
-    ),
+    launch=_launch_token_stats,
 )
 _token_stats_partial_op = register_op(
     "token_stats_partial",
     "confidence",
     "(Tensor logits, SymInt vocab_start, SymInt vocab_size, float temperature, SymInt seed, "
-    "SymInt[] suppress_ids, Tensor? seeds=None) -> Tensor",
+    "SymInt[] suppress_ids, Tensor? seeds=None, Tensor? temps=None, Tensor? allowed=None, bool tempered=False, "
+    "bool vllm=False) -> Tensor",
     fake=lambda logits, *args: logits.new_empty((*logits.shape[:-1], PARTIAL_WORDS), dtype=torch.float32),
-    launch=lambda kernels, logits, start, size, temperature, seed, ids, seeds=None: kernels.token_stats_partial(
-        logits, start, size, temperature, seed if seeds is None else seeds, tuple(ids)
-    ),
+    launch=_launch_partial,
 )
 _merge_token_stats_op = register_op(
     "merge_token_stats",
     "confidence",
-    "(Tensor partials) -> (Tensor, Tensor, Tensor, Tensor)",
-    fake=lambda partials: _fake_stats(partials.shape[1:-1], partials),
+    "(Tensor partials, float temperature=0., bool tempered=False, Tensor? temps=None) "
+    "-> (Tensor, Tensor, Tensor, Tensor)",
+    fake=lambda partials, *args: _fake_stats(partials.shape[1:-1], partials),
+    launch=lambda kernels, partials, temperature=0.0, tempered=False, temps=None: kernels.merge_token_stats(
+        partials, temperature if temps is None else temps, tempered
+    ),
 )
 _window_confidence_op = register_op(
     "window_confidence",
@@ -93,7 +115,33 @@ def _check_logits(op: str, name: str, logits) -> int:
     return V
 
 
-def _check_temperature(op: str, temperature) -> float:
+def _check_temperature(op: str, temperature, logits: torch.Tensor | None = None, lead=None):
+    """A float (0 or >= MIN_TEMPERATURE), or an fp32 tensor of per-row temperatures shaped like
+    the rows (``logits.shape[:-1]``, or ``lead``) on their device (values checked on the CPU, in
+    eager mode)."""
+    if isinstance(temperature, torch.Tensor):
+        want = tuple(logits.shape[:-1]) if lead is None else tuple(lead)
+        device = logits.device
+        if temperature.dtype != torch.float32:
+            raise TypeError(f"{op}: a temperature tensor must have dtype float32, got {temperature.dtype}")
+        if tuple(temperature.shape) != want:
+            got = list(temperature.shape)
+            raise ValueError(f"{op}: a temperature tensor must have the rows' shape {list(want)}, got {got}")
+        if temperature.device != device:
+            raise ValueError(f"{op}: a temperature tensor must be on {device}, got {temperature.device}")
+        if temperature.device.type == "cpu" and temperature.numel() and not torch.compiler.is_compiling():
+            t = temperature
+            bad = ~torch.isfinite(t) | (t < 0) | ((t > 0) & (t < MIN_TEMPERATURE))
+            if bool(bad.any()):
+                raise ValueError(
+                    f"{op}: temperature values must be 0 or finite and >= {MIN_TEMPERATURE:.6g}, "
+                    f"got {t[bad].flatten()[0].item()!r}"
+                )
+        return temperature
+    return _check_float_temperature(op, temperature)
+
+
+def _check_float_temperature(op: str, temperature) -> float:
     bad_type = isinstance(temperature, bool) or not isinstance(temperature, (int, float))
     if bad_type or not math.isfinite(temperature) or temperature < 0:
         raise ValueError(f"{op}: temperature must be a finite number >= 0, got {temperature!r}")
@@ -131,6 +179,37 @@ def _check_seed(op: str, seed, logits: torch.Tensor, sample: bool):
     return int(seed) if sample else 0
 
 
+def _check_allowed(op: str, allowed, logits: torch.Tensor, words: int | None, min_words: int):
+    """An int32 bitmask ``[*rows, W]`` (xgrammar's layout) on the logits' device; ``W ==
+    words`` when the vocabulary size is known, else ``W >= min_words``."""
+    if allowed is None:
+        return None
+    lead = tuple(logits.shape[:-1])
+    check_tensor(op, "allowed", allowed, dtypes=(torch.int32,), device=logits.device)
+    if tuple(allowed.shape[:-1]) != lead or allowed.dim() != len(lead) + 1:
+        raise ValueError(f"{op}: allowed must have shape [{', '.join(map(str, lead))}, W], got {list(allowed.shape)}")
+    W = allowed.shape[-1]
+    if (words is not None and W != words) or W < min_words:
+        want = f"ceil(vocab / 32) = {words}" if words is not None else f"at least {min_words}"
+        raise ValueError(f"{op}: allowed must have {want} int32 words per row, got {W}")
+    return allowed
+
+
+def _check_modes(op: str, tempered, noise) -> bool:
+    if not isinstance(tempered, bool):
+        raise TypeError(f"{op}: tempered must be a bool, got {type(tempered).__name__}")
+    if noise not in NOISES:
+        raise ValueError(f"{op}: noise must be one of {NOISES}, got {noise!r}")
+    return noise == "vllm"
+
+
+def _vllm_temperatures(temperature, lead, device) -> torch.Tensor:
+    """vLLM's noise reads the temperature per row: a float becomes a filled fp32 tensor."""
+    if isinstance(temperature, torch.Tensor):
+        return temperature
+    return torch.full(lead, temperature, dtype=torch.float32, device=device)
+
+
 def _check_suppress(op: str, suppress_ids, high: int) -> tuple[int, ...]:
     ids = () if suppress_ids is None else check_int_list(op, "suppress_ids", suppress_ids, low=0, high=high)
     if len(ids) > MAX_SUPPRESS_IDS:
@@ -141,9 +220,12 @@ def _check_suppress(op: str, suppress_ids, high: int) -> tuple[int, ...]:
 def token_stats(
     logits: torch.Tensor,
     *,
-    temperature: float = 0.0,
+    temperature: float | torch.Tensor = 0.0,
     seed: int | torch.Tensor | None = None,
     suppress_ids=None,
+    allowed: torch.Tensor | None = None,
+    tempered: bool = False,
+    noise: str = "dllm",
     backend: str = "auto",
 ) -> TokenStats:
     """Fused per-position statistics over the vocabulary, in one read of the logits.
@@ -156,6 +238,10 @@ def token_stats(
             Gumbel-max, ``argmax(logits / T + g)`` with ``g = -log(-log(U))``, which draws from
             ``softmax(logits / T)`` (LLaDA's ``add_gumbel_noise`` rule). T must be 0 or at least
             :data:`MIN_TEMPERATURE` (~2.94e-39, where ``1 / T`` stops being a finite fp32).
+            Or an fp32 tensor shaped like ``logits.shape[:-1]``: per-row temperatures (values
+            checked for CPU tensors only), read as fp32 with ``1 / T`` rounded correctly in fp32
+            (a row equals the float path whenever T is an fp32 value, e.g. 0.5);
+            rows with T = 0 propose their argmax. A tensor needs no seed per row.
         seed: for T > 0. An int in ``[0, 2**63)``: the uniform of row ``r`` (flattened), id
             ``v`` is ``tl.rand(seed, r * V + v)``. An integer tensor shaped like
             ``logits.shape[:-1]`` (per-row seeds, on the logits' device): row ``r``'s uniforms
@@ -166,16 +252,31 @@ def token_stats(
             Uniforms of exactly 0 are raised to 2**-32 (finite noise).
         suppress_ids: up to 16 token ids whose logits count as ``-inf`` (e.g. EOS/EoT at early
             steps); a sequence of ints or a 1-D integer CPU tensor.
+        allowed: an allowed-token bitmask, int32 ``[*logits.shape[:-1], ceil(V / 32)]`` in
+            xgrammar's layout: bit ``j`` of word ``w`` (``(word >> j) & 1``) allows token ``32 *
+            w + j``. Disallowed logits count as ``-inf`` inside the one pass (as suppressed ones);
+            bits past ``V`` are ignored. A row with nothing allowed is a row without a logit
+            above ``-inf`` (see Returns).
+        tempered: False (default): prob, margin and entropy are those of ``softmax(logits)``;
+            True: of ``softmax(logits / T)`` per row, with T = 0 taken as 1e-10 (vLLM 0.33's
+            clamp). The pivot stays the raw row maximum and ``1 / T`` scales the distances from
+            it, so the statistics stay finite as T -> 0 (a unique maximum gives prob 1, entropy 0).
+        noise: ``"dllm"`` (this library's Gumbel noise) or ``"vllm"``: vLLM 0.33's DiffusionGemma
+            sampler, term for term: scores ``z * (1 / max(T, 1e-10)) + g * (T > 0)`` with ``U``
+            clamped at 1e-20 (a T = 0 row also scores its logits times 1e10), only scores above
+            ``-inf`` are candidates. Same Philox stream; used by
+            :mod:`dllm_kernels.integrations.vllm`. A float temperature is read per row.
         backend: ``"auto"`` | ``"triton"`` | ``"reference"`` (see :mod:`dllm_kernels.backend`).
 
     Returns:
         :class:`TokenStats` ``(token, prob, margin, entropy)`` of shape ``logits.shape[:-1]``:
         int64 token; fp32 ``prob = softmax(logits)[token]``, ``margin = p_top1 - p_top2`` and
-        ``entropy = -sum p log p`` (natural log), all of the untempered softmax. A row without a
-        logit above ``-inf`` (NaN counts as ``-inf``) gives token 0, prob 0, margin 0, entropy
-        +inf. ``k`` entries of ``+inf`` share all the mass (the softmax's limit): token = the
-        lowest of their ids at every temperature, prob ``1/k``, margin 1 if ``k == 1`` else 0,
-        entropy ``log k``. A sampling score that overflows to ``-inf`` stays a candidate.
+        ``entropy = -sum p log p`` (natural log), of the untempered softmax unless ``tempered``.
+        A row without a logit above ``-inf`` (NaN counts as ``-inf``; suppressed and disallowed
+        ids too) gives token 0, prob 0, margin 0, entropy +inf. ``k`` entries of ``+inf`` share
+        all the mass (the softmax's limit): token = the lowest of their ids at every temperature,
+        prob ``1/k``, margin 1 if ``k == 1`` else 0, entropy ``log k``. A sampling score that
+        overflows to ``-inf`` stays a candidate (``noise="dllm"``).
 
     Precision: fp32 accumulation with an online softmax; prob/margin within ~4e-6 absolute and
     entropy within ~1e-5 * (1 + H) of an fp64 computation; the token is exact at T = 0.
@@ -183,35 +284,70 @@ def token_stats(
     op = "token_stats"
     V = _check_logits(op, "logits", logits)
     ids = _check_suppress(op, suppress_ids, V)
-    temperature = _check_temperature(op, temperature)
-    seed = _check_seed(op, seed, logits, temperature > 0.0)
-    return token_stats_unchecked(logits, temperature, seed, ids, backend)
+    temperature = _check_temperature(op, temperature, logits)
+    vllm = _check_modes(op, tempered, noise)
+    allowed = _check_allowed(op, allowed, logits, -(-V // 32), 0)
+    sample = isinstance(temperature, torch.Tensor) or temperature > 0.0 or vllm
+    seed = _check_seed(op, seed, logits, sample)
+    return token_stats_unchecked(
+        logits, temperature, seed, ids, backend, allowed=allowed, tempered=tempered, noise=noise
+    )
 
 
-def token_stats_unchecked(logits, temperature: float, seed, ids: tuple[int, ...], backend: str) -> TokenStats:
+def token_stats_unchecked(
+    logits,
+    temperature,
+    seed,
+    ids: tuple[int, ...],
+    backend: str,
+    *,
+    allowed=None,
+    tempered: bool = False,
+    noise: str = "dllm",
+) -> TokenStats:
     """:func:`token_stats` without validation: the documented internal entry of a decoding loop
     that validated its arguments once per call (``dllm_kernels.decode.step.decode_step`` calls it every step).
 
-    ``temperature`` a float (0 or >= MIN_TEMPERATURE), ``seed`` an int in ``[0, 2**63)`` or an
-    integer tensor of the logits' row shape (0 at T = 0), ``ids`` sorted distinct suppressed ids,
-    ``backend`` as in :func:`token_stats`. Wrong input here is undefined behaviour of the kernel,
-    not an error. Not part of the public API (``dllm_kernels.__all__``); its signature changes
-    only with :func:`token_stats`'s."""
+    ``temperature`` a float (0 or >= MIN_TEMPERATURE) or an fp32 tensor of the rows' shape,
+    ``seed`` an int in ``[0, 2**63)`` or an integer tensor of the logits' row shape (0 where
+    nothing samples), ``ids`` sorted distinct suppressed ids, ``backend``, ``allowed``,
+    ``tempered`` and ``noise`` as in :func:`token_stats`. Wrong input here is undefined
+    behaviour of the kernel, not an error. Not part of the public API (``dllm_kernels.__all__``);
+    its signature changes only with :func:`token_stats`'s."""
+    if noise == "vllm":
+        temperature = _vllm_temperatures(temperature, logits.shape[:-1], logits.device)
     if resolve_backend(backend, logits.device, "token_stats") == "reference":
-        return reference.token_stats(logits, temperature=temperature, seed=seed, suppress_ids=ids)
-    if isinstance(seed, torch.Tensor):
-        return TokenStats(*_token_stats_op(logits, temperature, 0, list(ids), seed))
-    return TokenStats(*_token_stats_op(logits, temperature, seed, list(ids)))
+        return reference.token_stats(
+            logits,
+            temperature=temperature,
+            seed=seed,
+            suppress_ids=ids,
+            allowed=allowed,
+            tempered=tempered,
+            noise=noise,
+        )
+    temps = temperature if isinstance(temperature, torch.Tensor) else None
+    t = 0.0 if temps is not None else temperature
+    seeds = seed if isinstance(seed, torch.Tensor) else None
+    s = 0 if seeds is not None else seed
+    if temps is None and allowed is None and not tempered and noise == "dllm":  # the loop's call
+        if seeds is None:
+            return TokenStats(*_token_stats_op(logits, t, s, list(ids)))
+        return TokenStats(*_token_stats_op(logits, t, s, list(ids), seeds))
+    return TokenStats(*_token_stats_op(logits, t, s, list(ids), seeds, temps, allowed, tempered, noise == "vllm"))
 
 
 def token_stats_partial(
     logits_shard: torch.Tensor,
     vocab_start: int,
     *,
-    temperature: float = 0.0,
+    temperature: float | torch.Tensor = 0.0,
     seed: int | torch.Tensor | None = None,
     suppress_ids=None,
     vocab_size: int | None = None,
+    allowed: torch.Tensor | None = None,
+    tempered: bool = False,
+    noise: str = "dllm",
     backend: str = "auto",
 ) -> torch.Tensor:
     """:func:`token_stats` of a vocabulary shard, as a small state that merges exactly.
@@ -224,12 +360,18 @@ def token_stats_partial(
     Args:
         logits_shard: ``[N, V_shard]`` or ``[B, L, V_shard]`` as in :func:`token_stats`.
         vocab_start: the global id of the shard's first entry (int >= 0).
-        temperature, seed: as in :func:`token_stats`, keyed by the GLOBAL id, so the merged
-            sample is the sample of the whole vocabulary. Every shard must get the same
-            temperature and seed; T > 0 needs an explicit seed, and an int seed needs
-            ``vocab_size`` (its Philox offsets are ``row * vocab_size + id``).
+        temperature, seed: as in :func:`token_stats` (a float or per-row fp32 tensor), keyed by
+            the GLOBAL id, so the merged sample is the sample of the whole vocabulary. Every
+            shard must get the same temperature and seed; sampling (T > 0, a temperature tensor,
+            or ``noise="vllm"``) needs an explicit seed, and an int seed needs ``vocab_size``
+            (its Philox offsets are ``row * vocab_size + id``).
         suppress_ids: global ids (those outside the shard are ignored).
         vocab_size: the whole vocabulary's size; checked against the shard if given.
+        allowed: the bitmask of the WHOLE vocabulary (global ids), int32 ``[*lead,
+            ceil(vocab_size / 32)]`` (without ``vocab_size``: at least ``ceil((vocab_start +
+            V_shard) / 32)`` words); each shard reads the bits of its ids.
+        tempered, noise: as in :func:`token_stats`; a tempered state must be merged with
+            ``merge_token_stats(..., temperature=T, tempered=True)`` (the same T).
 
     Returns:
         ``[*lead, 8]`` fp32: per row the words ``(m, s, u, v2, gumbel score, its logit)`` then
@@ -248,8 +390,12 @@ def token_stats_partial(
     elif vocab_start + V > MAX_VOCAB:
         raise ValueError(f"{op}: vocab_start + shard width ({vocab_start} + {V}) exceeds 2**31 - 1")
     ids = _check_suppress(op, suppress_ids, vocab_size if vocab_size is not None else MAX_VOCAB)
-    temperature = _check_temperature(op, temperature)
-    if temperature > 0.0:
+    temperature = _check_temperature(op, temperature, logits_shard)
+    vllm = _check_modes(op, tempered, noise)
+    words = -(-vocab_size // 32) if vocab_size is not None else None
+    allowed = _check_allowed(op, allowed, logits_shard, words, -(-(vocab_start + V) // 32))
+    sample = isinstance(temperature, torch.Tensor) or temperature > 0.0 or vllm
+    if sample:
         if seed is None:
             raise ValueError(f"{op}: seed must be given at temperature > 0 (every shard must draw the same noise)")
         if vocab_size is None and not isinstance(seed, torch.Tensor):
@@ -257,24 +403,43 @@ def token_stats_partial(
                 f"{op}: vocab_size is required at temperature > 0 with an int seed "
                 "(the Philox offsets are row * vocab_size + id)"
             )
-    seed = _check_seed(op, seed, logits_shard, temperature > 0.0)
+    seed = _check_seed(op, seed, logits_shard, sample)
     vocab_size = vocab_size if vocab_size is not None else vocab_start + V
+    if vllm:
+        temperature = _vllm_temperatures(temperature, logits_shard.shape[:-1], logits_shard.device)
     if resolve_backend(backend, logits_shard.device, op) == "reference":
         return reference.token_stats_partial(
-            logits_shard, vocab_start, temperature=temperature, seed=seed, suppress_ids=ids, vocab_size=vocab_size
+            logits_shard,
+            vocab_start,
+            temperature=temperature,
+            seed=seed,
+            suppress_ids=ids,
+            vocab_size=vocab_size,
+            allowed=allowed,
+            tempered=tempered,
+            noise=noise,
         )
-    if isinstance(seed, torch.Tensor):
-        return _token_stats_partial_op(logits_shard, vocab_start, vocab_size, temperature, 0, list(ids), seed)
-    return _token_stats_partial_op(logits_shard, vocab_start, vocab_size, temperature, seed, list(ids))
+    temps = temperature if isinstance(temperature, torch.Tensor) else None
+    t = 0.0 if temps is not None else temperature
+    seeds = seed if isinstance(seed, torch.Tensor) else None
+    s = 0 if seeds is not None else seed
+    return _token_stats_partial_op(
+        logits_shard, vocab_start, vocab_size, t, s, list(ids), seeds, temps, allowed, tempered, vllm
+    )
 
 
-def merge_token_stats(partials, *, backend: str = "auto") -> TokenStats:
+def merge_token_stats(
+    partials, *, temperature: float | torch.Tensor = 0.0, tempered: bool = False, backend: str = "auto"
+) -> TokenStats:
     """Merge the :func:`token_stats_partial` states of a vocabulary's shards into its statistics.
 
     Args:
         partials: a sequence of ``[*lead, 8]`` fp32 states (one per shard, any order, same shape
             and device), or one ``[S, *lead, 8]`` tensor (e.g. an all-gather's output viewed
             ``[world, *lead, 8]``); ``lead`` is ``[N]`` or ``[B, L]``; at most 1024 shards.
+        temperature, tempered: for states made with ``tempered=True``: the same temperature (a
+            float, or an fp32 tensor shaped ``lead``) and ``tempered=True`` (the states' sums
+            are in units of ``(z - m) / T``). Unused otherwise.
         backend: as in :func:`token_stats`.
 
     Returns:
@@ -304,9 +469,15 @@ def merge_token_stats(partials, *, backend: str = "auto") -> TokenStats:
             raise ValueError(f"{op}: partials must have shape [S >= 1, *lead, {PARTIAL_WORDS}], got {got}")
     if partials.shape[0] > MAX_MERGE:
         raise ValueError(f"{op}: at most {MAX_MERGE} partial states per row are supported, got {partials.shape[0]}")
+    _check_modes(op, tempered, "dllm")
+    temperature = _check_temperature(op, temperature, partials, lead=partials.shape[1:-1])
     if resolve_backend(backend, partials.device, op) == "reference":
-        return reference.merge_token_stats(partials)
-    return TokenStats(*_merge_token_stats_op(partials))
+        return reference.merge_token_stats(partials, temperature=temperature, tempered=tempered)
+    if not tempered:
+        return TokenStats(*_merge_token_stats_op(partials))
+    if isinstance(temperature, torch.Tensor):
+        return TokenStats(*_merge_token_stats_op(partials, 0.0, True, temperature))
+    return TokenStats(*_merge_token_stats_op(partials, temperature, True))
 
 
 def window_confidence(

@@ -45,6 +45,20 @@ Extreme values (one definition for the kernel and the reference):
   (``finfo.min`` logits at T < 1) is still a candidate (the lowest id wins a tie at ``-inf``),
   ``U == 0`` (probability 2**-31) is raised to 2**-32 so that the noise is always finite.
 
+Temperatures, tempered statistics, bitmask (constexpr-selected, off in the loop's launches):
+
+- ``ROW_TEMP``: one fp32 temperature per row; ``1 / T`` is computed in the kernel, rounded
+  correctly (``div_rn``, as the reference), and a T = 0 row scores its raw logits (its argmax).
+- ``TEMPERED``: ``(s, u)`` are sums over ``d = (z - m) * inv`` with the pivot ``m`` kept in raw
+  logit units (vLLM 0.33's remedy: scaling the row by 1e10 first makes ``exp(z - m)`` 0 or inf
+  for the maximum itself), so the statistics of ``softmax(z / T)`` stay finite as T -> 0; T = 0
+  takes ``inv = 1 / 1e-10``. Merges scale the pivot distances alike.
+- ``ALLOWED``: an int32 bitmask row (xgrammar's layout, bit ``v % 32`` of word ``v // 32`` for
+  global id ``v``); a zero bit makes the logit ``-inf`` before anything else reads it.
+- ``VLLM``: vLLM 0.33's ``_row_stats_kernel`` noise, term for term: ``U = max(tl.rand(seed, row *
+  V + v), 1e-20)``, score ``z * (1 / max(T, 1e-10)) + (-log(-log U)) * (T > 0)`` with Triton's
+  ``/``, strict ``>`` from ``-inf`` (a row whose scores are all ``-inf`` keeps no sample id).
+
 Error bound (fp32 accumulation, any input dtype, inputs upcast exactly): prob and margin are
 within about ``4e-6`` (absolute) of an fp64 reference and entropy within about ``1e-5 * (1 + H)``;
 the token is exact at temperature 0.
@@ -75,17 +89,20 @@ _MAX_SPLITS = 64
 
 
 @triton.jit
-def _merge(b_m, b_s, b_u, b_v2, b_i1, b_gs, b_gz, b_gi, SAMPLE: tl.constexpr):
+def _merge(b_m, b_s, b_u, b_v2, b_i1, b_gs, b_gz, b_gi, inv_s, SAMPLE: tl.constexpr, TEMPERED: tl.constexpr):
     """Merge a vector of online-softmax states (tile lanes, vocabulary splits or shards) into one.
 
     (m, s, u) are moved onto the common pivot ``m = max(b_m)``: ``a = exp(b_m - m)``, ``s = sum
     a * b_s``, ``u = sum a * (b_u + b_s * (b_m - m))``, with ``a * (b_m - m)`` taken as 0 where
     ``a`` underflows (no ``0 * inf``) and a distance of 0 between equal pivots (``+inf`` ones too).
+    ``TEMPERED``: the distances are ``(b_m - m) * inv_s`` (pivots stay raw logits).
     """
     m = tl.max(b_m, 0)
     pivot = tl.where(m > float("-inf"), m, 0.0)
     b_piv = tl.where(b_m > float("-inf"), b_m, pivot)  # states without a finite logit have s = u = 0
     b_d = tl.where(b_piv == pivot, 0.0, b_piv - pivot)
+    if TEMPERED:
+        b_d = b_d * inv_s
     b_a = tl.exp(b_d)
     s = tl.sum(b_a * b_s, 0)
     u = tl.sum(b_a * b_u + b_s * tl.where(b_a > 0.0, b_a * b_d, 0.0), 0)
@@ -103,17 +120,24 @@ def _merge(b_m, b_s, b_u, b_v2, b_i1, b_gs, b_gz, b_gi, SAMPLE: tl.constexpr):
 
 
 @triton.jit
-def _finalize(row, m, s, u, v2, z_tok, i_tok, token_ptr, prob_ptr, margin_ptr, entropy_ptr):
-    """Write the statistics of one row from its merged online-softmax state."""
+def _finalize(row, m, s, u, v2, z_tok, i_tok, token_ptr, prob_ptr, margin_ptr, entropy_ptr, inv_t, TEMPERED):
+    """Write the statistics of one row from its merged online-softmax state (``TEMPERED``: of
+    ``softmax(z * inv_t)``, whose distances from the raw pivot are scaled by ``inv_t``)."""
     # A row without a logit above -inf has no distribution: token 0, prob 0, margin 0 and
     # entropy +inf, the least confident values under every measure.
     valid = m > float("-inf")
     pivot = tl.where(valid, m, 0.0)
     inv_s = 1.0 / tl.where(valid, s, 1.0)
-    prob = tl.exp(tl.where(z_tok == pivot, 0.0, z_tok - pivot)) * inv_s  # z == +inf pivot -> 1 / s
-    margin = (1.0 - tl.exp(tl.where(v2 == pivot, 0.0, v2 - pivot))) * inv_s
+    d_tok = tl.where(z_tok == pivot, 0.0, z_tok - pivot)  # z == +inf pivot -> 1 / s
+    d_v2 = tl.where(v2 == pivot, 0.0, v2 - pivot)
+    if TEMPERED:
+        d_tok = d_tok * inv_t
+        d_v2 = d_v2 * inv_t
+    prob = tl.exp(d_tok) * inv_s
+    margin = (1.0 - tl.exp(d_v2)) * inv_s
     entropy = tl.maximum(tl.log(tl.where(valid, s, 1.0)) - u * inv_s, 0.0)
-    tl.store(token_ptr + row, tl.where(valid, i_tok, 0).to(tl.int64))
+    # i_tok is INT_MAX only under vLLM's noise where every score overflowed to -inf (its token 0)
+    tl.store(token_ptr + row, tl.where(valid & (i_tok != 2147483647), i_tok, 0).to(tl.int64))
     tl.store(prob_ptr + row, tl.where(valid, prob, 0.0))
     tl.store(margin_ptr + row, tl.where(valid, margin, 0.0))
     tl.store(entropy_ptr + row, tl.where(valid, entropy, float("inf")))
@@ -133,17 +157,58 @@ def _store_partial(p_f, p_i, m, s, u, v2, i1, gs, gz, gi):
 
 @triton.jit
 def _emit(
-    row, m, s, u, v2, i1, gs, gz, gi, token_ptr, prob_ptr, margin_ptr, entropy_ptr, p_f, p_i, w, FINAL: tl.constexpr
+    row,
+    m,
+    s,
+    u,
+    v2,
+    i1,
+    gs,
+    gz,
+    gi,
+    token_ptr,
+    prob_ptr,
+    margin_ptr,
+    entropy_ptr,
+    p_f,
+    p_i,
+    w,
+    inv_s,
+    FINAL: tl.constexpr,
+    TEMPERED: tl.constexpr,
 ):
     """Write a merged state: the row's statistics (``FINAL``), else the partial state at word
     ``w`` of ``p_f`` (fp32 words) / ``p_i`` (the same memory as int32 words)."""
     if FINAL:
-        _finalize(row, m, s, u, v2, gz, gi, token_ptr, prob_ptr, margin_ptr, entropy_ptr)
+        _finalize(row, m, s, u, v2, gz, gi, token_ptr, prob_ptr, margin_ptr, entropy_ptr, inv_s, TEMPERED)
     else:
         _store_partial(p_f + w, p_i + w, m, s, u, v2, i1, gs, gz, gi)
 
 
-@triton.jit(do_not_specialize=["L", "V", "v_off", "V_row", "chunk", "n_splits", "seed"])
+@triton.jit
+def _row_temperature(temp_ptr, i_r, inv_t, inv_s, ROW_TEMP: tl.constexpr, VLLM: tl.constexpr):
+    """``(inv, hot, inv_stat)`` of row ``i_r``: the inverse temperature of its sampling scores,
+    whether it samples, and the inverse temperature of its statistics (TEMPERED launches read it).
+
+    Per-row temperatures (``ROW_TEMP``) are read as fp32; T = 0 samples nothing and its statistics
+    take T = 1e-10. vLLM's noise computes ``1 / max(T, 1e-10)`` with Triton's ``/`` as vLLM 0.33
+    does (approximate on the GPU); ours rounds correctly (``div_rn``), as the reference does."""
+    if ROW_TEMP:
+        t = tl.load(temp_ptr + i_r).to(tl.float32)
+        if VLLM:
+            inv = 1.0 / tl.maximum(t, 1e-10)
+        else:
+            inv = tl.math.div_rn(1.0, tl.where(t > 0.0, t, 1e-10))
+        hot = t > 0.0
+        inv_stat = inv
+    else:
+        inv = inv_t
+        hot = inv_t > 0.0
+        inv_stat = inv_s
+    return inv, hot, inv_stat
+
+
+@triton.jit(do_not_specialize=["L", "V", "v_off", "V_row", "chunk", "n_splits", "seed", "stride_ar"])
 def _token_stats_kernel(
     x_ptr,  # logits; element (b, l, v) at b * stride_b + l * stride_l + v * stride_v
     stride_b,
@@ -155,9 +220,13 @@ def _token_stats_kernel(
     V_row,  # row stride of the Philox offsets: the global vocabulary size (scalar seed)
     chunk,  # vocabulary entries per split, a multiple of BLOCK
     n_splits,  # programs per row along the vocabulary
-    inv_t,  # 1 / temperature (SAMPLE only)
+    inv_t,  # 1 / temperature (SAMPLE and not ROW_TEMP)
+    inv_s,  # 1 / temperature of the statistics (TEMPERED and not ROW_TEMP)
+    temp_ptr,  # [R] fp32 per-row temperatures (ROW_TEMP)
     seed,  # Philox seed (SAMPLE and not ROW_SEED)
     seed_ptr,  # [R] int64 per-row seeds (ROW_SEED)
+    allowed_ptr,  # [R, W] int32 allowed-token bitmask, bit j of word w = global id 32 w + j (ALLOWED)
+    stride_ar,  # row stride of the bitmask, in words
     token_ptr,  # [R] int64                (FINAL)
     prob_ptr,  # [R] fp32                 (FINAL)
     margin_ptr,  # [R] fp32                 (FINAL)
@@ -168,6 +237,10 @@ def _token_stats_kernel(
     SUPPRESS: tl.constexpr,  # tuple of global token ids whose logits count as -inf
     SAMPLE: tl.constexpr,  # Gumbel-max sampling at temperature 1 / inv_t
     ROW_SEED: tl.constexpr,  # U(row, v) = rand(seed[row], v) instead of rand(seed, row * V_row + v)
+    ROW_TEMP: tl.constexpr,  # per-row temperatures at temp_ptr (T = 0: no sampling in that row)
+    TEMPERED: tl.constexpr,  # statistics of softmax(z / T) instead of softmax(z)
+    ALLOWED: tl.constexpr,  # logits of ids whose bit is 0 in the bitmask count as -inf
+    VLLM: tl.constexpr,  # vLLM 0.33's Gumbel noise: U clamped at 1e-20, scores z * inv + g * (T > 0)
     CONTIG: tl.constexpr,  # stride_v == 1
     BLOCK: tl.constexpr,
     STAGES: tl.constexpr,  # software-pipelined tiles (cp.async): STAGES - 1 tiles in flight ahead
@@ -178,11 +251,14 @@ def _token_stats_kernel(
     o_lane = tl.arange(0, BLOCK)
     v_start = i_s * chunk
     v_end = tl.minimum(v_start + chunk, V)
+    inv, hot, inv_stat = _row_temperature(temp_ptr, i_r, inv_t, inv_s, ROW_TEMP, VLLM)
     if SAMPLE:
         if ROW_SEED:
             row_seed = tl.load(seed_ptr + i_r)
         else:
             row_off = i_r.to(tl.int64) * V_row + v_off
+    if ALLOWED:
+        p_allowed = allowed_ptr + i_r.to(tl.int64) * stride_ar
 
     # per-lane state, [BLOCK] each; no reduction across lanes inside the loop
     b_m = tl.full([BLOCK], float("-inf"), tl.float32)  # pivot: the lane's largest logit (its top-1)
@@ -209,12 +285,17 @@ def _token_stats_kernel(
         o_g = o_v + v_off  # [BLOCK] global ids
         for k in tl.static_range(len(SUPPRESS)):
             b_z = tl.where(o_g == SUPPRESS[k], float("-inf"), b_z)
+        if ALLOWED:
+            b_word = tl.load(p_allowed + (o_g >> 5), mask=m_v, other=0)  # [BLOCK] int32
+            b_z = tl.where(((b_word >> (o_g & 31)) & 1) != 0, b_z, float("-inf"))
         valid = b_z > float("-inf")
 
         # online softmax per lane, one exp: t = exp(-|z - m|) rescales the sums when z becomes
         # the pivot (z > m) and is z's own weight otherwise; t * d is 0 where t underflows
         gt = b_z > b_m  # strict: the first of equal logits keeps the top-1 (lowest id)
         b_d = tl.where(b_z == b_m, 0.0, b_z - b_m)  # [BLOCK]; 0 for +inf == +inf
+        if TEMPERED:  # distances from the raw pivot, scaled: finite as T -> 0
+            b_d = b_d * inv_stat
         b_t = tl.where(valid, tl.exp(-tl.abs(b_d)), 0.0)
         b_w = tl.where(b_t > 0.0, b_t * b_d, 0.0)
         b_u = tl.where(gt, b_t * b_u - b_s * b_w, b_u + b_w)
@@ -229,17 +310,43 @@ def _token_stats_kernel(
                 b_r = tl.rand(row_seed, o_g)
             else:
                 b_r = tl.rand(seed, row_off + o_v)
-            b_r = tl.maximum(b_r, 2.3283064365386963e-10)
-            b_g = tl.where(b_z == float("inf"), float("inf"), b_z * inv_t - tl.log(-tl.log(b_r)))
-            take = (b_g > b_gs) | ((b_gi == 2147483647) & valid)  # a -inf score is still a candidate
+            if VLLM:  # vLLM 0.33's expression, term for term (a T = 0 row scores z * 1e10 + g * 0)
+                b_r = tl.maximum(b_r, 1e-20)
+                b_gum = -tl.log(-tl.log(b_r))
+                b_g = b_z * inv + b_gum * hot.to(tl.float32)
+                take = b_g > b_gs  # as vLLM: a -inf score is never taken
+            else:
+                b_r = tl.maximum(b_r, 2.3283064365386963e-10)
+                b_g = tl.where(b_z == float("inf"), float("inf"), b_z * inv - tl.log(-tl.log(b_r)))
+                if ROW_TEMP:  # a T = 0 row scores its raw logits: its argmax
+                    b_g = tl.where(hot, b_g, b_z)
+                take = (b_g > b_gs) | ((b_gi == 2147483647) & valid)  # a -inf score is still a candidate
             b_gs = tl.where(take, b_g, b_gs)
             b_gz = tl.where(take, b_z, b_gz)
             b_gi = tl.where(take, o_g, b_gi)
 
-    m, s, u, v2, i1, gs, gz, gi = _merge(b_m, b_s, b_u, b_v2, b_i1, b_gs, b_gz, b_gi, SAMPLE)
+    m, s, u, v2, i1, gs, gz, gi = _merge(b_m, b_s, b_u, b_v2, b_i1, b_gs, b_gz, b_gi, inv_stat, SAMPLE, TEMPERED)
     w = (i_r.to(tl.int64) * n_splits + i_s) * 8
     _emit(
-        i_r, m, s, u, v2, i1, gs, gz, gi, token_ptr, prob_ptr, margin_ptr, entropy_ptr, part_f_ptr, part_i_ptr, w, FINAL
+        i_r,
+        m,
+        s,
+        u,
+        v2,
+        i1,
+        gs,
+        gz,
+        gi,
+        token_ptr,
+        prob_ptr,
+        margin_ptr,
+        entropy_ptr,
+        part_f_ptr,
+        part_i_ptr,
+        w,
+        inv_stat,
+        FINAL,
+        TEMPERED,
     )
 
 
@@ -256,11 +363,17 @@ def _token_stats_combine_kernel(
     entropy_ptr,  # [R] fp32 (FINAL)
     out_f_ptr,  # [R, 8] fp32 words (not FINAL: the merged partial state)
     out_i_ptr,  # the same memory as int32 words
+    inv_s,  # 1 / temperature of the statistics (TEMPERED and not ROW_TEMP)
+    temp_ptr,  # [R] fp32 per-row temperatures (TEMPERED and ROW_TEMP)
     FINAL: tl.constexpr,
     SAMPLE: tl.constexpr,  # the partials hold sampled ids (else gs/gz/gi repeat m/m/i1)
     NS_P2: tl.constexpr,  # next power of two >= n_splits
+    TEMPERED: tl.constexpr,  # the partials are states of softmax(z / T)
+    ROW_TEMP: tl.constexpr,  # (TEMPERED) per-row temperatures at temp_ptr
+    VLLM: tl.constexpr,  # 1 / T computed as vLLM's kernel does (see _row_temperature)
 ):
     i_r = tl.program_id(0)
+    inv, hot, inv_stat = _row_temperature(temp_ptr, i_r, inv_s, inv_s, ROW_TEMP, VLLM)
     o_s = tl.arange(0, NS_P2)
     m_s = o_s < n_splits
     w = i_r.to(tl.int64) * stride_r + o_s.to(tl.int64) * stride_s  # [NS_P2]
@@ -276,10 +389,28 @@ def _token_stats_combine_kernel(
         b_gi = tl.load(p_i + 7, mask=m_s, other=2147483647)
     else:  # _merge does not read these without SAMPLE
         b_gs, b_gz, b_gi = b_m, b_m, b_i1
-    m, s, u, v2, i1, gs, gz, gi = _merge(b_m, b_s, b_u, b_v2, b_i1, b_gs, b_gz, b_gi, SAMPLE)
+    m, s, u, v2, i1, gs, gz, gi = _merge(b_m, b_s, b_u, b_v2, b_i1, b_gs, b_gz, b_gi, inv_stat, SAMPLE, TEMPERED)
     w_o = i_r.to(tl.int64) * 8
     _emit(
-        i_r, m, s, u, v2, i1, gs, gz, gi, token_ptr, prob_ptr, margin_ptr, entropy_ptr, out_f_ptr, out_i_ptr, w_o, FINAL
+        i_r,
+        m,
+        s,
+        u,
+        v2,
+        i1,
+        gs,
+        gz,
+        gi,
+        token_ptr,
+        prob_ptr,
+        margin_ptr,
+        entropy_ptr,
+        out_f_ptr,
+        out_i_ptr,
+        w_o,
+        inv_stat,
+        FINAL,
+        TEMPERED,
     )
 
 
@@ -308,9 +439,32 @@ def _token_stats_config(dtype: torch.dtype, n_rows: int, V: int, sample: bool, d
     return block, splits
 
 
-def _launch(logits, *, v_off, V_row, temperature, seed, suppress_ids, num_splits, stats, partial):
+# 1 / T of the statistics of a T = 0 row (T taken as 1e-10, as vLLM 0.33): the fp32 quotient
+INV_T0 = float(torch.tensor(1.0) / torch.tensor(1e-10))
+
+
+def _launch(
+    logits,
+    *,
+    v_off,
+    V_row,
+    temperature,
+    seed,
+    suppress_ids,
+    num_splits,
+    stats,
+    partial,
+    allowed=None,
+    tempered=False,
+    vllm=False,
+):
     """Run the statistics kernel over ``logits`` (``[N, V]`` or ``[B, L, V]``) and write either the
-    final ``stats`` (4 flat tensors) or the merged ``partial`` state (``[R, 8]`` fp32)."""
+    final ``stats`` (4 flat tensors) or the merged ``partial`` state (``[R, 8]`` fp32).
+
+    ``temperature`` is a float or an fp32 tensor of the rows' shape (per-row temperatures; then
+    every row may sample), ``allowed`` an int32 bitmask ``[*lead, W]`` over the global ids or
+    None, ``tempered`` asks for the statistics of ``softmax(z / T)``, ``vllm`` for vLLM 0.33's
+    Gumbel noise."""
     V = logits.shape[-1]
     x3 = logits if logits.dim() == 3 else logits.unsqueeze(0)  # a view: no copy
     B, L = x3.shape[0], x3.shape[1]
@@ -318,7 +472,8 @@ def _launch(logits, *, v_off, V_row, temperature, seed, suppress_ids, num_splits
     if R == 0:
         return
     device = logits.device
-    sample = temperature > 0.0
+    row_temp = isinstance(temperature, torch.Tensor)
+    sample = row_temp or temperature > 0.0
     row_seed = isinstance(seed, torch.Tensor)
     block, splits = _token_stats_config(logits.dtype, R, V, sample, device)
     if num_splits is not None:
@@ -331,6 +486,20 @@ def _launch(logits, *, v_off, V_row, temperature, seed, suppress_ids, num_splits
         part = _utils.empty(R, splits, PARTIAL_WORDS, dtype=torch.float32, device=device)
     else:  # unused by the kernel when FINAL
         part = partial if partial is not None else prob
+    if row_temp:
+        temps = _utils.dense(temperature.reshape(R).to(torch.float32))
+        inv_t = inv_s = 1.0
+    else:
+        temps = prob if partial is None else partial  # unused
+        inv_t = (1.0 / temperature) if sample else 1.0
+        inv_s = inv_t if sample else INV_T0
+    if allowed is not None:
+        bits = allowed.reshape(R, allowed.shape[-1])
+        if bits.stride(-1) != 1:
+            bits = bits.contiguous()
+        stride_ar = bits.stride(0)
+    else:
+        bits, stride_ar = part.view(torch.int32), 0  # unused
     _token_stats_kernel[(R, splits)](
         x3,
         x3.stride(0),
@@ -342,9 +511,13 @@ def _launch(logits, *, v_off, V_row, temperature, seed, suppress_ids, num_splits
         V_row,
         chunk,
         splits,
-        (1.0 / temperature) if sample else 1.0,
+        inv_t,
+        inv_s,
+        temps,
         0 if row_seed else int(seed),
         seeds,
+        bits,
+        stride_ar,
         token,
         prob,
         margin,
@@ -355,6 +528,10 @@ def _launch(logits, *, v_off, V_row, temperature, seed, suppress_ids, num_splits
         SUPPRESS=tuple(suppress_ids),
         SAMPLE=sample,
         ROW_SEED=sample and row_seed,
+        ROW_TEMP=row_temp,
+        TEMPERED=tempered,
+        ALLOWED=allowed is not None,
+        VLLM=vllm,
         CONTIG=x3.stride(2) == 1,
         BLOCK=block,
         STAGES=_GPU_STAGES,
@@ -374,9 +551,14 @@ def _launch(logits, *, v_off, V_row, temperature, seed, suppress_ids, num_splits
             entropy,
             out,
             out.view(torch.int32),
+            inv_s,
+            temps,
             FINAL=stats is not None,
             SAMPLE=sample,
             NS_P2=next_pow2(splits),
+            TEMPERED=tempered,
+            ROW_TEMP=tempered and row_temp,
+            VLLM=vllm,
             num_warps=1,
         )
 
@@ -392,16 +574,21 @@ def _stats_buffers(R: int, device: torch.device):
 
 def token_stats(
     logits: torch.Tensor,
-    temperature: float = 0.0,
+    temperature: float | torch.Tensor = 0.0,
     seed: int | torch.Tensor = 0,
     suppress_ids: tuple[int, ...] = (),
     num_splits: int | None = None,
+    *,
+    allowed: torch.Tensor | None = None,
+    tempered: bool = False,
+    vllm: bool = False,
 ):
     """Launch the fused statistics kernel. Inputs are assumed validated by the public op.
 
     Returns ``(token, prob, margin, entropy)`` shaped like ``logits.shape[:-1]``. ``seed`` is an
-    int or an integer tensor of that shape (per-row seeds). ``num_splits`` overrides the
-    vocabulary split heuristic (tests use it to cover the combine path).
+    int or an integer tensor of that shape (per-row seeds), ``temperature`` a float or an fp32
+    tensor of that shape. ``num_splits`` overrides the vocabulary split heuristic (tests use it
+    to cover the combine path). ``allowed``, ``tempered``, ``vllm``: see :func:`_launch`.
     """
     check_launchable("token_stats", logits)
     lead, V = logits.shape[:-1], logits.shape[-1]
@@ -416,6 +603,9 @@ def token_stats(
         num_splits=num_splits,
         stats=stats,
         partial=None,
+        allowed=allowed,
+        tempered=tempered,
+        vllm=vllm,
     )
     return tuple(t.view(lead) for t in stats)
 
@@ -424,10 +614,14 @@ def token_stats_partial(
     logits: torch.Tensor,
     vocab_start: int,
     vocab_size: int,
-    temperature: float = 0.0,
+    temperature: float | torch.Tensor = 0.0,
     seed: int | torch.Tensor = 0,
     suppress_ids: tuple[int, ...] = (),
     num_splits: int | None = None,
+    *,
+    allowed: torch.Tensor | None = None,
+    tempered: bool = False,
+    vllm: bool = False,
 ) -> torch.Tensor:
     """The merged online-softmax state ``[*lead, 8]`` (fp32 words) of a vocabulary shard whose
     entry 0 is global id ``vocab_start`` of a ``vocab_size`` vocabulary."""
@@ -444,13 +638,17 @@ def token_stats_partial(
         num_splits=num_splits,
         stats=None,
         partial=out,
+        allowed=allowed,
+        tempered=tempered,
+        vllm=vllm,
     )
     return out.view(*lead, PARTIAL_WORDS)
 
 
-def merge_token_stats(partials: torch.Tensor):
+def merge_token_stats(partials: torch.Tensor, temperature: float | torch.Tensor = 0.0, tempered: bool = False):
     """Merge ``[S, *lead, 8]`` partial states (one per shard) into ``(token, prob, margin,
-    entropy)`` shaped ``lead``."""
+    entropy)`` shaped ``lead``. ``tempered``: the states were made with ``tempered=True`` at
+    ``temperature`` (a float or an fp32 tensor shaped ``lead``)."""
     check_launchable("merge_token_stats", partials)
     S, lead = partials.shape[0], partials.shape[1:-1]
     R = lead.numel()
@@ -458,6 +656,12 @@ def merge_token_stats(partials: torch.Tensor):
     if part.stride(-1) != 1:
         part = part.contiguous()
     stats = _stats_buffers(R, partials.device)
+    row_temp = tempered and isinstance(temperature, torch.Tensor)
+    if row_temp:
+        temps, inv_s = _utils.dense(temperature.reshape(R).to(torch.float32)), 1.0
+    else:
+        temps = stats[1]  # unused
+        inv_s = (1.0 / temperature if temperature > 0.0 else INV_T0) if tempered else 1.0
     if R > 0:
         _token_stats_combine_kernel[(R,)](
             part,
@@ -468,99 +672,141 @@ def merge_token_stats(partials: torch.Tensor):
             *stats,
             stats[1],
             stats[0].view(torch.int32),
+            inv_s,
+            temps,
             FINAL=True,
             SAMPLE=True,
             NS_P2=next_pow2(S),
+            TEMPERED=tempered,
+            ROW_TEMP=row_temp,
+            VLLM=False,
             num_warps=1 if S <= 64 else 4,
         )
     return tuple(t.view(lead) for t in stats)
 
 
+def _stats_spec(ty, *, sample, row_seed, final, suppress, row_temp=False, tempered=False, allowed=False, vllm=False):
+    dtype = {v: k for k, v in TORCH_TO_TRITON.items()}[ty]
+    block = _GPU_BLOCK[dtype] // (2 if sample else 1)
+    extra = [
+        n for n, on in (("row_temp", row_temp), ("tempered", tempered), ("allowed", allowed), ("vllm", vllm)) if on
+    ]
+    return AotSpec(
+        name=f"token_stats[{ty},sample={sample},row_seed={row_seed},final={final},suppress={len(suppress)}"
+        + "".join("," + n for n in extra)
+        + "]",
+        kernel=_token_stats_kernel,
+        signature={
+            "x_ptr": f"*{ty}",
+            "stride_b": "i64",
+            "stride_l": "i64",
+            "stride_v": "i32",
+            "L": "i32",
+            "V": "i32",
+            "v_off": "i32",
+            "V_row": "i32",
+            "chunk": "i32",
+            "n_splits": "i32",
+            "inv_t": "fp32",
+            "inv_s": "fp32",
+            "temp_ptr": "*fp32",
+            "seed": "i64",
+            "seed_ptr": "*i64",
+            "allowed_ptr": "*i32",
+            "stride_ar": "i64",
+            "token_ptr": "*i64",
+            "prob_ptr": "*fp32",
+            "margin_ptr": "*fp32",
+            "entropy_ptr": "*fp32",
+            "part_f_ptr": "*fp32",
+            "part_i_ptr": "*i32",
+        },
+        constexprs={
+            "FINAL": final,
+            "SUPPRESS": suppress,
+            "SAMPLE": sample,
+            "ROW_SEED": row_seed,
+            "ROW_TEMP": row_temp,
+            "TEMPERED": tempered,
+            "ALLOWED": allowed,
+            "VLLM": vllm,
+            "CONTIG": True,
+            "BLOCK": block,
+            "STAGES": _GPU_STAGES,
+        },
+        num_warps=_GPU_WARPS,
+        # the models' logits: vocabularies (126464, 152064, 262144) and chunks are multiples of
+        # 16, rows start 16-byte aligned (bitmask rows too: ceil(V / 32) words, a multiple of 4)
+        aligned=(
+            "x_ptr",
+            "stride_b",
+            "stride_l",
+            "V",
+            "chunk",
+            "temp_ptr",
+            "seed_ptr",
+            "allowed_ptr",
+            "token_ptr",
+            "prob_ptr",
+            "margin_ptr",
+            "entropy_ptr",
+            "part_f_ptr",
+            "part_i_ptr",
+        ),
+    )
+
+
 def _aot_specs_token_stats():
     specs = []
-    for dtype, ty in TORCH_TO_TRITON.items():
+    for ty in TORCH_TO_TRITON.values():
         for sample, row_seed in ((False, False), (True, False), (True, True)):
             for final in (True, False):
                 for suppress in ((), (126081, 126348)):
-                    block = _GPU_BLOCK[dtype] // (2 if sample else 1)
-                    specs.append(
-                        AotSpec(
-                            name=f"token_stats[{ty},sample={sample},row_seed={row_seed},final={final},"
-                            f"suppress={len(suppress)}]",
-                            kernel=_token_stats_kernel,
-                            signature={
-                                "x_ptr": f"*{ty}",
-                                "stride_b": "i64",
-                                "stride_l": "i64",
-                                "stride_v": "i32",
-                                "L": "i32",
-                                "V": "i32",
-                                "v_off": "i32",
-                                "V_row": "i32",
-                                "chunk": "i32",
-                                "n_splits": "i32",
-                                "inv_t": "fp32",
-                                "seed": "i64",
-                                "seed_ptr": "*i64",
-                                "token_ptr": "*i64",
-                                "prob_ptr": "*fp32",
-                                "margin_ptr": "*fp32",
-                                "entropy_ptr": "*fp32",
-                                "part_f_ptr": "*fp32",
-                                "part_i_ptr": "*i32",
-                            },
-                            constexprs={
-                                "FINAL": final,
-                                "SUPPRESS": suppress,
-                                "SAMPLE": sample,
-                                "ROW_SEED": row_seed,
-                                "CONTIG": True,
-                                "BLOCK": block,
-                                "STAGES": _GPU_STAGES,
-                            },
-                            num_warps=_GPU_WARPS,
-                            # the models' logits: vocabularies (126464, 152064) and chunks are
-                            # multiples of 16, rows start 16-byte aligned
-                            aligned=(
-                                "x_ptr",
-                                "stride_b",
-                                "stride_l",
-                                "V",
-                                "chunk",
-                                "seed_ptr",
-                                "token_ptr",
-                                "prob_ptr",
-                                "margin_ptr",
-                                "entropy_ptr",
-                                "part_f_ptr",
-                                "part_i_ptr",
-                            ),
-                        )
-                    )
-    for sample in (False, True):
-        for final in (True, False):
-            for ns in range(1, 7):
-                specs.append(
-                    AotSpec(
-                        name=f"token_stats_combine[sample={sample},final={final},NS_P2={2**ns}]",
-                        kernel=_token_stats_combine_kernel,
-                        signature={
-                            "part_f_ptr": "*fp32",
-                            "part_i_ptr": "*i32",
-                            "stride_r": "i64",
-                            "stride_s": "i64",
-                            "n_splits": "i32",
-                            "token_ptr": "*i64",
-                            "prob_ptr": "*fp32",
-                            "margin_ptr": "*fp32",
-                            "entropy_ptr": "*fp32",
-                            "out_f_ptr": "*fp32",
-                            "out_i_ptr": "*i32",
-                        },
-                        constexprs={"FINAL": final, "SAMPLE": sample, "NS_P2": 2**ns},
-                        num_warps=1,
-                    )
+                    specs.append(_stats_spec(ty, sample=sample, row_seed=row_seed, final=final, suppress=suppress))
+        # tempered statistics, per-row temperatures, the bitmask, and the vLLM drop-in's launch
+        specs += [
+            _stats_spec(ty, sample=False, row_seed=False, final=True, suppress=(), tempered=True, allowed=True),
+            _stats_spec(ty, sample=True, row_seed=True, final=True, suppress=(), row_temp=True, tempered=True),
+            _stats_spec(ty, sample=True, row_seed=True, final=False, suppress=(), row_temp=True, allowed=True),
+            _stats_spec(
+                ty, sample=True, row_seed=False, final=False, suppress=(), row_temp=True, tempered=True, vllm=True
+            ),
+        ]
+    combos = [(s, f, False, False, False) for s in (False, True) for f in (True, False)]
+    combos += [(True, True, True, False, False), (True, True, True, True, False), (True, False, True, True, True)]
+    for sample, final, tempered, row_temp, vllm in combos:
+        for ns in range(1, 7):
+            extra = "".join(n for n, on in ((",tempered", tempered), (",row_temp", row_temp), (",vllm", vllm)) if on)
+            specs.append(
+                AotSpec(
+                    name=f"token_stats_combine[sample={sample},final={final},NS_P2={2**ns}{extra}]",
+                    kernel=_token_stats_combine_kernel,
+                    signature={
+                        "part_f_ptr": "*fp32",
+                        "part_i_ptr": "*i32",
+                        "stride_r": "i64",
+                        "stride_s": "i64",
+                        "n_splits": "i32",
+                        "token_ptr": "*i64",
+                        "prob_ptr": "*fp32",
+                        "margin_ptr": "*fp32",
+                        "entropy_ptr": "*fp32",
+                        "out_f_ptr": "*fp32",
+                        "out_i_ptr": "*i32",
+                        "inv_s": "fp32",
+                        "temp_ptr": "*fp32",
+                    },
+                    constexprs={
+                        "FINAL": final,
+                        "SAMPLE": sample,
+                        "NS_P2": 2**ns,
+                        "TEMPERED": tempered,
+                        "ROW_TEMP": row_temp,
+                        "VLLM": vllm,
+                    },
+                    num_warps=1,
                 )
+            )
     return specs
 
 

@@ -259,3 +259,52 @@ def test_benchmark_tp_case_computes_token_stats(device):
 
     x = logits((3, 1000), device)
     assert_stats_close(dk.TokenStats(*kernel_tp(x, 3)), reference.token_stats(x.cpu()))
+
+
+def _rank_main_tempered(rank, world, port, x, temps, mask, out_dir):
+    """As _rank_main, with per-row temperatures, tempered statistics and an allowed bitmask."""
+    os.environ["TRITON_INTERPRET"] = "1"
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world)
+    try:
+        V = x.shape[-1]
+        a, b = shard_bounds(V, world, uneven=True)[rank]
+        results = {}
+        for backend in ("triton", "reference"):
+            kw = dict(temperature=temps, seed=77, allowed=mask, tempered=True)
+            part = dk.token_stats_partial(x[..., a:b], a, vocab_size=V, backend=backend, **kw)
+            gathered = [torch.empty_like(part) for _ in range(world)]
+            dist.all_gather(gathered, part)
+            merged = dk.merge_token_stats(gathered, temperature=temps, tempered=True, backend=backend)
+            results[backend] = tuple(merged)
+        torch.save(results, os.path.join(out_dir, f"rank{rank}.pt"))
+    finally:
+        dist.destroy_process_group()
+
+
+@pytest.mark.parametrize("world", [2, 3])
+def test_gloo_all_gather_of_tempered_partials(world, tmp_path):
+    """Tempered statistics at per-row temperatures (T = 0 rows included) under an allowed-token
+    bitmask of the whole vocabulary: the merged states over gloo equal the unsharded op."""
+    V = 101
+    x = logits((2, 3, V), "cpu")
+    x[0, 1, [5, 90]] = 9.0  # a tie across ranks
+    temps = torch.tensor([[0.0, 0.5, 1.3], [0.2, 0.0, 2.0]])
+    allow = torch.rand(2, 3, V) > 0.3
+    allow[1, 2] = False  # nothing allowed
+    words = torch.zeros(2, 3, 4 * 32, dtype=torch.int64)
+    words[..., :V] = allow.long()
+    words = (words.view(2, 3, 4, 32) << torch.arange(32)).sum(-1)
+    mask = torch.where(words >= 2**31, words - 2**32, words).to(torch.int32)
+    mp.start_processes(
+        _rank_main_tempered,
+        args=(world, _free_port(), x, temps, mask, str(tmp_path)),
+        nprocs=world,
+        join=True,
+        start_method="spawn",
+    )
+    whole = dk.token_stats(x, temperature=temps, seed=77, allowed=mask, tempered=True, backend="reference")
+    assert whole.entropy[1, 2].item() == math.inf
+    for rank in range(world):
+        results = torch.load(tmp_path / f"rank{rank}.pt")
+        for got in results.values():
+            assert_stats_close(dk.TokenStats(*got), whole)

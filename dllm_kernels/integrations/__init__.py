@@ -2,4 +2,6 @@
 
 - :mod:`dllm_kernels.integrations.sglang`: dLLM decoding algorithms for SGLang (``sglang>=0.5.23,<0.6``),
   registered through the ``sglang.srt.plugins`` entry point.
+- :mod:`dllm_kernels.integrations.vllm`: vLLM 0.33's DiffusionGemma ``sample_row_stats`` and its
+  entropy-bound acceptance, installed through the ``vllm.general_plugins`` entry point.
 """
