@@ -38,8 +38,7 @@ import torchvision_stub  # noqa: E402
 torchvision_stub.install()
 _environ = dict(os.environ)
 try:
-    from sglang.srt.dllm.algorithm import algo_name_to_cls, get_algorithm_cls
-    from sglang.srt.dllm.algorithm import gemma4_renoise as sglang_gemma
+    from sglang.srt.dllm.algorithm import algo_name_to_cls, gemma4_renoise as sglang_gemma, get_algorithm_cls
     from sglang.srt.plugins import load_plugins
 except ImportError as exc:
     if _sglang_required():
@@ -51,7 +50,6 @@ finally:  # importing sglang points Triton's and others' caches at its own folde
 
 assert "Gemma4Renoise" in algo_name_to_cls, sorted(algo_name_to_cls)
 
-from dllm_kernels import TokenStats  # noqa: E402
 from dllm_kernels.integrations import sglang as plugin  # noqa: E402
 from dllm_kernels.policies.published import DIFFUSION_GEMMA, GEMMA4_RENOISE  # noqa: E402
 
