@@ -435,3 +435,61 @@ def test_sglang_run_loop_drives_it():
     out = fb.input_ids.view(B, blk)
     assert torch.equal(out, out % 5)  # the argmax canvas of a converged row is the fixed point
     assert len(runner.signals) < 10
+
+
+class MixedModel(ScriptedModel):
+    """Inputs below V // 2 give peaked logits (argmax token % 5); the others spread ones: a
+    request converges once its canvas lands among the peaked tokens, after a varying number of
+    steps."""
+
+    def __init__(self, blk, V, D, g):
+        super().__init__(blk, V, D, g)
+        self.table[V // 2 :] = torch.randn(V - V // 2, V, generator=g) * 1.5
+
+
+def _alone_and_batched(fdfo):
+    blk, V, n = 8, 20, 4
+    runner = MixedModel(blk, V, 4, torch.Generator().manual_seed(1))
+    opts = {"backend": "reference", "max_denoising_steps": 12}
+    alone = {}
+    for i in range(n):
+        algo = OURS(config(blk, opts))
+        fb = batch(1, blk, rids=[f"r{i}"])
+        _, tokens, _, _, _ = algo.run(runner, fb)
+        alone[f"r{i}"] = tokens[0].clone()
+    if not fdfo:
+        algo = OURS(config(blk, opts))
+        fb = batch(n, blk, rids=[f"r{i}" for i in range(n)])
+        _, tokens, _, _, _ = algo.run(runner, fb)
+        return alone, {f"r{i}": t for i, t in enumerate(tokens)}, None
+    # SGLang's first-done-first-out loop: one forward per round, finished requests leave and new
+    # ones join with fresh states; the carried states go back in
+    algo = OURS(config(blk, opts, fdfo=True))
+    waiting, running, out, rounds = [f"r{i}" for i in range(n)], [], {}, 0
+    while waiting or running:
+        if waiting and len(running) < 3:
+            running.append((waiting.pop(0), None))
+        fb = batch(len(running), blk, rids=[rid for rid, _ in running])
+        _, tokens, accepted, states, _ = algo.run(runner, fb, [s for _, s in running])
+        rounds += 1
+        nxt = []
+        for (rid, _), tok, acc, st in zip(running, tokens, accepted, states):
+            if st is None:
+                assert acc == blk
+                out[rid] = torch.tensor(tok)
+            else:
+                nxt.append((rid, st))
+        running = nxt
+    return alone, out, rounds
+
+
+def test_a_request_decodes_the_same_alone_batched_and_fdfo():
+    """The draws are keyed by (request seed, position, step), so a request's tokens do not depend
+    on its batch-mates, in the synchronous loop and in SGLang's first-done-first-out loop (requests
+    joining and leaving between rounds, states carried)."""
+    alone, batched, _ = _alone_and_batched(fdfo=False)
+    assert all(torch.equal(alone[k], batched[k]) for k in alone)
+    alone, fdfo, rounds = _alone_and_batched(fdfo=True)
+    assert all(torch.equal(alone[k], fdfo[k]) for k in alone), (alone, fdfo)
+    assert rounds > 4
+    assert len({tuple(t.tolist()) for t in alone.values()}) == len(alone)
