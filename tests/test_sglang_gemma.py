@@ -493,3 +493,40 @@ def test_a_request_decodes_the_same_alone_batched_and_fdfo():
     assert all(torch.equal(alone[k], fdfo[k]) for k in alone), (alone, fdfo)
     assert rounds > 4
     assert len({tuple(t.tolist()) for t in alone.values()}) == len(alone)
+
+
+def test_soft_embeddings_of_a_vocabulary_parallel_embedding(monkeypatch):
+    """tp_size 2: rank 0's shard state, all-gathered (here: with rank 1's, computed alike) and
+    merged, equals the unsharded soft embedding (SGLang all-reduces its sharded matmul)."""
+    import sglang.srt.distributed as dist
+
+    g = torch.Generator().manual_seed(4)
+    B, blk, V, D, split = 2, 4, 30, 6, 13
+    weight = torch.randn(V, D, generator=g)
+    logits = torch.randn(B, blk, V, generator=g) * 3
+    temps = torch.rand(B, blk, generator=g) + 0.3
+    algo = OURS(config(blk, {"backend": "reference"}))
+
+    def shard(start, end):
+        pad = torch.randn(3, D, generator=g)  # a rank's table may hold padding rows past its shard
+        return SimpleNamespace(
+            weight=torch.cat([weight[start:end], pad]),
+            embed_scale=1.5,
+            tp_size=2,
+            shard_indices=SimpleNamespace(org_vocab_start_index=start, org_vocab_end_index=end),
+        )
+
+    algo.embed_tokens = shard(split, V)
+    states = {}
+
+    def all_gather(part, dim):
+        assert dim == 0 and part.shape[0] == 1
+        states.setdefault("parts", []).append(part)
+        return part if len(states["parts"]) == 1 else torch.cat([part, states["parts"][0]])
+
+    monkeypatch.setattr(dist, "tensor_model_parallel_all_gather", all_gather)
+    algo.soft_embeddings(logits, temps)  # rank 1: records its state (its own gather is just it)
+    algo.embed_tokens = shard(0, split)
+    got = algo.soft_embeddings(logits, temps)  # rank 0: gathers [rank 0, rank 1]
+    want = torch.softmax(logits.double() / temps[..., None].double(), dim=-1) @ weight.double() * 1.5
+    torch.testing.assert_close(got.double(), want, rtol=0, atol=2e-5 * float(weight.abs().max()) * 1.5)

@@ -38,6 +38,13 @@ Algorithms and their YAML options (the library's own names; defaults in brackets
   ``temporal_threshold`` [0.8], ``temporal_agg`` [last]); the per-position streaks live in device
   tensors carried in SGLang's per-request ``states`` across FDFO rounds and dropped (by SGLang)
   when the request finishes.
+- ``DllmKernelsGemma4Renoise``: SGLang's ``Gemma4Renoise`` (DiffusionGemma, a uniform-state model
+  without MASK) on ``token_stats`` + ``commit`` (``renoise``) + ``soft_embedding``, with SGLang's
+  own nested options (``sampler_config.entropy_bound`` [0.1], ``temperature_schedule.{t_min,
+  t_max}`` [0.4, 0.8], ``stopping_config.{confidence_threshold, stability_threshold}`` [0.005, 1],
+  ``max_denoising_steps`` [48], ``seed`` [null], ``use_temperature_table`` [true]); see the class.
+  Registered beside :data:`ALGORITHMS` as :data:`UNIFORM_STATE_ALGORITHMS` (with a hook around
+  ``DllmConfig.from_server_args``, which requires the name ``Gemma4Renoise`` for DiffusionGemma).
 
 Every algorithm also takes ``backend`` [auto] (``auto`` | ``triton`` | ``reference``). SGLang
 itself reads ``block_size`` and ``capture_input_preparation`` from the same file; any other key
