@@ -146,3 +146,81 @@ def test_bad_input():
         s.step(torch.zeros(4, 8), 0, torch.zeros(4, dtype=torch.int64))
     with pytest.raises(ValueError, match="sample must have shape"):
         s.step(torch.zeros(1, 4, 8), 0, torch.zeros(1, 3, dtype=torch.int64))
+
+
+# ---- the pipeline ------------------------------------------------------------------------------------
+
+
+def _stub_pipeline(V=32, L=8):
+    """``DiffusionGemmaPipeline`` around a stub model (logits a fixed function of each position's
+    token, peaked: argmax = token % 5, every other token 20 logits below) and a stub processor."""
+    from types import SimpleNamespace
+
+    from diffusers import DiffusionGemmaPipeline
+    from transformers import PretrainedConfig
+
+    class TextConfig(PretrainedConfig):
+        model_type = "stub"
+
+        def __init__(self, **kw):
+            super().__init__(**kw)
+            self.vocab_size, self.num_hidden_layers, self.hidden_size, self.num_attention_heads = V, 1, 4, 1
+
+    class Config(SimpleNamespace):
+        def get_text_config(self, decoder=False):
+            return self.text_config
+
+    class Model(torch.nn.Module):
+        device = torch.device("cpu")
+        dtype = torch.float32
+
+        def __init__(self):
+            super().__init__()
+            g = torch.Generator().manual_seed(0)
+            self.table = torch.randn(V, V, generator=g) * 2
+            self.table[torch.arange(V), torch.arange(V) % 5] += 20.0
+            self.config = Config(canvas_length=L, text_config=TextConfig())
+            self.model = SimpleNamespace(
+                encoder=lambda **kw: None,
+                decoder=SimpleNamespace(create_diffusion_decoder_attention_mask=lambda **kw: None),
+            )
+            self.self_conditioning = []
+
+        def forward(self, decoder_input_ids, self_conditioning_logits=None, **kw):
+            self.self_conditioning.append(self_conditioning_logits)
+            return SimpleNamespace(logits=self.table[decoder_input_ids])
+
+    class Processor:
+        tokenizer = SimpleNamespace(eos_token_id=None)
+
+        def apply_chat_template(self, messages, **kw):
+            return {"input_ids": torch.ones(len(messages), 3, dtype=torch.long)}
+
+    pipe = DiffusionGemmaPipeline(model=Model(), scheduler=EntropyBoundScheduler(), processor=Processor())
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def test_swapped_into_the_pipeline_gives_its_output():
+    """The documented swap, then the pipeline's own loop: with peaked logits the sample is the
+    argmax on both sides and every position is accepted (no draw matters), so the pipeline returns
+    the same sequences after the same number of forwards, and self-conditions on ``pred_logits``."""
+    runs = []
+    for swap in (False, True):
+        pipe = _stub_pipeline()
+        if swap:
+            pipe.scheduler = DllmKernelsEntropyBoundScheduler.from_config(pipe.scheduler.config)
+            pipe.scheduler.backend = "reference"
+            assert type(pipe.scheduler) is DllmKernelsEntropyBoundScheduler
+        out = pipe(
+            prompt=["a", "b", "c"],
+            gen_length=8,
+            num_inference_steps=6,
+            output_type="seq",
+            generator=torch.Generator().manual_seed(0),
+        )
+        sc = pipe.model.self_conditioning
+        assert sc[0] is None and sc[1] is not None and tuple(sc[1].shape) == (3, 8, 32)
+        runs.append((out.sequences, len(sc)))
+    assert torch.equal(runs[0][0], runs[1][0]) and runs[0][1] == runs[1][1] < 6
+    assert torch.equal(runs[1][0], runs[1][0] % 5)  # the model's fixed point
