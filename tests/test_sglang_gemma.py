@@ -530,3 +530,41 @@ def test_soft_embeddings_of_a_vocabulary_parallel_embedding(monkeypatch):
     got = algo.soft_embeddings(logits, temps)  # rank 0: gathers [rank 0, rank 1]
     want = torch.softmax(logits.double() / temps[..., None].double(), dim=-1) @ weight.double() * 1.5
     torch.testing.assert_close(got.double(), want, rtol=0, atol=2e-5 * float(weight.abs().max()) * 1.5)
+
+
+def test_dllm_config_from_server_args_through_the_hook(monkeypatch, tmp_path):
+    """SGLang's own ``DllmConfig.from_server_args`` (a DiffusionGemma checkpoint's config, no files:
+    ``ModelConfig.from_server_args`` replaced) with the hook applied by ``load_plugins()``: our
+    name passes SGLang's required-algorithm check, gets Gemma4Renoise's block size, MASK id and
+    flags, and the YAML's nested options reach our class; other names are unchanged."""
+    import sglang.srt.dllm.config as dllm_config
+    from sglang.srt.dllm.algorithm import get_algorithm
+    from sglang.srt.dllm.config import DllmConfig
+
+    hf = SimpleNamespace(architectures=["DiffusionGemmaForBlockDiffusion"], canvas_length=32)
+    fake = SimpleNamespace(from_server_args=lambda *a, **k: SimpleNamespace(hf_config=hf, vocab_size=1000))
+    monkeypatch.setattr(dllm_config, "ModelConfig", fake)
+    load_plugins()
+    yaml = tmp_path / "gemma.yaml"
+    yaml.write_text("max_denoising_steps: 20\nsampler_config:\n  entropy_bound: 0.25\n")
+
+    def server_args(name, config=None):
+        return SimpleNamespace(
+            dllm_algorithm=name,
+            dllm_algorithm_config=config,
+            dllm_fdfo=False,
+            model_path="google/diffusion-gemma",
+            revision=None,
+            max_running_requests=None,
+        )
+
+    cfg = DllmConfig.from_server_args(server_args(OURS.__name__, str(yaml)))
+    theirs = DllmConfig.from_server_args(server_args("Gemma4Renoise", str(yaml)))
+    assert cfg.algorithm == OURS.__name__ and theirs.algorithm == "Gemma4Renoise"
+    for field in ("algorithm_config", "block_size", "mask_id", "requires_separate_context_encoding"):
+        assert getattr(cfg, field) == getattr(theirs, field), field
+    assert (cfg.block_size, cfg.mask_id, cfg.capture_input_preparation) == (32, -1, True)
+    algo = get_algorithm(cfg)
+    assert type(algo) is OURS and (algo.max_denoising_steps, algo.entropy_bound) == (20, 0.25)
+    with pytest.raises(ValueError, match="requires the Gemma4Renoise diffusion algorithm"):
+        DllmConfig.from_server_args(server_args("DllmKernelsLowConfidence"))
