@@ -246,3 +246,46 @@ def test_serving_defaults_are_sglangs_own(sglang_plugin):
         source = inspect.getsource(type(theirs).__init__)
         read = set(re.findall(r"algorithm_config\.get\(\s*\"(\w+)\"", source))
         assert read == set(s.sglang.options), (s.name, read)
+
+
+def test_gemma4renoise_record_is_sglangs(sglang_plugin):
+    """GEMMA4_RENOISE (options, defaults, YAML sections) against SGLang's Gemma4Renoise: its
+    defaults by instantiating it, every key its __init__ reads by its source, and the plugin's
+    class built from the record."""
+    from types import SimpleNamespace
+
+    from sglang.srt.dllm.algorithm.gemma4_renoise import Gemma4Renoise
+
+    from dllm_kernels.policies.published import DIFFUSION_GEMMA, GEMMA4_RENOISE, GEMMA4_RENOISE_SECTIONS
+
+    plugin, _ = sglang_plugin
+    cfg = SimpleNamespace(
+        block_size=8, mask_id=-1, algorithm_config={}, first_done_first_out_mode=False, capture_input_preparation=False
+    )
+    theirs = Gemma4Renoise(cfg)
+    for option, default in GEMMA4_RENOISE.options.items():
+        assert getattr(theirs, option) == default, option
+    source = inspect.getsource(Gemma4Renoise.__init__)
+    top = set(re.findall(r"algorithm_config\.get\(\s*\"(\w+)\"", source))
+    sections = set(re.findall(r"section\(\s*\"(\w+)\"", source))
+    nested = {
+        "sampler_config": set(re.findall(r"sampler_config\.get\(\s*\"(\w+)\"", source)),
+        "temperature_schedule": set(re.findall(r"temperature_config\.get\(\s*\"(\w+)\"", source)),
+        "stopping_config": set(re.findall(r"stopping_config\.get\(\s*\"(\w+)\"", source)),
+    }
+    assert sections == set(nested)
+    assert set().union(*nested.values()) | top == set(GEMMA4_RENOISE.options)
+    for option, (section, flat) in GEMMA4_RENOISE_SECTIONS.items():
+        assert option in nested[section], option
+        assert (option in top) == flat, option
+    for option in GEMMA4_RENOISE.options:
+        if option not in GEMMA4_RENOISE_SECTIONS:
+            assert option in top and all(option not in keys for keys in nested.values()), option
+    # the commit rule is DiffusionGemma's, whose options are the same names
+    assert set(DIFFUSION_GEMMA.options) <= set(GEMMA4_RENOISE.options)
+    assert all(GEMMA4_RENOISE.options[k] == v for k, v in DIFFUSION_GEMMA.options.items())
+    ours = plugin.DllmKernelsGemma4Renoise(cfg)
+    assert ours.FACTS is GEMMA4_RENOISE
+    assert ours.commit_rule == DIFFUSION_GEMMA.rule(DIFFUSION_GEMMA.options)
+    for option, default in GEMMA4_RENOISE.options.items():
+        assert getattr(ours, option) == default, option

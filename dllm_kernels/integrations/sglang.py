@@ -38,6 +38,13 @@ Algorithms and their YAML options (the library's own names; defaults in brackets
   ``temporal_threshold`` [0.8], ``temporal_agg`` [last]); the per-position streaks live in device
   tensors carried in SGLang's per-request ``states`` across FDFO rounds and dropped (by SGLang)
   when the request finishes.
+- ``DllmKernelsGemma4Renoise``: SGLang's ``Gemma4Renoise`` (DiffusionGemma, a uniform-state model
+  without MASK) on ``token_stats`` + ``commit`` (``renoise``) + ``soft_embedding``, with SGLang's
+  own nested options (``sampler_config.entropy_bound`` [0.1], ``temperature_schedule.{t_min,
+  t_max}`` [0.4, 0.8], ``stopping_config.{confidence_threshold, stability_threshold}`` [0.005, 1],
+  ``max_denoising_steps`` [48], ``seed`` [null], ``use_temperature_table`` [true]); see the class.
+  Registered beside :data:`ALGORITHMS` as :data:`UNIFORM_STATE_ALGORITHMS` (with a hook around
+  ``DllmConfig.from_server_args``, which requires the name ``Gemma4Renoise`` for DiffusionGemma).
 
 Every algorithm also takes ``backend`` [auto] (``auto`` | ``triton`` | ``reference``). SGLang
 itself reads ``block_size`` and ``capture_input_preparation`` from the same file; any other key
@@ -69,6 +76,7 @@ block started carry a commit step).
 
 from __future__ import annotations
 
+import hashlib
 import math
 import re
 from typing import Any
@@ -77,19 +85,29 @@ import sglang
 import torch
 from sglang.srt.dllm.algorithm.base import DllmAlgorithm
 
-from .._types import MAX_COMMIT_POSITIONS, MAX_SPATIAL_WINDOW, TEMPORAL_AGGS, CommitRule, CommitState, TokenStats
+from .._types import (
+    MAX_COMMIT_POSITIONS,
+    MAX_SPATIAL_WINDOW,
+    TEMPORAL_AGGS,
+    CommitRule,
+    CommitState,
+    RenoiseState,
+    TokenStats,
+)
 from ..backend import BACKENDS
 from ..block_edit import MAX_BLOCK_EDIT, block_edit
 from ..commit import commit
 from ..confidence import token_stats
 from ..policies import SGLangAlgorithm, sglang_algorithms
+from ..policies.published import GEMMA4_RENOISE, GEMMA4_RENOISE_SECTIONS
+from ..soft_embedding import merge_soft_embedding, soft_embedding, soft_embedding_partial
 
 SUPPORTED_SGLANG = ">=0.5.23,<0.6"
 SUPPORTED_ARCHITECTURES = ("LLaDA2MoeModelLM", "SDARForCausalLM", "SDARMoeForCausalLM")
 SGLANG_KEYS = frozenset({"block_size", "capture_input_preparation"})  # read by SGLang's DllmConfig
 _STATE_FIELDS = ("commit_step", "last_id", "count", "conf_sum", "conf_max")
 
-__all__ = ["ALGORITHMS", "SUPPORTED_SGLANG", "register"]
+__all__ = ["ALGORITHMS", "SUPPORTED_SGLANG", "UNIFORM_STATE_ALGORITHMS", "register"]
 
 
 def _version_tuple(v: str) -> tuple:
@@ -810,6 +828,377 @@ def indel_token_ids(config, server_args, *args, **kwargs):
     return config
 
 
+# ------------------------------------------------------------------------------------------------
+# uniform-state decoding: DiffusionGemma
+# ------------------------------------------------------------------------------------------------
+
+_GOLDEN = -7046029254386353131  # 0x9E3779B97F4A7C15 as an int64: odd, so (n + 1) * it is distinct per n
+_SEED_MASK = 2**63 - 1
+_RENOISE_FIELDS = ("current", "argmax", "stable_steps", "steps", "converged", "seed")
+
+
+def _gemma_options(algo: str, given) -> dict:
+    """Gemma4Renoise's ``algorithm_config`` (SGLang's nesting: ``sampler_config``,
+    ``temperature_schedule``, ``stopping_config``; see ``GEMMA4_RENOISE_SECTIONS``) as the flat
+    options of :data:`~dllm_kernels.policies.published.GEMMA4_RENOISE`, ``backend`` added;
+    SGLang's checks and messages, an unknown key an error naming it."""
+    given = {} if given is None else given
+    if not isinstance(given, dict):
+        raise ValueError("Gemma4Renoise configuration must be a mapping")
+    sections = {}
+    for name in sorted({s for s, _ in GEMMA4_RENOISE_SECTIONS.values()}):
+        value = given.get(name) or {}
+        if not isinstance(value, dict):
+            raise ValueError(f"{name} must be a mapping")
+        known = {k for k, (s, _) in GEMMA4_RENOISE_SECTIONS.items() if s == name}
+        unknown = sorted(str(k) for k in value if k not in known)
+        if unknown:
+            raise ValueError(f"{algo}: unknown option {unknown[0]!r} in {name} (known: {', '.join(sorted(known))})")
+        sections[name] = value
+    top = {k for k in GEMMA4_RENOISE.options if GEMMA4_RENOISE_SECTIONS.get(k, ("", True))[1]} | {"backend"}
+    unknown = sorted(str(k) for k in given if k not in top and k not in sections and k not in SGLANG_KEYS)
+    if unknown:
+        where = GEMMA4_RENOISE_SECTIONS.get(unknown[0], (None,))[0]
+        hint = f" (SGLang reads it from {where} only)" if where else ""
+        raise ValueError(
+            f"{algo}: unknown option {unknown[0]!r} in --dllm-algorithm-config{hint} (known: "
+            f"{', '.join(sorted(top | set(sections)))}; SGLang's own: {', '.join(sorted(SGLANG_KEYS))})"
+        )
+    out = {}
+    for name, default in GEMMA4_RENOISE.options.items():
+        section, flat = GEMMA4_RENOISE_SECTIONS.get(name, ("", True))
+        fallback = given.get(name, default) if flat else default
+        out[name] = sections[section].get(name, fallback) if section else fallback
+    out["backend"] = _BACKEND[1](algo, "backend", given.get("backend", "auto"))
+    steps, bound = out["max_denoising_steps"], out["entropy_bound"]
+    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
+        raise ValueError("max_denoising_steps must be at least 1")
+    for name in ("entropy_bound", "t_min", "t_max", "confidence_threshold"):
+        _number(algo, name, out[name])
+    if bound <= 0:
+        raise ValueError("entropy_bound must be positive")
+    if out["t_min"] < 0 or out["t_max"] <= out["t_min"]:
+        raise ValueError("temperature_schedule must satisfy 0 <= t_min < t_max")
+    s = out["stability_threshold"]
+    if isinstance(s, bool) or not isinstance(s, int) or s < 0 or out["confidence_threshold"] < 0:
+        raise ValueError("invalid stopping_config")
+    if out["seed"] is not None and (isinstance(out["seed"], bool) or not isinstance(out["seed"], int)):
+        raise ValueError("seed must be an integer")
+    _bool(algo, "use_temperature_table", out["use_temperature_table"])
+    return out
+
+
+class DllmKernelsGemma4Renoise(KernelAlgorithm):
+    """SGLang's ``Gemma4Renoise`` (DiffusionGemma's uniform-state sampler) on the kernels.
+
+    Options: SGLang's ``algorithm_config``, the same keys, nesting, defaults and checks
+    (:data:`~dllm_kernels.policies.published.GEMMA4_RENOISE`), plus ``backend``. One step, for
+    the rows not finished yet (per request: its step ``n`` from 0, ``T = t_min + (t_max - t_min)
+    * (max_denoising_steps - n) / max_denoising_steps``, SGLang's schedule):
+
+    - one tempered ``token_stats`` pass (per-row T): the sample from ``softmax(logits / T)`` and
+      its entropies; one ``T = 0`` pass: the argmax;
+    - one ``commit`` launch (base ``"entropy_bound"``, ``renoise``): the positions whose
+      lower-entropy predecessors sum to ``<= entropy_bound`` take the sample, the others a
+      uniform random token; the argmax streaks, the step count and the convergence test (argmax
+      equal to the previous ``stability_threshold`` steps' and mean entropy
+      ``< confidence_threshold``, or ``max_denoising_steps`` steps); a converged row takes the
+      argmax canvas;
+    - the done list, the step's one host sync (SGLang's too);
+    - if a row goes on: ``soft_embedding`` (``softmax(logits / T) @ E``, times the embedding's
+      ``embed_scale``), the next forward's self-conditioning, as SGLang's ``prepare_inputs``
+      feeds it (zeros for finished rows).
+
+    Randomness: the initial canvas is SGLang's (``randint`` of a ``torch.Generator`` seeded with
+    the request's seed: ``seed``, else the blake2b of its rid); the sample and the renoise tokens
+    are the kernels' Philox streams keyed by that seed, the position and the step (the sample's
+    key ``seed + (n * block + position + 1) * 0x9E3779B97F4A7C15 mod 2**63``), not SGLang's
+    per-request generator stream: the same laws, other draws.
+    """
+
+    supported_architectures = ("DiffusionGemmaForBlockDiffusion",)
+    requires_separate_context_encoding = True
+    required_attention_backend = "triton"
+    reuse_forward_metadata = True
+    supported_attention_backends = ("triton", "fa4")
+    capture_input_preparation = True
+    FACTS = GEMMA4_RENOISE
+    OPTIONS = {}  # nested options: _gemma_options
+
+    def __init__(self, config):
+        DllmAlgorithm.__init__(self, config)
+        algo = type(self).__name__
+        self.options = _gemma_options(algo, getattr(config, "algorithm_config", None))
+        if (
+            isinstance(self.block_size, bool)
+            or not isinstance(self.block_size, int)
+            or not (1 <= self.block_size <= MAX_COMMIT_POSITIONS)
+        ):
+            raise ValueError(
+                f"{algo}: block_size must be an int in [1, {MAX_COMMIT_POSITIONS}], got {self.block_size!r}"
+            )
+        o = self.options
+        self.backend = o["backend"]
+        self.max_denoising_steps = o["max_denoising_steps"]
+        self.entropy_bound = o["entropy_bound"]
+        self.t_min, self.t_max = o["t_min"], o["t_max"]
+        self.confidence_threshold = o["confidence_threshold"]
+        self.stability_threshold = o["stability_threshold"]
+        self.seed = o["seed"]
+        self.use_temperature_table = o["use_temperature_table"]
+        self.commit_rule = self.FACTS.rule(o)
+        self.use_graph_input_preparation = getattr(config, "capture_input_preparation", False)
+        self.vocab_size = None
+        self.embed_tokens = None
+        self._cache = {}
+
+    # -- SGLang's launch-time and request checks are Gemma4Renoise's --------------------------
+
+    @classmethod
+    def configure_server_args(cls, server_args) -> None:
+        from sglang.srt.dllm.algorithm.gemma4_renoise import Gemma4Renoise
+
+        Gemma4Renoise.configure_server_args.__func__(cls, server_args)
+
+    @classmethod
+    def validate_request(cls, req):
+        from sglang.srt.dllm.algorithm.gemma4_renoise import Gemma4Renoise
+
+        return Gemma4Renoise.validate_request.__func__(cls, req)
+
+    def run(self, model_runner, forward_batch, algo_states=None):
+        if not forward_batch.forward_mode.is_dllm_extend():
+            if forward_batch.input_ids.numel() == 0:
+                return None, [], None, None, False
+            out = model_runner.forward(forward_batch, pp_proxy_tensors=None)
+            return out.logits_output, [], None, None, out.can_run_graph
+        self.vocab_size = model_runner.model_config.hf_config.text_config.vocab_size
+        self.embed_tokens = model_runner.model.get_input_embeddings()
+        return DllmAlgorithm.run(self, model_runner, forward_batch, algo_states)
+
+    def _block_start_list(self, forward_batch) -> list[int]:
+        return [0] * forward_batch.batch_size
+
+    def max_steps(self, block_size: int) -> int:
+        return self.max_denoising_steps
+
+    def _temperature(self, step: int) -> float:
+        """SGLang's schedule at its step counter ``step`` (``max_denoising_steps`` down to 1)."""
+        return self.t_min + (self.t_max - self.t_min) * (step / self.max_denoising_steps)
+
+    def _request_seed(self, forward_batch, index: int) -> int:
+        if self.seed is not None:
+            return self.seed
+        rid = forward_batch.rids[index] if getattr(forward_batch, "rids", None) else str(index)
+        return int.from_bytes(hashlib.blake2b(rid.encode(), digest_size=8).digest(), "little")
+
+    def init_step_state(self, forward_batch) -> list[Any]:
+        if self.vocab_size is None:
+            raise ValueError(f"{type(self).__name__}: vocab_size is unset (run() reads it from the model)")
+        device = forward_batch.input_ids.device
+        blk = self.block_size
+        states = []
+        for index in range(forward_batch.batch_size):
+            seed = self._request_seed(forward_batch, index)
+            generator = torch.Generator(device=device)
+            generator.manual_seed(seed)
+            current = torch.randint(self.vocab_size, (blk,), device=device, generator=generator)
+            states.append(
+                {
+                    "step": self.max_denoising_steps,  # SGLang's counter (prepare_inputs reads it)
+                    "current": current,
+                    "argmax": torch.full((blk,), -1, dtype=torch.int64, device=device),
+                    "stable_steps": torch.zeros(blk, dtype=torch.int32, device=device),
+                    "steps": torch.zeros((), dtype=torch.int32, device=device),
+                    "converged": torch.zeros((), dtype=torch.bool, device=device),
+                    "seed": torch.tensor(seed & _SEED_MASK, dtype=torch.int64, device=device),
+                    "self_conditioning": None,
+                    "finished": False,
+                }
+            )
+        return states
+
+    def _write_input_ids(self, forward_batch, states) -> None:
+        torch.stack([s["current"] for s in states], out=forward_batch.input_ids.view(len(states), self.block_size))
+
+    @torch.no_grad()
+    def prepare_inputs(self, model_runner, forward_batch, states) -> None:
+        """SGLang's ``Gemma4Renoise.prepare_inputs``: the canvas into ``input_ids`` (FDFO, or the
+        first step), the self-conditioning signal (zeros for rows without one) into
+        ``dllm_input_preparation_state``, the input embeddings unless the graph prepares them."""
+        if self.fdfo or all(s["step"] == self.max_denoising_steps for s in states):
+            self._write_input_ids(forward_batch, states)
+        signals = [s["self_conditioning"] for s in states]
+        signal = next((v for v in signals if v is not None), None)
+        if signal is not None or self.use_graph_input_preparation:
+            weight = self.embed_tokens.weight
+            zero = self._const(
+                ("zero", weight.device, weight.dtype, weight.shape[-1]),
+                lambda: weight.new_zeros(self.block_size, weight.shape[-1]),
+            )
+            shape = (len(states) * self.block_size, weight.shape[-1])
+            batched = forward_batch.dllm_input_preparation_state
+            if batched is None or batched.shape != shape:
+                batched = weight.new_empty(shape)
+            torch.stack([zero if v is None else v for v in signals], out=batched.view(len(states), self.block_size, -1))
+            forward_batch.dllm_input_preparation_state = batched
+            signal = batched
+        if self.use_graph_input_preparation:
+            forward_batch.input_embeds = None
+        else:
+            forward_batch.input_embeds = model_runner.model.prepare_dllm_input_embeds(forward_batch.input_ids, signal)
+
+    @staticmethod
+    def prepare_graph_inputs(model, input_ids, state):
+        return model.prepare_dllm_input_embeds(input_ids, state)
+
+    def _temperatures(self, steps: torch.Tensor, dtype) -> torch.Tensor:
+        """fp32 ``[B]``: SGLang's temperature (rounded to the logits' dtype, as its table) at each
+        row's step ``n`` (SGLang's counter ``max_denoising_steps - n``), by a device lookup."""
+        device = steps.device
+        table = self._const(
+            ("temps", device, dtype),
+            lambda: torch.tensor(
+                [self._temperature(self.max_denoising_steps - n) for n in range(self.max_denoising_steps + 1)],
+                dtype=dtype,
+                device=device,
+            ).float(),
+        )
+        return table[steps.long().clamp(max=self.max_denoising_steps)]
+
+    def _sample_seeds(self, seed: torch.Tensor, steps: torch.Tensor) -> torch.Tensor:
+        """int64 ``[B, block]``: the Philox key of each position's sample at the row's step."""
+        pos = self._positions(seed.device)
+        n = steps.long()[:, None] * self.block_size + pos[None, :] + 1
+        return (seed[:, None] + n * _GOLDEN) & _SEED_MASK
+
+    def statistics(self, logits: torch.Tensor, steps: torch.Tensor, seed: torch.Tensor):
+        """The step's statistics of ``logits [B, block, V]`` at the rows' steps ``n`` (int
+        ``[B]``) and seeds (int64 ``[B]``): the tempered :class:`TokenStats` (``token``: the
+        sample), the argmax ``[B, block]`` and the temperatures ``[B, block]`` fp32."""
+        B, blk = logits.shape[:2]
+        temps = self._temperatures(steps, logits.dtype)[:, None].expand(B, blk).contiguous()
+        sample = token_stats(
+            logits, temperature=temps, seed=self._sample_seeds(seed, steps), tempered=True, backend=self.backend
+        )
+        top = token_stats(logits, backend=self.backend).token
+        return sample, top, temps
+
+    def soft_embeddings(self, logits: torch.Tensor, temps: torch.Tensor) -> torch.Tensor:
+        """``softmax(logits / T) @ E * embed_scale`` of each position (SGLang's
+        ``_soft_embeddings``); a vocabulary-parallel embedding (``tp_size > 1``) merges the ranks'
+        ``soft_embedding_partial`` states after an all-gather (SGLang all-reduces its matmul)."""
+        emb = self.embed_tokens
+        weight = emb.weight
+        tp = getattr(emb, "tp_size", 1)
+        if tp > 1 and getattr(emb, "shard_indices", None) is not None:
+            from sglang.srt.distributed import tensor_model_parallel_all_gather
+
+            shard = emb.shard_indices
+            start, end = shard.org_vocab_start_index, shard.org_vocab_end_index
+            part = soft_embedding_partial(
+                logits[..., start:end], weight[: end - start], temperature=temps, backend=self.backend
+            )
+            gathered = tensor_model_parallel_all_gather(part.unsqueeze(0).contiguous(), dim=0)
+            soft = merge_soft_embedding(gathered, out_dtype=weight.dtype, backend=self.backend)
+        else:
+            soft = soft_embedding(logits, weight, temperature=temps, backend=self.backend)
+        scale = torch.as_tensor(emb.embed_scale, dtype=weight.dtype, device=weight.device)
+        return soft * scale
+
+    def step(self, forward_batch, full_logits: torch.Tensor, states: list[Any]) -> list[bool]:
+        algo = type(self).__name__
+        B, blk, V = forward_batch.batch_size, self.block_size, self.vocab_size
+        if len(states) != B:
+            raise ValueError(f"{algo}: states must hold one state per request ({B}), got {len(states)}")
+        if not isinstance(full_logits, torch.Tensor) or tuple(full_logits.shape) != (B * blk, V):
+            raise ValueError(
+                f"{algo}: full_logits must have shape [{B * blk}, {V}] (batch {B} x block {blk}, vocabulary), "
+                f"got {list(getattr(full_logits, 'shape', []))}"
+            )
+        if all(s["finished"] for s in states):
+            self._write_input_ids(forward_batch, states)
+            return [True] * B
+        logits = full_logits.view(B, blk, V)
+        device = logits.device
+        t = {f: torch.stack([s[f] for s in states]) for f in _RENOISE_FIELDS}
+        finished = t["converged"].clone()  # a row is finished once it converged (then left untouched)
+        x = t["current"]
+        rs = RenoiseState(t["argmax"], t["stable_steps"], t["steps"], t["converged"])
+        cs = self._const(("scratch", B, device), lambda: CommitState.new(x))
+        steps = rs.steps.clone()  # this step's n, before the commit counts it
+        sample, top, temps = self.statistics(logits, steps, t["seed"])
+        zeros = self._const(("zeros", B, device), lambda: torch.zeros(B, dtype=torch.int64, device=device))
+        commit(
+            x,
+            sample,
+            cs,  # (the renoise rule reads none of it; a converged row's commit_step is written)
+            self.commit_rule,
+            active_start=zeros,
+            active_end=torch.where(finished, zeros, self._block_end(B, device)),
+            mask_id=V,  # no MASK: an id outside the vocabulary
+            step=self._step_index(device),
+            vocab_size=V,
+            argmax=top,
+            seed=t["seed"],
+            renoise_state=rs,
+            backend=self.backend,
+        )
+        done = (finished | rs.converged).tolist()  # the step's one host sync
+        soft = None if all(done) else self.soft_embeddings(logits, temps)
+        for b, s in enumerate(states):
+            if s["finished"]:
+                continue
+            for f in _RENOISE_FIELDS:
+                s[f] = t[f][b]
+            s["step"] -= 1
+            s["finished"] = done[b]
+            s["self_conditioning"] = None if done[b] else soft[b]
+        self._write_input_ids(forward_batch, states)
+        return done
+
+
+UNIFORM_STATE_ALGORITHMS = (DllmKernelsGemma4Renoise,)
+GEMMA_CONFIG_TARGET = INDEL_CONFIG_TARGET  # DllmConfig.from_server_args
+
+
+class _AlgorithmAlias:
+    """``server_args`` read with ``dllm_algorithm`` = ``name`` (also through SGLang's
+    ``resolving_view``), everything else delegated."""
+
+    def __init__(self, server_args, name: str):
+        object.__setattr__(self, "_server_args", server_args)
+        object.__setattr__(self, "_name", name)
+
+    def __getattr__(self, key):
+        server_args = object.__getattribute__(self, "_server_args")
+        name = object.__getattribute__(self, "_name")
+        if key == "dllm_algorithm":
+            return name
+        if key == "_resolved_overrides":
+            return [*(getattr(server_args, key, None) or ()), ("dllm_kernels", {"dllm_algorithm": name})]
+        return getattr(server_args, key)
+
+    def __setattr__(self, key, value):
+        setattr(object.__getattribute__(self, "_server_args"), key, value)
+
+
+def gemma_config(original, server_args, *args, **kwargs):
+    """SGLang hook (around ``DllmConfig.from_server_args``): SGLang requires the algorithm named
+    ``Gemma4Renoise`` for ``DiffusionGemmaForBlockDiffusion``; for ``--dllm-algorithm
+    DllmKernelsGemma4Renoise`` this builds the config as for ``Gemma4Renoise`` (its checks and
+    block size) and names ours in it."""
+    from sglang.srt.arg_groups.overrides import resolving_view
+
+    ours = DllmKernelsGemma4Renoise.__name__
+    if resolving_view(server_args).dllm_algorithm != ours:
+        return original(server_args, *args, **kwargs)
+    config = original(_AlgorithmAlias(server_args, "Gemma4Renoise"), *args, **kwargs)
+    if config is not None:
+        config.algorithm = ours
+    return config
+
+
 def register() -> None:
     """Entry point (group ``sglang.srt.plugins``): add :data:`ALGORITHMS` to SGLang's registry, so
     that ``--dllm-algorithm DllmKernelsLowConfidence`` (etc.) finds them, and hook
@@ -818,7 +1207,9 @@ def register() -> None:
     from sglang.srt.dllm.algorithm import algo_name_to_cls
     from sglang.srt.plugins.hook_registry import HookRegistry, HookType
 
-    for cls in ALGORITHMS:
+    for cls in ALGORITHMS + UNIFORM_STATE_ALGORITHMS:
         algo_name_to_cls[cls.__name__] = cls
     if not any(hook is indel_token_ids for _, hook, _ in HookRegistry._hooks.get(INDEL_CONFIG_TARGET, ())):
         HookRegistry.register(INDEL_CONFIG_TARGET, indel_token_ids, HookType.AFTER)
+    if not any(hook is gemma_config for _, hook, _ in HookRegistry._hooks.get(GEMMA_CONFIG_TARGET, ())):
+        HookRegistry.register(GEMMA_CONFIG_TARGET, gemma_config, HookType.AROUND)

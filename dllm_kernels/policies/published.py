@@ -557,7 +557,7 @@ JOINT_THRESHOLD_INDEL = ServingRule(
 
 
 # ------------------------------------------------------------------------------------------------
-# uniform-state rules (engines' own samplers, compiled ahead of time; no SGLang algorithm of ours yet)
+# uniform-state rules (engines' own samplers, compiled ahead of time; SGLang: GEMMA4_RENOISE below)
 # ------------------------------------------------------------------------------------------------
 
 
@@ -605,6 +605,38 @@ DIFFUSION_GEMMA = UniformStateRule(
         "stability_threshold (+1 -> ST), max_denoising_steps (default 48)",
     },
 )
+
+
+# SGLang 0.5.23's Gemma4Renoise algorithm_config, served on the kernels by the plugin's
+# DllmKernelsGemma4Renoise (dllm_kernels.integrations.sglang): its options and defaults, in the order
+# SGLang's __init__ reads them, and (GEMMA4_RENOISE_SECTIONS) the YAML mapping each is read from
+# first: SGLang reads entropy_bound from sampler_config only, t_min / t_max from
+# temperature_schedule, confidence_threshold / stability_threshold from stopping_config, each of
+# these four falling back to the top level; the others are top-level keys. The commit rule is
+# DIFFUSION_GEMMA's (same option names). use_temperature_table is an SGLang switch between two
+# equal temperature paths (accepted, no effect on the kernels' path).
+GEMMA4_RENOISE = SGLangAlgorithm(
+    "DllmKernelsGemma4Renoise",
+    {
+        "max_denoising_steps": DIFFUSION_GEMMA.options["max_denoising_steps"],
+        "entropy_bound": DIFFUSION_GEMMA.options["entropy_bound"],
+        "t_min": 0.4,
+        "t_max": 0.8,
+        "confidence_threshold": DIFFUSION_GEMMA.options["confidence_threshold"],
+        "stability_threshold": DIFFUSION_GEMMA.options["stability_threshold"],
+        "seed": None,
+        "use_temperature_table": True,
+    },
+    DIFFUSION_GEMMA.rule,
+)
+# option -> (its YAML section, whether SGLang also reads it at the top level)
+GEMMA4_RENOISE_SECTIONS = {
+    "entropy_bound": ("sampler_config", False),
+    "t_min": ("temperature_schedule", True),
+    "t_max": ("temperature_schedule", True),
+    "confidence_threshold": ("stopping_config", True),
+    "stability_threshold": ("stopping_config", True),
+}
 
 
 # ------------------------------------------------------------------------------------------------
