@@ -155,4 +155,17 @@ class AotSpec:
     max_registers: int = 168
 
 
+def aot_signature(kernel: Any, types: dict[str, str]) -> dict[str, str]:
+    """An :class:`AotSpec` signature from ``types``, space-separated argument names -> their
+    Triton type: every named argument of ``kernel`` with its type, in the kernel's argument
+    order. A name that is no argument of ``kernel``, or is named twice, is an error."""
+    sig = {}
+    for names, ty in types.items():
+        for name in names.split():
+            if name not in kernel.arg_names or name in sig:
+                raise ValueError(f"aot_signature: {name!r} is no argument of the kernel, or is named twice")
+            sig[name] = ty
+    return {name: sig[name] for name in kernel.arg_names if name in sig}
+
+
 TORCH_TO_TRITON = {torch.float32: "fp32", torch.float16: "fp16", torch.bfloat16: "bf16"}

@@ -15,7 +15,7 @@ import triton
 import triton.language as tl
 
 from . import _utils
-from ._utils import AotSpec, check_launchable, next_pow2
+from ._utils import AotSpec, aot_signature, check_launchable, next_pow2
 
 __all__ = ["MAX_BLOCK_EDIT", "block_edit", "aot_specs"]
 
@@ -115,26 +115,13 @@ def block_edit(
 def aot_specs():
     """The tiles of the engines' block sizes (SDAR 4, LLaDA2 32, up to 64), a middle one and the
     largest block one tile holds."""
-    specs = []
-    for block in (4, 32, 64, 256, MAX_BLOCK_EDIT):
-        specs.append(
-            AotSpec(
-                name=f"block_edit[BLOCK={block}]",
-                kernel=_block_edit_kernel,
-                signature={
-                    "x_ptr": "*i64",
-                    "old_ptr": "*i64",
-                    "marker_ptr": "*u8",
-                    "delete_ptr": "*u8",
-                    "split_ptr": "*u8",
-                    "out_ptr": "*i64",
-                    "out_marker_ptr": "*u8",
-                    "L": "i32",
-                    "mask_id": "i32",
-                },
-                constexprs={"BLOCK": block},
-                num_warps=_warps(block),
-                num_stages=1,
-            )
-        )
-    return specs
+    types = {
+        "x_ptr old_ptr out_ptr": "*i64",
+        "marker_ptr delete_ptr split_ptr out_marker_ptr": "*u8",
+        "L mask_id": "i32",
+    }
+    signature = aot_signature(_block_edit_kernel, types)
+    return [
+        AotSpec(f"block_edit[BLOCK={b}]", _block_edit_kernel, signature, {"BLOCK": b}, _warps(b), num_stages=1)
+        for b in (4, 32, 64, 256, MAX_BLOCK_EDIT)
+    ]

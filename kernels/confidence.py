@@ -79,7 +79,16 @@ import triton
 import triton.language as tl
 
 from . import _utils
-from ._utils import IS_INTERPRET, TORCH_TO_TRITON, AotSpec, cdiv, check_launchable, next_pow2, programs_target
+from ._utils import (
+    IS_INTERPRET,
+    TORCH_TO_TRITON,
+    AotSpec,
+    aot_signature,
+    cdiv,
+    check_launchable,
+    next_pow2,
+    programs_target,
+)
 
 # Partial state of one row (or one split of a row): 8 32-bit words, fp32 (m, s, u, v2, gs, gz)
 # then int32 (i1, gi); see the module docstring. Absent ids are INT_MAX (2147483647); uniforms
@@ -696,31 +705,18 @@ def _stats_spec(ty, *, sample, row_seed, final, suppress, row_temp=False, temper
         + "".join("," + n for n in extra)
         + "]",
         kernel=_token_stats_kernel,
-        signature={
-            "x_ptr": f"*{ty}",
-            "stride_b": "i64",
-            "stride_l": "i64",
-            "stride_v": "i32",
-            "L": "i32",
-            "V": "i32",
-            "v_off": "i32",
-            "V_row": "i32",
-            "chunk": "i32",
-            "n_splits": "i32",
-            "inv_t": "fp32",
-            "inv_s": "fp32",
-            "temp_ptr": "*fp32",
-            "seed": "i64",
-            "seed_ptr": "*i64",
-            "allowed_ptr": "*i32",
-            "stride_ar": "i64",
-            "token_ptr": "*i64",
-            "prob_ptr": "*fp32",
-            "margin_ptr": "*fp32",
-            "entropy_ptr": "*fp32",
-            "part_f_ptr": "*fp32",
-            "part_i_ptr": "*i32",
-        },
+        signature=aot_signature(
+            _token_stats_kernel,
+            {
+                "x_ptr": f"*{ty}",
+                "temp_ptr prob_ptr margin_ptr entropy_ptr part_f_ptr": "*fp32",
+                "seed_ptr token_ptr": "*i64",
+                "allowed_ptr part_i_ptr": "*i32",
+                "stride_b stride_l stride_ar seed": "i64",
+                "stride_v L V v_off V_row chunk n_splits": "i32",
+                "inv_t inv_s": "fp32",
+            },
+        ),
         constexprs={
             "FINAL": final,
             "SUPPRESS": suppress,
@@ -781,21 +777,17 @@ def _aot_specs_token_stats():
                 AotSpec(
                     name=f"token_stats_combine[sample={sample},final={final},NS_P2={2**ns}{extra}]",
                     kernel=_token_stats_combine_kernel,
-                    signature={
-                        "part_f_ptr": "*fp32",
-                        "part_i_ptr": "*i32",
-                        "stride_r": "i64",
-                        "stride_s": "i64",
-                        "n_splits": "i32",
-                        "token_ptr": "*i64",
-                        "prob_ptr": "*fp32",
-                        "margin_ptr": "*fp32",
-                        "entropy_ptr": "*fp32",
-                        "out_f_ptr": "*fp32",
-                        "out_i_ptr": "*i32",
-                        "inv_s": "fp32",
-                        "temp_ptr": "*fp32",
-                    },
+                    signature=aot_signature(
+                        _token_stats_combine_kernel,
+                        {
+                            "part_f_ptr prob_ptr margin_ptr entropy_ptr out_f_ptr temp_ptr": "*fp32",
+                            "part_i_ptr out_i_ptr": "*i32",
+                            "token_ptr": "*i64",
+                            "stride_r stride_s": "i64",
+                            "n_splits": "i32",
+                            "inv_s": "fp32",
+                        },
+                    ),
                     constexprs={
                         "FINAL": final,
                         "SAMPLE": sample,
@@ -892,17 +884,14 @@ def _aot_specs_window():
         AotSpec(
             name=f"window_confidence[W={w}]",
             kernel=_window_confidence_kernel,
-            signature={
-                "conf_ptr": "*fp32",
-                "dec_ptr": "*i1",
-                "out_ptr": "*fp32",
-                "stride_cb": "i32",
-                "stride_cl": "i32",
-                "stride_db": "i32",
-                "stride_dl": "i32",
-                "L": "i32",
-                "max_decided": "i32",
-            },
+            signature=aot_signature(
+                _window_confidence_kernel,
+                {
+                    "conf_ptr out_ptr": "*fp32",
+                    "dec_ptr": "*i1",
+                    "stride_cb stride_cl stride_db stride_dl L max_decided": "i32",
+                },
+            ),
             constexprs={"W": w, "BLOCK_L": _window_block_l(w)},
             num_warps=4,
             main=w <= 4,

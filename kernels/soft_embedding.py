@@ -49,7 +49,7 @@ import triton
 import triton.language as tl
 
 from . import _utils
-from ._utils import IS_INTERPRET, AotSpec, cdiv, check_launchable, next_pow2, programs_target
+from ._utils import IS_INTERPRET, AotSpec, aot_signature, cdiv, check_launchable, next_pow2, programs_target
 
 STATE_EXTRA = 4  # words after acc in a partial state: m, s, 1/T, 0
 _MAX_SPLITS = 64
@@ -309,41 +309,31 @@ def soft_embedding(
     temperatures: torch.Tensor | None = None,
     vocab_start: int = 0,
     num_splits: int | None = None,
+    final: bool = True,
 ) -> torch.Tensor:
     """Launch the fused soft embedding. Inputs are assumed validated by the public op.
 
     ``embed`` is the whole table ``[V_E, D]``; the logits' entry ``v`` pairs with its row
     ``vocab_start + v``. ``temperatures`` (fp32, the logits' row shape) overrides the scalar
-    ``temperature`` (0 = the argmax limit). Returns ``[*lead, D]`` in ``embed``'s dtype.
+    ``temperature`` (0 = the argmax limit). Returns ``[*lead, D]`` in ``embed``'s dtype, or
+    (``final=False``) the merged state ``[*lead, D + 4]``: see :func:`soft_embedding_partial`.
     ``num_splits`` overrides the vocabulary split heuristic (tests use it for the combine path).
     """
-    check_launchable("soft_embedding", logits, embed)
+    check_launchable("soft_embedding" if final else "soft_embedding_partial", logits, embed)
     lead, V = logits.shape[:-1], logits.shape[-1]
     D = embed.shape[1]
-    out = _utils.empty(lead.numel(), D, dtype=embed.dtype, device=logits.device)
+    W, dtype = (D, embed.dtype) if final else (D + STATE_EXTRA, torch.float32)
+    out = _utils.empty(lead.numel(), W, dtype=dtype, device=logits.device)
     _launch(
-        logits, embed[vocab_start : vocab_start + V], temperature, temperatures, out, final=True, num_splits=num_splits
+        logits, embed[vocab_start : vocab_start + V], temperature, temperatures, out, final=final, num_splits=num_splits
     )
-    return out.view(*lead, D)
+    return out.view(*lead, W)
 
 
-def soft_embedding_partial(
-    logits: torch.Tensor,
-    embed: torch.Tensor,
-    temperature: float,
-    temperatures: torch.Tensor | None = None,
-    vocab_start: int = 0,
-    num_splits: int | None = None,
-) -> torch.Tensor:
-    """The merged state ``[*lead, D + 4]`` (fp32 ``acc, m, s, 1/T, 0``) of a vocabulary shard."""
-    check_launchable("soft_embedding_partial", logits, embed)
-    lead, V = logits.shape[:-1], logits.shape[-1]
-    D = embed.shape[1]
-    out = _utils.empty(lead.numel(), D + STATE_EXTRA, dtype=torch.float32, device=logits.device)
-    _launch(
-        logits, embed[vocab_start : vocab_start + V], temperature, temperatures, out, final=False, num_splits=num_splits
-    )
-    return out.view(*lead, D + STATE_EXTRA)
+def soft_embedding_partial(logits, embed, temperature, temperatures=None, vocab_start=0, num_splits=None):
+    """The merged state ``[*lead, D + 4]`` (fp32 ``acc, m, s, 1/T, 0``) of a vocabulary shard:
+    :func:`soft_embedding` with ``final=False``."""
+    return soft_embedding(logits, embed, temperature, temperatures, vocab_start, num_splits, final=False)
 
 
 def merge_soft_embedding(states: torch.Tensor, out_dtype: torch.dtype) -> torch.Tensor:
@@ -381,23 +371,18 @@ def aot_specs():
                         AotSpec(
                             name=f"soft_embedding[{x_ty},E={e_ty},BLOCK_N={bn},row_t={row_t},final={final}]",
                             kernel=_soft_embedding_kernel,
-                            signature={
-                                "x_ptr": f"*{x_ty}",
-                                "stride_b": "i64",
-                                "stride_l": "i64",
-                                "e_ptr": f"*{e_ty}",
-                                "stride_ev": "i64",
-                                "t_ptr": "*fp32",
-                                "inv_t": "fp32",
-                                "out_ptr": f"*{out_ty}",
-                                "stride_or": "i64",
-                                "L": "i32",
-                                "R": "i32",
-                                "V": "i32",
-                                "D": "i32",
-                                "chunk": "i32",
-                                "n_splits": "i32",
-                            },
+                            signature=aot_signature(
+                                _soft_embedding_kernel,
+                                {
+                                    "x_ptr": f"*{x_ty}",
+                                    "e_ptr": f"*{e_ty}",
+                                    "t_ptr": "*fp32",
+                                    "out_ptr": f"*{out_ty}",
+                                    "stride_b stride_l stride_ev stride_or": "i64",
+                                    "inv_t": "fp32",
+                                    "L R V D chunk n_splits": "i32",
+                                },
+                            ),
                             # unit strides: the JIT specialises integer arguments equal to 1
                             constexprs={
                                 "stride_v": 1,
@@ -424,22 +409,10 @@ def aot_specs():
                             aligned=("x_ptr", "stride_b", "stride_l", "e_ptr", "stride_ev", "out_ptr", "stride_or"),
                         )
                     )
+    types = {"st_ptr": "*fp32", "stride_r stride_s stride_or": "i64", "n_states D": "i32"}
     for ty, final in (("fp32", True), ("bf16", True), ("fp16", True), ("fp32", False)):
-        specs.append(
-            AotSpec(
-                name=f"soft_embedding_combine[{ty},final={final}]",
-                kernel=_soft_embedding_combine_kernel,
-                signature={
-                    "st_ptr": "*fp32",
-                    "stride_r": "i64",
-                    "stride_s": "i64",
-                    "n_states": "i32",
-                    "D": "i32",
-                    "out_ptr": f"*{ty}",
-                    "stride_or": "i64",
-                },
-                constexprs={"FINAL": final, "BLOCK_D": _COMBINE_BLOCK_D},
-                num_warps=2,
-            )
-        )
+        signature = aot_signature(_soft_embedding_combine_kernel, {**types, "out_ptr": f"*{ty}"})
+        constexprs = {"FINAL": final, "BLOCK_D": _COMBINE_BLOCK_D}
+        name = f"soft_embedding_combine[{ty},final={final}]"
+        specs.append(AotSpec(name, _soft_embedding_combine_kernel, signature, constexprs, num_warps=2))
     return specs
