@@ -167,14 +167,7 @@ def _store_partial(p_f, p_i, m, s, u, v2, i1, gs, gz, gi):
 @triton.jit
 def _emit(
     row,
-    m,
-    s,
-    u,
-    v2,
-    i1,
-    gs,
-    gz,
-    gi,
+    state,
     token_ptr,
     prob_ptr,
     margin_ptr,
@@ -186,8 +179,10 @@ def _emit(
     FINAL: tl.constexpr,
     TEMPERED: tl.constexpr,
 ):
-    """Write a merged state: the row's statistics (``FINAL``), else the partial state at word
-    ``w`` of ``p_f`` (fp32 words) / ``p_i`` (the same memory as int32 words)."""
+    """Write a merged ``state`` (:func:`_merge`'s tuple): the row's statistics (``FINAL``), else
+    the partial state at word ``w`` of ``p_f`` (fp32 words) / ``p_i`` (the same memory as int32
+    words)."""
+    m, s, u, v2, i1, gs, gz, gi = state
     if FINAL:
         _finalize(row, m, s, u, v2, gz, gi, token_ptr, prob_ptr, margin_ptr, entropy_ptr, inv_s, TEMPERED)
     else:
@@ -334,28 +329,10 @@ def _token_stats_kernel(
             b_gz = tl.where(take, b_z, b_gz)
             b_gi = tl.where(take, o_g, b_gi)
 
-    m, s, u, v2, i1, gs, gz, gi = _merge(b_m, b_s, b_u, b_v2, b_i1, b_gs, b_gz, b_gi, inv_stat, SAMPLE, TEMPERED)
+    state = _merge(b_m, b_s, b_u, b_v2, b_i1, b_gs, b_gz, b_gi, inv_stat, SAMPLE, TEMPERED)
     w = (i_r.to(tl.int64) * n_splits + i_s) * 8
     _emit(
-        i_r,
-        m,
-        s,
-        u,
-        v2,
-        i1,
-        gs,
-        gz,
-        gi,
-        token_ptr,
-        prob_ptr,
-        margin_ptr,
-        entropy_ptr,
-        part_f_ptr,
-        part_i_ptr,
-        w,
-        inv_stat,
-        FINAL,
-        TEMPERED,
+        i_r, state, token_ptr, prob_ptr, margin_ptr, entropy_ptr, part_f_ptr, part_i_ptr, w, inv_stat, FINAL, TEMPERED
     )
 
 
@@ -398,28 +375,10 @@ def _token_stats_combine_kernel(
         b_gi = tl.load(p_i + 7, mask=m_s, other=2147483647)
     else:  # _merge does not read these without SAMPLE
         b_gs, b_gz, b_gi = b_m, b_m, b_i1
-    m, s, u, v2, i1, gs, gz, gi = _merge(b_m, b_s, b_u, b_v2, b_i1, b_gs, b_gz, b_gi, inv_stat, SAMPLE, TEMPERED)
+    state = _merge(b_m, b_s, b_u, b_v2, b_i1, b_gs, b_gz, b_gi, inv_stat, SAMPLE, TEMPERED)
     w_o = i_r.to(tl.int64) * 8
     _emit(
-        i_r,
-        m,
-        s,
-        u,
-        v2,
-        i1,
-        gs,
-        gz,
-        gi,
-        token_ptr,
-        prob_ptr,
-        margin_ptr,
-        entropy_ptr,
-        out_f_ptr,
-        out_i_ptr,
-        w_o,
-        inv_stat,
-        FINAL,
-        TEMPERED,
+        i_r, state, token_ptr, prob_ptr, margin_ptr, entropy_ptr, out_f_ptr, out_i_ptr, w_o, inv_stat, FINAL, TEMPERED
     )
 
 
@@ -452,21 +411,7 @@ def _token_stats_config(dtype: torch.dtype, n_rows: int, V: int, sample: bool, d
 INV_T0 = float(torch.tensor(1.0) / torch.tensor(1e-10))
 
 
-def _launch(
-    logits,
-    *,
-    v_off,
-    V_row,
-    temperature,
-    seed,
-    suppress_ids,
-    num_splits,
-    stats,
-    partial,
-    allowed=None,
-    tempered=False,
-    vllm=False,
-):
+def _launch(logits, v_off, V_row, temperature, seed, suppress_ids, num_splits, stats, partial, allowed, tempered, vllm):
     """Run the statistics kernel over ``logits`` (``[N, V]`` or ``[B, L, V]``) and write either the
     final ``stats`` (4 flat tensors) or the merged ``partial`` state (``[R, 8]`` fp32).
 
@@ -591,6 +536,7 @@ def token_stats(
     allowed: torch.Tensor | None = None,
     tempered: bool = False,
     vllm: bool = False,
+    shard: tuple[int, int] | None = None,
 ):
     """Launch the fused statistics kernel. Inputs are assumed validated by the public op.
 
@@ -598,60 +544,24 @@ def token_stats(
     int or an integer tensor of that shape (per-row seeds), ``temperature`` a float or an fp32
     tensor of that shape. ``num_splits`` overrides the vocabulary split heuristic (tests use it
     to cover the combine path). ``allowed``, ``tempered``, ``vllm``: see :func:`_launch`.
+    ``shard``: ``(vocab_start, vocab_size)``, see :func:`token_stats_partial`.
     """
-    check_launchable("token_stats", logits)
+    check_launchable("token_stats" if shard is None else "token_stats_partial", logits)
     lead, V = logits.shape[:-1], logits.shape[-1]
-    stats = _stats_buffers(lead.numel(), logits.device)
-    _launch(
-        logits,
-        v_off=0,
-        V_row=V,
-        temperature=temperature,
-        seed=seed,
-        suppress_ids=suppress_ids,
-        num_splits=num_splits,
-        stats=stats,
-        partial=None,
-        allowed=allowed,
-        tempered=tempered,
-        vllm=vllm,
-    )
-    return tuple(t.view(lead) for t in stats)
+    if shard is None:
+        (v_off, V_row), stats, partial = (0, V), _stats_buffers(lead.numel(), logits.device), None
+    else:
+        (v_off, V_row), stats = shard, None
+        partial = _utils.empty(lead.numel(), PARTIAL_WORDS, dtype=torch.float32, device=logits.device)
+    _launch(logits, v_off, V_row, temperature, seed, suppress_ids, num_splits, stats, partial, allowed, tempered, vllm)
+    return tuple(t.view(lead) for t in stats) if shard is None else partial.view(*lead, PARTIAL_WORDS)
 
 
-def token_stats_partial(
-    logits: torch.Tensor,
-    vocab_start: int,
-    vocab_size: int,
-    temperature: float | torch.Tensor = 0.0,
-    seed: int | torch.Tensor = 0,
-    suppress_ids: tuple[int, ...] = (),
-    num_splits: int | None = None,
-    *,
-    allowed: torch.Tensor | None = None,
-    tempered: bool = False,
-    vllm: bool = False,
-) -> torch.Tensor:
+def token_stats_partial(logits: torch.Tensor, vocab_start: int, vocab_size: int, *args, **kwargs) -> torch.Tensor:
     """The merged online-softmax state ``[*lead, 8]`` (fp32 words) of a vocabulary shard whose
-    entry 0 is global id ``vocab_start`` of a ``vocab_size`` vocabulary."""
-    check_launchable("token_stats_partial", logits)
-    lead = logits.shape[:-1]
-    out = _utils.empty(lead.numel(), PARTIAL_WORDS, dtype=torch.float32, device=logits.device)
-    _launch(
-        logits,
-        v_off=vocab_start,
-        V_row=vocab_size,
-        temperature=temperature,
-        seed=seed,
-        suppress_ids=suppress_ids,
-        num_splits=num_splits,
-        stats=None,
-        partial=out,
-        allowed=allowed,
-        tempered=tempered,
-        vllm=vllm,
-    )
-    return out.view(*lead, PARTIAL_WORDS)
+    entry 0 is global id ``vocab_start`` of a ``vocab_size`` vocabulary: :func:`token_stats`'s
+    launch with ``shard=(vocab_start, vocab_size)``, the other arguments as there."""
+    return token_stats(logits, *args, shard=(vocab_start, vocab_size), **kwargs)
 
 
 def merge_token_stats(partials: torch.Tensor, temperature: float | torch.Tensor = 0.0, tempered: bool = False):
