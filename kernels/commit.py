@@ -248,68 +248,6 @@ def _entropy_bound_rule(b_key, b_q, m_cand, eb_q, CHUNK: tl.constexpr, BLOCK: tl
     return m_cand & (b_s <= eb_q)
 
 
-@triton.jit
-def _renoise(
-    x_ptr,
-    p_x,
-    b_tok,
-    b_ent,
-    b_q,
-    m_take,
-    m_free,
-    o_r,
-    m_r,
-    o_p,
-    b_n,
-    p_s,
-    p_state,
-    step_ptr,
-    commit_step_ptr,
-    arg_ptr,
-    seed_ptr,
-    amax_ptr,
-    run_ptr,
-    steps_ptr,
-    conv_ptr,
-    out_ptr,
-    tok_hi,
-    conf_q,
-    stab_n,
-    max_steps,
-):
-    """The uniform-state rule (DiffusionGemma): the entropy-bound set ``m_take`` takes its
-    proposals, every other free (region, unpinned) position a uniform token ``r mod V`` from
-    63 bits of Philox under the row's seed at the counter ``(position, steps)``; the argmax
-    streaks, the row's convergence test and, for a converged row, the argmax canvas."""
-    b_seed = tl.load(seed_ptr + o_r, mask=m_r, other=0)  # [ROWS]
-    b_steps = tl.load(steps_ptr + o_r, mask=m_r, other=0)  # [ROWS] int32
-    c0, c1, _, _ = tl.randint4x(b_seed[:, None], (b_steps.to(tl.int64)[:, None] << 32) | o_p)
-    b_rand = (((c1.to(tl.int64) & 0x7FFFFFFF) << 32) | c0.to(tl.int64)) % tok_hi  # [ROWS, BLOCK]
-    # argmax streaks: all ST history rows of vLLM equal <=> every streak >= ST
-    b_arg = tl.load(arg_ptr + p_s, mask=m_free, other=0)
-    b_prev = tl.load(amax_ptr + p_state, mask=m_free, other=-1)
-    b_run = tl.load(run_ptr + p_state, mask=m_free, other=0)
-    b_run = tl.where(b_prev == b_arg, tl.minimum(b_run, (1 << 30) - 1) + 1, 1)
-    n_free = tl.sum(m_free.to(tl.int32), 1)  # [ROWS]
-    m_unstable = tl.sum((m_free & (b_run < stab_n)).to(tl.int32), 1) > 0
-    m_huge = tl.sum((m_free & (b_ent >= _CAP)).to(tl.int32), 1) > 0
-    b_total = tl.sum(tl.where(m_free, b_q, 0), 1)  # exact: fixed point
-    m_conf = (n_free > 0) & ~m_huge & (b_total < n_free.to(tl.int64) * conf_q)
-    b_steps = b_steps + 1
-    m_conv = (~m_unstable & m_conf) | (b_steps >= max_steps)  # [ROWS]
-    m_live = m_r & (b_n > 0)
-    b_new = tl.where(m_conv[:, None], b_arg, tl.where(m_take, b_tok, b_rand))
-    tl.store(p_x, b_new, mask=m_free)
-    tl.store(amax_ptr + p_state, b_arg, mask=m_free)
-    tl.store(run_ptr + p_state, b_run, mask=m_free)
-    tl.store(steps_ptr + o_r, b_steps, mask=m_live)
-    tl.store(conv_ptr + o_r, m_conv, mask=m_live)
-    step = tl.load(step_ptr).to(tl.int32)
-    tl.store(commit_step_ptr + p_state, tl.zeros(b_run.shape, tl.int32) + step, mask=m_free & m_conv[:, None])
-    n_take = tl.sum(m_take.to(tl.int32), 1)
-    tl.store(out_ptr + o_r, tl.where(m_conv, n_free, n_take), mask=m_r)
-
-
 @triton.jit(
     do_not_specialize=[
         "B",
@@ -453,35 +391,38 @@ def _commit_kernel(
     if TOKEN_CLUSTER:
         m_take |= _token_cluster_rule(m_cand & ~m_take, b_tok, b_conf, o_t, min_len, tau_s, BLOCK)
 
+    # ---- uniform state (DiffusionGemma): the entropy-bound set m_take takes its proposals, every
+    # other free (region, unpinned) position a uniform token r mod V from 63 bits of Philox under
+    # the row's seed at the counter (position, steps); the argmax streaks, the row's convergence
+    # test and, for a converged row, the argmax canvas
     if RENOISE:
-        _renoise(
-            x_ptr,
-            p_x,
-            b_tok,
-            b_ent,
-            b_q,
-            m_take,
-            m_free,
-            o_r,
-            m_r,
-            o_p,
-            b_n,
-            p_s,
-            p_state,
-            step_ptr,
-            commit_step_ptr,
-            arg_ptr,
-            seed_ptr,
-            amax_ptr,
-            run_ptr,
-            steps_ptr,
-            conv_ptr,
-            out_ptr,
-            tok_hi,
-            conf_q,
-            stab_n,
-            max_steps,
-        )
+        b_seed = tl.load(seed_ptr + o_r, mask=m_r, other=0)  # [ROWS]
+        b_steps = tl.load(steps_ptr + o_r, mask=m_r, other=0)  # [ROWS] int32
+        c0, c1, _, _ = tl.randint4x(b_seed[:, None], (b_steps.to(tl.int64)[:, None] << 32) | o_p)
+        b_rand = (((c1.to(tl.int64) & 0x7FFFFFFF) << 32) | c0.to(tl.int64)) % tok_hi  # [ROWS, BLOCK]
+        # argmax streaks: all ST history rows of vLLM equal <=> every streak >= ST
+        b_arg = tl.load(arg_ptr + p_s, mask=m_free, other=0)
+        b_prev = tl.load(amax_ptr + p_state, mask=m_free, other=-1)
+        b_run = tl.load(run_ptr + p_state, mask=m_free, other=0)
+        b_run = tl.where(b_prev == b_arg, tl.minimum(b_run, (1 << 30) - 1) + 1, 1)
+        n_free = tl.sum(m_free.to(tl.int32), 1)  # [ROWS]
+        m_unstable = tl.sum((m_free & (b_run < stab_n)).to(tl.int32), 1) > 0
+        m_huge = tl.sum((m_free & (b_ent >= _CAP)).to(tl.int32), 1) > 0
+        b_total = tl.sum(tl.where(m_free, b_q, 0), 1)  # exact: fixed point
+        m_conf = (n_free > 0) & ~m_huge & (b_total < n_free.to(tl.int64) * conf_q)
+        b_steps = b_steps + 1
+        m_conv = (~m_unstable & m_conf) | (b_steps >= max_steps)  # [ROWS]
+        m_live = m_r & (b_n > 0)
+        b_new = tl.where(m_conv[:, None], b_arg, tl.where(m_take, b_tok, b_rand))
+        tl.store(p_x, b_new, mask=m_free)
+        tl.store(amax_ptr + p_state, b_arg, mask=m_free)
+        tl.store(run_ptr + p_state, b_run, mask=m_free)
+        tl.store(steps_ptr + o_r, b_steps, mask=m_live)
+        tl.store(conv_ptr + o_r, m_conv, mask=m_live)
+        step = tl.load(step_ptr).to(tl.int32)
+        tl.store(commit_step_ptr + p_state, tl.zeros(b_run.shape, tl.int32) + step, mask=m_free & m_conv[:, None])
+        n_take = tl.sum(m_take.to(tl.int32), 1)
+        tl.store(out_ptr + o_r, tl.where(m_conv, n_free, n_take), mask=m_r)
         return
 
     # ---- rule 7: R2 temporal stability of the positions masked at step start and still masked
