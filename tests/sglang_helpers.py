@@ -108,3 +108,36 @@ def fdfo_rounds(algo, runner, blocks, pms, B, perm_seed):
                 finished[i] = (tokens[j], rounds)
                 waiting.remove(i)
     return finished
+
+
+def server_args(algorithm, config=None, *, model_path):
+    """The fields of SGLang's ServerArgs that ``DllmConfig.from_server_args`` reads: an algorithm
+    (and its config file) for a model path; no FDFO, no revision, no cap on running requests."""
+    defaults = dict(dllm_fdfo=False, revision=None, max_running_requests=None)
+    return SimpleNamespace(dllm_algorithm=algorithm, dllm_algorithm_config=config, model_path=model_path, **defaults)
+
+
+def step_done_in_a_cuda_graph(algo, ids, pm, B, logits):
+    """``algo.step_done`` on fresh GPU copies of the canvas (``ids`` flat, ``pm``): once eagerly,
+    once to warm up (compiles the kernels, makes the constants), then captured in a CUDA graph and
+    replayed. Returns ``eager`` and ``replayed`` as (forward batch, states, done) and
+    ``captured_ids``, the replayed batch's ``input_ids`` tensor at capture."""
+
+    def fresh():
+        fb = batch(ids.clone().cuda(), pm.cuda(), B)
+        return fb, algo.init_step_state(fb)
+
+    fb_eager, st_eager = fresh()
+    done_eager = algo.step_done(fb_eager, logits.clone(), st_eager).clone()
+    fb_warm, st_warm = fresh()
+    algo.step_done(fb_warm, logits.clone(), st_warm)
+    fb, st = fresh()
+    static_logits = logits.clone()
+    torch.cuda.synchronize()
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        done = algo.step_done(fb, static_logits, st)
+    captured_ids = fb.input_ids
+    graph.replay()
+    torch.cuda.synchronize()
+    return SimpleNamespace(eager=(fb_eager, st_eager, done_eager), replayed=(fb, st, done), captured_ids=captured_ids)

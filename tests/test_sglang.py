@@ -19,7 +19,14 @@ from types import SimpleNamespace
 
 import pytest
 import torch
-from sglang_helpers import ScriptedRunner, batch, fdfo_rounds, fresh_blocks, sglang_imports
+from sglang_helpers import (
+    ScriptedRunner,
+    batch,
+    fdfo_rounds,
+    fresh_blocks,
+    sglang_imports,
+    step_done_in_a_cuda_graph,
+)
 
 with sglang_imports():
     from sglang.srt.dllm.algorithm import algo_name_to_cls, get_algorithm_cls
@@ -462,24 +469,8 @@ def test_step_done_replays_in_a_cuda_graph(name):
     ids, pm = random_case(g, B, blk, prompt=True)
     logits = (torch.randn(B * blk, V, generator=g) * 3).cuda()
     algo = getattr(plugin, name)(config(blk, {"backend": "triton"}))
-
-    def fresh():
-        fb = batch(ids.clone().cuda(), pm.cuda(), B)
-        return fb, algo.init_step_state(fb)
-
-    fb_eager, st_eager = fresh()
-    done_eager = algo.step_done(fb_eager, logits.clone(), st_eager).clone()
-    fb_warm, st_warm = fresh()
-    algo.step_done(fb_warm, logits.clone(), st_warm)  # compiles the kernels, makes the constants
-    fb, st = fresh()
-    static_logits = logits.clone()
-    torch.cuda.synchronize()
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
-        done = algo.step_done(fb, static_logits, st)
-    ids_obj = fb.input_ids
-    graph.replay()
-    torch.cuda.synchronize()
-    assert fb.input_ids is ids_obj
+    run = step_done_in_a_cuda_graph(algo, ids, pm, B, logits)
+    (fb_eager, _, done_eager), (fb, _, done) = run.eager, run.replayed
+    assert fb.input_ids is run.captured_ids
     assert torch.equal(fb.input_ids, fb_eager.input_ids)
     assert torch.equal(done, done_eager)
