@@ -363,7 +363,7 @@ def test_sglang_fdfo_run_loop(backend, pair):
     assert len(out[0]) == n
 
 
-def test_r2_state_survivesfdfo_rounds(backend):
+def test_r2_state_survives_fdfo_rounds(backend):
     """R2's streaks are carried in SGLang's states across FDFO rounds in reshuffled batches: the
     result equals each request decoded alone, and differs when the states are dropped."""
     blk, n, B = (8, 5, 3) if sizes(backend, 8)[0] == 16 else (6, 2, 2)
