@@ -29,7 +29,9 @@ def sglang_imports():
     the file where SGLang is required and skips it elsewhere; the environment is restored after
     (importing sglang points Triton's and others' caches at its own folders: undo for the other
     test files)."""
-    sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent / "stubs"))
+    stubs = str(pathlib.Path(__file__).resolve().parent / "stubs")
+    if stubs not in sys.path:
+        sys.path.insert(0, stubs)
     import torchvision_stub
 
     torchvision_stub.install()
