@@ -58,17 +58,14 @@ BAD = [
     (["generate", "--temperature", "nan"], "--temperature"),
     (["generate", "--temperature", "hot"], "--temperature"),
     (["generate", "--seed", "1.5"], "--seed"),
-    (["generate", "--seed"], "--seed"),
     (["generate", "--dtype", "int8"], "--dtype"),
     (["generate", "--backend", "cuda"], "--backend"),
     (["generate", "--device", "tpu"], "--device"),
     (["generate", "--prompt", "abc"], "--prompt"),
     (["generate", "--prompt", ""], "prompt"),
-    (["generate", "--no-such-flag"], "--no-such-flag"),
     # eval
     (["eval", "--problems", "-1"], "--problems"),
     (["eval", "--policies", "nope"], "--policies"),
-    (["eval", "--policies"], "--policies"),
     (["eval", "--batch", "0"], "--batch"),
     (["eval", "--threads", "0"], "--threads"),
     (["eval", "--seed", "x"], "--seed"),
@@ -102,6 +99,10 @@ BAD = [
     (["distill", "--entropy-weight", "-1"], "--entropy-weight"),
     (["distill", "--seed", "0.5"], "--seed"),
     (["distill", "--threads", "0"], "--threads"),
+    # an option without its value, an unknown option
+    (["generate", "--seed"], "--seed"),
+    (["generate", "--no-such-flag"], "--no-such-flag"),
+    (["eval", "--policies"], "--policies"),
     # the command itself
     ([], "COMMAND"),
     (["nope"], "nope"),

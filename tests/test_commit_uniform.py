@@ -12,6 +12,7 @@ import dataclasses
 
 import pytest
 import torch
+from test_vllm import vllm_eb_mask
 
 import dllm_kernels as dk
 from dllm_kernels import CommitRule, CommitState, RenoiseState, TokenStats, _types
@@ -148,17 +149,6 @@ def test_entropy_bound_nan_and_inf(backend, device):
 # ------------------------------------------------------------------------------------------------
 
 
-def _vllm_eb_mask(entropy, bound):
-    """vLLM 0.33 ``_compiled_sample_step`` phase 4 (= SGLang's ``cumsum - sorted <= bound``)."""
-    sorted_ent, sorted_idx = torch.sort(entropy, dim=-1)
-    cumsum_ent = torch.cumsum(sorted_ent, dim=-1)
-    cummax_ent = torch.cummax(sorted_ent, dim=-1).values
-    sorted_mask = (cumsum_ent - cummax_ent) <= bound
-    eb_mask = torch.zeros_like(sorted_mask)
-    eb_mask.scatter_(1, sorted_idx, sorted_mask)
-    return eb_mask
-
-
 @pytest.mark.parametrize("L", [17, 64, 256])
 @pytest.mark.parametrize("bound", [0.1, 0.5, 2.0])
 def test_entropy_bound_equals_vllm_formula(device, L, bound):
@@ -171,7 +161,7 @@ def test_entropy_bound_equals_vllm_formula(device, L, bound):
     assert all(len(set(r)) == L for r in entropy.tolist())  # no ties
     token = torch.randint(0, 2**40, (B, L), generator=g)
     stats = _stats(token, entropy)
-    want = _vllm_eb_mask(entropy, bound)
+    want = vllm_eb_mask(entropy, bound)
     assert 0 < want.sum() < B * L  # the bound bites
     x = torch.full((B, L), M)
     rule = dataclasses.replace(EB, entropy_bound=bound)
@@ -584,39 +574,16 @@ def test_custom_op_and_compile_with_extras(device):
 
     kw = dict(mask_id=M, step=1, vocab_size=5, seed=7)
 
-    def step(x, stats, state, rs, s, e, pinned, argmax):
-        return dk.commit(
-            x,
-            stats,
-            state,
-            RENOISE,
-            active_start=s,
-            active_end=e,
-            pinned=pinned,
-            argmax=argmax,
-            renoise_state=rs,
-            backend="triton",
-            **kw,
-        )
+    def step(x, stats, state, rs, s, e, pinned, argmax, backend="triton"):
+        extra = dict(pinned=pinned, argmax=argmax, renoise_state=rs)
+        return dk.commit(x, stats, state, RENOISE, active_start=s, active_end=e, backend=backend, **extra, **kw)
 
     st = TokenStats(stats[0], stats[1], stats[1], stats[2])
     x_ref, (state_ref, rs_ref) = x.clone(), _clone_state((state, rs), device)
     s, e = rows[0], rows[1]
     compiled = torch.compile(step, backend="aot_eager", fullgraph=True)
     counts = compiled(x, st, state, rs, s, e, extras[0], extras[1])
-    want = dk.commit(
-        x_ref,
-        st,
-        state_ref,
-        RENOISE,
-        active_start=s,
-        active_end=e,
-        pinned=extras[0],
-        argmax=extras[1],
-        renoise_state=rs_ref,
-        backend="reference",
-        **kw,
-    )
+    want = step(x_ref, st, state_ref, rs_ref, s, e, extras[0], extras[1], backend="reference")
     assert torch.equal(counts, want) and torch.equal(x, x_ref)
     got, ref = _fields((state, rs)), _fields((state_ref, rs_ref))
     for name in got:

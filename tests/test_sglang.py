@@ -14,39 +14,25 @@ interpreter on the CPU); the seeds' rules against independent formulas; SGLang's
 first-done-first-out) driving our classes through a scripted model runner.
 """
 
-import os
 import pathlib
-import sys
 from types import SimpleNamespace
 
 import pytest
 import torch
+from sglang_helpers import (
+    ScriptedRunner,
+    batch,
+    fdfo_rounds,
+    fresh_blocks,
+    sglang_imports,
+    step_done_in_a_cuda_graph,
+)
 
-
-def _sglang_required() -> bool:
-    flag = os.environ.get("DLLM_KERNELS_REQUIRE_SGLANG")
-    if flag is not None:
-        return flag not in ("", "0")
-    return os.environ.get("CI") == "true" and not torch.cuda.is_available()
-
-
-sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent / "stubs"))
-import torchvision_stub  # noqa: E402
-
-torchvision_stub.install()
-_environ = dict(os.environ)
-try:
+with sglang_imports():
     from sglang.srt.dllm.algorithm import algo_name_to_cls, get_algorithm_cls
     from sglang.srt.dllm.algorithm.joint_threshold import JointThreshold
     from sglang.srt.dllm.algorithm.low_confidence import LowConfidence
     from sglang.srt.plugins import load_plugins
-except ImportError as exc:
-    if _sglang_required():
-        raise ImportError(f"sglang is required here (CI on a CPU machine; see tests/sglang-cpu.txt): {exc}") from exc
-    pytest.skip(f"sglang is not installed ({exc}); CI installs it", allow_module_level=True)
-finally:  # importing sglang points Triton's and others' caches at its own folders: undo for the other test files
-    os.environ.clear()
-    os.environ.update(_environ)
 
 # import_algorithms() swallows import errors: an empty registry would make every test vacuous
 assert "LowConfidence" in algo_name_to_cls and "JointThreshold" in algo_name_to_cls, sorted(algo_name_to_cls)
@@ -79,11 +65,6 @@ def config(block_size, algorithm_config=None, fdfo=False, mask_id=MASK):
         delete_token_id=9,  # read by DllmKernelsJointThresholdInDel only (tests/test_sglang_indel.py)
         split_token_id=10,
     )
-
-
-def batch(input_ids, prompt_mask, B):
-    """The fields of SGLang's ForwardBatch that the algorithms read."""
-    return SimpleNamespace(batch_size=B, input_ids=input_ids, dllm_prompt_mask=prompt_mask)
 
 
 def random_case(g, B, blk, *, prompt: bool):
@@ -336,34 +317,14 @@ def test_seed_rules_match_their_formulas(backend, name, opts):
 # ---- SGLang's run loop drives our classes --------------------------------------------------------
 
 
-class ScriptedRunner:
-    """``model_runner.forward``: logits that are a fixed function of each row's own block (so a
-    request's decisions do not depend on its batch-mates), counting forwards."""
-
-    def __init__(self, blk, seed=0, sharp=4.0):
-        g = torch.Generator().manual_seed(seed)
-        self.table = torch.randn(blk, V, V, generator=g) * sharp  # [position, token at left, vocab]
-        self.bias = torch.randn(blk, V, generator=g) * sharp
-        self.bias[:, MASK] = -50.0  # a model never proposes MASK (a request would never finish)
-        self.blk = blk
-        self.forwards = 0
-
-    def forward(self, forward_batch, pp_proxy_tensors=None):
-        self.forwards += 1
-        x = forward_batch.input_ids.view(-1, self.blk)
-        left = torch.cat([x[:, :1], x[:, :-1]], dim=1)  # [B, blk]
-        logits = self.bias[None] + self.table[torch.arange(self.blk)[None, :], left]  # [B, blk, V]
-        return SimpleNamespace(
-            logits_output=SimpleNamespace(full_logits=logits.reshape(-1, V).float()), can_run_graph=False
-        )
+def scripted_runner(blk, sharp=4.0):
+    """The scripted model runner (tests/sglang_helpers.py); it never proposes MASK (a request
+    would never finish)."""
+    return ScriptedRunner(blk, V, sharp=sharp, never=MASK)
 
 
 def _blocks(g, n, blk):
-    ids, pm = random_case(g, n, blk, prompt=True)
-    ids = ids.view(n, blk)
-    ids[~pm] = MASK  # a fresh request's block: prompt tail, then MASKs
-    ids[pm & (ids == MASK)] = 1
-    return ids, pm
+    return fresh_blocks(*random_case(g, n, blk, prompt=True), MASK)
 
 
 PAIRS = [
@@ -380,37 +341,12 @@ def test_sglang_sync_run_loop(backend, pair):
     ids, pm = _blocks(g, B, blk)
     results = []
     for cls, opts in ((ours_cls, {"backend": backend}), (theirs_cls, {})):
-        runner = ScriptedRunner(blk)
+        runner = scripted_runner(blk)
         fb = batch(ids.reshape(-1).clone(), pm.clone(), B)
         _, tokens, accept, states, _ = cls(config(blk, {**pair[2], **opts})).run(runner, fb)
         results.append(([t.tolist() for t in tokens], runner.forwards, accept, states))
     assert results[0] == results[1]
     assert results[0][1] > 2  # several denoising forwards
-
-
-def _fdfo_rounds(algo, runner, blocks, pms, B, perm_seed):
-    """Drive SGLang's FDFO ``run`` like its scheduler: each round a batch of up to B unfinished
-    requests (shuffled, new ones joining as others finish) carrying their states; returns every
-    request's final tokens and the round it finished in."""
-    g = torch.Generator().manual_seed(perm_seed)
-    n = blocks.shape[0]
-    canvas = {i: blocks[i].clone() for i in range(n)}
-    states = {i: None for i in range(n)}
-    finished, waiting, rounds = {}, list(range(n)), 0
-    while waiting and rounds < 200:
-        rounds += 1
-        live = waiting[:B]
-        live = [live[j] for j in torch.randperm(len(live), generator=g).tolist()]
-        fb = batch(torch.cat([canvas[i] for i in live]), torch.stack([pms[i] for i in live]), len(live))
-        _, tokens, accept, states_out, _ = algo.run(runner, fb, [states[i] for i in live])
-        for j, i in enumerate(live):
-            canvas[i] = torch.tensor(tokens[j])
-            states[i] = states_out[j]
-            if accept[j]:
-                assert states_out[j] is None  # SGLang drops a finished request's state
-                finished[i] = (tokens[j], rounds)
-                waiting.remove(i)
-    return finished
 
 
 @pytest.mark.parametrize("pair", PAIRS)
@@ -422,7 +358,7 @@ def test_sglang_fdfo_run_loop(backend, pair):
     out = []
     for cls, opts in ((ours_cls, {"backend": backend}), (theirs_cls, {})):
         algo = cls(config(blk, {**pair[2], **opts}, fdfo=True))
-        out.append(_fdfo_rounds(algo, ScriptedRunner(blk), blocks, pms, B, perm_seed=1))
+        out.append(fdfo_rounds(algo, scripted_runner(blk), blocks, pms, B, perm_seed=1))
     assert out[0] == out[1]
     assert len(out[0]) == n
 
@@ -442,10 +378,10 @@ def test_r2_state_survives_fdfo_rounds(backend):
         "backend": backend,
     }
     algo = plugin.DllmKernelsR2Dllm(config(blk, opts, fdfo=True))
-    mixed = _fdfo_rounds(algo, ScriptedRunner(blk, sharp=1.5), blocks, pms, B=B, perm_seed=2)
+    mixed = fdfo_rounds(algo, scripted_runner(blk, sharp=1.5), blocks, pms, B=B, perm_seed=2)
     alone = {}
     for i in range(n):
-        r = _fdfo_rounds(algo, ScriptedRunner(blk, sharp=1.5), blocks[i : i + 1], pms[i : i + 1], B=1, perm_seed=0)
+        r = fdfo_rounds(algo, scripted_runner(blk, sharp=1.5), blocks[i : i + 1], pms[i : i + 1], B=1, perm_seed=0)
         alone[i] = r[0]
     assert {i: t for i, (t, _) in mixed.items()} == {i: t for i, (t, _) in alone.items()}
 
@@ -453,8 +389,8 @@ def test_r2_state_survives_fdfo_rounds(backend):
         def run(self, model_runner, forward_batch, algo_states=None):
             return super().run(model_runner, forward_batch, None)  # drops the carried states
 
-    forgetful = _fdfo_rounds(
-        Forgetful(config(blk, opts, fdfo=True)), ScriptedRunner(blk, sharp=1.5), blocks, pms, B=B, perm_seed=2
+    forgetful = fdfo_rounds(
+        Forgetful(config(blk, opts, fdfo=True)), scripted_runner(blk, sharp=1.5), blocks, pms, B=B, perm_seed=2
     )
     assert sum(r for _, r in forgetful.values()) > sum(r for _, r in mixed.values())  # streaks save rounds
 
@@ -466,7 +402,7 @@ def test_every_algorithm_runs_the_sync_loop(backend):
     for cls in plugin.ALGORITHMS:
         fb = batch(ids.reshape(-1).clone(), pm, B)
         ids_obj = fb.input_ids
-        _, tokens, _, _, _ = cls(config(blk, {"backend": backend})).run(ScriptedRunner(blk), fb)
+        _, tokens, _, _, _ = cls(config(blk, {"backend": backend})).run(scripted_runner(blk), fb)
         assert fb.input_ids is ids_obj
         assert all(MASK not in t[int(p.sum()) :].tolist() for t, p in zip(fb.input_ids.view(B, blk), pm))
         assert len(tokens) == B
@@ -533,24 +469,8 @@ def test_step_done_replays_in_a_cuda_graph(name):
     ids, pm = random_case(g, B, blk, prompt=True)
     logits = (torch.randn(B * blk, V, generator=g) * 3).cuda()
     algo = getattr(plugin, name)(config(blk, {"backend": "triton"}))
-
-    def fresh():
-        fb = batch(ids.clone().cuda(), pm.cuda(), B)
-        return fb, algo.init_step_state(fb)
-
-    fb_eager, st_eager = fresh()
-    done_eager = algo.step_done(fb_eager, logits.clone(), st_eager).clone()
-    fb_warm, st_warm = fresh()
-    algo.step_done(fb_warm, logits.clone(), st_warm)  # compiles the kernels, makes the constants
-    fb, st = fresh()
-    static_logits = logits.clone()
-    torch.cuda.synchronize()
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
-        done = algo.step_done(fb, static_logits, st)
-    ids_obj = fb.input_ids
-    graph.replay()
-    torch.cuda.synchronize()
-    assert fb.input_ids is ids_obj
+    run = step_done_in_a_cuda_graph(algo, ids, pm, B, logits)
+    (fb_eager, _, done_eager), (fb, _, done) = run.eager, run.replayed
+    assert fb.input_ids is run.captured_ids
     assert torch.equal(fb.input_ids, fb_eager.input_ids)
     assert torch.equal(done, done_eager)

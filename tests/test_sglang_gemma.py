@@ -16,37 +16,16 @@ of SGLang's ``probabilities @ E``, absolute) agree. The laws are tested separate
 ``softmax(logits / T)`` at the schedule's temperature.
 """
 
-import os
-import pathlib
-import sys
+import functools
 from types import SimpleNamespace
 
 import pytest
 import torch
+from sglang_helpers import server_args as sglang_server_args, sglang_imports
 
-
-def _sglang_required() -> bool:
-    flag = os.environ.get("DLLM_KERNELS_REQUIRE_SGLANG")
-    if flag is not None:
-        return flag not in ("", "0")
-    return os.environ.get("CI") == "true" and not torch.cuda.is_available()
-
-
-sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent / "stubs"))
-import torchvision_stub  # noqa: E402
-
-torchvision_stub.install()
-_environ = dict(os.environ)
-try:
+with sglang_imports():
     from sglang.srt.dllm.algorithm import algo_name_to_cls, gemma4_renoise as sglang_gemma, get_algorithm_cls
     from sglang.srt.plugins import load_plugins
-except ImportError as exc:
-    if _sglang_required():
-        raise ImportError(f"sglang is required here (CI on a CPU machine; see tests/sglang-cpu.txt): {exc}") from exc
-    pytest.skip(f"sglang is not installed ({exc}); CI installs it", allow_module_level=True)
-finally:  # importing sglang points Triton's and others' caches at its own folders: undo
-    os.environ.clear()
-    os.environ.update(_environ)
 
 assert "Gemma4Renoise" in algo_name_to_cls, sorted(algo_name_to_cls)
 
@@ -548,15 +527,7 @@ def test_dllm_config_from_server_args_through_the_hook(monkeypatch, tmp_path):
     yaml = tmp_path / "gemma.yaml"
     yaml.write_text("max_denoising_steps: 20\nsampler_config:\n  entropy_bound: 0.25\n")
 
-    def server_args(name, config=None):
-        return SimpleNamespace(
-            dllm_algorithm=name,
-            dllm_algorithm_config=config,
-            dllm_fdfo=False,
-            model_path="google/diffusion-gemma",
-            revision=None,
-            max_running_requests=None,
-        )
+    server_args = functools.partial(sglang_server_args, model_path="google/diffusion-gemma")
 
     cfg = DllmConfig.from_server_args(server_args(OURS.__name__, str(yaml)))
     theirs = DllmConfig.from_server_args(server_args("Gemma4Renoise", str(yaml)))

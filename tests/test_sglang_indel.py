@@ -11,40 +11,27 @@ small batches); SGLang's own ``run`` loop, synchronous and first-done-first-out,
 classes through a scripted model runner; hand-worked DELETE / SPLIT cases; errors.
 """
 
-import os
-import pathlib
-import sys
+import functools
 from types import SimpleNamespace
 
 import pytest
 import torch
+from sglang_helpers import (
+    ScriptedRunner,
+    batch,
+    fdfo_rounds,
+    fresh_blocks,
+    server_args,
+    sglang_imports,
+    step_done_in_a_cuda_graph,
+)
 
 from dllm_kernels.block_edit import block_edit
 
-
-def _sglang_required() -> bool:
-    flag = os.environ.get("DLLM_KERNELS_REQUIRE_SGLANG")
-    if flag is not None:
-        return flag not in ("", "0")
-    return os.environ.get("CI") == "true" and not torch.cuda.is_available()
-
-
-sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent / "stubs"))
-import torchvision_stub  # noqa: E402
-
-torchvision_stub.install()
-_environ = dict(os.environ)
-try:
+with sglang_imports():
     from sglang.srt.dllm.algorithm import algo_name_to_cls, get_algorithm_cls
     from sglang.srt.dllm.algorithm.joint_threshold_indel import JointThresholdInDel
     from sglang.srt.plugins import load_plugins
-except ImportError as exc:
-    if _sglang_required():
-        raise ImportError(f"sglang is required here (CI on a CPU machine; see tests/sglang-cpu.txt): {exc}") from exc
-    pytest.skip(f"sglang is not installed ({exc}); CI installs it", allow_module_level=True)
-finally:  # importing sglang points Triton's and others' caches at its own folders: undo
-    os.environ.clear()
-    os.environ.update(_environ)
 
 # import_algorithms() swallows import errors: an empty registry would make every test vacuous
 assert "JointThresholdInDel" in algo_name_to_cls, sorted(algo_name_to_cls)
@@ -73,10 +60,6 @@ def config(blk, algorithm_config=None, *, fdfo=False, delete=DEL, split=SPL):
         delete_token_id=delete,
         split_token_id=split,
     )
-
-
-def batch(input_ids, prompt_mask, B):
-    return SimpleNamespace(batch_size=B, input_ids=input_ids, dllm_prompt_mask=prompt_mask)
 
 
 class Counting(JointThresholdInDel):
@@ -181,34 +164,14 @@ def test_parity_on_random_batches(backend, blk):
 # ---- SGLang's run loop drives both classes -------------------------------------------------------
 
 
-class ScriptedRunner:
-    """``model_runner.forward``: logits that are a fixed function of each position and its left
-    neighbour's token (so a request's decisions do not depend on its batch-mates); DELETE and
-    SPLIT are likely proposals at some positions."""
-
-    def __init__(self, blk, seed=0, sharp=3.0):
-        g = torch.Generator().manual_seed(seed)
-        self.table = torch.randn(blk, V, V, generator=g) * sharp  # [position, token at left, vocab]
-        self.bias = torch.randn(blk, V, generator=g) * sharp
-        self.blk = blk
-        self.forwards = 0
-
-    def forward(self, forward_batch, pp_proxy_tensors=None):
-        self.forwards += 1
-        x = forward_batch.input_ids.view(-1, self.blk)
-        left = torch.cat([x[:, :1], x[:, :-1]], dim=1)
-        logits = self.bias[None] + self.table[torch.arange(self.blk)[None, :], left]
-        return SimpleNamespace(
-            logits_output=SimpleNamespace(full_logits=logits.reshape(-1, V).float()), can_run_graph=False
-        )
+def scripted_runner(blk, seed):
+    """The scripted model runner (tests/sglang_helpers.py): DELETE and SPLIT are likely
+    proposals at some positions."""
+    return ScriptedRunner(blk, V, seed=seed, sharp=3.0)
 
 
 def _blocks(g, n, blk):
-    ids, pm = random_case(g, n, blk, prompt=True)
-    ids = ids.view(n, blk)
-    ids[~pm] = MASK  # a fresh request's block: prompt tail, then MASKs
-    ids[pm & (ids == MASK)] = 1
-    return ids, pm
+    return fresh_blocks(*random_case(g, n, blk, prompt=True), MASK)
 
 
 def test_sglang_sync_run_loop(backend):
@@ -219,7 +182,7 @@ def test_sglang_sync_run_loop(backend):
     results, counts = [], None
     for seed in range(1 if interpreted(backend) else 4):
         for cls, extra in ((OURS, {"backend": backend}), (Counting, {})):
-            runner = ScriptedRunner(blk, seed=seed)
+            runner = scripted_runner(blk, seed=seed)
             fb = batch(ids.reshape(-1).clone(), pm.clone(), B)
             algo = cls(config(blk, {**opts, **extra}))
             _, tokens, accept, states, _ = algo.run(runner, fb)
@@ -232,30 +195,6 @@ def test_sglang_sync_run_loop(backend):
         assert counts["delete"] + counts["split"] > 0, counts
 
 
-def _fdfo_rounds(algo, runner, blocks, pms, B, perm_seed):
-    """SGLang's FDFO ``run`` as its scheduler drives it: each round a shuffled batch of up to B
-    unfinished requests carrying their states; returns each request's tokens and finishing round."""
-    g = torch.Generator().manual_seed(perm_seed)
-    n = blocks.shape[0]
-    canvas = {i: blocks[i].clone() for i in range(n)}
-    states = {i: None for i in range(n)}
-    finished, waiting, rounds = {}, list(range(n)), 0
-    while waiting and rounds < 200:
-        rounds += 1
-        live = waiting[:B]
-        live = [live[j] for j in torch.randperm(len(live), generator=g).tolist()]
-        fb = batch(torch.cat([canvas[i] for i in live]), torch.stack([pms[i] for i in live]), len(live))
-        _, tokens, accept, states_out, _ = algo.run(runner, fb, [states[i] for i in live])
-        for j, i in enumerate(live):
-            canvas[i] = torch.tensor(tokens[j])
-            states[i] = states_out[j]
-            if accept[j]:
-                assert states_out[j] is None
-                finished[i] = (tokens[j], rounds)
-                waiting.remove(i)
-    return finished
-
-
 def test_sglang_fdfo_run_loop(backend):
     blk, B, n = (4, 2, 3) if interpreted(backend) else (8, 3, 7)
     g = torch.Generator().manual_seed(5)
@@ -264,7 +203,7 @@ def test_sglang_fdfo_run_loop(backend):
     out = []
     for cls, extra in ((OURS, {"backend": backend}), (JointThresholdInDel, {})):
         algo = cls(config(blk, {**opts, **extra}, fdfo=True))
-        out.append(_fdfo_rounds(algo, ScriptedRunner(blk, seed=1), blocks, pms, B, perm_seed=1))
+        out.append(fdfo_rounds(algo, scripted_runner(blk, seed=1), blocks, pms, B, perm_seed=1))
     assert out[0] == out[1]
     assert len(out[0]) == n
 
@@ -427,17 +366,7 @@ def fake_checkpoint(monkeypatch):
     for module in (dllm_config, overrides):
         monkeypatch.setattr(module, "resolving_view", lambda server_args: server_args)
 
-    def server_args(algorithm):
-        return SimpleNamespace(
-            dllm_algorithm=algorithm,
-            dllm_algorithm_config=None,
-            dllm_fdfo=False,
-            model_path="inclusionAI/LLaDA2.2-flash",
-            revision=None,
-            max_running_requests=None,
-        )
-
-    return hf, server_args
+    return hf, functools.partial(server_args, model_path="inclusionAI/LLaDA2.2-flash")
 
 
 def test_token_ids_come_from_the_checkpoint(fake_checkpoint):
@@ -485,23 +414,8 @@ def test_step_done_replays_in_a_cuda_graph():
     ids, pm = random_case(g, B, blk, prompt=True)
     logits = random_logits(g, B * blk, 0).cuda()
     algo = OURS(config(blk, {"backend": "triton"}))
-
-    def fresh():
-        fb = batch(ids.clone().cuda(), pm.cuda(), B)
-        return fb, algo.init_step_state(fb)
-
-    fb_eager, st_eager = fresh()
-    done_eager = algo.step_done(fb_eager, logits.clone(), st_eager).clone()
-    fb_warm, st_warm = fresh()
-    algo.step_done(fb_warm, logits.clone(), st_warm)  # compiles the kernels, makes the constants
-    fb, st = fresh()
-    static_logits = logits.clone()
-    torch.cuda.synchronize()
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
-        done = algo.step_done(fb, static_logits, st)
-    graph.replay()
-    torch.cuda.synchronize()
+    run = step_done_in_a_cuda_graph(algo, ids, pm, B, logits)
+    (fb_eager, st_eager, done_eager), (fb, st, done) = run.eager, run.replayed
     assert torch.equal(fb.input_ids, fb_eager.input_ids)
     assert torch.equal(done, done_eager)
     assert torch.equal(st[0].tensors["is_orig_mask"], st_eager[0].tensors["is_orig_mask"])

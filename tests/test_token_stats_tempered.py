@@ -326,22 +326,12 @@ def test_low_precision_inputs(device, dtype):
 def test_sm90_loop_has_no_block_reduction_with_the_new_options():
     """The new specializations keep the per-lane loop: at most the 2 bar.sync of the cp.async
     hand-off per iteration (tests/test_token_stats.py checks the original ones)."""
-    import json
-    import os
-    import subprocess
-    import sys
+    from test_token_stats import assert_loops_have_at_most_two_barriers
 
-    from test_token_stats import _PTX_LOOP_BARRIERS
-
-    names = [
-        "token_stats[bf16,sample=False,row_seed=False,final=True,suppress=0,tempered,allowed]",
-        "token_stats[bf16,sample=True,row_seed=True,final=True,suppress=0,row_temp,tempered]",
-        "token_stats[bf16,sample=True,row_seed=False,final=False,suppress=0,row_temp,tempered,vllm]",
-    ]
-    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
-    code = f"NAMES = {names!r}\n" + _PTX_LOOP_BARRIERS
-    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=600)
-    assert out.returncode == 0, out.stderr[-3000:]
-    counts = json.loads(out.stdout.strip().splitlines()[-1])
-    assert set(counts) == set(names)
-    assert all(n <= 2 for n in counts.values()), counts
+    assert_loops_have_at_most_two_barriers(
+        [
+            "token_stats[bf16,sample=False,row_seed=False,final=True,suppress=0,tempered,allowed]",
+            "token_stats[bf16,sample=True,row_seed=True,final=True,suppress=0,row_temp,tempered]",
+            "token_stats[bf16,sample=True,row_seed=False,final=False,suppress=0,row_temp,tempered,vllm]",
+        ]
+    )

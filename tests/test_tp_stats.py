@@ -213,20 +213,21 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _rank_main(rank, world, port, x, out_dir):
+def _rank_main(rank, world, port, x, cases, out_dir):
+    """One rank: for each case ``(key, backend, partial kwargs, merge kwargs)``, the partial
+    state of its (uneven) vocabulary shard, all-gathered and merged; saves the merged
+    statistics by key."""
     os.environ["TRITON_INTERPRET"] = "1"
     dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world)
     try:
         V = x.shape[-1]
         a, b = shard_bounds(V, world, uneven=True)[rank]
         results = {}
-        for temperature, backend in ((0.0, "triton"), (0.7, "reference")):
-            part = dk.token_stats_partial(
-                x[..., a:b], a, temperature=temperature, seed=2024, vocab_size=V, backend=backend
-            )
+        for key, backend, partial_kw, merge_kw in cases:
+            part = dk.token_stats_partial(x[..., a:b], a, vocab_size=V, backend=backend, **partial_kw)
             gathered = [torch.empty_like(part) for _ in range(world)]
             dist.all_gather(gathered, part)  # gloo has no all_gather_into_tensor
-            results[temperature] = tuple(dk.merge_token_stats(gathered, backend=backend))
+            results[key] = tuple(dk.merge_token_stats(gathered, backend=backend, **merge_kw))
         torch.save(results, os.path.join(out_dir, f"rank{rank}.pt"))
     finally:
         dist.destroy_process_group()
@@ -240,8 +241,9 @@ def test_gloo_all_gather_of_partials(world, tmp_path):
     V = 97
     x = logits((2, 3, V), "cpu")
     x[0, 1, [5, 90]] = 9.0  # a tie across ranks
+    cases = [(T, backend, dict(temperature=T, seed=2024), {}) for T, backend in ((0.0, "triton"), (0.7, "reference"))]
     mp.start_processes(
-        _rank_main, args=(world, _free_port(), x, str(tmp_path)), nprocs=world, join=True, start_method="spawn"
+        _rank_main, args=(world, _free_port(), x, cases, str(tmp_path)), nprocs=world, join=True, start_method="spawn"
     )
     for rank in range(world):
         results = torch.load(tmp_path / f"rank{rank}.pt")
@@ -261,26 +263,6 @@ def test_benchmark_tp_case_computes_token_stats(device):
     assert_stats_close(dk.TokenStats(*kernel_tp(x, 3)), reference.token_stats(x.cpu()))
 
 
-def _rank_main_tempered(rank, world, port, x, temps, mask, out_dir):
-    """As _rank_main, with per-row temperatures, tempered statistics and an allowed bitmask."""
-    os.environ["TRITON_INTERPRET"] = "1"
-    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world)
-    try:
-        V = x.shape[-1]
-        a, b = shard_bounds(V, world, uneven=True)[rank]
-        results = {}
-        for backend in ("triton", "reference"):
-            kw = dict(temperature=temps, seed=77, allowed=mask, tempered=True)
-            part = dk.token_stats_partial(x[..., a:b], a, vocab_size=V, backend=backend, **kw)
-            gathered = [torch.empty_like(part) for _ in range(world)]
-            dist.all_gather(gathered, part)
-            merged = dk.merge_token_stats(gathered, temperature=temps, tempered=True, backend=backend)
-            results[backend] = tuple(merged)
-        torch.save(results, os.path.join(out_dir, f"rank{rank}.pt"))
-    finally:
-        dist.destroy_process_group()
-
-
 @pytest.mark.parametrize("world", [2, 3])
 def test_gloo_all_gather_of_tempered_partials(world, tmp_path):
     """Tempered statistics at per-row temperatures (T = 0 rows included) under an allowed-token
@@ -295,12 +277,10 @@ def test_gloo_all_gather_of_tempered_partials(world, tmp_path):
     words[..., :V] = allow.long()
     words = (words.view(2, 3, 4, 32) << torch.arange(32)).sum(-1)
     mask = torch.where(words >= 2**31, words - 2**32, words).to(torch.int32)
+    kw = dict(temperature=temps, seed=77, allowed=mask, tempered=True)
+    cases = [(backend, backend, kw, dict(temperature=temps, tempered=True)) for backend in ("triton", "reference")]
     mp.start_processes(
-        _rank_main_tempered,
-        args=(world, _free_port(), x, temps, mask, str(tmp_path)),
-        nprocs=world,
-        join=True,
-        start_method="spawn",
+        _rank_main, args=(world, _free_port(), x, cases, str(tmp_path)), nprocs=world, join=True, start_method="spawn"
     )
     whole = dk.token_stats(x, temperature=temps, seed=77, allowed=mask, tempered=True, backend="reference")
     assert whole.entropy[1, 2].item() == math.inf

@@ -182,8 +182,9 @@ def test_sample_row_stats_bad_input():
 # ------------------------------------------------------------------------------------------------
 
 
-def _vllm_eb_mask(token_entropy, entropy_bound, stable=False):
-    """diffusion_gemma._compiled_sample_step, phase 4, transcribed."""
+def vllm_eb_mask(token_entropy, entropy_bound, stable=False):
+    """diffusion_gemma._compiled_sample_step, phase 4, transcribed (= SGLang's ``cumsum - sorted
+    <= bound``); also used by tests/test_commit_uniform.py."""
     sorted_ent, sorted_idx = torch.sort(token_entropy, dim=-1, stable=stable)
     cumsum_ent = torch.cumsum(sorted_ent, dim=-1)
     cummax_ent = torch.cummax(sorted_ent, dim=-1).values
@@ -198,7 +199,7 @@ def test_entropy_bound_mask_equals_the_vllm_formula(bound):
     for _ in range(20):
         ent = torch.rand(8, 64) * torch.rand(8, 1) * 3  # distinct almost surely
         got = dkv.entropy_bound_mask(ent, bound)
-        assert torch.equal(got, _vllm_eb_mask(ent, bound))
+        assert torch.equal(got, vllm_eb_mask(ent, bound))
         assert got.gather(-1, ent.argmin(-1, keepdim=True)).all()  # the lowest is always accepted
 
 
@@ -209,7 +210,7 @@ def test_entropy_bound_mask_rule_and_ties():
     assert dkv.entropy_bound_mask(ent, 0.0).tolist() == [[False, True, False, False, False, False]]
     # ties go by index, as vLLM's formula with a stable sort ranks them
     for bound in (0.0, 0.125, 0.375, 0.875, 1.375, 1.875, 10.0):
-        assert torch.equal(dkv.entropy_bound_mask(ent, bound), _vllm_eb_mask(ent, bound, stable=True))
+        assert torch.equal(dkv.entropy_bound_mask(ent, bound), vllm_eb_mask(ent, bound, stable=True))
     # per-row bounds; any leading shape
     ent3 = torch.rand(2, 3, 16)
     bounds = torch.tensor([0.0, 1.0])[:, None, None]
