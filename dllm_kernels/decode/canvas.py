@@ -13,10 +13,15 @@ from .._checks import check_tensor
 from ..commit import CommitState
 
 
-def build_canvas(prompt, gen_length: int, block_length: int, config, device):
+def build_canvas(prompt, gen_length: int, block_length: int, config, device, *, block_causal: bool = False):
     """Left-pad the prompts to a common block-aligned length and append the masks (a fixed number
     of tensor ops whatever the batch; a list prompt is read row by row once). Returns the canvas
-    ``[B, P + gen_length]``, the ``[B]`` left padding and ``P``."""
+    ``[B, P + gen_length]``, the ``[B]`` left padding, ``P`` and the ``[B]`` prompt lengths (on
+    the CPU).
+
+    ``block_causal`` (block-diffusion decoding, whose blocks are aligned to position 0): the left
+    padding is a whole number of blocks, each prompt's last (partial) block ends at ``P``, and the
+    masks start right after the prompt, so that canvas blocks are the model's position blocks."""
     if isinstance(prompt, torch.Tensor):
         check_tensor("generate", "prompt", prompt, ndim=2)
         if prompt.dtype not in (torch.int64, torch.int32):
@@ -45,15 +50,17 @@ def build_canvas(prompt, gen_length: int, block_length: int, config, device):
     P = -(-int(lengths.max()) // block_length) * block_length
     pad_id = config.pad_id if getattr(config, "pad_id", None) is not None else config.eos_id
     pad = P - lengths
+    if block_causal:
+        pad = P - (-(-lengths // block_length)) * block_length
     x = torch.full((B, P + gen_length), config.mask_id, dtype=torch.int64)
-    x[:, :P] = pad_id
+    x[:, :P] = torch.where(torch.arange(P)[None, :] < (pad + lengths)[:, None], pad_id, config.mask_id)
     if rect is not None:  # rows of one length: one block
-        x[:, P - rect.shape[1] : P] = rect
+        x[:, int(pad[0]) : int(pad[0]) + rect.shape[1]] = rect
     else:  # token i of the concatenation belongs to row b and goes to column pad[b] + (its index in b)
         row = torch.repeat_interleave(torch.arange(B), lengths)
         first = torch.cumsum(lengths, 0) - lengths
         x[row, pad[row] + torch.arange(len(tokens)) - first[row]] = tokens
-    return x.to(device), pad.to(device), P
+    return x.to(device), pad.to(device), P, lengths
 
 
 def fill_eos(x, commit_step, fill_after: torch.Tensor, step, eos: int, keep: torch.Tensor | None = None):

@@ -2,7 +2,7 @@
 
 - :mod:`.base`: the :class:`Policy` record, its checks, the cache modes and schedulers;
 - :mod:`.published`: one section per published decoder (LLaDA, Fast-dLLM, Streaming-dLLM,
-  R2-dLLM, d3LLM) and per serving rule, holding every fact about it once: its constructor's
+  R2-dLLM, d3LLM, SDAR) and per serving rule, holding every fact about it once: its constructor's
   defaults, the public repo's option names, the SGLang algorithm's options, the evaluation sweeps;
 - :mod:`.aliases`: the public option names applied once, by :func:`resolve_policy`.
 
@@ -27,6 +27,7 @@ from .published import (
     fast_dllm,
     markdown_table,
     r2,
+    sdar,
     sglang_algorithms,
     streaming,
     sweeps,
@@ -56,6 +57,7 @@ __all__ = [
     "public_aliases",
     "r2",
     "resolve_policy",
+    "sdar",
     "sglang_algorithms",
     "streaming",
     "strict_threshold",

@@ -494,6 +494,87 @@ def d3llm_dream(**overrides) -> Policy:
 
 
 # ------------------------------------------------------------------------------------------------
+# SDAR (block diffusion)
+# ------------------------------------------------------------------------------------------------
+
+# generate.py's remasking strategies (L147-194) that are reproduced; "entropy_bounded" is broken as
+# published (tests/fidelity/README.md) and rejected
+SDAR_REMASKING = ("low_confidence_dynamic", "low_confidence_static", "sequential")
+
+
+def _sdar_stop_ids(label: str, value):
+    """SDAR's ``stopping_criteria_idx`` (a list of ids, or None: no stop) -> a tuple."""
+    if value is None:
+        return ()
+    if isinstance(value, int) and not isinstance(value, bool):
+        return (value,)
+    return tuple(value)
+
+
+_SDAR_DEFAULTS = {
+    "remasking": "low_confidence_dynamic",
+    "threshold": 0.85,
+    "steps_per_block": 4,
+    # the script's stop ids: the release's generation_config eos_token_id (<|im_end|>, <|endoftext|>)
+    "stop_ids": (151645, 151643),
+}
+SDAR = Decoder(
+    name="sdar",
+    title="SDAR",
+    repo="JetAstra/SDAR",
+    defaults=_SDAR_DEFAULTS,
+    aliases=(
+        Alias("remasking_strategy", "remasking"),
+        Alias("confidence_threshold", "threshold"),
+        Alias("denoising_steps", "steps_per_block"),
+        Alias("stopping_criteria_idx", "stop_ids", _sdar_stop_ids, "a list -> a tuple, None -> ()"),
+    ),
+    # the model card's and SGLang's tau 0.9, the script's 0.85, then more parallel
+    quick_sweep=tuple({"threshold": t} for t in (0.95, 0.85, 0.7)),
+    full_sweep=(
+        {"remasking": "low_confidence_static"},
+        *({"threshold": t} for t in (0.99, 0.95, 0.9, 0.85, 0.8, 0.7)),
+    ),
+    variants={"static": {"remasking": "low_confidence_static"}},
+)
+
+
+def sdar(
+    remasking: str = SDAR.defaults["remasking"],
+    threshold: float = SDAR.defaults["threshold"],
+    steps_per_block: int = SDAR.defaults["steps_per_block"],
+    stop_ids: tuple[int, ...] = SDAR.defaults["stop_ids"],
+) -> Policy:
+    """SDAR's ``block_diffusion_generate`` (greedy): block-causal decoding with the completed
+    blocks as the exact KV cache (:attr:`Policy.scheduler` ``"block_causal"``), ``steps_per_block``
+    denoising forwards at most per block (= ``block_length``: one token per step), and the
+    remasking strategy ``remasking``:
+
+    - ``"low_confidence_dynamic"``: every masked position with ``prob > threshold`` (strict),
+      else the most confident one (``{argmax} ∪ {prob > threshold}`` at one token per step);
+    - ``"low_confidence_static"``: the most confident masked position (``torch.topk``);
+    - ``"sequential"``: the block's first masked position.
+
+    Greedy means SDAR's T = 1 softmax with the multinomial draw replaced by its argmax: proposal
+    ``argmax``, confidence ``softmax(logits)[argmax]`` (tests/fidelity/README.md)."""
+    if remasking not in SDAR_REMASKING:
+        raise ValueError(f"sdar: remasking must be one of {SDAR_REMASKING}, got {remasking!r}")
+    if remasking == "low_confidence_dynamic":
+        rule = CommitRule(base="threshold", threshold=strict_threshold(threshold))
+    else:
+        rule = CommitRule(base="topk", commit_best=False)
+    return Policy(
+        "sdar",
+        rule,
+        scheduler="block_causal",
+        cache="blocks",
+        steps_per_block=steps_per_block,
+        commit_in_order=remasking == "sequential",
+        stop_ids=tuple(stop_ids),
+    )
+
+
+# ------------------------------------------------------------------------------------------------
 # serving rules (SGLang's own algorithms, reproduced exactly)
 # ------------------------------------------------------------------------------------------------
 
@@ -538,11 +619,11 @@ JOINT_THRESHOLD = ServingRule(
 # derived tables
 # ------------------------------------------------------------------------------------------------
 
-DECODERS: dict[str, Decoder] = {d.name: d for d in (VANILLA, FAST_DLLM, STREAMING, R2, D3LLM, D3LLM_DREAM)}
+DECODERS: dict[str, Decoder] = {d.name: d for d in (VANILLA, FAST_DLLM, STREAMING, R2, D3LLM, D3LLM_DREAM, SDAR)}
 SERVING: dict[str, ServingRule] = {s.name: s for s in (LOW_CONFIDENCE, JOINT_THRESHOLD)}
 
 POLICIES: dict[str, Callable[..., Policy]] = {
-    f.__name__: f for f in (vanilla, fast_dllm, streaming, r2, d3llm, d3llm_dream)
+    f.__name__: f for f in (vanilla, fast_dllm, streaming, r2, d3llm, d3llm_dream, sdar)
 }
 
 # rule variants reachable by a constructor argument that are compiled ahead of time besides
