@@ -38,7 +38,7 @@ class BlockCausalRows:
 
     def __init__(self, policy: Policy, geo: Geometry, pad: np.ndarray, first: np.ndarray):
         self.p, self.g = policy, geo
-        bs, spb = geo.bs, policy.steps_per_block
+        bs, spb = geo.bs, policy.steps_per_block or geo.bs
         self.rules = [policy.rule]
         self.pad = np.asarray(pad, np.int64)
         self.first = np.asarray(first, np.int64)
@@ -60,51 +60,68 @@ class BlockCausalRows:
 
     def plan(self, x: np.ndarray, _committed: np.ndarray | None, live: np.ndarray) -> tuple[np.ndarray, ...]:
         """As :meth:`.blocks.BlockRows.plan`: ``x`` the canvas ``[B, L]``, ``live`` the rows below
-        ``max_nfe``; returns the ``[B, NCOL]`` plan, the rows that forward and those with a fill
-        (never: a stopped row's later positions stay masks)."""
+        ``max_nfe``; returns the ``[B, NCOL]`` plan, the rows that forward and the rows with a
+        fill (a Fast-dLLM v2 stop)."""
         p, g, B = self.p, self.g, x.shape[0]
-        bs = g.bs
+        bs, L = g.bs, g.L
         out = np.zeros((B, NCOL), np.int64)
-        out[:, Col.FILL] = g.L
+        out[:, Col.FILL] = L
         fwd = live & ~self.done
         if not fwd.any():
             return out, fwd, np.zeros(B, bool)
         rows = np.arange(B)
-        kc = np.minimum(self.k, g.L // bs - 1)
+        kc = np.minimum(self.k, L // bs - 1)
         s = kc * bs
-        cols = s[:, None] + np.arange(bs)[None, :]
-        blk = x[rows[:, None], cols]
-        is_mask = blk == g.mask
+        is_mask = x[rows[:, None], s[:, None] + np.arange(bs)[None, :]] == g.mask
         has_mask = is_mask.any(1)
         pre = fwd & self.prefill
         denoise = fwd & ~pre & has_mask
         store = fwd & ~pre & ~has_mask
-        # the window: the prompt's complete blocks (prefill) or the current block
+        if store.any() and p.stop_fill is not None:  # Fast-dLLM v2: a finished row stops here
+            pos = np.arange(L)[None, :]
+            hit = np.isin(x, self.stops) & (pos >= self.first[:, None]) & (pos < (s + bs)[:, None])
+            finished = store & (hit & (pos % bs != 0)).any(1)  # an inherited stop id does not count
+            if finished.any():
+                out[finished, Col.FILL] = hit.argmax(1)[finished]
+                out[finished, Col.STEP] = self.nfe[finished] - 1
+                self.done |= finished
+                fwd, store = fwd & ~finished, store & ~finished
+        # the window: the prompt's complete blocks (prefill) or the current block; with
+        # inherit_first_token a prefill ending at a block boundary and a store forward also
+        # forward the next position, whose logits (the block's last row, unshifted) commit it
         a = np.where(pre, self.pad, s)
         c = np.where(pre, s, s + bs)
-        # the commit region: the block (denoise; its first mask with commit_in_order), else empty
+        inherit = (pre & (self.first == s)) | store if p.inherit_first_token else np.zeros(B, bool)
+        inherit &= c < L
+        # the commit region: the first sub-block with a mask (its first mask with
+        # commit_in_order), the inherited position, or none
+        sub = p.sub_block or bs
+        j0 = s + is_mask.argmax(1) // sub * sub
         first_mask = s + is_mask.argmax(1)
-        act_s = np.where(denoise & p.commit_in_order, first_mask, np.where(denoise, s, a))
-        act_e = np.where(denoise, np.where(p.commit_in_order, first_mask + 1, s + bs), a)
+        act_s = np.where(denoise, np.where(p.commit_in_order, first_mask, j0), np.where(inherit, c, a))
+        act_e = np.where(denoise, np.where(p.commit_in_order, first_mask + 1, np.minimum(j0 + sub, s + bs)), a)
+        act_e = np.where(inherit, c + 1, act_e)
         topk = p.rule.base == "topk"
-        force = denoise & (not topk)
+        force = (denoise & (not topk)) | inherit
         out[fwd, Col.FWD] = 1
-        out[:, Col.WIN_START], out[:, Col.WIN_END] = a * fwd, c * fwd
+        out[:, Col.WIN_START], out[:, Col.WIN_END] = a * fwd, (c + inherit) * fwd
         out[:, Col.CACHE_LEN] = a * fwd  # every cache row before the window (padding: key_start)
         out[:, Col.WRITE_START] = np.where(pre, self.pad // bs, np.where(store, kc, 0))
         out[:, Col.WRITE_END] = np.where(pre, kc, np.where(store, kc + 1, 0))
         out[:, Col.ACTIVE_START], out[:, Col.ACTIVE_END] = act_s * fwd, act_e * fwd
-        out[:, Col.FORCE_START], out[:, Col.FORCE_END] = np.where(force, s, 0), np.where(force, s + bs, 0)
+        out[:, Col.FORCE_START], out[:, Col.FORCE_END] = np.where(force, act_s, 0), np.where(force, act_e, 0)
         out[:, Col.K] = np.where(denoise & topk, self.schedule[np.minimum(self.i, len(self.schedule) - 1)], 0)
         self.nfe += fwd
-        out[:, Col.STEP] = np.where(fwd, self.nfe - 1, 0)
+        np.copyto(out[:, Col.STEP], self.nfe - 1, where=fwd)
         # the state after this step's forwards
         self.prefill &= ~pre
         self.i += denoise
         if store.any():
-            gen = np.arange(g.L)[None, :] >= self.first[:, None]
-            stop = store & (np.isin(x, self.stops) & gen).any(1)
+            stop = np.zeros(B, bool)
+            if p.stop_fill is None:  # SDAR: the stop check after the block's store forward
+                gen = np.arange(L)[None, :] >= self.first[:, None]
+                stop = store & (np.isin(x, self.stops) & gen).any(1)
             self.k += store
             self.i[store] = 0
-            self.done |= stop | (store & (self.k * bs >= g.L))
-        return out, fwd, np.zeros(B, bool)
+            self.done |= stop | (store & (self.k * bs >= L))
+        return out, fwd, out[:, Col.FILL] < L

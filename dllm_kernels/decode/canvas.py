@@ -63,14 +63,19 @@ def build_canvas(prompt, gen_length: int, block_length: int, config, device, *, 
     return x.to(device), pad.to(device), P, lengths
 
 
-def fill_eos(x, commit_step, fill_after: torch.Tensor, step, eos: int, keep: torch.Tensor | None = None):
+def fill_eos(
+    x, commit_step, fill_after: torch.Tensor, step, eos: int, keep: torch.Tensor | None = None, redate: bool = True
+):
     """Every position after ``fill_after[b]`` of row b becomes EOS (except where ``keep``);
-    positions whose token changes record ``step`` (an int, or ``[B, 1]`` per row)."""
+    positions whose token changes record ``step`` (an int, or ``[B, 1]`` per row); with
+    ``redate=False`` only those that had no commit step yet (a Fast-dLLM v2 stop: the published
+    record dates a padded position by the forward that committed it)."""
     after = torch.arange(x.shape[1], device=x.device)[None, :] > fill_after[:, None]
     if keep is not None:
         after &= ~keep
     new = torch.where(after, eos, x)
-    commit_step.copy_(torch.where(new != x, step, commit_step))
+    date = new != x if redate else (new != x) & (commit_step < 0)
+    commit_step.copy_(torch.where(date, step, commit_step))
     x.copy_(new)
 
 

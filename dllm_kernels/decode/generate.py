@@ -180,9 +180,17 @@ def _generate(
     x, pad, P, lengths = build_canvas(prompt, gen_length, block_length, cfg, device, block_causal=block_causal)
     check_canvas_length(model, P - int(pad.min()), gen_length)
     B, L = x.shape
-    geo = Geometry(P=P, L=L, bs=block_length, mask=cfg.mask_id, eos=cfg.eos_id, eot=getattr(cfg, "eot_id", None))
+    # the fill token of early stops: EOS, or a block-causal policy's stop_fill (Fast-dLLM v2's pad)
+    fill = pol.stop_fill if block_causal and pol.stop_fill is not None else cfg.eos_id
+    geo = Geometry(P=P, L=L, bs=block_length, mask=cfg.mask_id, eos=fill, eot=getattr(cfg, "eot_id", None))
     first = None
     if block_causal:
+        if pol.inherit_first_token and bool((lengths == block_length).any()):
+            raise ValueError(
+                f"generate: policy {pol.name!r}: a prompt of exactly block_length ({block_length}) tokens is "
+                "never forwarded by the published decoder (no prefill, decoding starts at block 1); "
+                "pass a prompt of another length"
+            )
         pad_host = pad.cpu().numpy()
         first = pad_host + lengths.numpy()
         sched = BlockCausalRows(pol, geo, pad_host, first)
@@ -250,10 +258,15 @@ def _check_block_causal(cfg, pol: Policy, block_length: int) -> None:
             f"attention is {'bidirectional' if size is None else f'block-causal over blocks of {size}'} "
             "(config.block_size); pass block_length=config.block_size with a block-diffusion model"
         )
-    if pol.steps_per_block != block_length:
+    if pol.steps_per_block not in (0, block_length):
         raise ValueError(
             f"generate: policy {pol.name!r} needs steps_per_block ({pol.steps_per_block}) == block_length "
             f"({block_length}): one token per denoising step, the only ratio whose published rules are reproduced"
+        )
+    if pol.sub_block and block_length % pol.sub_block:
+        raise ValueError(
+            f"generate: policy {pol.name!r}: block_length ({block_length}) must be a multiple of sub_block "
+            f"({pol.sub_block})"
         )
 
 

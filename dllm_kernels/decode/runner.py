@@ -118,7 +118,9 @@ class StepRunner:
             now = dev.select(1, Col.FILL)
             if self.stale:
                 now = torch.where(dev.select(1, Col.FWD) > 0, geo.L, now)
-            fill_eos(x, state.commit_step, now, dev[:, Col.STEP : Col.STEP + 1], geo.eos)
+            # a block-causal stop_fill (Fast-dLLM v2's pad) keeps the commit steps of committed positions
+            redate = self.opts.policy.stop_fill is None
+            fill_eos(x, state.commit_step, now, dev[:, Col.STEP : Col.STEP + 1], geo.eos, redate=redate)
         if not fwd.any():
             return torch.zeros_like(x, dtype=torch.bool) if self.commits else None
         # the widest window, logits range and cache write over the rows (rows that do not forward

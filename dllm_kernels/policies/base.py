@@ -51,7 +51,8 @@ class Policy:
             "topk" means one token per step (``block_length`` steps). ``block_causal``: SDAR's
             ``denoising_steps``, the most denoising forwards per block, with the schedule
             ``get_num_transfer_tokens(block_length, steps)``; it must equal ``block_length``
-            (one token per step: the only ratio whose published rules are reproduced here).
+            (one token per step: the only ratio whose published rules are reproduced here), or 0:
+            forwards until the block is complete (Fast-dLLM v2).
         idle_forward: Fast-dLLM's published cached loops (``generate_with_prefix_cache`` /
             ``generate_with_dual_cache``) run one cached forward after a block's first (full)
             forward before they test the block for masks, so a block that its first forward
@@ -78,9 +79,20 @@ class Policy:
             confidence 0 (it is committed only when nothing else is left to pick).
         commit_in_order: ``block_causal`` (SDAR's ``sequential`` remasking): a step commits the
             block's first masked position (left to right), with the ``topk`` rule and k = 1.
-        stop_ids: ``block_causal``: after a block's store forward, a row whose generated tokens
-            hold one of these ids stops; its later positions stay the mask id (SDAR's
-            ``stopping_criteria_idx``, checked once per block).
+        stop_ids: ``block_causal``: a row whose generated tokens hold one of these ids stops at
+            the end of that block (SDAR's ``stopping_criteria_idx``, Fast-dLLM v2's
+            ``stop_token``); see ``stop_fill``.
+        stop_fill: ``block_causal``: None (SDAR): the stopped row's block still gets its store
+            forward and its later positions stay the mask id; a token id (Fast-dLLM v2's pad): the
+            row stops without the store forward and every position after its first stop id
+            becomes this id. Fast-dLLM v2 ignores a stop id inherited by a block's first
+            position (``inherit_first_token``) when deciding that a row is finished.
+        sub_block: ``block_causal``: a step commits only inside the block's first sub-block of
+            this size that holds a mask (Fast-dLLM v2's ``small_block_size``); 0: the block.
+        inherit_first_token: ``block_causal`` (Fast-dLLM v2): the store forward of a block (and a
+            prefill that ends at a block boundary) also forwards the next block's first position
+            and commits there the argmax of the block's last row (the model's logits unshifted),
+            so each block after the first starts with one committed token.
         d3_stale_candidates: d3LLM quirk, on by default for fidelity: the candidates of a step are
             the masks before that step's early-stop fill, so a position filled with EOS can still
             take a proposal in the same step (the next step's fill overwrites it again).
@@ -106,6 +118,9 @@ class Policy:
     d3_stale_candidates: bool = True
     commit_in_order: bool = False
     stop_ids: tuple[int, ...] = ()
+    stop_fill: int | None = None
+    sub_block: int = 0
+    inherit_first_token: bool = False
 
     def __post_init__(self):
         if self.cache not in CACHE_MODES:
@@ -122,8 +137,6 @@ class Policy:
             )
         if (self.scheduler == "block_causal") != (self.cache == "blocks"):
             raise ValueError(f"policy {self.name}: the block_causal scheduler and cache 'blocks' go together")
-        if self.scheduler == "block_causal" and self.steps_per_block < 1:
-            raise ValueError(f"policy {self.name}: block_causal needs steps_per_block >= 1 (denoising steps)")
         if not isinstance(self.commit_in_order, bool):
             raise TypeError(f"policy {self.name}: commit_in_order must be a bool, got {self.commit_in_order!r}")
         if self.commit_in_order and (self.scheduler != "block_causal" or self.rule.base != "topk"):
@@ -132,8 +145,19 @@ class Policy:
             isinstance(t, int) and not isinstance(t, bool) and t >= 0 for t in self.stop_ids
         ):
             raise TypeError(f"policy {self.name}: stop_ids must be a tuple of token ids, got {self.stop_ids!r}")
-        if self.stop_ids and self.scheduler != "block_causal":
-            raise ValueError(f"policy {self.name}: stop_ids belongs to the block_causal scheduler")
+        if self.scheduler != "block_causal" and (
+            self.stop_ids or self.stop_fill is not None or self.sub_block or self.inherit_first_token
+        ):
+            raise ValueError(
+                f"policy {self.name}: stop_ids, stop_fill, sub_block and inherit_first_token belong to "
+                "the block_causal scheduler"
+            )
+        if self.stop_fill is not None and (not isinstance(self.stop_fill, int) or self.stop_fill < 0):
+            raise TypeError(f"policy {self.name}: stop_fill must be a token id or None, got {self.stop_fill!r}")
+        if not isinstance(self.sub_block, int) or isinstance(self.sub_block, bool) or self.sub_block < 0:
+            raise ValueError(f"policy {self.name}: sub_block must be an int >= 0, got {self.sub_block!r}")
+        if not isinstance(self.inherit_first_token, bool):
+            raise TypeError(f"policy {self.name}: inherit_first_token must be a bool, got {self.inherit_first_token!r}")
         if self.steps_per_block and self.rule.base != "topk" and self.scheduler != "block_causal":
             raise ValueError(f"policy {self.name}: steps_per_block needs the 'topk' rule")
         check_policy_numbers(self)

@@ -575,6 +575,73 @@ def sdar(
 
 
 # ------------------------------------------------------------------------------------------------
+# Fast-dLLM v2 (block diffusion)
+# ------------------------------------------------------------------------------------------------
+
+
+def _fdv2_stop(label: str, value):
+    """Fast-dLLM v2's ``stop_token`` (one id) -> ``stop_ids``."""
+    return _sdar_stop_ids(label, value)
+
+
+def _fdv2_options(label: str, out: dict, gen_length=None, block_length=None) -> None:
+    """``use_block_cache``: only False (the sub-block cache is not reproduced yet); ``mask_id``,
+    ``temperature=0``, ``top_p`` (ignored at temperature 0) are accepted as the call passes them."""
+    if out.pop("use_block_cache", False):
+        raise ValueError(f"{label}: use_block_cache=True (the sub-block cache) is not implemented; pass False")
+
+
+_FDV2_DEFAULTS = {
+    "threshold": 0.9,
+    "sub_block": 8,
+    # batch_sample's stop_token (<|im_end|>) and the pad that follows it (the tokenizer's <|endoftext|>)
+    "stop_ids": (151645,),
+    "stop_fill": 151643,
+}
+FAST_DLLM_V2 = Decoder(
+    name="fast_dllm_v2",
+    title="Fast-dLLM v2",
+    repo="NVlabs/Fast-dLLM (v2/)",
+    defaults=_FDV2_DEFAULTS,
+    aliases=(
+        Alias("small_block_size", "sub_block"),
+        Alias("stop_token", "stop_ids", _fdv2_stop, "an id -> a one-id tuple"),
+    ),
+    adapt=_fdv2_options,
+    alias_notes=(("`use_block_cache=False`", "(the only one; True rejected)"),),
+    # eval.py's 0.9, eval_script.sh's 1 (one token per forward), then more parallel
+    quick_sweep=tuple({"threshold": t} for t in (1.0, 0.9, 0.7)),
+    full_sweep=tuple({"threshold": t} for t in (1.0, 0.99, 0.95, 0.9, 0.8, 0.7)),
+)
+
+
+def fast_dllm_v2(
+    threshold: float = FAST_DLLM_V2.defaults["threshold"],
+    sub_block: int = FAST_DLLM_V2.defaults["sub_block"],
+    stop_ids: tuple[int, ...] = FAST_DLLM_V2.defaults["stop_ids"],
+    stop_fill: int | None = FAST_DLLM_V2.defaults["stop_fill"],
+) -> Policy:
+    """Fast-dLLM v2's ``batch_sample`` (``use_block_cache=False``): block-causal decoding with the
+    completed blocks as the exact KV cache (:attr:`Policy.scheduler` ``"block_causal"``); each
+    forward runs the whole block against it and commits inside the block's first sub-block of
+    ``sub_block`` positions that holds a mask, ``{argmax} ∪ {prob > threshold}`` (strict; at
+    threshold 1 one token per forward), on the model's token-shifted logits; a completed block's
+    cache-update forward also commits the next block's first token (the block's last row,
+    unshifted: :attr:`Policy.inherit_first_token`). A row that committed a stop id ends with its
+    block, without the update forward, every later position becoming ``stop_fill``."""
+    return Policy(
+        "fast_dllm_v2",
+        CommitRule(base="threshold", threshold=strict_threshold(threshold)),
+        scheduler="block_causal",
+        cache="blocks",
+        sub_block=sub_block,
+        inherit_first_token=True,
+        stop_ids=tuple(stop_ids),
+        stop_fill=stop_fill,
+    )
+
+
+# ------------------------------------------------------------------------------------------------
 # serving rules (SGLang's own algorithms, reproduced exactly)
 # ------------------------------------------------------------------------------------------------
 
@@ -619,11 +686,13 @@ JOINT_THRESHOLD = ServingRule(
 # derived tables
 # ------------------------------------------------------------------------------------------------
 
-DECODERS: dict[str, Decoder] = {d.name: d for d in (VANILLA, FAST_DLLM, STREAMING, R2, D3LLM, D3LLM_DREAM, SDAR)}
+DECODERS: dict[str, Decoder] = {
+    d.name: d for d in (VANILLA, FAST_DLLM, STREAMING, R2, D3LLM, D3LLM_DREAM, FAST_DLLM_V2, SDAR)
+}
 SERVING: dict[str, ServingRule] = {s.name: s for s in (LOW_CONFIDENCE, JOINT_THRESHOLD)}
 
 POLICIES: dict[str, Callable[..., Policy]] = {
-    f.__name__: f for f in (vanilla, fast_dllm, streaming, r2, d3llm, d3llm_dream, sdar)
+    f.__name__: f for f in (vanilla, fast_dllm, streaming, r2, d3llm, d3llm_dream, fast_dllm_v2, sdar)
 }
 
 # rule variants reachable by a constructor argument that are compiled ahead of time besides
