@@ -45,6 +45,8 @@ class BlockCausalRows:
         B = len(self.first)
         self.k = self.first // bs  # the block holding the first generated position
         self.prefill = self.k * bs > self.pad  # the prompt has complete blocks
+        if policy.inherit_first_token:  # Fast-dLLM v2: none for a prompt of exactly one block (a quirk)
+            self.prefill &= self.first - self.pad != bs
         self.i = np.zeros(B, np.int64)
         self.nfe = np.zeros(B, np.int64)
         self.done = self.k * bs >= geo.L  # nothing to generate

@@ -111,19 +111,23 @@ def select_rows(cache, index: torch.Tensor | None):
 @dataclass
 class Batch:
     """The device tensors of the rows in the batch: the canvas ``x`` ``[B, L]``, the commit
-    state, the ``[B]`` left padding, the model's cache (or None) and the ``[B]`` int64 row seeds."""
+    state, the ``[B]`` left padding, the model's cache (or None), the ``[B]`` int64 row seeds and
+    the ``[B]`` first key each row attends (None: ``pad``; Fast-dLLM v2's one-block prompt is
+    never attended)."""
 
     x: torch.Tensor
     state: CommitState
     pad: torch.Tensor
     cache: object
     seeds: torch.Tensor
+    key_start: torch.Tensor | None = None
 
     def select(self, index: torch.Tensor) -> Batch:
         """The rows ``index`` (a device index tensor); the cache must be able to drop rows."""
         pick = lambda t: t.index_select(0, index)  # noqa: E731
         state = CommitState(*(pick(getattr(self.state, f.name)) for f in dataclasses.fields(self.state)))
-        return Batch(pick(self.x), state, pick(self.pad), select_rows(self.cache, index), pick(self.seeds))
+        key_start = None if self.key_start is None else pick(self.key_start)
+        return Batch(pick(self.x), state, pick(self.pad), select_rows(self.cache, index), pick(self.seeds), key_start)
 
 
 class Compaction:

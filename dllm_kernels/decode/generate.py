@@ -183,14 +183,13 @@ def _generate(
     # the fill token of early stops: EOS, or a block-causal policy's stop_fill (Fast-dLLM v2's pad)
     fill = pol.stop_fill if block_causal and pol.stop_fill is not None else cfg.eos_id
     geo = Geometry(P=P, L=L, bs=block_length, mask=cfg.mask_id, eos=fill, eot=getattr(cfg, "eot_id", None))
-    first = None
+    first = key_start = None
     if block_causal:
-        if pol.inherit_first_token and bool((lengths == block_length).any()):
-            raise ValueError(
-                f"generate: policy {pol.name!r}: a prompt of exactly block_length ({block_length}) tokens is "
-                "never forwarded by the published decoder (no prefill, decoding starts at block 1); "
-                "pass a prompt of another length"
-            )
+        # Fast-dLLM v2's quirk, kept for fidelity: a prompt of exactly one block is never forwarded
+        # (no prefill, decoding starts at block 1 without a cache), so it is never attended either
+        hidden = (lengths == block_length) & pol.inherit_first_token
+        if bool(hidden.any()):
+            key_start = pad + (hidden * block_length).to(device)
         pad_host = pad.cpu().numpy()
         first = pad_host + lengths.numpy()
         sched = BlockCausalRows(pol, geo, pad_host, first)
@@ -206,6 +205,7 @@ def _generate(
         pad=pad,
         cache=model.new_cache(B, L) if pol.cache != "none" else None,
         seeds=torch.tensor(seeds, dtype=torch.int64).to(device),
+        key_start=key_start,
     )
     opts = StepOptions(
         policy=pol,
@@ -251,13 +251,19 @@ def _generate(
 def _check_block_causal(cfg, pol: Policy, block_length: int) -> None:
     """A block-causal policy needs a model whose attention is block-causal over ``block_length``
     and one token per denoising step."""
-    size = getattr(cfg, "block_size", None)
+    if not hasattr(cfg, "block_size"):  # a protocol model that does not declare its attention
+        return _check_block_causal_steps(pol, block_length)
+    size = cfg.block_size
     if size != block_length:
         raise ValueError(
             f"generate: policy {pol.name!r} decodes blocks of block_length={block_length}, but the model's "
             f"attention is {'bidirectional' if size is None else f'block-causal over blocks of {size}'} "
             "(config.block_size); pass block_length=config.block_size with a block-diffusion model"
         )
+    _check_block_causal_steps(pol, block_length)
+
+
+def _check_block_causal_steps(pol: Policy, block_length: int) -> None:
     if pol.steps_per_block not in (0, block_length):
         raise ValueError(
             f"generate: policy {pol.name!r} needs steps_per_block ({pol.steps_per_block}) == block_length "

@@ -51,8 +51,9 @@ class Policy:
             "topk" means one token per step (``block_length`` steps). ``block_causal``: SDAR's
             ``denoising_steps``, the most denoising forwards per block, with the schedule
             ``get_num_transfer_tokens(block_length, steps)``; it must equal ``block_length``
-            (one token per step: the only ratio whose published rules are reproduced here), or 0:
-            forwards until the block is complete (Fast-dLLM v2).
+            (one token per step: the only ratio whose published rules are reproduced here); 0:
+            the same for SDAR, and for Fast-dLLM v2 no cap (forwards until the block is
+            complete, which its rule's forced argmax guarantees within ``block_length``).
         idle_forward: Fast-dLLM's published cached loops (``generate_with_prefix_cache`` /
             ``generate_with_dual_cache``) run one cached forward after a block's first (full)
             forward before they test the block for masks, so a block that its first forward
@@ -92,7 +93,9 @@ class Policy:
         inherit_first_token: ``block_causal`` (Fast-dLLM v2): the store forward of a block (and a
             prefill that ends at a block boundary) also forwards the next block's first position
             and commits there the argmax of the block's last row (the model's logits unshifted),
-            so each block after the first starts with one committed token.
+            so each block after the first starts with one committed token. Its prefill runs
+            only for a prompt longer than a block: a prompt of exactly one block is, as
+            published, never forwarded nor attended (decoding starts at block 1).
         d3_stale_candidates: d3LLM quirk, on by default for fidelity: the candidates of a step are
             the masks before that step's early-stop fill, so a position filled with EOS can still
             take a proposal in the same step (the next step's fill overwrites it again).

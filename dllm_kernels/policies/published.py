@@ -514,7 +514,9 @@ def _sdar_stop_ids(label: str, value):
 _SDAR_DEFAULTS = {
     "remasking": "low_confidence_dynamic",
     "threshold": 0.85,
-    "steps_per_block": 4,
+    # denoising_steps: 0 = block_length, one token per step (the script's 4 steps for blocks of 4;
+    # the only ratio reproduced)
+    "steps_per_block": 0,
     # the script's stop ids: the release's generation_config eos_token_id (<|im_end|>, <|endoftext|>)
     "stop_ids": (151645, 151643),
 }
@@ -529,13 +531,8 @@ SDAR = Decoder(
         Alias("denoising_steps", "steps_per_block"),
         Alias("stopping_criteria_idx", "stop_ids", _sdar_stop_ids, "a list -> a tuple, None -> ()"),
     ),
-    # the model card's and SGLang's tau 0.9, the script's 0.85, then more parallel
-    quick_sweep=tuple({"threshold": t} for t in (0.95, 0.85, 0.7)),
-    full_sweep=(
-        {"remasking": "low_confidence_static"},
-        *({"threshold": t} for t in (0.99, 0.95, 0.9, 0.85, 0.8, 0.7)),
-    ),
-    variants={"static": {"remasking": "low_confidence_static"}},
+    # no evaluation sweep yet: dllm_kernels.addition's models are bidirectional (a block-diffusion
+    # addition model would get one: the static rule, then tau 0.95 / 0.9 / 0.85 / 0.7)
 )
 
 
@@ -547,7 +544,7 @@ def sdar(
 ) -> Policy:
     """SDAR's ``block_diffusion_generate`` (greedy): block-causal decoding with the completed
     blocks as the exact KV cache (:attr:`Policy.scheduler` ``"block_causal"``), ``steps_per_block``
-    denoising forwards at most per block (= ``block_length``: one token per step), and the
+    denoising forwards at most per block (0 or ``block_length``: one token per step), and the
     remasking strategy ``remasking``:
 
     - ``"low_confidence_dynamic"``: every masked position with ``prob > threshold`` (strict),
@@ -609,9 +606,7 @@ FAST_DLLM_V2 = Decoder(
     ),
     adapt=_fdv2_options,
     alias_notes=(("`use_block_cache=False`", "(the only one; True rejected)"),),
-    # eval.py's 0.9, eval_script.sh's 1 (one token per forward), then more parallel
-    quick_sweep=tuple({"threshold": t} for t in (1.0, 0.9, 0.7)),
-    full_sweep=tuple({"threshold": t} for t in (1.0, 0.99, 0.95, 0.9, 0.8, 0.7)),
+    # no evaluation sweep yet (see SDAR's); it would be eval_script.sh's 1, eval.py's 0.9, then lower
 )
 
 
