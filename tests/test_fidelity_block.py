@@ -387,3 +387,23 @@ def test_block_cache_runs_are_rejected(block_models):
     assert BLOCK_CACHE_RUNS == {n for n, r in DATA["runs"].items() if r["kwargs"].get("use_block_cache")}
     with pytest.raises(ValueError, match="use_block_cache"):
         dk.generate(block_models["fast_dllm_v2"], [[1, 2, 3]], policy="fast_dllm_v2", use_block_cache=True)
+
+
+# the shortest recorded call of each decoder (a stop after two blocks), on the kernels
+_KERNEL_CALLS = [
+    c for c in recorded_calls() if c.run in ("sdar_dynamic_stop", "fdv2_threshold_stop") and len(c.prompts[0]) == 58
+]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("call", _KERNEL_CALLS, ids=lambda c: c.run)
+def test_generate_reproduces_peer_on_the_kernels(block_checkpoints, call):
+    """The same on the Triton kernels (the interpreter on the CPU): the loop's ops and the model's."""
+    from dllm_kernels.models import load_pretrained
+
+    model = load_pretrained(block_checkpoints[call.fmt], attn_impl="ops", backend="triton")
+    check_against_record(call, generate_call(model, call, backend="triton"))
+
+
+def test_kernel_calls_are_found():
+    assert {c.run for c in _KERNEL_CALLS} == {"sdar_dynamic_stop", "fdv2_threshold_stop"}

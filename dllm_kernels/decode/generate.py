@@ -190,7 +190,7 @@ def _generate(
         hidden = (lengths == block_length) & pol.inherit_first_token
         if bool(hidden.any()):
             key_start = pad + (hidden * block_length).to(device)
-        pad_host = pad.cpu().numpy()
+        pad_host = (P - -(-lengths // block_length) * block_length).numpy()  # = pad, without a device read
         first = pad_host + lengths.numpy()
         sched = BlockCausalRows(pol, geo, pad_host, first)
     elif pol.scheduler == "multi_block":
