@@ -210,3 +210,17 @@ def test_fast_dllm_v2_never_sees_a_prompt_of_one_block():
     batch = _run(m, [[9, 8, 7, 6, 5, 4, 3, 2, 1], [1, 2, 3, 4, 5, 6, 7, 8]], "fast_dllm_v2", 8, kw)
     _assert_rows_equal(batch, c, 0, 0)
     _assert_rows_equal(batch, a, 1, 0)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("policy, bs, shift, kw", CASES, ids=IDS)
+def test_gpu_cuda_graph_replay_equals_eager(policy, bs, shift, kw):
+    """``cuda_graph=True`` (each step captured once per shape bucket and replayed) gives the eager
+    tokens, commit steps and NFE."""
+    prompts = [p for p in PROMPTS if len(p) != bs]
+    m = block_model("triton", bs=bs, shift=shift, attn_impl="ops").cuda()
+    args = dict(policy=policy, gen_length=4 * bs, block_length=bs, backend="triton", **kw)
+    eager = generate(m, prompts, **args)
+    graphed = generate(m, prompts, cuda_graph=True, **args)
+    assert torch.equal(graphed.tokens, eager.tokens) and torch.equal(graphed.commit_step, eager.commit_step)
+    assert torch.equal(graphed.nfe, eager.nfe)
