@@ -15,7 +15,8 @@ from ._bench import wall_ms, write_json
 from .decode.generate import generate
 from .policies import POLICIES
 
-DEFAULT_POLICIES = tuple(POLICIES)
+# the block-diffusion policies (scheduler "block_causal") need a block-causal model: not by default
+DEFAULT_POLICIES = tuple(n for n, make in POLICIES.items() if make().scheduler != "block_causal")
 
 # the three ways of running the same loop (model attention path, loop ops backend)
 PATHS = {

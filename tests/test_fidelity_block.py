@@ -279,3 +279,131 @@ def test_peers_reproduce_the_record(tmp_path):
         return doc
 
     assert strip(new) == strip(json.loads(DATA_PATH.read_text()))
+
+
+# ------------------------------------------------------------------------------------------------
+# generate against the record: the policies fast_dllm_v2 and sdar decode what the peers decoded
+
+BLOCK_CACHE_RUNS = {"fdv2_threshold_block_cache", "fdv2_threshold_block_cache_ragged_batch"}
+# the calls checked by default (one prompt per batch-1 run, every ragged call); DLLM_FIDELITY_ALL=1: every call
+_ALL = os.environ.get("DLLM_FIDELITY_ALL") == "1"
+
+
+def generate_call(model, call: RecordedCall, backend: str = "reference", buckets: bool = False):
+    """Run ``generate`` as the peer call ``call`` ran: the peer's own argument names (the policies'
+    aliases), the geometry that ends every row where the peer's canvas ends (Fast-dLLM v2:
+    ``(max_new_tokens // bs + max(seq_len) // bs) * bs``, less the appended token; SDAR: whole
+    blocks after ``gen_length``)."""
+    from dllm_kernels.decode.generate import _generate
+
+    kw = call.kwargs
+    common = dict(temperature=0.0, seed=None, backend=backend, max_nfe=10000, progress=False)
+    if call.fmt == "fast_dllm_v2":
+        bs, longest = kw["block_size"], max(len(p) for p in call.prompts)
+        gen = kw["max_new_tokens"] + (longest // bs - -(-longest // bs)) * bs
+        opts = dict(threshold=kw["threshold"], small_block_size=kw["small_block_size"], stop_token=kw["stop_token"])
+        policy = "fast_dllm_v2"
+    else:
+        bs, gen = kw["block_length"], kw["gen_length"]
+        opts = {k: kw[k] for k in ("remasking_strategy", "denoising_steps", "stopping_criteria_idx")}
+        if "confidence_threshold" in kw:
+            opts["confidence_threshold"] = kw["confidence_threshold"]
+        policy = "sdar"
+    return _generate(
+        model,
+        call.prompts,
+        policy=policy,
+        gen_length=gen,
+        block_length=bs,
+        buckets=buckets,
+        capture=False,
+        **common,
+        **opts,
+    )
+
+
+def _ranks(steps):
+    order = sorted(set(steps))
+    return [order.index(s) for s in steps]
+
+
+def check_against_record(call: RecordedCall, out) -> None:
+    """Per row: the tokens after the prompt equal the peer's where both canvases have them (ours
+    ends where the peer's ends, less Fast-dLLM v2's appended token; a Fast-dLLM v2 row that
+    stopped is the pad beyond); at batch 1 the commit steps equal the peer's (1-based) and the
+    NFE its forwards; in a ragged batch, whose forwards the peer counts per call (the batch waits
+    for its slowest row), the order of the commits, up to the first stop, is the peer's."""
+    L = out.tokens.shape[1]
+    for b, row in enumerate(call.rows):
+        f = int(out.first[b])
+        ours, peer = out.tokens[b, f:].tolist(), row["tokens"]
+        steps = [s + 1 if s >= 0 else -1 for s in out.commit_step[b, f:].tolist()]
+        n = min(len(ours), len(peer))
+        assert ours[:n] == peer[:n], (call.run, b)
+        stops = [call.kwargs["stop_token"]] if call.fmt == "fast_dllm_v2" else call.kwargs["stopping_criteria_idx"]
+        stopped = any(t in stops for t in peer)
+        if call.fmt == "fast_dllm_v2" and not stopped:
+            # the last update forward appends past the canvas; in a ragged batch the peer's rows
+            # all end at the longest row's end, ours (as alone) gen_length after their own prompt
+            assert len(peer) == len(ours) + 1 + int(out.pad[b] - out.pad.min()), (call.run, b)
+        elif call.fmt == "fast_dllm_v2":
+            assert all(t == PAD for t in ours[n:])
+        else:
+            assert len(ours) == len(peer) and f + len(ours) == L
+        if not call.batched:
+            assert steps[:n] == row["commit_step"][:n], (call.run, b)
+            assert int(out.nfe[b]) == row["forwards"], (call.run, b)
+        else:
+            end = next((i + 1 for i, t in enumerate(peer[:n]) if t in stops), n)
+            assert _ranks(steps[:end]) == _ranks(row["commit_step"][:end]), (call.run, b)
+
+
+def _fidelity_calls(fmt):
+    calls = [c for c in recorded_calls(fmt) if c.run not in BLOCK_CACHE_RUNS]
+    return [c for c in calls if _ALL or c.batched or len(c.prompts[0]) == len(DATA["prompts"][2]["ids"])]
+
+
+@pytest.fixture(scope="module")
+def block_models(block_checkpoints):
+    from dllm_kernels.models import load_pretrained
+
+    return {fmt: load_pretrained(p, attn_impl="sdpa", backend="reference") for fmt, p in block_checkpoints.items()}
+
+
+@pytest.mark.parametrize(
+    "call", _fidelity_calls(None), ids=lambda c: f"{c.run}-{'batch' if c.batched else len(c.prompts[0])}"
+)
+def test_generate_reproduces_peer(block_models, call):
+    """``generate`` with the policy ``fast_dllm_v2`` or ``sdar`` and the peer's own arguments
+    decodes the peer's tokens, in the peer's order, with its forwards (reference backend)."""
+    check_against_record(call, generate_call(block_models[call.fmt], call))
+
+
+def test_block_cache_runs_are_rejected(block_models):
+    """The sub-block cache (``use_block_cache=True``) is not reproduced: its runs are named here
+    and the option is refused with an error naming it."""
+    import dllm_kernels as dk
+
+    assert BLOCK_CACHE_RUNS == {n for n, r in DATA["runs"].items() if r["kwargs"].get("use_block_cache")}
+    with pytest.raises(ValueError, match="use_block_cache"):
+        dk.generate(block_models["fast_dllm_v2"], [[1, 2, 3]], policy="fast_dllm_v2", use_block_cache=True)
+
+
+# the shortest recorded call of each decoder (a stop after two blocks), on the kernels
+_KERNEL_CALLS = [
+    c for c in recorded_calls() if c.run in ("sdar_dynamic_stop", "fdv2_threshold_stop") and len(c.prompts[0]) == 58
+]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("call", _KERNEL_CALLS, ids=lambda c: c.run)
+def test_generate_reproduces_peer_on_the_kernels(block_checkpoints, call):
+    """The same on the Triton kernels (the interpreter on the CPU): the loop's ops and the model's."""
+    from dllm_kernels.models import load_pretrained
+
+    model = load_pretrained(block_checkpoints[call.fmt], attn_impl="ops", backend="triton")
+    check_against_record(call, generate_call(model, call, backend="triton"))
+
+
+def test_kernel_calls_are_found():
+    assert {c.run for c in _KERNEL_CALLS} == {"sdar_dynamic_stop", "fdv2_threshold_stop"}

@@ -85,7 +85,12 @@ def test_aliases_target_the_constructor_keywords(name):
             assert a.note, a  # the docs table shows the value map
     policy_fields = {f.name for f in dataclasses.fields(Policy)}
     assert set(POLICY_FIELD_RENAMES.values()) <= policy_fields
-    assert POLICY_FIELD_RENAMES == {"logits_eos_inf": "suppress_eos", "cache_delay_iter": "cache_delay"}
+    assert POLICY_FIELD_RENAMES == {
+        "logits_eos_inf": "suppress_eos",
+        "cache_delay_iter": "cache_delay",
+        "small_block_size": "sub_block",
+        "denoising_steps": "steps_per_block",
+    }
 
 
 @pytest.mark.parametrize("name", list(DECODERS))
@@ -289,3 +294,26 @@ def test_gemma4renoise_record_is_sglangs(sglang_plugin):
     assert ours.commit_rule == DIFFUSION_GEMMA.rule(DIFFUSION_GEMMA.options)
     for option, default in GEMMA4_RENOISE.options.items():
         assert getattr(ours, option) == default, option
+
+
+def test_block_diffusion_decoders_are_the_published_ones():
+    """tests/fidelity/README.md: Fast-dLLM v2's batch_sample (eval.py: threshold 0.9, small block
+    8, stop_token 151645, pad 151643; commit c > tau strictly) and SDAR's block_diffusion_generate
+    (the script's dynamic remasking, tau 0.85 strict, 4 denoising steps, the release's stop ids)."""
+    from dllm_kernels.policies import fast_dllm_v2, sdar, strict_threshold
+
+    v2 = fast_dllm_v2()
+    assert (v2.scheduler, v2.cache, v2.sub_block, v2.inherit_first_token) == ("block_causal", "blocks", 8, True)
+    assert (v2.stop_ids, v2.stop_fill) == ((151645,), 151643)
+    assert v2.rule == CommitRule(base="threshold", threshold=strict_threshold(0.9))
+    assert resolve_policy("fast_dllm_v2", small_block_size=8, stop_token=151645, use_block_cache=False) == v2
+    s = sdar()
+    assert (s.scheduler, s.cache, s.steps_per_block, s.stop_ids) == ("block_causal", "blocks", 0, (151645, 151643))
+    assert s.rule == CommitRule(base="threshold", threshold=strict_threshold(0.85)) and not s.commit_in_order
+    static = resolve_policy("sdar", remasking_strategy="low_confidence_static")
+    assert static.rule == CommitRule(base="topk", commit_best=False) and not static.commit_in_order
+    assert resolve_policy("sdar", remasking_strategy="sequential").commit_in_order
+    assert resolve_policy("sdar", stopping_criteria_idx=None).stop_ids == ()
+    assert resolve_policy("sdar", denoising_steps=0, confidence_threshold=0.85) == s
+    with pytest.raises(ValueError, match="remasking"):
+        sdar(remasking="entropy_bounded")

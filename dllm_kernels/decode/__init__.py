@@ -30,7 +30,8 @@ policies).
 
 Modules: :mod:`.generate` (``generate``, its result and error; validation and policy resolution,
 once per call), :mod:`.plan` (the step plan's columns, :class:`~.plan.Col`; the canvas
-:class:`~.plan.Geometry`), :mod:`.blocks` and :mod:`.multi_block` (the schedulers),
+:class:`~.plan.Geometry`), :mod:`.blocks`, :mod:`.multi_block` and :mod:`.block_causal` (the
+schedulers; the last one for block-diffusion models, whose completed blocks form an exact cache),
 :mod:`.step` (the device step), :mod:`.runner` (the eager and CUDA-graph step runners),
 :mod:`.canvas` (the canvas, the batch's rows and their compaction).
 """

@@ -13,10 +13,15 @@ from .._checks import check_tensor
 from ..commit import CommitState
 
 
-def build_canvas(prompt, gen_length: int, block_length: int, config, device):
+def build_canvas(prompt, gen_length: int, block_length: int, config, device, *, block_causal: bool = False):
     """Left-pad the prompts to a common block-aligned length and append the masks (a fixed number
     of tensor ops whatever the batch; a list prompt is read row by row once). Returns the canvas
-    ``[B, P + gen_length]``, the ``[B]`` left padding and ``P``."""
+    ``[B, P + gen_length]``, the ``[B]`` left padding, ``P`` and the ``[B]`` prompt lengths (on
+    the CPU).
+
+    ``block_causal`` (block-diffusion decoding, whose blocks are aligned to position 0): the left
+    padding is a whole number of blocks, each prompt's last (partial) block ends at ``P``, and the
+    masks start right after the prompt, so that canvas blocks are the model's position blocks."""
     if isinstance(prompt, torch.Tensor):
         check_tensor("generate", "prompt", prompt, ndim=2)
         if prompt.dtype not in (torch.int64, torch.int32):
@@ -45,25 +50,32 @@ def build_canvas(prompt, gen_length: int, block_length: int, config, device):
     P = -(-int(lengths.max()) // block_length) * block_length
     pad_id = config.pad_id if getattr(config, "pad_id", None) is not None else config.eos_id
     pad = P - lengths
+    if block_causal:
+        pad = P - (-(-lengths // block_length)) * block_length
     x = torch.full((B, P + gen_length), config.mask_id, dtype=torch.int64)
-    x[:, :P] = pad_id
+    x[:, :P] = torch.where(torch.arange(P)[None, :] < (pad + lengths)[:, None], pad_id, config.mask_id)
     if rect is not None:  # rows of one length: one block
-        x[:, P - rect.shape[1] : P] = rect
+        x[:, int(pad[0]) : int(pad[0]) + rect.shape[1]] = rect
     else:  # token i of the concatenation belongs to row b and goes to column pad[b] + (its index in b)
         row = torch.repeat_interleave(torch.arange(B), lengths)
         first = torch.cumsum(lengths, 0) - lengths
         x[row, pad[row] + torch.arange(len(tokens)) - first[row]] = tokens
-    return x.to(device), pad.to(device), P
+    return x.to(device), pad.to(device), P, lengths
 
 
-def fill_eos(x, commit_step, fill_after: torch.Tensor, step, eos: int, keep: torch.Tensor | None = None):
+def fill_eos(
+    x, commit_step, fill_after: torch.Tensor, step, eos: int, keep: torch.Tensor | None = None, redate: bool = True
+):
     """Every position after ``fill_after[b]`` of row b becomes EOS (except where ``keep``);
-    positions whose token changes record ``step`` (an int, or ``[B, 1]`` per row)."""
+    positions whose token changes record ``step`` (an int, or ``[B, 1]`` per row); with
+    ``redate=False`` only those that had no commit step yet (a Fast-dLLM v2 stop: the published
+    record dates a padded position by the forward that committed it)."""
     after = torch.arange(x.shape[1], device=x.device)[None, :] > fill_after[:, None]
     if keep is not None:
         after &= ~keep
     new = torch.where(after, eos, x)
-    commit_step.copy_(torch.where(new != x, step, commit_step))
+    date = new != x if redate else (new != x) & (commit_step < 0)
+    commit_step.copy_(torch.where(date, step, commit_step))
     x.copy_(new)
 
 
@@ -99,19 +111,23 @@ def select_rows(cache, index: torch.Tensor | None):
 @dataclass
 class Batch:
     """The device tensors of the rows in the batch: the canvas ``x`` ``[B, L]``, the commit
-    state, the ``[B]`` left padding, the model's cache (or None) and the ``[B]`` int64 row seeds."""
+    state, the ``[B]`` left padding, the model's cache (or None), the ``[B]`` int64 row seeds and
+    the ``[B]`` first key each row attends (None: ``pad``; Fast-dLLM v2's one-block prompt is
+    never attended)."""
 
     x: torch.Tensor
     state: CommitState
     pad: torch.Tensor
     cache: object
     seeds: torch.Tensor
+    key_start: torch.Tensor | None = None
 
     def select(self, index: torch.Tensor) -> Batch:
         """The rows ``index`` (a device index tensor); the cache must be able to drop rows."""
         pick = lambda t: t.index_select(0, index)  # noqa: E731
         state = CommitState(*(pick(getattr(self.state, f.name)) for f in dataclasses.fields(self.state)))
-        return Batch(pick(self.x), state, pick(self.pad), select_rows(self.cache, index), pick(self.seeds))
+        key_start = None if self.key_start is None else pick(self.key_start)
+        return Batch(pick(self.x), state, pick(self.pad), select_rows(self.cache, index), pick(self.seeds), key_start)
 
 
 class Compaction:

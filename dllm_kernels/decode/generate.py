@@ -14,6 +14,7 @@ from .._validate import MaxNFEError, check_canvas_length, check_generate_args, r
 from ..commit import CommitState
 from ..models.protocol import model_device
 from ..policies import Policy, resolve_policy
+from .block_causal import BlockCausalRows
 from .blocks import BlockRows
 from .canvas import Batch, Compaction, build_canvas, ship_index
 from .multi_block import MultiBlockRows
@@ -35,6 +36,12 @@ class GenerateResult:
         each position received its final token; -1 for prompt and padding.
     pad: ``[B]`` int64 left padding per row.
     gen_start: first position of the generation region.
+    first: block-causal policies (``sdar``) only, else None: ``[B]`` int64 each row's first
+        generated position. Their blocks are aligned to the model's position 0, so row b's
+        prompt starts at ``pad[b]`` (a whole number of blocks) and its generation right after
+        the prompt, inside the prompt's last block: the positions ``[first[b], gen_start)`` are
+        generated too (the published decoders generate them); :attr:`generated` starts at
+        ``gen_start`` all the same.
     """
 
     tokens: torch.Tensor
@@ -42,6 +49,7 @@ class GenerateResult:
     commit_step: torch.Tensor
     pad: torch.Tensor
     gen_start: int
+    first: torch.Tensor | None = None
 
     @property
     def generated(self) -> torch.Tensor:
@@ -166,11 +174,29 @@ def _generate(
         progress=progress,
     )
     cfg = model.config
-    x, pad, P = build_canvas(prompt, gen_length, block_length, cfg, device)
+    block_causal = pol.scheduler == "block_causal"
+    if block_causal:
+        _check_block_causal(cfg, pol, block_length)
+    x, pad, P, lengths = build_canvas(prompt, gen_length, block_length, cfg, device, block_causal=block_causal)
     check_canvas_length(model, P - int(pad.min()), gen_length)
     B, L = x.shape
-    geo = Geometry(P=P, L=L, bs=block_length, mask=cfg.mask_id, eos=cfg.eos_id, eot=getattr(cfg, "eot_id", None))
-    sched = MultiBlockRows(pol, geo, B) if pol.scheduler == "multi_block" else BlockRows(pol, geo, B)
+    # the fill token of early stops: EOS, or a block-causal policy's stop_fill (Fast-dLLM v2's pad)
+    fill = pol.stop_fill if block_causal and pol.stop_fill is not None else cfg.eos_id
+    geo = Geometry(P=P, L=L, bs=block_length, mask=cfg.mask_id, eos=fill, eot=getattr(cfg, "eot_id", None))
+    first = key_start = None
+    if block_causal:
+        # Fast-dLLM v2's quirk, kept for fidelity: a prompt of exactly one block is never forwarded
+        # (no prefill, decoding starts at block 1 without a cache), so it is never attended either
+        hidden = (lengths == block_length) & pol.inherit_first_token
+        if bool(hidden.any()):
+            key_start = pad + (hidden * block_length).to(device)
+        pad_host = (P - -(-lengths // block_length) * block_length).numpy()  # = pad, without a device read
+        first = pad_host + lengths.numpy()
+        sched = BlockCausalRows(pol, geo, pad_host, first)
+    elif pol.scheduler == "multi_block":
+        sched = MultiBlockRows(pol, geo, B)
+    else:
+        sched = BlockRows(pol, geo, B)
     temperature = float(temperature)
     seeds = row_seeds(seed, B, lambda: resolve_seed(None)) if temperature > 0 else [0] * B
     batch = Batch(
@@ -179,6 +205,7 @@ def _generate(
         pad=pad,
         cache=model.new_cache(B, L) if pol.cache != "none" else None,
         seeds=torch.tensor(seeds, dtype=torch.int64).to(device),
+        key_start=key_start,
     )
     opts = StepOptions(
         policy=pol,
@@ -207,6 +234,7 @@ def _generate(
         commit_step=out.commit_step,
         pad=pad,
         gen_start=P,
+        first=None if first is None else torch.from_numpy(first).to(device),
     )
     stuck = []
     if (out.nfe >= max_nfe).any():
@@ -218,6 +246,34 @@ def _generate(
             result,
         )
     return result
+
+
+def _check_block_causal(cfg, pol: Policy, block_length: int) -> None:
+    """A block-causal policy needs a model whose attention is block-causal over ``block_length``
+    and one token per denoising step."""
+    if not hasattr(cfg, "block_size"):  # a protocol model that does not declare its attention
+        return _check_block_causal_steps(pol, block_length)
+    size = cfg.block_size
+    if size != block_length:
+        raise ValueError(
+            f"generate: policy {pol.name!r} decodes blocks of block_length={block_length}, but the model's "
+            f"attention is {'bidirectional' if size is None else f'block-causal over blocks of {size}'} "
+            "(config.block_size); pass block_length=config.block_size with a block-diffusion model"
+        )
+    _check_block_causal_steps(pol, block_length)
+
+
+def _check_block_causal_steps(pol: Policy, block_length: int) -> None:
+    if pol.steps_per_block not in (0, block_length):
+        raise ValueError(
+            f"generate: policy {pol.name!r} needs steps_per_block ({pol.steps_per_block}) == block_length "
+            f"({block_length}): one token per denoising step, the only ratio whose published rules are reproduced"
+        )
+    if pol.sub_block and block_length % pol.sub_block:
+        raise ValueError(
+            f"generate: policy {pol.name!r}: block_length ({block_length}) must be a multiple of sub_block "
+            f"({pol.sub_block})"
+        )
 
 
 def _loop(model, batch: Batch, sched, geo: Geometry, opts: StepOptions, max_nfe: int, bar) -> Compaction:

@@ -59,6 +59,7 @@ class StepRunner:
     def __init__(self, model, batch: Batch, geo: Geometry, opts: StepOptions):
         self.model, self.x, self.state, self.pad, self.cache = model, batch.x, batch.state, batch.pad, batch.cache
         self.seeds = batch.seeds  # [B] int64 row seeds (used at temperature > 0)
+        self.key_start = batch.key_start  # [B] first attended key (None: pad)
         self.geo, self.opts = geo, opts
         self.rules = list(enumerate(opts.rules))
         self.buckets, self.capture, self.commits = opts.buckets or opts.capture, opts.capture, opts.commits
@@ -118,7 +119,9 @@ class StepRunner:
             now = dev.select(1, Col.FILL)
             if self.stale:
                 now = torch.where(dev.select(1, Col.FWD) > 0, geo.L, now)
-            fill_eos(x, state.commit_step, now, dev[:, Col.STEP : Col.STEP + 1], geo.eos)
+            # a block-causal stop_fill (Fast-dLLM v2's pad) keeps the commit steps of committed positions
+            redate = self.opts.policy.stop_fill is None
+            fill_eos(x, state.commit_step, now, dev[:, Col.STEP : Col.STEP + 1], geo.eos, redate=redate)
         if not fwd.any():
             return torch.zeros_like(x, dtype=torch.bool) if self.commits else None
         # the widest window, logits range and cache write over the rows (rows that do not forward
@@ -164,7 +167,18 @@ class StepRunner:
         if self.opts.temperature > 0:  # logits row (b, j) is position stats_offset[b] + j of row b
             pos = inp.stats_offset[:, None] - self.pad[:, None] + torch.arange(Lo, device=plan.device)[None, :]
             seed = mix_seed(self.seeds[:, None], step_col[:, None], pos.clamp_min(0))
-        committed = decode_step(self.model, x, state, self.pad, self.cache, inp, step, seed=seed, **self.step_kwargs)
+        committed = decode_step(
+            self.model,
+            x,
+            state,
+            self.pad,
+            self.cache,
+            inp,
+            step,
+            seed=seed,
+            key_start=self.key_start,
+            **self.step_kwargs,
+        )
         if self.stale and post_fill:  # d3LLM: the fill lands after the commit, sparing this step's commits
             fill_eos(x, state.commit_step, inp.fill_after, step, geo.eos, keep=state.commit_step == step)
         return committed

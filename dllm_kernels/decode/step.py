@@ -100,6 +100,7 @@ def decode_step(
     confidence_eos_eot_inf: bool = False,
     backend: str = "auto",
     commits: bool = True,
+    key_start: torch.Tensor | None = None,
 ) -> torch.Tensor | None:
     """One batched decoding step on the device: forward, token statistics, commits.
 
@@ -109,7 +110,8 @@ def decode_step(
     (``commits=False``: None, sparing a copy of ``state.commit_step``).
     The inputs are not validated (:func:`generate` checks its arguments once per call):
     ``seed`` is an int in ``[0, 2**63)`` or an int64 ``[B, Lo]`` tensor (one seed per logits
-    row, see :func:`dllm_kernels.token_stats`).
+    row, see :func:`dllm_kernels.token_stats`). ``key_start``: ``[B]`` the first key (logical
+    index) each row attends; None: ``pad``.
     """
     before = state.commit_step.clone() if commits else None
     tokens = x.gather(1, inp.idx)
@@ -124,7 +126,7 @@ def decode_step(
         kv_len=inp.kv_len,
         attend_new=attend_new,
         write=inp.write,
-        key_start=pad,
+        key_start=pad if key_start is None else key_start,
         logits_index=inp.logits_index,
     )
     ids = tuple(sorted(set(suppress_ids or ())))

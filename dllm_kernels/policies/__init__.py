@@ -2,7 +2,7 @@
 
 - :mod:`.base`: the :class:`Policy` record, its checks, the cache modes and schedulers;
 - :mod:`.published`: one section per published decoder (LLaDA, Fast-dLLM, Streaming-dLLM,
-  R2-dLLM, d3LLM) and per serving rule, holding every fact about it once: its constructor's
+  R2-dLLM, d3LLM, Fast-dLLM v2, SDAR) and per serving rule, holding every fact about it once: its constructor's
   defaults, the public repo's option names, the SGLang algorithm's options, the evaluation sweeps;
 - :mod:`.aliases`: the public option names applied once, by :func:`resolve_policy`.
 
@@ -25,8 +25,10 @@ from .published import (
     d3llm,
     d3llm_dream,
     fast_dllm,
+    fast_dllm_v2,
     markdown_table,
     r2,
+    sdar,
     sglang_algorithms,
     streaming,
     sweeps,
@@ -52,10 +54,12 @@ __all__ = [
     "d3llm",
     "d3llm_dream",
     "fast_dllm",
+    "fast_dllm_v2",
     "markdown_table",
     "public_aliases",
     "r2",
     "resolve_policy",
+    "sdar",
     "sglang_algorithms",
     "streaming",
     "strict_threshold",

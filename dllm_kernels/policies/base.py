@@ -16,8 +16,8 @@ import torch
 from .._validate import check_policy_numbers
 from ..commit import CommitRule
 
-CACHE_MODES = ("none", "prefix", "dual", "delayed")
-SCHEDULERS = ("blocks", "multi_block")
+CACHE_MODES = ("none", "prefix", "dual", "delayed", "blocks")
+SCHEDULERS = ("blocks", "multi_block", "block_causal")
 # Dream's first forward of a block (``ar_first_token``): one token, at the block's first position
 FIRST_TOKEN_RULE = CommitRule(base="topk")
 
@@ -30,7 +30,12 @@ class Policy:
         name: label used in tables.
         rule: the commit rule of every step (:class:`CommitRule`).
         scheduler: ``"blocks"``: one block at a time, forwards until it is complete (or exactly
-            ``steps_per_block`` forwards); ``"multi_block"``: d3LLM's pipelined blocks.
+            ``steps_per_block`` forwards); ``"multi_block"``: d3LLM's pipelined blocks;
+            ``"block_causal"`` (block-diffusion models, SDAR): blocks aligned to position 0, the
+            prompt's complete blocks prefilled in one forward, then per block denoising forwards
+            of the block alone against the cache of the completed blocks, and one *store*
+            forward of the completed block that writes its K/V (it commits nothing and counts
+            as a forward, as the published code counts it).
         cache: ``"none"``: every forward sees the whole canvas; ``"prefix"`` (Fast-dLLM): a block's
             first forward is full and fills the cache, later ones forward the block and everything
             after it against the cached prefix; ``"dual"`` (Fast-dLLM): later forwards see only the
@@ -38,10 +43,17 @@ class Policy:
             blocks enter the cache ``cache_delay`` steps after completing, with a full refresh
             forward every ``refresh_interval`` steps and while a block stabilises. Unlike the
             published code, whose concatenated cache can hold a position twice after a refresh
-            while two blocks stabilise, the cache is indexed by position (tests/fidelity/README.md).
+            while two blocks stabilise, the cache is indexed by position (tests/fidelity/README.md);
+            ``"blocks"`` (the ``block_causal`` scheduler): the completed blocks, each written
+            once, by the forward of that block alone (block-causal attention makes it exact).
         steps_per_block: > 0: LLaDA's fixed schedule, exactly this many forwards per block, each
             committing its share of the block's masks (needs ``rule.base == "topk"``); 0 with
-            "topk" means one token per step (``block_length`` steps).
+            "topk" means one token per step (``block_length`` steps). ``block_causal``: SDAR's
+            ``denoising_steps``, the most denoising forwards per block, with the schedule
+            ``get_num_transfer_tokens(block_length, steps)``; it must equal ``block_length``
+            (one token per step: the only ratio whose published rules are reproduced here); 0:
+            the same for SDAR, and for Fast-dLLM v2 no cap (forwards until the block is
+            complete, which its rule's forced argmax guarantees within ``block_length``).
         idle_forward: Fast-dLLM's published cached loops (``generate_with_prefix_cache`` /
             ``generate_with_dual_cache``) run one cached forward after a block's first (full)
             forward before they test the block for masks, so a block that its first forward
@@ -66,6 +78,24 @@ class Policy:
         suppress_eos: LLaDA's ``logits_eos_inf``: EOS is never proposed.
         confidence_eos_eot_inf: LLaDA's option of that name: an EOS or EoT proposal gets
             confidence 0 (it is committed only when nothing else is left to pick).
+        commit_in_order: ``block_causal`` (SDAR's ``sequential`` remasking): a step commits the
+            block's first masked position (left to right), with the ``topk`` rule and k = 1.
+        stop_ids: ``block_causal``: a row whose generated tokens hold one of these ids stops at
+            the end of that block (SDAR's ``stopping_criteria_idx``, Fast-dLLM v2's
+            ``stop_token``); see ``stop_fill``.
+        stop_fill: ``block_causal``: None (SDAR): the stopped row's block still gets its store
+            forward and its later positions stay the mask id; a token id (Fast-dLLM v2's pad): the
+            row stops without the store forward and every position after its first stop id
+            becomes this id. Fast-dLLM v2 ignores a stop id inherited by a block's first
+            position (``inherit_first_token``) when deciding that a row is finished.
+        sub_block: ``block_causal``: a step commits only inside the block's first sub-block of
+            this size that holds a mask (Fast-dLLM v2's ``small_block_size``); 0: the block.
+        inherit_first_token: ``block_causal`` (Fast-dLLM v2): the store forward of a block (and a
+            prefill that ends at a block boundary) also forwards the next block's first position
+            and commits there the argmax of the block's last row (the model's logits unshifted),
+            so each block after the first starts with one committed token. Its prefill runs
+            only for a prompt longer than a block: a prompt of exactly one block is, as
+            published, never forwarded nor attended (decoding starts at block 1).
         d3_stale_candidates: d3LLM quirk, on by default for fidelity: the candidates of a step are
             the masks before that step's early-stop fill, so a position filled with EOS can still
             take a proposal in the same step (the next step's fill overwrites it again).
@@ -89,6 +119,11 @@ class Policy:
     suppress_eos: bool = False
     confidence_eos_eot_inf: bool = False
     d3_stale_candidates: bool = True
+    commit_in_order: bool = False
+    stop_ids: tuple[int, ...] = ()
+    stop_fill: int | None = None
+    sub_block: int = 0
+    inherit_first_token: bool = False
 
     def __post_init__(self):
         if self.cache not in CACHE_MODES:
@@ -103,7 +138,30 @@ class Policy:
             raise ValueError(
                 f"policy {self.name}: idle_forward belongs to the blocks scheduler with a prefix or dual cache"
             )
-        if self.steps_per_block and self.rule.base != "topk":
+        if (self.scheduler == "block_causal") != (self.cache == "blocks"):
+            raise ValueError(f"policy {self.name}: the block_causal scheduler and cache 'blocks' go together")
+        if not isinstance(self.commit_in_order, bool):
+            raise TypeError(f"policy {self.name}: commit_in_order must be a bool, got {self.commit_in_order!r}")
+        if self.commit_in_order and (self.scheduler != "block_causal" or self.rule.base != "topk"):
+            raise ValueError(f"policy {self.name}: commit_in_order belongs to block_causal with the 'topk' rule")
+        if not isinstance(self.stop_ids, tuple) or not all(
+            isinstance(t, int) and not isinstance(t, bool) and t >= 0 for t in self.stop_ids
+        ):
+            raise TypeError(f"policy {self.name}: stop_ids must be a tuple of token ids, got {self.stop_ids!r}")
+        if self.scheduler != "block_causal" and (
+            self.stop_ids or self.stop_fill is not None or self.sub_block or self.inherit_first_token
+        ):
+            raise ValueError(
+                f"policy {self.name}: stop_ids, stop_fill, sub_block and inherit_first_token belong to "
+                "the block_causal scheduler"
+            )
+        if self.stop_fill is not None and (not isinstance(self.stop_fill, int) or self.stop_fill < 0):
+            raise TypeError(f"policy {self.name}: stop_fill must be a token id or None, got {self.stop_fill!r}")
+        if not isinstance(self.sub_block, int) or isinstance(self.sub_block, bool) or self.sub_block < 0:
+            raise ValueError(f"policy {self.name}: sub_block must be an int >= 0, got {self.sub_block!r}")
+        if not isinstance(self.inherit_first_token, bool):
+            raise TypeError(f"policy {self.name}: inherit_first_token must be a bool, got {self.inherit_first_token!r}")
+        if self.steps_per_block and self.rule.base != "topk" and self.scheduler != "block_causal":
             raise ValueError(f"policy {self.name}: steps_per_block needs the 'topk' rule")
         check_policy_numbers(self)
         if self.suffix_window is not None and (self.suffix_window < 0 or self.cache == "dual"):

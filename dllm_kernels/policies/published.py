@@ -494,6 +494,149 @@ def d3llm_dream(**overrides) -> Policy:
 
 
 # ------------------------------------------------------------------------------------------------
+# SDAR (block diffusion)
+# ------------------------------------------------------------------------------------------------
+
+# generate.py's remasking strategies (L147-194) that are reproduced; "entropy_bounded" is broken as
+# published (tests/fidelity/README.md) and rejected
+SDAR_REMASKING = ("low_confidence_dynamic", "low_confidence_static", "sequential")
+
+
+def _sdar_stop_ids(label: str, value):
+    """SDAR's ``stopping_criteria_idx`` (a list of ids, or None: no stop) -> a tuple."""
+    if value is None:
+        return ()
+    if isinstance(value, int) and not isinstance(value, bool):
+        return (value,)
+    return tuple(value)
+
+
+_SDAR_DEFAULTS = {
+    "remasking": "low_confidence_dynamic",
+    "threshold": 0.85,
+    # denoising_steps: 0 = block_length, one token per step (the script's 4 steps for blocks of 4;
+    # the only ratio reproduced)
+    "steps_per_block": 0,
+    # the script's stop ids: the release's generation_config eos_token_id (<|im_end|>, <|endoftext|>)
+    "stop_ids": (151645, 151643),
+}
+SDAR = Decoder(
+    name="sdar",
+    title="SDAR",
+    repo="JetAstra/SDAR",
+    defaults=_SDAR_DEFAULTS,
+    aliases=(
+        Alias("remasking_strategy", "remasking"),
+        Alias("confidence_threshold", "threshold"),
+        Alias("denoising_steps", "steps_per_block"),
+        Alias("stopping_criteria_idx", "stop_ids", _sdar_stop_ids, "a list -> a tuple, None -> ()"),
+    ),
+    # no evaluation sweep yet: dllm_kernels.addition's models are bidirectional (a block-diffusion
+    # addition model would get one: the static rule, then tau 0.95 / 0.9 / 0.85 / 0.7)
+)
+
+
+def sdar(
+    remasking: str = SDAR.defaults["remasking"],
+    threshold: float = SDAR.defaults["threshold"],
+    steps_per_block: int = SDAR.defaults["steps_per_block"],
+    stop_ids: tuple[int, ...] = SDAR.defaults["stop_ids"],
+) -> Policy:
+    """SDAR's ``block_diffusion_generate`` (greedy): block-causal decoding with the completed
+    blocks as the exact KV cache (:attr:`Policy.scheduler` ``"block_causal"``), ``steps_per_block``
+    denoising forwards at most per block (0 or ``block_length``: one token per step), and the
+    remasking strategy ``remasking``:
+
+    - ``"low_confidence_dynamic"``: every masked position with ``prob > threshold`` (strict),
+      else the most confident one (``{argmax} ∪ {prob > threshold}`` at one token per step);
+    - ``"low_confidence_static"``: the most confident masked position (``torch.topk``);
+    - ``"sequential"``: the block's first masked position.
+
+    Greedy means SDAR's T = 1 softmax with the multinomial draw replaced by its argmax: proposal
+    ``argmax``, confidence ``softmax(logits)[argmax]`` (tests/fidelity/README.md)."""
+    if remasking not in SDAR_REMASKING:
+        raise ValueError(f"sdar: remasking must be one of {SDAR_REMASKING}, got {remasking!r}")
+    if remasking == "low_confidence_dynamic":
+        rule = CommitRule(base="threshold", threshold=strict_threshold(threshold))
+    else:
+        rule = CommitRule(base="topk", commit_best=False)
+    return Policy(
+        "sdar",
+        rule,
+        scheduler="block_causal",
+        cache="blocks",
+        steps_per_block=steps_per_block,
+        commit_in_order=remasking == "sequential",
+        stop_ids=tuple(stop_ids),
+    )
+
+
+# ------------------------------------------------------------------------------------------------
+# Fast-dLLM v2 (block diffusion)
+# ------------------------------------------------------------------------------------------------
+
+
+def _fdv2_stop(label: str, value):
+    """Fast-dLLM v2's ``stop_token`` (one id) -> ``stop_ids``."""
+    return _sdar_stop_ids(label, value)
+
+
+def _fdv2_options(label: str, out: dict, gen_length=None, block_length=None) -> None:
+    """``use_block_cache``: only False (the sub-block cache is not reproduced yet); ``mask_id``,
+    ``temperature=0``, ``top_p`` (ignored at temperature 0) are accepted as the call passes them."""
+    if out.pop("use_block_cache", False):
+        raise ValueError(f"{label}: use_block_cache=True (the sub-block cache) is not implemented; pass False")
+
+
+_FDV2_DEFAULTS = {
+    "threshold": 0.9,
+    "sub_block": 8,
+    # batch_sample's stop_token (<|im_end|>) and the pad that follows it (the tokenizer's <|endoftext|>)
+    "stop_ids": (151645,),
+    "stop_fill": 151643,
+}
+FAST_DLLM_V2 = Decoder(
+    name="fast_dllm_v2",
+    title="Fast-dLLM v2",
+    repo="NVlabs/Fast-dLLM (v2/)",
+    defaults=_FDV2_DEFAULTS,
+    aliases=(
+        Alias("small_block_size", "sub_block"),
+        Alias("stop_token", "stop_ids", _fdv2_stop, "an id -> a one-id tuple"),
+    ),
+    adapt=_fdv2_options,
+    alias_notes=(("`use_block_cache=False`", "(the only one; True rejected)"),),
+    # no evaluation sweep yet (see SDAR's); it would be eval_script.sh's 1, eval.py's 0.9, then lower
+)
+
+
+def fast_dllm_v2(
+    threshold: float = FAST_DLLM_V2.defaults["threshold"],
+    sub_block: int = FAST_DLLM_V2.defaults["sub_block"],
+    stop_ids: tuple[int, ...] = FAST_DLLM_V2.defaults["stop_ids"],
+    stop_fill: int | None = FAST_DLLM_V2.defaults["stop_fill"],
+) -> Policy:
+    """Fast-dLLM v2's ``batch_sample`` (``use_block_cache=False``): block-causal decoding with the
+    completed blocks as the exact KV cache (:attr:`Policy.scheduler` ``"block_causal"``); each
+    forward runs the whole block against it and commits inside the block's first sub-block of
+    ``sub_block`` positions that holds a mask, ``{argmax} ∪ {prob > threshold}`` (strict; at
+    threshold 1 one token per forward), on the model's token-shifted logits; a completed block's
+    cache-update forward also commits the next block's first token (the block's last row,
+    unshifted: :attr:`Policy.inherit_first_token`). A row that committed a stop id ends with its
+    block, without the update forward, every later position becoming ``stop_fill``."""
+    return Policy(
+        "fast_dllm_v2",
+        CommitRule(base="threshold", threshold=strict_threshold(threshold)),
+        scheduler="block_causal",
+        cache="blocks",
+        sub_block=sub_block,
+        inherit_first_token=True,
+        stop_ids=tuple(stop_ids),
+        stop_fill=stop_fill,
+    )
+
+
+# ------------------------------------------------------------------------------------------------
 # serving rules (SGLang's own algorithms, reproduced exactly)
 # ------------------------------------------------------------------------------------------------
 
@@ -643,11 +786,13 @@ GEMMA4_RENOISE_SECTIONS = {
 # derived tables
 # ------------------------------------------------------------------------------------------------
 
-DECODERS: dict[str, Decoder] = {d.name: d for d in (VANILLA, FAST_DLLM, STREAMING, R2, D3LLM, D3LLM_DREAM)}
+DECODERS: dict[str, Decoder] = {
+    d.name: d for d in (VANILLA, FAST_DLLM, STREAMING, R2, D3LLM, D3LLM_DREAM, FAST_DLLM_V2, SDAR)
+}
 SERVING: dict[str, ServingRule] = {s.name: s for s in (LOW_CONFIDENCE, JOINT_THRESHOLD, JOINT_THRESHOLD_INDEL)}
 
 POLICIES: dict[str, Callable[..., Policy]] = {
-    f.__name__: f for f in (vanilla, fast_dllm, streaming, r2, d3llm, d3llm_dream)
+    f.__name__: f for f in (vanilla, fast_dllm, streaming, r2, d3llm, d3llm_dream, fast_dllm_v2, sdar)
 }
 
 # rule variants reachable by a constructor argument that are compiled ahead of time besides
