@@ -203,14 +203,15 @@ def cmd_eval(args) -> int:
     import torch
 
     from .addition import evaluate as ev
-    from .addition.default import DEFAULT_DISTILLED_DIR, default_model
+    from .addition.default import DEFAULT_BLOCK_DIFFUSION_DIR, DEFAULT_DISTILLED_DIR, default_model
 
     torch.set_num_threads(args.threads)
     model, tok, task, device = _load(args)
     if task is None:
         raise CLIError("--model: eval needs a checkpoint written by dllm_kernels train or distill (with task.json)")
     models = {args.label: model}
-    default = [DEFAULT_DISTILLED_DIR] if args.model is None and DEFAULT_DISTILLED_DIR.is_dir() else []
+    shipped = (DEFAULT_DISTILLED_DIR, DEFAULT_BLOCK_DIFFUSION_DIR)
+    default = [d for d in shipped if d.is_dir()] if args.model is None else []
     for path in default if args.compare is None else args.compare:
         try:
             models[pathlib.Path(path).name] = default_model(

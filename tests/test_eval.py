@@ -98,6 +98,6 @@ def test_cli_eval_prints_the_table_and_writes_the_files(tmp_path, capsys):
 
     assert main(["eval", "--problems", "3", "--policies", "vanilla", "d3llm", "--compare", "--out", str(tmp_path)]) == 0
     text = capsys.readouterr().out
-    assert "base             vanilla    steps/block=4" in text and "base             d3llm      thr=0.5" in text
+    assert "base             vanilla      steps/block=4" in text and "base             d3llm        thr=0.5" in text
     assert "AUP (alpha 3" in text
     assert sorted(p.name for p in tmp_path.iterdir()) == ["eval.json", "eval.md", "eval.png"]

@@ -31,7 +31,7 @@ from dataclasses import asdict, dataclass
 import torch
 
 from ..decode.generate import generate
-from ..policies import sweeps
+from ..policies import resolve_policy, sweeps
 from .task import AdditionTask, Problem
 
 # policy -> its sweep: constructor overrides, from the most careful setting to the most parallel
@@ -162,6 +162,17 @@ def evaluate_vanilla(
     return Accuracy(row.accuracy, row.n)
 
 
+def fits(model, policy: str) -> bool:
+    """Whether ``policy`` decodes ``model``: the block-causal policies (``sdar``,
+    ``fast_dllm_v2``) need a block-causal model (``config.block_size``), which runs those and the
+    uncached full-canvas policy (``vanilla``) only; a bidirectional model runs every other policy."""
+    pol = resolve_policy(policy)
+    block_model = getattr(model.config, "block_size", None) is not None
+    if pol.scheduler == "block_causal":
+        return block_model
+    return not block_model or (pol.cache == "none" and pol.scheduler == "blocks")
+
+
 def sweep(
     models: dict,
     task: AdditionTask,
@@ -175,11 +186,14 @@ def sweep(
     threads: int | None = DEFAULT_THREADS,
 ) -> list[EvalRow]:
     """:func:`evaluate` every model of ``models`` (name -> model) at every point of ``sweeps``
-    (policy -> list of override dicts); ``log`` gets each row as it is measured; ``threads``: intra-op
-    threads (:data:`DEFAULT_THREADS`, None: torch's setting)."""
+    (policy -> list of override dicts) whose policy :func:`fits` the model; ``log`` gets each row
+    as it is measured; ``threads``: intra-op threads (:data:`DEFAULT_THREADS`, None: torch's
+    setting)."""
     rows = []
     for label, model in models.items():
         for policy, settings in sweeps.items():
+            if not fits(model, policy):
+                continue
             for overrides in settings:
                 rows.append(
                     evaluate(
@@ -261,12 +275,12 @@ def aup_table(rows: Sequence[EvalRow]) -> list[AUPRow]:
 # reporting: text table, markdown + JSON files, the accuracy-parallelism plot
 # ------------------------------------------------------------------------------------------------
 
-HEADER = f"{'model':<16} {'policy':<10} {'setting':<36} {'acc %':>6} {'NFE':>6} {'TPF':>5} {'tok/s':>8}"
+HEADER = f"{'model':<16} {'policy':<12} {'setting':<36} {'acc %':>6} {'NFE':>6} {'TPF':>5} {'tok/s':>8}"
 
 
 def format_row(r: EvalRow) -> str:
     return (
-        f"{r.model:<16} {r.policy:<10} {r.setting:<36} {r.accuracy:>6.1f} {r.nfe:>6.2f} "
+        f"{r.model:<16} {r.policy:<12} {r.setting:<36} {r.accuracy:>6.1f} {r.nfe:>6.2f} "
         f"{r.tokens_per_forward:>5.2f} {r.tokens_per_s:>8.0f}"
     )
 
@@ -279,9 +293,9 @@ def format_aup(table: Sequence[AUPRow]) -> str:
     lines = [
         f"AUP (alpha 3, y_max {table[0].y_max:.1f} = best accuracy of all rows; TPF@-1 = the most parallel "
         "point within 1 point of y_max)",
-        f"{'model':<16} {'policy':<10} {'AUP':>7} {'TPF@-1':>7}",
+        f"{'model':<16} {'policy':<12} {'AUP':>7} {'TPF@-1':>7}",
     ]
-    lines += [f"{a.model:<16} {a.policy:<10} {a.aup:>7.1f} {_tpf(a.best_tpf):>7}" for a in table]
+    lines += [f"{a.model:<16} {a.policy:<12} {a.aup:>7.1f} {_tpf(a.best_tpf):>7}" for a in table]
     return "\n".join(lines)
 
 

@@ -40,8 +40,8 @@ class GenerateResult:
         generated position. Their blocks are aligned to the model's position 0, so row b's
         prompt starts at ``pad[b]`` (a whole number of blocks) and its generation right after
         the prompt, inside the prompt's last block: the positions ``[first[b], gen_start)`` are
-        generated too (the published decoders generate them); :attr:`generated` starts at
-        ``gen_start`` all the same.
+        generated too (the published decoders generate them), and :attr:`generated` starts at
+        ``first[b]``.
     """
 
     tokens: torch.Tensor
@@ -53,8 +53,13 @@ class GenerateResult:
 
     @property
     def generated(self) -> torch.Tensor:
-        """``[B, gen_length]`` the generation region."""
-        return self.tokens[:, self.gen_start :]
+        """``[B, gen_length]`` the generation region: each row's first ``gen_length`` generated
+        positions (from ``gen_start``, or from ``first[b]`` for the block-causal policies)."""
+        if self.first is None:
+            return self.tokens[:, self.gen_start :]
+        width = self.tokens.shape[1] - self.gen_start
+        index = self.first[:, None] + torch.arange(width, device=self.tokens.device)
+        return self.tokens.gather(1, index)
 
     def tokens_until_eos(self, eos_id: int) -> torch.Tensor:
         """``[B]`` int64: generated tokens up to and including the first EOS, per row (all of the

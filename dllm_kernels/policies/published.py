@@ -531,8 +531,9 @@ SDAR = Decoder(
         Alias("denoising_steps", "steps_per_block"),
         Alias("stopping_criteria_idx", "stop_ids", _sdar_stop_ids, "a list -> a tuple, None -> ()"),
     ),
-    # no evaluation sweep yet: dllm_kernels.addition's models are bidirectional (a block-diffusion
-    # addition model would get one: the static rule, then tau 0.95 / 0.9 / 0.85 / 0.7)
+    # the block-diffusion addition model's sweep: the static rule (one token per step), then tau
+    quick_sweep=({"remasking": "low_confidence_static"}, {"threshold": 0.9}, {"threshold": 0.7}),
+    full_sweep=({"remasking": "low_confidence_static"}, *({"threshold": t} for t in (0.95, 0.9, 0.85, 0.7))),
 )
 
 
@@ -606,7 +607,9 @@ FAST_DLLM_V2 = Decoder(
     ),
     adapt=_fdv2_options,
     alias_notes=(("`use_block_cache=False`", "(the only one; True rejected)"),),
-    # no evaluation sweep yet (see SDAR's); it would be eval_script.sh's 1, eval.py's 0.9, then lower
+    # eval_script.sh's 1 (one token per step, the argmax), eval.py's 0.9, then lower
+    quick_sweep=tuple({"threshold": t} for t in (1.0, 0.9, 0.7)),
+    full_sweep=tuple({"threshold": t} for t in (1.0, *_TAUS_FULL)),
 )
 
 
