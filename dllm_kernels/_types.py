@@ -1,8 +1,8 @@
 """Types shared by the public API, the Triton launchers and the references."""
 
 import math
-from dataclasses import dataclass
-from typing import NamedTuple
+from dataclasses import dataclass, field, fields
+from typing import NamedTuple, TypeVar
 
 import torch
 
@@ -139,8 +139,31 @@ class CommitRule:
                     fail(name, "False with renoise=True (a masked-model rule)")
 
 
+def _fresh(fill, dtype: torch.dtype, per_row: bool = False):
+    """A state field whose value on a fresh canvas is ``fill`` of ``dtype``, shaped ``[B, L]``
+    (``[B]`` if ``per_row``); read by :meth:`_CanvasState.new`."""
+    return field(metadata={"fresh": (fill, dtype, per_row)})
+
+
+_S = TypeVar("_S", bound="_CanvasState")
+
+
+class _CanvasState:
+    """Base of the state dataclasses that the loop creates per canvas with :meth:`new`."""
+
+    @classmethod
+    def new(cls: type[_S], x: torch.Tensor) -> _S:
+        """The state of a fresh canvas ``x [B, L]``: every field at its initial value."""
+        values = {}
+        for f in fields(cls):
+            fill, dtype, per_row = f.metadata["fresh"]
+            shape = tuple(x.shape[:1] if per_row else x.shape)
+            values[f.name] = torch.full(shape, fill, dtype=dtype, device=x.device)
+        return cls(**values)
+
+
 @dataclass
-class CommitState:
+class CommitState(_CanvasState):
     """Per-position decoding state that :func:`dllm_kernels.commit` updates in place.
 
     All fields are contiguous ``[B, L]`` tensors on the canvas's device.
@@ -153,27 +176,15 @@ class CommitState:
     conf_max:    fp32, max of the streak's confidences.
     """
 
-    commit_step: torch.Tensor
-    last_id: torch.Tensor
-    count: torch.Tensor
-    conf_sum: torch.Tensor
-    conf_max: torch.Tensor
-
-    @classmethod
-    def new(cls, x: torch.Tensor) -> "CommitState":
-        """The state of a fresh canvas ``x [B, L]``: nothing committed, no streaks."""
-        shape, device = tuple(x.shape), x.device
-        return cls(
-            commit_step=torch.full(shape, -1, dtype=torch.int32, device=device),
-            last_id=torch.full(shape, -1, dtype=torch.int64, device=device),
-            count=torch.zeros(shape, dtype=torch.int32, device=device),
-            conf_sum=torch.zeros(shape, dtype=torch.float32, device=device),
-            conf_max=torch.zeros(shape, dtype=torch.float32, device=device),
-        )
+    commit_step: torch.Tensor = _fresh(-1, torch.int32)  # nothing committed
+    last_id: torch.Tensor = _fresh(-1, torch.int64)  # no streaks
+    count: torch.Tensor = _fresh(0, torch.int32)
+    conf_sum: torch.Tensor = _fresh(0.0, torch.float32)
+    conf_max: torch.Tensor = _fresh(0.0, torch.float32)
 
 
 @dataclass
-class RenoiseState:
+class RenoiseState(_CanvasState):
     """The uniform-state rule's (``CommitRule(renoise=True)``) state on the device, which
     :func:`dllm_kernels.commit` updates in place: the argmax stability and convergence test of
     vLLM's / SGLang's DiffusionGemma sampler. Contiguous tensors on the canvas's device.
@@ -189,18 +200,7 @@ class RenoiseState:
                   argmax canvas); the loop reads it to stop the row.
     """
 
-    argmax: torch.Tensor
-    stable_steps: torch.Tensor
-    steps: torch.Tensor
-    converged: torch.Tensor
-
-    @classmethod
-    def new(cls, x: torch.Tensor) -> "RenoiseState":
-        """The state of a fresh canvas ``x [B, L]``: no history, no steps, nothing converged."""
-        shape, device = tuple(x.shape), x.device
-        return cls(
-            argmax=torch.full(shape, -1, dtype=torch.int64, device=device),
-            stable_steps=torch.zeros(shape, dtype=torch.int32, device=device),
-            steps=torch.zeros(shape[:1], dtype=torch.int32, device=device),
-            converged=torch.zeros(shape[:1], dtype=torch.bool, device=device),
-        )
+    argmax: torch.Tensor = _fresh(-1, torch.int64)  # no history
+    stable_steps: torch.Tensor = _fresh(0, torch.int32)
+    steps: torch.Tensor = _fresh(0, torch.int32, per_row=True)  # no steps
+    converged: torch.Tensor = _fresh(False, torch.bool, per_row=True)  # nothing converged

@@ -210,6 +210,14 @@ def _vllm_temperatures(temperature, lead, device) -> torch.Tensor:
     return torch.full(lead, temperature, dtype=torch.float32, device=device)
 
 
+def _op_scalars(temperature, seed):
+    """``(t, s, temps, seeds)`` for the registered ops: a per-row tensor goes to ``temps`` /
+    ``seeds`` (its scalar then 0), a number stays the scalar (its tensor then ``None``)."""
+    temps = temperature if isinstance(temperature, torch.Tensor) else None
+    seeds = seed if isinstance(seed, torch.Tensor) else None
+    return (0.0 if temps is not None else temperature), (0 if seeds is not None else seed), temps, seeds
+
+
 def _check_suppress(op: str, suppress_ids, high: int) -> tuple[int, ...]:
     ids = () if suppress_ids is None else check_int_list(op, "suppress_ids", suppress_ids, low=0, high=high)
     if len(ids) > MAX_SUPPRESS_IDS:
@@ -326,10 +334,7 @@ def token_stats_unchecked(
             tempered=tempered,
             noise=noise,
         )
-    temps = temperature if isinstance(temperature, torch.Tensor) else None
-    t = 0.0 if temps is not None else temperature
-    seeds = seed if isinstance(seed, torch.Tensor) else None
-    s = 0 if seeds is not None else seed
+    t, s, temps, seeds = _op_scalars(temperature, seed)
     if temps is None and allowed is None and not tempered and noise == "dllm":  # the loop's call
         if seeds is None:
             return TokenStats(*_token_stats_op(logits, t, s, list(ids)))
@@ -419,10 +424,7 @@ def token_stats_partial(
             tempered=tempered,
             noise=noise,
         )
-    temps = temperature if isinstance(temperature, torch.Tensor) else None
-    t = 0.0 if temps is not None else temperature
-    seeds = seed if isinstance(seed, torch.Tensor) else None
-    s = 0 if seeds is not None else seed
+    t, s, temps, seeds = _op_scalars(temperature, seed)
     return _token_stats_partial_op(
         logits_shard, vocab_start, vocab_size, t, s, list(ids), seeds, temps, allowed, tempered, vllm
     )

@@ -81,6 +81,17 @@ def _check_inputs(op: str, names: tuple[str, str], logits, embed, temperature, v
     return float(temperature), None
 
 
+def _run(op: str, names: tuple[str, str], logits, embed, temperature, vocab_start: int, backend: str):
+    """Validate, then run ``op`` (``"soft_embedding"`` or ``"soft_embedding_partial"``): the
+    reference function of that name, or its registered op."""
+    temperature, temperatures = _check_inputs(op, names, logits, embed, temperature, vocab_start)
+    if resolve_backend(backend, logits.device, op) == "reference":
+        t = temperatures if temperatures is not None else temperature
+        return getattr(reference, op)(logits, embed, temperature=t, vocab_start=vocab_start)
+    kernel_op = _soft_embedding_op if op == "soft_embedding" else _soft_embedding_partial_op
+    return kernel_op(logits, embed, temperature, temperatures, vocab_start)
+
+
 def soft_embedding(
     logits: torch.Tensor,
     embed_weight: torch.Tensor,
@@ -124,14 +135,7 @@ def soft_embedding(
     softmax, probabilities cast to the table's dtype, matmul in it) plus one rounding of the
     output to the table's dtype. Under Triton's interpreter (CPU CI) both dot operands are fp32.
     """
-    op = "soft_embedding"
-    temperature, temperatures = _check_inputs(
-        op, ("logits", "embed_weight"), logits, embed_weight, temperature, vocab_start
-    )
-    if resolve_backend(backend, logits.device, op) == "reference":
-        t = temperatures if temperatures is not None else temperature
-        return reference.soft_embedding(logits, embed_weight, temperature=t, vocab_start=vocab_start)
-    return _soft_embedding_op(logits, embed_weight, temperature, temperatures, vocab_start)
+    return _run("soft_embedding", ("logits", "embed_weight"), logits, embed_weight, temperature, vocab_start, backend)
 
 
 def soft_embedding_partial(
@@ -163,14 +167,8 @@ def soft_embedding_partial(
         ``-inf``), ``s = sum_v exp((z_v - m) / T)``, ``1 / T`` (``+inf`` at T = 0) and 0. Treat it
         as opaque: all-gather it and merge it.
     """
-    op = "soft_embedding_partial"
-    temperature, temperatures = _check_inputs(
-        op, ("logits_shard", "embed_shard"), logits_shard, embed_shard, temperature, vocab_start
-    )
-    if resolve_backend(backend, logits_shard.device, op) == "reference":
-        t = temperatures if temperatures is not None else temperature
-        return reference.soft_embedding_partial(logits_shard, embed_shard, temperature=t, vocab_start=vocab_start)
-    return _soft_embedding_partial_op(logits_shard, embed_shard, temperature, temperatures, vocab_start)
+    names = ("logits_shard", "embed_shard")
+    return _run("soft_embedding_partial", names, logits_shard, embed_shard, temperature, vocab_start, backend)
 
 
 def merge_soft_embedding(partials, *, out_dtype: torch.dtype = torch.float32, backend: str = "auto") -> torch.Tensor:

@@ -160,6 +160,12 @@ def _choice(values):
     return check
 
 
+def _check_block_size(algo, block_size):
+    """SGLang's ``DllmConfig.block_size`` (the algorithm config file's): an int the commit kernel can hold."""
+    if isinstance(block_size, bool) or not isinstance(block_size, int) or not (1 <= block_size <= MAX_COMMIT_POSITIONS):
+        raise ValueError(f"{algo}: block_size must be an int in [1, {MAX_COMMIT_POSITIONS}], got {block_size!r}")
+
+
 _BACKEND = ("auto", _choice(BACKENDS))
 
 
@@ -265,14 +271,7 @@ class KernelAlgorithm(DllmAlgorithm):
         super().__init__(config)
         algo = type(self).__name__
         self.options = parse_options(algo, getattr(config, "algorithm_config", None), self.OPTIONS)
-        if (
-            isinstance(self.block_size, bool)
-            or not isinstance(self.block_size, int)
-            or not (1 <= self.block_size <= MAX_COMMIT_POSITIONS)
-        ):
-            raise ValueError(
-                f"{algo}: block_size must be an int in [1, {MAX_COMMIT_POSITIONS}], got {self.block_size!r}"
-            )
+        _check_block_size(algo, self.block_size)
         if isinstance(self.mask_id, bool) or not isinstance(self.mask_id, int) or self.mask_id < 0:
             raise ValueError(
                 f"{algo}: mask_id must be a token id >= 0, got {self.mask_id!r} (models without a MASK token, "
@@ -929,14 +928,7 @@ class DllmKernelsGemma4Renoise(KernelAlgorithm):
         DllmAlgorithm.__init__(self, config)
         algo = type(self).__name__
         self.options = _gemma_options(algo, getattr(config, "algorithm_config", None))
-        if (
-            isinstance(self.block_size, bool)
-            or not isinstance(self.block_size, int)
-            or not (1 <= self.block_size <= MAX_COMMIT_POSITIONS)
-        ):
-            raise ValueError(
-                f"{algo}: block_size must be an int in [1, {MAX_COMMIT_POSITIONS}], got {self.block_size!r}"
-            )
+        _check_block_size(algo, self.block_size)
         o = self.options
         self.backend = o["backend"]
         self.max_denoising_steps = o["max_denoising_steps"]
