@@ -69,3 +69,16 @@ def results_writer(name: str, rows: list[dict], *, notes: str, speedup: dict, pl
             plot_results(name, rows, **plot)
 
     return _write
+
+
+def kernel_results_writer(name: str, rows: list[dict], *, x: str, y: str, ylabel: str, notes: str):
+    """:func:`results_writer` for a benchmark of one kernel (``impl == "triton"``) against other
+    implementations (``impl``) at each value of ``x``: the kernel's speedup over each candidate at
+    the same ``x`` (``triton_speedup``), and ``y`` plotted over ``x`` per implementation."""
+    return results_writer(
+        name,
+        rows,
+        notes=notes,
+        speedup=dict(group="impl", base="triton", time="ms", same=(x,), out="triton_speedup"),
+        plot=dict(x=x, y=y, group="impl", ylabel=ylabel),
+    )

@@ -9,7 +9,7 @@ bytes moved (listed K/V rows read once and written once, plus cos/sin rows with 
 
 import pytest
 import torch
-from harness import do_bench_ms, results_writer, synchronised
+from harness import do_bench_ms, kernel_results_writer, synchronised
 from refresh_cases import CANDIDATES, bytes_moved
 
 MODELS = {"llada": 32, "dream": 4}  # KV heads, head_dim 128
@@ -18,13 +18,8 @@ DTYPE = torch.bfloat16
 _rows: list[dict] = []
 
 
-_write = results_writer(
-    "refresh_kv_cache",
-    _rows,
-    notes=f"{DTYPE} D={D} Lmax={LMAX} block={BLOCK}; TB/s = bytes moved / median time",
-    speedup=dict(group="impl", base="triton", time="ms", same=("shape",), out="triton_speedup"),
-    plot=dict(x="shape", y="TBps", group="impl", ylabel="TB/s moved"),
-)
+NOTES = f"{DTYPE} D={D} Lmax={LMAX} block={BLOCK}; TB/s = bytes moved / median time"
+_write = kernel_results_writer("refresh_kv_cache", _rows, x="shape", y="TBps", ylabel="TB/s moved", notes=NOTES)
 
 
 @pytest.mark.parametrize("impl", list(CANDIDATES))

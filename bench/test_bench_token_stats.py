@@ -8,7 +8,7 @@ rows, >= 1.5 TB/s at 32 rows, >= 10x the eager reference and >= 2.5x its torch.c
 
 import pytest
 import torch
-from harness import do_bench_ms, results_writer, synchronised, write_results
+from harness import do_bench_ms, kernel_results_writer, synchronised, write_results
 from token_stats_cases import CANDIDATES, compiled_candidates
 
 import dllm_kernels as dk
@@ -20,14 +20,8 @@ ROWS = [32, 256, 1024, 2048]
 _rows: list[dict] = []
 
 
-# the kernel's speedup over each candidate at the same shape
-_write = results_writer(
-    "token_stats",
-    _rows,
-    notes=f"V={VOCAB} bf16 logits; GB/s = logits bytes read / median time",
-    speedup=dict(group="impl", base="triton", time="ms", same=("rows",), out="triton_speedup"),
-    plot=dict(x="rows", y="GBps", group="impl", ylabel="GB/s of logits read"),
-)
+NOTES = f"V={VOCAB} bf16 logits; GB/s = logits bytes read / median time"
+_write = kernel_results_writer("token_stats", _rows, x="rows", y="GBps", ylabel="GB/s of logits read", notes=NOTES)
 
 
 @pytest.mark.parametrize("rows", ROWS)
