@@ -210,6 +210,12 @@ def _vllm_temperatures(temperature, lead, device) -> torch.Tensor:
     return torch.full(lead, temperature, dtype=torch.float32, device=device)
 
 
+def _sampling(temperature, seed, ids, allowed, tempered, noise) -> dict:
+    """The sampling and statistics keywords that ``reference.token_stats`` and
+    ``reference.token_stats_partial`` share, by name."""
+    return dict(temperature=temperature, seed=seed, suppress_ids=ids, allowed=allowed, tempered=tempered, noise=noise)
+
+
 def _op_scalars(temperature, seed):
     """``(t, s, temps, seeds)`` for the registered ops: a per-row tensor goes to ``temps`` /
     ``seeds`` (its scalar then 0), a number stays the scalar (its tensor then ``None``)."""
@@ -325,15 +331,7 @@ def token_stats_unchecked(
     if noise == "vllm":
         temperature = _vllm_temperatures(temperature, logits.shape[:-1], logits.device)
     if resolve_backend(backend, logits.device, "token_stats") == "reference":
-        return reference.token_stats(
-            logits,
-            temperature=temperature,
-            seed=seed,
-            suppress_ids=ids,
-            allowed=allowed,
-            tempered=tempered,
-            noise=noise,
-        )
+        return reference.token_stats(logits, **_sampling(temperature, seed, ids, allowed, tempered, noise))
     t, s, temps, seeds = _op_scalars(temperature, seed)
     if temps is None and allowed is None and not tempered and noise == "dllm":  # the loop's call
         if seeds is None:
@@ -413,17 +411,8 @@ def token_stats_partial(
     if vllm:
         temperature = _vllm_temperatures(temperature, logits_shard.shape[:-1], logits_shard.device)
     if resolve_backend(backend, logits_shard.device, op) == "reference":
-        return reference.token_stats_partial(
-            logits_shard,
-            vocab_start,
-            temperature=temperature,
-            seed=seed,
-            suppress_ids=ids,
-            vocab_size=vocab_size,
-            allowed=allowed,
-            tempered=tempered,
-            noise=noise,
-        )
+        options = _sampling(temperature, seed, ids, allowed, tempered, noise)
+        return reference.token_stats_partial(logits_shard, vocab_start, vocab_size=vocab_size, **options)
     t, s, temps, seeds = _op_scalars(temperature, seed)
     return _token_stats_partial_op(
         logits_shard, vocab_start, vocab_size, t, s, list(ids), seeds, temps, allowed, tempered, vllm

@@ -60,39 +60,19 @@ class ModelConfig:
 
 
 def llada_8b() -> ModelConfig:
-    return ModelConfig(
-        vocab_size=126464,
-        d_model=4096,
-        n_layers=32,
-        n_heads=32,
-        n_kv_heads=32,
-        head_dim=128,
-        ffn_dim=12288,
-        mask_id=126336,
-        eos_id=126081,
-        eot_id=126348,
-        rope_theta=500000.0,
-    )
+    """LLaDA-8B, read from its published config.json and special tokens
+    (:data:`dllm_kernels.models.hf.LLADA_8B_CONFIG`), without a pad id."""
+    from .hf import LLADA_8B_CONFIG, LLADA_SPECIAL_TOKENS, config_from_hf
+
+    return dataclasses.replace(config_from_hf(LLADA_8B_CONFIG, LLADA_SPECIAL_TOKENS), pad_id=None)
 
 
 def dream_7b() -> ModelConfig:
-    return ModelConfig(
-        vocab_size=152064,
-        d_model=3584,
-        n_layers=28,
-        n_heads=28,
-        n_kv_heads=4,
-        head_dim=128,
-        ffn_dim=18944,
-        mask_id=151666,
-        eos_id=151643,
-        pad_id=151643,
-        rope_theta=1e6,
-        rms_eps=1e-6,
-        qkv_bias=True,
-        logit_shift=True,
-        max_seq_len=2048,
-    )
+    """Dream-7B, read from its published config.json and special tokens
+    (:data:`dllm_kernels.models.hf.DREAM_7B_CONFIG`), at a 2048-position context."""
+    from .hf import DREAM_7B_CONFIG, DREAM_SPECIAL_TOKENS, config_from_hf
+
+    return dataclasses.replace(config_from_hf(DREAM_7B_CONFIG, DREAM_SPECIAL_TOKENS), max_seq_len=2048)
 
 
 def llada_8b_layer(n_layers: int = 2) -> ModelConfig:
