@@ -158,9 +158,9 @@ class _Replay:
             self.count.paused = False
         self.inside += time.perf_counter() - t0
 
-    def token_stats(self, logits, *args):
+    def token_stats(self, logits, *args, **kwargs):
         if self.mode == "record":
-            out = self.token_stats_impl(logits, *args)
+            out = self.token_stats_impl(logits, *args, **kwargs)
             self.tapes["token_stats"].append(tuple(t.clone() for t in out))
             return out
         t0 = time.perf_counter()
@@ -168,10 +168,10 @@ class _Replay:
         self._done(t0)
         return out
 
-    def commit(self, x, token, prob, entropy, state, *args):
+    def commit(self, x, token, prob, entropy, state, *args, **kwargs):
         fields = [getattr(state, f) for f in type(state).__dataclass_fields__]
         if self.mode == "record":
-            n = self.commit_impl(x, token, prob, entropy, state, *args)
+            n = self.commit_impl(x, token, prob, entropy, state, *args, **kwargs)
             self.tapes["commit"].append((x.clone(), [t.clone() for t in fields], n.clone()))
             return n
         t0 = time.perf_counter()

@@ -99,13 +99,26 @@ def _stub_kernels():
     """Replace the Triton launches by the references (same results)."""
     from dllm_kernels.kernels import commit as kc, confidence as kt
 
-    def token_stats(logits, temperature, seed, suppress_ids):
-        return tuple(reference.token_stats(logits, temperature=temperature, seed=seed, suppress_ids=list(suppress_ids)))
+    def token_stats(logits, temperature, seed, suppress_ids, num_splits=None, *, allowed=None, tempered=False, **kw):
+        noise = "vllm" if kw.get("vllm") else "dllm"
+        stats = reference.token_stats(
+            logits,
+            temperature=temperature,
+            seed=seed,
+            suppress_ids=list(suppress_ids),
+            allowed=allowed,
+            tempered=tempered,
+            noise=noise,
+        )
+        return tuple(stats)
 
-    def commit(x, token, prob, entropy, state, rule, rows, step, mask_id, vocab_size):
+    def commit(x, token, prob, entropy, state, rule, rows, step, mask_id, vocab_size, *extras, **kw):
         stats = dk.TokenStats(token, prob, torch.zeros_like(prob), entropy)
         vocab = None if vocab_size < 0 else vocab_size  # the launcher's "no bound" is -1
-        return _commit_unchecked(x, stats, state, rule, rows, step, mask_id, vocab_size=vocab, backend="reference")
+        extras = dict(zip(("pinned", "argmax", "seed", "renoise_state"), extras), **kw)
+        return _commit_unchecked(
+            x, stats, state, rule, rows, step, mask_id, vocab_size=vocab, backend="reference", **extras
+        )
 
     kt.token_stats, kc.commit = token_stats, commit
 
