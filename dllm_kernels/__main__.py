@@ -223,6 +223,12 @@ def cmd_eval(args) -> int:
     sweeps = ev.FULL_SWEEPS if args.full else ev.QUICK_SWEEPS
     # a policy without a sweep of its own (d3llm_dream) is evaluated at its published setting
     sweeps = {p: sweeps.get(p, [{}]) for p in args.policies}
+    unfit = [p for p in sweeps if not any(ev.fits(m, p) for m in models.values())]
+    if unfit:
+        raise CLIError(
+            f"--policies: {', '.join(unfit)} fit none of the models ({', '.join(models)}): block-causal policies "
+            "need a block-diffusion checkpoint (config block_size), the others a bidirectional one or vanilla"
+        )
     problems = task.heldout(n, seed=args.seed)
     kind = "full" if args.full else "quick"
     print(

@@ -101,3 +101,24 @@ def test_cli_eval_prints_the_table_and_writes_the_files(tmp_path, capsys):
     assert "base             vanilla      steps/block=4" in text and "base             d3llm        thr=0.5" in text
     assert "AUP (alpha 3" in text
     assert sorted(p.name for p in tmp_path.iterdir()) == ["eval.json", "eval.md", "eval.png"]
+
+
+def test_each_model_runs_the_policies_that_fit_it(capsys):
+    """The block-diffusion copy runs the block-causal policies and vanilla, the bidirectional base
+    the others; a policy that fits no model is a one-line CLI error, not an empty table."""
+    from dllm_kernels.__main__ import main
+    from dllm_kernels.addition.default import DEFAULT_BLOCK_DIFFUSION_DIR, default_model
+    from dllm_kernels.addition.evaluate import fits
+
+    base, bd = default_model()[0], default_model(path=DEFAULT_BLOCK_DIFFUSION_DIR)[0]
+    assert [fits(base, p) for p in ("vanilla", "fast_dllm", "d3llm", "sdar", "fast_dllm_v2")] == [1, 1, 1, 0, 0]
+    assert [fits(bd, p) for p in ("vanilla", "fast_dllm", "d3llm", "sdar", "fast_dllm_v2")] == [1, 0, 0, 1, 1]
+    assert main(["eval", "--problems", "2", "--policies", "sdar", "fast_dllm", "--compare"]) == 2
+    assert "--policies: sdar fit none of the models (base)" in capsys.readouterr().err
+    assert main(["eval", "--problems", "2", "--policies", "sdar", "fast_dllm"]) == 0
+    rows = [line.split()[:2] for line in capsys.readouterr().out.splitlines() if line.startswith(("base ", "tiny-"))]
+    assert {tuple(r) for r in rows} == {
+        ("base", "fast_dllm"),
+        ("tiny-addition-d3", "fast_dllm"),
+        ("tiny-addition-bd", "sdar"),
+    }
