@@ -99,18 +99,10 @@ def _stub_kernels():
     """Replace the Triton launches by the references (same results)."""
     from dllm_kernels.kernels import commit as kc, confidence as kt
 
-    def token_stats(logits, temperature, seed, suppress_ids, num_splits=None, *, allowed=None, tempered=False, **kw):
-        noise = "vllm" if kw.get("vllm") else "dllm"
-        stats = reference.token_stats(
-            logits,
-            temperature=temperature,
-            seed=seed,
-            suppress_ids=list(suppress_ids),
-            allowed=allowed,
-            tempered=tempered,
-            noise=noise,
-        )
-        return tuple(stats)
+    def token_stats(logits, temperature, seed, suppress_ids, num_splits=None, **options):
+        # the loop's plain launch: no bitmask, untempered statistics, the library's noise
+        assert options.get("allowed") is None and not options.get("tempered") and not options.get("vllm"), options
+        return tuple(reference.token_stats(logits, temperature=temperature, seed=seed, suppress_ids=list(suppress_ids)))
 
     def commit(x, token, prob, entropy, state, rule, rows, step, mask_id, vocab_size, *extras, **kw):
         stats = dk.TokenStats(token, prob, torch.zeros_like(prob), entropy)
