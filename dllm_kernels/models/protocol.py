@@ -44,6 +44,11 @@ The contract, everything a model has to honour:
 
   An uncached model (``cache`` is None for every call) may ignore ``cache_len``, ``attend_new``
   and ``write``.
+* **Uniform-state models** (DiffusionGemma-like, no MASK at inference) set
+  ``config.uniform_state = True``; the uniform policy forwards them the extra keyword
+  ``soft_embeds [B, Lq, d_model]`` (the self-conditioning signal of each forwarded row,
+  ``softmax(prev_logits / T) @ model.embed_weight``, zeros at the first step) and reads
+  ``model.embed_weight [V, d_model]``, the input-embedding matrix that the signal multiplies.
 """
 
 from __future__ import annotations
