@@ -2,7 +2,9 @@
 task (:mod:`dllm_kernels.addition.task`), shipped under ``dllm_kernels/addition/assets/`` so that
 nothing needs downloading or training. Trained by ``python -m dllm_kernels.addition.train`` (see
 that module). Beside it: its d3LLM-distilled copy (:data:`DEFAULT_DISTILLED_DIR`) and its
-block-diffusion adaptation (:data:`DEFAULT_BLOCK_DIFFUSION_DIR`), loaded with ``default_model(path=...)``."""
+block-diffusion adaptation (:data:`DEFAULT_BLOCK_DIFFUSION_DIR`) and the uniform-state
+(DiffusionGemma-like, self-conditioned) adaptation of that one (:data:`DEFAULT_UNIFORM_STATE_DIR`),
+loaded with ``default_model(path=...)``."""
 
 from __future__ import annotations
 
@@ -21,6 +23,9 @@ DEFAULT_DISTILLED_DIR = DEFAULT_MODEL_DIR.with_name("tiny-addition-d3")
 # the same model adapted to block diffusion (block-causal attention, blocks of 8 positions):
 # python -m dllm_kernels train --block-size 8 --init <DEFAULT_MODEL_DIR>, see its training.json
 DEFAULT_BLOCK_DIFFUSION_DIR = DEFAULT_MODEL_DIR.with_name("tiny-addition-bd")
+# the block-diffusion model adapted to uniform-state denoising with self-conditioning:
+# python -m dllm_kernels train --objective uniform --block-size 8 --init <DEFAULT_BLOCK_DIFFUSION_DIR>
+DEFAULT_UNIFORM_STATE_DIR = DEFAULT_MODEL_DIR.with_name("tiny-addition-us")
 
 
 def default_model(
