@@ -297,3 +297,20 @@ def test_bad_uniform_options_are_one_line_errors(capsys):
     assert main(["train", "--objective", "uniform"]) == 2
     err = capsys.readouterr().err.strip()
     assert "\n" not in err and "block_size" in err, err
+
+
+def test_shipped_uniform_state_model():
+    from dllm_kernels.addition import default_model
+    from dllm_kernels.addition.default import DEFAULT_BLOCK_DIFFUSION_DIR, DEFAULT_UNIFORM_STATE_DIR
+
+    path = DEFAULT_UNIFORM_STATE_DIR
+    assert (path / "model.safetensors").stat().st_size < 4 * 2**20
+    model, tok, task = default_model(attn_impl="sdpa", path=path)
+    bd, _, _ = default_model(attn_impl="sdpa", path=DEFAULT_BLOCK_DIFFUSION_DIR)
+    assert task == AdditionTask() and model.config.uniform_state and model.config.block_size == 8
+    assert model.config == dataclasses.replace(bd.config, uniform_state=True, self_conditioning_size=128)
+    record = json.loads((path / "training.json").read_text())
+    assert record["train_config"]["objective"] == "uniform" and "--objective uniform" in record["command"]
+    assert record["monitor"]["n"] == 1000
+    # 64 problems keep it fast; allow 10 points under the recorded monitor (1000 problems)
+    assert uniform_monitor(model, task, task.heldout(64, seed=7), tok) >= record["monitor"]["exact_match_percent"] - 10

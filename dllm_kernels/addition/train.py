@@ -373,7 +373,7 @@ def uniform_monitor(
                 temp = hi_t - (hi_t - lo_t) * step / max(1, max_steps - 1)
                 soft[:, start:end] = torch.softmax(logits.float() / temp, -1) @ model.embed_weight.float()
     model.train(was_training)
-    return 100.0 * task.exact_match(canvas[:, P:], target, c.eos_id).float().mean().item()
+    return 100.0 * int(task.exact_match(canvas[:, P:], target, c.eos_id).sum()) / B
 
 
 def _lr_factor(step: int, cfg: TrainConfig) -> float:
