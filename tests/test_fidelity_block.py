@@ -285,6 +285,8 @@ def test_peers_reproduce_the_record(tmp_path):
 # generate against the record: the policies fast_dllm_v2 and sdar decode what the peers decoded
 
 BLOCK_CACHE_RUNS = {"fdv2_threshold_block_cache", "fdv2_threshold_block_cache_ragged_batch"}
+# the peer's sub-block cache couples the rows of a batch (below); that call is checked apart
+COUPLED_RUNS = {"fdv2_threshold_block_cache_ragged_batch"}
 # the calls checked by default (one prompt per batch-1 run, every ragged call); DLLM_FIDELITY_ALL=1: every call
 _ALL = os.environ.get("DLLM_FIDELITY_ALL") == "1"
 
@@ -301,7 +303,7 @@ def generate_call(model, call: RecordedCall, backend: str = "reference", buckets
     if call.fmt == "fast_dllm_v2":
         bs, longest = kw["block_size"], max(len(p) for p in call.prompts)
         gen = kw["max_new_tokens"] + (longest // bs - -(-longest // bs)) * bs
-        opts = dict(threshold=kw["threshold"], small_block_size=kw["small_block_size"], stop_token=kw["stop_token"])
+        opts = {k: kw[k] for k in ("threshold", "small_block_size", "stop_token", "use_block_cache")}
         policy = "fast_dllm_v2"
     else:
         bs, gen = kw["block_length"], kw["gen_length"]
@@ -359,7 +361,7 @@ def check_against_record(call: RecordedCall, out) -> None:
 
 
 def _fidelity_calls(fmt):
-    calls = [c for c in recorded_calls(fmt) if c.run not in BLOCK_CACHE_RUNS]
+    calls = [c for c in recorded_calls(fmt) if c.run not in COUPLED_RUNS]
     return [c for c in calls if _ALL or c.batched or len(c.prompts[0]) == len(DATA["prompts"][2]["ids"])]
 
 
@@ -379,14 +381,38 @@ def test_generate_reproduces_peer(block_models, call):
     check_against_record(call, generate_call(block_models[call.fmt], call))
 
 
-def test_block_cache_runs_are_rejected(block_models):
-    """The sub-block cache (``use_block_cache=True``) is not reproduced: its runs are named here
-    and the option is refused with an error naming it."""
-    import dllm_kernels as dk
-
+def test_block_cache_record_is_not_the_plain_one():
+    """The sub-block cache runs (``use_block_cache=True``, reproduced above at batch 1) run
+    sub-block forwards and commit other tokens than the plain runs (the stale rows of the other
+    sub-blocks), so reproducing them checks the sub-block forward's attention."""
     assert BLOCK_CACHE_RUNS == {n for n, r in DATA["runs"].items() if r["kwargs"].get("use_block_cache")}
-    with pytest.raises(ValueError, match="use_block_cache"):
-        dk.generate(block_models["fast_dllm_v2"], [[1, 2, 3]], policy="fast_dllm_v2", use_block_cache=True)
+    plain, cached = DATA["runs"]["fdv2_threshold"], DATA["runs"]["fdv2_threshold_block_cache"]
+    assert any(a["tokens"] != b["tokens"] for a, b in zip(plain["per_prompt"], cached["per_prompt"]))
+    for row in cached["per_prompt"]:
+        assert {k for _, _, k in row["forward_kinds"]} == {"block", "sub_block", "update"}
+
+
+def test_block_cache_ragged_batch_decodes_each_row_as_alone(block_models):
+    """The peer decides per batch whether a forward runs the whole block (the sub-block's first
+    position is a mask in *any* row), so its ragged call refreshes a row's block cache when another
+    row needs it and commits other tokens for prompts 1 and 2 than the same peer at batch 1 (the
+    record). ``generate`` decodes each row as alone: every row's tokens and commit steps are the
+    peer's at batch 1, and row 0, which no other row's forwards changed, also the ragged call's."""
+    (call,) = [c for c in recorded_calls("fast_dllm_v2") if c.run in COUPLED_RUNS]
+    alone = DATA["runs"]["fdv2_threshold_block_cache"]["per_prompt"]
+    assert call.rows[0]["tokens"][: len(alone[0]["tokens"])] == alone[0]["tokens"]
+    for b in (1, 2):
+        n = len(alone[b]["tokens"])
+        assert call.rows[b]["tokens"][:n] != alone[b]["tokens"]
+    out = generate_call(block_models["fast_dllm_v2"], call)
+    check_against_record(dataclasses.replace(call, prompts=call.prompts[:1], rows=call.rows[:1]), out)
+    for b, row in enumerate(alone):
+        f = int(out.first[b])
+        ours = out.tokens[b, f:].tolist()
+        steps = [s + 1 if s >= 0 else -1 for s in out.commit_step[b, f:].tolist()]
+        # the peer's batch-1 canvas, less its appended token, lies inside the ragged call's
+        n = min(len(ours), len(row["tokens"]))
+        assert n >= len(row["tokens"]) - 1 and ours[:n] == row["tokens"][:n] and steps[:n] == row["commit_step"][:n], b
 
 
 # the shortest recorded call of each decoder (a stop after two blocks), on the kernels

@@ -17,6 +17,18 @@ row, the forwards are those of SDAR's ``block_diffusion_generate`` (tests/fideli
 
 The cache is indexed by canvas position and each block is written once, by a forward of exactly
 that block against the completed blocks: the same K/V as the published code's appended cache.
+
+Fast-dLLM v2's sub-block cache (``Policy.sub_block_cache``, its ``use_block_cache=True``) keeps
+the block's own cache in the block's cache rows: a denoising forward of the whole block (the
+block's first, and any while the current sub-block's first position is a mask) also writes the
+block; the others forward only the current sub-block, overwrite its rows and attend the cache up
+to the block's end, with no mask. Those forwards attend the cache alone (write first, then
+attend: ``attend_new=False``), and so do the whole-block and store forwards after a row's first
+forward (the same keys as ``[cache | new rows]``); a row's first forward (a prefill of several
+blocks needs the block-causal mask among its rows) attends ``[cache | new rows]`` as without the
+sub-block cache. Every row of a batch forwards at every step until it is done, so a step's rows
+are all at their first forward or none is: :attr:`BlockCausalRows.attend_new` is the step's.
+Writes then count sub-blocks (``write_unit``).
 """
 
 from __future__ import annotations
@@ -27,6 +39,12 @@ from ..policies import Policy
 from .plan import NCOL, Col, Geometry
 
 
+def write_unit(policy: Policy, bs: int) -> int:
+    """The positions per cache block of the plan's WRITE columns: the block, or with
+    ``sub_block_cache`` the sub-block (a sub-block forward writes its own rows)."""
+    return (policy.sub_block or bs) if policy.sub_block_cache else bs
+
+
 class BlockCausalRows:
     """SDAR's block-diffusion loop, step for step, for every row at once (arrays over rows).
 
@@ -35,10 +53,13 @@ class BlockCausalRows:
     ``i``, whether the prefill is still to run, the NFE and whether the row is done."""
 
     reads_commits = False
+    # the last plan's attention: None, the policy's ([cache | new rows]); False: the cache alone
+    attend_new: bool | None = None
 
     def __init__(self, policy: Policy, geo: Geometry, pad: np.ndarray, first: np.ndarray):
         self.p, self.g = policy, geo
         bs, spb = geo.bs, policy.steps_per_block or geo.bs
+        self.write_unit = write_unit(policy, bs)
         self.rules = [policy.rule]
         self.pad = np.asarray(pad, np.int64)
         self.first = np.asarray(first, np.int64)
@@ -48,6 +69,7 @@ class BlockCausalRows:
         if policy.inherit_first_token:  # Fast-dLLM v2: none for a prompt of exactly one block (a quirk)
             self.prefill &= self.first - self.pad != bs
         self.i = np.zeros(B, np.int64)
+        self.cached = np.zeros(B, bool)  # sub_block_cache: the current block's rows are cached
         self.nfe = np.zeros(B, np.int64)
         self.done = self.k * bs >= geo.L  # nothing to generate
         # SDAR's get_num_transfer_tokens(block_length, steps): bs // spb, one more for the first
@@ -57,7 +79,7 @@ class BlockCausalRows:
 
     def select(self, keep: np.ndarray) -> None:
         """Keep only the rows ``keep`` (the others left the batch)."""
-        for name in ("pad", "first", "k", "prefill", "i", "nfe", "done"):
+        for name in ("pad", "first", "k", "prefill", "i", "cached", "nfe", "done"):
             setattr(self, name, getattr(self, name)[keep])
 
     def plan(self, x: np.ndarray, _committed: np.ndarray | None, live: np.ndarray) -> tuple[np.ndarray, ...]:
@@ -88,18 +110,20 @@ class BlockCausalRows:
                 out[finished, Col.STEP] = self.nfe[finished] - 1
                 self.done |= finished
                 fwd, store = fwd & ~finished, store & ~finished
-        # the window: the prompt's complete blocks (prefill) or the current block; with
-        # inherit_first_token a prefill ending at a block boundary and a store forward also
-        # forward the next position, whose logits (the block's last row, unshifted) commit it
-        a = np.where(pre, self.pad, s)
-        c = np.where(pre, s, s + bs)
-        inherit = (pre & (self.first == s)) | store if p.inherit_first_token else np.zeros(B, bool)
-        inherit &= c < L
         # the commit region: the first sub-block with a mask (its first mask with
         # commit_in_order), the inherited position, or none
         sub = p.sub_block or bs
         j0 = s + is_mask.argmax(1) // sub * sub
         first_mask = s + is_mask.argmax(1)
+        # sub_block_cache: the forwards of the current sub-block alone, against the block's cache
+        alone = denoise & self.cached & (x[rows, j0] != g.mask) if p.sub_block_cache else np.zeros(B, bool)
+        # the window: the prompt's complete blocks (prefill), the current block or sub-block;
+        # with inherit_first_token a prefill ending at a block boundary and a store forward also
+        # forward the next position, whose logits (the block's last row, unshifted) commit it
+        a = np.where(pre, self.pad, np.where(alone, j0, s))
+        c = np.where(pre, s, np.where(alone, j0 + sub, s + bs))
+        inherit = (pre & (self.first == s)) | store if p.inherit_first_token else np.zeros(B, bool)
+        inherit &= c < L
         act_s = np.where(denoise, np.where(p.commit_in_order, first_mask, j0), np.where(inherit, c, a))
         act_e = np.where(denoise, np.where(p.commit_in_order, first_mask + 1, np.minimum(j0 + sub, s + bs)), a)
         act_e = np.where(inherit, c + 1, act_e)
@@ -110,6 +134,8 @@ class BlockCausalRows:
         out[:, Col.CACHE_LEN] = a * fwd  # every cache row before the window (padding: key_start)
         out[:, Col.WRITE_START] = np.where(pre, self.pad // bs, np.where(store, kc, 0))
         out[:, Col.WRITE_END] = np.where(pre, kc, np.where(store, kc + 1, 0))
+        if p.sub_block_cache:
+            self._sub_block_cache(out, fwd, pre, denoise, alone, kc, j0)
         out[:, Col.ACTIVE_START], out[:, Col.ACTIVE_END] = act_s * fwd, act_e * fwd
         out[:, Col.FORCE_START], out[:, Col.FORCE_END] = np.where(force, act_s, 0), np.where(force, act_e, 0)
         out[:, Col.K] = np.where(denoise & topk, self.schedule[np.minimum(self.i, len(self.schedule) - 1)], 0)
@@ -118,6 +144,7 @@ class BlockCausalRows:
         # the state after this step's forwards
         self.prefill &= ~pre
         self.i += denoise
+        self.cached |= denoise
         if store.any():
             stop = np.zeros(B, bool)
             if p.stop_fill is None:  # SDAR: the stop check after the block's store forward
@@ -125,5 +152,27 @@ class BlockCausalRows:
                 stop = store & (np.isin(x, self.stops) & gen).any(1)
             self.k += store
             self.i[store] = 0
+            self.cached &= ~store
             self.done |= stop | (store & (self.k * bs >= L))
         return out, fwd, out[:, Col.FILL] < L
+
+    def _sub_block_cache(self, out, fwd, pre, denoise, alone, kc, j0) -> None:
+        """The plan's cache columns with the sub-block cache (before ``nfe`` counts this step):
+        the writes in sub-blocks of ``write_unit`` (a whole-block denoising forward also writes
+        its block, a sub-block forward its sub-block) and, after the rows' first forward, the
+        cache alone attended up to the block's end."""
+        bs, u = self.g.bs, self.write_unit
+        r = bs // u
+        whole = denoise & ~alone
+        out[:, Col.WRITE_START] = np.where(alone, j0 // u, np.where(whole, kc, out[:, Col.WRITE_START]) * r)
+        out[:, Col.WRITE_END] = np.where(alone, j0 // u + 1, np.where(whole, kc + 1, out[:, Col.WRITE_END]) * r)
+        first = self.nfe[fwd] == 0
+        if first.any() and not first.all():  # every row forwards at every step until it is done
+            raise RuntimeError("BlockCausalRows: rows at their first forward and later ones in one step")
+        self.attend_new = None if first.any() else False
+        if self.attend_new is False:
+            if (pre & fwd).any():
+                raise RuntimeError("BlockCausalRows: a prefill after a row's first forward")
+            out[:, Col.CACHE_LEN] = (kc + 1) * bs * fwd  # the cache alone, to the block's end
+        elif alone.any():
+            raise RuntimeError("BlockCausalRows: a sub-block forward at a row's first forward")

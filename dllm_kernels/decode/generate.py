@@ -312,6 +312,6 @@ def _loop(model, batch: Batch, sched, geo: Geometry, opts: StepOptions, max_nfe:
             bar.refresh()
         if not (fwd.any() or fill.any()):
             break
-        committed = runner.step(plan, fwd, fill)
+        committed = runner.step(plan, fwd, fill, getattr(sched, "attend_new", None))
     out.finish(batch, sched.nfe)
     return out

@@ -13,6 +13,7 @@ from .._types import CommitRule
 from .._validate import mix_seed
 from ..commit import CommitState
 from ..policies import Policy
+from .block_causal import write_unit
 from .canvas import Batch, fill_eos
 from .plan import NCOL, Col, Geometry, step_extents
 from .step import StepInputs, decode_step, device_inputs
@@ -65,6 +66,7 @@ class StepRunner:
         self.buckets, self.capture, self.commits = opts.buckets or opts.capture, opts.capture, opts.commits
         self.stale = opts.stale
         pol = opts.policy
+        self.unit = write_unit(pol, geo.bs)  # positions per written cache block
         self.step_kwargs = dict(  # decode_step's options, the same every step
             mask_id=geo.mask,
             eos_id=geo.eos,
@@ -107,10 +109,14 @@ class StepRunner:
             self.plan_dev.copy_(self.host, non_blocking=True)
         return self.plan_dev
 
-    def step(self, plan: np.ndarray, fwd: np.ndarray, fill: np.ndarray) -> torch.Tensor | None:
+    def step(
+        self, plan: np.ndarray, fwd: np.ndarray, fill: np.ndarray, attend_new: bool | None = None
+    ) -> torch.Tensor | None:
         """Run one batched step of the ``[B, NCOL]`` plan (``fwd``, ``fill``: the rows that forward
-        and those with a fill); returns the ``[B, L]`` positions the commit rules took (None
-        without ``commits``)."""
+        and those with a fill; ``attend_new``: the forward's, None: the policy's); returns the
+        ``[B, L]`` positions the commit rules took (None without ``commits``)."""
+        if attend_new is None:
+            attend_new = self.step_kwargs["attend_new"]
         geo, x, state = self.geo, self.x, self.state
         dev = self._ship(plan)
         if (fill & ~fwd if self.stale else fill).any():  # fills that the commit must see: before the forward
@@ -134,7 +140,7 @@ class StepRunner:
             nw = nw if self.cache is not None and nw > 0 else None
             if self.buckets:
                 Lq, Lo = _bucket(Lq, geo.L), _bucket(Lo, geo.L)
-                nw = None if nw is None else _bucket(nw, geo.L // geo.bs)
+                nw = None if nw is None else _bucket(nw, geo.L // self.unit)
             shape = self.shapes[key] = (Lq, Lo, nw)
         if self.buckets:
             rules = self.rules  # a fixed set of launches per bucket
@@ -147,19 +153,23 @@ class StepRunner:
             cols, last = plan[:, : Col.STEP], self.last_cols
             inp = self.last_inp if last is not None and (cols == last).all() else None
             self.last_cols = cols
-            return self._body(x, state, Lq, Lo, nw, rules, self.stale and bool((fill & fwd).any()), inp)
+            post_fill = self.stale and bool((fill & fwd).any())
+            return self._body(x, state, Lq, Lo, nw, rules, post_fill, inp, attend_new=attend_new)
+        key = (*key, attend_new)
         graph = self.graphs.get(key)
         if graph is None:
-            graph = self.graphs[key] = self._record(Lq, Lo, nw, rules)
+            graph = self.graphs[key] = self._record(Lq, Lo, nw, rules, attend_new)
         graph[0].replay()
         return graph[1]
 
-    def _body(self, x, state, Lq, Lo, nw, rules, post_fill: bool, inp: StepInputs | None = None) -> torch.Tensor | None:
+    def _body(
+        self, x, state, Lq, Lo, nw, rules, post_fill: bool, inp: StepInputs | None = None, *, attend_new: bool
+    ) -> torch.Tensor | None:
         """The device work of a step (no host sync, no copy: capturable); ``inp``: the index
         tables when they are the last step's (built from the plan otherwise)."""
         geo, plan = self.geo, self.plan_dev
         if inp is None:
-            inp = device_inputs(plan, Lq, Lo, nw, rules, geo, self.cache is not None, self.stale)
+            inp = device_inputs(plan, Lq, Lo, nw, rules, geo, self.cache is not None, self.stale, self.unit)
         self.last_inp = inp
         step_col = plan.select(1, Col.STEP)
         step = torch.where(plan.select(1, Col.FWD) > 0, step_col, 0).amax()
@@ -177,13 +187,13 @@ class StepRunner:
             step,
             seed=seed,
             key_start=self.key_start,
-            **self.step_kwargs,
+            **{**self.step_kwargs, "attend_new": attend_new},
         )
         if self.stale and post_fill:  # d3LLM: the fill lands after the commit, sparing this step's commits
             fill_eos(x, state.commit_step, inp.fill_after, step, geo.eos, keep=state.commit_step == step)
         return committed
 
-    def _record(self, Lq, Lo, nw, rules):
+    def _record(self, Lq, Lo, nw, rules, attend_new: bool):
         """Capture one bucket's step. The warm-up (compilation, autotuning, allocator) runs on
         copies of the canvas and the state; its cache writes are the ones the step makes."""
         x, state = self.x, self.state
@@ -198,11 +208,12 @@ class StepRunner:
                 nw,
                 rules,
                 post_fill=self.stale,
+                attend_new=attend_new,
             )
         torch.cuda.current_stream().wait_stream(side)
         if self.pool is None:
             self.pool = torch.cuda.graph_pool_handle()
         graph = torch.cuda.CUDAGraph()
         with torch.cuda.graph(graph, pool=self.pool):
-            committed = self._body(x, state, Lq, Lo, nw, rules, post_fill=self.stale)
+            committed = self._body(x, state, Lq, Lo, nw, rules, post_fill=self.stale, attend_new=attend_new)
         return graph, committed

@@ -43,12 +43,22 @@ class StepInputs:
 
 
 def device_inputs(
-    plan: torch.Tensor, Lq: int, Lo: int, nw: int | None, rules, geo: Geometry, cached: bool, stale: bool
+    plan: torch.Tensor,
+    Lq: int,
+    Lo: int,
+    nw: int | None,
+    rules,
+    geo: Geometry,
+    cached: bool,
+    stale: bool,
+    unit: int | None = None,
 ) -> StepInputs:
     """Build a step's index tables on the device from its ``[B, NCOL]`` plan (no host work that
     grows with the batch): ``Lq`` forwarded columns, ``Lo`` logits columns, ``nw`` written blocks
     (None: no cache write), one commit group per rule of ``rules`` (a list of (rule id, rule));
-    ``cached``: the model has a cache; ``stale``: the forward sees the step's early-stop fill."""
+    ``cached``: the model has a cache; ``stale``: the forward sees the step's early-stop fill;
+    ``unit``: positions per written block (None: ``geo.bs``; Fast-dLLM v2's sub-block cache
+    writes sub-blocks)."""
     col = plan.unbind(1)
     a, c, tail, s = col[Col.WIN_START], col[Col.WIN_END], col[Col.TAIL], col[Col.ACTIVE_START]
     n = c - a
@@ -65,7 +75,8 @@ def device_inputs(
     if cached and nw is not None:
         jw = torch.arange(nw, device=plan.device)[None, :]
         w0, w1 = col[Col.WRITE_START], col[Col.WRITE_END]
-        write = CacheWrite(torch.where(jw < (w1 - w0)[:, None], w0[:, None] + jw, -1), geo.bs, new_start=a)
+        ids = torch.where(jw < (w1 - w0)[:, None], w0[:, None] + jw, -1)
+        write = CacheWrite(ids, geo.bs if unit is None else unit, new_start=a)
     fwd = col[Col.FWD] > 0
     table = plan[:, _COMMIT_ROW_COLUMNS].T
     groups = [(rule, torch.where((fwd & (col[Col.RULE] == rid))[None, :], table, 0)) for rid, rule in rules]

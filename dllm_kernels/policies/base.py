@@ -96,6 +96,12 @@ class Policy:
             so each block after the first starts with one committed token. Its prefill runs
             only for a prompt longer than a block: a prompt of exactly one block is, as
             published, never forwarded nor attended (decoding starts at block 1).
+        sub_block_cache: ``block_causal`` (Fast-dLLM v2's ``use_block_cache=True``): a block's
+            forward writes its K/V as the block's cache rows; while the current sub-block's first
+            position is committed, later forwards run only that sub-block, overwrite its rows and
+            attend the cache up to the block's end with no mask (the other sub-blocks' rows as of
+            the last whole-block forward). A whole-block forward runs at the block's first
+            forward and whenever that first position is still a mask.
         d3_stale_candidates: d3LLM quirk, on by default for fidelity: the candidates of a step are
             the masks before that step's early-stop fill, so a position filled with EOS can still
             take a proposal in the same step (the next step's fill overwrites it again).
@@ -124,6 +130,7 @@ class Policy:
     stop_fill: int | None = None
     sub_block: int = 0
     inherit_first_token: bool = False
+    sub_block_cache: bool = False
 
     def __post_init__(self):
         if self.cache not in CACHE_MODES:
@@ -161,6 +168,10 @@ class Policy:
             raise ValueError(f"policy {self.name}: sub_block must be an int >= 0, got {self.sub_block!r}")
         if not isinstance(self.inherit_first_token, bool):
             raise TypeError(f"policy {self.name}: inherit_first_token must be a bool, got {self.inherit_first_token!r}")
+        if not isinstance(self.sub_block_cache, bool):
+            raise TypeError(f"policy {self.name}: sub_block_cache must be a bool, got {self.sub_block_cache!r}")
+        if self.sub_block_cache and self.scheduler != "block_causal":
+            raise ValueError(f"policy {self.name}: sub_block_cache belongs to the block_causal scheduler")
         if self.steps_per_block and self.rule.base != "topk" and self.scheduler != "block_causal":
             raise ValueError(f"policy {self.name}: steps_per_block needs the 'topk' rule")
         check_policy_numbers(self)

@@ -583,10 +583,13 @@ def _fdv2_stop(label: str, value):
 
 
 def _fdv2_options(label: str, out: dict, gen_length=None, block_length=None) -> None:
-    """``use_block_cache``: only False (the sub-block cache is not reproduced yet); ``mask_id``,
-    ``temperature=0``, ``top_p`` (ignored at temperature 0) are accepted as the call passes them."""
-    if out.pop("use_block_cache", False):
-        raise ValueError(f"{label}: use_block_cache=True (the sub-block cache) is not implemented; pass False")
+    """``use_block_cache`` -> ``sub_block_cache`` (a bool, not both)."""
+    if "use_block_cache" in out:
+        if "sub_block_cache" in out:
+            raise ValueError(
+                f"{label}: use_block_cache is the public name of sub_block_cache; pass one of them, not both"
+            )
+        out["sub_block_cache"] = out.pop("use_block_cache")
 
 
 _FDV2_DEFAULTS = {
@@ -595,6 +598,8 @@ _FDV2_DEFAULTS = {
     # batch_sample's stop_token (<|im_end|>) and the pad that follows it (the tokenizer's <|endoftext|>)
     "stop_ids": (151645,),
     "stop_fill": 151643,
+    # eval.py's use_block_cache=False
+    "sub_block_cache": False,
 }
 FAST_DLLM_V2 = Decoder(
     name="fast_dllm_v2",
@@ -606,7 +611,7 @@ FAST_DLLM_V2 = Decoder(
         Alias("stop_token", "stop_ids", _fdv2_stop, "an id -> a one-id tuple"),
     ),
     adapt=_fdv2_options,
-    alias_notes=(("`use_block_cache=False`", "(the only one; True rejected)"),),
+    alias_notes=(("`use_block_cache`", "`sub_block_cache`"),),
     # eval_script.sh's 1 (one token per step, the argmax), eval.py's 0.9, then lower
     quick_sweep=tuple({"threshold": t} for t in (1.0, 0.9, 0.7)),
     full_sweep=tuple({"threshold": t} for t in (1.0, *_TAUS_FULL)),
@@ -618,15 +623,19 @@ def fast_dllm_v2(
     sub_block: int = FAST_DLLM_V2.defaults["sub_block"],
     stop_ids: tuple[int, ...] = FAST_DLLM_V2.defaults["stop_ids"],
     stop_fill: int | None = FAST_DLLM_V2.defaults["stop_fill"],
+    sub_block_cache: bool = FAST_DLLM_V2.defaults["sub_block_cache"],
 ) -> Policy:
-    """Fast-dLLM v2's ``batch_sample`` (``use_block_cache=False``): block-causal decoding with the
+    """Fast-dLLM v2's ``batch_sample``: block-causal decoding with the
     completed blocks as the exact KV cache (:attr:`Policy.scheduler` ``"block_causal"``); each
     forward runs the whole block against it and commits inside the block's first sub-block of
     ``sub_block`` positions that holds a mask, ``{argmax} ∪ {prob > threshold}`` (strict; at
     threshold 1 one token per forward), on the model's token-shifted logits; a completed block's
     cache-update forward also commits the next block's first token (the block's last row,
     unshifted: :attr:`Policy.inherit_first_token`). A row that committed a stop id ends with its
-    block, without the update forward, every later position becoming ``stop_fill``."""
+    block, without the update forward, every later position becoming ``stop_fill``.
+    ``sub_block_cache`` (its ``use_block_cache``): once the block's forward has cached the block,
+    the forwards of a sub-block whose first position is committed run that sub-block alone
+    against it (:attr:`Policy.sub_block_cache`)."""
     return Policy(
         "fast_dllm_v2",
         CommitRule(base="threshold", threshold=strict_threshold(threshold)),
@@ -636,6 +645,7 @@ def fast_dllm_v2(
         inherit_first_token=True,
         stop_ids=tuple(stop_ids),
         stop_fill=stop_fill,
+        sub_block_cache=sub_block_cache,
     )
 
 
