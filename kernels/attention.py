@@ -24,9 +24,10 @@ Block-causal (``BLOCK_CAUSAL``, block-diffusion models): the queries are the for
 new row ``j`` is hidden from query row ``i`` when ``(j + phase) // block_size > (i + phase) //
 block_size``, ``phase = (cache_len - block_origin) mod block_size``. The new-row range of a
 program ends with the block of its query tile's last row (the later blocks' tiles are never
-visited), and the tiles inside it mask the hidden keys per (row, key); a row may then see only
-hidden keys in a tile (or a whole split), so the softmax pivots on 0 while its max is still
-``-inf``. Other launches compile without any of it (a constexpr switch).
+visited), and the tiles inside it mask the hidden keys per (row, key). A row may then see only
+hidden keys in a tile (or a whole split), so its running max starts at the lowest finite fp32
+instead of ``-inf``: ``2^(-inf - m)`` is 0 and no ``-inf - -inf`` occurs. Other launches compile
+without any of it (a constexpr switch).
 
 GQA: the ``G = Hq / Hkv`` query heads of a KV head are folded into the M dimension (tile row
 ``r = l * G + g`` is query position ``l``, head ``h * G + g``), so each K/V tile is read once per
@@ -120,7 +121,7 @@ def _attn_tile(
         k_blk = (j0 + o_n + phase) // block_size  # [BLOCK_N]
         b_s = tl.where(k_blk[None, :] <= q_blk[:, None], b_s, float("-inf"))
 
-    m_new = tl.maximum(m_i, tl.max(b_s, 1))  # finite: column 0 of every tile is a valid key
+    m_new = tl.maximum(m_i, tl.max(b_s, 1))  # finite: column 0 of every tile is a valid key (or m_i)
     alpha = tl.exp2(m_i - m_new)
     b_p = tl.exp2(b_s - m_new[:, None])  # [BLOCK_M, BLOCK_N]
     l_i = l_i * alpha + tl.sum(b_p, 1)
