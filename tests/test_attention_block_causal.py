@@ -324,3 +324,26 @@ def test_training_keeps_the_differentiable_sdpa_path(monkeypatch):
     m(torch.randint(0, cfg.vocab_size, (2, 8))).logsumexp(-1).sum().backward()
     assert seen and all(s is not None and s.shape == (2, 8, 8) for s in seen)
     assert torch.isfinite(m.layers[0].q_proj.weight.grad).all()
+
+
+# ------------------------------------------------------------------------------------------------
+# GPU: bf16 at the block-diffusion models' shapes (the 256-row tile on 32-key tiles included)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=["bf16", "fp16"])
+@pytest.mark.parametrize(
+    "B, Lq, Hq, Hkv, Lmax, bs",
+    [(4, 33, 28, 4, 640, 32), (4, 32, 32, 8, 640, 4), (1, 1024, 8, 4, 0, 32), (2, 300, 28, 4, 96, 32)],
+    ids=["v2-step", "sdar-step", "prefill", "prefill-cached"],
+)
+def test_gpu_model_shapes(dtype, B, Lq, Hq, Hkv, Lmax, bs):
+    cl = [Lmax - 32 * b for b in range(B)] if Lmax else None
+    kl = [Lq - b for b in range(B)]
+    ks = [32 * b for b in range(B)]
+    q, k, v, kw = make_inputs(
+        B, Lq, Hq, Hkv, 128, Lk=Lq, Lmax=Lmax, cache_len=cl, kv_len=kl, key_start=ks, dtype=dtype, device="cuda"
+    )
+    kw = dict(kw, block_size=bs, block_origin=torch.tensor([b - 40 for b in range(B)], device="cuda"))
+    got = dk.attention(q, k, v, backend="triton", **kw)
+    assert_attention_close(got, reference.attention(q, k, v, **kw), attention_lowp(q, k, v, **kw))
