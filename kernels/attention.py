@@ -20,6 +20,15 @@ Every key tile a program visits holds at least one valid key (tiles start inside
 range), so ``m`` is finite after the first tile and ``2^(-inf - -inf)`` never occurs; a query row
 whose range is empty ends with ``l = 0`` and writes 0.
 
+Block-causal (``BLOCK_CAUSAL``, block-diffusion models): the queries are the forwarded rows, and
+new row ``j`` is hidden from query row ``i`` when ``(j + phase) // block_size > (i + phase) //
+block_size``, ``phase = (cache_len - block_origin) mod block_size``. The new-row range of a
+program ends with the block of its query tile's last row (the later blocks' tiles are never
+visited), and the tiles inside it mask the hidden keys per (row, key). A row may then see only
+hidden keys in a tile (or a whole split), so its running max starts at the lowest finite fp32
+instead of ``-inf``: ``2^(-inf - m)`` is 0 and no ``-inf - -inf`` occurs. Other launches compile
+without any of it (a constexpr switch).
+
 GQA: the ``G = Hq / Hkv`` query heads of a KV head are folded into the M dimension (tile row
 ``r = l * G + g`` is query position ``l``, head ``h * G + g``), so each K/V tile is read once per
 KV head for all of its query heads. The query tile is sized to the packed rows ``M = Lq * G`` of a
@@ -58,6 +67,7 @@ from ._utils import (
 )
 
 LOG2E = 1.4426950408889634
+_FP32_MIN = tl.constexpr(-3.4028234663852886e38)  # the lowest finite fp32
 _MAX_SPLITS = 64
 _MAX_GRID_Z = 65535  # (batch, KV head) pairs sit on grid axis 2, after the query tiles and splits
 
@@ -74,11 +84,16 @@ def _attn_tile(
     stride_vn,
     n_valid,  # keys of the tile inside the range (MASKED only)
     qk_scale,  # scale * log2(e)
+    j0,  # BLOCK_CAUSAL: new-row index of the tile's first key
+    q_blk,  # BLOCK_CAUSAL: [BLOCK_M] block of each query row, (i + phase) // block_size
+    phase,  # BLOCK_CAUSAL: (cache_len - block_origin) mod block_size
+    block_size,  # BLOCK_CAUSAL
     BLOCK_N: tl.constexpr,
     HEAD_DIM: tl.constexpr,
     MASKED: tl.constexpr,  # the tile may run past the end of the range
     DOT_F32: tl.constexpr,  # interpreter: dot operands in fp32 (its bf16 dot is wrong)
     DOT_PREC: tl.constexpr,  # "tf32x3" for fp32 inputs (3xTF32, close to fp32), else "tf32"
+    BLOCK_CAUSAL: tl.constexpr,  # hide the keys of later blocks than the query row's
 ):
     """One online-softmax step over ``BLOCK_N`` consecutive key rows."""
     o_n = tl.arange(0, BLOCK_N)
@@ -102,7 +117,11 @@ def _attn_tile(
     if MASKED:
         b_s = tl.where(m_n[None, :], b_s, float("-inf"))
 
-    m_new = tl.maximum(m_i, tl.max(b_s, 1))  # finite: column 0 of every tile is a valid key
+    if BLOCK_CAUSAL:  # m_i starts at the lowest finite fp32 (see the kernel): never -inf - -inf
+        k_blk = (j0 + o_n + phase) // block_size  # [BLOCK_N]
+        b_s = tl.where(k_blk[None, :] <= q_blk[:, None], b_s, float("-inf"))
+
+    m_new = tl.maximum(m_i, tl.max(b_s, 1))  # finite: column 0 of every tile is a valid key (or m_i)
     alpha = tl.exp2(m_i - m_new)
     b_p = tl.exp2(b_s - m_new[:, None])  # [BLOCK_M, BLOCK_N]
     l_i = l_i * alpha + tl.sum(b_p, 1)
@@ -128,16 +147,20 @@ def _attn_range(
     lo,  # first key row
     hi,  # one past the last key row (hi <= lo: nothing)
     qk_scale,
+    q_blk,  # BLOCK_CAUSAL (see _attn_tile)
+    phase,
+    block_size,
     BLOCK_N: tl.constexpr,
     HEAD_DIM: tl.constexpr,
     DOT_F32: tl.constexpr,
     DOT_PREC: tl.constexpr,
+    BLOCK_CAUSAL: tl.constexpr,
 ):
     """Attend to key rows ``[lo, hi)`` of one K/V tensor: full tiles without masks, then a tail."""
     n_full = lo + tl.maximum(hi - lo, 0) // BLOCK_N * BLOCK_N
     p_kn = p_k + lo.to(tl.int64) * stride_kn
     p_vn = p_v + lo.to(tl.int64) * stride_vn
-    for _ in tl.range(lo, n_full, BLOCK_N):
+    for j0 in tl.range(lo, n_full, BLOCK_N):
         acc, m_i, l_i = _attn_tile(
             acc,
             m_i,
@@ -149,11 +172,16 @@ def _attn_range(
             stride_vn,
             BLOCK_N,
             qk_scale,
+            j0,
+            q_blk,
+            phase,
+            block_size,
             BLOCK_N,
             HEAD_DIM,
             False,
             DOT_F32,
             DOT_PREC,
+            BLOCK_CAUSAL,
         )
         p_kn += BLOCK_N * stride_kn
         p_vn += BLOCK_N * stride_vn
@@ -169,11 +197,16 @@ def _attn_range(
             stride_vn,
             hi - n_full,
             qk_scale,
+            n_full,
+            q_blk,
+            phase,
+            block_size,
             BLOCK_N,
             HEAD_DIM,
             True,
             DOT_F32,
             DOT_PREC,
+            BLOCK_CAUSAL,
         )
     return acc, m_i, l_i
 
@@ -190,6 +223,7 @@ def _attention_fwd_kernel(
     cache_len_ptr,  # [B] int (CACHE_LEN)
     kv_len_ptr,  # [B] int (KV_LEN)
     key_start_ptr,  # [B] int (KEY_START)
+    block_origin_ptr,  # [B] int (BLOCK_ORIGIN)
     stride_qb,
     stride_ql,
     stride_qh,
@@ -212,10 +246,13 @@ def _attention_fwd_kernel(
     Lmax,  # cache rows (0: no cache)
     chunk,  # logical keys per split, a multiple of BLOCK_N
     qk_scale,  # scale * log2(e)
+    block_size,  # BLOCK_CAUSAL: forwarded rows per block
     CACHE_LEN: tl.constexpr,  # per-row cache lengths given (else Lmax)
     KV_LEN: tl.constexpr,  # per-row new lengths given (else Lk)
     KEY_START: tl.constexpr,  # per-row first valid key given (else 0)
     SPLIT: tl.constexpr,  # write partials for the combine kernel
+    BLOCK_CAUSAL: tl.constexpr,  # the forwarded rows (queries = new rows) attend block-causally
+    BLOCK_ORIGIN: tl.constexpr,  # per-row block origin given (else key_start)
     HEAD_DIM: tl.constexpr,
     BLOCK_M: tl.constexpr,
     BLOCK_N: tl.constexpr,
@@ -250,8 +287,25 @@ def _attention_fwd_kernel(
     p_q = q_ptr + i_b64 * stride_qb + (o_l * stride_ql + o_hq * stride_qh)[:, None] + o_d[None, :]
     b_q = tl.load(p_q, mask=m_r[:, None], other=0.0)  # [BLOCK_M, HEAD_DIM]
 
+    # block-causal: query row l (= new row l) is in block (l + phase) // block_size; the new rows
+    # of later blocks than the tile's last row are never visited
+    hi_new = hi - cl
+    phase = 0
+    q_blk = o_l
+    if BLOCK_CAUSAL:
+        origin = ks
+        if BLOCK_ORIGIN:
+            origin = tl.load(block_origin_ptr + i_b).to(tl.int32)
+        phase = ((cl.to(tl.int64) - origin) % block_size + block_size) % block_size  # C or floor %
+        phase = phase.to(tl.int32)
+        q_blk = (o_l + phase) // block_size  # [BLOCK_M]
+        l_last = (tl.minimum(i_m * BLOCK_M + BLOCK_M, M) - 1) // G
+        hi_new = tl.minimum(hi_new, ((l_last + phase) // block_size + 1) * block_size - phase)
+
     acc = tl.zeros([BLOCK_M, HEAD_DIM], dtype=tl.float32)
-    m_i = tl.full([BLOCK_M], float("-inf"), dtype=tl.float32)
+    # block-causal: a row may meet only hidden (-inf) keys in a tile, so m starts finite, below
+    # every finite score: 2^(-inf - m) = 0 and 2^(m - m') stays defined
+    m_i = tl.full([BLOCK_M], _FP32_MIN if BLOCK_CAUSAL else float("-inf"), dtype=tl.float32)
     l_i = tl.zeros([BLOCK_M], dtype=tl.float32)
     # cache rows: logical index j is cache row j
     acc, m_i, l_i = _attn_range(
@@ -266,10 +320,14 @@ def _attention_fwd_kernel(
         lo,
         tl.minimum(hi, cl),
         qk_scale,
+        q_blk,
+        phase,
+        block_size,
         BLOCK_N,
         HEAD_DIM,
         DOT_F32,
         DOT_PREC,
+        False,
     )
     # new rows: logical index j is new row j - cl
     acc, m_i, l_i = _attn_range(
@@ -282,12 +340,16 @@ def _attention_fwd_kernel(
         stride_kl,
         stride_vl,
         tl.maximum(lo, cl) - cl,
-        hi - cl,
+        hi_new,
         qk_scale,
+        q_blk,
+        phase,
+        block_size,
         BLOCK_N,
         HEAD_DIM,
         DOT_F32,
         DOT_PREC,
+        BLOCK_CAUSAL,
     )
 
     # output row of (b, l, hq) in the contiguous [B, Lq, Hq] layout (and in each split's slice)
@@ -377,6 +439,10 @@ _GPU_TILES = {
     (128, 128): _Tiles(128, 64, 8, 3),
     (128, 256): _Tiles(256, 64, 16, 3),
 }
+# Block-causal launches mask every key tile of the new rows ([BLOCK_M, BLOCK_N] where): on the
+# 256-row tile at D=128 that spills (ptxas: 124 B stored, 152 B loaded at the 128-register cap of
+# 512 threads), so that one takes 32-key tiles (no spill), keeping K/V read once per KV group.
+_GPU_TILES_BLOCK_CAUSAL = {(128, 256): _Tiles(256, 32, 16, 3)}
 # fp32 inputs (a testing dtype; 3xTF32 dots, which spill) use one small tile whatever M is
 _GPU_TILES_FP32 = {64: _Tiles(64, 32, 4, 2), 128: _Tiles(64, 32, 8, 2)}
 _PACK_M = 256  # the largest query tile: a KV group's packed rows up to this fit one program
@@ -388,14 +454,24 @@ def _block_m(M: int) -> int:
     return max(32, next_pow2(M)) if M <= _PACK_M else 128
 
 
+def _gpu_tiles(D: int, block_m: int, block_causal: bool) -> _Tiles:
+    key = (max(D, 64), block_m)
+    return _GPU_TILES_BLOCK_CAUSAL.get(key, _GPU_TILES[key]) if block_causal else _GPU_TILES[key]
+
+
 def _tiles(
-    M: int, D: int, dtype: torch.dtype, max_keys: int, block_n: int | None, interpret: bool = IS_INTERPRET
+    M: int,
+    D: int,
+    dtype: torch.dtype,
+    max_keys: int,
+    block_n: int | None,
+    interpret: bool = IS_INTERPRET,
+    block_causal: bool = False,
 ) -> _Tiles:
     if interpret:  # ~0.4 ms per tl op per program whatever the tile: few programs, big tiles
         bn = block_n or min(64, max(16, next_pow2(max_keys)))
         return _Tiles(min(_PACK_M, max(16, next_pow2(M))), bn, 4, 1)
-    Dt = max(D, 64)
-    t = _GPU_TILES_FP32[Dt] if dtype == torch.float32 else _GPU_TILES[(Dt, _block_m(M))]
+    t = _GPU_TILES_FP32[max(D, 64)] if dtype == torch.float32 else _gpu_tiles(D, _block_m(M), block_causal)
     return t if block_n is None else _Tiles(t.block_m, block_n, t.num_warps, t.num_stages)
 
 
@@ -435,6 +511,7 @@ def _plan(
     num_splits: int | None = None,
     block_n: int | None = None,
     interpret: bool = IS_INTERPRET,
+    block_causal: bool = False,
 ) -> _Plan:
     """Pure function of the shapes (tests read the GPU plan of the models' decode shapes on any
     machine: ``programs`` is what ``programs_target`` gives, 4 x 132 on an H100 / H200)."""
@@ -446,11 +523,11 @@ def _plan(
             return max(1, int(num_splits))
         return 1 if interpret else _num_splits(B, Hkv, M, n_m, max_keys, tiles, elem, programs)
 
-    tiles = _tiles(M, D, dtype, max_keys, block_n, interpret)
+    tiles = _tiles(M, D, dtype, max_keys, block_n, interpret, block_causal)
     n_m = cdiv(M, tiles.block_m)
     splits = splits_for(tiles, n_m)
     if not interpret and tiles.block_m == _PACK_M and splits == 1:  # see _GPU_TILES: spills unsplit
-        tiles = _GPU_TILES[(max(D, 64), 128)]
+        tiles = _gpu_tiles(D, 128, block_causal)
         tiles = tiles if block_n is None else _Tiles(tiles.block_m, block_n, tiles.num_warps, tiles.num_stages)
         n_m = cdiv(M, tiles.block_m)
         splits = splits_for(tiles, n_m)
@@ -468,19 +545,23 @@ def attention(
     kv_len: torch.Tensor | None,
     key_start: torch.Tensor | None,
     scale: float,
+    block_size: int | None = None,
+    block_origin: torch.Tensor | None = None,
     *,
     num_splits: int | None = None,
     block_n: int | None = None,
 ) -> torch.Tensor:
     """Launch the attention kernels. Inputs are assumed validated by the public op (last dims
-    contiguous, D in HEAD_DIMS, matching heads/dtypes/devices, at least one of k / k_cache).
+    contiguous, D in HEAD_DIMS, matching heads/dtypes/devices, at least one of k / k_cache;
+    with ``block_size``, ``k`` given with ``Lk == Lq``).
 
     ``num_splits`` and ``block_n`` override the heuristics (tests use them to cover the split
     and tail paths on small shapes).
     """
-    present = [t for t in (q, k, v, k_cache, v_cache, cache_len, kv_len, key_start) if t is not None]
+    lengths = (cache_len, kv_len, key_start, block_origin)
+    present = [t for t in (q, k, v, k_cache, v_cache, *lengths) if t is not None]
     check_launchable("attention", *present)
-    cache_len, kv_len, key_start = dense(cache_len), dense(kv_len), dense(key_start)
+    cache_len, kv_len, key_start, block_origin = (dense(t) for t in lengths)
     B, Lq, Hq, D = q.shape
     # absent operands: point at the other K/V pair with a length of 0 (never dereferenced)
     k_, v_ = (k, v) if k is not None else (k_cache, v_cache)
@@ -492,7 +573,17 @@ def attention(
     max_keys = Lk + Lmax
 
     plan = _plan(
-        B, Lq, Hq, Hkv, D, max_keys, q.dtype, programs=programs_target(q.device), num_splits=num_splits, block_n=block_n
+        B,
+        Lq,
+        Hq,
+        Hkv,
+        D,
+        max_keys,
+        q.dtype,
+        programs=programs_target(q.device),
+        num_splits=num_splits,
+        block_n=block_n,
+        block_causal=block_size is not None,
     )
     tiles, n_m, splits, chunk = plan.tiles, plan.n_m, plan.splits, plan.chunk
 
@@ -518,6 +609,7 @@ def attention(
         dummy if cache_len is None else cache_len,
         dummy if kv_len is None else kv_len,
         dummy if key_start is None else key_start,
+        dummy if block_origin is None else block_origin,
         q.stride(0),
         q.stride(1),
         q.stride(2),
@@ -532,10 +624,13 @@ def attention(
         Lmax,
         chunk,
         scale * LOG2E,
+        1 if block_size is None else block_size,
         CACHE_LEN=cache_len is not None,
         KV_LEN=kv_len is not None,
         KEY_START=key_start is not None,
         SPLIT=splits > 1,
+        BLOCK_CAUSAL=block_size is not None,
+        BLOCK_ORIGIN=block_origin is not None,
         HEAD_DIM=D,
         BLOCK_M=tiles.block_m,
         BLOCK_N=tiles.block_n,
@@ -575,6 +670,8 @@ def _dot_prec(dtype: torch.dtype) -> str:
 
 
 def _aot_specs_fwd():
+    """Every tile of every dtype, split or not; the block-causal variant (with a block origin)
+    of the main configurations only (half precision, D 64 / 128: the block-diffusion models)."""
     specs = []
     strides = [f"stride_{t}{d}" for t in ("q", "k", "v", "kc", "vc") for d in ("b", "l", "h")]
     pointers = ["q_ptr", "k_ptr", "v_ptr", "kc_ptr", "vc_ptr", "o_ptr", "lse_ptr"]
@@ -584,47 +681,58 @@ def _aot_specs_fwd():
         )
         if dtype != torch.float32:  # the small head dims run on the D=64 tiles (small models only)
             tiles += [(D, t) for D in HEAD_DIMS if D < 64 for (Dt, _), t in _GPU_TILES.items() if Dt == 64]
-        for D, t in tiles:
-            for split in (False, True) if t.block_m < _PACK_M else (True,):  # see _plan
-                specs.append(
-                    AotSpec(
-                        name=f"attention_fwd[{ty},D={D},BM={t.block_m},split={split}]",
-                        kernel=_attention_fwd_kernel,
-                        signature={
-                            **{p: f"*{ty}" for p in pointers},
-                            "o_ptr": "*fp32" if split else f"*{ty}",
-                            "lse_ptr": "*fp32",
-                            "cache_len_ptr": "*i32",
-                            "kv_len_ptr": "*i32",
-                            "key_start_ptr": "*i32",
-                            **{s: "i32" for s in strides},
-                            "Hkv": "i32",
-                            "G": "i32",
-                            "Lq": "i32",
-                            "Lk": "i32",
-                            "Lmax": "i32",
-                            "chunk": "i32",
-                            "qk_scale": "fp32",
-                        },
-                        # the length flags only gate one scalar load each: compiled with all given
-                        constexprs={
-                            "CACHE_LEN": True,
-                            "KV_LEN": True,
-                            "KEY_START": True,
-                            "SPLIT": split,
-                            "HEAD_DIM": D,
-                            "BLOCK_M": t.block_m,
-                            "BLOCK_N": t.block_n,
-                            "DOT_F32": False,
-                            "DOT_PREC": _dot_prec(dtype),
-                        },
-                        num_warps=t.num_warps,
-                        num_stages=t.num_stages,
-                        main=dtype != torch.float32 and D >= 64,  # fp32 and small D: testing
-                        max_registers=255,  # one program per SM (see _GPU_TILES)
-                        aligned=tuple(pointers + strides),  # [.., H, D] tensors with D in HEAD_DIMS
-                    )
+        half = dtype != torch.float32  # block-causal: half precision at D >= 64 (the models)
+        variants = [
+            (D, t if not causal else _gpu_tiles(D, t.block_m, True), split, causal)
+            for D, t in tiles
+            for causal in (False, True)
+            if not causal or (half and D >= 64)
+            for split in ((False, True) if t.block_m < _PACK_M else (True,))  # see _plan
+        ]
+        for D, t, split, causal in variants:
+            specs.append(
+                AotSpec(
+                    name=f"attention_fwd[{ty},D={D},BM={t.block_m},split={split}{',block_causal' if causal else ''}]",
+                    kernel=_attention_fwd_kernel,
+                    signature={
+                        **{p: f"*{ty}" for p in pointers},
+                        "o_ptr": "*fp32" if split else f"*{ty}",
+                        "lse_ptr": "*fp32",
+                        "cache_len_ptr": "*i32",
+                        "kv_len_ptr": "*i32",
+                        "key_start_ptr": "*i32",
+                        "block_origin_ptr": "*i32",
+                        **{s: "i32" for s in strides},
+                        "Hkv": "i32",
+                        "G": "i32",
+                        "Lq": "i32",
+                        "Lk": "i32",
+                        "Lmax": "i32",
+                        "chunk": "i32",
+                        "qk_scale": "fp32",
+                        "block_size": "i32",
+                    },
+                    # the length flags only gate one scalar load each: compiled with all given
+                    constexprs={
+                        "CACHE_LEN": True,
+                        "KV_LEN": True,
+                        "KEY_START": True,
+                        "SPLIT": split,
+                        "BLOCK_CAUSAL": causal,
+                        "BLOCK_ORIGIN": causal,
+                        "HEAD_DIM": D,
+                        "BLOCK_M": t.block_m,
+                        "BLOCK_N": t.block_n,
+                        "DOT_F32": False,
+                        "DOT_PREC": _dot_prec(dtype),
+                    },
+                    num_warps=t.num_warps,
+                    num_stages=t.num_stages,
+                    main=dtype != torch.float32 and D >= 64,  # fp32 and small D: testing
+                    max_registers=255,  # one program per SM (see _GPU_TILES)
+                    aligned=tuple(pointers + strides),  # [.., H, D] tensors with D in HEAD_DIMS
                 )
+            )
     return specs
 
 

@@ -27,13 +27,14 @@ Decoding against a KV cache. The cache holds, per layer, K (after RoPE) and V of
 and call ``torch.nn.functional.scaled_dot_product_attention`` (also the differentiable path used
 for training). It is the baseline of the end-to-end benchmark, never a silent fallback.
 
-Which path runs the block-causal mask: the library's attention op takes no mask, so a forward of
-more than one row of a block-causal model (prefill, training, or a cached step) runs the masked
-SDPA path (explicit ``[B, Lq, cache + Lq]`` mask: validity as above, and among the forwarded rows
-``block(key) <= block(query)``) under either ``attn_impl``; a one-row forward, or one that attends
-the cache only (``attend_new=False``), takes ``attn_impl``'s path, where no mask is needed. The
-cache writes keep ``attn_impl``'s path. (A forward of exactly one block needs no mask either;
-routing it to the attention kernel is left to the round that adds the block-diffusion policy.)
+The block-causal mask among the forwarded rows follows ``attn_impl`` too: ``"ops"`` runs the
+library's attention op with its ``block_size`` option (blocks counted from the logical index
+``block_origin = cache_len - positions[:, 0]``, which is the rule by positions when each row's
+forwarded rows sit at consecutive positions, as every call of ``generate`` forwards them; on the
+CPU other positions are a ValueError); ``"sdpa"`` builds the explicit ``[B, Lq, cache + Lq]``
+mask (validity as above, and among the forwarded rows ``block(key) <= block(query)``, any
+positions) for torch SDPA, the differentiable path training uses. A one-row forward, or one that
+attends the cache only (``attend_new=False``), needs no mask.
 """
 
 from __future__ import annotations
@@ -144,11 +145,13 @@ class Block(nn.Module):
         attn_impl,
         real,
         new_mask=None,
+        block_origin=None,
     ):
         """``h [B, L, d]``, or ``[N, d]``: the rows ``real`` (a :class:`_Rows`) of the flattened
         ``[B * L]`` token axis, when the per-token layers skip the padding. ``new_mask [B, L, L]``
         (bool): which forwarded rows each forwarded row may attend (block-causal models); given,
-        attention runs the masked SDPA path."""
+        attention runs the masked SDPA path. ``block_origin [B]``: given, the attention op runs
+        block-causally over blocks of ``c.block_size`` counted from it (see :func:`attention`)."""
         c = self.c
         B, L = (real.B, real.L) if real is not None else h.shape[:2]
         x = self.attn_norm(h)
@@ -178,6 +181,8 @@ class Block(nn.Module):
                 cache_len=cache_len,
                 kv_len=kv_len if attend_new else None,
                 key_start=key_start,
+                block_size=c.block_size if block_origin is not None else None,
+                block_origin=block_origin,
                 backend=backend,
             )
         else:
@@ -275,6 +280,29 @@ def _sdpa_attention(q, k, v, k_cache, v_cache, cache_len, kv_len, key_start, new
     return o.transpose(1, 2)
 
 
+def _block_origin(positions, cache, cache_len, kv_len) -> torch.Tensor:
+    """``[B]`` int64 ``block_origin`` of the attention op for a block-causal forward whose row
+    ``j`` (logical key index ``cache_len + j``) sits at position ``positions[b, 0] + j``: then
+    ``(cache_len + j - block_origin) // block_size == positions[b, j] // block_size``. Checks
+    that consecutiveness on the CPU (real rows ``j < kv_len`` only; no host sync elsewhere)."""
+    B, Lq = positions.shape
+    if positions.device.type == "cpu":
+        j = torch.arange(Lq, device=positions.device)
+        real = j[None, :] < (kv_len[:, None] if kv_len is not None else Lq)
+        if not bool(((positions - positions[:, :1] == j) | ~real).all()):
+            raise ValueError(
+                "positions: attn_impl='ops' runs a block-causal model's forwarded rows at consecutive positions "
+                "(positions[b, j] == positions[b, 0] + j); use attn_impl='sdpa' for others"
+            )
+    if cache is None:
+        first = torch.zeros(B, dtype=torch.long, device=positions.device)
+    elif cache_len is None:
+        first = torch.full((B,), cache.max_len, dtype=torch.long, device=positions.device)
+    else:
+        first = cache_len.long()
+    return first - positions[:, 0].long()
+
+
 def rope_tables(config: ModelConfig, device=None) -> tuple[torch.Tensor, torch.Tensor]:
     """fp32 RoPE ``cos, sin [max_seq_len, head_dim]``: angle ``p * theta**(-2i/D)`` repeated for
     both halves (the rotate_half convention of LLaDA, Dream and HF Llama)."""
@@ -362,8 +390,10 @@ class DiffusionLM(nn.Module):
         With ``config.block_size`` set (block-causal models), the forwarded rows attend each
         other block-causally by their ``positions`` (row j is hidden from row i when
         ``positions[j] // block_size > positions[i] // block_size``); cache rows are attended as
-        above (the caller keeps only completed earlier blocks there). See the module docstring
-        for which attention path runs then.
+        above (the caller keeps only completed earlier blocks there). With ``attn_impl="ops"``
+        each row's real forwarded rows must sit at consecutive positions (``positions[b, j] ==
+        positions[b, 0] + j`` for ``j < kv_len[b]``; checked on the CPU); see the module
+        docstring.
 
         Returns:
             ``[B, Lo, V]`` logits in the model's dtype.
@@ -376,10 +406,13 @@ class DiffusionLM(nn.Module):
             raise ValueError(f"positions must have shape {list(tokens.shape)}, got {list(positions.shape)}")
         # on the CPU the per-token layers skip the padding rows past kv_len (rows that are done
         # have kv_len 0): the real rows get exactly the values of the padded forward
-        new_mask = None
+        new_mask = block_origin = None
         if self.config.block_size is not None and attend_new and Lq > 1:
-            blk = torch.div(positions, self.config.block_size, rounding_mode="floor")
-            new_mask = blk[:, None, :] <= blk[:, :, None]  # [B, Lq (query), Lq (key)]
+            if self.attn_impl == "sdpa":
+                blk = torch.div(positions, self.config.block_size, rounding_mode="floor")
+                new_mask = blk[:, None, :] <= blk[:, :, None]  # [B, Lq (query), Lq (key)]
+            else:  # the op's blocks: forwarded row j (logical index cache_len + j) at position p0 + j
+                block_origin = _block_origin(positions, cache, cache_len, kv_len)
         real = _real_rows(kv_len, B, Lq, tokens.device)
         if real is not None:
             tokens, positions = real.pack(tokens), real.pack(positions)
@@ -403,6 +436,7 @@ class DiffusionLM(nn.Module):
                 attn_impl=self.attn_impl,
                 real=real,
                 new_mask=new_mask,
+                block_origin=block_origin,
             )
         if real is not None:
             h = real.unpack(h)  # padding rows: 0, their logits are ignored
