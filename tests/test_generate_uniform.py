@@ -63,7 +63,7 @@ class SelfConditioned(nn.Module):
 
     def forward(self, tokens, positions, *, soft_embeds=None, **kw):
         self._soft = soft_embeds
-        self._real = torch.arange(tokens.shape[1])[None, :] < kw["kv_len"][:, None]
+        self._real = torch.arange(tokens.shape[1], device=tokens.device)[None, :] < kw["kv_len"][:, None]
         try:
             logits = self.lm(tokens, positions, **kw)
         finally:
@@ -295,3 +295,42 @@ def test_the_loop_launches_exactly_the_declared_rule(monkeypatch):
     generate(m, PROMPTS, policy=p, gen_length=2 * BS, block_length=BS, backend="reference", seed=0)
     assert launched and set(launched) == set(p.launched_rules().values()) == {p.rule}
     assert p.rule == DIFFUSION_GEMMA.rule({**DIFFUSION_GEMMA.options, **FAST})
+
+
+@pytest.mark.gpu
+def test_gpu_cuda_graph_replay_equals_eager():
+    """``cuda_graph=True`` (each step captured once per shape bucket and replayed; the warm-up's
+    updates of the uniform state undone) gives the eager tokens, commit steps and NFE."""
+    m = SelfConditioned().cuda()
+    m.lm.backend = "triton"
+    args = dict(policy="diffusion_gemma", gen_length=3 * BS, block_length=BS, backend="triton", seed=[1, 2, 3], **FAST)
+    eager = generate(m, PROMPTS, **args)
+    graphed = generate(m, PROMPTS, cuda_graph=True, **args)
+    assert torch.equal(graphed.tokens, eager.tokens) and torch.equal(graphed.commit_step, eager.commit_step)
+    assert torch.equal(graphed.nfe, eager.nfe)
+
+
+@pytest.mark.gpu
+def test_gpu_generate_syncs_once_per_step():
+    """One host sync per step (the read-back): two generation lengths differ in syncs exactly as
+    they differ in steps."""
+    import warnings
+
+    m = SelfConditioned().cuda()
+    m.lm.backend = "triton"
+
+    def syncs_and_steps(gen_length):
+        args = dict(policy="diffusion_gemma", gen_length=gen_length, block_length=BS, backend="triton", seed=0)
+        generate(m, PROMPTS, **args, **FAST)  # compile
+        torch.cuda.set_sync_debug_mode("warn")
+        try:
+            with warnings.catch_warnings(record=True) as caught:
+                warnings.simplefilter("always")
+                out = generate(m, PROMPTS, **args, **FAST)
+        finally:
+            torch.cuda.set_sync_debug_mode("default")
+        return sum("synchronizing" in str(w.message) for w in caught), int(out.nfe.max())
+
+    (s1, n1), (s2, n2) = syncs_and_steps(2 * BS), syncs_and_steps(4 * BS)
+    assert n2 > n1
+    assert s2 - s1 == n2 - n1, f"{s1} syncs for {n1} steps, {s2} syncs for {n2} steps"

@@ -221,7 +221,7 @@ def _generate(
         key_start=key_start,
     )
     if uniform:
-        batch = uniform_batch(model, batch, geo, first)
+        batch = uniform_batch(model, pol, batch, geo, first)
     opts = StepOptions(
         policy=pol,
         rules=tuple(sched.rules),

@@ -59,18 +59,22 @@ def temperature_table(policy: Policy, device) -> torch.Tensor:
 class UniformState:
     """The uniform step's per-row device state: the renoise rule's state over the current block
     (``[B, bs]``, block-local positions), a scratch commit state, the block's last soft embedding
-    ``[B, bs, H]``, each row's first generated position ``[B]`` and a 0-d step (the scratch's)."""
+    ``[B, bs, H]``, each row's first generated position ``[B]``, a 0-d step (the scratch's) and
+    the :func:`temperature_table`."""
 
     renoise: RenoiseState
     scratch: CommitState
     soft: torch.Tensor
     first: torch.Tensor
     step0: torch.Tensor
+    temps: torch.Tensor
 
     def select(self, index: torch.Tensor) -> UniformState:
         pick = lambda t: t.index_select(0, index)  # noqa: E731
         per = lambda s: type(s)(*(pick(getattr(s, f.name)) for f in dataclasses.fields(s)))  # noqa: E731
-        return UniformState(per(self.renoise), per(self.scratch), pick(self.soft), pick(self.first), self.step0)
+        return UniformState(
+            per(self.renoise), per(self.scratch), pick(self.soft), pick(self.first), self.step0, self.temps
+        )
 
     def tensors(self) -> list[torch.Tensor]:
         """Every tensor the step updates (to save and restore around a graph's warm-up)."""
@@ -88,7 +92,7 @@ class UniformBatch(Batch):
         return UniformBatch(**{f.name: getattr(b, f.name) for f in dataclasses.fields(Batch)}, u=self.u.select(index))
 
 
-def uniform_batch(model, batch: Batch, geo: Geometry, first: np.ndarray) -> UniformBatch:
+def uniform_batch(model, policy: Policy, batch: Batch, geo: Geometry, first: np.ndarray) -> UniformBatch:
     """The batch with its generated positions (from ``first[b]``) drawn uniformly at random (the
     key in the module docstring) and a fresh :class:`UniformState`."""
     x, V = batch.x, model.config.vocab_size
@@ -105,6 +109,7 @@ def uniform_batch(model, batch: Batch, geo: Geometry, first: np.ndarray) -> Unif
         soft=weight.new_zeros(B, geo.bs, weight.shape[1]),
         first=first_t,
         step0=torch.zeros((), dtype=torch.int32, device=x.device),
+        temps=temperature_table(policy, x.device),
     )
     return UniformBatch(**{f.name: getattr(batch, f.name) for f in dataclasses.fields(Batch)}, u=u)
 
@@ -170,15 +175,13 @@ class UniformRows:
         return out, fwd, out[:, Col.FILL] < L
 
 
-def uniform_step(
-    model, x, state, pad, cache, inp, plan, u: UniformState, seeds, *, rule, temps, backend, key_start=None
-):
+def uniform_step(model, x, state, pad, cache, inp, plan, u: UniformState, seeds, *, rule, backend, key_start=None):
     """One batched uniform-state step on the device (no host sync; capturable): the forwards of
     the ``[B, NCOL]`` plan (:func:`~.step.device_inputs` ``inp``), and for the rows whose commit
     region is non-empty (a block ``[s, s + bs)``, denoising) the renoise step of the module
     docstring. Updates ``x``, ``state.commit_step`` (a converged block: the forward's ``STEP``),
     ``u`` and the cache in place; returns ``u.renoise.converged``. ``seeds``: ``[B]`` int64 row
-    seeds; ``temps``: :func:`temperature_table`."""
+    seeds."""
     col = plan.unbind(1)
     s, den = col[Col.ACTIVE_START], col[Col.ACTIVE_END] > col[Col.ACTIVE_START]
     rows, bs = x.shape[0], u.soft.shape[1]
@@ -213,7 +216,7 @@ def uniform_step(
         return rs.converged
     logits = logits[:, :bs]
     V = logits.shape[-1]
-    temp = temps[n.clamp(max=temps.shape[0] - 1)][:, None].expand(rows, bs).contiguous()
+    temp = u.temps[n.clamp(max=u.temps.shape[0] - 1)][:, None].expand(rows, bs).contiguous()
     sample_keys = mix_seed(seeds[:, None], n[:, None], blk - pad[:, None])
     sample = token_stats_unchecked(logits, temp, sample_keys, (), backend, tempered=True)
     top = token_stats_unchecked(logits, 0.0, 0, (), backend).token
@@ -240,7 +243,6 @@ class UniformRunner(StepRunner):
     def __init__(self, model, batch: UniformBatch, geo: Geometry, opts):
         super().__init__(model, batch, geo, opts)
         self.u, self.rule = batch.u, opts.policy.rule
-        self.temps = temperature_table(opts.policy, batch.x.device)
 
     def _body(self, x, state, Lq, Lo, nw, rules, post_fill: bool, inp=None):
         if inp is None:
@@ -248,7 +250,7 @@ class UniformRunner(StepRunner):
         self.last_inp = inp
         converged = uniform_step(
             self.model, x, state, self.pad, self.cache, inp, self.plan_dev, self.u, self.seeds,
-            rule=self.rule, temps=self.temps, backend=self.opts.backend, key_start=self.key_start,
+            rule=self.rule, backend=self.opts.backend, key_start=self.key_start,
         )  # fmt: skip
         return converged[:, None].expand(x.shape)
 
