@@ -20,6 +20,11 @@ class ModelConfig:
     attention is causal across blocks of ``block_size`` positions and bidirectional inside a
     block (None: bidirectional everywhere, LLaDA/Dream). ``qk_norm``: Qwen3's RMSNorm over
     ``head_dim`` on every query and key head, before RoPE (SDAR).
+
+    Uniform-state models (DiffusionGemma-like) set ``uniform_state``: the model denoises
+    uniformly random tokens (no MASK at inference; ``mask_id`` stays, unused by the uniform
+    policy). ``self_conditioning_size``: hidden size of the self-conditioning MLP that adds the
+    previous step's soft embedding to the input embeddings (None: the model has none).
     """
 
     vocab_size: int
@@ -41,6 +46,8 @@ class ModelConfig:
     max_seq_len: int = 4096
     qk_norm: bool = False  # Qwen3 / SDAR: RMSNorm over head_dim on q and k, before RoPE
     block_size: int | None = None  # block-causal attention over blocks of this size (None: bidirectional)
+    uniform_state: bool = False  # a uniform-state denoiser (DiffusionGemma-like): no MASK at inference
+    self_conditioning_size: int | None = None  # hidden size of the self-conditioning MLP (None: none)
 
     def __post_init__(self):
         if self.n_heads % self.n_kv_heads:
@@ -50,6 +57,9 @@ class ModelConfig:
                 raise ValueError(f"{name} {getattr(self, name)} outside the vocabulary [0, {self.vocab_size})")
         if self.block_size is not None and self.block_size < 1:
             raise ValueError(f"block_size must be a positive int or None, got {self.block_size}")
+        sc = self.self_conditioning_size
+        if sc is not None and (isinstance(sc, bool) or not isinstance(sc, int) or sc < 1):
+            raise ValueError(f"self_conditioning_size must be a positive int or None, got {sc!r}")
 
     def to_json(self) -> str:
         return json.dumps(dataclasses.asdict(self), indent=2)

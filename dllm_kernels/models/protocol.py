@@ -44,14 +44,15 @@ The contract, everything a model has to honour:
 
   An uncached model (``cache`` is None for every call) may ignore ``cache_len``, ``attend_new``
   and ``write``.
-* **Uniform state** (policy ``diffusion_gemma``, :mod:`dllm_kernels.decode.uniform`). A model
-  with ``config.uniform_state`` True (absent: False) has no MASK: it is decoded only by the
-  uniform-state policy, and that policy only decodes it. Its forward also takes ``soft_embeds``
-  (``[B, Lq, H]`` aligned with ``tokens``, or None = zeros): the self-conditioning signal
-  ``softmax(logits / T) @ model.embed_weight`` of the previous step (zeros at a block's first
-  step and at prompt positions), which the model adds to its input as it was trained to; and it
-  has ``embed_weight`` (``[V, H]``, the input embedding table). A ``config.block_size`` must
-  equal ``block_length``.
+* **Uniform-state models** (DiffusionGemma-like, no MASK at inference) set
+  ``config.uniform_state = True``; the uniform policy forwards them the extra keyword
+  ``soft_embeds [B, Lq, d_model]`` (the self-conditioning signal of each forwarded row,
+  ``softmax(prev_logits / T) @ model.embed_weight``, zeros at the first step) and reads
+  ``model.embed_weight [V, d_model]``, the input-embedding matrix that the signal multiplies.
+  Such a model is decoded only by the uniform-state policy (``diffusion_gemma``,
+  :mod:`dllm_kernels.decode.uniform`: ``soft_embeds`` also zero at prompt positions and at
+  every forward that is not a denoising step), and that policy only decodes such a model; a
+  ``config.block_size`` must equal ``block_length``.
 """
 
 from __future__ import annotations

@@ -72,15 +72,37 @@ class KVCache:
 
 
 class RMSNorm(nn.Module):
-    def __init__(self, dim: int, eps: float):
+    """RMSNorm in fp32; ``has_weight=False``: no learned scale (DiffusionGemma's post-norm)."""
+
+    def __init__(self, dim: int, eps: float, *, has_weight: bool = True):
         super().__init__()
-        self.weight = nn.Parameter(torch.ones(dim))
+        self.weight = nn.Parameter(torch.ones(dim)) if has_weight else None
         self.eps = eps
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         xf = x.float()
         xf = xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + self.eps)
-        return (xf * self.weight.float()).to(x.dtype)
+        return (xf if self.weight is None else xf * self.weight.float()).to(x.dtype)
+
+
+class SelfConditioning(nn.Module):
+    """DiffusionGemma's self-conditioning (vLLM ``DiffusionGemmaSelfConditioning``): a gated MLP
+    of the previous step's soft embedding ``s`` added to the input embeddings,
+    ``post_norm(e + down(gelu_tanh(gate(pre_norm(s))) * up(pre_norm(s))))``; ``pre_norm`` has a
+    weight, ``post_norm`` none."""
+
+    def __init__(self, dim: int, hidden: int, eps: float):
+        super().__init__()
+        self.pre_norm = RMSNorm(dim, eps)
+        self.post_norm = RMSNorm(dim, eps, has_weight=False)
+        self.gate_proj = nn.Linear(dim, hidden, bias=False)
+        self.up_proj = nn.Linear(dim, hidden, bias=False)
+        self.down_proj = nn.Linear(hidden, dim, bias=False)
+
+    def forward(self, inputs_embeds: torch.Tensor, soft_embeds: torch.Tensor) -> torch.Tensor:
+        x = self.pre_norm(soft_embeds)
+        signal = self.down_proj(F.gelu(self.gate_proj(x), approximate="tanh") * self.up_proj(x))
+        return self.post_norm(inputs_embeds + signal)
 
 
 def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
@@ -275,6 +297,11 @@ class DiffusionLM(nn.Module):
         self.backend = backend
         self.attn_impl = attn_impl
         self.embed = nn.Embedding(config.vocab_size, config.d_model)
+        self.self_conditioning = (
+            None
+            if config.self_conditioning_size is None
+            else SelfConditioning(config.d_model, config.self_conditioning_size, config.rms_eps)
+        )
         self.layers = nn.ModuleList(Block(config) for _ in range(config.n_layers))
         self.norm = RMSNorm(config.d_model, config.rms_eps)
         self.lm_head = nn.Linear(config.d_model, config.vocab_size, bias=False)
@@ -283,6 +310,11 @@ class DiffusionLM(nn.Module):
         cos, sin = rope_tables(config)
         self.register_buffer("rope_cos", cos, persistent=False)
         self.register_buffer("rope_sin", sin, persistent=False)
+
+    @property
+    def embed_weight(self) -> torch.Tensor:
+        """``[V, d_model]`` the input-embedding matrix (what a soft embedding multiplies)."""
+        return self.embed.weight
 
     def new_cache(self, batch: int, max_len: int) -> KVCache:
         p = self.lm_head.weight
@@ -300,6 +332,7 @@ class DiffusionLM(nn.Module):
         write: CacheWrite | None = None,
         key_start: torch.Tensor | None = None,
         logits_index: torch.Tensor | None = None,
+        soft_embeds: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """Logits of the forwarded positions.
 
@@ -320,6 +353,11 @@ class DiffusionLM(nn.Module):
                 LM head is the most expensive matmul at a large vocabulary. With ``logit_shift``
                 the logits of row i come from the hidden state of row ``i - 1`` (row 0: itself),
                 shifted within the forwarded window as the Dream and Fast-dLLM v2 code does.
+            soft_embeds: ``[B, Lq, d_model]`` (any float dtype) the self-conditioning signal of
+                each forwarded row, ``softmax(prev_logits / T) @ embed_weight`` (uniform-state
+                models). A model with ``config.self_conditioning_size`` always applies its
+                :class:`SelfConditioning` to the embeddings, with zeros when None; a model
+                without one refuses a signal.
 
         With ``config.block_size`` set (block-causal models), the forwarded rows attend each
         other block-causally by their ``positions`` (row j is hidden from row i when
@@ -331,6 +369,7 @@ class DiffusionLM(nn.Module):
             ``[B, Lo, V]`` logits in the model's dtype.
         """
         B, Lq = tokens.shape
+        soft_embeds = self._soft_embeds(soft_embeds, tokens)
         if positions is None:
             positions = torch.arange(Lq, device=tokens.device).expand(B, Lq)
         if positions.shape != tokens.shape:
@@ -345,6 +384,8 @@ class DiffusionLM(nn.Module):
         if real is not None:
             tokens, positions = real.pack(tokens), real.pack(positions)
         h = self.embed(tokens)
+        if self.self_conditioning is not None:
+            h = self.self_conditioning(h, real.pack(soft_embeds) if real is not None else soft_embeds)
         cos, sin = self.rope_cos[positions], self.rope_sin[positions]  # [B, Lq, D] (or [N, D])
         for i, layer in enumerate(self.layers):
             layer_cache = (cache.k[i], cache.v[i]) if cache is not None else None
@@ -370,3 +411,20 @@ class DiffusionLM(nn.Module):
         rows = (logits_index - 1).clamp_min(0) if self.config.logit_shift else logits_index
         h = h.gather(1, rows[:, :, None].expand(-1, -1, h.shape[-1]))
         return self.lm_head(self.norm(h))
+
+    def _soft_embeds(self, soft_embeds: torch.Tensor | None, tokens: torch.Tensor) -> torch.Tensor | None:
+        """The checked self-conditioning signal in the embeddings' dtype (zeros when None)."""
+        if self.self_conditioning is None:
+            if soft_embeds is not None:
+                raise ValueError("soft_embeds: this model has no self-conditioning (config.self_conditioning_size)")
+            return None
+        w = self.embed.weight
+        shape = (*tokens.shape, self.config.d_model)
+        if soft_embeds is None:
+            return torch.zeros(shape, device=w.device, dtype=w.dtype)
+        if tuple(soft_embeds.shape) != shape or not soft_embeds.is_floating_point():
+            raise ValueError(
+                f"soft_embeds must be a float tensor of shape {list(shape)}, got {soft_embeds.dtype} "
+                f"{list(soft_embeds.shape)}"
+            )
+        return soft_embeds.to(device=w.device, dtype=w.dtype)
