@@ -25,15 +25,44 @@ from dllm_kernels.reference import soft_embedding as ref_soft_embedding, token_s
 from dllm_kernels.reference._philox import philox_randint4x
 
 V, BS = 32, 4
-EOS = V - 2
+EOS = tiny(vocab_size=V).eos_id
 PROMPTS = [[3, 4, 5], [7, 1, 2, 9, 4, 4], [5] * 9]
-FAST = {"max_denoising_steps": 5, "confidence_threshold": 1.0}  # blocks converge in a few steps
+FAST = {"max_denoising_steps": 3, "confidence_threshold": 1.0}  # blocks converge in a few steps
+
+
+class Recorder(nn.Module):
+    """A tiny uniform-state ``DiffusionLM`` (block-causal, self-conditioned) that records every
+    forward's tokens, positions, soft embeddings, logits and logits rows."""
+
+    def __init__(self, bs=BS, seed=0, sharp=7.0, self_conditioning_size=48):
+        super().__init__()
+        torch.manual_seed(seed)
+        cfg = dataclasses.replace(
+            tiny(vocab_size=V), block_size=bs, uniform_state=True, self_conditioning_size=self_conditioning_size
+        )
+        self.lm = DiffusionLM(cfg, backend="reference", attn_impl="sdpa").eval()
+        with torch.no_grad():
+            self.lm.lm_head.weight.mul_(sharp)
+        self.config, self.calls = cfg, []
+
+    @property
+    def embed_weight(self):
+        return self.lm.embed_weight
+
+    def new_cache(self, batch, max_len):
+        return self.lm.new_cache(batch, max_len)
+
+    def forward(self, tokens, positions, **kw):
+        logits = self.lm(tokens, positions, **kw)
+        soft = kw.get("soft_embeds")
+        self.calls.append((tokens.clone(), positions.clone(), soft, logits.clone(), kw["logits_index"].clone()))
+        return logits
 
 
 class SelfConditioned(nn.Module):
-    """The model protocol's uniform-state members on a tiny block-causal ``DiffusionLM``:
-    ``config.uniform_state``, ``embed_weight`` and ``soft_embeds`` (a projection added to the
-    input embedding). Records every forward's tokens, soft embeddings and logits."""
+    """A protocol model (not a ``DiffusionLM``): the uniform-state members on a tiny block-causal
+    ``DiffusionLM`` without them: ``config.uniform_state``, ``embed_weight`` and ``soft_embeds``
+    (a projection added to the input embedding). Records as :class:`Recorder`."""
 
     def __init__(self, bs=BS, seed=0, sharp=7.0, conditioning=4.0):
         super().__init__()
@@ -44,7 +73,8 @@ class SelfConditioned(nn.Module):
         with torch.no_grad():
             self.lm.lm_head.weight.mul_(sharp)
             self.proj.weight.mul_(conditioning)
-        self.config = types.SimpleNamespace(**dataclasses.asdict(cfg), uniform_state=True)
+        fields = {k: v for k, v in dataclasses.asdict(cfg).items() if k != "self_conditioning_size"}
+        self.config = types.SimpleNamespace(**{**fields, "uniform_state": True})  # a protocol model's config
         self._soft, self.calls = None, []
         self.lm.embed.register_forward_hook(self._add)
 
@@ -86,8 +116,12 @@ def _same_row(a, b, ra=0, rb=0):
     return all(torch.equal(u, v) if isinstance(u, torch.Tensor) else u == v for u, v in zip(_row(a, ra), _row(b, rb)))
 
 
-def test_kernels_equal_references():
-    m = SelfConditioned()
+MODELS = {"lm": Recorder, "protocol": SelfConditioned}
+
+
+@pytest.mark.parametrize("model", list(MODELS))
+def test_kernels_equal_references(model):
+    m = MODELS[model]()
     ref = _run(m, PROMPTS, seed=[1, 2, 3], gen_length=BS)
     tri = _run(m, PROMPTS, backend="triton", seed=[1, 2, 3], gen_length=BS)
     assert torch.equal(ref.tokens, tri.tokens) and torch.equal(ref.commit_step, tri.commit_step)
@@ -95,31 +129,29 @@ def test_kernels_equal_references():
 
 
 def test_batch_rows_match_single_rows_and_buckets():
-    m = SelfConditioned()
+    m = Recorder()
     seeds = [11, 12, 13]
-    batch = _run(m, PROMPTS, seed=seeds)
+    batch = _run(m, PROMPTS, seed=seeds, gen_length=2 * BS)
+    assert len(set(batch.nfe.tolist())) > 1  # the rows progress independently
     for b, p in enumerate(PROMPTS):
-        assert _same_row(batch, _run(m, [p], seed=seeds[b]), b, 0), b
-    again = _run(m, PROMPTS[::-1], seed=seeds[::-1])
-    for b in range(3):
-        assert _same_row(batch, again, b, 2 - b)
-    kw = dict(policy="diffusion_gemma", gen_length=3 * BS, block_length=BS, temperature=0.0, backend="reference")
+        assert _same_row(batch, _run(m, [p], seed=seeds[b], gen_length=2 * BS), b, 0), b
+    kw = dict(policy="diffusion_gemma", gen_length=2 * BS, block_length=BS, temperature=0.0, backend="reference")
     padded = _generate(m, PROMPTS, seed=seeds, max_nfe=10000, progress=False, buckets=True, capture=False, **kw, **FAST)
     assert torch.equal(padded.tokens, batch.tokens) and torch.equal(padded.nfe, batch.nfe)
 
 
 def test_seeds():
-    m = SelfConditioned()
-    a, b = _run(m, PROMPTS, seed=5), _run(m, PROMPTS, seed=5)
+    m = Recorder()
+    a, b = _run(m, PROMPTS, seed=5, gen_length=BS), _run(m, PROMPTS, seed=5, gen_length=BS)
     assert torch.equal(a.tokens, b.tokens) and torch.equal(a.nfe, b.nfe)
-    c = _run(m, PROMPTS, seed=6)
+    c = _run(m, PROMPTS, seed=6, gen_length=BS)
     assert not torch.equal(a.tokens, c.tokens)
-    d = _run(m, PROMPTS)  # seed=None draws one
+    d = _run(m, PROMPTS, gen_length=BS)  # seed=None draws one
     assert d.tokens.shape == a.tokens.shape
 
 
 def test_pinned_prompt_and_renoise_law():
-    m = SelfConditioned()
+    m = Recorder()
     out = _run(m, PROMPTS, seed=3, max_denoising_steps=4, confidence_threshold=0.0)
     for b, p in enumerate(PROMPTS):
         assert out.tokens[b, int(out.first[b]) - len(p) : int(out.first[b])].tolist() == p
@@ -145,7 +177,10 @@ def test_pinned_prompt_and_renoise_law():
 
 @pytest.mark.parametrize("steps", [1, 3])
 def test_convergence_and_nfe(steps):
-    m = SelfConditioned()
+    m = Recorder()
+    with torch.no_grad():  # no EOS in a converged block (its argmax): no row stops early
+        m.lm.lm_head.bias = nn.Parameter(torch.zeros(V))
+        m.lm.lm_head.bias[EOS] = -1000.0
     # never confident: every block runs exactly max_denoising_steps forwards, then its store; a
     # prompt that ends inside a block adds one block to the gen_length / block_length
     out = _run(m, PROMPTS, seed=1, max_denoising_steps=steps, confidence_threshold=0.0)
@@ -164,7 +199,7 @@ def test_convergence_and_nfe(steps):
 
 
 def test_eos_stops_the_row():
-    m = SelfConditioned()
+    m = Recorder()
     with torch.no_grad():
         m.lm.lm_head.bias = nn.Parameter(torch.zeros(V))
         m.lm.lm_head.bias[EOS] = 1000.0  # EOS wins everywhere: the block converges at once
@@ -207,19 +242,22 @@ def _sglang_step(logits, tokens_before, pinned, temp, sample_keys, renoise_key, 
 
 
 @pytest.mark.parametrize(
-    "backend, favoured", [("reference", None), ("reference", 11), ("triton", None)], ids=["ref", "ref-fixed", "triton"]
+    "model, backend, favoured",
+    [("lm", "reference", None), ("lm", "reference", 11), ("lm", "triton", None), ("protocol", "reference", None)],
+    ids=["ref", "ref-fixed", "triton", "protocol"],
 )
-def test_steps_match_sglangs_rule(backend, favoured):
+def test_steps_match_sglangs_rule(model, backend, favoured):
     """Every denoising forward of one row: the next forward's canvas is SGLang's step on this
     forward's logits (accepted: the sample; the rest: renoise; converged: the argmax), its
     ``soft_embeds`` is ``softmax(logits / T) @ E`` at SGLang's T(n) (zeros at the block's first
     step and at prompt positions), and convergence follows SGLang's stopping test. The tiny
     model's argmax keeps moving (every block runs all N steps, renoising); ``favoured``: a token
     the logits favour everywhere, so that every block converges at its second step."""
-    m = SelfConditioned()
-    if favoured is not None:
-        with torch.no_grad():
-            m.lm.lm_head.bias = nn.Parameter(torch.zeros(V))
+    m = MODELS[model]()
+    with torch.no_grad():  # EOS never converges (no early stop); the favoured token always wins
+        m.lm.lm_head.bias = nn.Parameter(torch.zeros(V))
+        m.lm.lm_head.bias[EOS] = -1000.0
+        if favoured is not None:
             m.lm.lm_head.bias[favoured] = 1000.0
     t_min, t_max, N, c, S, bound = 0.4, 0.8, 6, 4096.0, 1, 0.1
     seed, prompt = 9, [3, 4, 5, 6, 7]
@@ -265,8 +303,16 @@ def test_steps_match_sglangs_rule(backend, favoured):
     assert early == 3 if favoured is not None else early == 0 and renoised > 0
 
 
+def test_a_model_without_self_conditioning_gets_no_soft_embeds():
+    m = Recorder(self_conditioning_size=None)
+    out = _run(m, PROMPTS[:2], seed=4, gen_length=BS)
+    assert m.calls and all(soft is None for _, _, soft, _, _ in m.calls)
+    assert ((out.tokens >= 0) & (out.tokens < V)).all()
+    assert _same_row(out, _run(m, PROMPTS[1:2], seed=4, gen_length=BS), 1, 0)
+
+
 def test_errors():
-    m = SelfConditioned()
+    m = Recorder()
     with pytest.raises(ValueError, match="temperature"):
         _run(m, PROMPTS, temperature=0.5)
     with pytest.raises(ValueError, match="policy 'fast_dllm'.*uniform_state"):
@@ -290,7 +336,7 @@ def test_the_loop_launches_exactly_the_declared_rule(monkeypatch):
         return commit(x, stats, state, rule, *args, **kw)
 
     monkeypatch.setattr(loop, "commit_unchecked", spy)
-    m = SelfConditioned()
+    m = Recorder()
     p = POLICIES["diffusion_gemma"](**FAST)
     generate(m, PROMPTS, policy=p, gen_length=2 * BS, block_length=BS, backend="reference", seed=0)
     assert launched and set(launched) == set(p.launched_rules().values()) == {p.rule}
@@ -301,7 +347,7 @@ def test_the_loop_launches_exactly_the_declared_rule(monkeypatch):
 def test_gpu_cuda_graph_replay_equals_eager():
     """``cuda_graph=True`` (each step captured once per shape bucket and replayed; the warm-up's
     updates of the uniform state undone) gives the eager tokens, commit steps and NFE."""
-    m = SelfConditioned().cuda()
+    m = Recorder().cuda()
     m.lm.backend = "triton"
     args = dict(policy="diffusion_gemma", gen_length=3 * BS, block_length=BS, backend="triton", seed=[1, 2, 3], **FAST)
     eager = generate(m, PROMPTS, **args)
@@ -316,7 +362,7 @@ def test_gpu_generate_syncs_once_per_step():
     they differ in steps."""
     import warnings
 
-    m = SelfConditioned().cuda()
+    m = Recorder().cuda()
     m.lm.backend = "triton"
 
     def syncs_and_steps(gen_length):

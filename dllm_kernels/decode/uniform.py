@@ -175,13 +175,15 @@ class UniformRows:
         return out, fwd, out[:, Col.FILL] < L
 
 
-def uniform_step(model, x, state, pad, cache, inp, plan, u: UniformState, seeds, *, rule, backend, key_start=None):
+def uniform_step(
+    model, x, state, pad, cache, inp, plan, u: UniformState, seeds, *, rule, backend, key_start=None, conditioned=True
+):
     """One batched uniform-state step on the device (no host sync; capturable): the forwards of
     the ``[B, NCOL]`` plan (:func:`~.step.device_inputs` ``inp``), and for the rows whose commit
     region is non-empty (a block ``[s, s + bs)``, denoising) the renoise step of the module
     docstring. Updates ``x``, ``state.commit_step`` (a converged block: the forward's ``STEP``),
     ``u`` and the cache in place; returns ``u.renoise.converged``. ``seeds``: ``[B]`` int64 row
-    seeds."""
+    seeds; ``conditioned``: the model takes ``soft_embeds`` (False: none passed, none computed)."""
     col = plan.unbind(1)
     s, den = col[Col.ACTIVE_START], col[Col.ACTIVE_END] > col[Col.ACTIVE_START]
     rows, bs = x.shape[0], u.soft.shape[1]
@@ -197,7 +199,7 @@ def uniform_step(model, x, state, pad, cache, inp, plan, u: UniformState, seeds,
     tokens = x.gather(1, inp.idx)
     Lq, Lo = tokens.shape[1], inp.logits_index.shape[1]
     soft_in = None
-    if Lo >= bs:  # some row may denoise: its window is its block, from forwarded row 0
+    if Lo >= bs and conditioned:  # some row may denoise: its window is its block, from forwarded row 0
         keep = ((den & (n > 0))[:, None] & ~pinned)[..., None]
         soft_in = F.pad(torch.where(keep, u.soft, 0).to(u.soft.dtype), (0, 0, 0, Lq - bs))
     logits = model(
@@ -232,7 +234,8 @@ def uniform_step(model, x, state, pad, cache, inp, plan, u: UniformState, seeds,
     done = (den & rs.converged)[:, None] & ~pinned
     step = col[Col.STEP][:, None].to(state.commit_step.dtype)
     state.commit_step.scatter_(1, blk, torch.where(done, step, state.commit_step.gather(1, blk)))
-    u.soft.copy_(soft_embedding(logits, model.embed_weight, temperature=temp, backend=backend))
+    if conditioned:
+        u.soft.copy_(soft_embedding(logits, model.embed_weight, temperature=temp, backend=backend))
     return rs.converged
 
 
@@ -243,6 +246,8 @@ class UniformRunner(StepRunner):
     def __init__(self, model, batch: UniformBatch, geo: Geometry, opts):
         super().__init__(model, batch, geo, opts)
         self.u, self.rule = batch.u, opts.policy.rule
+        # a config that declares no self-conditioning (self_conditioning_size None) gets no soft_embeds
+        self.conditioned = getattr(model.config, "self_conditioning_size", 0) is not None
 
     def _body(self, x, state, Lq, Lo, nw, rules, post_fill: bool, inp=None):
         if inp is None:
@@ -250,7 +255,7 @@ class UniformRunner(StepRunner):
         self.last_inp = inp
         converged = uniform_step(
             self.model, x, state, self.pad, self.cache, inp, self.plan_dev, self.u, self.seeds,
-            rule=self.rule, backend=self.opts.backend, key_start=self.key_start,
+            rule=self.rule, backend=self.opts.backend, key_start=self.key_start, conditioned=self.conditioned,
         )  # fmt: skip
         return converged[:, None].expand(x.shape)
 

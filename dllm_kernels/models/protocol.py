@@ -52,7 +52,8 @@ The contract, everything a model has to honour:
   Such a model is decoded only by the uniform-state policy (``diffusion_gemma``,
   :mod:`dllm_kernels.decode.uniform`: ``soft_embeds`` also zero at prompt positions and at
   every forward that is not a denoising step), and that policy only decodes such a model; a
-  ``config.block_size`` must equal ``block_length``.
+  ``config.block_size`` must equal ``block_length``; a config whose ``self_conditioning_size``
+  is None declares no self-conditioning and gets no ``soft_embeds``.
 """
 
 from __future__ import annotations
