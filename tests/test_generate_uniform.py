@@ -14,7 +14,7 @@ import pytest
 import torch
 from torch import nn
 
-from dllm_kernels import generate
+from dllm_kernels import MaxNFEError, generate
 from dllm_kernels._validate import mix_seed
 from dllm_kernels.decode.generate import _generate
 from dllm_kernels.decode.uniform import CANVAS_TAG, RENOISE_TAG
@@ -204,9 +204,17 @@ def test_eos_stops_the_row():
         m.lm.lm_head.bias = nn.Parameter(torch.zeros(V))
         m.lm.lm_head.bias[EOS] = 1000.0  # EOS wins everywhere: the block converges at once
     out = generate(
-        m, [[3, 4, 5]], policy="diffusion_gemma", gen_length=3 * BS, block_length=BS, backend="reference", seed=0,
-        max_denoising_steps=3, confidence_threshold=4096.0, stability_threshold=0,
-    )  # fmt: skip
+        m,
+        [[3, 4, 5]],
+        policy="diffusion_gemma",
+        gen_length=3 * BS,
+        block_length=BS,
+        backend="reference",
+        seed=0,
+        max_denoising_steps=3,
+        confidence_threshold=4096.0,
+        stability_threshold=0,
+    )
     f = int(out.first[0])
     gen = out.tokens[0, f:]
     assert (gen == EOS).any()
@@ -262,9 +270,18 @@ def test_steps_match_sglangs_rule(model, backend, favoured):
     t_min, t_max, N, c, S, bound = 0.4, 0.8, 6, 4096.0, 1, 0.1
     seed, prompt = 9, [3, 4, 5, 6, 7]
     out = generate(
-        m, [prompt], policy="diffusion_gemma", gen_length=2 * BS, block_length=BS, backend=backend, seed=seed,
-        max_denoising_steps=N, confidence_threshold=c, stability_threshold=S, entropy_bound=bound,
-    )  # fmt: skip
+        m,
+        [prompt],
+        policy="diffusion_gemma",
+        gen_length=2 * BS,
+        block_length=BS,
+        backend=backend,
+        seed=seed,
+        max_denoising_steps=N,
+        confidence_threshold=c,
+        stability_threshold=S,
+        entropy_bound=bound,
+    )
     calls = m.calls
     assert calls[0][2] is None and calls[0][0].shape[1] == BS  # the prefill of the prompt's complete block
     i, n, history = 1, 0, []
@@ -322,6 +339,9 @@ def test_errors():
     masked = dataclasses.replace(tiny(vocab_size=V), block_size=BS)
     with pytest.raises(ValueError, match="policy 'diffusion_gemma'.*uniform_state"):
         generate(DiffusionLM(masked), PROMPTS, policy="diffusion_gemma", gen_length=8, block_length=4)
+    with pytest.raises(MaxNFEError, match="max_nfe") as e:
+        _run(m, PROMPTS, seed=0, max_nfe=2)
+    assert e.value.result is not None and int(e.value.result.nfe.max()) == 2
     with pytest.raises(ValueError, match="temperatures"):
         generate(m, PROMPTS, policy="diffusion_gemma", gen_length=8, block_length=4, t_min=0.9, t_max=0.8)
 

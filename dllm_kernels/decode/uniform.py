@@ -50,7 +50,8 @@ RENOISE_TAG = 2**31 - 2  # ... and of a block's renoise key
 
 def temperature_table(policy: Policy, device) -> torch.Tensor:
     """fp32 ``[N + 1]``: ``T(n) = t_min + (t_max - t_min) * ((N - n) / N)`` (SGLang's
-    ``Gemma4Renoise._temperature(N - n)``, ``N = rule.max_steps``) for ``n = 0..N``."""
+    ``Gemma4Renoise._temperature(N - n)``, ``N = rule.max_steps``) for ``n = 0..N``, in fp32
+    (SGLang rounds its table to the logits' dtype)."""
     (t_min, t_max), N = policy.temperatures, policy.rule.max_steps
     return torch.tensor([t_min + (t_max - t_min) * ((N - n) / N) for n in range(N + 1)], dtype=torch.float32).to(device)
 
@@ -227,9 +228,20 @@ def uniform_step(
     table = torch.stack([zero, end, zero, end, zero, zero])
     key = mix_seed(seeds, RENOISE_TAG, (s - pad).clamp_min(0) // bs)
     commit_unchecked(
-        cur, sample, u.scratch, rule, table, u.step0, V, vocab_size=V, pinned=pinned, argmax=top, seed=key,
-        renoise_state=rs, backend=backend,
-    )  # fmt: skip
+        cur,
+        sample,
+        u.scratch,
+        rule,
+        table,
+        u.step0,
+        V,
+        vocab_size=V,
+        pinned=pinned,
+        argmax=top,
+        seed=key,
+        renoise_state=rs,
+        backend=backend,
+    )
     x.scatter_(1, blk, cur)
     done = (den & rs.converged)[:, None] & ~pinned
     step = col[Col.STEP][:, None].to(state.commit_step.dtype)
@@ -254,9 +266,20 @@ class UniformRunner(StepRunner):
             inp = device_inputs(self.plan_dev, Lq, Lo, nw, (), self.geo, self.cache is not None, False)
         self.last_inp = inp
         converged = uniform_step(
-            self.model, x, state, self.pad, self.cache, inp, self.plan_dev, self.u, self.seeds,
-            rule=self.rule, backend=self.opts.backend, key_start=self.key_start, conditioned=self.conditioned,
-        )  # fmt: skip
+            self.model,
+            x,
+            state,
+            self.pad,
+            self.cache,
+            inp,
+            self.plan_dev,
+            self.u,
+            self.seeds,
+            rule=self.rule,
+            backend=self.opts.backend,
+            key_start=self.key_start,
+            conditioned=self.conditioned,
+        )
         return converged[:, None].expand(x.shape)
 
     def _record(self, Lq, Lo, nw, rules):
