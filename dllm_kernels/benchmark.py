@@ -15,8 +15,9 @@ from ._bench import wall_ms, write_json
 from .decode.generate import generate
 from .policies import POLICIES
 
-# the block-diffusion policies (scheduler "block_causal") need a block-causal model: not by default
-DEFAULT_POLICIES = tuple(n for n, make in POLICIES.items() if make().scheduler != "block_causal")
+# the block-diffusion policies (scheduler "block_causal") need a block-causal model, the uniform-state
+# one (scheduler "uniform") a uniform-state model: not by default
+DEFAULT_POLICIES = tuple(n for n, make in POLICIES.items() if make().scheduler not in ("block_causal", "uniform"))
 
 # the three ways of running the same loop (model attention path, loop ops backend)
 PATHS = {

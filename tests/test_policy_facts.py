@@ -317,3 +317,27 @@ def test_block_diffusion_decoders_are_the_published_ones():
     assert resolve_policy("sdar", denoising_steps=0, confidence_threshold=0.85) == s
     with pytest.raises(ValueError, match="remasking"):
         sdar(remasking="entropy_bounded")
+
+
+def test_diffusion_gemma_is_sglangs_gemma4renoise():
+    """The uniform-state policy: its defaults are SGLang's Gemma4Renoise options (GEMMA4_RENOISE),
+    its rule DIFFUSION_GEMMA's at them, its schedule (t_min, t_max); bad numbers are one-line errors."""
+    from dllm_kernels.policies.published import DIFFUSION_GEMMA, GEMMA4_RENOISE
+
+    p = POLICIES["diffusion_gemma"]()
+    defaults = DECODERS["diffusion_gemma"].defaults
+    assert all(GEMMA4_RENOISE.options[k] == v for k, v in defaults.items())
+    assert set(DIFFUSION_GEMMA.options) < set(defaults)
+    assert (p.scheduler, p.cache, p.temperatures) == ("uniform", "blocks", (0.4, 0.8))
+    assert p.rule == DIFFUSION_GEMMA.rule(DIFFUSION_GEMMA.options) and p.rule.renoise
+    assert p.launched_rules() == {"main": p.rule}
+    other = POLICIES["diffusion_gemma"](stability_threshold=2, max_denoising_steps=7)
+    assert (other.rule.stability_steps, other.rule.max_steps) == (3, 7)
+    with pytest.raises(ValueError, match="temperatures"):
+        POLICIES["diffusion_gemma"](t_min=0.5, t_max=0.4)
+    with pytest.raises(ValueError, match="max_denoising_steps"):
+        POLICIES["diffusion_gemma"](max_denoising_steps=0)
+    with pytest.raises(ValueError, match="uniform scheduler and a renoise rule"):
+        Policy("x", p.rule, scheduler="block_causal", cache="blocks")
+    with pytest.raises(ValueError, match="temperatures belong"):
+        dataclasses.replace(POLICIES["sdar"](), temperatures=(0.4, 0.8))

@@ -32,6 +32,7 @@ Modules: :mod:`.generate` (``generate``, its result and error; validation and po
 once per call), :mod:`.plan` (the step plan's columns, :class:`~.plan.Col`; the canvas
 :class:`~.plan.Geometry`), :mod:`.blocks`, :mod:`.multi_block` and :mod:`.block_causal` (the
 schedulers; the last one for block-diffusion models, whose completed blocks form an exact cache),
+:mod:`.uniform` (the uniform-state scheduler and step: DiffusionGemma, no MASK, re-noised blocks),
 :mod:`.step` (the device step), :mod:`.runner` (the eager and CUDA-graph step runners),
 :mod:`.canvas` (the canvas, the batch's rows and their compaction).
 """

@@ -20,6 +20,7 @@ from .canvas import Batch, Compaction, build_canvas, ship_index
 from .multi_block import MultiBlockRows
 from .plan import Geometry
 from .runner import StepOptions, StepRunner
+from .uniform import UniformRows, UniformRunner, uniform_batch
 
 __all__ = ["GenerateResult", "MaxNFEError", "generate"]
 
@@ -36,12 +37,12 @@ class GenerateResult:
         each position received its final token; -1 for prompt and padding.
     pad: ``[B]`` int64 left padding per row.
     gen_start: first position of the generation region.
-    first: block-causal policies (``sdar``) only, else None: ``[B]`` int64 each row's first
-        generated position. Their blocks are aligned to the model's position 0, so row b's
-        prompt starts at ``pad[b]`` (a whole number of blocks) and its generation right after
-        the prompt, inside the prompt's last block: the positions ``[first[b], gen_start)`` are
-        generated too (the published decoders generate them), and :attr:`generated` starts at
-        ``first[b]``.
+    first: block-causal policies (``sdar``, ``fast_dllm_v2``) and ``diffusion_gemma`` only, else
+        None: ``[B]`` int64 each row's first generated position. Their blocks are aligned to the
+        model's position 0, so row b's prompt starts at ``pad[b]`` (a whole number of blocks) and
+        its generation right after the prompt, inside the prompt's last block: the positions
+        ``[first[b], gen_start)`` are generated too (the published decoders generate them), and
+        :attr:`generated` starts at ``first[b]``.
     """
 
     tokens: torch.Tensor
@@ -98,7 +99,8 @@ def generate(
         prompt: ``[B, Lp]`` integer tensor, or a list of B token sequences of different lengths
             (left-padded to a common length rounded up to ``block_length``).
         policy: a name of :data:`dllm_kernels.policies.POLICIES` (``"vanilla"``, ``"fast_dllm"``,
-            ``"streaming"``, ``"r2"``, ``"d3llm"``, ``"d3llm_dream"``) or a :class:`Policy`;
+            ``"streaming"``, ``"r2"``, ``"d3llm"``, ``"d3llm_dream"``, the block-diffusion ``"sdar"``,
+            ``"fast_dllm_v2"``, the uniform-state ``"diffusion_gemma"``) or a :class:`Policy`;
             ``overrides`` go to the named policy's constructor (e.g. ``threshold=0.8``); the public
             repos' option names are accepted too (each decoder's section of
             :mod:`dllm_kernels.policies.published`).
@@ -109,7 +111,10 @@ def generate(
             int per prompt; ``None`` draws one int. Each logits row samples with its own seed
             :func:`dllm_kernels._validate.mix_seed` ``(row seed, row's forward index, position
             in the row's sequence)``, derived on the device, so a row gets the same tokens in
-            any batch as alone with its seed, at every temperature.
+            any batch as alone with its seed, at every temperature. ``diffusion_gemma`` (a
+            uniform-state model, ``config.uniform_state``): its schedule sets the temperature
+            (``temperature`` must be 0) and ``seed`` keys the initial canvas, the samples and
+            the renoise tokens (:mod:`dllm_kernels.decode.uniform`).
         backend: backend of the loop's ops (``token_stats``, ``commit``).
         max_nfe: safety bound on forwards per row (d3LLM's loop uses 10000); a row that reaches
             it with masks left raises :class:`dllm_kernels.MaxNFEError` (partial result on
@@ -179,7 +184,9 @@ def _generate(
         progress=progress,
     )
     cfg = model.config
-    block_causal = pol.scheduler == "block_causal"
+    uniform = pol.scheduler == "uniform"
+    _check_uniform(cfg, pol, temperature)
+    block_causal = pol.scheduler == "block_causal" or uniform  # the uniform canvas is the block-causal one
     if block_causal:
         _check_block_causal(cfg, pol, block_length)
     x, pad, P, lengths = build_canvas(prompt, gen_length, block_length, cfg, device, block_causal=block_causal)
@@ -187,7 +194,8 @@ def _generate(
     B, L = x.shape
     # the fill token of early stops: EOS, or a block-causal policy's stop_fill (Fast-dLLM v2's pad)
     fill = pol.stop_fill if block_causal and pol.stop_fill is not None else cfg.eos_id
-    geo = Geometry(P=P, L=L, bs=block_length, mask=cfg.mask_id, eos=fill, eot=getattr(cfg, "eot_id", None))
+    mask = cfg.vocab_size if uniform else cfg.mask_id  # uniform: no MASK (the commit's invalid id: none)
+    geo = Geometry(P=P, L=L, bs=block_length, mask=mask, eos=fill, eot=getattr(cfg, "eot_id", None))
     first = key_start = None
     if block_causal:
         # Fast-dLLM v2's quirk, kept for fidelity: a prompt of exactly one block is never forwarded
@@ -197,13 +205,13 @@ def _generate(
             key_start = pad + (hidden * block_length).to(device)
         pad_host = (P - -(-lengths // block_length) * block_length).numpy()  # = pad, without a device read
         first = pad_host + lengths.numpy()
-        sched = BlockCausalRows(pol, geo, pad_host, first)
+        sched = (UniformRows if uniform else BlockCausalRows)(pol, geo, pad_host, first)
     elif pol.scheduler == "multi_block":
         sched = MultiBlockRows(pol, geo, B)
     else:
         sched = BlockRows(pol, geo, B)
     temperature = float(temperature)
-    seeds = row_seeds(seed, B, lambda: resolve_seed(None)) if temperature > 0 else [0] * B
+    seeds = row_seeds(seed, B, lambda: resolve_seed(None)) if temperature > 0 or uniform else [0] * B
     batch = Batch(
         x=x,
         state=CommitState.new(x),
@@ -212,6 +220,8 @@ def _generate(
         seeds=torch.tensor(seeds, dtype=torch.int64).to(device),
         key_start=key_start,
     )
+    if uniform:
+        batch = uniform_batch(model, pol, batch, geo, first)
     opts = StepOptions(
         policy=pol,
         rules=tuple(sched.rules),
@@ -229,7 +239,7 @@ def _generate(
 
         bar = tqdm(total=B * gen_length, desc=f"generate[{pol.name}]", unit="tok")
     try:
-        out = _loop(model, batch, sched, geo, opts, max_nfe, bar)
+        out = _loop(model, batch, sched, geo, opts, max_nfe, bar, UniformRunner if uniform else StepRunner)
     finally:
         if bar is not None:
             bar.close()
@@ -242,15 +252,38 @@ def _generate(
         first=None if first is None else torch.from_numpy(first).to(device),
     )
     stuck = []
-    if (out.nfe >= max_nfe).any():
+    if uniform:
+        stuck = np.flatnonzero(~sched.finished & (out.nfe >= max_nfe)).tolist()
+    elif (out.nfe >= max_nfe).any():
         stuck = ((out.x[:, P:] == cfg.mask_id).any(1) & (result.nfe >= max_nfe)).nonzero().flatten().tolist()
     if stuck:
         raise MaxNFEError(
-            f"generate: rows {stuck[:8]} reached max_nfe ({max_nfe}) with masks left "
+            f"generate: rows {stuck[:8]} reached max_nfe ({max_nfe}) {'unconverged' if uniform else 'with masks left'} "
             "(the partial result is on this error's .result)",
             result,
         )
     return result
+
+
+def _check_uniform(cfg, pol: Policy, temperature) -> None:
+    """A uniform-state policy needs a uniform-state model (``config.uniform_state``) and the
+    reverse; its schedule sets the temperature."""
+    uniform, model_uniform = pol.scheduler == "uniform", bool(getattr(cfg, "uniform_state", False))
+    if uniform and not model_uniform:
+        raise ValueError(
+            f"generate: policy {pol.name!r} decodes uniform-state models (config.uniform_state), but the "
+            "model is a masked-diffusion one; pass a masked-diffusion policy"
+        )
+    if model_uniform and not uniform:
+        raise ValueError(
+            f"generate: policy {pol.name!r} decodes masked-diffusion models, but the model is uniform-state "
+            "(config.uniform_state); pass policy='diffusion_gemma'"
+        )
+    if uniform and temperature != 0:
+        raise ValueError(
+            f"generate: temperature must be 0 with policy {pol.name!r} (its schedule t_min, t_max sets it), "
+            f"got {temperature}"
+        )
 
 
 def _check_block_causal(cfg, pol: Policy, block_length: int) -> None:
@@ -281,11 +314,14 @@ def _check_block_causal_steps(pol: Policy, block_length: int) -> None:
         )
 
 
-def _loop(model, batch: Batch, sched, geo: Geometry, opts: StepOptions, max_nfe: int, bar) -> Compaction:
+def _loop(
+    model, batch: Batch, sched, geo: Geometry, opts: StepOptions, max_nfe: int, bar, runner_cls=StepRunner
+) -> Compaction:
     """Decode until every row is done or out of forwards; returns the rows' final canvas, commit
     steps and NFE. Per step: one read-back (the canvas, and the last commits if the scheduler
-    reads them), the scheduler's plan on the host, one batched step on the device."""
-    runner = StepRunner(model, batch, geo, opts)
+    reads them), the scheduler's plan on the host, one batched step on the device (``runner_cls``:
+    :class:`~.runner.StepRunner`, or :class:`~.uniform.UniformRunner`)."""
+    runner = runner_cls(model, batch, geo, opts)
     out = Compaction(batch)
     finished_tokens = 0
     committed = torch.zeros_like(batch.x, dtype=torch.bool) if opts.commits else None
@@ -306,7 +342,7 @@ def _loop(model, batch: Batch, sched, geo: Geometry, opts: StepOptions, max_nfe:
             batch = batch.select(keep_t)
             committed = None if committed is None else committed.index_select(0, keep_t)
             sched.select(keep)
-            runner = StepRunner(model, batch, geo, opts)
+            runner = runner_cls(model, batch, geo, opts)
         if bar is not None:
             bar.n = finished_tokens + int((host[0][:, geo.P :] != geo.mask).sum())
             bar.refresh()

@@ -49,6 +49,11 @@ The contract, everything a model has to honour:
   ``soft_embeds [B, Lq, d_model]`` (the self-conditioning signal of each forwarded row,
   ``softmax(prev_logits / T) @ model.embed_weight``, zeros at the first step) and reads
   ``model.embed_weight [V, d_model]``, the input-embedding matrix that the signal multiplies.
+  Such a model is decoded only by the uniform-state policy (``diffusion_gemma``,
+  :mod:`dllm_kernels.decode.uniform`: ``soft_embeds`` also zero at prompt positions and at
+  every forward that is not a denoising step), and that policy only decodes such a model; a
+  ``config.block_size`` must equal ``block_length``; a config whose ``self_conditioning_size``
+  is None declares no self-conditioning and gets no ``soft_embeds``.
 """
 
 from __future__ import annotations

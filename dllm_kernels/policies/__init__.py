@@ -2,8 +2,9 @@
 
 - :mod:`.base`: the :class:`Policy` record, its checks, the cache modes and schedulers;
 - :mod:`.published`: one section per published decoder (LLaDA, Fast-dLLM, Streaming-dLLM,
-  R2-dLLM, d3LLM, Fast-dLLM v2, SDAR) and per serving rule, holding every fact about it once: its constructor's
-  defaults, the public repo's option names, the SGLang algorithm's options, the evaluation sweeps;
+  R2-dLLM, d3LLM, Fast-dLLM v2, SDAR, DiffusionGemma) and per serving rule, holding every fact
+  about it once: its constructor's defaults, the public repo's option names, the SGLang
+  algorithm's options, the evaluation sweeps;
 - :mod:`.aliases`: the public option names applied once, by :func:`resolve_policy`.
 
 Every number can be overridden: ``generate(model, prompt, policy="fast_dllm", threshold=0.8)``.
@@ -24,6 +25,7 @@ from .published import (
     compiled_rules,
     d3llm,
     d3llm_dream,
+    diffusion_gemma,
     fast_dllm,
     fast_dllm_v2,
     markdown_table,
@@ -53,6 +55,7 @@ __all__ = [
     "compiled_rules",
     "d3llm",
     "d3llm_dream",
+    "diffusion_gemma",
     "fast_dllm",
     "fast_dllm_v2",
     "markdown_table",

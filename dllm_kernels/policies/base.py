@@ -17,7 +17,7 @@ from .._validate import check_policy_numbers
 from ..commit import CommitRule
 
 CACHE_MODES = ("none", "prefix", "dual", "delayed", "blocks")
-SCHEDULERS = ("blocks", "multi_block", "block_causal")
+SCHEDULERS = ("blocks", "multi_block", "block_causal", "uniform")
 # Dream's first forward of a block (``ar_first_token``): one token, at the block's first position
 FIRST_TOKEN_RULE = CommitRule(base="topk")
 
@@ -35,7 +35,11 @@ class Policy:
             prompt's complete blocks prefilled in one forward, then per block denoising forwards
             of the block alone against the cache of the completed blocks, and one *store*
             forward of the completed block that writes its K/V (it commits nothing and counts
-            as a forward, as the published code counts it).
+            as a forward, as the published code counts it); ``"uniform"`` (uniform-state models,
+            DiffusionGemma; :mod:`dllm_kernels.decode.uniform`): the same blocks, forwards and
+            cache, but no MASK: a block's free positions start uniformly random and every
+            denoising forward re-decides them all (the ``renoise`` rule, at the temperature of
+            ``temperatures``) until the rule reports the block converged.
         cache: ``"none"``: every forward sees the whole canvas; ``"prefix"`` (Fast-dLLM): a block's
             first forward is full and fills the cache, later ones forward the block and everything
             after it against the cached prefix; ``"dual"`` (Fast-dLLM): later forwards see only the
@@ -45,7 +49,8 @@ class Policy:
             published code, whose concatenated cache can hold a position twice after a refresh
             while two blocks stabilise, the cache is indexed by position (tests/fidelity/README.md);
             ``"blocks"`` (the ``block_causal`` scheduler): the completed blocks, each written
-            once, by the forward of that block alone (block-causal attention makes it exact).
+            once, by the forward of that block alone (block-causal attention makes it exact);
+            the ``block_causal`` and ``uniform`` schedulers' cache.
         steps_per_block: > 0: LLaDA's fixed schedule, exactly this many forwards per block, each
             committing its share of the block's masks (needs ``rule.base == "topk"``); 0 with
             "topk" means one token per step (``block_length`` steps). ``block_causal``: SDAR's
@@ -105,6 +110,10 @@ class Policy:
         d3_stale_candidates: d3LLM quirk, on by default for fidelity: the candidates of a step are
             the masks before that step's early-stop fill, so a position filled with EOS can still
             take a proposal in the same step (the next step's fill overwrites it again).
+        temperatures: ``uniform`` only (there required): ``(t_min, t_max)``, the sampling
+            temperature schedule ``T(n) = t_min + (t_max - t_min) * (N - n) / N`` at a block's
+            denoising step ``n`` (from 0; ``N = rule.max_steps``), SGLang's ``Gemma4Renoise``
+            schedule; ``0 <= t_min <= t_max``, ``t_max > 0``.
     """
 
     name: str
@@ -131,6 +140,7 @@ class Policy:
     sub_block: int = 0
     inherit_first_token: bool = False
     sub_block_cache: bool = False
+    temperatures: tuple[float, float] | None = None
 
     def __post_init__(self):
         if self.cache not in CACHE_MODES:
@@ -145,8 +155,13 @@ class Policy:
             raise ValueError(
                 f"policy {self.name}: idle_forward belongs to the blocks scheduler with a prefix or dual cache"
             )
-        if (self.scheduler == "block_causal") != (self.cache == "blocks"):
-            raise ValueError(f"policy {self.name}: the block_causal scheduler and cache 'blocks' go together")
+        if (self.scheduler in ("block_causal", "uniform")) != (self.cache == "blocks"):
+            raise ValueError(
+                f"policy {self.name}: the block_causal and uniform schedulers and cache 'blocks' go together"
+            )
+        if (self.scheduler == "uniform") != self.rule.renoise:
+            raise ValueError(f"policy {self.name}: the uniform scheduler and a renoise rule go together")
+        self._check_temperatures()
         if not isinstance(self.commit_in_order, bool):
             raise TypeError(f"policy {self.name}: commit_in_order must be a bool, got {self.commit_in_order!r}")
         if self.commit_in_order and (self.scheduler != "block_causal" or self.rule.base != "topk"):
@@ -177,6 +192,19 @@ class Policy:
         check_policy_numbers(self)
         if self.suffix_window is not None and (self.suffix_window < 0 or self.cache == "dual"):
             raise ValueError(f"policy {self.name}: suffix_window must be >= 0 and needs cache 'none' or 'prefix'")
+
+    def _check_temperatures(self) -> None:
+        t = self.temperatures
+        if self.scheduler != "uniform":
+            if t is not None:
+                raise ValueError(f"policy {self.name}: temperatures belong to the uniform scheduler")
+            return
+        ok = isinstance(t, tuple) and len(t) == 2
+        ok = ok and all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in t)
+        if not ok or not 0 <= t[0] <= t[1] or t[1] <= 0:
+            raise ValueError(
+                f"policy {self.name}: temperatures must be (t_min, t_max), 0 <= t_min <= t_max, t_max > 0, got {t!r}"
+            )
 
     def launched_rules(self) -> dict[str, CommitRule]:
         """Every commit rule the loop launches for this policy, by role: ``"main"`` (every step but

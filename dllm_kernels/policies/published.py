@@ -795,17 +795,71 @@ GEMMA4_RENOISE_SECTIONS = {
 }
 
 
+# generate(policy="diffusion_gemma"): DiffusionGemma decoded by the loop (the uniform scheduler,
+# dllm_kernels.decode.uniform), its defaults those of SGLang's Gemma4Renoise (GEMMA4_RENOISE), its
+# rule DIFFUSION_GEMMA's
+_DIFFUSION_GEMMA_KEYS = (
+    "entropy_bound",
+    "t_min",
+    "t_max",
+    "confidence_threshold",
+    "stability_threshold",
+    "max_denoising_steps",
+)
+DIFFUSION_GEMMA_DECODER = Decoder(
+    name="diffusion_gemma",
+    title="DiffusionGemma (uniform-state; SGLang Gemma4Renoise's step)",
+    repo="diffusers DiffusionGemmaPipeline, vLLM diffusion_gemma, SGLang Gemma4Renoise",
+    defaults={k: GEMMA4_RENOISE.options[k] for k in _DIFFUSION_GEMMA_KEYS},
+)
+
+
+def diffusion_gemma(
+    entropy_bound: float = DIFFUSION_GEMMA_DECODER.defaults["entropy_bound"],
+    t_min: float = DIFFUSION_GEMMA_DECODER.defaults["t_min"],
+    t_max: float = DIFFUSION_GEMMA_DECODER.defaults["t_max"],
+    confidence_threshold: float = DIFFUSION_GEMMA_DECODER.defaults["confidence_threshold"],
+    stability_threshold: int = DIFFUSION_GEMMA_DECODER.defaults["stability_threshold"],
+    max_denoising_steps: int = DIFFUSION_GEMMA_DECODER.defaults["max_denoising_steps"],
+) -> Policy:
+    """DiffusionGemma's decoding (a uniform-state model: no MASK; :attr:`Policy.scheduler`
+    ``"uniform"``, :mod:`dllm_kernels.decode.uniform`): blocks of ``block_length`` against the
+    cache of the completed blocks; a block's free positions start uniformly random and each
+    denoising forward (self-conditioned on the previous one's soft embedding) samples at the
+    temperature ``t_min + (t_max - t_min) * (N - n) / N`` (step ``n`` of the block, ``N =
+    max_denoising_steps``), keeps the entropy-bound set (``entropy_bound``) and re-noises the
+    rest, until the argmax canvas is stable over ``stability_threshold`` previous steps with mean
+    entropy ``< confidence_threshold``, or ``N`` steps: the block then holds the argmax canvas
+    (the rule :data:`DIFFUSION_GEMMA`, SGLang's ``Gemma4Renoise`` step)."""
+    check_int("diffusion_gemma", "max_denoising_steps", max_denoising_steps, low=1)
+    check_int("diffusion_gemma", "stability_threshold", stability_threshold, low=0)
+    options = {
+        "entropy_bound": entropy_bound,
+        "confidence_threshold": confidence_threshold,
+        "stability_threshold": stability_threshold,
+        "max_denoising_steps": max_denoising_steps,
+    }
+    return Policy(
+        "diffusion_gemma",
+        DIFFUSION_GEMMA.rule(options),
+        scheduler="uniform",
+        cache="blocks",
+        temperatures=(t_min, t_max),
+    )
+
+
 # ------------------------------------------------------------------------------------------------
 # derived tables
 # ------------------------------------------------------------------------------------------------
 
 DECODERS: dict[str, Decoder] = {
-    d.name: d for d in (VANILLA, FAST_DLLM, STREAMING, R2, D3LLM, D3LLM_DREAM, FAST_DLLM_V2, SDAR)
+    d.name: d
+    for d in (VANILLA, FAST_DLLM, STREAMING, R2, D3LLM, D3LLM_DREAM, FAST_DLLM_V2, SDAR, DIFFUSION_GEMMA_DECODER)
 }
 SERVING: dict[str, ServingRule] = {s.name: s for s in (LOW_CONFIDENCE, JOINT_THRESHOLD, JOINT_THRESHOLD_INDEL)}
 
 POLICIES: dict[str, Callable[..., Policy]] = {
-    f.__name__: f for f in (vanilla, fast_dllm, streaming, r2, d3llm, d3llm_dream, fast_dllm_v2, sdar)
+    f.__name__: f for f in (vanilla, fast_dllm, streaming, r2, d3llm, d3llm_dream, fast_dllm_v2, sdar, diffusion_gemma)
 }
 
 # rule variants reachable by a constructor argument that are compiled ahead of time besides
