@@ -261,7 +261,8 @@ class UniformRunner(StepRunner):
         # a config that declares no self-conditioning (self_conditioning_size None) gets no soft_embeds
         self.conditioned = getattr(model.config, "self_conditioning_size", 0) is not None
 
-    def _body(self, x, state, Lq, Lo, nw, rules, post_fill: bool, inp=None):
+    def _body(self, x, state, Lq, Lo, nw, rules, post_fill: bool, inp=None, *, attend_new: bool = True):
+        # (every uniform forward attends its own rows: attend_new is the base runner's switch)
         if inp is None:
             inp = device_inputs(self.plan_dev, Lq, Lo, nw, (), self.geo, self.cache is not None, False)
         self.last_inp = inp
@@ -282,10 +283,10 @@ class UniformRunner(StepRunner):
         )
         return converged[:, None].expand(x.shape)
 
-    def _record(self, Lq, Lo, nw, rules):
+    def _record(self, Lq, Lo, nw, rules, attend_new: bool = True):
         """As the base class's; the warm-up's updates of the uniform state are undone."""
         saved = [t.clone() for t in self.u.tensors()]
-        graph = super()._record(Lq, Lo, nw, rules)
+        graph = super()._record(Lq, Lo, nw, rules, attend_new)
         for t, v in zip(self.u.tensors(), saved):
             t.copy_(v)
         return graph
