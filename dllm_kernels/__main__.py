@@ -203,14 +203,19 @@ def cmd_eval(args) -> int:
     import torch
 
     from .addition import evaluate as ev
-    from .addition.default import DEFAULT_BLOCK_DIFFUSION_DIR, DEFAULT_DISTILLED_DIR, default_model
+    from .addition.default import (
+        DEFAULT_BLOCK_DIFFUSION_DIR,
+        DEFAULT_DISTILLED_DIR,
+        DEFAULT_UNIFORM_STATE_DIR,
+        default_model,
+    )
 
     torch.set_num_threads(args.threads)
     model, tok, task, device = _load(args)
     if task is None:
         raise CLIError("--model: eval needs a checkpoint written by dllm_kernels train or distill (with task.json)")
     models = {args.label: model}
-    shipped = (DEFAULT_DISTILLED_DIR, DEFAULT_BLOCK_DIFFUSION_DIR)
+    shipped = (DEFAULT_DISTILLED_DIR, DEFAULT_BLOCK_DIFFUSION_DIR, DEFAULT_UNIFORM_STATE_DIR)
     default = [d for d in shipped if d.is_dir()] if args.model is None else []
     for path in default if args.compare is None else args.compare:
         try:
@@ -227,7 +232,8 @@ def cmd_eval(args) -> int:
     if unfit:
         raise CLIError(
             f"--policies: {', '.join(unfit)} fit none of the models ({', '.join(models)}): block-causal policies "
-            "need a block-diffusion checkpoint (config block_size), the others a bidirectional one or vanilla"
+            "need a block-diffusion checkpoint (config block_size), diffusion_gemma a uniform-state one "
+            "(config uniform_state), the others a bidirectional one or vanilla"
         )
     problems = task.heldout(n, seed=args.seed)
     kind = "full" if args.full else "quick"
@@ -332,7 +338,8 @@ def build_parser() -> argparse.ArgumentParser:
         nargs="*",
         default=None,
         metavar="DIR",
-        help="more checkpoints on the same sweep (default: the shipped distilled one; --compare alone: none)",
+        help="more checkpoints on the same sweep (default: the shipped distilled, block-diffusion and "
+        "uniform-state ones; --compare alone: none)",
     )
     p.add_argument("--label", default="base", help="name of --model in the tables")
     p.add_argument("--out", default=None, help="write NAME.md, NAME.json and NAME.png (accuracy vs TPF) here")

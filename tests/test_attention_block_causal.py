@@ -296,6 +296,37 @@ def test_model_ops_needs_consecutive_positions(tmp_path):
         ops(tokens, positions, kv_len=torch.tensor([3]))  # padding rows may sit anywhere
 
 
+def test_model_ops_left_padding(tmp_path, monkeypatch):
+    """A whole left-padded canvas (generate's uncached policies on a block-causal model, e.g.
+    vanilla): the padding rows sit at position 0 before the real rows' 0, 1, ...; they are no
+    real rows (key_start), so the op's blocks start at the first real row as the positions do."""
+    ops, sdpa = _pair(tmp_path, "sdar", block_size=4)
+    g = torch.Generator().manual_seed(2)
+    tokens = torch.randint(0, ops.config.vocab_size, (3, 12), generator=g)
+    pad = torch.tensor([0, 3, 5])
+    positions = (torch.arange(12)[None, :] - pad[:, None]).clamp_min(0)
+    with torch.no_grad():
+        want = sdpa(tokens, positions, key_start=pad)
+        monkeypatch.setattr(tr, "_sdpa_attention", _fail_sdpa)
+        got = ops(tokens, positions, key_start=pad)
+        for b, p in enumerate(pad.tolist()):
+            torch.testing.assert_close(got[b, p:], want[b, p:], **MODEL_TOL)
+        with pytest.raises(ValueError, match="positions: attn_impl='ops' runs a block-causal"):
+            ops(tokens, positions)  # without key_start the padding rows are real: not consecutive
+
+
+def test_generate_vanilla_on_a_block_model_ragged(monkeypatch):
+    """vanilla (uncached, the whole canvas each step) on a block-causal model with ragged
+    prompts: the same tokens on the op as on the masked SDPA."""
+    bs = 4
+    run = dict(policy="vanilla", gen_length=2 * bs, block_length=bs, backend="reference")
+    prompts = [PROMPTS[0], PROMPTS[3]]
+    want = generate(block_model(bs=bs, shift=False), prompts, **run)
+    monkeypatch.setattr(tr, "_sdpa_attention", _fail_sdpa)
+    got = generate(block_model(bs=bs, shift=False, attn_impl="ops"), prompts, **run)
+    assert torch.equal(got.tokens, want.tokens) and torch.equal(got.nfe, want.nfe)
+
+
 @pytest.mark.parametrize("policy, bs, shift, kw", [CASES[0], CASES[3]], ids=[IDS[0], IDS[3]])
 def test_generate_ops_equals_sdpa(policy, bs, shift, kw, monkeypatch):
     """The block-causal policies decode the same tokens, commit steps and NFE on the op (its

@@ -98,7 +98,8 @@ def test_cli_eval_prints_the_table_and_writes_the_files(tmp_path, capsys):
 
     assert main(["eval", "--problems", "3", "--policies", "vanilla", "d3llm", "--compare", "--out", str(tmp_path)]) == 0
     text = capsys.readouterr().out
-    assert "base             vanilla      steps/block=4" in text and "base             d3llm        thr=0.5" in text
+    assert "base             vanilla         steps/block=4" in text
+    assert "base             d3llm           thr=0.5" in text
     assert "AUP (alpha 3" in text
     assert sorted(p.name for p in tmp_path.iterdir()) == ["eval.json", "eval.md", "eval.png"]
 
@@ -107,18 +108,22 @@ def test_each_model_runs_the_policies_that_fit_it(capsys):
     """The block-diffusion copy runs the block-causal policies and vanilla, the bidirectional base
     the others; a policy that fits no model is a one-line CLI error, not an empty table."""
     from dllm_kernels.__main__ import main
-    from dllm_kernels.addition.default import DEFAULT_BLOCK_DIFFUSION_DIR, default_model
+    from dllm_kernels.addition.default import DEFAULT_BLOCK_DIFFUSION_DIR, DEFAULT_UNIFORM_STATE_DIR, default_model
     from dllm_kernels.addition.evaluate import fits
 
     base, bd = default_model()[0], default_model(path=DEFAULT_BLOCK_DIFFUSION_DIR)[0]
-    assert [fits(base, p) for p in ("vanilla", "fast_dllm", "d3llm", "sdar", "fast_dllm_v2")] == [1, 1, 1, 0, 0]
-    assert [fits(bd, p) for p in ("vanilla", "fast_dllm", "d3llm", "sdar", "fast_dllm_v2")] == [1, 0, 0, 1, 1]
+    us = default_model(path=DEFAULT_UNIFORM_STATE_DIR)[0]
+    names = ("vanilla", "fast_dllm", "d3llm", "sdar", "fast_dllm_v2", "diffusion_gemma")
+    assert [fits(base, p) for p in names] == [1, 1, 1, 0, 0, 0]
+    assert [fits(bd, p) for p in names] == [1, 0, 0, 1, 1, 0]
+    assert [fits(us, p) for p in names] == [0, 0, 0, 0, 0, 1]
     assert main(["eval", "--problems", "2", "--policies", "sdar", "fast_dllm", "--compare"]) == 2
     assert "--policies: sdar fit none of the models (base)" in capsys.readouterr().err
-    assert main(["eval", "--problems", "2", "--policies", "sdar", "fast_dllm"]) == 0
+    assert main(["eval", "--problems", "2", "--policies", "sdar", "fast_dllm", "diffusion_gemma"]) == 0
     rows = [line.split()[:2] for line in capsys.readouterr().out.splitlines() if line.startswith(("base ", "tiny-"))]
     assert {tuple(r) for r in rows} == {
         ("base", "fast_dllm"),
         ("tiny-addition-d3", "fast_dllm"),
         ("tiny-addition-bd", "sdar"),
+        ("tiny-addition-us", "diffusion_gemma"),
     }

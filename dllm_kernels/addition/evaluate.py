@@ -13,7 +13,8 @@ set (batched, ragged batches are fine) and reports
 
 A sweep varies each policy's main knob (:data:`QUICK_SWEEPS`, :data:`FULL_SWEEPS`, from
 :func:`dllm_kernels.policies.sweeps`): the threshold tau of Fast-dLLM, Streaming-dLLM and R2-dLLM,
-d3LLM's entropy threshold, and vanilla's forwards per block (one token per step, then two, four).
+d3LLM's entropy threshold, vanilla's forwards per block (one token per step, then two, four),
+the block-diffusion policies' thresholds and the uniform-state policy's stopping test.
 :func:`aup` scores each policy's curve with ``y_max`` the best accuracy over every model and
 policy compared.
 """
@@ -68,6 +69,9 @@ _SHORT = {
     "spatial_threshold": "spatial",
     "temporal_threshold": "temporal",
     "steps_per_block": "steps/block",
+    "stability_threshold": "stable",
+    "confidence_threshold": "conf",
+    "max_denoising_steps": "max_steps",
 }
 
 
@@ -89,9 +93,12 @@ def decode_batches(
     model, task: AdditionTask, problems: Sequence[Problem], tokenizer, policy: str, batch_size: int, **overrides
 ):
     """Decode ``problems`` ``batch_size`` at a time on ``model``'s device with ``policy`` (and its
-    constructor's ``overrides``): yields ``(prompt, target, out)`` per batch, ``out`` the
+    constructor's ``overrides``; a uniform-state policy, random by nature, decodes with ``seed=0``
+    unless ``overrides`` give one): yields ``(prompt, target, out)`` per batch, ``out`` the
     :func:`generate` result."""
     device = next(model.parameters()).device
+    if resolve_policy(policy).scheduler == "uniform":  # random by nature: seed 0 unless given
+        overrides.setdefault("seed", 0)
     for i in range(0, len(problems), batch_size):
         prompt, target = (t.to(device) for t in task.encode(list(problems[i : i + batch_size]), tokenizer))
         out = generate(
@@ -163,10 +170,15 @@ def evaluate_vanilla(
 
 
 def fits(model, policy: str) -> bool:
-    """Whether ``policy`` decodes ``model``: the block-causal policies (``sdar``,
-    ``fast_dllm_v2``) need a block-causal model (``config.block_size``), which runs those and the
-    uncached full-canvas policy (``vanilla``) only; a bidirectional model runs every other policy."""
+    """Whether ``policy`` decodes ``model``: a uniform-state model (``config.uniform_state``) runs
+    the uniform-state policy (``diffusion_gemma``) only, and only it runs that policy; the
+    block-causal policies (``sdar``, ``fast_dllm_v2``) need a block-causal model
+    (``config.block_size``), which runs those and the uncached full-canvas policy (``vanilla``)
+    only; a bidirectional model runs every other policy."""
     pol = resolve_policy(policy)
+    uniform_model = bool(getattr(model.config, "uniform_state", False))
+    if pol.scheduler == "uniform" or uniform_model:
+        return pol.scheduler == "uniform" and uniform_model
     block_model = getattr(model.config, "block_size", None) is not None
     if pol.scheduler == "block_causal":
         return block_model
@@ -275,12 +287,12 @@ def aup_table(rows: Sequence[EvalRow]) -> list[AUPRow]:
 # reporting: text table, markdown + JSON files, the accuracy-parallelism plot
 # ------------------------------------------------------------------------------------------------
 
-HEADER = f"{'model':<16} {'policy':<12} {'setting':<36} {'acc %':>6} {'NFE':>6} {'TPF':>5} {'tok/s':>8}"
+HEADER = f"{'model':<16} {'policy':<15} {'setting':<36} {'acc %':>6} {'NFE':>6} {'TPF':>5} {'tok/s':>8}"
 
 
 def format_row(r: EvalRow) -> str:
     return (
-        f"{r.model:<16} {r.policy:<12} {r.setting:<36} {r.accuracy:>6.1f} {r.nfe:>6.2f} "
+        f"{r.model:<16} {r.policy:<15} {r.setting:<36} {r.accuracy:>6.1f} {r.nfe:>6.2f} "
         f"{r.tokens_per_forward:>5.2f} {r.tokens_per_s:>8.0f}"
     )
 
@@ -293,9 +305,9 @@ def format_aup(table: Sequence[AUPRow]) -> str:
     lines = [
         f"AUP (alpha 3, y_max {table[0].y_max:.1f} = best accuracy of all rows; TPF@-1 = the most parallel "
         "point within 1 point of y_max)",
-        f"{'model':<16} {'policy':<12} {'AUP':>7} {'TPF@-1':>7}",
+        f"{'model':<16} {'policy':<15} {'AUP':>7} {'TPF@-1':>7}",
     ]
-    lines += [f"{a.model:<16} {a.policy:<12} {a.aup:>7.1f} {_tpf(a.best_tpf):>7}" for a in table]
+    lines += [f"{a.model:<16} {a.policy:<15} {a.aup:>7.1f} {_tpf(a.best_tpf):>7}" for a in table]
     return "\n".join(lines)
 
 

@@ -280,27 +280,35 @@ def _sdpa_attention(q, k, v, k_cache, v_cache, cache_len, kv_len, key_start, new
     return o.transpose(1, 2)
 
 
-def _block_origin(positions, cache, cache_len, kv_len) -> torch.Tensor:
-    """``[B]`` int64 ``block_origin`` of the attention op for a block-causal forward whose row
-    ``j`` (logical key index ``cache_len + j``) sits at position ``positions[b, 0] + j``: then
-    ``(cache_len + j - block_origin) // block_size == positions[b, j] // block_size``. Checks
-    that consecutiveness on the CPU (real rows ``j < kv_len`` only; no host sync elsewhere)."""
+def _block_origin(positions, cache, cache_len, kv_len, key_start) -> torch.Tensor:
+    """``[B]`` int64 ``block_origin`` of the attention op for a block-causal forward whose real
+    rows ``j`` (``j < kv_len`` and logical key index ``cache_len + j >= key_start``: left padding
+    is no real row) sit at consecutive positions, ``positions[b, j] == p - (last - j)`` with
+    ``p`` the position of the last real row ``last``: then ``(cache_len + j - block_origin) //
+    block_size == positions[b, j] // block_size`` on every real row. Checks the consecutiveness
+    on the CPU (no host sync elsewhere)."""
     B, Lq = positions.shape
-    if positions.device.type == "cpu":
-        j = torch.arange(Lq, device=positions.device)
-        real = j[None, :] < (kv_len[:, None] if kv_len is not None else Lq)
-        if not bool(((positions - positions[:, :1] == j) | ~real).all()):
-            raise ValueError(
-                "positions: attn_impl='ops' runs a block-causal model's forwarded rows at consecutive positions "
-                "(positions[b, j] == positions[b, 0] + j); use attn_impl='sdpa' for others"
-            )
+    dev = positions.device
     if cache is None:
-        first = torch.zeros(B, dtype=torch.long, device=positions.device)
+        first = torch.zeros(B, dtype=torch.long, device=dev)
     elif cache_len is None:
-        first = torch.full((B,), cache.max_len, dtype=torch.long, device=positions.device)
+        first = torch.full((B,), cache.max_len, dtype=torch.long, device=dev)
     else:
         first = cache_len.long()
-    return first - positions[:, 0].long()
+    n = kv_len.long() if kv_len is not None else torch.full((B,), Lq, dtype=torch.long, device=dev)
+    last = (n - 1).clamp_min(0)
+    p_last = positions.gather(1, last[:, None]).squeeze(1).long()
+    if dev.type == "cpu":
+        j = torch.arange(Lq, device=dev)[None, :]
+        real = j < n[:, None]
+        if key_start is not None:
+            real &= first[:, None] + j >= key_start.long()[:, None]
+        if not bool(((positions == p_last[:, None] - (last[:, None] - j)) | ~real).all()):
+            raise ValueError(
+                "positions: attn_impl='ops' runs a block-causal model's real forwarded rows at consecutive "
+                "positions (left padding excepted); use attn_impl='sdpa' for others"
+            )
+    return first + last - p_last
 
 
 def rope_tables(config: ModelConfig, device=None) -> tuple[torch.Tensor, torch.Tensor]:
@@ -412,7 +420,7 @@ class DiffusionLM(nn.Module):
                 blk = torch.div(positions, self.config.block_size, rounding_mode="floor")
                 new_mask = blk[:, None, :] <= blk[:, :, None]  # [B, Lq (query), Lq (key)]
             else:  # the op's blocks: forwarded row j (logical index cache_len + j) at position p0 + j
-                block_origin = _block_origin(positions, cache, cache_len, kv_len)
+                block_origin = _block_origin(positions, cache, cache_len, kv_len, key_start)
         real = _real_rows(kv_len, B, Lq, tokens.device)
         if real is not None:
             tokens, positions = real.pack(tokens), real.pack(positions)

@@ -811,6 +811,17 @@ DIFFUSION_GEMMA_DECODER = Decoder(
     title="DiffusionGemma (uniform-state; SGLang Gemma4Renoise's step)",
     repo="diffusers DiffusionGemmaPipeline, vLLM diffusion_gemma, SGLang Gemma4Renoise",
     defaults={k: GEMMA4_RENOISE.options[k] for k in _DIFFUSION_GEMMA_KEYS},
+    # the knobs that set its NFE are the stopping test's (the entropy bound changes little once the
+    # model is confident): the stability history, then the mean-entropy threshold, then one step
+    quick_sweep=({}, {"stability_threshold": 0}, {"stability_threshold": 0, "confidence_threshold": 0.05}),
+    full_sweep=(
+        {"stability_threshold": 2},
+        {},
+        {"stability_threshold": 0},
+        {"stability_threshold": 0, "confidence_threshold": 0.02},
+        {"stability_threshold": 0, "confidence_threshold": 0.05},
+        {"max_denoising_steps": 1},
+    ),
 )
 
 
