@@ -92,7 +92,6 @@ from .._argtypes import nonnegative_int, positive_float, positive_int, run_comma
 from ..decode.generate import generate
 from ..models import DiffusionLM, ModelConfig, save_checkpoint
 from ..models.checkpoint import load_checkpoint
-from ..policies import resolve_policy
 from ..soft_embedding import soft_embedding
 from .default import DEFAULT_BLOCK_DIFFUSION_DIR, DEFAULT_MODEL_DIR, DEFAULT_UNIFORM_STATE_DIR, default_model
 from .evaluate import evaluate_vanilla
@@ -600,8 +599,7 @@ UNIFORM_POLICY = "diffusion_gemma"
 
 def _uniform_heldout(model, task: AdditionTask, tokenizer, args) -> tuple[dict | None, dict]:
     """The held-out record of a uniform-state model: ``generate(policy="diffusion_gemma")`` exact
-    match (None, with a ``heldout_pending`` note, while that policy does not exist), and the
-    :func:`uniform_monitor` on ``args.heldout`` problems."""
+    match, and the :func:`uniform_monitor` on ``args.heldout`` problems."""
     problems = task.heldout(args.heldout, seed=args.heldout_seed)
     t0 = time.perf_counter()
     monitor = uniform_monitor(model, task, problems, tokenizer)
@@ -615,12 +613,6 @@ def _uniform_heldout(model, task: AdditionTask, tokenizer, args) -> tuple[dict |
             "exact_match_percent": monitor,
         }
     }
-    try:
-        resolve_policy(UNIFORM_POLICY)
-    except (KeyError, ValueError):
-        note = f"policy {UNIFORM_POLICY!r} does not exist yet: measured after the uniform policy lands"
-        print(f"held-out exact match, {UNIFORM_POLICY}: pending ({note})")
-        return None, {"heldout_pending": note, **extra}
     t0 = time.perf_counter()
     correct = 0
     with torch.no_grad():
