@@ -16,11 +16,11 @@ from test_generate_block import (
     _assert_rows_equal,
     _Recorder,
     _run,
+    assert_bucketed_matches_unpadded,
     block_model,
 )
 
 from dllm_kernels import generate
-from dllm_kernels.decode.generate import _generate
 from dllm_kernels.policies import fast_dllm_v2, resolve_policy
 
 BS = 8
@@ -57,25 +57,7 @@ def test_kernels_match_references(kw):
 
 @pytest.mark.parametrize("kw", CASES, ids=IDS)
 def test_bucketed_steps_match_unpadded(kw):
-    m = block_model(bs=BS, shift=True)
-    plain = _run(m, RAGGED, "fast_dllm_v2", BS, kw)
-    padded = _generate(
-        m,
-        RAGGED,
-        policy="fast_dllm_v2",
-        gen_length=4 * BS,
-        block_length=BS,
-        temperature=0.0,
-        seed=None,
-        backend="reference",
-        max_nfe=10000,
-        progress=False,
-        buckets=True,
-        capture=False,
-        **kw,
-    )
-    for b in range(len(RAGGED)):
-        _assert_rows_equal(padded, plain, b, b)
+    assert_bucketed_matches_unpadded(block_model(bs=BS, shift=True), RAGGED, "fast_dllm_v2", BS, kw)
 
 
 class _AttendRecorder(_Recorder):

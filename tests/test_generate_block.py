@@ -79,10 +79,9 @@ def test_kernels_match_references(policy, bs, shift, kw):
         _assert_rows_equal(got, ref, b, b)
 
 
-@pytest.mark.parametrize("policy, bs, shift, kw", CASES, ids=IDS)
-def test_bucketed_steps_match_unpadded(policy, bs, shift, kw):
-    m = block_model(bs=bs, shift=shift)
-    prompts = [p for p in PROMPTS if len(p) != bs]
+def assert_bucketed_matches_unpadded(m, prompts, policy, bs, kw):
+    """Every step padded to its shape bucket (what CUDA-graph replay needs) decodes each row as
+    the unpadded steps do."""
     plain = _run(m, prompts, policy, bs, kw)
     padded = _generate(
         m,
@@ -101,6 +100,13 @@ def test_bucketed_steps_match_unpadded(policy, bs, shift, kw):
     )
     for b in range(len(prompts)):
         _assert_rows_equal(padded, plain, b, b)
+
+
+@pytest.mark.parametrize("policy, bs, shift, kw", CASES, ids=IDS)
+def test_bucketed_steps_match_unpadded(policy, bs, shift, kw):
+    assert_bucketed_matches_unpadded(
+        block_model(bs=bs, shift=shift), [p for p in PROMPTS if len(p) != bs], policy, bs, kw
+    )
 
 
 class _Recorder:
