@@ -405,3 +405,20 @@ def test_eval_summary_names_a_policy_without_default_setting(monkeypatch, tmp_pa
     (tmp_path / "eval-full.json").write_text(json.dumps(doc))
     with pytest.raises(ValueError, match="policies without a DEFAULT_SETTING in render_docs.py: new_one"):
         render_docs.eval_summary()
+
+
+def test_design_policy_table_is_the_policies():
+    """DESIGN.md 3's table of policies names every policy of POLICIES once, with the scheduler and
+    (first) cache mode its constructor returns at the published defaults."""
+    from dllm_kernels.policies import POLICIES
+
+    text = (ROOT / "DESIGN.md").read_text()
+    head = "| policy | scheduler | cache |\n|---|---|---|\n"
+    assert text.count(head) == 1
+    table = text[text.index(head) + len(head) :].split("\n\n")[0]
+    seen = {}
+    for line in table.splitlines():
+        names, scheduler, cache = (c.strip() for c in line.strip("|").split("|"))
+        for name in re.findall(r"`(\w+)`", names):
+            seen[name] = (scheduler.strip("`"), re.match(r"`(\w+)`", cache).group(1))
+    assert seen == {name: (make().scheduler, make().cache) for name, make in POLICIES.items()}
