@@ -2,6 +2,7 @@
 
     .venv/bin/python scripts/render_docs.py           # rewrite the generated sections in place
     .venv/bin/python scripts/render_docs.py --check   # exit 1 (naming the files) if any is stale
+    .venv/bin/python scripts/render_docs.py --results DIR  # print the sections DIR/*.json would give
 
 A generated section of a markdown file sits between two marker comments::
 
