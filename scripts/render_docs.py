@@ -2,6 +2,7 @@
 
     .venv/bin/python scripts/render_docs.py           # rewrite the generated sections in place
     .venv/bin/python scripts/render_docs.py --check   # exit 1 (naming the files) if any is stale
+    .venv/bin/python scripts/render_docs.py --results DIR  # print the sections DIR/*.json would give
 
 A generated section of a markdown file sits between two marker comments::
 
@@ -104,13 +105,17 @@ def host_targets() -> str:
 # evaluation (python -m dllm_kernels eval --full --out bench/results --name eval-full)
 # ------------------------------------------------------------------------------------------------
 
-# the sweep point of each policy that is its published default (the setting labels of evaluate's sweeps)
+# the sweep point of each policy that is its published default (the setting labels of evaluate's
+# full sweeps, "default" for a point without overrides); the summary lists the policies in this order
 DEFAULT_SETTING = {
     "vanilla": "steps/block=0",
     "fast_dllm": "thr=0.9",
     "streaming": "thr=0.9",
     "r2": "thr=0.9 spatial=0.8 temporal=0.8",
     "d3llm": "thr=0.5",
+    "sdar": "thr=0.85",
+    "fast_dllm_v2": "thr=0.9",
+    "diffusion_gemma": "default",
 }
 
 
@@ -136,6 +141,9 @@ def eval_summary() -> str:
         "| published default: acc %, NFE, TPF |",
         "|---|---|---:|---|---|",
     ]
+    unknown = sorted({a.policy for a in table} - set(DEFAULT_SETTING))
+    if unknown:
+        raise ValueError(f"eval-full.json: policies without a DEFAULT_SETTING in render_docs.py: {', '.join(unknown)}")
     for a in sorted(table, key=lambda a: list(DEFAULT_SETTING).index(a.policy)):
         curve = [r for r in rows if (r.model, r.policy) == (a.model, a.policy)]
         near = [r for r in curve if r.accuracy >= a.y_max - 1.0]
@@ -201,7 +209,25 @@ def render(text: str, sections: dict | None = None) -> str:
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--check", action="store_true", help="only report stale files (exit status 1)")
+    ap.add_argument(
+        "--results",
+        type=pathlib.Path,
+        default=None,
+        help="print the generated sections rendered from the JSON files of this folder instead of "
+        "bench/results (a trial run: no file is read or written but those JSON files)",
+    )
     args = ap.parse_args(argv)
+    if args.results is not None:
+        global RESULTS
+        RESULTS = args.results
+        for name, section in SECTIONS.items():
+            try:
+                text = section()
+            except FileNotFoundError as e:  # a folder holding only some of the results
+                print(f"<!-- {name}: skipped, no {pathlib.Path(e.filename).name} -->\n")
+                continue
+            print(f"<!-- {name} -->\n{text}\n")
+        return 0
     stale = []
     for path in documents():
         text = path.read_text()

@@ -15,6 +15,7 @@ import ast
 import importlib
 import importlib.util
 import itertools
+import json
 import pathlib
 import re
 import sys
@@ -356,3 +357,68 @@ def test_render_replaces_stale_figures_and_rejects_bad_markers():
         render_docs.render(f"{begin}| x |\n", sections)
     with pytest.raises(ValueError, match="has no <!-- END generated -->"):
         render_docs.render(f"{begin}{begin}{end}", sections)
+
+
+def test_default_settings_are_the_published_defaults_of_the_full_sweeps():
+    """Every policy of the full sweep has a DEFAULT_SETTING in render_docs.py, that setting is the
+    label (as evaluate writes it) of one point of its full sweep, and that point decodes with the
+    policy's published defaults (a policy of equal fields)."""
+    from dllm_kernels.addition import evaluate
+    from dllm_kernels.policies import resolve_policy
+
+    def label(overrides):
+        short = evaluate._SHORT
+        parts = [
+            f"{short.get(k, k)}={v:g}" if isinstance(v, float) else f"{short.get(k, k)}={v}"
+            for k, v in overrides.items()
+        ]
+        return " ".join(parts) or "default"
+
+    assert set(evaluate.FULL_SWEEPS) <= set(render_docs.DEFAULT_SETTING)
+    for policy, points in evaluate.FULL_SWEEPS.items():
+        chosen = [kw for kw in points if label(kw) == render_docs.DEFAULT_SETTING[policy]]
+        assert len(chosen) == 1, (policy, render_docs.DEFAULT_SETTING[policy], [label(kw) for kw in points])
+        assert resolve_policy(policy, **chosen[0]) == resolve_policy(policy), policy
+        # the label rule above is evaluate's: a point with overrides is not the published default
+        assert all(resolve_policy(policy, **kw) != resolve_policy(policy) for kw in points if kw is not chosen[0])
+
+
+def test_eval_summary_names_a_policy_without_default_setting(monkeypatch, tmp_path):
+    """A result for a policy render_docs.py does not know, or without its default point, is an
+    error naming it (not a table missing rows)."""
+    row = dict(
+        model="m",
+        policy="sdar",
+        setting="thr=0.9",
+        accuracy=100.0,
+        nfe=2.0,
+        tokens_per_forward=4.0,
+        tokens_per_s=1.0,
+        n=4,
+    )
+    aup = dict(model="m", policy="sdar", aup=1.0, y_max=100.0, best_tpf=4.0, points=1)
+    (tmp_path / "eval-full.json").write_text(json.dumps({"rows": [row], "aup": [aup]}))
+    monkeypatch.setattr(render_docs, "RESULTS", tmp_path)
+    with pytest.raises(ValueError, match=r"m/sdar has no single row 'thr=0\.85'"):
+        render_docs.eval_summary()
+    doc = {"rows": [dict(row, policy="new_one")], "aup": [dict(aup, policy="new_one")]}
+    (tmp_path / "eval-full.json").write_text(json.dumps(doc))
+    with pytest.raises(ValueError, match="policies without a DEFAULT_SETTING in render_docs.py: new_one"):
+        render_docs.eval_summary()
+
+
+def test_design_policy_table_is_the_policies():
+    """DESIGN.md 3's table of policies names every policy of POLICIES once, with the scheduler and
+    (first) cache mode its constructor returns at the published defaults."""
+    from dllm_kernels.policies import POLICIES
+
+    text = (ROOT / "DESIGN.md").read_text()
+    head = "| policy | scheduler | cache |\n|---|---|---|\n"
+    assert text.count(head) == 1
+    table = text[text.index(head) + len(head) :].split("\n\n")[0]
+    seen = {}
+    for line in table.splitlines():
+        names, scheduler, cache = (c.strip() for c in line.strip("|").split("|"))
+        for name in re.findall(r"`(\w+)`", names):
+            seen[name] = (scheduler.strip("`"), re.match(r"`(\w+)`", cache).group(1))
+    assert seen == {name: (make().scheduler, make().cache) for name, make in POLICIES.items()}
