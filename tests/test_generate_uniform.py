@@ -400,3 +400,33 @@ def test_gpu_generate_syncs_once_per_step():
     (s1, n1), (s2, n2) = syncs_and_steps(2 * BS), syncs_and_steps(4 * BS)
     assert n2 > n1
     assert s2 - s1 == n2 - n1, f"{s1} syncs for {n1} steps, {s2} syncs for {n2} steps"
+
+
+@pytest.mark.parametrize("policy", ["diffusion_gemma", "vanilla"])
+def test_progress_bar_counts_decoded_positions(monkeypatch, policy):
+    """``progress=True``: the bar starts at 0 and ends at every row's whole region, never going
+    back; a uniform-state canvas (no MASK) counts its converged blocks."""
+    import tqdm.auto
+
+    seen = []
+
+    class Bar:
+        def __init__(self, total, **kw):
+            self.total, self.n = total, 0
+
+        def refresh(self):
+            seen.append(self.n)
+
+        def close(self):
+            pass
+
+    monkeypatch.setattr(tqdm.auto, "tqdm", Bar)
+    if policy == "vanilla":
+        cfg = dataclasses.replace(tiny(vocab_size=V), block_size=BS)
+        m, kw = DiffusionLM(cfg, backend="reference", attn_impl="sdpa").eval(), {}
+    else:
+        m, kw = Recorder(), dict(seed=1, **FAST)
+    gen = 3 * BS
+    generate(m, PROMPTS, policy=policy, gen_length=gen, block_length=BS, backend="reference", progress=True, **kw)
+    assert seen[0] < len(PROMPTS) * gen and seen[-1] == len(PROMPTS) * gen
+    assert all(a <= b for a, b in zip(seen, seen[1:]))

@@ -333,10 +333,13 @@ def _loop(
         if out.wanted(gone):
             keep, drop = np.flatnonzero(~gone), np.flatnonzero(gone)
             if bar is not None:
-                finished_tokens += int((host[0][drop, geo.P :] != geo.mask).sum())
+                finished_tokens += int(_decoded(sched, host[0], geo)[drop].sum())
             out.retire(batch, drop, sched.nfe)
             host, plan, fwd, fill = host[:, keep], plan[keep], fwd[keep], fill[keep]
             if not len(keep):
+                if bar is not None:
+                    bar.n = finished_tokens
+                    bar.refresh()
                 break
             keep_t = ship_index(keep, batch.x.device)
             batch = batch.select(keep_t)
@@ -344,10 +347,19 @@ def _loop(
             sched.select(keep)
             runner = runner_cls(model, batch, geo, opts)
         if bar is not None:
-            bar.n = finished_tokens + int((host[0][:, geo.P :] != geo.mask).sum())
+            bar.n = finished_tokens + int(_decoded(sched, host[0], geo).sum())
             bar.refresh()
         if not (fwd.any() or fill.any()):
             break
         committed = runner.step(plan, fwd, fill, getattr(sched, "attend_new", None))
     out.finish(batch, sched.nfe)
     return out
+
+
+def _decoded(sched, x: np.ndarray, geo: Geometry) -> np.ndarray:
+    """``[B]`` the progress bar's decoded positions of each row of the host canvas ``x``: its
+    generation region's non-MASK positions, or the scheduler's own count (``sched.decoded``: a
+    uniform-state canvas holds no MASK)."""
+    if hasattr(sched, "decoded"):
+        return sched.decoded()
+    return (x[:, geo.P :] != geo.mask).sum(1)

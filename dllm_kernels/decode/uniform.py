@@ -141,6 +141,12 @@ class UniformRows:
         for name in ("pad", "first", "k", "prefill", "ran", "nfe", "done", "rows"):
             setattr(self, name, getattr(self, name)[keep])
 
+    def decoded(self) -> np.ndarray:
+        """``[B]`` each row's positions of the generation region (from ``P``) in converged blocks
+        (all of them once the row is done): the progress bar's count."""
+        g = self.g
+        return np.where(self.done, g.L - g.P, np.clip(self.k * g.bs - g.P, 0, g.L - g.P))
+
     def plan(self, x: np.ndarray, converged: np.ndarray, live: np.ndarray) -> tuple[np.ndarray, ...]:
         """``x`` the canvas ``[B, L]``, ``converged`` ``[B, L]`` (each row's flag, broadcast),
         ``live`` the rows below ``max_nfe``; returns the ``[B, NCOL]`` plan, the rows that
