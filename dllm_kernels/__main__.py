@@ -96,7 +96,8 @@ def _device(name: str | None) -> str:
 
 
 def _load(args):
-    """(model, tokenizer, task or None, device) for the model arguments."""
+    """(model, tokenizer, task or None, device) for the model arguments: the task of the shipped
+    model or of a ``--model`` directory holding a ``task.json``, else None."""
     import torch
 
     from .addition import default_model
@@ -105,8 +106,10 @@ def _load(args):
     device = _device(args.device)
     dtype = getattr(torch, args.dtype) if args.dtype else (torch.bfloat16 if device == "cuda" else torch.float32)
     try:
-        if args.model is None:
-            model, tok, task = default_model(device=device, dtype=dtype, backend=args.backend)
+        if args.model is None or (pathlib.Path(args.model) / "task.json").is_file():
+            # the shipped model, or a checkpoint of dllm_kernels train / distill (with its task)
+            path = {} if args.model is None else {"path": args.model}
+            model, tok, task = default_model(device=device, dtype=dtype, backend=args.backend, **path)
             return model, tok, task, device
         model = load_pretrained(args.model, device=device, dtype=dtype, backend=args.backend)
         return model, load_tokenizer(args.model), None, device
@@ -227,7 +230,10 @@ def cmd_eval(args) -> int:
     n = args.problems if args.problems is not None else (1000 if args.full else 64)
     sweeps = ev.FULL_SWEEPS if args.full else ev.QUICK_SWEEPS
     # a policy without a sweep of its own (d3llm_dream) is evaluated at its published setting
-    sweeps = {p: sweeps.get(p, [{}]) for p in args.policies}
+    if args.policies is None:  # every policy with a sweep that fits one of the models
+        sweeps = {p: v for p, v in sweeps.items() if any(ev.fits(m, p) for m in models.values())}
+    else:
+        sweeps = {p: sweeps.get(p, [{}]) for p in args.policies}
     unfit = [p for p in sweeps if not any(ev.fits(m, p) for m in models.values())]
     if unfit:
         raise CLIError(
@@ -282,7 +288,6 @@ def cmd_distill(args) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     """The parser of every subcommand; each sets ``args.run`` to its ``cmd_*`` function."""
-    from .addition import evaluate as ev
     from .addition.distill import add_arguments as distill_arguments
     from .addition.train import add_arguments as train_arguments
     from .benchmark import DEFAULT_POLICIES
@@ -331,7 +336,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--full", action="store_true", help="1000 problems and the full threshold sweeps (minutes)")
     p.add_argument("--problems", type=positive_int, default=None, help="held-out problems (default 64, --full 1000)")
     p.add_argument(
-        "--policies", nargs="+", default=list(ev.QUICK_SWEEPS), choices=policies, help="default: those with a sweep"
+        "--policies",
+        nargs="+",
+        default=None,
+        choices=policies,
+        help="default: those with a sweep that fit one of the models",
     )
     p.add_argument(
         "--compare",

@@ -127,3 +127,19 @@ def test_each_model_runs_the_policies_that_fit_it(capsys):
         ("tiny-addition-bd", "sdar"),
         ("tiny-addition-us", "diffusion_gemma"),
     }
+
+
+def test_cli_model_directory_with_its_task(capsys):
+    """``--model DIR`` of a checkpoint written by train (it has task.json) brings its task: eval
+    runs on it (the policies that fit it, by default) and generate takes ``--problem`` with the
+    task's canvas layout (here the uniform-state model, blocks of 8)."""
+    from dllm_kernels.__main__ import main
+    from dllm_kernels.addition.default import DEFAULT_UNIFORM_STATE_DIR
+
+    us = str(DEFAULT_UNIFORM_STATE_DIR)
+    assert main(["eval", "--model", us, "--compare", "--problems", "2", "--label", "us"]) == 0
+    rows = [line.split()[:2] for line in capsys.readouterr().out.splitlines() if line.startswith("us ")]
+    assert rows and {r[1] for r in rows} == {"diffusion_gemma"}
+    argv = ["generate", "--model", us, "--problem", "4821+77919", "--policy", "diffusion_gemma", "--seed", "3"]
+    assert main(argv) == 0
+    assert "expected '04728<|endoftext|>'" in capsys.readouterr().out
