@@ -472,7 +472,8 @@ def token_stats(run: Run, rec: dict) -> None:
 
 
 # vLLM 0.33's sampler file: searched in this order when vLLM itself is not importable (the GPU image
-# has no vLLM; the wheel is ~0.5 GB, so a GPU session carries the one file, which git ignores:
+# has no vLLM; the wheel is ~0.5 GB, so a GPU session carries the one file, which git ignores and
+# scripts/fetch_vllm_sampler.py (run by scripts/bootstrap.sh on a CPU machine) writes:
 #   unzip -p vllm-0.33.0-*.whl vllm/model_executor/models/diffusion_gemma_sampler.py \
 #       > bench/vllm_diffusion_gemma_sampler.py
 SAMPLER_MODULE = "vllm.model_executor.models.diffusion_gemma_sampler"

@@ -11,6 +11,8 @@
 #   tests/sglang-cpu.txt with --no-deps (never a CUDA torch). A failed install (e.g. offline) only
 #   warns here; the CI run then fails in tests/test_sglang.py, which requires sglang when CI=true
 #   on a CPU machine. The GPU image (CUDA torch, no network) skips this step.
+# - A CPU machine also gets vLLM 0.33's diffusion_gemma_sampler.py (scripts/fetch_vllm_sampler.py,
+#   into the git-ignored bench/vllm_diffusion_gemma_sampler.py) for tests/test_vllm.py.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
@@ -36,4 +38,10 @@ if ! "$VPY" -c "import sys, torch; sys.exit(0 if torch.version.cuda else 1)" >/d
     if ! { pip_install -r tests/sglang-cpu-deps.txt && pip_install --no-deps -r tests/sglang-cpu.txt; }; then
         echo "bootstrap: could not install the SGLang test set (tests/sglang-cpu.txt); tests/test_sglang.py needs it" >&2
     fi
+fi
+# vLLM 0.33's DiffusionGemma sampler file (6.8 kB read out of its wheel by range requests; git-ignored)
+# for tests/test_vllm.py and bench/gpu_check.py; on a machine without network only a warning
+if ! "$VPY" -c "import sys, torch; sys.exit(0 if torch.version.cuda else 1)" >/dev/null 2>&1; then
+    "$VPY" scripts/fetch_vllm_sampler.py >/dev/null \
+        || echo "bootstrap: no vLLM sampler file (scripts/fetch_vllm_sampler.py); tests/test_vllm.py needs it" >&2
 fi

