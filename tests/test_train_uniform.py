@@ -8,9 +8,10 @@ import random
 
 import pytest
 import torch
+from test_addition_bd import BS, GEN_BLOCK, TASK, TOK, G, P  # the same tiny task and blocks
 
 from dllm_kernels.addition import train as train_mod
-from dllm_kernels.addition.task import AdditionTask, build_tokenizer
+from dllm_kernels.addition.task import AdditionTask
 from dllm_kernels.addition.train import (
     TrainConfig,
     block_diffusion_noise,
@@ -23,11 +24,6 @@ from dllm_kernels.addition.train import (
 from dllm_kernels.models import DiffusionLM, ModelConfig, load_checkpoint, save_checkpoint
 from dllm_kernels.reference import soft_embedding
 
-# prompt 10 tokens (canvas 0..9), generation 10..17; blocks of 4 by canvas position: 8..11, 12..15, 16..19
-TASK = AdditionTask(n_digits=4, gen_length=8, block_length=4)
-TOK = build_tokenizer()
-P, G, BS = TASK.prompt_length, TASK.gen_length, 4
-GEN_BLOCK = torch.arange(P, P + G) // BS  # block of each generation position: 2 2 3 3 3 3 4 4
 V = TOK.backend.get_vocab_size()
 
 
