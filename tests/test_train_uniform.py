@@ -194,10 +194,8 @@ def test_training_runs_from_an_init_without_self_conditioning(tmp_path):
     torch.manual_seed(0)
     bd = DiffusionLM(small_config(sc=None), attn_impl="sdpa")
     save_checkpoint(bd, tmp_path / "bd")
-    cfg = TrainConfig(
-        steps=2, batch_size=8, lr=1e-9, warmup_steps=1, seed=2, threads=1, bf16=False, block_size=BS,
-        objective="uniform", self_conditioning_size=16, init=str(tmp_path / "bd"),
-    )  # fmt: skip
+    opt = dict(steps=2, batch_size=8, lr=1e-9, warmup_steps=1, seed=2, threads=1, bf16=False, block_size=BS)
+    cfg = TrainConfig(**opt, objective="uniform", self_conditioning_size=16, init=str(tmp_path / "bd"))
     model, hist = train(TASK, cfg, log_every=1, log=lambda s: None, monitor_problems=4)
     assert model.config == small_config()
     assert [h["step"] for h in hist] == [1, 2] and all(math.isfinite(h["loss"]) for h in hist)
