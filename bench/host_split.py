@@ -32,6 +32,12 @@ plan copy, bucket selection, the read-back, the loop's bookkeeping and ``generat
 over the steps. The replay call itself (a few µs on a GPU) is not included and not measured.
 ``graph_ops``: the operators dispatched outside ``_body`` per step (they run on the host with
 graphs too). One intra-op thread.
+
+The policies are ``host_step.POLICIES``: the masked ones, the block-causal ``sdar`` and
+``fast_dllm_v2`` (default and ``use_block_cache=True``) and the uniform-state ``diffusion_gemma``
+(whose step also launches ``soft_embedding``, replayed like ``token_stats``, and whose runner's
+``UniformRunner._body`` the graph path's clock stands in for too). ``host_step.json`` has no peer
+row for the last four: their peer ratios are None ("-").
 """
 
 from __future__ import annotations
@@ -52,6 +58,7 @@ from torch.utils._python_dispatch import TorchDispatchMode  # noqa: E402
 
 from dllm_kernels.decode.generate import _generate  # noqa: E402
 from dllm_kernels.decode.runner import StepRunner  # noqa: E402
+from dllm_kernels.decode.uniform import UniformRunner  # noqa: E402
 
 
 class _OpCount(TorchDispatchMode):
@@ -70,18 +77,22 @@ class _OpCount(TorchDispatchMode):
 
 
 class _BodyClock:
-    """Stands in for :meth:`dllm_kernels.decode.runner.StepRunner._body` (the device work that a CUDA
-    graph replays): ``record`` runs it and keeps what it changes (the canvas' and the commit
-    state's changed positions and values, the returned positions), ``replay`` writes those
-    positions instead of running it, touching little host memory, as a graph replay would (timed
-    apart: ``inside``; an op counter is paused meanwhile), ``pass`` runs it; ``calls``: the
-    steps."""
+    """Stands in for :meth:`dllm_kernels.decode.runner.StepRunner._body` and
+    :meth:`dllm_kernels.decode.uniform.UniformRunner._body` (the device work that a CUDA graph
+    replays): ``record`` runs it and keeps what it changes (the canvas', the commit state's and
+    a uniform runner's state's changed positions and values, the returned positions), ``replay``
+    writes those positions instead of running it, touching little host memory, as a graph
+    replay would (timed apart: ``inside``; an op counter is paused meanwhile), ``pass`` runs it;
+    ``calls``: the steps."""
 
     def __init__(self):
-        self.runner = StepRunner
-        self.impl = self.runner._body
+        self.impls = {cls: cls.__dict__["_body"] for cls in (StepRunner, UniformRunner)}
         self.mode, self.tape, self.pos = "pass", [], 0
         self.inside, self.inside_cpu, self.count, self.calls = 0.0, 0.0, None, 0
+        for cls, impl in self.impls.items():
+            cls._body = self._wrap(impl)
+
+    def _wrap(self, impl):
         clock = self
 
         def body(runner, x, state, *args, **kwargs):
@@ -91,11 +102,14 @@ class _BodyClock:
                 clock.count.paused = True
             try:
                 if clock.mode == "pass":
-                    return clock.impl(runner, x, state, *args, **kwargs)
-                tensors = [x] + [getattr(state, f) for f in type(state).__dataclass_fields__]
+                    return impl(runner, x, state, *args, **kwargs)
+                tensors = [x] + _fields(state)
+                u = getattr(runner, "u", None)  # a UniformRunner's state (renoise, scratch, soft embedding)
+                if u is not None:
+                    tensors += _fields(u.renoise) + _fields(u.scratch) + [u.soft]
                 if clock.mode == "record":  # keep what changed: (flat positions, values) per tensor
                     before = [t.clone() for t in tensors]
-                    out = clock.impl(runner, x, state, *args, **kwargs)
+                    out = impl(runner, x, state, *args, **kwargs)
                     changes = []
                     for t, b in zip(tensors, before):
                         at = (t != b).flatten().nonzero().flatten()
@@ -113,7 +127,7 @@ class _BodyClock:
                 clock.inside += time.perf_counter() - t0
                 clock.inside_cpu += time.process_time() - c0
 
-        self.runner._body = body
+        return body
 
     def start(self, mode: str):
         self.mode, self.pos, self.inside, self.inside_cpu, self.calls = mode, 0, 0.0, 0.0, 0
@@ -121,29 +135,39 @@ class _BodyClock:
             self.tape = []
 
     def restore(self):
-        self.runner._body = self.impl
+        for cls, impl in self.impls.items():
+            cls._body = impl
+
+
+def _fields(state) -> list[torch.Tensor]:
+    """The tensors of a state dataclass (``CommitState``, ``RenoiseState``), in field order."""
+    return [getattr(state, f) for f in type(state).__dataclass_fields__]
 
 
 class _Replay:
     """The stubbed launchers and the model, recording their outputs or replaying them."""
 
     def __init__(self):
-        from dllm_kernels.kernels import commit as kc, confidence as kt
+        from dllm_kernels.kernels import commit as kc, confidence as kt, soft_embedding as ks
 
-        self.kc, self.kt = kc, kt
-        self.token_stats_impl, self.commit_impl = kt.token_stats, kc.commit
-        self.tapes: dict[str, list] = {"token_stats": [], "commit": []}
+        self.kc, self.kt, self.ks = kc, kt, ks
+        self.token_stats_impl, self.commit_impl, self.soft_impl = kt.token_stats, kc.commit, ks.soft_embedding
+        self.tapes: dict[str, list] = {"token_stats": [], "commit": [], "soft_embedding": []}
         self.mode, self.pos, self.inside = "record", Counter(), 0.0
         self.count: _OpCount | None = None  # a replayed launch counts as one operator
-        kt.token_stats, kc.commit = self.token_stats, self.commit
+        kt.token_stats, kc.commit, ks.soft_embedding = self.token_stats, self.commit, self.soft_embedding
 
     def restore(self):
-        self.kt.token_stats, self.kc.commit = self.token_stats_impl, self.commit_impl
+        self.kt.token_stats, self.kc.commit, self.ks.soft_embedding = (
+            self.token_stats_impl,
+            self.commit_impl,
+            self.soft_impl,
+        )
 
     def start(self, mode: str):
         self.mode, self.pos, self.inside = mode, Counter(), 0.0
         if mode == "record":
-            self.tapes = {"token_stats": [], "commit": []}
+            self.tapes = {"token_stats": [], "commit": [], "soft_embedding": []}
 
     def _next(self, name):
         i = self.pos[name]
@@ -168,8 +192,21 @@ class _Replay:
         self._done(t0)
         return out
 
+    def soft_embedding(self, logits, *args, **kwargs):
+        if self.mode == "record":
+            out = self.soft_impl(logits, *args, **kwargs)
+            self.tapes["soft_embedding"].append(out.clone())
+            return out
+        t0 = time.perf_counter()
+        out = self._next("soft_embedding").clone()
+        self._done(t0)
+        return out
+
     def commit(self, x, token, prob, entropy, state, *args, **kwargs):
-        fields = [getattr(state, f) for f in type(state).__dataclass_fields__]
+        # the launcher's arguments after state: rule, rows, step, mask_id, vocab_size, pinned,
+        # argmax, seed, renoise_state (the renoise rule's state, updated too)
+        renoise = args[8] if len(args) > 8 else kwargs.get("renoise_state")
+        fields = _fields(state) + ([] if renoise is None else _fields(renoise))
         if self.mode == "record":
             n = self.commit_impl(x, token, prob, entropy, state, *args, **kwargs)
             self.tapes["commit"].append((x.clone(), [t.clone() for t in fields], n.clone()))
@@ -187,8 +224,8 @@ class _Replay:
 class _ReplayModel(hs.FreeModel):
     """host_step's model; in replay it returns zeros of its logits' shape."""
 
-    def __init__(self, replay: _Replay):
-        super().__init__(hs.PROMPT + hs.GEN)
+    def __init__(self, replay: _Replay, policy: str):
+        super().__init__(hs.PROMPT + hs.GEN, policy=policy)
         self.replay = replay
 
     def __call__(self, tokens, positions, *, logits_index=None, **kw):
@@ -204,7 +241,8 @@ class _ReplayModel(hs.FreeModel):
 def _run(model, name: str, B: int, buckets: bool):
     policy, kw = hs.POLICIES[name]
     prompt = torch.arange(B * hs.PROMPT).reshape(B, hs.PROMPT) % (hs.V - 2)
-    args = dict(temperature=0.0, seed=None, max_nfe=10000, progress=False, buckets=buckets, capture=False)
+    seed = hs.gen_seed(policy)
+    args = dict(temperature=0.0, seed=seed, max_nfe=10000, progress=False, buckets=buckets, capture=False)
     return lambda: _generate(
         model, prompt, policy=policy, gen_length=hs.GEN, block_length=hs.BLOCK, backend="triton", **args, **kw
     )
@@ -228,7 +266,7 @@ def measure(replay: _Replay, clock: _BodyClock, name: str, B: int, repeats: int)
     host work around ``_body`` on the bucketed path, with ``_body`` replayed as a CUDA graph
     would (what a step costs the host then, less the replay call itself). Medians per step over
     ``repeats`` replays after one warm-up."""
-    model = _ReplayModel(replay)
+    model = _ReplayModel(replay, hs.POLICIES[name][0])
     run = _run(model, name, B, buckets=False)
     replay.start("record")
     want = run().tokens
@@ -248,7 +286,7 @@ def measure(replay: _Replay, clock: _BodyClock, name: str, B: int, repeats: int)
     ops = _ops_per_step(run, lambda: model.calls, replay)
     steps = model.calls
 
-    run = _run(hs.FreeModel(hs.PROMPT + hs.GEN), name, B, buckets=True)
+    run = _run(hs.FreeModel(hs.PROMPT + hs.GEN, policy=hs.POLICIES[name][0]), name, B, buckets=True)
     replay.start("record")  # the launches run
     clock.start("record")
     if not torch.equal(run().tokens, want):

@@ -7,7 +7,10 @@ decoders' own generate functions (CPU benchmark).
 The model is nearly free: its logits are a fixed table indexed by position (vocabulary 64), so a
 step's time is the loop's own work: planning the step on the host, shipping it, building the
 index tables, the token statistics and the commit. Shapes: prompt 256, 128 new tokens, blocks of
-32. Two paths:
+32. The block-causal policies (``sdar``, ``fast_dllm_v2``, also with its sub-block cache) run it
+as a block-diffusion model (``config.block_size`` 32), ``diffusion_gemma`` as a uniform-state one
+(``config.uniform_state``, an ``embed_weight`` for its soft embedding; fixed seed 0): these rows
+have no peer function here. Two paths:
 
 * ``reference``: the ops' PyTorch references (``backend="reference"``), what the CPU default runs;
 * ``stubbed``: the Triton path (custom ops, validation) with the Triton launches replaced by the
@@ -61,7 +64,17 @@ POLICIES = {
     "streaming": ("streaming", {}),
     "r2": ("r2", {}),
     "d3llm delayed": ("d3llm", {}),
+    # block-causal (block-diffusion models: the model's config declares block_size == BLOCK); the
+    # stop ids inside the free model's vocabulary (it never proposes EOS)
+    "sdar": ("sdar", dict(stop_ids=(EOS,))),
+    "fast_dllm_v2": ("fast_dllm_v2", dict(stop_ids=(EOS,), stop_fill=EOS)),
+    "fast_dllm_v2 block cache": ("fast_dllm_v2", dict(stop_ids=(EOS,), stop_fill=EOS, use_block_cache=True)),
+    # uniform-state (config.uniform_state): a block converges once its argmax is stable; the
+    # entropy test passes at once (its bound above ln V, the most a distribution over V ids has)
+    "diffusion_gemma": ("diffusion_gemma", dict(confidence_threshold=5.0, stability_threshold=7)),
 }
+BLOCK_CAUSAL, UNIFORM = ("sdar", "fast_dllm_v2"), ("diffusion_gemma",)  # the policies of the two schedulers
+HIDDEN = 16  # the uniform model's embedding width (its soft embedding's)
 
 
 @dataclass
@@ -73,11 +86,39 @@ class _Config:
     pad_id: int | None = None
 
 
+@dataclass
+class _BlockConfig(_Config):
+    """A block-diffusion model's (block-causal attention over ``block_size``), or with
+    ``uniform_state`` a uniform-state one's (self-conditioned: ``soft_embeds``)."""
+
+    block_size: int = 0
+    uniform_state: bool = False
+    self_conditioning_size: int | None = None
+
+
+def model_config(policy: str) -> _Config:
+    """The free model's config for ``policy`` (a policy name): the masked policies' plain one, the
+    block-causal and uniform policies' with ``block_size``, ``uniform_state``."""
+    if policy in BLOCK_CAUSAL:
+        return _BlockConfig(block_size=BLOCK)
+    if policy in UNIFORM:
+        return _BlockConfig(block_size=BLOCK, uniform_state=True, self_conditioning_size=HIDDEN)
+    return _Config()
+
+
+def gen_seed(policy: str) -> int | None:
+    """``generate``'s seed: fixed for the uniform policies (their canvas starts random), None else
+    (greedy: unused)."""
+    return 0 if policy in UNIFORM else None
+
+
 class FreeModel:
     """Logits = a fixed table row per RoPE position: about a third of the positions confident
-    (0.95), the rest spread (0.3-0.6), proposals never EOS or the mask."""
+    (0.95), the rest spread (0.3-0.6), proposals never EOS or the mask. ``policy``: the policy
+    name it is decoded with (its config: :func:`model_config`); a uniform-state model also has an
+    ``embed_weight`` ``[V, HIDDEN]`` and takes (ignores) ``soft_embeds``."""
 
-    def __init__(self, n_positions: int, seed: int = 0):
+    def __init__(self, n_positions: int, seed: int = 0, policy: str = "vanilla"):
         g = torch.Generator().manual_seed(seed)
         conf = torch.where(
             torch.rand(n_positions, generator=g) < 0.35, 0.95, 0.3 + 0.3 * torch.rand(n_positions, generator=g)
@@ -85,7 +126,9 @@ class FreeModel:
         target = torch.randint(0, V - 2, (n_positions,), generator=g)
         table = torch.log((1 - conf) / (V - 1))[:, None].expand(n_positions, V).clone()
         table[torch.arange(n_positions), target] = torch.log(conf)
-        self.table, self.config, self.calls = table, _Config(), 0
+        self.table, self.config, self.calls = table, model_config(policy), 0
+        if getattr(self.config, "uniform_state", False):
+            self.embed_weight = torch.randn(V, HIDDEN, generator=torch.Generator().manual_seed(seed + 1))
 
     def new_cache(self, batch, max_len):
         return None
@@ -97,12 +140,22 @@ class FreeModel:
 
 def _stub_kernels():
     """Replace the Triton launches by the references (same results)."""
-    from dllm_kernels.kernels import commit as kc, confidence as kt
+    from dllm_kernels.kernels import commit as kc, confidence as kt, soft_embedding as ks
 
     def token_stats(logits, temperature, seed, suppress_ids, num_splits=None, **options):
-        # the loop's plain launch: no bitmask, untempered statistics, the library's noise
-        assert options.get("allowed") is None and not options.get("tempered") and not options.get("vllm"), options
-        return tuple(reference.token_stats(logits, temperature=temperature, seed=seed, suppress_ids=list(suppress_ids)))
+        # the loop's launches: no bitmask, the library's noise; tempered statistics (uniform step's sample)
+        assert options.get("allowed") is None and not options.get("vllm"), options
+        tempered = bool(options.get("tempered"))
+        return tuple(
+            reference.token_stats(
+                logits, temperature=temperature, seed=seed, suppress_ids=list(suppress_ids), tempered=tempered
+            )
+        )
+
+    def soft_embedding(logits, embed, temperature, temperatures=None, vocab_start=0, **options):
+        assert not options, options  # the uniform step's plain launch
+        t = temperature if temperatures is None else temperatures
+        return reference.soft_embedding(logits, embed, temperature=t, vocab_start=vocab_start)
 
     def commit(x, token, prob, entropy, state, rule, rows, step, mask_id, vocab_size, *extras, **kw):
         stats = dk.TokenStats(token, prob, torch.zeros_like(prob), entropy)
@@ -112,7 +165,7 @@ def _stub_kernels():
             x, stats, state, rule, rows, step, mask_id, vocab_size=vocab, backend="reference", **extras
         )
 
-    kt.token_stats, kc.commit = token_stats, commit
+    kt.token_stats, kc.commit, ks.soft_embedding = token_stats, commit, soft_embedding
 
 
 def _prompt(B: int) -> torch.Tensor:
@@ -140,11 +193,14 @@ def _per_step(call, model, repeats: int):
 
 def measure(path: str, policy: str, kw: dict, B: int, repeats: int):
     """Our side: the row and the generated tokens ``[B, GEN]``."""
-    model = FreeModel(PROMPT + GEN)
+    model = FreeModel(PROMPT + GEN, policy=policy)
     prompt = _prompt(B)
     backend = "reference" if path == "reference" else "triton"
+    seed = gen_seed(policy)
     us, steps, out = _per_step(
-        lambda: dk.generate(model, prompt, policy=policy, gen_length=GEN, block_length=BLOCK, backend=backend, **kw),
+        lambda: dk.generate(
+            model, prompt, policy=policy, gen_length=GEN, block_length=BLOCK, backend=backend, seed=seed, **kw
+        ),
         model,
         repeats,
     )
@@ -256,7 +312,9 @@ def main():
                 print(
                     f"{path:9s} {name:16s} B={B:3d} steps={r['steps']:4d} {r['us_per_step']:9.1f} us/step", flush=True
                 )
-        for B in args.peer_batches if peers else ():
+        if peers and name not in peers_host.ROWS:
+            print(f"peer      {name:16s} no peer function reproduced (no peer row)", flush=True)
+        for B in args.peer_batches if peers and name in peers_host.ROWS else ():
             r = measure_peer(peers, name, B, args.repeats, args.layers, ours.get(B))
             rows.append(r)
             said = r.get("error") or (

@@ -185,6 +185,61 @@ def test_host_split_ratios_and_table(tmp_path):
     assert table[3] == "| vanilla | - | 40.0, - | 50 | - | - | 1, - | 20 | - | - | - |"
 
 
+NEW_SCHEDULERS = ["sdar", "fast_dllm_v2", "fast_dllm_v2 block cache", "diffusion_gemma"]
+
+
+@pytest.fixture
+def split(monkeypatch):
+    """host_split on tiny shapes (prompt 16, 16 new tokens, blocks of 8), the launchers stubbed
+    by the references and wrapped by its replay, the runners' ``_body`` by its clock; all
+    restored afterwards."""
+    import host_split
+
+    from dllm_kernels.kernels import commit as kc, confidence as kt, soft_embedding as ks
+
+    for name, value in (("PROMPT", 16), ("GEN", 16), ("BLOCK", 8)):
+        monkeypatch.setattr(host_step, name, value)
+    for module, fn in ((kt, "token_stats"), (kc, "commit"), (ks, "soft_embedding")):
+        monkeypatch.setattr(module, fn, getattr(module, fn))  # undone after the replay's restore
+    host_step._stub_kernels()
+    replay, clock = host_split._Replay(), host_split._BodyClock()
+    yield host_split, replay, clock
+    replay.restore()
+    clock.restore()
+
+
+@pytest.mark.parametrize("name", NEW_SCHEDULERS)
+def test_host_split_replay_reproduces_the_record(split, name):
+    """The eager replay (launches and model replayed, the model's logits zeros) gives the
+    recorded canvas and NFE, every recorded launch replayed once: the uniform step's two
+    ``token_stats``, one ``commit`` and one ``soft_embedding`` per denoising forward."""
+    host_split, replay, _ = split
+    policy = host_step.POLICIES[name][0]
+    model = host_split._ReplayModel(replay, policy)
+    run = host_split._run(model, name, 2, buckets=False)
+    replay.start("record")
+    want = run()
+    replay.start("replay")
+    got = run()
+    assert torch.equal(got.tokens, want.tokens) and got.nfe.tolist() == want.nfe.tolist()
+    taped = {k: len(v) for k, v in replay.tapes.items() if v}
+    assert taped == dict(replay.pos) and taped["commit"] > 0
+    if policy == "diffusion_gemma":
+        assert taped == dict(commit=taped["commit"], token_stats=2 * taped["commit"], soft_embedding=taped["commit"])
+    else:
+        assert "soft_embedding" not in taped
+
+
+@pytest.mark.parametrize("name", NEW_SCHEDULERS)
+def test_host_split_ops_per_step_do_not_grow_with_the_batch(split, name):
+    """The block-causal and uniform schedulers: the same operators per step at batch 1 and 3,
+    eager and on the graph path (``measure`` itself checks the replays against the record)."""
+    host_split, replay, clock = split
+    one, three = (host_split.measure(replay, clock, name, B, repeats=1) for B in (1, 3))
+    assert one["steps"] == three["steps"] > 2
+    assert one["ops_per_step"] == three["ops_per_step"] > one["graph_ops_per_step"] == three["graph_ops_per_step"]
+
+
 # ------------------------------------------------------------------------------------------------
 # the peers' own code, when present (not in CI: no peer code is part of this repository)
 # ------------------------------------------------------------------------------------------------
