@@ -396,6 +396,7 @@ def main():
     hs._stub_kernels()
     replay, clock = _Replay(), _BodyClock()
     load_before = os.getloadavg()
+    peers = peer_us(args.peers_json)
     rows = []
     try:
         for name in args.policies:
@@ -419,8 +420,11 @@ def main():
         path="stubbed",
         cpu_count=os.cpu_count(),
         load_average=[round(v, 2) for v in (*load_before[:1], *os.getloadavg()[:1])],  # 1-min, before / after
+        # each row's generate policy and keywords; the block-causal and uniform rows decode
+        # host_step's model as a block-diffusion / uniform-state one (host_step.model_config)
+        policies={name: dict(policy=hs.POLICIES[name][0], kw=hs.POLICIES[name][1]) for name in args.policies},
+        no_peer_row=[name for name in args.policies if name not in peers],
     )
-    peers = peer_us(args.peers_json)
     meta["peers_from"] = args.peers_json if peers else f"none ({args.peers_json}: no peer rows)"
     doc = dict(meta=meta, rows=rows, peer_us_per_step_B1=peers, ratios=ratios(rows, peers))
     pathlib.Path(args.out).write_text(json.dumps(doc, indent=1) + "\n")
