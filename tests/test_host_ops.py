@@ -1,6 +1,7 @@
 """The host work of a decoding step does not grow with the batch: ``generate`` dispatches the same
 operators per step at batch 1 and batch 6 for every policy (bench/host_split.py's counter), on a
-model whose logits depend on the position only (every row decodes alike)."""
+model whose logits depend on the position only (every row decodes alike; host_step's free model,
+configured for the policy's scheduler: block-causal, uniform-state)."""
 
 import pathlib
 import sys
@@ -15,15 +16,17 @@ import host_step  # noqa: E402
 
 import dllm_kernels as dk  # noqa: E402
 
-PROMPT, GEN, BLOCK = 16, 32, 8
+PROMPT, GEN, BLOCK = 16, 64, host_step.BLOCK  # the free model's block-causal configs use its BLOCK
 
 
 def ops(policy: str, kw: dict, B: int):
-    model = host_step.FreeModel(PROMPT + GEN)
+    # its config fits the policy's scheduler; a block-causal canvas runs up to a block past the region
+    model = host_step.FreeModel(PROMPT + GEN + BLOCK, policy=policy)
     prompt = torch.arange(B * PROMPT).reshape(B, PROMPT) % (host_step.V - 2)
     count = host_split._OpCount()
+    run = dict(gen_length=GEN, block_length=BLOCK, backend="reference", seed=host_step.gen_seed(policy))
     with count:
-        out = dk.generate(model, prompt, policy=policy, gen_length=GEN, block_length=BLOCK, backend="reference", **kw)
+        out = dk.generate(model, prompt, policy=policy, **run, **kw)
     assert (out.generated != host_step.MASK).all()
     return count.n, model.calls
 
