@@ -92,6 +92,25 @@ def device_inputs(
     )
 
 
+def forward(model, tokens, inp: StepInputs, pad, cache, key_start=None, *, attend_new: bool = True, **extra):
+    """The step's model call (:mod:`dllm_kernels.models.protocol`): ``tokens [B, Lq]`` at the
+    canvas positions ``inp.idx`` (RoPE positions: minus the row's left padding), against the
+    cache as ``inp`` lays it out; ``key_start`` None: ``pad``; ``extra``: more protocol keywords
+    (a uniform-state model's ``soft_embeds``)."""
+    return model(
+        tokens,
+        (inp.idx - pad[:, None]).clamp_min(0),
+        cache=cache,
+        cache_len=inp.cache_len,
+        kv_len=inp.kv_len,
+        attend_new=attend_new,
+        write=inp.write,
+        key_start=pad if key_start is None else key_start,
+        logits_index=inp.logits_index,
+        **extra,
+    )
+
+
 def decode_step(
     model,
     x,
@@ -128,18 +147,7 @@ def decode_step(
     tokens = x.gather(1, inp.idx)
     if inp.fill_after is not None:  # d3LLM: the forward sees this step's early-stop fill
         tokens = torch.where(inp.idx > inp.fill_after[:, None], eos_id, tokens)
-    positions = (inp.idx - pad[:, None]).clamp_min(0)
-    logits = model(
-        tokens,
-        positions,
-        cache=cache,
-        cache_len=inp.cache_len,
-        kv_len=inp.kv_len,
-        attend_new=attend_new,
-        write=inp.write,
-        key_start=pad if key_start is None else key_start,
-        logits_index=inp.logits_index,
-    )
+    logits = forward(model, tokens, inp, pad, cache, key_start, attend_new=attend_new)
     ids = tuple(sorted(set(suppress_ids or ())))
     stats = token_stats_unchecked(logits, float(temperature), seed if temperature > 0 else 0, ids, backend)
     if confidence_eos_eot_inf:  # LLaDA: EOS / EoT proposals get confidence 0

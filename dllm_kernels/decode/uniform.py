@@ -42,7 +42,7 @@ from ..soft_embedding import soft_embedding
 from .canvas import Batch
 from .plan import NCOL, Col, Geometry
 from .runner import StepRunner
-from .step import device_inputs
+from .step import device_inputs, forward
 
 CANVAS_TAG = 2**31 - 1  # mix_seed's step argument of the initial canvas
 RENOISE_TAG = 2**31 - 2  # ... and of a block's renoise key
@@ -209,18 +209,7 @@ def uniform_step(
     if Lo >= bs and conditioned:  # some row may denoise: its window is its block, from forwarded row 0
         keep = ((den & (n > 0))[:, None] & ~pinned)[..., None]
         soft_in = F.pad(torch.where(keep, u.soft, 0).to(u.soft.dtype), (0, 0, 0, Lq - bs))
-    logits = model(
-        tokens,
-        (inp.idx - pad[:, None]).clamp_min(0),
-        cache=cache,
-        cache_len=inp.cache_len,
-        kv_len=inp.kv_len,
-        attend_new=True,
-        write=inp.write,
-        key_start=pad if key_start is None else key_start,
-        logits_index=inp.logits_index,
-        soft_embeds=soft_in,
-    )
+    logits = forward(model, tokens, inp, pad, cache, key_start, soft_embeds=soft_in)
     if Lo < bs:  # a step of prefill and store forwards only
         return rs.converged
     logits = logits[:, :bs]
