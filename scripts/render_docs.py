@@ -160,6 +160,41 @@ def eval_summary() -> str:
     return "\n".join(lines)
 
 
+def eval_policy_rows(policy: str) -> str:
+    """Every row of ``policy`` in ``eval-full.json``: model, setting, acc %, NFE, TPF."""
+    _, _, rows, _ = _eval()
+    lines = ["| model | setting | acc % | NFE | TPF |", "|---|---|---:|---:|---:|"]
+    lines += [
+        f"| {r.model} | {r.setting} | {r.accuracy:.1f} | {r.nfe:.2f} | {r.tokens_per_forward:.2f} |"
+        for r in rows
+        if r.policy == policy
+    ]
+    if len(lines) == 2:
+        raise ValueError(f"eval-full.json: no row of policy {policy!r}")
+    return "\n".join(lines)
+
+
+# ------------------------------------------------------------------------------------------------
+# the shipped checkpoints' own records (dllm_kernels/addition/assets/*/training.json)
+# ------------------------------------------------------------------------------------------------
+
+ASSETS = ROOT / "dllm_kernels" / "addition" / "assets"
+
+
+def shipped_training() -> str:
+    """The held-out records of the shipped trained checkpoints, from their ``training.json``."""
+    lines = ["| checkpoint | held-out exact match | problems (seed) | decoding |", "|---|---:|---|---|"]
+    for path in sorted(ASSETS.glob("*/training.json")):
+        doc = json.loads(path.read_text())
+        for label, rec in (("", doc.get("heldout")), (" (monitor)", doc.get("monitor"))):
+            if rec:
+                lines.append(
+                    f"| {path.parent.name}{label} | {rec['exact_match_percent']:.1f} % | {rec['n']} ({rec['seed']}) "
+                    f"| {rec['decoding']} |"
+                )
+    return "\n".join(lines)
+
+
 def eval_setup() -> str:
     _, doc, rows, table = _eval()
     runs = "".join(f"\n- {run}" for run in doc.get("runs", []))
@@ -178,6 +213,8 @@ SECTIONS = {
     "host-targets": host_targets,
     "eval-summary": eval_summary,
     "eval-setup": eval_setup,
+    "eval-diffusion-gemma": lambda: eval_policy_rows("diffusion_gemma"),
+    "shipped-training": shipped_training,
 }
 
 
